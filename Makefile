@@ -1,0 +1,41 @@
+# The README's two commands: `make demo` and `make test`. Both set everything up first.
+VENV   ?= .venv
+PYTHON ?= python3
+PY      = $(VENV)/bin/python
+TORCH_CPU = torch==2.13.0
+
+.PHONY: setup demo test lint bench cluster-start cluster-stop clean
+
+setup: $(VENV)/.installed
+
+# Where no NVIDIA GPU answers, install torch's CPU wheel first (small; on these machines it lies on
+# disk) so that the project's torch range does not pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	if ! nvidia-smi -L >/dev/null 2>&1; then $(PY) -m pip install -q $(TORCH_CPU) || \
+	  $(PY) -m pip install -q $(TORCH_CPU) --index-url https://download.pytorch.org/whl/cpu; fi
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: setup
+	$(VENV)/bin/batch-ast submit manifests/demo.csv --executor local
+	$(PY) -c "import batch_ast; print(batch_ast.load_index('results')[['name','status','optimizer','iterations_run','final_total','output']].to_string())"
+
+# Starts the single-node SLURM cluster when we are root (slurm/start.sh), then runs every test.
+test: setup
+	if [ "$$(id -u)" = 0 ]; then bash slurm/start.sh; else echo "not root: SLURM tests will skip"; fi
+	$(VENV)/bin/ruff check batch_ast tests benchmarks
+	$(PY) -m pytest -ra
+
+lint: setup
+	$(VENV)/bin/ruff check batch_ast tests benchmarks
+
+cluster-start:
+	bash slurm/start.sh
+
+cluster-stop:
+	bash slurm/stop.sh
+
+clean:
+	rm -rf results/runs results/submitit results/submissions results/*.parquet

@@ -1,0 +1,271 @@
+"""The ``batch-ast`` command line: submit, status, collect, cancel."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, load_config
+from .dispatch import (
+    EXECUTORS,
+    DispatchError,
+    cancel_jobs,
+    choose_executor,
+    default_rows_per_job,
+    load_profile,
+    load_submissions,
+    submit,
+)
+from .index import collect
+from .manifest import ManifestError, read_manifest
+from .plan import Plan, chunk, make_plan
+from .status import all_status, format_status, submission_status
+from .store import ResultsRoot
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(message, flush=True)
+
+
+def _print_plan(plan: Plan, rows_per_job: int, executor: str, why: str) -> None:
+    jobs = len(chunk(plan.to_run, rows_per_job)) if plan.to_run else 0
+    print(
+        f"plan: {plan.total_rows} row(s): {len(plan.to_run)} to run in {jobs} job(s) "
+        f"({rows_per_job} row(s) per job), {len(plan.done)} already done, "
+        f"{len(plan.failed_before)} failed before, {len(plan.duplicates)} duplicate(s)"
+    )
+    print(f"executor: {executor} ({why})")
+    for spec in plan.to_run:
+        p = spec.params
+        label = f" {spec.name!r}" if spec.name else ""
+        print(
+            f"  run   row {spec.row}{label} [{spec.id}] {Path(spec.content).name} + "
+            f"{Path(spec.style).name}  optimizer={p['optimizer']} iterations={p['iterations']} "
+            f"n_filters={p['n_filters']}"
+        )
+    for spec in plan.done:
+        print(f"  skip  row {spec.row} [{spec.id}]: already done (use --force to redo)")
+    for spec in plan.failed_before:
+        print(f"  skip  row {spec.row} [{spec.id}]: failed before (use --retry-failed)")
+    for row, first in plan.duplicates:
+        print(f"  skip  row {row}: duplicate of row {first} (same inputs and settings)")
+
+
+def _wait(args: argparse.Namespace, results: ResultsRoot, submission: Any, jobs: list) -> None:
+    """Follow the submission until no row is pending or running, with a progress bar on a TTY."""
+    from tqdm import tqdm
+
+    total = len(submission.rows)
+    if submission.executor == "debug":
+        for job in jobs:
+            job.result()
+        return
+    interactive = sys.stderr.isatty() and not args.quiet
+    bar = tqdm(total=total, unit="row", desc="rows", disable=not interactive)
+    last_line = ""
+    poll_s = 1.0 if submission.executor == "local" else 5.0
+    while True:
+        status = submission_status(results, submission)
+        counts = status.counts
+        finished = counts.get("ok", 0) + counts.get("failed", 0) + counts.get("lost", 0)
+        bar.update(finished - bar.n)
+        bar.set_postfix(ok=counts.get("ok", 0), failed=counts.get("failed", 0))
+        line = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        if not interactive and line != last_line and not args.quiet:
+            print(f"progress: {line}", flush=True)
+            last_line = line
+        local_running = submission.executor == "local" and not all(j.done() for j in jobs)
+        if not status.active and not local_running:
+            break
+        time.sleep(poll_s)
+    bar.close()
+    for job in jobs:  # surface crashes of whole jobs (the records hold per-row errors)
+        if submission.executor == "local":
+            try:
+                job.result()
+            except Exception as exc:  # noqa: BLE001 - reported, the batch goes on
+                print(f"job {job.job_id} ended abnormally: {str(exc).splitlines()[0]}", file=sys.stderr)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+        rows = read_manifest(args.manifest, config)
+        profile = load_profile(args.profile)
+    except (ConfigError, DispatchError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ManifestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results = ResultsRoot(args.results)
+    plan = make_plan(rows, results, Path(args.manifest), force=args.force, retry_failed=args.retry_failed)
+    try:
+        executor, why = choose_executor(args.executor)
+    except DispatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows_per_job = args.rows_per_job or profile.pop("rows_per_job", None) or default_rows_per_job(
+        executor, len(plan.to_run), args.workers
+    )
+    profile.pop("rows_per_job", None)
+    if args.array_parallelism:
+        profile["slurm_array_parallelism"] = args.array_parallelism
+    if args.timeout_min:
+        profile["timeout_min"] = args.timeout_min
+    if args.gpus is not None:
+        profile["gpus_per_node"] = args.gpus
+    if not args.quiet or args.dry_run:
+        _print_plan(plan, rows_per_job, executor, why)
+    if args.dry_run:
+        return 0
+    if not plan.to_run:
+        _say(args, "nothing to run")
+        report = collect(results.root)
+        _say(args, f"index: {results.index_path} ({report.rows} rows)")
+        return 0
+    skipped = {s.id: "already done" for s in plan.done}
+    skipped.update({s.id: "failed before" for s in plan.failed_before})
+    submission, jobs = submit(
+        plan.to_run, results, executor, Path(args.manifest), rows_per_job, profile, skipped, args.force
+    )
+    print(
+        f"submitted {len(plan.to_run)} row(s) as {len(jobs)} job(s): {submission.array_job_id} "
+        f"(submission {submission.submission_id}; logs in {results.submitit_dir})",
+        flush=True,
+    )
+    wait = args.wait if args.wait is not None else executor != "slurm"
+    if not wait:
+        print(f"follow with: batch-ast status {args.results}   collect with: batch-ast collect {args.results}")
+        return 0
+    _wait(args, results, submission, jobs)
+    report = collect(results.root)
+    final = submission_status(results, submission)
+    print(format_status(final))
+    for problem in report.skipped:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(f"index: {results.index_path} ({report.rows} rows); traces: {results.traces_path}")
+    counts = final.counts
+    return 1 if counts.get("failed", 0) or counts.get("lost", 0) else 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    report = collect(args.results)
+    for problem in report.skipped:
+        print(f"warning: skipped {problem}", file=sys.stderr)
+    results = ResultsRoot(args.results)
+    print(f"index: {results.index_path} ({report.rows} rows); traces: {results.traces_path} ({report.traces} points)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    results = ResultsRoot(args.results)
+    statuses = all_status(results)
+    if not statuses:
+        print(f"no submissions under {results.root}")
+        return 0
+    if not args.all:
+        statuses = statuses[-1:]
+    for status in statuses:
+        print(format_status(status))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    results = ResultsRoot(args.results)
+    submissions = load_submissions(results)
+    if args.submission:
+        submissions = [s for s in submissions if s.submission_id == args.submission]
+    elif submissions:
+        submissions = submissions[-1:]
+    if not submissions:
+        print("no submission to cancel", file=sys.stderr)
+        return 1
+    for sub in submissions:
+        status = submission_status(results, sub)
+        active = sorted({r.job_id for r in status.rows if r.state in ("pending", "running")})
+        if not active:
+            print(f"submission {sub.submission_id}: nothing queued or running")
+            continue
+        if sub.executor == "slurm":
+            done = cancel_jobs(active)
+            if done.returncode != 0:
+                print(f"scancel failed: {done.stderr.strip()}", file=sys.stderr)
+                return 1
+        else:
+            import os
+            import signal
+
+            for job_id in active:
+                try:
+                    os.kill(int(job_id), signal.SIGTERM)
+                except (ValueError, ProcessLookupError):
+                    pass
+        print(f"submission {sub.submission_id}: cancelled {len(active)} job(s): {' '.join(active)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batch-ast",
+        description="Batch neural audio style transfer on SLURM clusters or a laptop.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "submit",
+        help="validate a manifest and run its rows",
+        description=(
+            "Validate the manifest, plan the rows, and dispatch them with submitit. "
+            "--executor auto (default) uses SLURM when sbatch is on PATH and a controller answers, "
+            "otherwise submitit's local executor (processes on this machine); the choice is printed."
+        ),
+    )
+    p.add_argument("manifest", help="CSV with columns content, style[, id][, hyperparameters...]")
+    p.add_argument("--results", default="results", help="results root (default: results)")
+    p.add_argument("--config", help="YAML overriding the default hyperparameters/presets")
+    p.add_argument("--executor", choices=EXECUTORS, default="auto", help="default: auto")
+    p.add_argument("--profile", help="cluster profile YAML (see slurm/profile.example.yaml)")
+    p.add_argument("--rows-per-job", type=int, help="pack N rows into one job/array task")
+    p.add_argument("--workers", type=int, default=1, help="local executor: parallel processes (default 1)")
+    p.add_argument("--array-parallelism", type=int, help="SLURM: at most N array tasks at once")
+    p.add_argument("--timeout-min", type=int, help="time limit per job in minutes")
+    p.add_argument("--gpus", type=int, help="GPUs per job (SLURM gpus_per_node)")
+    p.add_argument("--dry-run", action="store_true", help="show the plan and exit")
+    p.add_argument("--force", action="store_true", help="redo rows that are already done")
+    p.add_argument("--retry-failed", action="store_true", help="rerun rows whose record says failed")
+    wait = p.add_mutually_exclusive_group()
+    wait.add_argument("--wait", dest="wait", action="store_true", default=None,
+                      help="follow until done, then collect (default for local/debug)")
+    wait.add_argument("--no-wait", dest="wait", action="store_false",
+                      help="return after submission (default for slurm)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or plan listing")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="rows pending/running/ok/failed per submission")
+    p.add_argument("results", nargs="?", default="results")
+    p.add_argument("--all", action="store_true", help="every submission, not only the latest")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("collect", help="gather records into index.parquet and traces.parquet")
+    p.add_argument("results", nargs="?", default="results")
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("cancel", help="cancel what is still queued or running")
+    p.add_argument("results", nargs="?", default="results")
+    p.add_argument("--submission", help="submission id (default: the latest)")
+    p.set_defaults(func=cmd_cancel)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

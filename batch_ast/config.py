@@ -1,0 +1,181 @@
+"""Hyperparameters: the shipped defaults, user YAML overrides, presets, and their validation.
+
+Layering, lowest to highest: package defaults < ``--config`` YAML < the row's preset < the row's
+own columns. Validation is pure (no I/O) so the manifest stage can report every problem at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+OPTIMIZERS = ("lbfgs", "adam", "adamw")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter: its type and the check its value must pass."""
+
+    kind: type
+    check: Callable[[Any], bool]
+    rule: str  # human-readable form of `check`, used in error messages
+
+
+def _positive(x: float) -> bool:
+    return x > 0
+
+
+def _non_negative(x: float) -> bool:
+    return x >= 0
+
+
+PARAMS: dict[str, Param] = {
+    "preset": Param(str, lambda s: True, "a preset name"),
+    "sample_rate": Param(int, lambda x: 1000 <= x <= 192000, "an integer in [1000, 192000]"),
+    "max_seconds": Param(float, lambda x: 0 < x <= 3600, "a number in (0, 3600]"),
+    "n_fft": Param(int, lambda x: 16 <= x <= 16384, "an integer in [16, 16384]"),
+    "hop_length": Param(int, lambda x: 1 <= x <= 16384, "an integer in [1, 16384]"),
+    "n_filters": Param(int, lambda x: 1 <= x <= 65536, "an integer in [1, 65536]"),
+    "kernel_size": Param(int, lambda x: 1 <= x <= 1024, "an integer in [1, 1024]"),
+    "content_weight": Param(float, _non_negative, "a number >= 0"),
+    "style_weight": Param(float, _non_negative, "a number >= 0"),
+    "optimizer": Param(str, lambda s: s in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),
+    "lr": Param(float, _positive, "a number > 0"),
+    "weight_decay": Param(float, _non_negative, "a number >= 0"),
+    "iterations": Param(int, lambda x: 1 <= x <= 1_000_000, "an integer in [1, 1000000]"),
+    "patience": Param(int, lambda x: x >= 1, "an integer >= 1"),
+    "min_delta": Param(float, _non_negative, "a number >= 0"),
+    "lr_patience": Param(int, lambda x: x >= 0, "an integer >= 0"),
+    "lr_factor": Param(float, lambda x: 0 < x < 1, "a number in (0, 1)"),
+    "griffin_lim_iters": Param(int, lambda x: 0 <= x <= 100_000, "an integer in [0, 100000]"),
+    "griffin_lim_momentum": Param(float, lambda x: 0 <= x < 1, "a number in [0, 1)"),
+    "seed": Param(int, lambda x: 0 <= x < 2**63, "an integer >= 0"),
+    "device": Param(str, lambda s: s in DEVICES, "one of " + ", ".join(DEVICES)),
+}
+
+# Hyperparameters that do not change the result and therefore stay out of the row id.
+NOT_IN_ID = frozenset({"device", "preset"})
+
+
+def coerce(name: str, raw: Any) -> Any:
+    """Convert a raw value (CSV string or YAML scalar) to the parameter's type, or raise ConfigError."""
+    spec = PARAMS[name]
+    if isinstance(raw, str):
+        raw = raw.strip()
+    if spec.kind is str:
+        if not isinstance(raw, str):
+            raise ConfigError(f"expected text, got {raw!r}")
+        value: Any = raw.lower() if name in ("optimizer", "device") else raw
+    elif spec.kind is int:
+        if isinstance(raw, bool):
+            raise ConfigError(f"expected an integer, got {raw!r}")
+        try:
+            as_float = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"expected an integer, got {raw!r}") from None
+        if not math.isfinite(as_float) or as_float != int(as_float):
+            raise ConfigError(f"expected an integer, got {raw!r}")
+        value = int(as_float)
+    else:
+        if isinstance(raw, bool):
+            raise ConfigError(f"expected a number, got {raw!r}")
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"expected a number, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"expected a finite number, got {raw!r}")
+    if not spec.check(value):
+        raise ConfigError(f"must be {spec.rule}, got {raw!r}")
+    return value
+
+
+def _read_yaml_mapping(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+@dataclass(frozen=True)
+class Config:
+    """Resolved defaults plus the named presets available to manifest rows."""
+
+    defaults: dict[str, Any]
+    presets: dict[str, dict[str, Any]]
+
+    def resolve(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Layer a row's preset and overrides on the defaults; raise ConfigError on the first problem."""
+        params = dict(self.defaults)
+        preset = overrides.get("preset", params.get("preset", ""))
+        if preset:
+            if preset not in self.presets:
+                raise ConfigError(
+                    f"unknown preset {preset!r} (known: {', '.join(sorted(self.presets))})"
+                )
+            params.update(self.presets[preset])
+        params.update(overrides)
+        return params
+
+
+def _validated(values: dict[str, Any], source: str) -> dict[str, Any]:
+    out = {}
+    for key, raw in values.items():
+        if key not in PARAMS:
+            raise ConfigError(f"{source}: unknown hyperparameter {key!r}")
+        try:
+            out[key] = coerce(key, raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {key}: {exc}") from None
+    return out
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load the package defaults and presets, then apply a user YAML file if one is given.
+
+    The user file may hold ``defaults:`` and ``presets:`` sections, or be a flat mapping of
+    hyperparameters (taken as defaults).
+    """
+    shipped = _read_yaml_mapping(
+        resources.files("batch_ast").joinpath("defaults.yaml").read_text(), "defaults.yaml"
+    )
+    defaults = _validated(shipped["defaults"], "defaults.yaml")
+    presets = {
+        name: _validated(values, f"defaults.yaml preset {name}")
+        for name, values in shipped.get("presets", {}).items()
+    }
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+        user = _read_yaml_mapping(text, str(path))
+        if "defaults" in user or "presets" in user:
+            extra = set(user) - {"defaults", "presets"}
+            if extra:
+                raise ConfigError(f"{path}: unknown section(s) {sorted(extra)}")
+            defaults.update(_validated(user.get("defaults") or {}, str(path)))
+            for name, values in (user.get("presets") or {}).items():
+                if not isinstance(values, dict):
+                    raise ConfigError(f"{path}: preset {name!r} must be a mapping")
+                presets[str(name)] = _validated(values, f"{path} preset {name}")
+        else:
+            defaults.update(_validated(user, str(path)))
+    return Config(defaults=defaults, presets=presets)

@@ -1,0 +1,242 @@
+"""Dispatch stage: choose an executor, submit packs of rows through submitit, record the submission.
+
+This is the only module that knows SLURM (sbatch, squeue, scancel, profiles); it knows nothing of
+spectrograms. Job states come from one ``squeue`` call per query, never from ``sacct`` (absent
+where accounting is off) and never one call per job.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import submitit
+import yaml
+
+from .job import TransferJob
+from .plan import RowSpec, chunk
+from .store import ResultsRoot, write_json_atomic
+
+EXECUTORS = ("auto", "local", "slurm", "debug")
+
+# Profile keys users write -> submitit parameter names.
+PROFILE_KEYS = {
+    "partition": "slurm_partition",
+    "account": "slurm_account",
+    "qos": "slurm_qos",
+    "constraint": "slurm_constraint",
+    "gpus_per_node": "gpus_per_node",
+    "cpus_per_task": "cpus_per_task",
+    "mem_gb": "mem_gb",
+    "timeout_min": "timeout_min",
+    "array_parallelism": "slurm_array_parallelism",
+    "signal_delay_s": "slurm_signal_delay_s",
+    "max_num_timeout": "slurm_max_num_timeout",
+    "setup": "slurm_setup",
+    "additional_parameters": "slurm_additional_parameters",
+    "job_name": "name",
+}
+LOCAL_DEFAULTS = {"timeout_min": 24 * 60}  # submitit's local default (2 min) would kill real rows
+SLURM_DEFAULTS = {"timeout_min": 60, "cpus_per_task": 2, "mem_gb": 8, "slurm_signal_delay_s": 60}
+
+
+class DispatchError(RuntimeError):
+    """The submission cannot be made (bad profile, no cluster where one was asked for...)."""
+
+
+def slurm_available(timeout_s: float = 10.0) -> bool:
+    """True when sbatch is on PATH and a controller answers ``sinfo``."""
+    if not (shutil.which("sbatch") and shutil.which("sinfo")):
+        return False
+    try:
+        done = subprocess.run(
+            ["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=timeout_s
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0 and bool(done.stdout.strip())
+
+
+def choose_executor(requested: str) -> tuple[str, str]:
+    """Resolve ``auto``; returns (executor, why) so the CLI can say what it picked and why."""
+    if requested == "auto":
+        if slurm_available():
+            return "slurm", "auto: sbatch found and the SLURM controller answers"
+        return "local", "auto: no SLURM cluster answers (sbatch/sinfo), using submitit's local executor"
+    if requested == "slurm" and not slurm_available():
+        raise DispatchError("--executor slurm: no SLURM controller answers (is sbatch on PATH? sinfo?)")
+    return requested, f"--executor {requested}"
+
+
+def load_profile(path: str | Path | None) -> dict[str, Any]:
+    """Read a cluster profile YAML (see slurm/profile.example.yaml) into submitit parameters."""
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DispatchError(f"{path}: cannot read profile: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise DispatchError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DispatchError(f"{path}: a profile must be a YAML mapping")
+    unknown = sorted(set(data) - set(PROFILE_KEYS) - {"rows_per_job"})
+    if unknown:
+        raise DispatchError(f"{path}: unknown profile key(s) {unknown}; known: {sorted(PROFILE_KEYS)}")
+    return {PROFILE_KEYS.get(k, k): v for k, v in data.items()}
+
+
+@dataclass
+class Submission:
+    """What was submitted, saved under results/submissions/ so later commands find it."""
+
+    submission_id: str
+    executor: str
+    created_at: str
+    manifest: str
+    root: str
+    submitit_folder: str
+    jobs: list[dict[str, Any]] = field(default_factory=list)  # job_id, rows (ids)
+    rows: dict[str, int] = field(default_factory=dict)  # row id -> manifest row
+    skipped: dict[str, str] = field(default_factory=dict)  # row id -> reason
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @property
+    def array_job_id(self) -> str:
+        ids = {str(j["job_id"]).split("_")[0] for j in self.jobs}
+        return ",".join(sorted(ids))
+
+
+def _make_executor(kind: str, folder: Path, params: dict[str, Any]) -> submitit.Executor:
+    executor = submitit.AutoExecutor(folder=folder, cluster=kind)
+    if kind == "slurm":
+        executor.update_parameters(**{**SLURM_DEFAULTS, **params})
+    elif kind == "local":
+        local = {k: v for k, v in params.items() if not k.startswith("slurm_")}
+        executor.update_parameters(**{**LOCAL_DEFAULTS, **local})
+    return executor
+
+
+def default_rows_per_job(kind: str, n_rows: int, workers: int) -> int:
+    """SLURM: one row per array task. Local: split the rows over ``workers`` processes, because
+    submitit's local executor starts every job at once and 2 cores do not want 32 torch processes."""
+    if kind == "slurm":
+        return 1
+    return max(1, math.ceil(n_rows / max(1, workers)))
+
+
+def submit(
+    specs: list[RowSpec],
+    results: ResultsRoot,
+    kind: str,
+    manifest: Path,
+    rows_per_job: int,
+    params: dict[str, Any] | None = None,
+    skipped: dict[str, str] | None = None,
+    force: bool = False,
+) -> tuple[Submission, list[submitit.Job]]:
+    """Submit the rows as one job array (packs of ``rows_per_job`` rows) and record it."""
+    params = dict(params or {})
+    created = datetime.now(timezone.utc)
+    submission_id = created.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    folder = results.submitit_dir / "%j"
+    executor = _make_executor(kind, folder, params)
+    packs = chunk(specs, rows_per_job)
+    payloads = [[s.to_dict() for s in pack] for pack in packs]
+    job = TransferJob(submission_id=submission_id, force=force)
+    jobs = executor.map_array(job, payloads, [str(results.root)] * len(payloads))
+    submission = Submission(
+        submission_id=submission_id,
+        executor=kind,
+        created_at=created.isoformat(timespec="seconds"),
+        manifest=str(manifest.resolve()),
+        root=str(results.root),
+        submitit_folder=str(results.submitit_dir),
+        jobs=[
+            {"job_id": str(job.job_id), "rows": [s.id for s in pack], "log": str(job.paths.stderr)}
+            for job, pack in zip(jobs, packs, strict=True)
+        ],
+        rows={s.id: s.row for s in specs},
+        skipped=dict(skipped or {}),
+        parameters={k: v for k, v in params.items() if isinstance(v, (str, int, float, bool))},
+    )
+    save_submission(results, submission)
+    return submission, jobs
+
+
+def save_submission(results: ResultsRoot, submission: Submission) -> Path:
+    path = results.submissions_dir / f"{submission.submission_id}.json"
+    write_json_atomic(path, submission.to_dict())
+    return path
+
+
+def load_submissions(results: ResultsRoot) -> list[Submission]:
+    """All recorded submissions, oldest first; unreadable files are skipped."""
+    import json
+
+    out = []
+    folder = results.submissions_dir
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            out.append(Submission(**json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, ValueError, TypeError):
+            continue
+    return out
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
+    """State of every queued/running task of the given (array) jobs in ONE squeue call.
+
+    Returns {"<array>_<task>" or "<job>": STATE}; jobs absent from the result have left the queue.
+    None when squeue cannot be asked (no SLURM here)."""
+    if not job_ids:
+        return {}
+    if not shutil.which("squeue"):
+        return None
+    base = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        done = subprocess.run(
+            ["squeue", "-h", "-r", "-j", ",".join(base), "-o", "%i|%T"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        # squeue errors for ids the controller already forgot: treat as "nothing queued"
+        return {} if "Invalid job id" in done.stderr else None
+    states = {}
+    for line in done.stdout.splitlines():
+        if "|" in line:
+            jid, state = line.strip().split("|", 1)
+            states[jid] = state
+    return states
+
+
+def cancel_jobs(job_ids: list[str]) -> subprocess.CompletedProcess:
+    """scancel every given job (array ids cancel the whole array) in one call."""
+    return subprocess.run(["scancel", *sorted(set(job_ids))], capture_output=True, text=True)
+
+
+def local_job_alive(job_id: str) -> bool:
+    """For the local executor the job id is the worker's pid."""
+    try:
+        os.kill(int(job_id), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True

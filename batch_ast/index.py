@@ -1,0 +1,173 @@
+"""Index stage: compact per-row records and traces into two Parquet files pandas reads in one line.
+
+``collect`` is safe while jobs still run: it reads only published (renamed) files, skips and
+reports unreadable ones, and replaces the index files atomically, so a reader or a killed collect
+always leaves the previous index intact.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .config import PARAMS
+from .store import ResultsRoot, write_atomic
+
+SCHEMA_VERSION = 1
+
+_PARAM_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64()}
+
+# The index schema is explicit (not inferred from whichever file comes first) and versioned.
+INDEX_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("name", pa.string()),
+        ("row", pa.int64()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("content", pa.string()),
+        ("style", pa.string()),
+        ("content_sha256", pa.string()),
+        ("style_sha256", pa.string()),
+        ("manifest", pa.string()),
+        ("submission_id", pa.string()),
+        ("output", pa.string()),
+        ("trace", pa.string()),
+        *[(name, _PARAM_TYPES[spec.kind]) for name, spec in PARAMS.items()],
+        ("iterations_run", pa.int64()),
+        ("stop_reason", pa.string()),
+        ("resumed_from_iteration", pa.int64()),
+        ("final_total", pa.float64()),
+        ("final_content", pa.float64()),
+        ("final_style", pa.float64()),
+        ("spectral_convergence", pa.float64()),
+        ("output_gain", pa.float64()),
+        ("content_seconds", pa.float64()),
+        ("style_seconds", pa.float64()),
+        ("time_load_s", pa.float64()),
+        ("time_optimize_s", pa.float64()),
+        ("time_phase_s", pa.float64()),
+        ("time_write_s", pa.float64()),
+        ("time_total_s", pa.float64()),
+        ("device_used", pa.string()),
+        ("hostname", pa.string()),
+        ("slurm_job_id", pa.string()),
+        ("slurm_array_task_id", pa.string()),
+        ("slurm_restart_count", pa.int64()),
+        ("torch_version", pa.string()),
+        ("batch_ast_version", pa.string()),
+        ("python_version", pa.string()),
+        ("started_at", pa.timestamp("s", tz="UTC")),
+        ("finished_at", pa.timestamp("s", tz="UTC")),
+    ],
+    metadata={"batch_ast_schema_version": str(SCHEMA_VERSION)},
+)
+
+TRACES_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("iteration", pa.int64()),
+        ("total", pa.float64()),
+        ("content", pa.float64()),
+        ("style", pa.float64()),
+    ],
+    metadata={"batch_ast_schema_version": str(SCHEMA_VERSION)},
+)
+
+
+@dataclass
+class CollectReport:
+    rows: int = 0
+    traces: int = 0
+    skipped: list[str] = field(default_factory=list)  # "path: reason" for unreadable files
+
+
+@contextmanager
+def _collect_lock(results: ResultsRoot) -> Iterator[None]:
+    """Serialise concurrent collects on one root (each would write correct files, but in turn)."""
+    results.root.mkdir(parents=True, exist_ok=True)
+    with (results.root / ".collect.lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read_records(results: ResultsRoot, report: CollectReport) -> list[dict]:
+    records = []
+    for path in results.record_paths():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or "id" not in data or "status" not in data:
+                raise ValueError("not a batch-ast record")
+        except (OSError, ValueError) as exc:
+            report.skipped.append(f"{path}: unreadable record ({exc})")
+            continue
+        params = data.pop("params", {}) or {}
+        records.append({**params, **data})
+    return records
+
+
+def _records_table(records: list[dict]) -> pa.Table:
+    frame = pd.DataFrame.from_records(records)
+    for name in INDEX_SCHEMA.names:
+        if name not in frame:
+            frame[name] = None
+    frame = frame[INDEX_SCHEMA.names]
+    for name in ("started_at", "finished_at"):
+        frame[name] = pd.to_datetime(frame[name], utc=True, errors="coerce").dt.floor("s")
+    return pa.Table.from_pandas(frame, schema=INDEX_SCHEMA, preserve_index=False)
+
+
+def _traces_table(results: ResultsRoot, ok_ids: list[str], report: CollectReport) -> pa.Table:
+    tables = []
+    for rid in ok_ids:
+        path = results.trace_path(rid)
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowException) as exc:
+            report.skipped.append(f"{path}: unreadable trace ({exc})")
+            continue
+        ids = pa.array([rid] * table.num_rows, pa.string())
+        tables.append(table.append_column("id", ids).select(TRACES_SCHEMA.names).cast(TRACES_SCHEMA))
+    if not tables:
+        return TRACES_SCHEMA.empty_table()
+    return pa.concat_tables(tables)
+
+
+def collect(root: str | Path) -> CollectReport:
+    """Gather every published record and trace under ``root`` into index.parquet and traces.parquet."""
+    results = ResultsRoot(root)
+    report = CollectReport()
+    with _collect_lock(results):
+        records = _read_records(results, report)
+        index = _records_table(records) if records else INDEX_SCHEMA.empty_table()
+        ok_ids = [r["id"] for r in records if r.get("status") == "ok"]
+        traces = _traces_table(results, ok_ids, report)
+        write_atomic(results.index_path, lambda tmp: pq.write_table(index, tmp))
+        write_atomic(results.traces_path, lambda tmp: pq.write_table(traces, tmp))
+    report.rows, report.traces = index.num_rows, traces.num_rows
+    return report
+
+
+def load_index(root: str | Path = "results") -> pd.DataFrame:
+    """The index as a DataFrame: one row per job, typed columns (hyperparameters ready for groupby)."""
+    frame = pq.read_table(ResultsRoot(root).index_path).to_pandas()
+    for name in ("status", "optimizer", "device", "preset", "stop_reason", "device_used"):
+        if name in frame:
+            frame[name] = frame[name].astype("category")
+    return frame
+
+
+def load_traces(root: str | Path = "results") -> pd.DataFrame:
+    """Loss traces in long format: id, iteration, total, content, style."""
+    return pq.read_table(ResultsRoot(root).traces_path).to_pandas()

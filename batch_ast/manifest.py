@@ -1,0 +1,150 @@
+"""Manifest stage: read the CSV that pairs content and style files, validate every row up front.
+
+Every problem of every row is collected before anything is submitted, so a user fixes a broken
+manifest in one pass instead of one error per submission.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import PARAMS, Config, ConfigError, coerce
+
+REQUIRED_COLUMNS = ("content", "style")
+OPTIONAL_COLUMNS = ("id",)
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be used; ``problems`` holds one message per problem found."""
+
+    def __init__(self, manifest: Path, problems: list[str]):
+        self.manifest = manifest
+        self.problems = problems
+        super().__init__(f"{manifest}: {len(problems)} problem(s)\n  " + "\n  ".join(problems))
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One validated manifest row: resolved input paths and fully resolved hyperparameters."""
+
+    row: int  # 1-based data-row number (the header is not counted)
+    line: int  # line number in the CSV file, for error messages
+    name: str  # the user's optional `id` label ("" if none); never used for file names
+    content: Path
+    style: Path
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def where(self) -> str:
+        return f"row {self.row} (line {self.line})"
+
+
+def _resolve_path(raw: str, base: Path) -> Path:
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def _check_audio_path(path: Path) -> str | None:
+    if not path.exists():
+        return "file not found"
+    if not path.is_file():
+        return "not a regular file"
+    try:
+        with path.open("rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror}"
+    return None
+
+
+def read_manifest(path: str | Path, config: Config) -> list[ManifestRow]:
+    """Parse and validate a manifest; raise ManifestError listing all problems."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ManifestError(path, [f"cannot read manifest: {exc.strerror}"]) from None
+    try:
+        text = raw.decode("utf-8-sig")  # tolerate the BOM that spreadsheet programs write
+    except UnicodeDecodeError as exc:
+        raise ManifestError(path, [f"not UTF-8 text: {exc}"]) from None
+
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+    records = [(reader.line_num, rec) for rec in reader if any(cell.strip() for cell in rec)]
+    if not records:
+        raise ManifestError(path, ["manifest is empty: expected a header with content,style"])
+    header_line, header = records[0]
+    columns = [c.strip().lower() for c in header]
+    problems: list[str] = []
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        hint = ""
+        if header and (header[0].lower().endswith((".wav", ".mp3", ".flac", ".ogg")) or "/" in header[0]):
+            hint = " (the first line looks like data: is the header missing?)"
+        problems.append(f"header (line {header_line}): missing column(s) {', '.join(missing)}{hint}")
+    known = set(REQUIRED_COLUMNS) | set(OPTIONAL_COLUMNS) | set(PARAMS)
+    for col in columns:
+        if col not in known:
+            problems.append(
+                f"header (line {header_line}): unknown column {col!r} "
+                f"(known: content, style, id, {', '.join(PARAMS)})"
+            )
+    dupes = {c for c in columns if columns.count(c) > 1}
+    if dupes:
+        problems.append(f"header (line {header_line}): duplicate column(s) {', '.join(sorted(dupes))}")
+    if problems:
+        raise ManifestError(path, problems)
+
+    base = path.parent
+    rows: list[ManifestRow] = []
+    for number, (line, rec) in enumerate(records[1:], start=1):
+        where = f"row {number} (line {line})"
+        if len(rec) != len(columns):
+            problems.append(f"{where}: expected {len(columns)} fields, got {len(rec)}")
+            continue
+        cells = {col: cell.strip() for col, cell in zip(columns, rec, strict=True)}
+        files: dict[str, Path] = {}
+        for col in REQUIRED_COLUMNS:
+            if not cells[col]:
+                problems.append(f"{where}: column {col!r} is empty")
+                continue
+            file = _resolve_path(cells[col], base)
+            issue = _check_audio_path(file)
+            if issue:
+                problems.append(f"{where}: column {col!r}: {file}: {issue}")
+            files[col] = file
+        overrides: dict[str, Any] = {}
+        for col, cell in cells.items():
+            if col in PARAMS and cell != "":
+                try:
+                    overrides[col] = coerce(col, cell)
+                except ConfigError as exc:
+                    problems.append(f"{where}: column {col!r}: {exc}")
+        try:
+            params = config.resolve(overrides)
+        except ConfigError as exc:
+            problems.append(f"{where}: column 'preset': {exc}")
+            continue
+        if params["hop_length"] > params["n_fft"]:
+            problems.append(
+                f"{where}: hop_length {params['hop_length']} is larger than n_fft {params['n_fft']}"
+            )
+        if len(files) == 2:
+            rows.append(
+                ManifestRow(
+                    row=number,
+                    line=line,
+                    name=cells.get("id", ""),
+                    content=files["content"],
+                    style=files["style"],
+                    params=params,
+                )
+            )
+    if not records[1:]:
+        problems.append("manifest has a header but no rows")
+    if problems:
+        raise ManifestError(path, problems)
+    return rows

@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny real audio clips and tiny hyperparameters so tests run in seconds."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_AUDIO = REPO / "manifests" / "audio"
+SHARED_AUDIO = REPO.parent / "shared" / "audio"
+
+# Small enough for 2 CPU cores in about a second per row, large enough to be real.
+TINY = {
+    "sample_rate": 8000,
+    "max_seconds": 1.5,
+    "n_fft": 256,
+    "hop_length": 64,
+    "n_filters": 64,
+    "kernel_size": 5,
+    "iterations": 12,
+    "griffin_lim_iters": 8,
+}
+
+
+def tiny_columns(**extra: object) -> tuple[str, str]:
+    """Header suffix and row suffix for a manifest using the TINY settings (plus extras)."""
+    values = {**TINY, **extra}
+    return ",".join(values), ",".join(str(v) for v in values.values())
+
+
+@pytest.fixture
+def audio_dir(tmp_path: Path) -> Path:
+    """A scratch folder with copies of two demo clips (content.wav, style.wav)."""
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    shutil.copy(DEMO_AUDIO / "speech_gettysburg.wav", folder / "content.wav")
+    shutil.copy(DEMO_AUDIO / "boogie_marabi.wav", folder / "style.wav")
+    shutil.copy(DEMO_AUDIO / "harp_harmony.wav", folder / "content2.wav")
+    return folder
+
+
+def write_manifest(folder: Path, rows: list[str], header: str = "content,style", name: str = "m.csv") -> Path:
+    path = folder / name
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,101 @@
+"""Real runs through submitit's local executor: WAVs, records, the Parquet index, skip, failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import soundfile as sf
+
+import batch_ast
+from batch_ast.cli import main
+from batch_ast.store import ResultsRoot
+
+from .conftest import tiny_columns, write_manifest
+
+
+def submit(manifest: Path, results: Path, *extra: str) -> int:
+    return main(["submit", str(manifest), "--results", str(results), "--executor", "local", "--quiet", *extra])
+
+
+def test_local_run_produces_wavs_records_and_index(audio_dir, tmp_path, capsys):
+    head, vals = tiny_columns()
+    m = write_manifest(
+        audio_dir,
+        [f"a,content.wav,style.wav,lbfgs,{vals}", f"b,content2.wav,style.wav,adam,{vals}"],
+        header=f"id,content,style,optimizer,{head}",
+    )
+    results = tmp_path / "results"
+    assert submit(m, results, "--workers", "2") == 0
+    index = batch_ast.load_index(results)
+    assert len(index) == 2 and set(index["status"]) == {"ok"}
+    assert set(index["name"]) == {"a", "b"}
+    assert index["iterations_run"].between(1, 12).all()
+    assert pd.api.types.is_float_dtype(index["final_total"]) and index["final_total"].notna().all()
+    assert str(index["finished_at"].dtype).startswith("datetime64")
+    for rel in index["output"]:
+        audio, sr = sf.read(results / rel)
+        assert sr == 8000 and len(audio) == 12000 and abs(audio).max() > 0.01
+    traces = batch_ast.load_traces(results)
+    assert set(traces["id"]) == set(index["id"])
+    assert list(traces.columns) == ["id", "iteration", "total", "content", "style"]
+    record = json.loads((results / "runs" / index["id"][0] / "record.json").read_text())
+    for key in ("content_sha256", "params", "time_optimize_s", "time_phase_s", "torch_version", "device_used"):
+        assert key in record
+
+
+def test_resubmit_skips_done_rows_and_force_redoes(audio_dir, tmp_path, capsys):
+    head, vals = tiny_columns()
+    m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
+    results = tmp_path / "results"
+    assert submit(m, results) == 0
+    (rid,) = batch_ast.load_index(results)["id"]
+    record = ResultsRoot(results).record_path(rid)
+    stamp = record.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["submit", str(m), "--results", str(results), "--executor", "local"]) == 0
+    out = capsys.readouterr().out
+    assert "already done" in out and "nothing to run" in out
+    assert record.stat().st_mtime_ns == stamp
+    assert submit(m, results, "--force") == 0
+    assert record.stat().st_mtime_ns != stamp
+
+
+def test_row_ids_follow_content_not_names(audio_dir, tmp_path):
+    head, vals = tiny_columns()
+    (audio_dir / "renamed.wav").write_bytes((audio_dir / "content.wav").read_bytes())
+    m = write_manifest(
+        audio_dir,
+        [f"content.wav,style.wav,{vals}", f"renamed.wav,style.wav,{vals}", f"content.wav,style.wav,{vals}"],
+        header=f"content,style,{head}",
+    )
+    assert main(["submit", str(m), "--results", str(tmp_path / "r"), "--executor", "local", "--dry-run"]) == 0
+    results = tmp_path / "r"
+    assert submit(m, results) == 0
+    assert len(batch_ast.load_index(results)) == 1  # three rows, one transfer
+
+
+def test_failing_row_does_not_stop_the_others(audio_dir, tmp_path):
+    head, vals = tiny_columns()
+    (audio_dir / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" + bytes(range(256)) * 4)
+    (audio_dir / "empty.wav").write_bytes(b"")
+    m = write_manifest(
+        audio_dir,
+        [
+            f"content.wav,style.wav,{vals}",
+            f"corrupt.wav,style.wav,{vals}",
+            f"content.wav,empty.wav,{vals}",
+            f"content2.wav,style.wav,{vals}",
+        ],
+        header=f"content,style,{head}",
+    )
+    results = tmp_path / "results"
+    assert submit(m, results) == 1  # non-zero: some rows failed
+    index = batch_ast.load_index(results).set_index("row")
+    assert index.loc[1, "status"] == "ok" and index.loc[4, "status"] == "ok"
+    assert index.loc[2, "status"] == "failed" and "corrupt.wav" in index.loc[2, "error"]
+    assert index.loc[3, "status"] == "failed" and "empty.wav" in index.loc[3, "error"]
+    # failed rows are not retried by default, only with --retry-failed
+    assert submit(m, results) == 0
+    assert submit(m, results, "--retry-failed") == 1

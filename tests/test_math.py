@@ -1,0 +1,146 @@
+"""The math of the transfer: features, Gram normalisation, losses, L-BFGS, resume, Griffin-Lim."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from batch_ast.audio import load_audio
+from batch_ast.config import load_config
+from batch_ast.phase import griffin_lim, magnitude_from_log, spectral_convergence
+from batch_ast.transfer import (
+    StyleTransfer,
+    TransferError,
+    content_loss,
+    features,
+    gram,
+    log_spectrogram,
+    random_filters,
+)
+
+from .conftest import DEMO_AUDIO, TINY
+
+
+def params(**over):
+    return load_config().resolve({**TINY, **over})
+
+
+def spec_of(name: str, p: dict) -> torch.Tensor:
+    audio = load_audio(DEMO_AUDIO / name, p["sample_rate"], p["max_seconds"])
+    return log_spectrogram(torch.from_numpy(audio), p["n_fft"], p["hop_length"])
+
+
+def test_gram_is_normalised_by_length():
+    feats = torch.rand(8, 50)
+    repeated = torch.cat([feats, feats, feats], dim=1)
+    torch.testing.assert_close(gram(repeated), gram(feats))
+    torch.testing.assert_close(gram(feats), feats @ feats.T / 50)
+
+
+def test_content_loss_is_per_frame_and_zero_at_target():
+    a, b = torch.rand(8, 40), torch.rand(8, 40)
+    assert content_loss(a, a).item() == 0.0
+    doubled = content_loss(torch.cat([a, a], 1), torch.cat([b, b], 1))
+    torch.testing.assert_close(doubled, content_loss(a, b))
+
+
+def test_losses_vanish_at_the_inputs_themselves():
+    p = params()
+    content, style = spec_of("speech_gettysburg.wav", p), spec_of("boogie_marabi.wav", p)
+    t = StyleTransfer(content, style, p, torch.device("cpu"))
+    _, c, _ = t.loss_terms(content)
+    _, _, s = t.loss_terms(style)
+    assert c.item() == 0.0 and s.item() == 0.0
+
+
+def test_features_shape_and_seeded_weights():
+    w = random_filters(129, 16, 5, seed=3)
+    assert w.shape == (16, 129, 5)
+    torch.testing.assert_close(w, random_filters(129, 16, 5, seed=3))
+    assert not torch.equal(w, random_filters(129, 16, 5, seed=4))
+    assert features(torch.rand(129, 40), w).shape == (16, 36)
+    assert (features(torch.rand(129, 40), w) >= 0).all()
+
+
+def run(p):
+    t = StyleTransfer(spec_of("speech_gettysburg.wav", p), spec_of("boogie_marabi.wav", p), p, torch.device("cpu"))
+    t.run()
+    return t
+
+
+def test_lbfgs_works_and_beats_adam_at_equal_iterations():
+    p = params(iterations=40, patience=1000)
+    lbfgs = run({**p, "optimizer": "lbfgs"})
+    adam = run({**p, "optimizer": "adam", "lr": 0.1})
+    first = lbfgs.trace[0][1]
+    assert lbfgs.iteration == 40 and lbfgs.stop_reason == "max_iterations"
+    assert lbfgs.result()[1].total < first * 0.05, "L-BFGS should cut the loss by >20x"
+    assert lbfgs.result()[1].total < adam.result()[1].total
+
+
+def test_adam_early_stopping_and_scheduler():
+    p = params(optimizer="adamw", lr=0.5, iterations=500, patience=3, min_delta=0.5)
+    t = run(p)
+    assert t.stop_reason == "early_stopping" and t.iteration < 500
+    assert len(t.trace) == t.iteration
+
+
+def test_resume_from_state_reaches_the_same_spectrogram(tmp_path):
+    for optimizer in ("lbfgs", "adamw"):
+        p = params(optimizer=optimizer, lr=1.0 if optimizer == "lbfgs" else 0.3, iterations=20, patience=1000)
+        full = run(p)
+        content, style = spec_of("speech_gettysburg.wav", p), spec_of("boogie_marabi.wav", p)
+        first = StyleTransfer(content, style, p, torch.device("cpu"))
+        first.run(should_pause=lambda t=first: t.iteration >= 7)
+        torch.save(first.state_dict(), tmp_path / "ckpt.pt")
+        second = StyleTransfer(content, style, p, torch.device("cpu"))
+        second.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=False))
+        assert second.iteration == 7
+        second.run()
+        torch.testing.assert_close(second.result()[0], full.result()[0], rtol=1e-5, atol=1e-6)
+        assert second.trace == full.trace
+
+
+def test_too_short_input_is_a_clear_error():
+    p = params(kernel_size=11)
+    short = torch.rand(p["n_fft"] // 2 + 1, 6)
+    with pytest.raises(TransferError, match="shorter than kernel_size 11"):
+        StyleTransfer(short, spec_of("boogie_marabi.wav", p), p, torch.device("cpu"))
+
+
+def test_silent_inputs_give_finite_results():
+    p = params()
+    silent = torch.zeros(p["n_fft"] // 2 + 1, 80)
+    t = StyleTransfer(silent, silent, p, torch.device("cpu"))
+    t.run()
+    x, terms = t.result()
+    assert all(math.isfinite(v) for v in (terms.total, terms.content, terms.style))
+    audio = griffin_lim(magnitude_from_log(x), p["n_fft"], p["hop_length"], n_iter=4)
+    assert torch.isfinite(audio).all()
+
+
+def test_griffin_lim_matches_librosa_quality():
+    import librosa
+
+    n_fft, hop = 512, 128
+    audio = load_audio(DEMO_AUDIO / "harp_harmony.wav", 16000, 2.0)
+    magnitude = np.abs(librosa.stft(audio, n_fft=n_fft, hop_length=hop))
+    ours = griffin_lim(torch.from_numpy(magnitude), n_fft, hop, n_iter=32, momentum=0.99, length=len(audio))
+    theirs = librosa.griffinlim(
+        magnitude, n_iter=32, hop_length=hop, n_fft=n_fft, momentum=0.99, length=len(audio), random_state=0
+    )
+    mag = torch.from_numpy(magnitude)
+    sc_ours = spectral_convergence(mag, ours, n_fft, hop)
+    sc_theirs = spectral_convergence(mag, torch.from_numpy(theirs), n_fft, hop)
+    assert sc_ours < 0.5, sc_ours
+    assert sc_ours <= sc_theirs * 1.1, (sc_ours, sc_theirs)
+
+
+def test_spectral_convergence_is_zero_for_a_consistent_spectrogram():
+    audio = torch.from_numpy(load_audio(DEMO_AUDIO / "harp_harmony.wav", 16000, 1.0))
+    window = torch.hann_window(512)
+    mag = torch.stft(audio, 512, 128, window=window, return_complex=True).abs()
+    assert spectral_convergence(mag, audio, 512, 128) < 1e-5
