@@ -17,9 +17,11 @@ from .dispatch import (
     default_rows_per_job,
     load_profile,
     load_submissions,
+    save_submission,
     submit,
 )
 from .index import collect
+from .job import TransferJob
 from .manifest import ManifestError, read_manifest
 from .plan import Plan, chunk, make_plan
 from .status import all_status, format_status, submission_status
@@ -50,7 +52,10 @@ def _print_plan(plan: Plan, rows_per_job: int, executor: str, why: str) -> None:
     for spec in plan.done:
         print(f"  skip  row {spec.row} [{spec.id}]: already done (use --force to redo)")
     for spec in plan.failed_before:
-        print(f"  skip  row {spec.row} [{spec.id}]: failed before (use --retry-failed)")
+        print(
+            f"  skip  row {spec.row} [{spec.id}]: failed before "
+            "(--retry-failed reruns transient failures, --force reruns any)"
+        )
     for row, first in plan.duplicates:
         print(f"  skip  row {row}: duplicate of row {first} (same inputs and settings)")
 
@@ -130,8 +135,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     skipped = {s.id: "already done" for s in plan.done}
     skipped.update({s.id: "failed before" for s in plan.failed_before})
+    if args.max_retries is not None:
+        profile["slurm_max_num_timeout"] = args.max_retries
+    job = TransferJob(
+        force=args.force, checkpoint_every_s=args.checkpoint_every, max_resumes=args.max_retries or 10
+    )
     submission, jobs = submit(
-        plan.to_run, results, executor, Path(args.manifest), rows_per_job, profile, skipped, args.force
+        plan.to_run, results, executor, Path(args.manifest), rows_per_job, profile, skipped, job
     )
     print(
         f"submitted {len(plan.to_run)} row(s) as {len(jobs)} job(s): {submission.array_job_id} "
@@ -205,6 +215,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
                     os.kill(int(job_id), signal.SIGTERM)
                 except (ValueError, ProcessLookupError):
                     pass
+        sub.cancelled = True
+        save_submission(results, sub)
         print(f"submission {sub.submission_id}: cancelled {len(active)} job(s): {' '.join(active)}")
     return 0
 
@@ -235,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--array-parallelism", type=int, help="SLURM: at most N array tasks at once")
     p.add_argument("--timeout-min", type=int, help="time limit per job in minutes")
     p.add_argument("--gpus", type=int, help="GPUs per job (SLURM gpus_per_node)")
+    p.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",
+                   help="save each row's optimisation state this often (default 300)")
+    p.add_argument("--max-retries", type=int,
+                   help="bound automatic requeues after timeouts/preemption (default 10 resumes per row)")
     p.add_argument("--dry-run", action="store_true", help="show the plan and exit")
     p.add_argument("--force", action="store_true", help="redo rows that are already done")
     p.add_argument("--retry-failed", action="store_true", help="rerun rows whose record says failed")

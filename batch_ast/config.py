@@ -62,10 +62,11 @@ PARAMS: dict[str, Param] = {
     "griffin_lim_momentum": Param(float, lambda x: 0 <= x < 1, "a number in [0, 1)"),
     "seed": Param(int, lambda x: 0 <= x < 2**63, "an integer >= 0"),
     "device": Param(str, lambda s: s in DEVICES, "one of " + ", ".join(DEVICES)),
+    "max_memory_gb": Param(float, _positive, "a number > 0"),
 }
 
 # Hyperparameters that do not change the result and therefore stay out of the row id.
-NOT_IN_ID = frozenset({"device", "preset"})
+NOT_IN_ID = frozenset({"device", "preset", "max_memory_gb"})
 
 
 def coerce(name: str, raw: Any) -> Any:

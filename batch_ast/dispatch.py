@@ -109,6 +109,7 @@ class Submission:
     rows: dict[str, int] = field(default_factory=dict)  # row id -> manifest row
     skipped: dict[str, str] = field(default_factory=dict)  # row id -> reason
     parameters: dict[str, Any] = field(default_factory=dict)
+    cancelled: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -120,7 +121,10 @@ class Submission:
 
 
 def _make_executor(kind: str, folder: Path, params: dict[str, Any]) -> submitit.Executor:
-    executor = submitit.AutoExecutor(folder=folder, cluster=kind)
+    params = dict(params)
+    max_timeouts = params.pop("slurm_max_num_timeout", None)
+    ctor = {f"{kind}_max_num_timeout": max_timeouts} if max_timeouts is not None and kind != "debug" else {}
+    executor = submitit.AutoExecutor(folder=folder, cluster=kind, **ctor)
     if kind == "slurm":
         executor.update_parameters(**{**SLURM_DEFAULTS, **params})
     elif kind == "local":
@@ -137,6 +141,17 @@ def default_rows_per_job(kind: str, n_rows: int, workers: int) -> int:
     return max(1, math.ceil(n_rows / max(1, workers)))
 
 
+RESOURCE_TO_PARAM = {"timeout_min": "timeout_min", "gpus": "gpus_per_node", "mem_gb": "mem_gb", "cpus": "cpus_per_task"}
+
+
+def _group_by_resources(specs: list[RowSpec]) -> list[tuple[dict[str, Any], list[RowSpec]]]:
+    """Rows with equal per-row resources share one job array (an array has one resource request)."""
+    groups: dict[tuple, list[RowSpec]] = {}
+    for spec in specs:
+        groups.setdefault(tuple(sorted(spec.resources.items())), []).append(spec)
+    return [(dict(key), rows) for key, rows in groups.items()]
+
+
 def submit(
     specs: list[RowSpec],
     results: ResultsRoot,
@@ -145,18 +160,29 @@ def submit(
     rows_per_job: int,
     params: dict[str, Any] | None = None,
     skipped: dict[str, str] | None = None,
-    force: bool = False,
+    job: TransferJob | None = None,
 ) -> tuple[Submission, list[submitit.Job]]:
-    """Submit the rows as one job array (packs of ``rows_per_job`` rows) and record it."""
+    """Submit the rows as job arrays (packs of ``rows_per_job`` rows; one array per distinct
+    per-row resource request) and record the submission under the results root."""
     params = dict(params or {})
     created = datetime.now(timezone.utc)
     submission_id = created.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    job = job or TransferJob()
+    job.submission_id = submission_id
     folder = results.submitit_dir / "%j"
-    executor = _make_executor(kind, folder, params)
-    packs = chunk(specs, rows_per_job)
-    payloads = [[s.to_dict() for s in pack] for pack in packs]
-    job = TransferJob(submission_id=submission_id, force=force)
-    jobs = executor.map_array(job, payloads, [str(results.root)] * len(payloads))
+    all_jobs: list[submitit.Job] = []
+    job_entries: list[dict[str, Any]] = []
+    for resources, group in _group_by_resources(specs):
+        group_params = {**params, **{RESOURCE_TO_PARAM[k]: v for k, v in resources.items()}}
+        executor = _make_executor(kind, folder, group_params)
+        packs = chunk(group, rows_per_job)
+        payloads = [[s.to_dict() for s in pack] for pack in packs]
+        jobs = executor.map_array(job, payloads, [str(results.root)] * len(payloads))
+        all_jobs.extend(jobs)
+        job_entries.extend(
+            {"job_id": str(j.job_id), "rows": [s.id for s in pack], "log": str(j.paths.stderr)}
+            for j, pack in zip(jobs, packs, strict=True)
+        )
     submission = Submission(
         submission_id=submission_id,
         executor=kind,
@@ -164,16 +190,13 @@ def submit(
         manifest=str(manifest.resolve()),
         root=str(results.root),
         submitit_folder=str(results.submitit_dir),
-        jobs=[
-            {"job_id": str(job.job_id), "rows": [s.id for s in pack], "log": str(job.paths.stderr)}
-            for job, pack in zip(jobs, packs, strict=True)
-        ],
+        jobs=job_entries,
         rows={s.id: s.row for s in specs},
         skipped=dict(skipped or {}),
         parameters={k: v for k, v in params.items() if isinstance(v, (str, int, float, bool))},
     )
     save_submission(results, submission)
-    return submission, jobs
+    return submission, all_jobs
 
 
 def save_submission(results: ResultsRoot, submission: Submission) -> Path:

@@ -63,25 +63,47 @@ def _write_trace(path: Path, trace: list[tuple[int, float, float, float]]) -> No
     write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
+class ResumeLimitError(RuntimeError):
+    """A row was interrupted and resumed more often than allowed."""
+
+
+# Failures that come from the inputs or settings: retrying cannot help, so --retry-failed skips them.
+def _is_retryable(exc: BaseException) -> bool:
+    from .audio import AudioError
+    from .transfer import TransferError
+
+    return not isinstance(exc, (AudioError, TransferError, ResumeLimitError, MemoryBudgetError))
+
+
+class MemoryBudgetError(ValueError):
+    """The row would need more memory than its max_memory_gb budget."""
+
+
 def run_row(
     spec: RowSpec,
     results: ResultsRoot,
     should_pause: Callable[[], bool] = lambda: False,
     submission_id: str = "",
+    checkpoint_every_s: float = 300.0,
+    max_resumes: int = 10,
 ) -> dict[str, Any]:
     """Run one row: load, optimise, reconstruct phase, write outputs and record. Never raises except
-    ``Paused`` (state saved for a later resume); failures become a ``failed`` record."""
+    ``Paused`` (state saved for a later resume); failures become a ``failed`` record.
+
+    The optimisation state is checkpointed every ``checkpoint_every_s`` seconds (at an iteration
+    boundary) so that even a hard kill (node failure, ``scontrol requeue``) loses little work."""
     import torch
 
     from .audio import load_audio, write_wav
     from .phase import griffin_lim, magnitude_from_log, spectral_convergence
-    from .transfer import StyleTransfer, log_spectrogram, pick_device
+    from .transfer import StyleTransfer, estimate_memory_bytes, log_spectrogram, pick_device
 
     p = spec.params
     record: dict[str, Any] = {
         **spec.to_dict(),
         "status": "running",
         "error": "",
+        "retryable": False,
         "submission_id": submission_id,
         "started_at": _now(),
         "batch_ast_version": __version__,
@@ -91,6 +113,7 @@ def run_row(
     }
     run_dir = results.run_dir(spec.id)
     run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = results.checkpoint_path(spec.id)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     try:
@@ -104,19 +127,40 @@ def run_row(
         timings["time_load_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        frames = lambda n: 1 + n // p["hop_length"]  # noqa: E731 - centred STFT frame count
+        need = estimate_memory_bytes(p["n_fft"] // 2 + 1, frames(len(content)), frames(len(style)), p)
+        if need > p["max_memory_gb"] * 2**30:
+            raise MemoryBudgetError(
+                f"needs about {need / 2**30:.1f} GiB, above max_memory_gb={p['max_memory_gb']}: "
+                "lower max_seconds or n_filters, or raise max_memory_gb"
+            )
         to_spec = lambda a: log_spectrogram(  # noqa: E731
             torch.from_numpy(a).to(device), p["n_fft"], p["hop_length"]
         )
         transfer = StyleTransfer(to_spec(content), to_spec(style), p, device)
-        ckpt_path = results.checkpoint_path(spec.id)
-        resumed_from = 0
+        resumes = 0
         if ckpt_path.exists():
-            transfer.load_state_dict(torch.load(ckpt_path, map_location=device, weights_only=False))
-            resumed_from = transfer.iteration
-        record["resumed_from_iteration"] = resumed_from
-        if not transfer.run(should_pause):
-            write_atomic(ckpt_path, lambda tmp: torch.save(transfer.state_dict(), tmp))
-            raise Paused(f"row {spec.row} paused at iteration {transfer.iteration}")
+            state = torch.load(ckpt_path, map_location=device, weights_only=False)
+            transfer.load_state_dict(state)
+            resumes = state.get("resumes", 0) + 1
+            if resumes > max_resumes:
+                raise ResumeLimitError(f"interrupted and resumed {resumes - 1} times (max_retries={max_resumes})")
+        record["resumed_from_iteration"] = transfer.iteration
+        record["resumes"] = resumes
+
+        def save_checkpoint() -> None:
+            state = {**transfer.state_dict(), "resumes": resumes}
+            write_atomic(ckpt_path, lambda tmp: torch.save(state, tmp))
+
+        last_save = time.monotonic()
+        while not transfer.finished:
+            if should_pause():
+                save_checkpoint()
+                raise Paused(f"row {spec.row} paused at iteration {transfer.iteration}")
+            transfer.step()
+            if checkpoint_every_s and time.monotonic() - last_save >= checkpoint_every_s:
+                save_checkpoint()
+                last_save = time.monotonic()
         log_spec, terms = transfer.result()
         timings["time_optimize_s"] = time.perf_counter() - t0
 
@@ -158,13 +202,14 @@ def run_row(
         record.update(
             status="failed",
             error=f"{type(exc).__name__}: {exc}",
+            retryable=_is_retryable(exc),
             traceback=traceback.format_exc(limit=8),
         )
     timings["time_total_s"] = time.perf_counter() - t_start
     record.update(timings, finished_at=_now())
     write_json_atomic(results.record_path(spec.id), record)
-    if record["status"] == "ok":
-        results.checkpoint_path(spec.id).unlink(missing_ok=True)
+    if record["status"] == "ok" or not record["retryable"]:
+        ckpt_path.unlink(missing_ok=True)
     return record
 
 
@@ -176,9 +221,17 @@ class TransferJob(submitit.helpers.Checkpointable):
     Signals are deferred to the next iteration boundary so the saved state is always consistent.
     """
 
-    def __init__(self, submission_id: str = "", force: bool = False) -> None:
+    def __init__(
+        self,
+        submission_id: str = "",
+        force: bool = False,
+        checkpoint_every_s: float = 300.0,
+        max_resumes: int = 10,
+    ) -> None:
         self.submission_id = submission_id
         self.force = force  # redo rows finished by earlier submissions
+        self.checkpoint_every_s = checkpoint_every_s
+        self.max_resumes = max_resumes
         self._pause_requested = False
 
     def _already_done(self, record: dict[str, Any] | None) -> bool:
@@ -202,6 +255,8 @@ class TransferJob(submitit.helpers.Checkpointable):
                     results,
                     should_pause=lambda: self._pause_requested,
                     submission_id=self.submission_id,
+                    checkpoint_every_s=self.checkpoint_every_s,
+                    max_resumes=self.max_resumes,
                 )
             except Paused:
                 self._hand_signal_to_submitit()
@@ -229,7 +284,12 @@ class TransferJob(submitit.helpers.Checkpointable):
 
     def __getstate__(self) -> dict[str, Any]:
         # nothing of a running job (flags, signal handlers) belongs in the requeue pickle
-        return {"submission_id": self.submission_id, "force": self.force}
+        return {
+            "submission_id": self.submission_id,
+            "force": self.force,
+            "checkpoint_every_s": self.checkpoint_every_s,
+            "max_resumes": self.max_resumes,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)

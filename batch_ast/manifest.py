@@ -16,6 +16,8 @@ from .config import PARAMS, Config, ConfigError, coerce
 
 REQUIRED_COLUMNS = ("content", "style")
 OPTIONAL_COLUMNS = ("id",)
+# Per-row job resources (override the cluster profile); they do not change the result or the row id.
+RESOURCE_COLUMNS = {"timeout_min": int, "gpus": int, "mem_gb": float, "cpus": int}
 
 
 class ManifestError(ValueError):
@@ -37,6 +39,7 @@ class ManifestRow:
     content: Path
     style: Path
     params: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)
 
     def where(self) -> str:
         return f"row {self.row} (line {self.line})"
@@ -85,12 +88,12 @@ def read_manifest(path: str | Path, config: Config) -> list[ManifestRow]:
         if header and (header[0].lower().endswith((".wav", ".mp3", ".flac", ".ogg")) or "/" in header[0]):
             hint = " (the first line looks like data: is the header missing?)"
         problems.append(f"header (line {header_line}): missing column(s) {', '.join(missing)}{hint}")
-    known = set(REQUIRED_COLUMNS) | set(OPTIONAL_COLUMNS) | set(PARAMS)
+    known = set(REQUIRED_COLUMNS) | set(OPTIONAL_COLUMNS) | set(PARAMS) | set(RESOURCE_COLUMNS)
     for col in columns:
         if col not in known:
             problems.append(
                 f"header (line {header_line}): unknown column {col!r} "
-                f"(known: content, style, id, {', '.join(PARAMS)})"
+                f"(known: content, style, id, {', '.join([*PARAMS, *RESOURCE_COLUMNS])})"
             )
     dupes = {c for c in columns if columns.count(c) > 1}
     if dupes:
@@ -123,6 +126,18 @@ def read_manifest(path: str | Path, config: Config) -> list[ManifestRow]:
                     overrides[col] = coerce(col, cell)
                 except ConfigError as exc:
                     problems.append(f"{where}: column {col!r}: {exc}")
+        resources: dict[str, Any] = {}
+        for col, kind in RESOURCE_COLUMNS.items():
+            cell = cells.get(col, "")
+            if cell == "":
+                continue
+            try:
+                value = kind(float(cell)) if kind is int and float(cell).is_integer() else kind(cell)
+                if not value >= 0 or value != value or value == float("inf"):
+                    raise ValueError
+                resources[col] = value
+            except ValueError:
+                problems.append(f"{where}: column {col!r}: expected a non-negative {kind.__name__}, got {cell!r}")
         try:
             params = config.resolve(overrides)
         except ConfigError as exc:
@@ -141,6 +156,7 @@ def read_manifest(path: str | Path, config: Config) -> list[ManifestRow]:
                     content=files["content"],
                     style=files["style"],
                     params=params,
+                    resources=resources,
                 )
             )
     if not records[1:]:

@@ -54,6 +54,7 @@ class RowSpec:
     style_sha256: str
     params: dict[str, Any] = field(default_factory=dict)
     manifest: str = ""
+    resources: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,7 +66,7 @@ class Plan:
 
     to_run: list[RowSpec]
     done: list[RowSpec]  # finished earlier (record says ok): skipped
-    failed_before: list[RowSpec]  # failed earlier: skipped unless retry_failed
+    failed_before: list[RowSpec]  # failed earlier: skipped unless retryable and retry_failed
     duplicates: list[tuple[int, int]]  # (row, row it duplicates): run once
 
     @property
@@ -103,13 +104,14 @@ def make_plan(
             style_sha256=s_sha,
             params=dict(mrow.params),
             manifest=str(manifest.resolve()),
+            resources=dict(mrow.resources),
         )
         record = results.read_record(rid)
         status = record.get("status") if record else None
         if not force and status == "ok":
             done.append(spec)
-        elif not force and status == "failed" and not retry_failed:
-            failed_before.append(spec)
+        elif not force and status == "failed" and not (retry_failed and record.get("retryable")):
+            failed_before.append(spec)  # deterministic failures (bad audio) are not retried
         else:
             to_run.append(spec)
     return Plan(to_run=to_run, done=done, failed_before=failed_before, duplicates=duplicates)

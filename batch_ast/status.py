@@ -15,7 +15,7 @@ from pathlib import Path
 from .dispatch import Submission, load_submissions, local_job_alive, squeue_states
 from .store import ResultsRoot
 
-STATES = ("pending", "running", "ok", "failed", "lost", "skipped")
+STATES = ("pending", "running", "ok", "failed", "cancelled", "lost", "skipped")
 
 
 @dataclass
@@ -85,6 +85,8 @@ def submission_status(results: ResultsRoot, submission: Submission) -> Submissio
             status.rows.append(RowState(rid, row, _queue_state(in_queue), job_id, log))
         elif not status.queue_known:
             status.rows.append(RowState(rid, row, "pending", job_id, log, "queue state unknown"))
+        elif submission.cancelled:
+            status.rows.append(RowState(rid, row, "cancelled", job_id, log))
         else:
             status.rows.append(RowState(rid, row, "lost", job_id, log, log_tail(log)))
     for rid, reason in submission.skipped.items():

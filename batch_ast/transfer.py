@@ -68,6 +68,19 @@ def style_loss(gram_matrix: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (gram_matrix - target).pow(2).sum()
 
 
+def estimate_memory_bytes(n_bins: int, content_frames: int, style_frames: int, params: dict[str, Any]) -> int:
+    """Rough peak float32 memory of one transfer, to refuse inputs that cannot fit before allocating.
+
+    The Gram matrices do not grow with length; the conv activations and L-BFGS history do."""
+    n_filters = params["n_filters"]
+    spec = n_bins * content_frames
+    activations = n_filters * max(content_frames, style_frames)
+    history = 2 * 100 * spec if params["optimizer"] == "lbfgs" else 2 * spec
+    floats = 6 * spec + 5 * activations + 3 * n_filters * n_filters + history
+    floats += n_filters * n_bins * params["kernel_size"]
+    return 4 * floats
+
+
 @dataclass(frozen=True)
 class LossTerms:
     total: float

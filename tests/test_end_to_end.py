@@ -98,4 +98,5 @@ def test_failing_row_does_not_stop_the_others(audio_dir, tmp_path):
     assert index.loc[3, "status"] == "failed" and "empty.wav" in index.loc[3, "error"]
     # failed rows are not retried by default, only with --retry-failed
     assert submit(m, results) == 0
-    assert submit(m, results, "--retry-failed") == 1
+    assert submit(m, results, "--retry-failed") == 0  # bad audio is not retryable
+    assert submit(m, results, "--force") == 1

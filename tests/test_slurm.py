@@ -1,0 +1,240 @@
+"""Integration tests against the real single-node SLURM cluster started by slurm/start.sh.
+
+They skip with a reason where no cluster answers, except in CI (CI=true), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import batch_ast
+from batch_ast.cli import main
+from batch_ast.dispatch import load_submissions, slurm_available
+from batch_ast.store import ResultsRoot
+
+from .conftest import tiny_columns, write_manifest
+
+pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    if not slurm_available():
+        reason = "no SLURM controller answers: run `sudo bash slurm/start.sh` first"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
+
+
+def wait_for(predicate, timeout_s: float = 180, every_s: float = 1.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def squeue_ids() -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def slurm_submit(manifest: Path, results: Path, *extra: str) -> int:
+    return main(["submit", str(manifest), "--results", str(results), "--executor", "slurm", "--quiet", *extra])
+
+
+def sbatch_script(results: Path) -> str:
+    scripts = sorted((results / "submitit").glob("*/*submission.sh")) + sorted(
+        (results / "submitit").glob("*submission.sh")
+    )
+    assert scripts, "submitit wrote no sbatch script"
+    return scripts[-1].read_text()
+
+
+def test_job_array_with_fake_gpu_throttling_and_a_failing_row(audio_dir, tmp_path, capsys):
+    head, vals = tiny_columns()
+    (audio_dir / "broken.mp3").write_bytes(b"ID3" + os.urandom(2000))
+    m = write_manifest(
+        audio_dir,
+        [
+            f"content.wav,style.wav,1,{vals}",
+            f"content2.wav,style.wav,2,{vals}",
+            f"broken.mp3,style.wav,3,{vals}",
+            f"content.wav,content2.wav,4,{vals}",
+        ],
+        header=f"content,style,seed,{head}",
+    )
+    results = tmp_path / "results"
+    code = slurm_submit(m, results, "--wait", "--gpus", "1", "--array-parallelism", "2", "--timeout-min", "10")
+    assert code == 1  # one row failed
+    script = sbatch_script(results)
+    assert re.search(r"#SBATCH --array=0-3%2", script), script
+    assert "#SBATCH --gpus-per-node=1" in script
+    index = batch_ast.load_index(results).set_index("row")
+    assert list(index.loc[[1, 2, 4], "status"]) == ["ok", "ok", "ok"]
+    assert index.loc[3, "status"] == "failed" and "broken.mp3" in index.loc[3, "error"]
+    assert not index.loc[3, "retryable"]
+    (sub,) = load_submissions(ResultsRoot(results))
+    array_id = sub.array_job_id
+    assert set(index["slurm_job_id"]) == {array_id}
+    assert set(index["slurm_array_task_id"]) == {"0", "1", "2", "3"}
+    capsys.readouterr()
+    assert main(["status", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "ok=3" in out and "failed=1" in out and "broken.mp3" in out
+
+
+def test_packing_several_rows_per_array_task(audio_dir, tmp_path):
+    head, vals = tiny_columns()
+    m = write_manifest(
+        audio_dir,
+        [f"content.wav,style.wav,{seed},{vals}" for seed in range(4)],
+        header=f"content,style,seed,{head}",
+    )
+    results = tmp_path / "results"
+    assert slurm_submit(m, results, "--wait", "--rows-per-job", "2") == 0
+    index = batch_ast.load_index(results)
+    assert len(index) == 4 and set(index["status"]) == {"ok"}
+    assert index.groupby("slurm_array_task_id").size().to_dict() == {"0": 2, "1": 2}
+    (sub,) = load_submissions(ResultsRoot(results))
+    assert [len(j["rows"]) for j in sub.jobs] == [2, 2]
+
+
+def long_rows(audio_dir: Path, n: int, iterations: int = 4000) -> Path:
+    head, vals = tiny_columns(iterations=iterations, patience=100000, n_filters=128)
+    return write_manifest(
+        audio_dir,
+        [f"content.wav,style.wav,{seed},{vals}" for seed in range(n)],
+        header=f"content,style,seed,{head}",
+        name="long.csv",
+    )
+
+
+def test_detached_status_collect_while_running_and_cancel(audio_dir, tmp_path, capsys):
+    m = long_rows(audio_dir, 3)
+    results = tmp_path / "results"
+    assert slurm_submit(m, results, "--array-parallelism", "1") == 0  # detached by default
+    (sub,) = load_submissions(ResultsRoot(results))
+    assert sub.executor == "slurm" and sub.array_job_id
+    wait_for(lambda: any(i.startswith(sub.array_job_id + "_") for i in squeue_ids()), 30, what="queue")
+
+    def running_status():
+        capsys.readouterr()
+        main(["status", str(results)])
+        out = capsys.readouterr().out
+        return out if "running=1" in out else None
+
+    out = wait_for(running_status, 120, what="a running task")
+    assert "pending=2" in out
+    assert main(["collect", str(results)]) == 0  # collecting while jobs run is fine
+    capsys.readouterr()
+    assert main(["cancel", str(results)]) == 0
+    assert "cancelled" in capsys.readouterr().out
+    wait_for(lambda: not any(i.startswith(sub.array_job_id + "_") for i in squeue_ids()), 60, what="cancel")
+    main(["status", str(results)])
+    out = capsys.readouterr().out
+    assert "cancelled=3" in out and "running=0" in out and "pending=0" in out
+
+
+def test_scancel_of_one_array_task_leaves_the_others(audio_dir, tmp_path, capsys):
+    head, vals = tiny_columns(iterations=300, patience=100000)
+    m = write_manifest(
+        audio_dir, [f"content.wav,style.wav,{s},{vals}" for s in range(3)], header=f"content,style,seed,{head}"
+    )
+    results = tmp_path / "results"
+    assert slurm_submit(m, results, "--array-parallelism", "1") == 0
+    (sub,) = load_submissions(ResultsRoot(results))
+    victim = sub.jobs[2]["job_id"]
+    subprocess.run(["scancel", victim], check=True)
+    wait_for(lambda: not any(i.startswith(sub.array_job_id + "_") for i in squeue_ids()), 240, what="array end")
+    assert main(["collect", str(results)]) == 0
+    index = batch_ast.load_index(results)
+    assert len(index) == 2 and set(index["status"]) == {"ok"}
+    capsys.readouterr()
+    main(["status", str(results)])
+    out = capsys.readouterr().out
+    assert "ok=2" in out and "lost=1" in out and victim in out
+
+
+LONG = 600  # iterations: ~20-40 s on 2 cores, long enough to interrupt, short enough for CI
+
+
+@pytest.fixture(scope="module")
+def reference_wav(tmp_path_factory):
+    """The output of the LONG row run without interruption (local executor), for comparisons."""
+    folder = tmp_path_factory.mktemp("reference")
+    audio = folder / "audio"
+    audio.mkdir()
+    from .conftest import DEMO_AUDIO
+
+    for name, src in (("content.wav", "speech_gettysburg.wav"), ("style.wav", "boogie_marabi.wav")):
+        (audio / name).write_bytes((DEMO_AUDIO / src).read_bytes())
+    m = long_rows(audio, 1, iterations=LONG)
+    results = folder / "results"
+    assert main(["submit", str(m), "--results", str(results), "--executor", "local", "--quiet"]) == 0
+    (rel,) = batch_ast.load_index(results)["output"]
+    return sf.read(results / rel)[0]
+
+
+def submit_long_row(audio_dir: Path, results: Path, *extra: str) -> tuple[str, str, Path]:
+    m = long_rows(audio_dir, 1, iterations=LONG)
+    assert slurm_submit(m, results, *extra) == 0
+    (sub,) = load_submissions(ResultsRoot(results))
+    return sub.jobs[0]["job_id"], sub.jobs[0]["rows"][0], Path(sub.jobs[0]["log"])
+
+
+def test_preemption_signal_checkpoints_requeues_and_resumes_to_the_same_result(audio_dir, tmp_path, reference_wav):
+    results = tmp_path / "results"
+    job_id, rid, _ = submit_long_row(audio_dir, results, "--checkpoint-every", "0.5")
+    ckpt = ResultsRoot(results).checkpoint_path(rid)
+    wait_for(ckpt.exists, 120, 0.2, what="a first checkpoint")
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # what SLURM sends before preemption
+    record = wait_for(lambda: ResultsRoot(results).read_record(rid), 300, what="the record")
+    assert record["status"] == "ok", record.get("error")
+    assert record["resumes"] >= 1 and record["resumed_from_iteration"] > 0
+    assert record["slurm_restart_count"] >= 1
+    assert not ckpt.exists()
+    np.testing.assert_allclose(sf.read(results / record["output"])[0], reference_wav, atol=2e-3)
+
+
+def test_hard_requeue_resumes_from_the_periodic_checkpoint(audio_dir, tmp_path):
+    """scontrol requeue: SIGTERM, KillWait (5 s here), SIGKILL, no warning signal. The row must
+    outlive that window, so it is longer than LONG; resume equality is shown by the test above."""
+    m = long_rows(audio_dir, 1, iterations=4 * LONG)
+    results = tmp_path / "results"
+    assert slurm_submit(m, results, "--checkpoint-every", "0.5") == 0
+    (sub,) = load_submissions(ResultsRoot(results))
+    job_id, rid = sub.jobs[0]["job_id"], sub.jobs[0]["rows"][0]
+    wait_for(ResultsRoot(results).checkpoint_path(rid).exists, 120, 0.2, what="a first checkpoint")
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    record = wait_for(lambda: ResultsRoot(results).read_record(rid), 300, what="the record")
+    assert record["status"] == "ok", record.get("error")
+    assert record["slurm_restart_count"] >= 1 and record["resumed_from_iteration"] > 0
+    assert record["iterations_run"] == 4 * LONG
+
+
+def test_timeout_triggers_checkpoint_requeue_and_resume(audio_dir, tmp_path):
+    results = tmp_path / "results"
+    # 1-minute limit with the warning signal 54 s before it: each attempt is signalled ~6 s in,
+    # which the 4*LONG row outlasts, so it needs several attempts, each resuming the last.
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("timeout_min: 1\nsignal_delay_s: 54\nmax_num_timeout: 30\n")
+    m = long_rows(audio_dir, 1, iterations=4 * LONG)
+    assert slurm_submit(m, results, "--profile", str(profile), "--checkpoint-every", "1000") == 0
+    (sub,) = load_submissions(ResultsRoot(results))
+    rid, log = sub.jobs[0]["rows"][0], Path(sub.jobs[0]["log"])
+    record = wait_for(lambda: ResultsRoot(results).read_record(rid), 400, what="the record")
+    assert record["status"] == "ok", record.get("error")
+    assert record["resumes"] >= 1 and record["resumed_from_iteration"] > 0
+    assert record["iterations_run"] == 4 * LONG
+    assert "timed-out" in log.read_text()
