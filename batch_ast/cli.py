@@ -221,6 +221,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    path = write_report(args.results, args.output, metric=args.metric, top=args.top, ascending=not args.descending)
+    print(f"report: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batch-ast",
@@ -270,6 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="gather records into index.parquet and traces.parquet")
     p.add_argument("results", nargs="?", default="results")
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("report", help="write a static HTML page with figures and audio players")
+    p.add_argument("results", nargs="?", default="results")
+    p.add_argument("-o", "--output", help="HTML file (default: <results>/report.html)")
+    p.add_argument("--metric", default="final_style", help="rank the best rows by this index column")
+    p.add_argument("--descending", action="store_true", help="higher metric is better")
+    p.add_argument("--top", type=int, default=5, help="how many best rows to list")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("cancel", help="cancel what is still queued or running")
     p.add_argument("results", nargs="?", default="results")

@@ -63,6 +63,34 @@ def _write_trace(path: Path, trace: list[tuple[int, float, float, float]]) -> No
     write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
+def _write_figures(spec: RowSpec, results: ResultsRoot, content, style, output, trace) -> dict[str, str]:
+    """Spectrogram and loss PNGs; a plotting problem is recorded, never fails the row."""
+    from .figures import loss_figure, spectrogram_figure
+
+    p = spec.params
+    run_dir = results.run_dir(spec.id)
+    title = f"{spec.name or spec.id}: {Path(spec.content).name} + {Path(spec.style).name}"
+    try:
+        spectrogram_figure(
+            run_dir / "spectrograms.png",
+            {
+                "content": content.cpu().numpy(),
+                "style": style.cpu().numpy(),
+                "output": output.cpu().numpy(),
+            },
+            p["sample_rate"],
+            p["hop_length"],
+            title,
+        )
+        loss_figure(run_dir / "losses.png", trace, title)
+    except Exception as exc:  # noqa: BLE001 - figures are a convenience
+        return {"figure_error": f"{type(exc).__name__}: {exc}"}
+    return {
+        "spectrogram_png": str((run_dir / "spectrograms.png").relative_to(results.root)),
+        "loss_png": str((run_dir / "losses.png").relative_to(results.root)),
+    }
+
+
 class ResumeLimitError(RuntimeError):
     """A row was interrupted and resumed more often than allowed."""
 
@@ -96,7 +124,13 @@ def run_row(
 
     from .audio import load_audio, write_wav
     from .phase import griffin_lim, magnitude_from_log, spectral_convergence
-    from .transfer import StyleTransfer, estimate_memory_bytes, log_spectrogram, pick_device
+    from .transfer import (
+        StyleTransfer,
+        check_length,
+        estimate_memory_bytes,
+        log_spectrogram,
+        pick_device,
+    )
 
     p = spec.params
     record: dict[str, Any] = {
@@ -125,6 +159,8 @@ def run_row(
         record["content_seconds"] = len(content) / p["sample_rate"]
         record["style_seconds"] = len(style) / p["sample_rate"]
         timings["time_load_s"] = time.perf_counter() - t0
+        check_length(len(content), p, "content")
+        check_length(len(style), p, "style")
 
         t0 = time.perf_counter()
         frames = lambda n: 1 + n // p["hop_length"]  # noqa: E731 - centred STFT frame count
@@ -134,9 +170,8 @@ def run_row(
                 f"needs about {need / 2**30:.1f} GiB, above max_memory_gb={p['max_memory_gb']}: "
                 "lower max_seconds or n_filters, or raise max_memory_gb"
             )
-        to_spec = lambda a: log_spectrogram(  # noqa: E731
-            torch.from_numpy(a).to(device), p["n_fft"], p["hop_length"]
-        )
+        to_spec_of = lambda t: log_spectrogram(t, p["n_fft"], p["hop_length"])  # noqa: E731
+        to_spec = lambda a: to_spec_of(torch.from_numpy(a).to(device))  # noqa: E731
         transfer = StyleTransfer(to_spec(content), to_spec(style), p, device)
         resumes = 0
         if ckpt_path.exists():
@@ -186,6 +221,12 @@ def run_row(
         )
         _write_trace(results.trace_path(spec.id), transfer.trace)
         timings["time_write_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        record.update(
+            _write_figures(spec, results, to_spec(content), to_spec(style), to_spec_of(audio), transfer.trace)
+        )
+        timings["time_figures_s"] = time.perf_counter() - t0
         record.update(
             status="ok",
             output=str(results.output_path(spec.id).relative_to(results.root)),

@@ -29,6 +29,17 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_length(n_samples: int, params: dict[str, Any], what: str) -> None:
+    """Refuse audio too short for the STFT (reflect padding needs > n_fft/2 samples) or the kernel."""
+    n_fft, hop, kernel = params["n_fft"], params["hop_length"], params["kernel_size"]
+    frames = 1 + n_samples // hop
+    if n_samples <= n_fft // 2 or frames < kernel:
+        raise TransferError(
+            f"{what} is {n_samples} samples ({frames} STFT frames) long, shorter than kernel_size "
+            f"{kernel} frames or n_fft/2: use longer audio or a smaller n_fft/kernel_size/hop_length"
+        )
+
+
 def log_spectrogram(audio: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
     """log1p|STFT| of a mono signal, shape (n_fft // 2 + 1, frames)."""
     window = torch.hann_window(n_fft, device=audio.device, dtype=audio.dtype)

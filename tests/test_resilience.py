@@ -1,0 +1,204 @@
+"""Nothing lost: hostile inputs, atomic and concurrent collects, corrupt records, local requeue."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+import batch_ast
+from batch_ast import index as index_module
+from batch_ast.config import load_config
+from batch_ast.dispatch import submit
+from batch_ast.job import TransferJob, run_row
+from batch_ast.manifest import read_manifest
+from batch_ast.plan import make_plan
+from batch_ast.store import ResultsRoot
+
+from .conftest import SHARED_AUDIO, TINY, tiny_columns, write_manifest
+
+
+def plan_rows(folder: Path, rows: list[str], results: ResultsRoot, **extra):
+    head, vals = tiny_columns(**extra)
+    m = write_manifest(folder, [f"{r},{vals}" for r in rows], header=f"content,style,{head}")
+    return make_plan(read_manifest(m, load_config()), results, m).to_run
+
+
+def run_one(folder: Path, content: str, style: str, tmp_path: Path, **extra) -> dict:
+    results = ResultsRoot(tmp_path / "results")
+    (spec,) = plan_rows(folder, [f"{content},{style}"], results, **extra)
+    return run_row(spec, results)
+
+
+SHARED_CASES = {
+    "stereo vorbis, 0.14 s": "free/debian/sound-theme-freedesktop/bell.oga",
+    "8-bit PCM at 11.025 kHz": "free/pypi/pygame/house_lo.wav",
+    "MS-ADPCM": "free/pypi/pygame/secosmic_lo.wav",
+    "AIFF": "free/debian/puredata-doc/bell.aiff",
+    "48 kHz": "free/debian/alsa-utils/Front_Left.wav",
+    "MP3 with peaks above 1.0": "ulyanov/fire.mp3",
+}
+
+
+@pytest.mark.parametrize("case", list(SHARED_CASES))
+def test_unusual_formats_rates_and_channels_transfer(case, audio_dir, tmp_path):
+    source = SHARED_AUDIO / SHARED_CASES[case]
+    if not source.exists():
+        pytest.skip(f"{source} not present (shared/ lies beside the checkout)")
+    shutil.copy(source, audio_dir / source.name)
+    record = run_one(audio_dir, source.name, "style.wav", tmp_path)
+    assert record["status"] == "ok", record["error"]
+    audio, sr = sf.read(tmp_path / "results" / record["output"])
+    assert sr == TINY["sample_rate"] and np.isfinite(audio).all() and audio.ndim == 1
+
+
+def test_paths_with_spaces_and_non_ascii(audio_dir, tmp_path):
+    odd = audio_dir / "dossier été" / "ñandú canción.wav"
+    odd.parent.mkdir()
+    shutil.copy(audio_dir / "content.wav", odd)
+    record = run_one(audio_dir, '"dossier été/ñandú canción.wav"', "style.wav", tmp_path)
+    assert record["status"] == "ok", record["error"]
+    assert record["output"] == f"runs/{record['id']}/output.wav"  # file names come from ids only
+
+
+def test_all_silent_audio_gives_finite_losses_and_output(audio_dir, tmp_path):
+    sf.write(audio_dir / "silence.wav", np.zeros(16000, dtype=np.float32), 16000)
+    for content, style in (("silence.wav", "style.wav"), ("content.wav", "silence.wav"), ("silence.wav", "silence.wav")):
+        record = run_one(audio_dir, content, style, tmp_path)
+        assert record["status"] == "ok", record["error"]
+        assert all(math.isfinite(record[k]) for k in ("final_total", "final_content", "final_style"))
+        assert np.isfinite(sf.read(tmp_path / "results" / record["output"])[0]).all()
+
+
+def test_audio_shorter_than_the_kernel_is_a_clear_failure(audio_dir, tmp_path):
+    sf.write(audio_dir / "blip.wav", np.random.default_rng(0).normal(size=100).astype(np.float32), 8000)
+    record = run_one(audio_dir, "blip.wav", "style.wav", tmp_path, kernel_size=11)
+    assert record["status"] == "failed" and not record["retryable"]
+    assert "content is 100 samples (2 STFT frames) long, shorter than kernel_size 11" in record["error"]
+
+
+def test_zero_length_and_corrupt_audio_fail_with_the_file_named(audio_dir, tmp_path):
+    sf.write(audio_dir / "empty.wav", np.zeros(0, dtype=np.float32), 8000)
+    (audio_dir / "garbage.ogg").write_bytes(b"OggS" + bytes(500))
+    record = run_one(audio_dir, "empty.wav", "style.wav", tmp_path)
+    assert record["status"] == "failed" and "empty.wav" in record["error"] and "zero length" in record["error"]
+    record = run_one(audio_dir, "content.wav", "garbage.ogg", tmp_path)
+    assert record["status"] == "failed" and "garbage.ogg: cannot decode audio" in record["error"]
+
+
+def test_long_audio_is_truncated_and_memory_budget_enforced(audio_dir, tmp_path):
+    record = run_one(audio_dir, "content.wav", "style.wav", tmp_path, max_seconds=0.5)
+    assert record["status"] == "ok" and record["content_seconds"] == pytest.approx(0.5)
+    record = run_one(audio_dir, "content.wav", "style.wav", tmp_path, max_memory_gb=0.001)
+    assert record["status"] == "failed" and not record["retryable"]
+    assert "above max_memory_gb=0.001" in record["error"]
+
+
+def test_transient_failure_is_retryable(audio_dir, tmp_path, monkeypatch):
+    import batch_ast.transfer as transfer
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(transfer.StyleTransfer, "step", out_of_memory)
+    record = run_one(audio_dir, "content.wav", "style.wav", tmp_path)
+    assert record["status"] == "failed" and record["retryable"]
+    plan = make_plan(
+        read_manifest(audio_dir / "m.csv", load_config()), ResultsRoot(tmp_path / "results"), audio_dir / "m.csv",
+        retry_failed=True,
+    )
+    assert len(plan.to_run) == 1  # --retry-failed picks transient failures up again
+
+
+def finished_root(audio_dir: Path, tmp_path: Path) -> ResultsRoot:
+    results = ResultsRoot(tmp_path / "results")
+    for spec in plan_rows(audio_dir, ["content.wav,style.wav", "content2.wav,style.wav"], results):
+        assert run_row(spec, results)["status"] == "ok"
+    return results
+
+
+def test_corrupt_and_truncated_records_are_reported_and_skipped(audio_dir, tmp_path):
+    results = finished_root(audio_dir, tmp_path)
+    (results.root / "runs" / "badbadbadbadbad1").mkdir(parents=True)
+    (results.root / "runs" / "badbadbadbadbad1" / "record.json").write_text('{"id": "x", "status": "o')
+    (results.root / "runs" / "badbadbadbadbad2").mkdir()
+    (results.root / "runs" / "badbadbadbadbad2" / "record.json").write_text("[1, 2]")
+    report = batch_ast.collect(results.root)
+    assert report.rows == 2 and len(report.skipped) == 2
+    assert all("unreadable record" in s for s in report.skipped)
+    assert len(batch_ast.load_index(results.root)) == 2
+
+
+def test_a_collect_killed_mid_write_leaves_the_previous_index(audio_dir, tmp_path, monkeypatch):
+    results = finished_root(audio_dir, tmp_path)
+    batch_ast.collect(results.root)
+    before = results.index_path.read_bytes()
+
+    def dies_half_way(table, where, **kwargs):
+        Path(where).write_bytes(b"PAR1 half a file")
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(index_module.pq, "write_table", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        batch_ast.collect(results.root)
+    assert results.index_path.read_bytes() == before
+    assert not list(results.root.glob(".tmp-*"))
+    assert len(batch_ast.load_index(results.root)) == 2
+
+
+def _collect_many(root: str, n: int) -> None:
+    for _ in range(n):
+        batch_ast.collect(root)
+
+
+def test_concurrent_collects_do_not_corrupt_the_index(audio_dir, tmp_path):
+    results = finished_root(audio_dir, tmp_path)
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_collect_many, args=(str(results.root), 5)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for _ in range(20):  # a reader during the collects never sees a partial file
+        if results.index_path.exists():
+            assert pq.read_table(results.index_path).num_rows == 2
+        time.sleep(0.05)
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    assert len(batch_ast.load_index(results.root)) == 2
+
+
+def test_local_preemption_resumes_a_packed_job_without_redoing_finished_rows(audio_dir, tmp_path):
+    """submitit's local executor delivers the same USR2 preemption signal as SLURM."""
+    results = ResultsRoot(tmp_path / "results")
+    specs = plan_rows(
+        audio_dir, ["content.wav,style.wav", "content2.wav,style.wav"], results,
+        iterations=400, patience=100000, n_filters=128,
+    )
+    job = TransferJob(checkpoint_every_s=0.2)
+    submission, (local_job,) = submit(specs, results, "local", audio_dir / "m.csv", rows_per_job=2, job=job)
+    first, second = specs
+    deadline = time.monotonic() + 120
+    while not results.checkpoint_path(second.id).exists():  # first row done, second under way
+        assert time.monotonic() < deadline, "second row never checkpointed"
+        time.sleep(0.1)
+    first_record = results.record_path(first.id).read_text()
+    # What the local controller does at timeout and SLURM before preemption: USR2 to the task.
+    children = subprocess.run(["pgrep", "-P", str(local_job.job_id)], capture_output=True, text=True)
+    for pid in children.stdout.split():
+        os.kill(int(pid), signal.SIGUSR2)
+    local_job.result()
+    done = json.loads(results.record_path(second.id).read_text())
+    assert done["status"] == "ok" and done["resumes"] == 1 and done["resumed_from_iteration"] > 0
+    assert results.record_path(first.id).read_text() == first_record  # not redone
+    assert not results.checkpoint_path(second.id).exists()
