@@ -19,12 +19,17 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(VENV)/bin/batch-ast submit manifests/demo.csv --executor local
+	$(VENV)/bin/batch-ast submit manifests/demo.csv --wait
+	$(VENV)/bin/batch-ast report results
 	$(PY) -c "import batch_ast; print(batch_ast.load_index('results')[['name','status','optimizer','iterations_run','final_total','output']].to_string())"
 
-# Starts the single-node SLURM cluster when we are root (slurm/start.sh), then runs every test.
+# As root: starts the single-node SLURM cluster (slurm/start.sh) and installs Debian's chromium for
+# the browser test; elsewhere those tests skip with a reason (in CI they fail instead).
 test: setup
 	if [ "$$(id -u)" = 0 ]; then bash slurm/start.sh; else echo "not root: SLURM tests will skip"; fi
+	if [ "$$(id -u)" = 0 ] && ! command -v chromium >/dev/null; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); fi
 	$(VENV)/bin/ruff check batch_ast tests benchmarks
 	$(PY) -m pytest -ra
 

@@ -85,6 +85,11 @@ def _cell(value: object) -> tuple[str, str]:
     return str(value), str(value)
 
 
+def _present(value: object) -> bool:
+    """False for the None/NaN that pandas puts in empty cells."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) and value != ""
+
+
 def _rel(target: str | os.PathLike, start: Path) -> str:
     return Path(os.path.relpath(Path(target), start)).as_posix()
 
@@ -102,7 +107,7 @@ def _summary(df: pd.DataFrame, metric: str, top: int, ascending: bool) -> str:
     if metric in df.columns and len(ok):
         ranked = ok.sort_values(metric, ascending=ascending).head(top)
         items = "".join(
-            f"<li><a href='#row-{html.escape(r.id)}'>row {r.row} {html.escape(r.name or r.id)}</a>: "
+            f"<li><a href='#row-{html.escape(r.id)}'>row {r.row} {html.escape(r.name if _present(r.name) else r.id)}</a>: "
             f"{getattr(r, metric):.4g}</li>"
             for r in ranked.itertuples()
         )
@@ -121,6 +126,8 @@ def _table(df: pd.DataFrame) -> str:
             if col in ("content", "style") and value:
                 value = Path(value).name
             text, key = _cell(value)
+            if not _present(r.get("name")) and col == "name":
+                text = ""
             if col == "name":
                 text = f"<a href='#row-{html.escape(r['id'])}'>{html.escape(text or r['id'])}</a>"
             else:
@@ -133,7 +140,7 @@ def _table(df: pd.DataFrame) -> str:
 
 def _row_section(r: dict, root: Path, out_dir: Path) -> str:
     rid = html.escape(r["id"])
-    title = html.escape(f"row {r['row']}: {r.get('name') or r['id']}")
+    title = html.escape(f"row {r['row']}: {r['name'] if _present(r.get('name')) else r['id']}")
     parts = [f"<section class='row' id='row-{rid}'><h3>{title} <small>[{rid}] {html.escape(str(r['status']))}</small></h3>"]
     parts.append(
         f"<p>{html.escape(Path(r['content']).name)} (content) + {html.escape(Path(r['style']).name)} (style); "
@@ -144,7 +151,7 @@ def _row_section(r: dict, root: Path, out_dir: Path) -> str:
         parts.append(f"<pre class='error'>{html.escape(str(r.get('error') or 'no error recorded'))}</pre>")
     players = []
     for label, path in (("content", r["content"]), ("style", r["style"]), ("output", r.get("output"))):
-        if not path:
+        if not _present(path):
             continue
         full = Path(path) if Path(path).is_absolute() else root / path
         players.append(
@@ -152,7 +159,7 @@ def _row_section(r: dict, root: Path, out_dir: Path) -> str:
         )
     parts.append(f"<div class='players'>{''.join(players)}</div>")
     for key in ("spectrogram_png", "loss_png"):
-        if r.get(key):
+        if _present(r.get(key)):
             parts.append(f"<img alt='{key}' src='{html.escape(_rel(root / r[key], out_dir))}'>")
     parts.append("</section>")
     return "".join(parts)
