@@ -164,7 +164,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    report = collect(args.results)
+    report = collect(args.results, progress=not args.quiet)
     for problem in report.skipped:
         print(f"warning: skipped {problem}", file=sys.stderr)
     results = ResultsRoot(args.results)
@@ -229,6 +229,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyse(args: argparse.Namespace) -> int:
+    from .analysis import hyperparameter_effect, plot_effect
+    from .index import load_index
+
+    df = load_index(args.results)
+    try:
+        table = hyperparameter_effect(df, args.param, args.metric)
+    except KeyError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    print(table.to_string())
+    if args.output:
+        print(f"plot: {plot_effect(table, args.param, args.metric, args.output)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batch-ast",
@@ -277,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("collect", help="gather records into index.parquet and traces.parquet")
     p.add_argument("results", nargs="?", default="results")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("report", help="write a static HTML page with figures and audio players")
@@ -286,6 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--descending", action="store_true", help="higher metric is better")
     p.add_argument("--top", type=int, default=5, help="how many best rows to list")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("analyse", help="effect of a hyperparameter on a metric (table and plot)")
+    p.add_argument("results", nargs="?", default="results")
+    p.add_argument("--param", default="content_weight", help="index column to group by")
+    p.add_argument("--metric", default="style_distance_heldout", help="index column to summarise")
+    p.add_argument("-o", "--output", help="write the plot to this PNG")
+    p.set_defaults(func=cmd_analyse)
 
     p = sub.add_parser("cancel", help="cancel what is still queued or running")
     p.add_argument("results", nargs="?", default="results")

@@ -53,6 +53,7 @@ PARAMS: dict[str, Param] = {
     "optimizer": Param(str, lambda s: s in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),
     "lr": Param(float, _positive, "a number > 0"),
     "weight_decay": Param(float, _non_negative, "a number >= 0"),
+    "lbfgs_history": Param(int, lambda x: 1 <= x <= 1000, "an integer in [1, 1000]"),
     "iterations": Param(int, lambda x: 1 <= x <= 1_000_000, "an integer in [1, 1000000]"),
     "patience": Param(int, lambda x: x >= 1, "an integer >= 1"),
     "min_delta": Param(float, _non_negative, "a number >= 0"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +23,19 @@ from .config import PARAMS
 from .store import ResultsRoot, write_atomic
 
 SCHEMA_VERSION = 1
+
+# Written by batch_ast.metrics.output_metrics (declared here so reading the index needs no torch).
+METRIC_COLUMNS = (
+    "content_distance",
+    "style_distance",
+    "style_distance_of_content",
+    "content_distance_heldout",
+    "style_distance_heldout",
+    "style_distance_heldout_of_content",
+    "lsd_to_content_db",
+    "onset_corr_content",
+    "onset_corr_style",
+)
 
 _PARAM_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64()}
 
@@ -53,6 +67,7 @@ INDEX_SCHEMA = pa.schema(
         ("final_content", pa.float64()),
         ("final_style", pa.float64()),
         ("spectral_convergence", pa.float64()),
+        *[(name, pa.float64()) for name in METRIC_COLUMNS],
         ("output_gain", pa.float64()),
         ("content_seconds", pa.float64()),
         ("style_seconds", pa.float64()),
@@ -61,6 +76,7 @@ INDEX_SCHEMA = pa.schema(
         ("time_phase_s", pa.float64()),
         ("time_write_s", pa.float64()),
         ("time_figures_s", pa.float64()),
+        ("time_metrics_s", pa.float64()),
         ("time_total_s", pa.float64()),
         ("device_used", pa.string()),
         ("hostname", pa.string()),
@@ -107,9 +123,14 @@ def _collect_lock(results: ResultsRoot) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _read_records(results: ResultsRoot, report: CollectReport) -> list[dict]:
+def _read_records(results: ResultsRoot, report: CollectReport, progress: bool = False) -> list[dict]:
+    from tqdm import tqdm
+
     records = []
-    for path in results.record_paths():
+    paths = results.record_paths()
+    # A bar only where someone watches (a TTY) and there is enough to wait for.
+    show = progress and len(paths) >= 200 and sys.stderr.isatty()
+    for path in tqdm(paths, desc="records", unit="file", disable=not show):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(data, dict) or "id" not in data or "status" not in data:
@@ -149,12 +170,12 @@ def _traces_table(results: ResultsRoot, ok_ids: list[str], report: CollectReport
     return pa.concat_tables(tables)
 
 
-def collect(root: str | Path) -> CollectReport:
+def collect(root: str | Path, progress: bool = False) -> CollectReport:
     """Gather every published record and trace under ``root`` into index.parquet and traces.parquet."""
     results = ResultsRoot(root)
     report = CollectReport()
     with _collect_lock(results):
-        records = _read_records(results, report)
+        records = _read_records(results, report, progress)
         index = _records_table(records) if records else INDEX_SCHEMA.empty_table()
         ok_ids = [r["id"] for r in records if r.get("status") == "ok"]
         traces = _traces_table(results, ok_ids, report)

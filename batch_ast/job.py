@@ -11,6 +11,7 @@ import os
 import platform
 import signal
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -61,6 +62,16 @@ def _write_trace(path: Path, trace: list[tuple[int, float, float, float]]) -> No
         {"iteration": "int64", "total": "float64", "content": "float64", "style": "float64"}
     )
     write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def _iteration_bar(spec: RowSpec, start: int, total: int):
+    """A progress bar over iterations when a person watches (TTY); silent in job logs."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, initial=start, desc=f"row {spec.row}", unit="it", leave=False,
+        disable=not sys.stderr.isatty(),
+    )
 
 
 def _write_figures(spec: RowSpec, results: ResultsRoot, content, style, output, trace) -> dict[str, str]:
@@ -123,6 +134,7 @@ def run_row(
     import torch
 
     from .audio import load_audio, write_wav
+    from .metrics import output_metrics
     from .phase import griffin_lim, magnitude_from_log, spectral_convergence
     from .transfer import (
         StyleTransfer,
@@ -188,14 +200,19 @@ def run_row(
             write_atomic(ckpt_path, lambda tmp: torch.save(state, tmp))
 
         last_save = time.monotonic()
+        bar = _iteration_bar(spec, transfer.iteration, p["iterations"])
         while not transfer.finished:
             if should_pause():
                 save_checkpoint()
+                bar.close()
                 raise Paused(f"row {spec.row} paused at iteration {transfer.iteration}")
             transfer.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{transfer.trace[-1][1]:.4g}", refresh=False)
             if checkpoint_every_s and time.monotonic() - last_save >= checkpoint_every_s:
                 save_checkpoint()
                 last_save = time.monotonic()
+        bar.close()
         log_spec, terms = transfer.result()
         timings["time_optimize_s"] = time.perf_counter() - t0
 
@@ -216,9 +233,8 @@ def run_row(
         timings["time_phase_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        record["output_gain"] = write_wav(
-            results.output_path(spec.id), audio.cpu().numpy(), p["sample_rate"]
-        )
+        output_audio = audio.cpu().numpy()
+        record["output_gain"] = write_wav(results.output_path(spec.id), output_audio, p["sample_rate"])
         _write_trace(results.trace_path(spec.id), transfer.trace)
         timings["time_write_s"] = time.perf_counter() - t0
 
@@ -227,6 +243,10 @@ def run_row(
             _write_figures(spec, results, to_spec(content), to_spec(style), to_spec_of(audio), transfer.trace)
         )
         timings["time_figures_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        record.update(output_metrics(output_audio * record["output_gain"], content, style, p, device))
+        timings["time_metrics_s"] = time.perf_counter() - t0
         record.update(
             status="ok",
             output=str(results.output_path(spec.id).relative_to(results.root)),

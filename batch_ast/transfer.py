@@ -86,7 +86,7 @@ def estimate_memory_bytes(n_bins: int, content_frames: int, style_frames: int, p
     n_filters = params["n_filters"]
     spec = n_bins * content_frames
     activations = n_filters * max(content_frames, style_frames)
-    history = 2 * 100 * spec if params["optimizer"] == "lbfgs" else 2 * spec
+    history = 2 * params["lbfgs_history"] * spec if params["optimizer"] == "lbfgs" else 2 * spec
     floats = 6 * spec + 5 * activations + 3 * n_filters * n_filters + history
     floats += n_filters * n_bins * params["kernel_size"]
     return 4 * floats
@@ -162,7 +162,7 @@ class StyleTransfer:
                 lr=p["lr"],
                 max_iter=1,
                 max_eval=25,
-                history_size=100,
+                history_size=p["lbfgs_history"],
                 tolerance_grad=1e-12,
                 tolerance_change=1e-15,
                 line_search_fn="strong_wolfe",

@@ -144,3 +144,20 @@ def test_spectral_convergence_is_zero_for_a_consistent_spectrogram():
     window = torch.hann_window(512)
     mag = torch.stft(audio, 512, 128, window=window, return_complex=True).abs()
     assert spectral_convergence(mag, audio, 512, 128) < 1e-5
+
+
+def test_metrics_cover_the_index_columns_and_behave():
+    from batch_ast.index import METRIC_COLUMNS
+    from batch_ast.metrics import output_metrics
+
+    p = params()
+    content = load_audio(DEMO_AUDIO / "speech_gettysburg.wav", p["sample_rate"], p["max_seconds"])
+    style = load_audio(DEMO_AUDIO / "boogie_marabi.wav", p["sample_rate"], p["max_seconds"])
+    as_content = output_metrics(content, content, style, p, torch.device("cpu"))
+    assert set(as_content) == set(METRIC_COLUMNS)
+    assert as_content["content_distance"] == 0.0 and as_content["content_distance_heldout"] == 0.0
+    assert as_content["lsd_to_content_db"] == 0.0 and as_content["onset_corr_content"] == pytest.approx(1.0)
+    assert as_content["style_distance"] == pytest.approx(as_content["style_distance_of_content"])
+    as_style = output_metrics(style, content, style, p, torch.device("cpu"))
+    assert as_style["style_distance"] == 0.0 and as_style["style_distance_heldout"] == 0.0
+    assert as_style["content_distance"] > 0.1 and as_style["lsd_to_content_db"] > 1.0

@@ -117,3 +117,19 @@ def test_report_renders_in_headless_chromium(finished, tmp_path):
         capture_output=True, timeout=120,
     )
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_analysis_groups_by_hyperparameter_and_plots(finished, tmp_path, capsys):
+    import batch_ast
+    from batch_ast.analysis import hyperparameter_effect
+
+    df = batch_ast.load_index(finished)
+    table = hyperparameter_effect(df, "content_weight", "style_distance_heldout")
+    assert list(table.index) == [0.5, 4.3]  # the failed row (weight 1) is left out
+    assert (table["count"] == 1).all() and table["mean"].notna().all()
+    with pytest.raises(KeyError, match="no column 'nope'"):
+        hyperparameter_effect(df, "nope", "final_style")
+    out = tmp_path / "effect.png"
+    assert main(["analyse", str(finished), "--param", "content_weight", "--metric", "content_distance", "-o", str(out)]) == 0
+    assert "content_distance" not in capsys.readouterr().err
+    assert out.stat().st_size > 5000

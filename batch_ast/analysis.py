@@ -1,0 +1,40 @@
+"""Analysis helpers over the index: how a hyperparameter moves a metric, as a table and a plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .store import write_atomic
+
+
+def hyperparameter_effect(df: pd.DataFrame, param: str, metric: str) -> pd.DataFrame:
+    """Mean, std and count of ``metric`` over the ok rows, grouped by ``param`` (sorted by param)."""
+    for column in (param, metric):
+        if column not in df.columns:
+            raise KeyError(f"no column {column!r} in the index (columns: {', '.join(df.columns)})")
+    ok = df[df["status"] == "ok"]
+    table = ok.groupby(param, observed=True)[metric].agg(["mean", "std", "count"])
+    return table.sort_index()
+
+
+def plot_effect(table: pd.DataFrame, param: str, metric: str, path: str | Path, log_x: bool = True) -> Path:
+    """Line plot with std error bars of a ``hyperparameter_effect`` table, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), constrained_layout=True)
+    ax.errorbar(table.index.astype(float), table["mean"], yerr=table["std"].fillna(0), marker="o", capsize=3)
+    if log_x and (table.index.astype(float) > 0).all():
+        ax.set_xscale("log")
+    ax.set_xlabel(param)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs {param} (mean ± std over ok rows)", fontsize=9)
+    ax.grid(alpha=0.3)
+    path = Path(path)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    plt.close(fig)
+    return path

@@ -1,0 +1,329 @@
+"""Benchmarks: where the time and memory of a transfer go, each figure a ratio against a reference
+measured in the same run (these machines are shared and noisy: never absolute thresholds).
+
+    python -m batch_ast.bench                 # everything (~10 min on 2 cores)
+    python -m batch_ast.bench --quick         # small sizes only (~2 min)
+    python -m batch_ast.bench --only gl step  # some sections
+Writes a table to stdout and JSON + CSV (default benchmarks/latest.{json,csv}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import load_config
+from .phase import griffin_lim, spectral_convergence
+from .transfer import StyleTransfer, features, gram, log_spectrogram, random_filters
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "manifests" / "audio"
+SHARED = REPO.parent / "shared" / "audio"
+
+
+def _timeit(fn: Callable[[], Any], repeat: int = 3, warmup: int = 1) -> float:
+    """Best-of-`repeat` seconds of fn() (best, not mean: the least disturbed by other load)."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _signal(seconds: float, sample_rate: int, seed: int = 0) -> np.ndarray:
+    """Real audio of the requested length: demo clips looped (no synthetic stand-ins)."""
+    import librosa
+
+    clips = [librosa.load(DEMO / f, sr=sample_rate)[0] for f in ("harp_harmony.wav", "speech_gettysburg.wav")]
+    clip = np.concatenate(clips[seed % 2 :] + clips[: seed % 2])
+    reps = int(np.ceil(seconds * sample_rate / len(clip)))
+    return np.tile(clip, reps)[: int(seconds * sample_rate)].astype(np.float32)
+
+
+def matmul_flops(n: int = 2048) -> float:
+    """The machine's own float32 matmul rate (FLOP/s): the physical reference for the step."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    seconds = _timeit(lambda: a @ b, repeat=5)
+    return 2 * n**3 / seconds
+
+
+def step_flops(n_bins: int, frames: int, n_filters: int, kernel: int) -> float:
+    """FLOPs of one loss+gradient evaluation (conv forward + input-gradient, Gram forward+backward)."""
+    t_out = frames - kernel + 1
+    conv = 2 * n_bins * kernel * n_filters * t_out
+    gram_fwd = 2 * n_filters * n_filters * t_out
+    gram_bwd = 2 * gram_fwd  # dL/dF = (dG + dGᵀ) F / T: one more C×C×T matmul pair
+    return 2 * conv + gram_fwd + gram_bwd
+
+
+def bench_step(name: str, seconds: float, sr: int, n_fft: int, hop: int, n_filters: int, peak: float) -> dict:
+    p = load_config().resolve(
+        dict(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_filters=n_filters, kernel_size=11, optimizer="adam", lr=0.1)
+    )
+    c = log_spectrogram(torch.from_numpy(_signal(seconds, sr, 0)), n_fft, hop)
+    s = log_spectrogram(torch.from_numpy(_signal(seconds, sr, 1)), n_fft, hop)
+    t = StyleTransfer(c, s, p, torch.device("cpu"))
+
+    def evaluation() -> None:
+        t.optimizer.zero_grad()
+        t.loss_terms(t.x)[0].backward()
+
+    sec = _timeit(evaluation, repeat=3)
+    flops = step_flops(c.shape[0], c.shape[1], n_filters, 11)
+    return {
+        "section": "step",
+        "case": name,
+        "value": flops / sec / 1e9,
+        "unit": "GFLOP/s",
+        "reference": peak / 1e9,
+        "ratio": flops / sec / peak,
+        "note": f"{c.shape[0]} bins x {c.shape[1]} frames, {n_filters} filters; {sec * 1000:.0f} ms per evaluation; "
+        "reference: torch float32 matmul 2048^3",
+    }
+
+
+def bench_griffin_lim(seconds: float, sr: int, n_fft: int, hop: int, n_iter: int) -> list[dict]:
+    import librosa
+
+    audio = _signal(seconds, sr)
+    mag = np.abs(librosa.stft(audio, n_fft=n_fft, hop_length=hop)).astype(np.float32)
+    mag_t = torch.from_numpy(mag)
+    ours_s = _timeit(lambda: griffin_lim(mag_t, n_fft, hop, n_iter=n_iter, length=len(audio)), repeat=2)
+    theirs_s = _timeit(
+        lambda: librosa.griffinlim(mag, n_iter=n_iter, hop_length=hop, n_fft=n_fft, length=len(audio), random_state=0),
+        repeat=2,
+    )
+    ours = griffin_lim(mag_t, n_fft, hop, n_iter=n_iter, length=len(audio))
+    theirs = librosa.griffinlim(mag, n_iter=n_iter, hop_length=hop, n_fft=n_fft, length=len(audio), random_state=0)
+    sc_ours = spectral_convergence(mag_t, ours, n_fft, hop)
+    sc_theirs = spectral_convergence(mag_t, torch.from_numpy(theirs), n_fft, hop)
+    case = f"{seconds:g} s @ {sr} Hz, n_fft {n_fft}, {n_iter} iters"
+    return [
+        {"section": "griffin_lim", "case": case, "value": theirs_s / ours_s, "unit": "x faster than librosa",
+         "reference": theirs_s, "ratio": theirs_s / ours_s,
+         "note": f"batch-ast {ours_s:.2f} s vs librosa.griffinlim {theirs_s:.2f} s"},
+        {"section": "griffin_lim", "case": case + " (spectral convergence)", "value": sc_ours, "unit": "SC",
+         "reference": sc_theirs, "ratio": sc_ours / sc_theirs,
+         "note": "ratio < 1: batch-ast's reconstruction is closer to the target magnitude"},
+    ]
+
+
+def student_loop(c: torch.Tensor, s: torch.Tensor, p: dict, iterations: int) -> tuple[float, float]:
+    """A plain re-implementation of the student version's loop (AdamW lr 0.5, ReduceLROnPlateau on
+    the style loss, stop after 11 increases), evaluated on batch-ast's loss: (seconds, final loss)."""
+    weight = random_filters(c.shape[0], p["n_filters"], p["kernel_size"], p["seed"])
+    t0 = time.perf_counter()
+    fc = features(c, weight).detach()
+    gs = gram(features(s, weight)).detach()
+    x = (torch.rand(c.shape, generator=torch.Generator().manual_seed(0)) * 1e-3).requires_grad_(True)
+    opt = torch.optim.AdamW([x], lr=0.5, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=7, threshold=1e-3)
+    prev, increases = float("inf"), 0
+    for _ in range(iterations):
+        opt.zero_grad()
+        f = features(x, weight)
+        content = (f - fc).pow(2).sum() / f.shape[-1]
+        style = (gram(f) - gs).pow(2).sum()
+        loss = p["content_weight"] * content + p["style_weight"] * style
+        loss.backward()
+        opt.step()
+        sched.step(style.item())
+        increases = increases + 1 if style.item() > prev else 0
+        prev = style.item()
+        if increases >= 11:
+            break
+    with torch.no_grad():
+        f = features(x, weight)
+        final = (p["content_weight"] * (f - fc).pow(2).sum() / f.shape[-1] + (gram(f) - gs).pow(2).sum()).item()
+    return time.perf_counter() - t0, final
+
+
+def bench_whole_transfer(seconds: float, sr: int, n_fft: int, hop: int, n_filters: int, student_iters: int) -> dict:
+    p = load_config().resolve(dict(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_filters=n_filters,
+                                   iterations=5000, patience=5000, min_delta=0.0))
+    c = log_spectrogram(torch.from_numpy(_signal(seconds, sr, 0)), n_fft, hop)
+    s = log_spectrogram(torch.from_numpy(_signal(seconds, sr, 1)), n_fft, hop)
+    student_s, target = student_loop(c, s, p, student_iters)
+    t0 = time.perf_counter()
+    t = StyleTransfer(c, s, p, torch.device("cpu"))
+    reached = False
+    while not t.finished and time.perf_counter() - t0 < 3 * student_s:
+        t.step()
+        if t.trace[-1][1] <= target:
+            reached = True
+            break
+    ours_s = time.perf_counter() - t0
+    return {
+        "section": "transfer", "case": f"{seconds:g} s @ {sr} Hz, {n_filters} filters",
+        "value": student_s / ours_s if reached else 0.0, "unit": "x faster than the student loop",
+        "reference": student_s, "ratio": student_s / ours_s if reached else 0.0,
+        "note": f"student AdamW loop: {student_iters} iterations, {student_s:.1f} s to loss {target:.4g}; "
+        f"batch-ast L-BFGS: {'reached it' if reached else 'did NOT reach it'} in {ours_s:.1f} s, {t.iteration} iterations",
+    }
+
+
+def _overhead_child(n_pairs: int, out: str) -> None:
+    """Runs in a fresh process (imports included): n_pairs rows packed in one job, tiny optimisation."""
+    t0 = time.perf_counter()
+    from .job import TransferJob
+    from .manifest import read_manifest
+    from .plan import make_plan
+    from .store import ResultsRoot
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        rows = [f"{DEMO / 'speech_gettysburg.wav'},{DEMO / 'boogie_marabi.wav'},{seed}" for seed in range(n_pairs)]
+        manifest = tmp_path / "m.csv"
+        manifest.write_text("content,style,seed\n" + "\n".join(rows) + "\n")
+        cfg = load_config()
+        results = ResultsRoot(tmp_path / "results")
+        plan = make_plan(read_manifest(manifest, cfg), results, manifest)
+        specs = [
+            s.to_dict() | {"params": s.params | {"iterations": 1, "griffin_lim_iters": 1, "preset": "quick"}}
+            for s in plan.to_run
+        ]
+        TransferJob()(specs, str(results.root))
+        from .index import collect, load_index
+
+        collect(results.root)
+        df = load_index(results.root)
+        total = time.perf_counter() - t0
+        compute = float(df["time_optimize_s"].sum() + df["time_phase_s"].sum())
+    Path(out).write_text(json.dumps({"total": total, "compute": compute}))
+
+
+def bench_overhead(realistic_job_s: float) -> list[dict]:
+    rows = []
+    for n in (1, 8, 32):
+        with tempfile.NamedTemporaryFile(suffix=".json") as fh:
+            subprocess.run([sys.executable, "-m", "batch_ast.bench", "--_overhead", str(n), fh.name], check=True)
+            data = json.loads(Path(fh.name).read_text())
+        per_pair = (data["total"] - data["compute"]) / n
+        rows.append({
+            "section": "overhead", "case": f"{n} pair(s) packed in one job", "value": per_pair, "unit": "s per pair",
+            "reference": realistic_job_s, "ratio": per_pair / realistic_job_s,
+            "note": "process start, imports, decode, resample, hashing, figures, record and index writes; "
+            f"reference: one realistic transfer ({realistic_job_s:.0f} s, from the step benchmark x 300 evaluations)",
+        })
+    return rows
+
+
+def _memory_child(seconds: float, out: str) -> None:
+    p = load_config().resolve({"optimizer": "adam", "lr": 0.1})
+    sr = p["sample_rate"]
+    c = log_spectrogram(torch.from_numpy(_signal(seconds, sr, 0)), p["n_fft"], p["hop_length"])
+    s = log_spectrogram(torch.from_numpy(_signal(min(seconds, 10.0), sr, 1)), p["n_fft"], p["hop_length"])
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = StyleTransfer(c, s, p, torch.device("cpu"))
+    t.step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    from .transfer import estimate_memory_bytes
+
+    est_adam = estimate_memory_bytes(c.shape[0], c.shape[1], s.shape[1], p)
+    est_lbfgs = estimate_memory_bytes(c.shape[0], c.shape[1], s.shape[1], p | {"optimizer": "lbfgs"})
+    Path(out).write_text(json.dumps({"rss_mb": peak / 1024, "base_mb": base / 1024,
+                                     "est_adam_mb": est_adam / 2**20, "est_lbfgs_mb": est_lbfgs / 2**20}))
+
+
+def bench_memory(lengths: list[float]) -> list[dict]:
+    rows = []
+    for seconds in lengths:
+        with tempfile.NamedTemporaryFile(suffix=".json") as fh:
+            subprocess.run([sys.executable, "-m", "batch_ast.bench", "--_memory", str(seconds), fh.name], check=True)
+            d = json.loads(Path(fh.name).read_text())
+        used = d["rss_mb"] - d["base_mb"]
+        rows.append({
+            "section": "memory", "case": f"{seconds:g} s content, default settings (4096 filters)",
+            "value": used, "unit": "MB peak RSS above baseline (one Adam step)",
+            "reference": d["est_adam_mb"], "ratio": used / d["est_adam_mb"],
+            "note": f"estimate used for max_memory_gb: Adam {d['est_adam_mb']:.0f} MB, "
+            f"L-BFGS (100 curvature pairs) {d['est_lbfgs_mb']:.0f} MB",
+        })
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'section':<12} {'case':<58} {'value':>12} {'ratio':>8}  unit / note")
+    for r in rows:
+        print(f"{r['section']:<12} {r['case']:<58} {r['value']:>12.4g} {r['ratio']:>8.3f}  {r['unit']}; {r['note']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m batch_ast.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes only")
+    parser.add_argument("--only", nargs="*", choices=["step", "gl", "transfer", "overhead", "memory"])
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "latest"), help="output path without suffix")
+    parser.add_argument("--_overhead", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._overhead:
+        _overhead_child(int(args._overhead[0]), args._overhead[1])
+        return 0
+    if args._memory:
+        _memory_child(float(args._memory[0]), args._memory[1])
+        return 0
+    sections = set(args.only or ["step", "gl", "transfer", "overhead", "memory"])
+    rows: list[dict] = []
+    peak = matmul_flops()
+    print(f"float32 matmul reference: {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} thread(s)", flush=True)
+    realistic_eval_s = None
+    if "step" in sections:
+        rows.append(bench_step("small: 4 s @ 16 kHz, n_fft 1024, 1024 filters", 4, 16000, 1024, 256, 1024, peak))
+        if not args.quick:
+            rows.append(bench_step("realistic: 10 s @ 22.05 kHz, n_fft 2048, 4096 filters", 10, 22050, 2048, 512, 4096, peak))
+            realistic_eval_s = step_flops(1025, 431, 4096, 11) / (rows[-1]["value"] * 1e9)
+        print_table(rows[-1:])
+    if "gl" in sections:
+        rows += bench_griffin_lim(4 if args.quick else 10, 22050, 2048, 512, 32 if args.quick else 100)
+        print_table(rows[-2:])
+    if "transfer" in sections:
+        rows.append(bench_whole_transfer(4, 16000, 1024, 256, 512 if args.quick else 1024, 100 if args.quick else 300))
+        print_table(rows[-1:])
+    if "overhead" in sections:
+        if realistic_eval_s is None:
+            realistic_eval_s = step_flops(1025, 431, 4096, 11) / (0.5 * peak)  # assume half the matmul rate
+        rows += bench_overhead(300 * realistic_eval_s)
+        print_table(rows[-3:])
+    if "memory" in sections:
+        rows += bench_memory([10, 60] if args.quick else [10, 60, 300])
+        print_table(rows[-3:])
+    meta = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu",
+        "matmul_gflops": peak / 1e9, "command": " ".join(["python -m batch_ast.bench", *(argv or sys.argv[1:])]),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    with out.with_suffix(".csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["section"])
+        writer.writeheader()
+        writer.writerows(rows)
+    print("\nall results:")
+    print_table(rows)
+    print(f"\nwritten: {out.with_suffix('.json')} and {out.with_suffix('.csv')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Objective metrics of one output, stored as index columns so results can be ranked in pandas.
+
+All of them are computed on the *audio that was written* (re-analysed after Griffin-Lim), not on
+the optimised spectrogram, and the feature distances are also measured under a held-out random
+network (another seed), so that no metric is just the optimised objective read back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .transfer import features, gram, log_spectrogram, random_filters
+
+HELDOUT_SEED_OFFSET = 1_000_003  # the held-out network: same shape, weights from seed + this
+
+
+def relative_feature_distance(out: torch.Tensor, target: torch.Tensor) -> float:
+    """||F_out - F_target||² / ||F_target||² over the common frames (0 = identical features)."""
+    frames = min(out.shape[-1], target.shape[-1])
+    out, target = out[..., :frames], target[..., :frames]
+    denom = target.pow(2).sum().item()
+    diff = (out - target).pow(2).sum().item()
+    return diff / denom if denom > 0 else (0.0 if diff == 0 else float("inf"))
+
+
+def relative_gram_distance(out: torch.Tensor, target: torch.Tensor) -> float:
+    """||G_out - G_target||_F / ||G_target||_F (0 = identical feature statistics)."""
+    g_out, g_target = gram(out), gram(target)
+    denom = torch.linalg.norm(g_target).item()
+    diff = torch.linalg.norm(g_out - g_target).item()
+    return diff / denom if denom > 0 else (0.0 if diff == 0 else float("inf"))
+
+
+def log_spectral_distance(a: torch.Tensor, b: torch.Tensor, n_fft: int, hop_length: int) -> float:
+    """Log-spectral distance in dB: mean over frames of the RMS over bins of the power-dB difference."""
+    window = torch.hann_window(n_fft, device=a.device, dtype=a.dtype)
+
+    def power_db(x: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(x, n_fft, hop_length=hop_length, window=window, return_complex=True)
+        return 10 * torch.log10(spec.abs().pow(2) + 1e-10)
+
+    pa_, pb = power_db(a), power_db(b)
+    frames = min(pa_.shape[-1], pb.shape[-1])
+    diff = pa_[..., :frames] - pb[..., :frames]
+    return diff.pow(2).mean(dim=0).sqrt().mean().item()
+
+
+def onset_correlation(a: np.ndarray, b: np.ndarray, sample_rate: int, hop_length: int) -> float:
+    """Pearson correlation of librosa onset-strength envelopes (rhythm similarity, -1..1)."""
+    import librosa
+
+    env_a = librosa.onset.onset_strength(y=a, sr=sample_rate, hop_length=hop_length)
+    env_b = librosa.onset.onset_strength(y=b, sr=sample_rate, hop_length=hop_length)
+    n = min(len(env_a), len(env_b))
+    env_a, env_b = env_a[:n], env_b[:n]
+    if n < 2 or env_a.std() == 0 or env_b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(env_a, env_b)[0, 1])
+
+
+def output_metrics(
+    output: np.ndarray,
+    content: np.ndarray,
+    style: np.ndarray,
+    params: dict[str, Any],
+    device: torch.device,
+) -> dict[str, float]:
+    """Every metric column for one output (audio arrays at the row's sample rate)."""
+    n_fft, hop = params["n_fft"], params["hop_length"]
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in
+               (("output", output), ("content", content), ("style", style))}
+    specs = {k: log_spectrogram(v, n_fft, hop) for k, v in tensors.items()}
+    metrics: dict[str, float] = {}
+    with torch.no_grad():
+        for suffix, seed in (("", params["seed"]), ("_heldout", params["seed"] + HELDOUT_SEED_OFFSET)):
+            weight = random_filters(n_fft // 2 + 1, params["n_filters"], params["kernel_size"], seed).to(device)
+            feats = {k: features(v, weight) for k, v in specs.items()}
+            metrics[f"content_distance{suffix}"] = relative_feature_distance(feats["output"], feats["content"])
+            metrics[f"style_distance{suffix}"] = relative_gram_distance(feats["output"], feats["style"])
+            # The same measures for the untouched content: where a transfer starts from.
+            metrics[f"style_distance{suffix}_of_content"] = relative_gram_distance(feats["content"], feats["style"])
+    metrics["lsd_to_content_db"] = log_spectral_distance(tensors["output"], tensors["content"], n_fft, hop)
+    sr = params["sample_rate"]
+    metrics["onset_corr_content"] = onset_correlation(output, content, sr, hop)
+    metrics["onset_corr_style"] = onset_correlation(output, style, sr, hop)
+    return metrics
