@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 OPTIMIZERS = ("lbfgs", "adam", "adamw")
+ACTIVATIONS = ("relu", "selu")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -48,6 +49,7 @@ PARAMS: dict[str, Param] = {
     "hop_length": Param(int, lambda x: 1 <= x <= 16384, "an integer in [1, 16384]"),
     "n_filters": Param(int, lambda x: 1 <= x <= 65536, "an integer in [1, 65536]"),
     "kernel_size": Param(int, lambda x: 1 <= x <= 1024, "an integer in [1, 1024]"),
+    "activation": Param(str, lambda s: s in ACTIVATIONS, "one of " + ", ".join(ACTIVATIONS)),
     "content_weight": Param(float, _non_negative, "a number >= 0"),
     "style_weight": Param(float, _non_negative, "a number >= 0"),
     "optimizer": Param(str, lambda s: s in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),
@@ -78,7 +80,7 @@ def coerce(name: str, raw: Any) -> Any:
     if spec.kind is str:
         if not isinstance(raw, str):
             raise ConfigError(f"expected text, got {raw!r}")
-        value: Any = raw.lower() if name in ("optimizer", "device") else raw
+        value: Any = raw.lower() if name in ("optimizer", "device", "activation") else raw
     elif spec.kind is int:
         if isinstance(raw, bool):
             raise ConfigError(f"expected an integer, got {raw!r}")
@@ -103,7 +105,8 @@ def coerce(name: str, raw: Any) -> Any:
     return value
 
 
-def _read_yaml_mapping(text: str, source: str) -> dict[str, Any]:
+def read_yaml_mapping(text: str, source: str) -> dict[str, Any]:
+    """Parse YAML with safe_load only; None/empty is {}; anything but a mapping is a ConfigError."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -154,7 +157,7 @@ def load_config(path: str | Path | None = None) -> Config:
     The user file may hold ``defaults:`` and ``presets:`` sections, or be a flat mapping of
     hyperparameters (taken as defaults).
     """
-    shipped = _read_yaml_mapping(
+    shipped = read_yaml_mapping(
         resources.files("batch_ast").joinpath("defaults.yaml").read_text(), "defaults.yaml"
     )
     defaults = _validated(shipped["defaults"], "defaults.yaml")
@@ -168,7 +171,7 @@ def load_config(path: str | Path | None = None) -> Config:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
-        user = _read_yaml_mapping(text, str(path))
+        user = read_yaml_mapping(text, str(path))
         if "defaults" in user or "presets" in user:
             extra = set(user) - {"defaults", "presets"}
             if extra:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-import yaml
 
+from .config import ConfigError, read_yaml_mapping
 from .job import TransferJob
 from .plan import RowSpec, chunk
 from .store import ResultsRoot, write_json_atomic
@@ -80,15 +80,11 @@ def load_profile(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = read_yaml_mapping(Path(path).read_text(encoding="utf-8"), f"profile {path}")
     except OSError as exc:
         raise DispatchError(f"{path}: cannot read profile: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise DispatchError(f"{path}: not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise DispatchError(f"{path}: a profile must be a YAML mapping")
+    except ConfigError as exc:
+        raise DispatchError(str(exc)) from None
     unknown = sorted(set(data) - set(PROFILE_KEYS) - {"rows_per_job"})
     if unknown:
         raise DispatchError(f"{path}: unknown profile key(s) {unknown}; known: {sorted(PROFILE_KEYS)}")

@@ -48,12 +48,16 @@ def log_spectral_distance(a: torch.Tensor, b: torch.Tensor, n_fft: int, hop_leng
     return diff.pow(2).mean(dim=0).sqrt().mean().item()
 
 
-def onset_correlation(a: np.ndarray, b: np.ndarray, sample_rate: int, hop_length: int) -> float:
+def onset_correlation(a: np.ndarray, b: np.ndarray, sample_rate: int, hop_length: int, n_fft: int) -> float:
     """Pearson correlation of librosa onset-strength envelopes (rhythm similarity, -1..1)."""
+    import warnings
+
     import librosa
 
-    env_a = librosa.onset.onset_strength(y=a, sr=sample_rate, hop_length=hop_length)
-    env_b = librosa.onset.onset_strength(y=b, sr=sample_rate, hop_length=hop_length)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "n_fft too large" on sub-window clips: fine here
+        env_a = librosa.onset.onset_strength(y=a, sr=sample_rate, hop_length=hop_length, n_fft=n_fft)
+        env_b = librosa.onset.onset_strength(y=b, sr=sample_rate, hop_length=hop_length, n_fft=n_fft)
     n = min(len(env_a), len(env_b))
     env_a, env_b = env_a[:n], env_b[:n]
     if n < 2 or env_a.std() == 0 or env_b.std() == 0:
@@ -77,13 +81,13 @@ def output_metrics(
     with torch.no_grad():
         for suffix, seed in (("", params["seed"]), ("_heldout", params["seed"] + HELDOUT_SEED_OFFSET)):
             weight = random_filters(n_fft // 2 + 1, params["n_filters"], params["kernel_size"], seed).to(device)
-            feats = {k: features(v, weight) for k, v in specs.items()}
+            feats = {k: features(v, weight, params["activation"]) for k, v in specs.items()}
             metrics[f"content_distance{suffix}"] = relative_feature_distance(feats["output"], feats["content"])
             metrics[f"style_distance{suffix}"] = relative_gram_distance(feats["output"], feats["style"])
             # The same measures for the untouched content: where a transfer starts from.
             metrics[f"style_distance{suffix}_of_content"] = relative_gram_distance(feats["content"], feats["style"])
     metrics["lsd_to_content_db"] = log_spectral_distance(tensors["output"], tensors["content"], n_fft, hop)
     sr = params["sample_rate"]
-    metrics["onset_corr_content"] = onset_correlation(output, content, sr, hop)
-    metrics["onset_corr_style"] = onset_correlation(output, style, sr, hop)
+    metrics["onset_corr_content"] = onset_correlation(output, content, sr, hop, n_fft)
+    metrics["onset_corr_style"] = onset_correlation(output, style, sr, hop, n_fft)
     return metrics

@@ -58,9 +58,13 @@ def random_filters(n_bins: int, n_filters: int, kernel_size: int, seed: int) -> 
     return torch.randn(n_filters, n_bins, kernel_size, generator=generator) * std
 
 
-def features(spec: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """ReLU(conv1d) over time with frequency bins as channels; VALID padding. (bins, T) -> (filters, T')."""
-    return F.relu(F.conv1d(spec.unsqueeze(0), weight)).squeeze(0)
+ACTIVATIONS = {"relu": F.relu, "selu": F.selu}
+
+
+def features(spec: torch.Tensor, weight: torch.Tensor, activation: str = "relu") -> torch.Tensor:
+    """activation(conv1d) over time with frequency bins as channels; VALID padding, no bias.
+    (bins, T) -> (filters, T'). ReLU is Ulyanov's choice, SELU the student's and Tomczak et al.'s."""
+    return ACTIVATIONS[activation](F.conv1d(spec.unsqueeze(0), weight)).squeeze(0)
 
 
 def gram(feats: torch.Tensor) -> torch.Tensor:
@@ -88,7 +92,8 @@ def estimate_memory_bytes(n_bins: int, content_frames: int, style_frames: int, p
     activations = n_filters * max(content_frames, style_frames)
     history = 2 * params["lbfgs_history"] * spec if params["optimizer"] == "lbfgs" else 2 * spec
     floats = 6 * spec + 5 * activations + 3 * n_filters * n_filters + history
-    floats += n_filters * n_bins * params["kernel_size"]
+    # The weights, plus the reordered copy the CPU conv backend keeps (measured: benchmarks/RESULTS.md).
+    floats += 2 * n_filters * n_bins * params["kernel_size"]
     return 4 * floats
 
 
@@ -127,8 +132,9 @@ class StyleTransfer:
         self.weight = random_filters(n_bins, params["n_filters"], kernel, params["seed"]).to(device)
         with torch.no_grad():
             content_spec = content_spec.to(device)
-            self.content_target = features(content_spec, self.weight)
-            self.style_target = gram(features(style_spec.to(device), self.weight))
+            act = params["activation"]
+            self.content_target = features(content_spec, self.weight, act)
+            self.style_target = gram(features(style_spec.to(device), self.weight, act))
         generator = torch.Generator().manual_seed(params["seed"] + 1)
         init = torch.randn(content_spec.shape, generator=generator) * 1e-3
         self.x = init.to(device).requires_grad_(True)
@@ -172,7 +178,7 @@ class StyleTransfer:
         return torch.optim.Adam([self.x], lr=p["lr"])
 
     def loss_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        feats = features(x, self.weight)
+        feats = features(x, self.weight, self.params["activation"])
         c = content_loss(feats, self.content_target)
         s = style_loss(gram(feats), self.style_target)
         total = self.params["content_weight"] * c + self.params["style_weight"] * s

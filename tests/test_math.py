@@ -161,3 +161,12 @@ def test_metrics_cover_the_index_columns_and_behave():
     as_style = output_metrics(style, content, style, p, torch.device("cpu"))
     assert as_style["style_distance"] == 0.0 and as_style["style_distance_heldout"] == 0.0
     assert as_style["content_distance"] > 0.1 and as_style["lsd_to_content_db"] > 1.0
+
+
+@pytest.mark.parametrize("preset", ["ulyanov-tf", "student-adamw", "tomczak-dafx18", "quick"])
+def test_every_preset_runs(preset):
+    """Each preset, shrunk to test size (its optimiser, activation, kernel and weights kept)."""
+    p = load_config().resolve({"preset": preset, **TINY, "kernel_size": 5})
+    t = run({**p, "iterations": 5})
+    assert t.iteration == 5 and math.isfinite(t.result()[1].total)
+    assert t.trace[-1][1] < t.trace[0][1]
