@@ -1,8 +1,8 @@
 """Benchmarks: where the time and memory of a transfer go, each figure a ratio against a reference
 measured in the same run (these machines are shared and noisy: never absolute thresholds).
 
-    python -m batch_ast.bench                 # everything (~10 min on 2 cores)
-    python -m batch_ast.bench --quick         # small sizes only (~2 min)
+    python -m batch_ast.bench                 # everything (~15 min on 2 cores)
+    python -m batch_ast.bench --quick         # small sizes, no reference check (~3 min)
     python -m batch_ast.bench --only gl step  # some sections
 Writes a table to stdout and JSON + CSV (default benchmarks/latest.{json,csv}).
 """
@@ -32,6 +32,7 @@ from .phase import griffin_lim, spectral_convergence
 from .transfer import StyleTransfer, features, gram, log_spectrogram, random_filters
 
 REPO = Path(__file__).resolve().parents[1]
+SECTIONS = ["step", "gl", "transfer", "lbfgs", "reference", "overhead", "memory"]
 DEMO = REPO / "manifests" / "audio"
 SHARED = REPO.parent / "shared" / "audio"
 
@@ -187,6 +188,67 @@ def bench_whole_transfer(seconds: float, sr: int, n_fft: int, hop: int, n_filter
     }
 
 
+def bench_lbfgs_vs_adam(seconds: float, sr: int, n_fft: int, hop: int, n_filters: int, budget_s: float) -> dict:
+    """Same pair, same wall-time budget: the loss L-BFGS reaches over the loss Adam reaches."""
+    base = dict(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_filters=n_filters,
+                iterations=100000, patience=100000, min_delta=0.0)
+    c = log_spectrogram(torch.from_numpy(_signal(seconds, sr, 0)), n_fft, hop)
+    s = log_spectrogram(torch.from_numpy(_signal(seconds, sr, 1)), n_fft, hop)
+    finals = {}
+    for name, over in (("lbfgs", {"optimizer": "lbfgs"}), ("adam", {"optimizer": "adam", "lr": 0.1})):
+        t0 = time.perf_counter()
+        t = StyleTransfer(c, s, load_config().resolve({**base, **over}), torch.device("cpu"))
+        while time.perf_counter() - t0 < budget_s and not t.finished:
+            t.step()
+        finals[name] = (t.result()[1].total, t.iteration)
+    return {
+        "section": "lbfgs", "case": f"{seconds:g} s @ {sr} Hz, {n_filters} filters, {budget_s:g} s budget each",
+        "value": finals["lbfgs"][0], "unit": "final loss of L-BFGS",
+        "reference": finals["adam"][0], "ratio": finals["lbfgs"][0] / finals["adam"][0],
+        "note": f"L-BFGS {finals['lbfgs'][0]:.4g} in {finals['lbfgs'][1]} iterations vs Adam (lr 0.1) "
+        f"{finals['adam'][0]:.4g} in {finals['adam'][1]} iterations; ratio < 1: L-BFGS lower",
+    }
+
+
+def bench_reference() -> list[dict]:
+    """The ulyanov-tf preset on imperial (content) + usa (style) against the published output of the
+    TF reference, by the same metrics (lower distances = closer)."""
+    from .audio import load_audio
+    from .metrics import output_metrics
+    from .phase import magnitude_from_log
+
+    folder = SHARED / "ulyanov"
+    if not (folder / "reference-output-imperial_usa.wav").exists():
+        print(f"reference: {folder} not found, section skipped", flush=True)
+        return []
+    p = load_config().resolve({"preset": "ulyanov-tf"})
+    sr = p["sample_rate"]
+    content = load_audio(folder / "imperial.mp3", sr, p["max_seconds"])
+    style = load_audio(folder / "usa.mp3", sr, p["max_seconds"])
+    published = load_audio(folder / "reference-output-imperial_usa.wav", sr, p["max_seconds"])
+    t0 = time.perf_counter()
+    spec = lambda a: log_spectrogram(torch.from_numpy(a), p["n_fft"], p["hop_length"])  # noqa: E731
+    t = StyleTransfer(spec(content), spec(style), p, torch.device("cpu"))
+    t.run()
+    x, _ = t.result()
+    ours = griffin_lim(magnitude_from_log(x), p["n_fft"], p["hop_length"], n_iter=p["griffin_lim_iters"],
+                       seed=p["seed"], length=len(content)).numpy()
+    ours = ours * min(1.0, 0.99 / float(np.abs(ours).max()))  # as written to WAV
+    elapsed = time.perf_counter() - t0
+    mine = output_metrics(ours, content, style, p, torch.device("cpu"))
+    theirs = output_metrics(published[: len(content)], content, style, p, torch.device("cpu"))
+    rows = []
+    for key in ("content_distance_heldout", "style_distance_heldout", "lsd_to_content_db", "onset_corr_content"):
+        rows.append({
+            "section": "reference", "case": f"imperial + usa, ulyanov-tf preset: {key}",
+            "value": mine[key], "unit": key, "reference": theirs[key],
+            "ratio": mine[key] / theirs[key] if theirs[key] else float("nan"),
+            "note": f"batch-ast {mine[key]:.4g} vs published TF output {theirs[key]:.4g} "
+            f"({t.iteration} L-BFGS iterations, {t.stop_reason}, {elapsed:.0f} s)",
+        })
+    return rows
+
+
 def _overhead_child(n_pairs: int, out: str) -> None:
     """Runs in a fresh process (imports included): n_pairs rows packed in one job, tiny optimisation."""
     t0 = time.perf_counter()
@@ -295,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m batch_ast.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes only")
-    parser.add_argument("--only", nargs="*", choices=["step", "gl", "transfer", "overhead", "memory"])
+    parser.add_argument("--only", nargs="*", choices=SECTIONS)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "latest"), help="output path without suffix")
     parser.add_argument("--_overhead", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
@@ -306,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     if args._memory:
         _memory_child(float(args._memory[0]), args._memory[1])
         return 0
-    sections = set(args.only or ["step", "gl", "transfer", "overhead", "memory"])
+    sections = set(args.only or SECTIONS)
+    if args.quick and not args.only:
+        sections.discard("reference")
     rows: list[dict] = []
     peak = matmul_flops()
     print(f"float32 matmul reference: {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} thread(s)", flush=True)
@@ -323,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     if "transfer" in sections:
         rows.append(bench_whole_transfer(4, 16000, 1024, 256, 512 if args.quick else 1024, 100 if args.quick else 300))
         print_table(rows[-1:])
+    if "lbfgs" in sections:
+        rows.append(bench_lbfgs_vs_adam(4, 16000, 1024, 256, 1024, 3.0 if args.quick else 10.0))
+        print_table(rows[-1:])
+    if "reference" in sections:
+        rows += bench_reference()
+        print_table(rows[-4:])
     if "overhead" in sections:
         if realistic_eval_s is None:
             realistic_eval_s = step_flops(1025, 431, 4096, 11) / (0.5 * peak)  # assume half the matmul rate

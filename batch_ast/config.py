@@ -17,6 +17,8 @@ import yaml
 
 OPTIMIZERS = ("lbfgs", "adam", "adamw")
 ACTIVATIONS = ("relu", "selu")
+RHYTHMS = ("none", "beats")
+BEAT_GRIDS = ("style", "content")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -52,6 +54,10 @@ PARAMS: dict[str, Param] = {
     "activation": Param(str, lambda s: s in ACTIVATIONS, "one of " + ", ".join(ACTIVATIONS)),
     "content_weight": Param(float, _non_negative, "a number >= 0"),
     "style_weight": Param(float, _non_negative, "a number >= 0"),
+    "content_weight_style": Param(float, _non_negative, "a number >= 0"),
+    "style_weight_content": Param(float, _non_negative, "a number >= 0"),
+    "rhythm": Param(str, lambda s: s in RHYTHMS, "one of " + ", ".join(RHYTHMS)),
+    "beat_grid": Param(str, lambda s: s in BEAT_GRIDS, "one of " + ", ".join(BEAT_GRIDS)),
     "optimizer": Param(str, lambda s: s in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),
     "lr": Param(float, _positive, "a number > 0"),
     "weight_decay": Param(float, _non_negative, "a number >= 0"),
@@ -80,7 +86,7 @@ def coerce(name: str, raw: Any) -> Any:
     if spec.kind is str:
         if not isinstance(raw, str):
             raise ConfigError(f"expected text, got {raw!r}")
-        value: Any = raw.lower() if name in ("optimizer", "device", "activation") else raw
+        value: Any = raw.lower() if name in ("optimizer", "device", "activation", "rhythm", "beat_grid") else raw
     elif spec.kind is int:
         if isinstance(raw, bool):
             raise ConfigError(f"expected an integer, got {raw!r}")

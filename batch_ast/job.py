@@ -64,6 +64,23 @@ def _write_trace(path: Path, trace: list[tuple[int, float, float, float]]) -> No
     write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
+def make_transfer(content, style, content_spec, style_spec, p: dict[str, Any], device):
+    """A plain StyleTransfer, or Tomczak et al.'s beat-segmented one (rhythm=beats)."""
+    from .transfer import StyleTransfer
+
+    if p["rhythm"] == "none":
+        return StyleTransfer(content_spec, style_spec, p, device)
+    from .rhythm import SegmentedTransfer, beat_frames, paired_segments
+
+    segments = paired_segments(
+        beat_frames(content, p["sample_rate"], p["hop_length"]),
+        beat_frames(style, p["sample_rate"], p["hop_length"]),
+        content_spec.shape[-1],
+        style_spec.shape[-1],
+    )
+    return SegmentedTransfer(content_spec, style_spec, segments, p, device)
+
+
 def _iteration_bar(spec: RowSpec, start: int, total: int):
     """A progress bar over iterations when a person watches (TTY); silent in job logs."""
     from tqdm import tqdm
@@ -137,7 +154,6 @@ def run_row(
     from .metrics import output_metrics
     from .phase import griffin_lim, magnitude_from_log, spectral_convergence
     from .transfer import (
-        StyleTransfer,
         check_length,
         estimate_memory_bytes,
         log_spectrogram,
@@ -184,7 +200,7 @@ def run_row(
             )
         to_spec_of = lambda t: log_spectrogram(t, p["n_fft"], p["hop_length"])  # noqa: E731
         to_spec = lambda a: to_spec_of(torch.from_numpy(a).to(device))  # noqa: E731
-        transfer = StyleTransfer(to_spec(content), to_spec(style), p, device)
+        transfer = make_transfer(content, style, to_spec(content), to_spec(style), p, device)
         resumes = 0
         if ckpt_path.exists():
             state = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -225,7 +241,8 @@ def run_row(
             n_iter=p["griffin_lim_iters"],
             momentum=p["griffin_lim_momentum"],
             seed=p["seed"],
-            length=len(content),
+            # beat-segmented outputs follow the grid input's beats, not the content's length
+            length=len(content) if p["rhythm"] == "none" else None,
         )
         record["spectral_convergence"] = spectral_convergence(
             magnitude, audio, p["n_fft"], p["hop_length"]

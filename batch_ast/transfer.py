@@ -67,6 +67,13 @@ def features(spec: torch.Tensor, weight: torch.Tensor, activation: str = "relu")
     return ACTIVATIONS[activation](F.conv1d(spec.unsqueeze(0), weight)).squeeze(0)
 
 
+def match_length(spec: torch.Tensor, frames: int) -> torch.Tensor:
+    """Stretch or squeeze a spectrogram (bins, T) to ``frames`` frames by linear interpolation in time."""
+    if spec.shape[-1] == frames:
+        return spec
+    return F.interpolate(spec.unsqueeze(0), size=frames, mode="linear", align_corners=False).squeeze(0)
+
+
 def gram(feats: torch.Tensor) -> torch.Tensor:
     """Gram matrix F Fᵀ / T: normalised by frames so it does not grow with the input's length."""
     return feats @ feats.T / feats.shape[-1]
@@ -131,10 +138,18 @@ class StyleTransfer:
         n_bins = content_spec.shape[0]
         self.weight = random_filters(n_bins, params["n_filters"], kernel, params["seed"]).to(device)
         with torch.no_grad():
-            content_spec = content_spec.to(device)
+            content_spec, style_spec = content_spec.to(device), style_spec.to(device)
             act = params["activation"]
-            self.content_target = features(content_spec, self.weight, act)
-            self.style_target = gram(features(style_spec.to(device), self.weight, act))
+            content_feats = features(content_spec, self.weight, act)
+            self.content_target = content_feats
+            self.style_target = gram(features(style_spec, self.weight, act))
+            # Tomczak et al.'s general loss also matches the *style* input's features (beta, length-
+            # matched to the output) and the *content* input's Gram (gamma); off by default.
+            self.content_target_style = (
+                features(match_length(style_spec, content_spec.shape[-1]), self.weight, act)
+                if params["content_weight_style"] > 0 else None
+            )
+            self.style_target_content = gram(content_feats) if params["style_weight_content"] > 0 else None
         generator = torch.Generator().manual_seed(params["seed"] + 1)
         init = torch.randn(content_spec.shape, generator=generator) * 1e-3
         self.x = init.to(device).requires_grad_(True)
@@ -178,10 +193,21 @@ class StyleTransfer:
         return torch.optim.Adam([self.x], lr=p["lr"])
 
     def loss_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        feats = features(x, self.weight, self.params["activation"])
+        """(total, content, style): total = alpha c(content) + beta c(style input) + delta s(style)
+        + gamma s(content input); the content and style terms returned are the unweighted sums of
+        the terms in use."""
+        p = self.params
+        feats = features(x, self.weight, p["activation"])
+        g = gram(feats)
         c = content_loss(feats, self.content_target)
-        s = style_loss(gram(feats), self.style_target)
-        total = self.params["content_weight"] * c + self.params["style_weight"] * s
+        s = style_loss(g, self.style_target)
+        total = p["content_weight"] * c + p["style_weight"] * s
+        if self.content_target_style is not None:
+            c_b = content_loss(feats, self.content_target_style)
+            total, c = total + p["content_weight_style"] * c_b, c + c_b
+        if self.style_target_content is not None:
+            s_a = style_loss(g, self.style_target_content)
+            total, s = total + p["style_weight_content"] * s_a, s + s_a
         return total, c, s
 
     @property

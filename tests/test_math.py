@@ -19,6 +19,7 @@ from batch_ast.transfer import (
     gram,
     log_spectrogram,
     random_filters,
+    style_loss,
 )
 
 from .conftest import DEMO_AUDIO, TINY
@@ -170,3 +171,51 @@ def test_every_preset_runs(preset):
     t = run({**p, "iterations": 5})
     assert t.iteration == 5 and math.isfinite(t.result()[1].total)
     assert t.trace[-1][1] < t.trace[0][1]
+
+
+def test_tomczak_general_loss_terms_vanish_at_their_targets():
+    p = params(content_weight=0.0, content_weight_style=1.0, style_weight=1.0, style_weight_content=1.0)
+    content, style = spec_of("speech_gettysburg.wav", p), spec_of("boogie_marabi.wav", p)
+    frames = min(content.shape[-1], style.shape[-1])
+    content, style = content[:, :frames], style[:, :frames]
+    t = StyleTransfer(content, style, p, torch.device("cpu"))
+    # At x = style input: the beta (content of B) and delta (style of B) terms vanish, gamma remains.
+    total_at_style, _, _ = t.loss_terms(style)
+    gamma_only = style_loss(gram(features(style, t.weight)), t.style_target_content)
+    torch.testing.assert_close(total_at_style, gamma_only)
+    # At x = content input: gamma vanishes, alpha is off, beta and delta remain (> 0).
+    total_at_content, _, _ = t.loss_terms(content)
+    assert total_at_content.item() > 0
+    plain = StyleTransfer(content, style, params(), torch.device("cpu"))
+    assert plain.content_target_style is None and plain.style_target_content is None
+
+
+def test_beat_segmented_transfer_follows_the_grid_and_resumes():
+    from batch_ast.rhythm import SegmentedTransfer, beat_frames, paired_segments
+
+    p = params(rhythm="beats", iterations=4, patience=1000, kernel_size=3, max_seconds=4.0)
+    c_audio = load_audio(DEMO_AUDIO / "harp_harmony.wav", p["sample_rate"], p["max_seconds"])
+    s_audio = load_audio(DEMO_AUDIO / "boogie_marabi.wav", p["sample_rate"], p["max_seconds"])
+    c = log_spectrogram(torch.from_numpy(c_audio), p["n_fft"], p["hop_length"])
+    s = log_spectrogram(torch.from_numpy(s_audio), p["n_fft"], p["hop_length"])
+    sb = beat_frames(s_audio, p["sample_rate"], p["hop_length"])
+    segments = paired_segments(beat_frames(c_audio, p["sample_rate"], p["hop_length"]), sb, c.shape[-1], s.shape[-1])
+    assert len(segments) >= 3
+    full = SegmentedTransfer(c, s, segments, p, torch.device("cpu"))
+    while full.step():
+        pass
+    x, terms = full.result()
+    grid = sum(s1 - s0 for _, (s0, s1) in segments)
+    assert x.shape == (c.shape[0], grid) and full.iteration == 4 * len(segments)
+    assert "beat segments" in full.stop_reason and math.isfinite(terms.total)
+    # interrupt in the second segment, resume from the state: same result
+    part = SegmentedTransfer(c, s, segments, p, torch.device("cpu"))
+    for _ in range(6):
+        part.step()
+    resumed = SegmentedTransfer(c, s, segments, p, torch.device("cpu"))
+    resumed.load_state_dict(part.state_dict())
+    while resumed.step():
+        pass
+    torch.testing.assert_close(resumed.result()[0], x)
+    with pytest.raises(TransferError, match="fewer than two beats"):
+        SegmentedTransfer(c, s, [], p, torch.device("cpu"))

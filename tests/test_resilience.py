@@ -202,3 +202,11 @@ def test_local_preemption_resumes_a_packed_job_without_redoing_finished_rows(aud
     assert done["status"] == "ok" and done["resumes"] == 1 and done["resumed_from_iteration"] > 0
     assert results.record_path(first.id).read_text() == first_record  # not redone
     assert not results.checkpoint_path(second.id).exists()
+
+
+def test_beat_segmented_row_runs_through_the_job(audio_dir, tmp_path):
+    record = run_one(audio_dir, "content2.wav", "style.wav", tmp_path, rhythm="beats", kernel_size=3, iterations=3)
+    assert record["status"] == "ok", record["error"]
+    assert "beat segments" in record["stop_reason"]
+    audio, _ = sf.read(tmp_path / "results" / record["output"])
+    assert 0 < len(audio) < record["content_seconds"] * TINY["sample_rate"]  # follows the style's beats
