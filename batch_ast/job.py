@@ -207,7 +207,9 @@ def run_row(
             transfer.load_state_dict(state)
             resumes = state.get("resumes", 0) + 1
             if resumes > max_resumes:
-                raise ResumeLimitError(f"interrupted and resumed {resumes - 1} times (max_retries={max_resumes})")
+                raise ResumeLimitError(
+                    f"interrupted {resumes} times, more than max_retries={max_resumes}: giving up"
+                )
         record["resumed_from_iteration"] = transfer.iteration
         record["resumes"] = resumes
 

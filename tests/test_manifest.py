@@ -118,3 +118,13 @@ def test_yaml_overrides_defaults_and_adds_presets(tmp_path):
     unknown.write_text("learning_rate: 1\n")
     with pytest.raises(ConfigError, match="unknown hyperparameter 'learning_rate'"):
         load_config(unknown)
+
+
+def test_resource_columns_are_parsed_and_not_hyperparameters(audio_dir, config):
+    m = write_manifest(audio_dir, ["content.wav,style.wav,30,1,", "content.wav,style.wav,x,,"], header="content,style,timeout_min,gpus,mem_gb")
+    found = problems(m, config)
+    assert found == ["row 2 (line 3): column 'timeout_min': expected a non-negative int, got 'x'"]
+    m = write_manifest(audio_dir, ["content.wav,style.wav,30,1,", "content.wav,style.wav,,,4.5"], header="content,style,timeout_min,gpus,mem_gb")
+    rows = read_manifest(m, config)
+    assert rows[0].resources == {"timeout_min": 30, "gpus": 1} and rows[1].resources == {"mem_gb": 4.5}
+    assert "gpus" not in rows[0].params

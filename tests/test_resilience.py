@@ -21,7 +21,7 @@ import batch_ast
 from batch_ast import index as index_module
 from batch_ast.config import load_config
 from batch_ast.dispatch import submit
-from batch_ast.job import TransferJob, run_row
+from batch_ast.job import Paused, TransferJob, run_row
 from batch_ast.manifest import read_manifest
 from batch_ast.plan import make_plan
 from batch_ast.store import ResultsRoot
@@ -210,3 +210,28 @@ def test_beat_segmented_row_runs_through_the_job(audio_dir, tmp_path):
     assert "beat segments" in record["stop_reason"]
     audio, _ = sf.read(tmp_path / "results" / record["output"])
     assert 0 < len(audio) < record["content_seconds"] * TINY["sample_rate"]  # follows the style's beats
+
+
+def test_resume_limit_fails_the_row_instead_of_looping(audio_dir, tmp_path):
+    results = ResultsRoot(tmp_path / "results")
+    (spec,) = plan_rows(audio_dir, ["content.wav,style.wav"], results, iterations=200, patience=100000)
+    calls = iter(range(1000))
+    with pytest.raises(Paused):  # interrupted after 3 iterations: checkpoint written
+        run_row(spec, results, should_pause=lambda: next(calls) >= 3, max_resumes=1)
+    assert results.checkpoint_path(spec.id).exists()
+    calls = iter(range(1000))
+    with pytest.raises(Paused):  # first resume is allowed (and interrupted again)
+        run_row(spec, results, should_pause=lambda: next(calls) >= 3, max_resumes=1)
+    record = run_row(spec, results, max_resumes=1)  # a second resume is over the limit
+    assert record["status"] == "failed" and not record["retryable"]
+    assert "interrupted 2 times, more than max_retries=1" in record["error"]
+    assert not results.checkpoint_path(spec.id).exists()
+
+
+@pytest.mark.parametrize("preset", ["ulyanov-tf", "student-adamw", "tomczak-dafx18", "quick"])
+def test_every_preset_runs_from_a_manifest(preset, audio_dir, tmp_path):
+    """Each preset through the manifest and the job, shrunk by the row's own columns."""
+    record = run_one(audio_dir, "content2.wav", "style.wav", tmp_path, preset=preset, kernel_size=3, iterations=3)
+    assert record["status"] == "ok", record["error"]
+    assert record["params"]["preset"] == preset
+    assert record["params"]["activation"] == load_config().presets[preset].get("activation", "relu")

@@ -94,20 +94,25 @@ def test_job_array_with_fake_gpu_throttling_and_a_failing_row(audio_dir, tmp_pat
     assert "ok=3" in out and "failed=1" in out and "broken.mp3" in out
 
 
-def test_packing_several_rows_per_array_task(audio_dir, tmp_path):
+def test_packing_and_per_row_resources(audio_dir, tmp_path):
+    """Four rows, two per array task; rows 3-4 ask for a GPU in their own column, so they form a
+    second array with its own resource request."""
     head, vals = tiny_columns()
     m = write_manifest(
         audio_dir,
-        [f"content.wav,style.wav,{seed},{vals}" for seed in range(4)],
-        header=f"content,style,seed,{head}",
+        [f"content.wav,style.wav,{seed},{'1' if seed >= 2 else ''},{vals}" for seed in range(4)],
+        header=f"content,style,seed,gpus,{head}",
     )
     results = tmp_path / "results"
     assert slurm_submit(m, results, "--wait", "--rows-per-job", "2") == 0
     index = batch_ast.load_index(results)
     assert len(index) == 4 and set(index["status"]) == {"ok"}
-    assert index.groupby("slurm_array_task_id").size().to_dict() == {"0": 2, "1": 2}
+    assert index.groupby("slurm_job_id").size().tolist() == [2, 2]  # two arrays, one task of 2 rows each
     (sub,) = load_submissions(ResultsRoot(results))
     assert [len(j["rows"]) for j in sub.jobs] == [2, 2]
+    scripts = sorted((results / "submitit").glob("*/*submission.sh"))
+    gpu_requests = ["#SBATCH --gpus-per-node=1" in p.read_text() for p in scripts]
+    assert sorted(gpu_requests) == [False, True], gpu_requests
 
 
 def long_rows(audio_dir: Path, n: int, iterations: int = 4000) -> Path:
