@@ -39,15 +39,14 @@ def griffin_lim(
     phase = torch.rand(magnitude.shape, generator=generator, dtype=dtype) * (2 * math.pi)
     angles = torch.polar(torch.ones_like(phase), phase).to(device)
     rebuilt_prev = torch.zeros_like(angles)
-    eps = torch.finfo(dtype).tiny
     alpha = momentum / (1 + momentum)
     for _ in range(n_iter):
         inverse = torch.istft(
             magnitude * angles, n_fft, hop_length=hop_length, window=window, length=length
         )
         rebuilt = _stft(inverse, n_fft, hop_length, window)
-        angles = rebuilt - alpha * rebuilt_prev
-        angles = angles / (angles.abs() + eps)
+        # sgn(z) = z/|z| (0 at 0) in one kernel: the unit-modulus projection, fused (benchmarks/RESULTS.md)
+        angles = torch.sgn(torch.sub(rebuilt, rebuilt_prev, alpha=alpha))
         rebuilt_prev = rebuilt
     return torch.istft(magnitude * angles, n_fft, hop_length=hop_length, window=window, length=length)
 
