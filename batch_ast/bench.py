@@ -29,10 +29,21 @@ import torch
 
 from .config import load_config
 from .phase import griffin_lim, spectral_convergence
-from .transfer import StyleTransfer, features, gram, log_spectrogram, random_filters
+from .transfer import StyleTransfer, features, gram, log_spectrogram, pick_device, random_filters
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ["step", "gl", "transfer", "lbfgs", "reference", "overhead", "memory"]
+DEVICE = torch.device("cpu")  # set by --device; every torch section runs there
+
+
+def _sync() -> None:
+    """Wait for queued GPU work so wall-clock timings are real."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).to(DEVICE)
 DEMO = REPO / "manifests" / "audio"
 SHARED = REPO.parent / "shared" / "audio"
 
@@ -41,10 +52,12 @@ def _timeit(fn: Callable[[], Any], repeat: int = 3, warmup: int = 1) -> float:
     """Best-of-`repeat` seconds of fn() (best, not mean: the least disturbed by other load)."""
     for _ in range(warmup):
         fn()
+    _sync()
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
+        _sync()
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -64,7 +77,7 @@ def matmul_flops(sizes: tuple[int, ...] = (1024, 2048, 4096)) -> float:
     The physical reference for the optimisation step."""
     best = 0.0
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
         best = max(best, 2 * n**3 / _timeit(lambda a=a, b=b: a @ b, repeat=5))
     return best
 
@@ -84,9 +97,9 @@ def bench_step(name: str, seconds: float, sr: int, n_fft: int, hop: int, n_filte
     p = load_config().resolve(
         dict(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_filters=n_filters, kernel_size=11, optimizer="adam", lr=0.1)
     )
-    c = log_spectrogram(torch.from_numpy(_signal(seconds, sr, 0)), n_fft, hop)
-    s = log_spectrogram(torch.from_numpy(_signal(seconds, sr, 1)), n_fft, hop)
-    t = StyleTransfer(c, s, p, torch.device("cpu"))
+    c = log_spectrogram(_tensor(_signal(seconds, sr, 0)), n_fft, hop)
+    s = log_spectrogram(_tensor(_signal(seconds, sr, 1)), n_fft, hop)
+    t = StyleTransfer(c, s, p, DEVICE)
 
     def evaluation() -> None:
         t.optimizer.zero_grad()
@@ -113,7 +126,7 @@ def bench_griffin_lim(seconds: float, sr: int, n_fft: int, hop: int, n_iter: int
 
     audio = _signal(seconds, sr)
     mag = np.abs(librosa.stft(audio, n_fft=n_fft, hop_length=hop)).astype(np.float32)
-    mag_t = torch.from_numpy(mag)
+    mag_t = _tensor(mag)
     ours_s = _timeit(lambda: griffin_lim(mag_t, n_fft, hop, n_iter=n_iter, length=len(audio)), repeat=2)
     theirs_s = _timeit(
         lambda: librosa.griffinlim(mag, n_iter=n_iter, hop_length=hop, n_fft=n_fft, length=len(audio), random_state=0),
@@ -122,7 +135,7 @@ def bench_griffin_lim(seconds: float, sr: int, n_fft: int, hop: int, n_iter: int
     ours = griffin_lim(mag_t, n_fft, hop, n_iter=n_iter, length=len(audio))
     theirs = librosa.griffinlim(mag, n_iter=n_iter, hop_length=hop, n_fft=n_fft, length=len(audio), random_state=0)
     sc_ours = spectral_convergence(mag_t, ours, n_fft, hop)
-    sc_theirs = spectral_convergence(mag_t, torch.from_numpy(theirs), n_fft, hop)
+    sc_theirs = spectral_convergence(mag_t, _tensor(theirs), n_fft, hop)
     case = f"{seconds:g} s @ {sr} Hz, n_fft {n_fft}, {n_iter} iters"
     return [
         {"section": "griffin_lim", "case": case, "value": theirs_s / ours_s, "unit": "x faster than librosa",
@@ -137,11 +150,11 @@ def bench_griffin_lim(seconds: float, sr: int, n_fft: int, hop: int, n_iter: int
 def student_loop(c: torch.Tensor, s: torch.Tensor, p: dict, iterations: int) -> tuple[float, float]:
     """A plain re-implementation of the student version's loop (AdamW lr 0.5, ReduceLROnPlateau on
     the style loss, stop after 11 increases), evaluated on batch-ast's loss: (seconds, final loss)."""
-    weight = random_filters(c.shape[0], p["n_filters"], p["kernel_size"], p["seed"])
+    weight = random_filters(c.shape[0], p["n_filters"], p["kernel_size"], p["seed"]).to(c.device)
     t0 = time.perf_counter()
     fc = features(c, weight).detach()
     gs = gram(features(s, weight)).detach()
-    x = (torch.rand(c.shape, generator=torch.Generator().manual_seed(0)) * 1e-3).requires_grad_(True)
+    x = (torch.rand(c.shape, generator=torch.Generator().manual_seed(0)) * 1e-3).to(c.device).requires_grad_(True)
     opt = torch.optim.AdamW([x], lr=0.5, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=7, threshold=1e-3)
     prev, increases = float("inf"), 0
@@ -167,11 +180,11 @@ def student_loop(c: torch.Tensor, s: torch.Tensor, p: dict, iterations: int) -> 
 def bench_whole_transfer(seconds: float, sr: int, n_fft: int, hop: int, n_filters: int, student_iters: int) -> dict:
     p = load_config().resolve(dict(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_filters=n_filters,
                                    iterations=5000, patience=5000, min_delta=0.0))
-    c = log_spectrogram(torch.from_numpy(_signal(seconds, sr, 0)), n_fft, hop)
-    s = log_spectrogram(torch.from_numpy(_signal(seconds, sr, 1)), n_fft, hop)
+    c = log_spectrogram(_tensor(_signal(seconds, sr, 0)), n_fft, hop)
+    s = log_spectrogram(_tensor(_signal(seconds, sr, 1)), n_fft, hop)
     student_s, target = student_loop(c, s, p, student_iters)
     t0 = time.perf_counter()
-    t = StyleTransfer(c, s, p, torch.device("cpu"))
+    t = StyleTransfer(c, s, p, DEVICE)
     reached = False
     while not t.finished and time.perf_counter() - t0 < 3 * student_s:
         t.step()
@@ -192,12 +205,12 @@ def bench_lbfgs_vs_adam(seconds: float, sr: int, n_fft: int, hop: int, n_filters
     """Same pair, same wall-time budget: the loss L-BFGS reaches over the loss Adam reaches."""
     base = dict(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_filters=n_filters,
                 iterations=100000, patience=100000, min_delta=0.0)
-    c = log_spectrogram(torch.from_numpy(_signal(seconds, sr, 0)), n_fft, hop)
-    s = log_spectrogram(torch.from_numpy(_signal(seconds, sr, 1)), n_fft, hop)
+    c = log_spectrogram(_tensor(_signal(seconds, sr, 0)), n_fft, hop)
+    s = log_spectrogram(_tensor(_signal(seconds, sr, 1)), n_fft, hop)
     finals = {}
     for name, over in (("lbfgs", {"optimizer": "lbfgs"}), ("adam", {"optimizer": "adam", "lr": 0.1})):
         t0 = time.perf_counter()
-        t = StyleTransfer(c, s, load_config().resolve({**base, **over}), torch.device("cpu"))
+        t = StyleTransfer(c, s, load_config().resolve({**base, **over}), DEVICE)
         while time.perf_counter() - t0 < budget_s and not t.finished:
             t.step()
         finals[name] = (t.result()[1].total, t.iteration)
@@ -227,16 +240,16 @@ def bench_reference() -> list[dict]:
     style = load_audio(folder / "usa.mp3", sr, p["max_seconds"])
     published = load_audio(folder / "reference-output-imperial_usa.wav", sr, p["max_seconds"])
     t0 = time.perf_counter()
-    spec = lambda a: log_spectrogram(torch.from_numpy(a), p["n_fft"], p["hop_length"])  # noqa: E731
-    t = StyleTransfer(spec(content), spec(style), p, torch.device("cpu"))
+    spec = lambda a: log_spectrogram(_tensor(a), p["n_fft"], p["hop_length"])  # noqa: E731
+    t = StyleTransfer(spec(content), spec(style), p, DEVICE)
     t.run()
     x, _ = t.result()
     ours = griffin_lim(magnitude_from_log(x), p["n_fft"], p["hop_length"], n_iter=p["griffin_lim_iters"],
-                       seed=p["seed"], length=len(content)).numpy()
+                       seed=p["seed"], length=len(content)).cpu().numpy()
     ours = ours * min(1.0, 0.99 / float(np.abs(ours).max()))  # as written to WAV
     elapsed = time.perf_counter() - t0
-    mine = output_metrics(ours, content, style, p, torch.device("cpu"))
-    theirs = output_metrics(published[: len(content)], content, style, p, torch.device("cpu"))
+    mine = output_metrics(ours, content, style, p, DEVICE)
+    theirs = output_metrics(published[: len(content)], content, style, p, DEVICE)
     rows = []
     for key in ("content_distance_heldout", "style_distance_heldout", "lsd_to_content_db", "onset_corr_content"):
         rows.append({
@@ -317,15 +330,19 @@ def _memory_child(seconds: float, out: str) -> None:
     except OSError:
         pass
     base = status_mb("VmRSS")  # interpreter, torch, librosa and the decoded audio
-    c = log_spectrogram(torch.from_numpy(content), p["n_fft"], p["hop_length"])
-    s = log_spectrogram(torch.from_numpy(style), p["n_fft"], p["hop_length"])
-    t = StyleTransfer(c, s, p, torch.device("cpu"))
+    if DEVICE.type == "cuda":  # on a GPU, what counts is device memory
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+    c = log_spectrogram(_tensor(content), p["n_fft"], p["hop_length"])
+    s = log_spectrogram(_tensor(style), p["n_fft"], p["hop_length"])
+    t = StyleTransfer(c, s, p, DEVICE)
     t.step()
     from .transfer import estimate_memory_bytes
 
     est_adam = estimate_memory_bytes(c.shape[0], c.shape[1], s.shape[1], p)
     est_lbfgs = estimate_memory_bytes(c.shape[0], c.shape[1], s.shape[1], p | {"optimizer": "lbfgs"})
-    Path(out).write_text(json.dumps({"peak_mb": peak_mb(), "base_mb": base, "est_adam_mb": est_adam / 2**20,
+    peak = torch.cuda.max_memory_allocated() / 2**20 if DEVICE.type == "cuda" else peak_mb()
+    Path(out).write_text(json.dumps({"peak_mb": peak, "base_mb": base, "est_adam_mb": est_adam / 2**20,
                                      "est_lbfgs_mb": est_lbfgs / 2**20, "history": p["lbfgs_history"]}))
 
 
@@ -333,12 +350,16 @@ def bench_memory(lengths: list[float]) -> list[dict]:
     rows = []
     for seconds in lengths:
         with tempfile.NamedTemporaryFile(suffix=".json") as fh:
-            subprocess.run([sys.executable, "-m", "batch_ast.bench", "--_memory", str(seconds), fh.name], check=True)
+            subprocess.run(
+                [sys.executable, "-m", "batch_ast.bench", "--device", DEVICE.type, "--_memory", str(seconds), fh.name],
+                check=True,
+            )
             d = json.loads(Path(fh.name).read_text())
         used = d["peak_mb"] - d["base_mb"]
         rows.append({
             "section": "memory", "case": f"{seconds:g} s content, default settings (4096 filters)",
-            "value": used, "unit": "MB peak RSS for the transfer (one Adam step)",
+            "value": used,
+            "unit": "MB peak " + ("CUDA memory" if DEVICE.type == "cuda" else "RSS") + " for the transfer (one Adam step)",
             "reference": d["est_adam_mb"], "ratio": used / d["est_adam_mb"],
             "note": f"process peak {d['peak_mb']:.0f} MB incl. {d['base_mb']:.0f} MB interpreter+libraries+audio; "
             f"estimate behind max_memory_gb: Adam {d['est_adam_mb']:.0f} MB, "
@@ -357,11 +378,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m batch_ast.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes only")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where the torch sections run (auto: CUDA when present); librosa stays on the CPU")
     parser.add_argument("--only", nargs="*", choices=SECTIONS)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "latest"), help="output path without suffix")
     parser.add_argument("--_overhead", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global DEVICE
+    DEVICE = pick_device(args.device)
     if args._overhead:
         _overhead_child(int(args._overhead[0]), args._overhead[1])
         return 0
@@ -404,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu",
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(DEVICE),
+        "device_name": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else platform.processor(),
         "matmul_gflops": peak / 1e9, "command": " ".join(["python -m batch_ast.bench", *(argv or sys.argv[1:])]),
     }
     out = Path(args.out)
