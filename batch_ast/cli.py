@@ -10,6 +10,7 @@ from typing import Any
 
 from .config import ConfigError, load_config
 from .dispatch import (
+    DEFAULT_MAX_ARRAY_SIZE,
     EXECUTORS,
     DispatchError,
     cancel_jobs,
@@ -118,6 +119,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         executor, len(plan.to_run), args.workers
     )
     profile.pop("rows_per_job", None)
+    max_array_size = args.max_array_size or profile.pop("max_array_size", None) or DEFAULT_MAX_ARRAY_SIZE
+    profile.pop("max_array_size", None)
     if args.array_parallelism:
         profile["slurm_array_parallelism"] = args.array_parallelism
     if args.timeout_min:
@@ -141,7 +144,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         force=args.force, checkpoint_every_s=args.checkpoint_every, max_resumes=args.max_retries or 10
     )
     submission, jobs = submit(
-        plan.to_run, results, executor, Path(args.manifest), rows_per_job, profile, skipped, job
+        plan.to_run, results, executor, Path(args.manifest), rows_per_job, profile, skipped, job, max_array_size
     )
     print(
         f"submitted {len(plan.to_run)} row(s) as {len(jobs)} job(s): {submission.array_job_id} "
@@ -269,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows-per-job", type=int, help="pack N rows into one job/array task")
     p.add_argument("--workers", type=int, default=1, help="local executor: parallel processes (default 1)")
     p.add_argument("--array-parallelism", type=int, help="SLURM: at most N array tasks at once")
+    p.add_argument("--max-array-size", type=int,
+                   help=f"SLURM: split into arrays of at most N tasks (site MaxArraySize; default {DEFAULT_MAX_ARRAY_SIZE})")
     p.add_argument("--timeout-min", type=int, help="time limit per job in minutes")
     p.add_argument("--gpus", type=int, help="GPUs per job (SLURM gpus_per_node)")
     p.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",

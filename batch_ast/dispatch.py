@@ -43,6 +43,10 @@ PROFILE_KEYS = {
     "additional_parameters": "slurm_additional_parameters",
     "job_name": "name",
 }
+# Profile keys batch-ast handles itself (not submitit parameters).
+NON_SUBMITIT_KEYS = ("rows_per_job", "max_array_size")
+# Many sites cap job arrays (MaxArraySize, often 1001); submitit does not split: we do.
+DEFAULT_MAX_ARRAY_SIZE = 1000
 LOCAL_DEFAULTS = {"timeout_min": 24 * 60}  # submitit's local default (2 min) would kill real rows
 SLURM_DEFAULTS = {"timeout_min": 60, "cpus_per_task": 2, "mem_gb": 8, "slurm_signal_delay_s": 60}
 
@@ -85,7 +89,7 @@ def load_profile(path: str | Path | None) -> dict[str, Any]:
         raise DispatchError(f"{path}: cannot read profile: {exc.strerror}") from None
     except ConfigError as exc:
         raise DispatchError(str(exc)) from None
-    unknown = sorted(set(data) - set(PROFILE_KEYS) - {"rows_per_job"})
+    unknown = sorted(set(data) - set(PROFILE_KEYS) - set(NON_SUBMITIT_KEYS))
     if unknown:
         raise DispatchError(f"{path}: unknown profile key(s) {unknown}; known: {sorted(PROFILE_KEYS)}")
     return {PROFILE_KEYS.get(k, k): v for k, v in data.items()}
@@ -157,9 +161,11 @@ def submit(
     params: dict[str, Any] | None = None,
     skipped: dict[str, str] | None = None,
     job: TransferJob | None = None,
+    max_array_size: int = DEFAULT_MAX_ARRAY_SIZE,
 ) -> tuple[Submission, list[submitit.Job]]:
     """Submit the rows as job arrays (packs of ``rows_per_job`` rows; one array per distinct
-    per-row resource request) and record the submission under the results root."""
+    per-row resource request, split so no array has more than ``max_array_size`` tasks) and
+    record the submission under the results root."""
     params = dict(params or {})
     created = datetime.now(timezone.utc)
     submission_id = created.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
@@ -171,14 +177,16 @@ def submit(
     for resources, group in _group_by_resources(specs):
         group_params = {**params, **{RESOURCE_TO_PARAM[k]: v for k, v in resources.items()}}
         executor = _make_executor(kind, folder, group_params)
-        packs = chunk(group, rows_per_job)
-        payloads = [[s.to_dict() for s in pack] for pack in packs]
-        jobs = executor.map_array(job, payloads, [str(results.root)] * len(payloads))
-        all_jobs.extend(jobs)
-        job_entries.extend(
-            {"job_id": str(j.job_id), "rows": [s.id for s in pack], "log": str(j.paths.stderr)}
-            for j, pack in zip(jobs, packs, strict=True)
-        )
+        all_packs = chunk(group, rows_per_job)
+        for start in range(0, len(all_packs), max(1, max_array_size)):
+            packs = all_packs[start : start + max(1, max_array_size)]
+            payloads = [[s.to_dict() for s in pack] for pack in packs]
+            jobs = executor.map_array(job, payloads, [str(results.root)] * len(payloads))
+            all_jobs.extend(jobs)
+            job_entries.extend(
+                {"job_id": str(j.job_id), "rows": [s.id for s in pack], "log": str(j.paths.stderr)}
+                for j, pack in zip(jobs, packs, strict=True)
+            )
     submission = Submission(
         submission_id=submission_id,
         executor=kind,

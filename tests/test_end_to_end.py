@@ -100,3 +100,27 @@ def test_failing_row_does_not_stop_the_others(audio_dir, tmp_path):
     assert submit(m, results) == 0
     assert submit(m, results, "--retry-failed") == 0  # bad audio is not retryable
     assert submit(m, results, "--force") == 1
+
+
+def test_debug_executor_runs_in_process(audio_dir, tmp_path):
+    head, vals = tiny_columns()
+    m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
+    results = tmp_path / "results"
+    assert main(["submit", str(m), "--results", str(results), "--executor", "debug", "--quiet"]) == 0
+    assert list(batch_ast.load_index(results)["status"]) == ["ok"]
+
+
+def test_status_and_collect_commands(audio_dir, tmp_path, capsys):
+    head, vals = tiny_columns()
+    m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
+    results = tmp_path / "results"
+    assert main(["status", str(results)]) == 0
+    assert "no submissions" in capsys.readouterr().out
+    assert submit(m, results) == 0
+    capsys.readouterr()
+    assert main(["status", str(results), "--all"]) == 0
+    assert "ok=1" in capsys.readouterr().out
+    assert main(["collect", str(results), "--quiet"]) == 0
+    assert "(1 rows)" in capsys.readouterr().out
+    assert main(["cancel", str(results)]) == 0
+    assert "nothing queued or running" in capsys.readouterr().out

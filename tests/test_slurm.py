@@ -115,6 +115,19 @@ def test_packing_and_per_row_resources(audio_dir, tmp_path):
     assert sorted(gpu_requests) == [False, True], gpu_requests
 
 
+def test_arrays_are_split_at_the_sites_max_array_size(audio_dir, tmp_path):
+    head, vals = tiny_columns()
+    m = write_manifest(
+        audio_dir, [f"content.wav,style.wav,{seed},{vals}" for seed in range(3)], header=f"content,style,seed,{head}"
+    )
+    results = tmp_path / "results"
+    assert slurm_submit(m, results, "--wait", "--max-array-size", "2") == 0
+    (sub,) = load_submissions(ResultsRoot(results))
+    assert len(sub.array_job_id.split(",")) == 2  # 3 tasks -> arrays of 2 and 1
+    index = batch_ast.load_index(results)
+    assert len(index) == 3 and set(index["status"]) == {"ok"}
+
+
 def long_rows(audio_dir: Path, n: int, iterations: int = 4000) -> Path:
     head, vals = tiny_columns(iterations=iterations, patience=100000, n_filters=128)
     return write_manifest(
