@@ -187,21 +187,24 @@ def test_scancel_of_one_array_task_leaves_the_others(audio_dir, tmp_path, capsys
 LONG = 600  # iterations: ~20-40 s on 2 cores, long enough to interrupt, short enough for CI
 
 
-@pytest.fixture(scope="module")
-def reference_wav(tmp_path_factory):
-    """The output of the LONG row run without interruption (local executor), for comparisons."""
-    folder = tmp_path_factory.mktemp("reference")
+def uninterrupted_wav(folder: Path, iterations: int) -> np.ndarray:
+    """The output of the long row run without interruption (local executor), for comparisons."""
     audio = folder / "audio"
-    audio.mkdir()
+    audio.mkdir(parents=True)
     from .conftest import DEMO_AUDIO
 
     for name, src in (("content.wav", "speech_gettysburg.wav"), ("style.wav", "boogie_marabi.wav")):
         (audio / name).write_bytes((DEMO_AUDIO / src).read_bytes())
-    m = long_rows(audio, 1, iterations=LONG)
+    m = long_rows(audio, 1, iterations=iterations)
     results = folder / "results"
     assert main(["submit", str(m), "--results", str(results), "--executor", "local", "--quiet"]) == 0
     (rel,) = batch_ast.load_index(results)["output"]
     return sf.read(results / rel)[0]
+
+
+@pytest.fixture(scope="module")
+def reference_wav(tmp_path_factory):
+    return uninterrupted_wav(tmp_path_factory.mktemp("reference"), LONG)
 
 
 def submit_long_row(audio_dir: Path, results: Path, *extra: str) -> tuple[str, str, Path]:
@@ -227,7 +230,8 @@ def test_preemption_signal_checkpoints_requeues_and_resumes_to_the_same_result(a
 
 def test_hard_requeue_resumes_from_the_periodic_checkpoint(audio_dir, tmp_path):
     """scontrol requeue: SIGTERM, KillWait (5 s here), SIGKILL, no warning signal. The row must
-    outlive that window, so it is longer than LONG; resume equality is shown by the test above."""
+    outlive that window, so it is longer than LONG; it resumes from its last periodic checkpoint
+    to the same result as an uninterrupted run."""
     m = long_rows(audio_dir, 1, iterations=4 * LONG)
     results = tmp_path / "results"
     assert slurm_submit(m, results, "--checkpoint-every", "0.5") == 0
@@ -239,6 +243,8 @@ def test_hard_requeue_resumes_from_the_periodic_checkpoint(audio_dir, tmp_path):
     assert record["status"] == "ok", record.get("error")
     assert record["slurm_restart_count"] >= 1 and record["resumed_from_iteration"] > 0
     assert record["iterations_run"] == 4 * LONG
+    reference = uninterrupted_wav(tmp_path / "reference", 4 * LONG)
+    np.testing.assert_allclose(sf.read(results / record["output"])[0], reference, atol=2e-3)
 
 
 def test_timeout_triggers_checkpoint_requeue_and_resume(audio_dir, tmp_path):
