@@ -32,7 +32,7 @@ from .phase import griffin_lim, spectral_convergence
 from .transfer import StyleTransfer, features, gram, log_spectrogram, pick_device, random_filters
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ["step", "gl", "transfer", "lbfgs", "reference", "overhead", "memory"]
+SECTIONS = ["step", "compile", "gl", "transfer", "lbfgs", "reference", "overhead", "memory"]
 DEVICE = torch.device("cpu")  # set by --device; every torch section runs there
 
 
@@ -118,6 +118,40 @@ def bench_step(name: str, seconds: float, sr: int, n_fft: int, hop: int, n_filte
         "ratio": flops / sec / peak,
         "note": f"{c.shape[0]} bins x {c.shape[1]} frames, {n_filters} filters; {sec * 1000:.0f} ms per evaluation; "
         "reference: best torch float32 square matmul (1024-4096)",
+    }
+
+
+def bench_compile(seconds: float, sr: int, n_fft: int, hop: int, n_filters: int) -> dict:
+    """Does torch.compile speed up one loss+gradient evaluation? (Kept out of the product unless it does.)"""
+    p = load_config().resolve(dict(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_filters=n_filters,
+                                   optimizer="adam", lr=0.1))
+    c = log_spectrogram(_tensor(_signal(seconds, sr, 0)), n_fft, hop)
+    s = log_spectrogram(_tensor(_signal(seconds, sr, 1)), n_fft, hop)
+    t = StyleTransfer(c, s, p, DEVICE)
+
+    def evaluation(loss_terms: Callable) -> Callable[[], None]:
+        def run() -> None:
+            t.optimizer.zero_grad()
+            loss_terms(t.x)[0].backward()
+        return run
+
+    eager = _timeit(evaluation(t.loss_terms), repeat=5)
+    t0 = time.perf_counter()
+    try:
+        compiled = torch.compile(t.loss_terms)
+        evaluation(compiled)()
+        _sync()
+        compile_s = time.perf_counter() - t0
+        fast = _timeit(evaluation(compiled), repeat=5)
+    except Exception as exc:  # noqa: BLE001 - a missing compiler is a result too
+        return {"section": "compile", "case": f"{seconds:g} s, {n_filters} filters", "value": 0.0,
+                "unit": "x speed-up", "reference": eager, "ratio": 0.0,
+                "note": f"torch.compile failed: {type(exc).__name__}"}
+    return {
+        "section": "compile", "case": f"{seconds:g} s @ {sr} Hz, {n_filters} filters", "value": eager / fast,
+        "unit": "x speed-up of torch.compile", "reference": eager, "ratio": eager / fast,
+        "note": f"eager {eager * 1000:.1f} ms vs compiled {fast * 1000:.1f} ms per evaluation; "
+        f"first call (compilation) {compile_s:.1f} s",
     }
 
 
@@ -395,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sections = set(args.only or SECTIONS)
     if args.quick and not args.only:
-        sections.discard("reference")
+        sections -= {"reference", "compile"}
     rows: list[dict] = []
     peak = matmul_flops()
     print(f"float32 matmul reference: {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} thread(s)", flush=True)
@@ -405,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quick:
             rows.append(bench_step("realistic: 10 s @ 22.05 kHz, n_fft 2048, 4096 filters", 10, 22050, 2048, 512, 4096, peak))
             realistic_eval_s = step_flops(1025, 431, 4096, 11) / (rows[-1]["value"] * 1e9)
+        print_table(rows[-1:])
+    if "compile" in sections:
+        rows.append(bench_compile(4, 16000, 1024, 256, 1024))
         print_table(rows[-1:])
     if "gl" in sections:
         rows += bench_griffin_lim(4 if args.quick else 10, 22050, 2048, 512, 32 if args.quick else 100)
