@@ -77,7 +77,7 @@ def _wait(args: argparse.Namespace, results: ResultsRoot, submission: Any, jobs:
     while True:
         status = submission_status(results, submission)
         counts = status.counts
-        finished = counts.get("ok", 0) + counts.get("failed", 0) + counts.get("lost", 0)
+        finished = sum(counts.get(state, 0) for state in ("ok", "failed", "lost", "cancelled"))
         bar.update(finished - bar.n)
         bar.set_postfix(ok=counts.get("ok", 0), failed=counts.get("failed", 0))
         line = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
@@ -102,10 +102,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         rows = read_manifest(args.manifest, config)
         profile = load_profile(args.profile)
-    except (ConfigError, DispatchError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ManifestError as exc:
+    except (ConfigError, DispatchError, ManifestError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     results = ResultsRoot(args.results)

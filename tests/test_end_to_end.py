@@ -124,3 +124,13 @@ def test_status_and_collect_commands(audio_dir, tmp_path, capsys):
     assert "(1 rows)" in capsys.readouterr().out
     assert main(["cancel", str(results)]) == 0
     assert "nothing queued or running" in capsys.readouterr().out
+
+
+def test_bad_manifest_stops_before_submitting(audio_dir, tmp_path, capsys):
+    m = write_manifest(audio_dir, ["content.wav,missing.wav,-1"], header="content,style,lr")
+    results = tmp_path / "results"
+    assert main(["submit", str(m), "--results", str(results), "--executor", "local"]) == 2
+    err = capsys.readouterr().err
+    assert "row 1 (line 2): column 'style'" in err and "missing.wav: file not found" in err
+    assert "column 'lr': must be a number > 0" in err
+    assert not (results / "submissions").exists()
