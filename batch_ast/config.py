@@ -86,7 +86,7 @@ def coerce(name: str, raw: Any) -> Any:
     if spec.kind is str:
         if not isinstance(raw, str):
             raise ConfigError(f"expected text, got {raw!r}")
-        value: Any = raw.lower() if name in ("optimizer", "device", "activation", "rhythm", "beat_grid") else raw
+        value: Any = raw if name == "preset" else raw.lower()  # choices are case-insensitive
     elif spec.kind is int:
         if isinstance(raw, bool):
             raise ConfigError(f"expected an integer, got {raw!r}")

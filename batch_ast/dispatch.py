@@ -178,8 +178,9 @@ def submit(
         group_params = {**params, **{RESOURCE_TO_PARAM[k]: v for k, v in resources.items()}}
         executor = _make_executor(kind, folder, group_params)
         all_packs = chunk(group, rows_per_job)
-        for start in range(0, len(all_packs), max(1, max_array_size)):
-            packs = all_packs[start : start + max(1, max_array_size)]
+        array_size = max(1, max_array_size)
+        for start in range(0, len(all_packs), array_size):
+            packs = all_packs[start : start + array_size]
             payloads = [[s.to_dict() for s in pack] for pack in packs]
             jobs = executor.map_array(job, payloads, [str(results.root)] * len(payloads))
             all_jobs.extend(jobs)

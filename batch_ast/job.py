@@ -123,16 +123,16 @@ class ResumeLimitError(RuntimeError):
     """A row was interrupted and resumed more often than allowed."""
 
 
+class MemoryBudgetError(ValueError):
+    """The row would need more memory than its max_memory_gb budget."""
+
+
 # Failures that come from the inputs or settings: retrying cannot help, so --retry-failed skips them.
 def _is_retryable(exc: BaseException) -> bool:
     from .audio import AudioError
     from .transfer import TransferError
 
     return not isinstance(exc, (AudioError, TransferError, ResumeLimitError, MemoryBudgetError))
-
-
-class MemoryBudgetError(ValueError):
-    """The row would need more memory than its max_memory_gb budget."""
 
 
 def run_row(
@@ -158,6 +158,7 @@ def run_row(
         estimate_memory_bytes,
         log_spectrogram,
         pick_device,
+        stft_frames,
     )
 
     p = spec.params
@@ -191,16 +192,19 @@ def run_row(
         check_length(len(style), p, "style")
 
         t0 = time.perf_counter()
-        frames = lambda n: 1 + n // p["hop_length"]  # noqa: E731 - centred STFT frame count
-        need = estimate_memory_bytes(p["n_fft"] // 2 + 1, frames(len(content)), frames(len(style)), p)
+        hop = p["hop_length"]
+        need = estimate_memory_bytes(
+            p["n_fft"] // 2 + 1, stft_frames(len(content), hop), stft_frames(len(style), hop), p
+        )
         if need > p["max_memory_gb"] * 2**30:
             raise MemoryBudgetError(
                 f"needs about {need / 2**30:.1f} GiB, above max_memory_gb={p['max_memory_gb']}: "
                 "lower max_seconds or n_filters, or raise max_memory_gb"
             )
-        to_spec_of = lambda t: log_spectrogram(t, p["n_fft"], p["hop_length"])  # noqa: E731
-        to_spec = lambda a: to_spec_of(torch.from_numpy(a).to(device))  # noqa: E731
-        transfer = make_transfer(content, style, to_spec(content), to_spec(style), p, device)
+        to_spec = lambda t: log_spectrogram(t, p["n_fft"], p["hop_length"])  # noqa: E731
+        content_spec = to_spec(torch.from_numpy(content).to(device))
+        style_spec = to_spec(torch.from_numpy(style).to(device))
+        transfer = make_transfer(content, style, content_spec, style_spec, p, device)
         resumes = 0
         if ckpt_path.exists():
             state = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -259,7 +263,7 @@ def run_row(
 
         t0 = time.perf_counter()
         record.update(
-            _write_figures(spec, results, to_spec(content), to_spec(style), to_spec_of(audio), transfer.trace)
+            _write_figures(spec, results, content_spec, style_spec, to_spec(audio), transfer.trace)
         )
         timings["time_figures_s"] = time.perf_counter() - t0
 

@@ -133,7 +133,7 @@ def read_manifest(path: str | Path, config: Config) -> list[ManifestRow]:
                 continue
             try:
                 value = kind(float(cell)) if kind is int and float(cell).is_integer() else kind(cell)
-                if not value >= 0 or value != value or value == float("inf"):
+                if not 0 <= value < float("inf"):  # NaN fails this too
                     raise ValueError
                 resources[col] = value
             except ValueError:

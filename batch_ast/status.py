@@ -58,10 +58,10 @@ def log_tail(path: str, lines: int = 5) -> str:
 
 def submission_status(results: ResultsRoot, submission: Submission) -> SubmissionStatus:
     job_of_row = {rid: job for job in submission.jobs for rid in job["rows"]}
+    records = {rid: results.read_record(rid) or {} for rid in submission.rows}
+    finished = {rid for rid, record in records.items() if record.get("status") in ("ok", "failed")}
     pending_jobs = [
-        job["job_id"]
-        for job in submission.jobs
-        if any((results.read_record(rid) or {}).get("status") not in ("ok", "failed") for rid in job["rows"])
+        job["job_id"] for job in submission.jobs if any(rid not in finished for rid in job["rows"])
     ]
     queue: dict[str, str] | None
     if submission.executor == "slurm":
@@ -75,10 +75,9 @@ def submission_status(results: ResultsRoot, submission: Submission) -> Submissio
     for rid, row in submission.rows.items():
         job = job_of_row.get(rid, {})
         job_id, log = str(job.get("job_id", "")), str(job.get("log", ""))
-        record = results.read_record(rid) or {}
-        state = record.get("status")
-        if state in ("ok", "failed"):
-            status.rows.append(RowState(rid, row, state, job_id, log, record.get("error", "")))
+        if rid in finished:
+            record = records[rid]
+            status.rows.append(RowState(rid, row, record["status"], job_id, log, record.get("error", "")))
             continue
         in_queue = queue.get(job_id)  # squeue -r lists every array task as "<array>_<task>"
         if in_queue:

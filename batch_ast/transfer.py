@@ -29,10 +29,15 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def stft_frames(n_samples: int, hop_length: int) -> int:
+    """Frames of a centred STFT (torch.stft(center=True)) of ``n_samples`` samples."""
+    return 1 + n_samples // hop_length
+
+
 def check_length(n_samples: int, params: dict[str, Any], what: str) -> None:
     """Refuse audio too short for the STFT (reflect padding needs > n_fft/2 samples) or the kernel."""
-    n_fft, hop, kernel = params["n_fft"], params["hop_length"], params["kernel_size"]
-    frames = 1 + n_samples // hop
+    n_fft, kernel = params["n_fft"], params["kernel_size"]
+    frames = stft_frames(n_samples, params["hop_length"])
     if n_samples <= n_fft // 2 or frames < kernel:
         raise TransferError(
             f"{what} is {n_samples} samples ({frames} STFT frames) long, shorter than kernel_size "
