@@ -32,7 +32,7 @@ from .phase import griffin_lim, spectral_convergence
 from .transfer import StyleTransfer, features, gram, log_spectrogram, pick_device, random_filters
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ["step", "compile", "gl", "transfer", "lbfgs", "reference", "overhead", "memory"]
+SECTIONS = ["step", "compile", "gl", "transfer", "lbfgs", "precision", "batch", "prefetch", "reference", "overhead", "memory"]
 DEVICE = torch.device("cpu")  # set by --device; every torch section runs there
 
 
@@ -257,6 +257,131 @@ def bench_lbfgs_vs_adam(seconds: float, sr: int, n_fft: int, hop: int, n_filters
     }
 
 
+def _speedup_row(section: str, case: str, reference_s: float, measured_s: float, than: str, note: str) -> dict:
+    """A table row whose figure is reference time / measured time (> 1: faster than the reference)."""
+    return {"section": section, "case": case, "value": reference_s / measured_s, "unit": f"x faster {than}",
+            "reference": reference_s, "ratio": reference_s / measured_s, "note": note}
+
+
+def bench_precision(seconds: float, sr: int, n_fft: int, hop: int, n_filters: int, iterations: int) -> list[dict]:
+    """The accuracy check behind the ``precision`` setting: the same L-BFGS run in float32 and in
+    each reduced precision the device offers; speed, and the result's loss re-evaluated in IEEE
+    float32 against the float32 run's (the loss the reduced precision actually reached)."""
+    c = log_spectrogram(_tensor(_signal(seconds, sr, 0)), n_fft, hop)
+    s = log_spectrogram(_tensor(_signal(seconds, sr, 1)), n_fft, hop)
+    base = dict(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_filters=n_filters, iterations=iterations,
+                patience=10**6, min_delta=0.0)
+    judge = StyleTransfer(c, s, load_config().resolve(base), DEVICE)  # float32 loss of any result
+    runs = {}
+    precisions = ["float32", "tf32", "bf16"] if DEVICE.type == "cuda" else ["float32", "bf16"]
+    for precision in precisions:
+        best = float("inf")
+        for _ in range(2):
+            t = StyleTransfer(c, s, load_config().resolve({**base, "precision": precision}), DEVICE, judge.weight)
+            t0 = time.perf_counter()
+            t.run()
+            _sync()
+            best = min(best, time.perf_counter() - t0)
+        x = t.result()[0]
+        runs[precision] = (best, judge.loss_terms(x)[0].item(), x)
+    ref_s, ref_loss, ref_x = runs["float32"]
+    rows = []
+    for precision in precisions[1:]:
+        sec, loss, x = runs[precision]
+        diff = ((x - ref_x).norm() / ref_x.norm()).item()
+        rows.append(_speedup_row(
+            "precision", f"{precision}: {iterations} L-BFGS iterations, {seconds:g} s @ {sr} Hz, {n_filters} filters",
+            ref_s, sec, "than IEEE float32",
+            f"float32 {ref_s:.2f} s, {precision} {sec:.2f} s; float32 loss of the {precision} result "
+            f"{loss:.5g} vs {ref_loss:.5g} ({loss / ref_loss - 1:+.2%}); spectrogram difference {diff:.1e} (relative)",
+        ))
+    if DEVICE.type != "cuda":
+        rows.append({"section": "precision", "case": "tf32", "value": 1.0, "unit": "x", "reference": ref_s,
+                     "ratio": 1.0, "note": "TF32 is a CUDA tensor-core mode: on the CPU, tf32 is float32"})
+    return rows
+
+
+def bench_batch(seconds: float, sr: int, n_fft: int, hop: int, n_filters: int, iterations: int,
+                sizes: tuple[int, ...] = (4, 8)) -> list[dict]:
+    """B rows sharing a network, optimised together (one batched conv per evaluation) against the
+    same B rows one after the other; each row keeps its own optimiser, so the work is the same."""
+    from .batched import run_together
+
+    rows = []
+    signals = [_signal(seconds, sr, i) for i in range(2)]
+    specs = [log_spectrogram(_tensor(a), n_fft, hop) for a in signals]
+    for optimizer, extra in (("adam", {"lr": 0.1}), ("lbfgs", {})):
+        p = load_config().resolve(dict(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_filters=n_filters,
+                                       optimizer=optimizer, iterations=iterations, patience=10**6, **extra))
+        weight = random_filters(specs[0].shape[0], n_filters, p["kernel_size"], p["seed"]).to(DEVICE)
+
+        def make(b: int, p=p, weight=weight) -> list[StyleTransfer]:
+            return [StyleTransfer(specs[i % 2], specs[(i + 1) % 2], p, DEVICE, weight) for i in range(b)]
+
+        for b in sizes:
+            alone = make(b)
+            t0 = time.perf_counter()
+            for t in alone:
+                t.run()
+            _sync()
+            sequential = time.perf_counter() - t0
+            together = make(b)
+            t0 = time.perf_counter()
+            errors = run_together(together, lambda i, ts=together: ts[i].run(), lambda i: None)
+            _sync()
+            batched = time.perf_counter() - t0
+            assert not any(errors), errors
+            rel = max(abs(a.trace[-1][1] - t.trace[-1][1]) / abs(a.trace[-1][1]) for a, t in zip(alone, together, strict=True))
+            rows.append(_speedup_row(
+                "batch", f"{b} rows x {iterations} {optimizer} iterations, {seconds:g} s @ {sr} Hz, {n_filters} filters",
+                sequential, batched, "than the rows one by one",
+                f"one by one {sequential:.2f} s, together {batched:.2f} s; largest relative difference "
+                f"of a row's last loss: {rel:.1e}",
+            ))
+    return rows
+
+
+def bench_prefetch(n_rows: int, iterations: int) -> dict:
+    """A pack of rows from MP3 (decoded and resampled to 22.05 kHz): the job, which decodes the next
+    row while this one runs, against the same rows run one after the other with decoding inline."""
+    from .job import TransferJob, run_row
+    from .manifest import read_manifest
+    from .plan import make_plan
+    from .store import ResultsRoot
+
+    folder = SHARED / "ulyanov"
+    files = sorted(folder.glob("*.mp3")) or sorted(DEMO.glob("*.wav"))
+    pairs = [(files[i % len(files)], files[(i + 1) % len(files)]) for i in range(n_rows)]
+    timings = {"inline": float("inf"), "overlapped": float("inf")}
+    with tempfile.TemporaryDirectory() as tmp:
+        # warm-up first (imports, decoders, conv primitives), then alternate: best of two each
+        for attempt, mode in enumerate(("warm-up", "inline", "overlapped", "inline", "overlapped")):
+            manifest = Path(tmp) / f"{attempt}.csv"
+            settings = f"quick,{iterations},{10**6},{DEVICE.type}"
+            rows = pairs[:1] if mode == "warm-up" else pairs
+            manifest.write_text("content,style,preset,iterations,patience,device\n"
+                                + "\n".join(f"{c},{s},{settings}" for c, s in rows) + "\n")
+            results = ResultsRoot(Path(tmp) / str(attempt))
+            specs = make_plan(read_manifest(manifest, load_config()), results, manifest).to_run
+            t0 = time.perf_counter()
+            if mode == "overlapped":
+                TransferJob()([s.to_dict() for s in specs], str(results.root))
+            else:
+                for spec in specs:
+                    run_row(spec, results)
+            if mode != "warm-up":
+                timings[mode] = min(timings[mode], time.perf_counter() - t0)
+            records = [results.read_record(s.id) for s in specs]
+            assert all(r and r["status"] == "ok" for r in records), [r and r["error"] for r in records]
+            decode = sum(r["time_load_s"] for r in records)
+    return _speedup_row(
+        "prefetch", f"{n_rows} rows from {files[0].suffix} files, quick preset, {iterations} iterations",
+        timings["inline"], timings["overlapped"], "with decoding overlapped",
+        f"inline {timings['inline']:.2f} s, overlapped {timings['overlapped']:.2f} s; "
+        f"decoding+resampling itself: {decode:.2f} s for the {n_rows} rows",
+    )
+
+
 def bench_reference() -> list[dict]:
     """The ulyanov-tf preset on imperial (content) + usa (style) against the published output of the
     TF reference, by the same metrics (lower distances = closer)."""
@@ -313,7 +438,7 @@ def _overhead_child(n_pairs: int, out: str) -> None:
         results = ResultsRoot(tmp_path / "results")
         plan = make_plan(read_manifest(manifest, cfg), results, manifest)
         specs = [
-            s.to_dict() | {"params": s.params | {"iterations": 1, "griffin_lim_iters": 1, "preset": "quick"}}
+            s.to_dict() | {"params": s.params | {"iterations": 1, "griffin_lim_iters": 1}}
             for s in plan.to_run
         ]
         TransferJob()(specs, str(results.root))
@@ -451,6 +576,17 @@ def main(argv: list[str] | None = None) -> int:
         print_table(rows[-1:])
     if "lbfgs" in sections:
         rows.append(bench_lbfgs_vs_adam(4, 16000, 1024, 256, 1024, 3.0 if args.quick else 10.0))
+        print_table(rows[-1:])
+    if "precision" in sections:
+        rows += bench_precision(4, 16000, 1024, 256, 1024, 30 if args.quick else 60)
+        print_table(rows[-(3 if DEVICE.type == "cuda" else 2):])
+    if "batch" in sections:
+        rows += bench_batch(4, 16000, 1024, 256, 1024, 10, (4,) if args.quick else (4, 8))
+        if not args.quick:
+            rows += bench_batch(4, 16000, 1024, 256, 4096, 10, (4,))
+        print_table(rows[-(2 if args.quick else 6):])
+    if "prefetch" in sections:
+        rows.append(bench_prefetch(4 if args.quick else 8, 20))
         print_table(rows[-1:])
     if "reference" in sections:
         rows += bench_reference()

@@ -34,11 +34,12 @@ def _say(args: argparse.Namespace, message: str) -> None:
         print(message, flush=True)
 
 
-def _print_plan(plan: Plan, rows_per_job: int, executor: str, why: str) -> None:
+def _print_plan(plan: Plan, rows_per_job: int, executor: str, why: str, batch_rows: int = 1) -> None:
     jobs = len(chunk(plan.to_run, rows_per_job)) if plan.to_run else 0
+    batched = f", optimised up to {batch_rows} at a time" if batch_rows > 1 else ""
     print(
         f"plan: {plan.total_rows} row(s): {len(plan.to_run)} to run in {jobs} job(s) "
-        f"({rows_per_job} row(s) per job), {len(plan.done)} already done, "
+        f"({rows_per_job} row(s) per job{batched}), {len(plan.done)} already done, "
         f"{len(plan.failed_before)} failed before, {len(plan.duplicates)} duplicate(s)"
     )
     print(f"executor: {executor} ({why})")
@@ -112,12 +113,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except DispatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rows_per_job = args.rows_per_job or profile.pop("rows_per_job", None) or default_rows_per_job(
-        executor, len(plan.to_run), args.workers
-    )
-    profile.pop("rows_per_job", None)
-    max_array_size = args.max_array_size or profile.pop("max_array_size", None) or DEFAULT_MAX_ARRAY_SIZE
-    profile.pop("max_array_size", None)
+    packing = {
+        key: getattr(args, key) if getattr(args, key) is not None else profile.pop(key, None)
+        for key in ("rows_per_job", "max_array_size", "batch_rows")
+    }
+    for key in packing:
+        profile.pop(key, None)
+    bad = [f"{k} must be an integer >= 1, not {v!r}" for k, v in packing.items()
+           if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1)]
+    if bad:
+        print(f"error: {'; '.join(bad)}", file=sys.stderr)
+        return 2
+    rows_per_job = packing["rows_per_job"] or default_rows_per_job(executor, len(plan.to_run), args.workers)
+    max_array_size = packing["max_array_size"] or DEFAULT_MAX_ARRAY_SIZE
+    batch_rows = packing["batch_rows"] or 1
     if args.array_parallelism:
         profile["slurm_array_parallelism"] = args.array_parallelism
     if args.timeout_min:
@@ -125,7 +134,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.gpus is not None:
         profile["gpus_per_node"] = args.gpus
     if not args.quiet or args.dry_run:
-        _print_plan(plan, rows_per_job, executor, why)
+        _print_plan(plan, rows_per_job, executor, why, batch_rows)
     if args.dry_run:
         return 0
     if not plan.to_run:
@@ -138,7 +147,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.max_retries is not None:
         profile["slurm_max_num_timeout"] = args.max_retries
     job = TransferJob(
-        force=args.force, checkpoint_every_s=args.checkpoint_every, max_resumes=args.max_retries or 10
+        force=args.force, checkpoint_every_s=args.checkpoint_every, max_resumes=args.max_retries or 10,
+        batch_rows=batch_rows,
     )
     submission, jobs = submit(
         plan.to_run, results, executor, Path(args.manifest), rows_per_job, profile, skipped, job, max_array_size
@@ -267,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=EXECUTORS, default="auto", help="default: auto")
     p.add_argument("--profile", help="cluster profile YAML (see slurm/profile.example.yaml)")
     p.add_argument("--rows-per-job", type=int, help="pack N rows into one job/array task")
+    p.add_argument("--batch-rows", type=int, metavar="N",
+                   help="optimise up to N rows of a job that share a network together, one batched conv "
+                        "(keeps a GPU busy; default 1)")
     p.add_argument("--workers", type=int, default=1, help="local executor: parallel processes (default 1)")
     p.add_argument("--array-parallelism", type=int, help="SLURM: at most N array tasks at once")
     p.add_argument("--max-array-size", type=int,

@@ -20,6 +20,7 @@ ACTIVATIONS = ("relu", "selu")
 RHYTHMS = ("none", "beats")
 BEAT_GRIDS = ("style", "content")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("float32", "tf32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -71,11 +72,15 @@ PARAMS: dict[str, Param] = {
     "griffin_lim_momentum": Param(float, lambda x: 0 <= x < 1, "a number in [0, 1)"),
     "seed": Param(int, lambda x: 0 <= x < 2**63, "an integer >= 0"),
     "device": Param(str, lambda s: s in DEVICES, "one of " + ", ".join(DEVICES)),
+    "precision": Param(str, lambda s: s in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
     "max_memory_gb": Param(float, _positive, "a number > 0"),
 }
 
 # Hyperparameters that do not change the result and therefore stay out of the row id.
 NOT_IN_ID = frozenset({"device", "preset", "max_memory_gb"})
+# Hyperparameters added after results existed: at the value that reproduces the older behaviour they
+# stay out of the row id, so earlier results keep their ids and are not redone.
+ID_NEUTRAL = {"precision": "float32"}
 
 
 def coerce(name: str, raw: Any) -> Any:

@@ -44,7 +44,7 @@ PROFILE_KEYS = {
     "job_name": "name",
 }
 # Profile keys batch-ast handles itself (not submitit parameters).
-NON_SUBMITIT_KEYS = ("rows_per_job", "max_array_size")
+NON_SUBMITIT_KEYS = ("rows_per_job", "max_array_size", "batch_rows")
 # Many sites cap job arrays (MaxArraySize, often 1001); submitit does not split: we do.
 DEFAULT_MAX_ARRAY_SIZE = 1000
 LOCAL_DEFAULTS = {"timeout_min": 24 * 60}  # submitit's local default (2 min) would kill real rows
@@ -91,7 +91,7 @@ def load_profile(path: str | Path | None) -> dict[str, Any]:
         raise DispatchError(str(exc)) from None
     unknown = sorted(set(data) - set(PROFILE_KEYS) - set(NON_SUBMITIT_KEYS))
     if unknown:
-        raise DispatchError(f"{path}: unknown profile key(s) {unknown}; known: {sorted(PROFILE_KEYS)}")
+        raise DispatchError(f"{path}: unknown profile key(s) {unknown}; known: {sorted([*PROFILE_KEYS, *NON_SUBMITIT_KEYS])}")
     return {PROFILE_KEYS.get(k, k): v for k, v in data.items()}
 
 

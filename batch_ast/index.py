@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config import PARAMS
+from .config import ID_NEUTRAL, PARAMS
 from .store import ResultsRoot, write_atomic
 
 SCHEMA_VERSION = 1
@@ -139,7 +139,8 @@ def _read_records(results: ResultsRoot, report: CollectReport, progress: bool = 
             report.skipped.append(f"{path}: unreadable record ({exc})")
             continue
         params = data.pop("params", {}) or {}
-        records.append({**params, **data})
+        # records written before a hyperparameter existed ran with its neutral value
+        records.append({**ID_NEUTRAL, **params, **data})
     return records
 
 

@@ -15,10 +15,13 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import submitit
 
 from . import __version__
@@ -64,12 +67,12 @@ def _write_trace(path: Path, trace: list[tuple[int, float, float, float]]) -> No
     write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
-def make_transfer(content, style, content_spec, style_spec, p: dict[str, Any], device):
+def make_transfer(content, style, content_spec, style_spec, p: dict[str, Any], device, weight=None):
     """A plain StyleTransfer, or Tomczak et al.'s beat-segmented one (rhythm=beats)."""
     from .transfer import StyleTransfer
 
     if p["rhythm"] == "none":
-        return StyleTransfer(content_spec, style_spec, p, device)
+        return StyleTransfer(content_spec, style_spec, p, device, weight)
     from .rhythm import SegmentedTransfer, beat_frames, paired_segments
 
     segments = paired_segments(
@@ -78,16 +81,17 @@ def make_transfer(content, style, content_spec, style_spec, p: dict[str, Any], d
         content_spec.shape[-1],
         style_spec.shape[-1],
     )
-    return SegmentedTransfer(content_spec, style_spec, segments, p, device)
+    return SegmentedTransfer(content_spec, style_spec, segments, p, device, weight)
 
 
-def _iteration_bar(spec: RowSpec, start: int, total: int):
-    """A progress bar over iterations when a person watches (TTY); silent in job logs."""
+def _iteration_bar(spec: RowSpec, start: int, total: int, position: int = 0):
+    """A progress bar over iterations when a person watches (TTY); silent in job logs. Rows
+    optimised together each get a line (``position``)."""
     from tqdm import tqdm
 
     return tqdm(
         total=total, initial=start, desc=f"row {spec.row}", unit="it", leave=False,
-        disable=not sys.stderr.isatty(),
+        position=position, disable=not sys.stderr.isatty(),
     )
 
 
@@ -135,63 +139,86 @@ def _is_retryable(exc: BaseException) -> bool:
     return not isinstance(exc, (AudioError, TransferError, ResumeLimitError, MemoryBudgetError))
 
 
-def run_row(
-    spec: RowSpec,
-    results: ResultsRoot,
-    should_pause: Callable[[], bool] = lambda: False,
-    submission_id: str = "",
-    checkpoint_every_s: float = 300.0,
-    max_resumes: int = 10,
-) -> dict[str, Any]:
-    """Run one row: load, optimise, reconstruct phase, write outputs and record. Never raises except
-    ``Paused`` (state saved for a later resume); failures become a ``failed`` record.
+@dataclass
+class Inputs:
+    """A row's decoded audio; a job decodes the next rows in the background while this one runs."""
+
+    content: np.ndarray
+    style: np.ndarray
+    seconds: float  # decode and resample time
+
+
+def load_inputs(spec: RowSpec) -> Inputs:
+    from .audio import load_audio
+
+    p = spec.params
+    t0 = time.perf_counter()
+    content = load_audio(spec.content, p["sample_rate"], p["max_seconds"])
+    style = load_audio(spec.style, p["sample_rate"], p["max_seconds"])
+    return Inputs(content, style, time.perf_counter() - t0)
+
+
+class RowRun:
+    """One row's way through a job: ``prepare`` (inputs, checks, transfer, resume), ``optimize``,
+    ``finish`` (phase, files, metrics, record). Rows batched together are prepared one by one,
+    optimised together (batched.py), and finished one by one; a failure at any stage becomes the
+    row's ``failed`` record (``fail``), never an exception that stops the other rows.
 
     The optimisation state is checkpointed every ``checkpoint_every_s`` seconds (at an iteration
     boundary) so that even a hard kill (node failure, ``scontrol requeue``) loses little work."""
-    import torch
 
-    from .audio import load_audio, write_wav
-    from .metrics import output_metrics
-    from .phase import griffin_lim, magnitude_from_log, spectral_convergence
-    from .transfer import (
-        check_length,
-        estimate_memory_bytes,
-        log_spectrogram,
-        pick_device,
-        stft_frames,
-    )
+    def __init__(
+        self,
+        spec: RowSpec,
+        results: ResultsRoot,
+        submission_id: str = "",
+        checkpoint_every_s: float = 300.0,
+        max_resumes: int = 10,
+    ) -> None:
+        import torch
 
-    p = spec.params
-    record: dict[str, Any] = {
-        **spec.to_dict(),
-        "status": "running",
-        "error": "",
-        "retryable": False,
-        "submission_id": submission_id,
-        "started_at": _now(),
-        "batch_ast_version": __version__,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        **_cluster_context(),
-    }
-    run_dir = results.run_dir(spec.id)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = results.checkpoint_path(spec.id)
-    timings: dict[str, float] = {}
-    t_start = time.perf_counter()
-    try:
+        self.spec, self.results = spec, results
+        self.checkpoint_every_s, self.max_resumes = checkpoint_every_s, max_resumes
+        self.record: dict[str, Any] = {
+            **spec.to_dict(),
+            "status": "running",
+            "error": "",
+            "retryable": False,
+            "submission_id": submission_id,
+            "started_at": _now(),
+            "batch_ast_version": __version__,
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            **_cluster_context(),
+        }
+        self.timings: dict[str, float] = {}
+        self.t_start = time.perf_counter()
+        self.ckpt_path = results.checkpoint_path(spec.id)
+        self.resumes = 0
+        self.transfer: Any = None
+        self.inputs: Inputs | None = None
+        self.specs: tuple[Any, Any] | None = None  # the inputs' log spectrograms, on the device
+
+    def prepare(self, inputs: Inputs | Future, weight: Any = None) -> None:
+        """Check the inputs and build the transfer (resumed from its checkpoint if there is one).
+        ``weight``: the network, when rows batched together share one."""
+        import torch
+
+        from .transfer import check_length, estimate_memory_bytes, log_spectrogram, pick_device, stft_frames
+
+        p, record = self.spec.params, self.record
+        self.results.run_dir(self.spec.id).mkdir(parents=True, exist_ok=True)
         device = pick_device(p["device"])
         record["device_used"] = str(device)
-        t0 = time.perf_counter()
-        content = load_audio(spec.content, p["sample_rate"], p["max_seconds"])
-        style = load_audio(spec.style, p["sample_rate"], p["max_seconds"])
+        self.inputs = inputs = inputs.result() if isinstance(inputs, Future) else inputs
+        content, style = inputs.content, inputs.style
         record["content_seconds"] = len(content) / p["sample_rate"]
         record["style_seconds"] = len(style) / p["sample_rate"]
-        timings["time_load_s"] = time.perf_counter() - t0
+        self.timings["time_load_s"] = inputs.seconds
         check_length(len(content), p, "content")
         check_length(len(style), p, "style")
 
-        t0 = time.perf_counter()
+        self.t_optimize = time.perf_counter()
         hop = p["hop_length"]
         need = estimate_memory_bytes(
             p["n_fft"] // 2 + 1, stft_frames(len(content), hop), stft_frames(len(style), hop), p
@@ -201,42 +228,58 @@ def run_row(
                 f"needs about {need / 2**30:.1f} GiB, above max_memory_gb={p['max_memory_gb']}: "
                 "lower max_seconds or n_filters, or raise max_memory_gb"
             )
-        to_spec = lambda t: log_spectrogram(t, p["n_fft"], p["hop_length"])  # noqa: E731
-        content_spec = to_spec(torch.from_numpy(content).to(device))
-        style_spec = to_spec(torch.from_numpy(style).to(device))
-        transfer = make_transfer(content, style, content_spec, style_spec, p, device)
-        resumes = 0
-        if ckpt_path.exists():
-            state = torch.load(ckpt_path, map_location=device, weights_only=False)
-            transfer.load_state_dict(state)
-            resumes = state.get("resumes", 0) + 1
-            if resumes > max_resumes:
+        self.specs = tuple(
+            log_spectrogram(torch.from_numpy(a).to(device), p["n_fft"], hop) for a in (content, style)
+        )
+        self.transfer = make_transfer(content, style, *self.specs, p, device, weight)
+        if self.ckpt_path.exists():
+            state = torch.load(self.ckpt_path, map_location=device, weights_only=False)
+            self.transfer.load_state_dict(state)
+            self.resumes = state.get("resumes", 0) + 1
+            if self.resumes > self.max_resumes:
                 raise ResumeLimitError(
-                    f"interrupted {resumes} times, more than max_retries={max_resumes}: giving up"
+                    f"interrupted {self.resumes} times, more than max_retries={self.max_resumes}: giving up"
                 )
-        record["resumed_from_iteration"] = transfer.iteration
-        record["resumes"] = resumes
+        record["resumed_from_iteration"] = self.transfer.iteration
+        record["resumes"] = self.resumes
 
-        def save_checkpoint() -> None:
-            state = {**transfer.state_dict(), "resumes": resumes}
-            write_atomic(ckpt_path, lambda tmp: torch.save(state, tmp))
+    def save_checkpoint(self) -> None:
+        import torch
 
+        state = {**self.transfer.state_dict(), "resumes": self.resumes}
+        write_atomic(self.ckpt_path, lambda tmp: torch.save(state, tmp))
+
+    def optimize(self, should_pause: Callable[[], bool], bar_position: int = 0) -> None:
+        """Iterate to the end, checkpointing periodically; on ``should_pause()`` save and raise Paused."""
+        transfer, p = self.transfer, self.spec.params
         last_save = time.monotonic()
-        bar = _iteration_bar(spec, transfer.iteration, p["iterations"])
-        while not transfer.finished:
-            if should_pause():
-                save_checkpoint()
-                bar.close()
-                raise Paused(f"row {spec.row} paused at iteration {transfer.iteration}")
-            transfer.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{transfer.trace[-1][1]:.4g}", refresh=False)
-            if checkpoint_every_s and time.monotonic() - last_save >= checkpoint_every_s:
-                save_checkpoint()
-                last_save = time.monotonic()
-        bar.close()
+        bar = _iteration_bar(self.spec, transfer.iteration, p["iterations"], bar_position)
+        try:
+            while not transfer.finished:
+                if should_pause():
+                    self.save_checkpoint()
+                    raise Paused(f"row {self.spec.row} paused at iteration {transfer.iteration}")
+                transfer.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{transfer.trace[-1][1]:.4g}", refresh=False)
+                if self.checkpoint_every_s and time.monotonic() - last_save >= self.checkpoint_every_s:
+                    self.save_checkpoint()
+                    last_save = time.monotonic()
+        finally:
+            bar.close()
+
+    def finish(self) -> dict[str, Any]:
+        """Phase reconstruction, then the files and the ``ok`` record, each published atomically."""
+        from .audio import write_wav
+        from .metrics import output_metrics
+        from .phase import griffin_lim, magnitude_from_log, spectral_convergence
+        from .transfer import log_spectrogram
+
+        spec, results, record, timings = self.spec, self.results, self.record, self.timings
+        p, transfer, inputs = spec.params, self.transfer, self.inputs
+        assert inputs is not None and self.specs is not None
         log_spec, terms = transfer.result()
-        timings["time_optimize_s"] = time.perf_counter() - t0
+        timings["time_optimize_s"] = time.perf_counter() - self.t_optimize
 
         t0 = time.perf_counter()
         magnitude = magnitude_from_log(log_spec)
@@ -248,11 +291,9 @@ def run_row(
             momentum=p["griffin_lim_momentum"],
             seed=p["seed"],
             # beat-segmented outputs follow the grid input's beats, not the content's length
-            length=len(content) if p["rhythm"] == "none" else None,
+            length=len(inputs.content) if p["rhythm"] == "none" else None,
         )
-        record["spectral_convergence"] = spectral_convergence(
-            magnitude, audio, p["n_fft"], p["hop_length"]
-        )
+        record["spectral_convergence"] = spectral_convergence(magnitude, audio, p["n_fft"], p["hop_length"])
         timings["time_phase_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -262,13 +303,18 @@ def run_row(
         timings["time_write_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        record.update(
-            _write_figures(spec, results, content_spec, style_spec, to_spec(audio), transfer.trace)
-        )
+        output_spec = log_spectrogram(audio, p["n_fft"], p["hop_length"])
+        record.update(_write_figures(spec, results, *self.specs, output_spec, transfer.trace))
         timings["time_figures_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        record.update(output_metrics(output_audio * record["output_gain"], content, style, p, device))
+        weight = getattr(transfer, "weight", None)
+        record.update(
+            output_metrics(
+                output_audio * record["output_gain"], inputs.content, inputs.style, p, audio.device,
+                input_specs=self.specs, weight=weight,
+            )
+        )
         timings["time_metrics_s"] = time.perf_counter() - t0
         record.update(
             status="ok",
@@ -280,21 +326,100 @@ def run_row(
             final_content=terms.content,
             final_style=terms.style,
         )
-    except Paused:
-        raise
-    except Exception as exc:  # one bad row must never stop the batch
-        record.update(
+        return self._publish()
+
+    def fail(self, exc: BaseException) -> dict[str, Any]:
+        """The row's ``failed`` record: the error, and whether a retry could help."""
+        self.record.update(
             status="failed",
             error=f"{type(exc).__name__}: {exc}",
             retryable=_is_retryable(exc),
-            traceback=traceback.format_exc(limit=8),
+            traceback="".join(traceback.format_exception(exc, limit=8)),
         )
-    timings["time_total_s"] = time.perf_counter() - t_start
-    record.update(timings, finished_at=_now())
-    write_json_atomic(results.record_path(spec.id), record)
-    if record["status"] == "ok" or not record["retryable"]:
-        ckpt_path.unlink(missing_ok=True)
-    return record
+        return self._publish()
+
+    def _publish(self) -> dict[str, Any]:
+        record = self.record
+        self.timings["time_total_s"] = time.perf_counter() - self.t_start
+        record.update(self.timings, finished_at=_now())
+        write_json_atomic(self.results.record_path(self.spec.id), record)
+        if record["status"] == "ok" or not record["retryable"]:
+            self.ckpt_path.unlink(missing_ok=True)
+        return record
+
+
+def run_rows(
+    specs: list[RowSpec],
+    results: ResultsRoot,
+    should_pause: Callable[[], bool] = lambda: False,
+    submission_id: str = "",
+    checkpoint_every_s: float = 300.0,
+    max_resumes: int = 10,
+    inputs: list[Inputs | Future] | None = None,
+) -> list[dict[str, Any]]:
+    """Run rows that share a network (``batched.network_key``) as one batched optimisation; a single
+    row runs on its own in this thread. Returns their records; raises ``Paused`` (after every row
+    has saved its state or published its record) when ``should_pause()`` interrupted any of them."""
+    runs = [RowRun(s, results, submission_id, checkpoint_every_s, max_resumes) for s in specs]
+    inputs = inputs if inputs is not None else [load_inputs_or_error(s) for s in specs]
+    records: list[dict[str, Any] | None] = [None] * len(runs)
+    weight = None
+    for i, (run, row_inputs) in enumerate(zip(runs, inputs, strict=True)):
+        try:
+            run.prepare(row_inputs, weight)
+            weight = getattr(run.transfer, "weight", None) if len(runs) > 1 else None
+        except Exception as exc:  # one bad row must never stop the batch
+            records[i] = run.fail(exc)
+    ready = [i for i, r in enumerate(records) if r is None]
+
+    def finish(i: int) -> None:
+        try:
+            records[i] = runs[i].finish()
+        except Exception as exc:  # noqa: BLE001 - becomes the row's failed record
+            records[i] = runs[i].fail(exc)
+
+    paused = False
+    if len(ready) == 1:
+        try:
+            runs[ready[0]].optimize(should_pause)
+        except Paused:
+            raise
+        except Exception as exc:  # noqa: BLE001 - becomes the row's failed record
+            records[ready[0]] = runs[ready[0]].fail(exc)
+        else:
+            finish(ready[0])
+    elif ready:
+        from .batched import run_together
+
+        errors = run_together(
+            [runs[i].transfer for i in ready],
+            lambda k: runs[ready[k]].optimize(should_pause, bar_position=k),
+            lambda k: finish(ready[k]),
+        )
+        for k, exc in enumerate(errors):
+            if isinstance(exc, Paused):
+                paused = True
+            elif exc is not None:
+                records[ready[k]] = runs[ready[k]].fail(exc)
+    if paused:
+        raise Paused(f"{len(ready)} batched rows paused")
+    return [r for r in records if r is not None]
+
+
+def load_inputs_or_error(spec: RowSpec) -> Inputs | Future:
+    """Decode now; a decoding error is kept (as a finished Future) for the row's own record."""
+    future: Future = Future()
+    try:
+        future.set_result(load_inputs(spec))
+    except Exception as exc:  # noqa: BLE001 - re-raised in RowRun.prepare, where the row fails
+        future.set_exception(exc)
+    return future
+
+
+def run_row(spec: RowSpec, results: ResultsRoot, should_pause: Callable[[], bool] = lambda: False,
+            **options: Any) -> dict[str, Any]:
+    """Run one row end to end; never raises except ``Paused`` (state saved for a later resume)."""
+    return run_rows([spec], results, should_pause, **options)[0]
 
 
 class TransferJob(submitit.helpers.Checkpointable):
@@ -311,11 +436,13 @@ class TransferJob(submitit.helpers.Checkpointable):
         force: bool = False,
         checkpoint_every_s: float = 300.0,
         max_resumes: int = 10,
+        batch_rows: int = 1,
     ) -> None:
         self.submission_id = submission_id
         self.force = force  # redo rows finished by earlier submissions
         self.checkpoint_every_s = checkpoint_every_s
         self.max_resumes = max_resumes
+        self.batch_rows = batch_rows  # rows of a pack optimised together (batched.py)
         self._pause_requested = False
 
     def _already_done(self, record: dict[str, Any] | None) -> bool:
@@ -324,29 +451,44 @@ class TransferJob(submitit.helpers.Checkpointable):
         return not self.force or record.get("submission_id") == self.submission_id
 
     def __call__(self, specs: list[dict[str, Any]], root: str) -> list[dict[str, str]]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .batched import group_for_batching
+
         configure_threads()
         results = ResultsRoot(root)
         self._install_deferred_signal_handler()
-        summary = []
-        for raw in specs:
-            spec = RowSpec(**raw)
-            if self._already_done(results.read_record(spec.id)):
-                summary.append({"id": spec.id, "status": "ok", "error": ""})
-                continue
-            try:
-                record = run_row(
-                    spec,
-                    results,
-                    should_pause=lambda: self._pause_requested,
-                    submission_id=self.submission_id,
-                    checkpoint_every_s=self.checkpoint_every_s,
-                    max_resumes=self.max_resumes,
-                )
-            except Paused:
-                self._hand_signal_to_submitit()
-                raise
-            summary.append({"id": spec.id, "status": record["status"], "error": record["error"]})
-        return summary
+        rows = [RowSpec(**raw) for raw in specs]
+        finished = {s.id: {"id": s.id, "status": "ok", "error": ""} for s in rows
+                    if self._already_done(results.read_record(s.id))}
+        todo = [s for s in rows if s.id not in finished]
+        groups = [[todo[i] for i in g] for g in group_for_batching([s.params for s in todo], self.batch_rows)]
+        # One decoder thread: the next group's audio is decoded while this group optimises.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as decoder:
+            def decode(group: list[RowSpec]) -> list[Future]:
+                return [decoder.submit(load_inputs, s) for s in group]
+
+            upcoming = decode(groups[0]) if groups else []
+            for k, group in enumerate(groups):
+                inputs, upcoming = upcoming, decode(groups[k + 1]) if k + 1 < len(groups) else []
+                try:
+                    records = run_rows(
+                        group,
+                        results,
+                        should_pause=lambda: self._pause_requested,
+                        submission_id=self.submission_id,
+                        checkpoint_every_s=self.checkpoint_every_s,
+                        max_resumes=self.max_resumes,
+                        inputs=inputs,
+                    )
+                except Paused:
+                    for future in upcoming:
+                        future.cancel()
+                    self._hand_signal_to_submitit()
+                    raise
+                finished.update({r["id"]: {"id": r["id"], "status": r["status"], "error": r["error"]}
+                                 for r in records})
+        return [finished[s.id] for s in rows if s.id in finished]
 
     def _install_deferred_signal_handler(self) -> None:
         """Replace submitit's USR2 handler by one that only raises a flag; the loop checks the flag
@@ -373,6 +515,7 @@ class TransferJob(submitit.helpers.Checkpointable):
             "force": self.force,
             "checkpoint_every_s": self.checkpoint_every_s,
             "max_resumes": self.max_resumes,
+            "batch_rows": self.batch_rows,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .transfer import features, gram, log_spectrogram, random_filters
+from .transfer import features, gram, log_spectrogram, random_filters, use_precision
 
 HELDOUT_SEED_OFFSET = 1_000_003  # the held-out network: same shape, weights from seed + this
 
@@ -71,17 +71,26 @@ def output_metrics(
     style: np.ndarray,
     params: dict[str, Any],
     device: torch.device,
+    input_specs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    weight: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Every metric column for one output (audio arrays at the row's sample rate)."""
+    """Every metric column for one output (audio arrays at the row's sample rate). A job passes the
+    inputs' log spectrograms and the row's network it already has, so they are not made twice."""
     n_fft, hop = params["n_fft"], params["hop_length"]
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in
                (("output", output), ("content", content), ("style", style))}
-    specs = {k: log_spectrogram(v, n_fft, hop) for k, v in tensors.items()}
+    specs = {"output": log_spectrogram(tensors["output"], n_fft, hop)}
+    if input_specs is None:
+        input_specs = tuple(log_spectrogram(tensors[k], n_fft, hop) for k in ("content", "style"))
+    specs["content"], specs["style"] = input_specs
     metrics: dict[str, float] = {}
+    use_precision("float32", device)  # metrics in IEEE float32, whatever the row was optimised in
     with torch.no_grad():
         for suffix, seed in (("", params["seed"]), ("_heldout", params["seed"] + HELDOUT_SEED_OFFSET)):
-            weight = random_filters(n_fft // 2 + 1, params["n_filters"], params["kernel_size"], seed).to(device)
-            feats = {k: features(v, weight, params["activation"]) for k, v in specs.items()}
+            net = weight if weight is not None and not suffix else random_filters(
+                n_fft // 2 + 1, params["n_filters"], params["kernel_size"], seed
+            ).to(device)
+            feats = {k: features(v, net, params["activation"]) for k, v in specs.items()}
             metrics[f"content_distance{suffix}"] = relative_feature_distance(feats["output"], feats["content"])
             metrics[f"style_distance{suffix}"] = relative_gram_distance(feats["output"], feats["style"])
             # The same measures for the untouched content: where a transfer starts from.

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import NOT_IN_ID
+from .config import ID_NEUTRAL, NOT_IN_ID
 from .manifest import ManifestRow
 from .store import ResultsRoot
 
@@ -34,7 +34,10 @@ def file_sha256(path: Path, _cache: dict[Path, str] = {}) -> str:  # noqa: B006 
 
 def row_id(content_sha256: str, style_sha256: str, params: dict[str, Any]) -> str:
     """Deterministic id of a transfer: both input hashes plus result-relevant hyperparameters."""
-    relevant = {k: v for k, v in sorted(params.items()) if k not in NOT_IN_ID}
+    relevant = {
+        k: v for k, v in sorted(params.items())
+        if k not in NOT_IN_ID and not (k in ID_NEUTRAL and v == ID_NEUTRAL[k])
+    }
     blob = json.dumps(
         {"content": content_sha256, "style": style_sha256, "params": relevant}, sort_keys=True
     )

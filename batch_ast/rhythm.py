@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .transfer import LossTerms, StyleTransfer, TransferError, match_length
+from .transfer import LossTerms, StyleTransfer, TransferError, match_length, random_filters
 
 
 def beat_frames(audio: np.ndarray, sample_rate: int, hop_length: int) -> np.ndarray:
@@ -46,10 +46,16 @@ class SegmentedTransfer:
         segments: list[tuple[tuple[int, int], tuple[int, int]]],
         params: dict[str, Any],
         device: torch.device,
+        weight: torch.Tensor | None = None,
     ):
         if not segments:
             raise TransferError("rhythm=beats: fewer than two beats found in an input; use rhythm=none")
         self.segments: list[StyleTransfer] = []
+        # One network for all segments: a copy each would hold n_segments x 180 MB at default size.
+        if weight is None:
+            weight = random_filters(
+                content_spec.shape[0], params["n_filters"], params["kernel_size"], params["seed"]
+            ).to(device)
         on_style_grid = params["beat_grid"] == "style"
         for (c0, c1), (s0, s1) in segments:
             content_seg, style_seg = content_spec[:, c0:c1], style_spec[:, s0:s1]
@@ -61,7 +67,7 @@ class SegmentedTransfer:
                 )
             # The output segment follows the grid input's length; the other input is stretched to it.
             self.segments.append(
-                StyleTransfer(match_length(content_seg, frames), style_seg, params, device)
+                StyleTransfer(match_length(content_seg, frames), style_seg, params, device, weight)
             )
         self.index = 0
         self.iteration = 0

@@ -66,10 +66,47 @@ def random_filters(n_bins: int, n_filters: int, kernel_size: int, seed: int) -> 
 ACTIVATIONS = {"relu": F.relu, "selu": F.selu}
 
 
-def features(spec: torch.Tensor, weight: torch.Tensor, activation: str = "relu") -> torch.Tensor:
+def _set_cuda_tf32(enabled: bool) -> None:
+    mode = "tf32" if enabled else "ieee"
+    if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9: per-backend fp32_precision
+        torch.backends.cudnn.conv.fp32_precision = mode
+        torch.backends.cuda.matmul.fp32_precision = mode
+    else:
+        torch.backends.cudnn.allow_tf32 = enabled
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+
+
+def use_precision(precision: str, device: torch.device) -> None:
+    """Set the float32 arithmetic of convolutions and matmuls (the ``precision`` hyperparameter)
+    before computing features; set per evaluation because rows in one job may differ.
+
+    float32: IEEE float32 (on CUDA this must be asked for: cuDNN convolutions default to TF32);
+    tf32: TF32 tensor cores for conv and matmul on CUDA, the same as float32 on the CPU;
+    bf16: the conv in bfloat16 (see ``conv_features``), everything else IEEE float32.
+    The accuracy each costs is measured by ``python -m batch_ast.bench --only precision``."""
+    if device.type == "cuda":
+        _set_cuda_tf32(precision == "tf32")
+
+
+def conv_features(
+    spec: torch.Tensor, weight: torch.Tensor, activation: str, precision: str = "float32"
+) -> torch.Tensor:
+    """activation(conv1d(spec, weight)) for a batch (B, bins, T) -> (B, filters, T'), float32 out.
+    bf16 runs only the conv under autocast: the Gram and the losses stay float32 (a bfloat16 Gram
+    made L-BFGS stall far above the float32 loss: measured, benchmarks/RESULTS.md)."""
+    if precision == "bf16":
+        with torch.autocast(spec.device.type, dtype=torch.bfloat16):
+            out = F.conv1d(spec, weight)
+        return ACTIVATIONS[activation](out.float())
+    return ACTIVATIONS[activation](F.conv1d(spec, weight))
+
+
+def features(
+    spec: torch.Tensor, weight: torch.Tensor, activation: str = "relu", precision: str = "float32"
+) -> torch.Tensor:
     """activation(conv1d) over time with frequency bins as channels; VALID padding, no bias.
     (bins, T) -> (filters, T'). ReLU is Ulyanov's choice, SELU the student's and Tomczak et al.'s."""
-    return ACTIVATIONS[activation](F.conv1d(spec.unsqueeze(0), weight)).squeeze(0)
+    return conv_features(spec.unsqueeze(0), weight, activation, precision).squeeze(0)
 
 
 def match_length(spec: torch.Tensor, frames: int) -> torch.Tensor:
@@ -116,6 +153,13 @@ class LossTerms:
     style: float
 
 
+def evaluate_alone(transfer: StyleTransfer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss terms at ``transfer.x`` with the gradient of the total left in ``transfer.x.grad``."""
+    total, c, s = transfer.loss_terms(transfer.x)
+    total.backward()
+    return total.detach(), c.detach(), s.detach()
+
+
 class StyleTransfer:
     """Optimise a log-spectrogram whose features match the content and whose Grams match the style.
 
@@ -130,6 +174,7 @@ class StyleTransfer:
         style_spec: torch.Tensor,
         params: dict[str, Any],
         device: torch.device,
+        weight: torch.Tensor | None = None,
     ):
         self.params = params
         self.device = device
@@ -141,17 +186,22 @@ class StyleTransfer:
                     f"{kernel}: use longer audio or a smaller kernel_size/hop_length"
                 )
         n_bins = content_spec.shape[0]
-        self.weight = random_filters(n_bins, params["n_filters"], kernel, params["seed"]).to(device)
+        # Rows optimised together share one copy of the network (``weight``, see batched.py).
+        self.weight = (
+            weight if weight is not None
+            else random_filters(n_bins, params["n_filters"], kernel, params["seed"]).to(device)
+        )
+        use_precision(params["precision"], device)
         with torch.no_grad():
             content_spec, style_spec = content_spec.to(device), style_spec.to(device)
-            act = params["activation"]
-            content_feats = features(content_spec, self.weight, act)
+            act, prec = params["activation"], params["precision"]
+            content_feats = features(content_spec, self.weight, act, prec)
             self.content_target = content_feats
-            self.style_target = gram(features(style_spec, self.weight, act))
+            self.style_target = gram(features(style_spec, self.weight, act, prec))
             # Tomczak et al.'s general loss also matches the *style* input's features (beta, length-
             # matched to the output) and the *content* input's Gram (gamma); off by default.
             self.content_target_style = (
-                features(match_length(style_spec, content_spec.shape[-1]), self.weight, act)
+                features(match_length(style_spec, content_spec.shape[-1]), self.weight, act, prec)
                 if params["content_weight_style"] > 0 else None
             )
             self.style_target_content = gram(content_feats) if params["style_weight_content"] > 0 else None
@@ -176,6 +226,9 @@ class StyleTransfer:
         self.best_x = self.x.detach().clone()
         self.stale = 0  # iterations without a relative improvement of min_delta
         self.stop_reason = ""
+        # How the closure gets the loss and gradient at self.x: alone by default, or through a
+        # batched evaluation shared with other rows (batched.py); either way self.x.grad is set.
+        self.evaluate: Callable[[StyleTransfer], tuple[torch.Tensor, ...]] = evaluate_alone
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         p = self.params
@@ -198,12 +251,18 @@ class StyleTransfer:
         return torch.optim.Adam([self.x], lr=p["lr"])
 
     def loss_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(total, content, style): total = alpha c(content) + beta c(style input) + delta s(style)
-        + gamma s(content input); the content and style terms returned are the unweighted sums of
-        the terms in use."""
+        """(total, content, style) at spectrogram ``x``."""
+        use_precision(self.params["precision"], self.device)
+        feats = features(x, self.weight, self.params["activation"], self.params["precision"])
+        return self.loss_terms_from(feats, gram(feats))
+
+    def loss_terms_from(
+        self, feats: torch.Tensor, g: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(total, content, style) from features and their Gram: total = alpha c(content) +
+        beta c(style input) + delta s(style) + gamma s(content input); the content and style terms
+        returned are the unweighted sums of the terms in use."""
         p = self.params
-        feats = features(x, self.weight, p["activation"])
-        g = gram(feats)
         c = content_loss(feats, self.content_target)
         s = style_loss(g, self.style_target)
         total = p["content_weight"] * c + p["style_weight"] * s
@@ -227,8 +286,7 @@ class StyleTransfer:
 
         def closure() -> torch.Tensor:
             self.optimizer.zero_grad(set_to_none=True)
-            total, c, s = self.loss_terms(self.x)
-            total.backward()
+            total, c, s = self.evaluate(self)
             if not first:
                 first.append((total.item(), c.item(), s.item()))
             return total

@@ -8,6 +8,7 @@ import pytest
 
 from batch_ast import dispatch
 from batch_ast.dispatch import (
+    NON_SUBMITIT_KEYS,
     DispatchError,
     _make_executor,
     choose_executor,
@@ -31,8 +32,9 @@ def test_auto_falls_back_to_local_and_says_why(monkeypatch):
 def test_example_profile_maps_to_valid_submitit_parameters(tmp_path):
     params = load_profile(REPO / "slurm" / "profile.example.yaml")
     assert params["slurm_partition"] == "gpu" and params["slurm_array_parallelism"] == 50
-    params.pop("rows_per_job")
-    params.pop("max_array_size")
+    assert params["batch_rows"] == 4
+    for key in NON_SUBMITIT_KEYS:  # batch-ast's own keys, taken out by the CLI
+        params.pop(key)
     executor = _make_executor("slurm", tmp_path, params)  # submitit rejects unknown names
     assert executor.cluster == "slurm"
 

@@ -219,3 +219,31 @@ def test_beat_segmented_transfer_follows_the_grid_and_resumes():
     torch.testing.assert_close(resumed.result()[0], x)
     with pytest.raises(TransferError, match="fewer than two beats"):
         SegmentedTransfer(c, s, [], p, torch.device("cpu"))
+
+
+def test_reduced_precision_reaches_the_float32_loss_and_tf32_is_float32_on_cpu():
+    """The accuracy check behind `precision` (the bench measures it at realistic size)."""
+    content, style = spec_of("speech_gettysburg.wav", params()), spec_of("boogie_marabi.wav", params())
+    runs = {}
+    for precision in ("float32", "tf32", "bf16"):
+        t = StyleTransfer(content, style, params(precision=precision, iterations=20, patience=1000), torch.device("cpu"))
+        t.run()
+        runs[precision] = t.result()[0]
+    judge = StyleTransfer(content, style, params(), torch.device("cpu"))
+    loss = {k: judge.loss_terms(x)[0].item() for k, x in runs.items()}
+    assert torch.equal(runs["tf32"], runs["float32"])  # a CUDA mode: no effect on the CPU
+    assert loss["bf16"] == pytest.approx(loss["float32"], rel=0.05)
+    assert not torch.equal(runs["bf16"], runs["float32"])  # bf16 did run
+
+
+def test_precision_setting_is_validated_and_its_default_keeps_older_row_ids():
+    from batch_ast.config import ConfigError, coerce
+    from batch_ast.plan import row_id
+
+    p = params()
+    older = {k: v for k, v in p.items() if k != "precision"}  # a row from before `precision` existed
+    assert row_id("c", "s", p) == row_id("c", "s", older)
+    assert row_id("c", "s", {**p, "precision": "bf16"}) != row_id("c", "s", p)
+    assert coerce("precision", " BF16 ") == "bf16"  # as a manifest cell or YAML value
+    with pytest.raises(ConfigError, match="float32, tf32, bf16"):
+        coerce("precision", "fp8")

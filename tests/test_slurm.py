@@ -263,3 +263,30 @@ def test_timeout_triggers_checkpoint_requeue_and_resume(audio_dir, tmp_path):
     assert record["resumes"] >= 1 and record["resumed_from_iteration"] > 0
     assert record["iterations_run"] == 20 * LONG
     assert "timed-out" in log.read_text()
+
+
+def test_batched_rows_in_one_array_task_checkpoint_requeue_and_resume(audio_dir, tmp_path):
+    """Three rows sharing a network, optimised together in one array task, preempted (USR2):
+    every row saves its state, the task requeues, and each row resumes to its full length."""
+    head, vals = tiny_columns(iterations=LONG, patience=100000, n_filters=128)
+    pairs = ["content.wav,style.wav", "content2.wav,style.wav", "style.wav,content.wav"]
+    m = write_manifest(audio_dir, [f"{p},{vals}" for p in pairs], header=f"content,style,{head}")
+    results = tmp_path / "results"
+    extra = ("--rows-per-job", "3", "--batch-rows", "3", "--checkpoint-every", "0.5")
+    assert slurm_submit(m, results, *extra) == 0
+    (sub,) = load_submissions(ResultsRoot(results))
+    (job,) = sub.jobs
+    root = ResultsRoot(results)
+    wait_for(lambda: all(root.checkpoint_path(r).exists() for r in job["rows"]), 120, 0.2, what="checkpoints")
+    subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True)
+
+    def all_records():
+        records = [root.read_record(r) for r in job["rows"]]
+        return records if all(records) else None
+
+    records = wait_for(all_records, 400, what="the records")
+    for record in records:
+        assert record["status"] == "ok", record.get("error")
+        assert record["resumes"] >= 1 and record["resumed_from_iteration"] > 0
+        assert record["iterations_run"] == LONG and record["slurm_restart_count"] >= 1
+    assert not any(root.checkpoint_path(r).exists() for r in job["rows"])
