@@ -22,9 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .transfer import StyleTransfer, conv_features, use_precision
-
-LossTerms3 = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+from .transfer import LossTensors, StyleTransfer, conv_features, use_precision
 
 
 def network_key(params: dict[str, Any]) -> tuple | None:
@@ -76,7 +74,7 @@ def batched_gram(feats: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
     return torch.stack([f[:, :t] @ f[:, :t].T / t for f, t in zip(feats, frames, strict=True)])
 
 
-def evaluate_together(transfers: Sequence[StyleTransfer]) -> list[LossTerms3]:
+def evaluate_together(transfers: Sequence[StyleTransfer]) -> list[LossTensors]:
     """Loss terms of every transfer at its current ``x``, with each ``x.grad`` set, from one
     batched conv. The rows' losses are independent, so the gradient of their sum is each row's own."""
     first = transfers[0]
@@ -98,7 +96,7 @@ def evaluate_together(transfers: Sequence[StyleTransfer]) -> list[LossTerms3]:
 @dataclass
 class _Request:
     transfer: StyleTransfer
-    result: LossTerms3 | None = None
+    result: LossTensors | None = None
     error: BaseException | None = None
     done: bool = False
 
@@ -129,7 +127,7 @@ class Rendezvous:
             self._left.append(row)
             self._cond.notify_all()
 
-    def evaluate(self, transfer: StyleTransfer) -> LossTerms3:
+    def evaluate(self, transfer: StyleTransfer) -> LossTensors:
         """The ``StyleTransfer.evaluate`` hook of a batched row: blocks until its turn comes."""
         request = _Request(transfer)
         with self._cond:

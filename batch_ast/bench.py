@@ -29,7 +29,7 @@ import torch
 
 from .config import load_config
 from .phase import griffin_lim, spectral_convergence
-from .transfer import StyleTransfer, features, gram, log_spectrogram, pick_device, random_filters
+from .transfer import StyleTransfer, features, gram, log_spectrogram, pick_device, row_filters
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ["step", "compile", "gl", "transfer", "lbfgs", "precision", "batch", "prefetch", "reference", "overhead", "memory"]
@@ -184,7 +184,7 @@ def bench_griffin_lim(seconds: float, sr: int, n_fft: int, hop: int, n_iter: int
 def student_loop(c: torch.Tensor, s: torch.Tensor, p: dict, iterations: int) -> tuple[float, float]:
     """A plain re-implementation of the student version's loop (AdamW lr 0.5, ReduceLROnPlateau on
     the style loss, stop after 11 increases), evaluated on batch-ast's loss: (seconds, final loss)."""
-    weight = random_filters(c.shape[0], p["n_filters"], p["kernel_size"], p["seed"]).to(c.device)
+    weight = row_filters(p, c.shape[0], c.device)
     t0 = time.perf_counter()
     fc = features(c, weight).detach()
     gs = gram(features(s, weight)).detach()
@@ -313,7 +313,7 @@ def bench_batch(seconds: float, sr: int, n_fft: int, hop: int, n_filters: int, i
     for optimizer, extra in (("adam", {"lr": 0.1}), ("lbfgs", {})):
         p = load_config().resolve(dict(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_filters=n_filters,
                                        optimizer=optimizer, iterations=iterations, patience=10**6, **extra))
-        weight = random_filters(specs[0].shape[0], n_filters, p["kernel_size"], p["seed"]).to(DEVICE)
+        weight = row_filters(p, specs[0].shape[0], DEVICE)
 
         def make(b: int, p=p, weight=weight) -> list[StyleTransfer]:
             return [StyleTransfer(specs[i % 2], specs[(i + 1) % 2], p, DEVICE, weight) for i in range(b)]

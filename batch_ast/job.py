@@ -199,8 +199,9 @@ class RowRun:
         self.inputs: Inputs | None = None
         self.specs: tuple[Any, Any] | None = None  # the inputs' log spectrograms, on the device
 
-    def prepare(self, inputs: Inputs | Future, weight: Any = None) -> None:
+    def prepare(self, inputs: Future | None = None, weight: Any = None) -> None:
         """Check the inputs and build the transfer (resumed from its checkpoint if there is one).
+        ``inputs``: the audio being decoded in the background, or None to decode it now;
         ``weight``: the network, when rows batched together share one."""
         import torch
 
@@ -210,7 +211,7 @@ class RowRun:
         self.results.run_dir(self.spec.id).mkdir(parents=True, exist_ok=True)
         device = pick_device(p["device"])
         record["device_used"] = str(device)
-        self.inputs = inputs = inputs.result() if isinstance(inputs, Future) else inputs
+        self.inputs = inputs = inputs.result() if inputs is not None else load_inputs(self.spec)
         content, style = inputs.content, inputs.style
         record["content_seconds"] = len(content) / p["sample_rate"]
         record["style_seconds"] = len(style) / p["sample_rate"]
@@ -308,11 +309,10 @@ class RowRun:
         timings["time_figures_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        weight = getattr(transfer, "weight", None)
         record.update(
             output_metrics(
                 output_audio * record["output_gain"], inputs.content, inputs.style, p, audio.device,
-                input_specs=self.specs, weight=weight,
+                input_specs=self.specs, weight=transfer.weight,
             )
         )
         timings["time_metrics_s"] = time.perf_counter() - t0
@@ -355,19 +355,18 @@ def run_rows(
     submission_id: str = "",
     checkpoint_every_s: float = 300.0,
     max_resumes: int = 10,
-    inputs: list[Inputs | Future] | None = None,
+    inputs: list[Future] | None = None,
 ) -> list[dict[str, Any]]:
     """Run rows that share a network (``batched.network_key``) as one batched optimisation; a single
     row runs on its own in this thread. Returns their records; raises ``Paused`` (after every row
     has saved its state or published its record) when ``should_pause()`` interrupted any of them."""
     runs = [RowRun(s, results, submission_id, checkpoint_every_s, max_resumes) for s in specs]
-    inputs = inputs if inputs is not None else [load_inputs_or_error(s) for s in specs]
     records: list[dict[str, Any] | None] = [None] * len(runs)
     weight = None
-    for i, (run, row_inputs) in enumerate(zip(runs, inputs, strict=True)):
+    for i, (run, row_inputs) in enumerate(zip(runs, inputs or [None] * len(runs), strict=True)):
         try:
             run.prepare(row_inputs, weight)
-            weight = getattr(run.transfer, "weight", None) if len(runs) > 1 else None
+            weight = run.transfer.weight if len(runs) > 1 else None
         except Exception as exc:  # one bad row must never stop the batch
             records[i] = run.fail(exc)
     ready = [i for i, r in enumerate(records) if r is None]
@@ -378,15 +377,14 @@ def run_rows(
         except Exception as exc:  # noqa: BLE001 - becomes the row's failed record
             records[i] = runs[i].fail(exc)
 
-    paused = False
-    if len(ready) == 1:
+    errors: list[BaseException | None] = []
+    if len(ready) == 1:  # alone: in this thread, no rendezvous
         try:
             runs[ready[0]].optimize(should_pause)
-        except Paused:
-            raise
-        except Exception as exc:  # noqa: BLE001 - becomes the row's failed record
-            records[ready[0]] = runs[ready[0]].fail(exc)
-        else:
+            errors.append(None)
+        except Exception as exc:  # noqa: BLE001 - Paused included: handled with the batched rows'
+            errors.append(exc)
+        if errors[0] is None:
             finish(ready[0])
     elif ready:
         from .batched import run_together
@@ -396,24 +394,13 @@ def run_rows(
             lambda k: runs[ready[k]].optimize(should_pause, bar_position=k),
             lambda k: finish(ready[k]),
         )
-        for k, exc in enumerate(errors):
-            if isinstance(exc, Paused):
-                paused = True
-            elif exc is not None:
-                records[ready[k]] = runs[ready[k]].fail(exc)
+    paused = [exc for exc in errors if isinstance(exc, Paused)]
+    for k, exc in enumerate(errors):
+        if exc is not None and not isinstance(exc, Paused):
+            records[ready[k]] = runs[ready[k]].fail(exc)
     if paused:
-        raise Paused(f"{len(ready)} batched rows paused")
+        raise paused[0]
     return [r for r in records if r is not None]
-
-
-def load_inputs_or_error(spec: RowSpec) -> Inputs | Future:
-    """Decode now; a decoding error is kept (as a finished Future) for the row's own record."""
-    future: Future = Future()
-    try:
-        future.set_result(load_inputs(spec))
-    except Exception as exc:  # noqa: BLE001 - re-raised in RowRun.prepare, where the row fails
-        future.set_exception(exc)
-    return future
 
 
 def run_row(spec: RowSpec, results: ResultsRoot, should_pause: Callable[[], bool] = lambda: False,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .transfer import features, gram, log_spectrogram, random_filters, use_precision
+from .transfer import features, gram, log_spectrogram, row_filters, use_precision
 
 HELDOUT_SEED_OFFSET = 1_000_003  # the held-out network: same shape, weights from seed + this
 
@@ -87,9 +87,7 @@ def output_metrics(
     use_precision("float32", device)  # metrics in IEEE float32, whatever the row was optimised in
     with torch.no_grad():
         for suffix, seed in (("", params["seed"]), ("_heldout", params["seed"] + HELDOUT_SEED_OFFSET)):
-            net = weight if weight is not None and not suffix else random_filters(
-                n_fft // 2 + 1, params["n_filters"], params["kernel_size"], seed
-            ).to(device)
+            net = weight if weight is not None and not suffix else row_filters(params, n_fft // 2 + 1, device, seed)
             feats = {k: features(v, net, params["activation"]) for k, v in specs.items()}
             metrics[f"content_distance{suffix}"] = relative_feature_distance(feats["output"], feats["content"])
             metrics[f"style_distance{suffix}"] = relative_gram_distance(feats["output"], feats["style"])

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .transfer import LossTerms, StyleTransfer, TransferError, match_length, random_filters
+from .transfer import LossTerms, StyleTransfer, TransferError, match_length, row_filters
 
 
 def beat_frames(audio: np.ndarray, sample_rate: int, hop_length: int) -> np.ndarray:
@@ -52,10 +52,7 @@ class SegmentedTransfer:
             raise TransferError("rhythm=beats: fewer than two beats found in an input; use rhythm=none")
         self.segments: list[StyleTransfer] = []
         # One network for all segments: a copy each would hold n_segments x 180 MB at default size.
-        if weight is None:
-            weight = random_filters(
-                content_spec.shape[0], params["n_filters"], params["kernel_size"], params["seed"]
-            ).to(device)
+        self.weight = weight if weight is not None else row_filters(params, content_spec.shape[0], device)
         on_style_grid = params["beat_grid"] == "style"
         for (c0, c1), (s0, s1) in segments:
             content_seg, style_seg = content_spec[:, c0:c1], style_spec[:, s0:s1]
@@ -67,7 +64,7 @@ class SegmentedTransfer:
                 )
             # The output segment follows the grid input's length; the other input is stretched to it.
             self.segments.append(
-                StyleTransfer(match_length(content_seg, frames), style_seg, params, device, weight)
+                StyleTransfer(match_length(content_seg, frames), style_seg, params, device, self.weight)
             )
         self.index = 0
         self.iteration = 0

@@ -63,6 +63,15 @@ def random_filters(n_bins: int, n_filters: int, kernel_size: int, seed: int) -> 
     return torch.randn(n_filters, n_bins, kernel_size, generator=generator) * std
 
 
+def row_filters(params: dict[str, Any], n_bins: int, device: torch.device, seed: int | None = None) -> torch.Tensor:
+    """A row's random network on ``device``: its own seed, or ``seed`` for a held-out network."""
+    seed = params["seed"] if seed is None else seed
+    return random_filters(n_bins, params["n_filters"], params["kernel_size"], seed).to(device)
+
+
+# Loss terms (total, content, style) as tensors.
+LossTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
 ACTIVATIONS = {"relu": F.relu, "selu": F.selu}
 
 
@@ -153,7 +162,7 @@ class LossTerms:
     style: float
 
 
-def evaluate_alone(transfer: StyleTransfer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def evaluate_alone(transfer: StyleTransfer) -> LossTensors:
     """Loss terms at ``transfer.x`` with the gradient of the total left in ``transfer.x.grad``."""
     total, c, s = transfer.loss_terms(transfer.x)
     total.backward()
@@ -187,10 +196,7 @@ class StyleTransfer:
                 )
         n_bins = content_spec.shape[0]
         # Rows optimised together share one copy of the network (``weight``, see batched.py).
-        self.weight = (
-            weight if weight is not None
-            else random_filters(n_bins, params["n_filters"], kernel, params["seed"]).to(device)
-        )
+        self.weight = weight if weight is not None else row_filters(params, n_bins, device)
         use_precision(params["precision"], device)
         with torch.no_grad():
             content_spec, style_spec = content_spec.to(device), style_spec.to(device)
@@ -228,7 +234,7 @@ class StyleTransfer:
         self.stop_reason = ""
         # How the closure gets the loss and gradient at self.x: alone by default, or through a
         # batched evaluation shared with other rows (batched.py); either way self.x.grad is set.
-        self.evaluate: Callable[[StyleTransfer], tuple[torch.Tensor, ...]] = evaluate_alone
+        self.evaluate: Callable[[StyleTransfer], LossTensors] = evaluate_alone
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         p = self.params
@@ -250,15 +256,13 @@ class StyleTransfer:
             return torch.optim.AdamW([self.x], lr=p["lr"], weight_decay=p["weight_decay"])
         return torch.optim.Adam([self.x], lr=p["lr"])
 
-    def loss_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def loss_terms(self, x: torch.Tensor) -> LossTensors:
         """(total, content, style) at spectrogram ``x``."""
         use_precision(self.params["precision"], self.device)
         feats = features(x, self.weight, self.params["activation"], self.params["precision"])
         return self.loss_terms_from(feats, gram(feats))
 
-    def loss_terms_from(
-        self, feats: torch.Tensor, g: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def loss_terms_from(self, feats: torch.Tensor, g: torch.Tensor) -> LossTensors:
         """(total, content, style) from features and their Gram: total = alpha c(content) +
         beta c(style input) + delta s(style) + gamma s(content input); the content and style terms
         returned are the unweighted sums of the terms in use."""
