@@ -1,8 +1,11 @@
-"""Audio I/O: decoding with librosa (any rate, mono/stereo, WAV/MP3/OGG/AIFF) and WAV writing."""
+"""Audio I/O: decoding with soundfile/librosa (any rate, mono/stereo, WAV/MP3/OGG/AIFF) and WAV writing."""
 
 from __future__ import annotations
 
+import io
+import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +13,60 @@ import soundfile as sf
 
 from .store import write_atomic
 
+BLOCK_FRAMES = 1 << 16  # frames decoded at a time: a many-channel file is mixed to mono block by block
+
 
 class AudioError(ValueError):
     """An input file that cannot be used as audio."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says, read without decoding it."""
+
+    seconds: float
+    channels: int
+    sample_rate: int
+
+    def decode_bytes(self, max_seconds: float) -> int:
+        """Peak bytes of decoding ``max_seconds`` of it: one block of all channels, the mono signal
+        at the native rate, and its resampled copy (float32; resampling needs about 2x)."""
+        seconds = min(self.seconds, max_seconds)
+        return 4 * (BLOCK_FRAMES * self.channels + 3 * math.ceil(seconds * self.sample_rate))
+
+
+def probe_audio(path: str | Path) -> AudioInfo | None:
+    """Duration, channels and rate from the header (soundfile), or None when soundfile cannot open
+    the format (then the memory check runs after decoding instead)."""
+    try:
+        info = sf.info(str(path))
+    except Exception:  # noqa: BLE001 - any format soundfile does not know
+        return None
+    if info.samplerate <= 0 or info.frames < 0:
+        return None
+    return AudioInfo(info.frames / info.samplerate, info.channels, info.samplerate)
+
+
+def decoded_samples(info: AudioInfo, sample_rate: int, max_seconds: float) -> int:
+    """Samples of the decoded, resampled, truncated signal."""
+    return math.ceil(min(info.seconds, max_seconds) * sample_rate)
+
+
+def _read_mono_blocks(path: Path, max_seconds: float) -> tuple[np.ndarray, int]:
+    """Decode only the first ``max_seconds``, mixed to mono block by block, so a long 8-channel file
+    never sits in memory with all its channels (librosa.load decodes every channel first)."""
+    with sf.SoundFile(str(path)) as fh:
+        native = fh.samplerate
+        wanted = min(fh.frames, math.ceil(max_seconds * native)) if fh.frames > 0 else math.ceil(max_seconds * native)
+        parts, got = [], 0
+        while got < wanted:
+            block = fh.read(min(BLOCK_FRAMES, wanted - got), dtype="float32", always_2d=True)
+            if not len(block):
+                break
+            parts.append(block.mean(axis=1, dtype=np.float32))
+            got += len(block)
+    mono = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    return mono, native
 
 
 def load_audio(path: str | Path, sample_rate: int, max_seconds: float) -> np.ndarray:
@@ -23,11 +77,18 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float) -> np.nda
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # audioread fallback warnings say nothing actionable
-            audio, _ = librosa.load(path, sr=sample_rate, mono=True, duration=max_seconds)
+            if probe_audio(path) is not None:
+                audio, native = _read_mono_blocks(path, max_seconds)
+                if native != sample_rate and audio.size:
+                    audio = librosa.resample(audio, orig_sr=native, target_sr=sample_rate, res_type="soxr_hq")
+            else:  # MP3 on old libsndfile, AAC...: librosa's audioread fallback
+                audio, _ = librosa.load(path, sr=sample_rate, mono=True, duration=max_seconds)
     except FileNotFoundError:
         raise AudioError(f"{path}: file not found") from None
     except Exception as exc:  # decoders raise many unrelated types for corrupt data
-        raise AudioError(f"{path}: cannot decode audio: {type(exc).__name__}: {exc}") from None
+        if type(exc).__name__ == "NoBackendError" or not str(exc).strip():
+            raise AudioError(f"{path}: cannot decode audio: no decoder recognises it (corrupt, or not audio)") from None
+        raise AudioError(f"{path}: cannot decode audio: {type(exc).__name__}: {str(exc)[:300]}") from None
     if audio.size == 0:
         raise AudioError(f"{path}: audio has no samples (zero length)")
     if not np.isfinite(audio).all():
@@ -36,11 +97,13 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float) -> np.nda
 
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> float:
-    """Write 16-bit PCM atomically; scale down (never up) so the peak fits. Returns the gain used."""
+    """Write 16-bit PCM atomically; scale down (never up) so the peak fits. Returns the gain used.
+
+    Encoded in memory first and written with Python's file I/O, so a full disk is an OSError that
+    says so ("No space left on device") rather than libsndfile's "System error"."""
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
     gain = 0.99 / peak if peak > 0.99 else 1.0
-    write_atomic(
-        path,
-        lambda tmp: sf.write(tmp, audio * gain, sample_rate, subtype="PCM_16", format="WAV"),
-    )
+    buffer = io.BytesIO()
+    sf.write(buffer, audio * gain, sample_rate, subtype="PCM_16", format="WAV")
+    write_atomic(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
     return gain

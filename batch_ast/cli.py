@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -18,15 +20,16 @@ from .dispatch import (
     default_rows_per_job,
     load_profile,
     load_submissions,
+    new_submission_id,
     save_submission,
     submit,
 )
 from .index import collect
-from .job import TransferJob
+from .job import DEFAULT_CHECKPOINT_EVERY_S, DEFAULT_MAX_RESUMES, TransferJob
 from .manifest import ManifestError, read_manifest
 from .plan import Plan, chunk, make_plan
-from .status import all_status, format_status, submission_status
-from .store import ResultsRoot
+from .status import all_status, claim_rows, format_status, release_claims, submission_status
+from .store import ResultsError, ResultsRoot, describe_os_error
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
@@ -98,21 +101,29 @@ def _wait(args: argparse.Namespace, results: ResultsRoot, submission: Any, jobs:
                 print(f"job {job.job_id} ended abnormally: {str(exc).splitlines()[0]}", file=sys.stderr)
 
 
+def _failed_before_lines(results: ResultsRoot, plan: Plan) -> list[str]:
+    """One line per row that failed in an earlier submission and is not rerun, with its error."""
+    lines = []
+    for spec in plan.failed_before:
+        record = results.read_record(spec.id) or {}
+        error = str(record.get("error", "")).splitlines()[0][:200] if record.get("error") else ""
+        again = "--retry-failed reruns it" if record.get("retryable") else "--force reruns it (it failed on its inputs or settings)"
+        lines.append(f"  row {spec.row} [{spec.id}] failed before: {error} ({again})")
+    return lines
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-        rows = read_manifest(args.manifest, config)
-        profile = load_profile(args.profile)
-    except (ConfigError, DispatchError, ManifestError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    config = load_config(args.config)
+    rows = read_manifest(args.manifest, config)
+    profile = load_profile(args.profile)
     results = ResultsRoot(args.results)
-    plan = make_plan(rows, results, Path(args.manifest), force=args.force, retry_failed=args.retry_failed)
-    try:
-        executor, why = choose_executor(args.executor)
-    except DispatchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if not args.dry_run:
+        results.require_writable()  # before hashing thousands of files or submitting anything
+    plan = make_plan(
+        rows, results, Path(args.manifest), force=args.force, retry_failed=args.retry_failed,
+        progress=not args.quiet,
+    )
+    executor, why = choose_executor(args.executor)
     packing = {
         key: getattr(args, key) if getattr(args, key) is not None else profile.pop(key, None)
         for key in ("rows_per_job", "max_array_size", "batch_rows")
@@ -121,9 +132,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         profile.pop(key, None)
     bad = [f"{k} must be an integer >= 1, not {v!r}" for k, v in packing.items()
            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1)]
+    for flag in ("timeout_min", "max_retries", "array_parallelism"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "max_retries" else 1):
+            bad.append(f"--{flag.replace('_', '-')} must be >= {0 if flag == 'max_retries' else 1}, not {value}")
     if bad:
-        print(f"error: {'; '.join(bad)}", file=sys.stderr)
-        return 2
+        raise DispatchError("; ".join(bad))
     rows_per_job = packing["rows_per_job"] or default_rows_per_job(executor, len(plan.to_run), args.workers)
     max_array_size = packing["max_array_size"] or DEFAULT_MAX_ARRAY_SIZE
     batch_rows = packing["batch_rows"] or 1
@@ -133,28 +147,46 @@ def cmd_submit(args: argparse.Namespace) -> int:
         profile["timeout_min"] = args.timeout_min
     if args.gpus is not None:
         profile["gpus_per_node"] = args.gpus
+    # One number bounds both our resumes and submitit's time-limit requeues.
+    max_retries = args.max_retries if args.max_retries is not None else profile.get("slurm_max_num_timeout")
+    max_retries = DEFAULT_MAX_RESUMES if max_retries is None else int(max_retries)
+    profile["slurm_max_num_timeout"] = max_retries
     if not args.quiet or args.dry_run:
         _print_plan(plan, rows_per_job, executor, why, batch_rows)
+    failed_lines = _failed_before_lines(results, plan)
     if args.dry_run:
         return 0
-    if not plan.to_run:
+    submission_id = new_submission_id()
+    to_run, busy = claim_rows(results, plan.to_run, submission_id)
+    for spec in plan.to_run:
+        if spec.id in busy:
+            _say(args, f"  skip  row {spec.row} [{spec.id}]: {busy[spec.id]}")
+    if not to_run:
         _say(args, "nothing to run")
         report = collect(results.root)
         _say(args, f"index: {results.index_path} ({report.rows} rows)")
+        if failed_lines:
+            print(f"{len(failed_lines)} row(s) of this manifest failed before and were not rerun:", file=sys.stderr)
+            print("\n".join(failed_lines), file=sys.stderr)
+            return 1
         return 0
     skipped = {s.id: "already done" for s in plan.done}
     skipped.update({s.id: "failed before" for s in plan.failed_before})
-    if args.max_retries is not None:
-        profile["slurm_max_num_timeout"] = args.max_retries
+    skipped.update(busy)
     job = TransferJob(
-        force=args.force, checkpoint_every_s=args.checkpoint_every, max_resumes=args.max_retries or 10,
+        force=args.force, checkpoint_every_s=args.checkpoint_every, max_resumes=max_retries,
         batch_rows=batch_rows,
     )
-    submission, jobs = submit(
-        plan.to_run, results, executor, Path(args.manifest), rows_per_job, profile, skipped, job, max_array_size
-    )
+    try:
+        submission, jobs = submit(
+            to_run, results, executor, Path(args.manifest), rows_per_job, profile, skipped, job, max_array_size,
+            submission_id=submission_id,
+        )
+    except BaseException:
+        release_claims(results, to_run, submission_id)
+        raise
     print(
-        f"submitted {len(plan.to_run)} row(s) as {len(jobs)} job(s): {submission.array_job_id} "
+        f"submitted {len(to_run)} row(s) as {len(jobs)} job(s): {submission.array_job_id} "
         f"(submission {submission.submission_id}; logs in {results.submitit_dir})",
         flush=True,
     )
@@ -169,11 +201,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     for problem in report.skipped:
         print(f"warning: {problem}", file=sys.stderr)
     print(f"index: {results.index_path} ({report.rows} rows); traces: {results.traces_path}")
+    if failed_lines:
+        print(f"{len(failed_lines)} row(s) of this manifest failed before and were not rerun:", file=sys.stderr)
+        print("\n".join(failed_lines), file=sys.stderr)
     counts = final.counts
-    return 1 if counts.get("failed", 0) or counts.get("lost", 0) else 0
+    return 1 if counts.get("failed", 0) or counts.get("lost", 0) or failed_lines else 0
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
+    ResultsRoot(args.results).require_results_root()
     report = collect(args.results, progress=not args.quiet)
     for problem in report.skipped:
         print(f"warning: skipped {problem}", file=sys.stderr)
@@ -184,6 +220,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     results = ResultsRoot(args.results)
+    results.require_results_root()
     statuses = all_status(results)
     if not statuses:
         print(f"no submissions under {results.root}")
@@ -192,11 +229,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         statuses = statuses[-1:]
     for status in statuses:
         print(format_status(status))
-    return 0
+    # like submit: 1 when any row shown failed or was lost, so scripts can branch on it
+    return 1 if any(st.counts.get("failed", 0) or st.counts.get("lost", 0) for st in statuses) else 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     results = ResultsRoot(args.results)
+    results.require_results_root()
     submissions = load_submissions(results)
     if args.submission:
         submissions = [s for s in submissions if s.submission_id == args.submission]
@@ -243,6 +282,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     from .analysis import hyperparameter_effect, plot_effect
     from .index import load_index
 
+    ResultsRoot(args.results).require_results_root()
     df = load_index(args.results)
     try:
         table = hyperparameter_effect(df, args.param, args.metric)
@@ -286,10 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"SLURM: split into arrays of at most N tasks (site MaxArraySize; default {DEFAULT_MAX_ARRAY_SIZE})")
     p.add_argument("--timeout-min", type=int, help="time limit per job in minutes")
     p.add_argument("--gpus", type=int, help="GPUs per job (SLURM gpus_per_node)")
-    p.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",
-                   help="save each row's optimisation state this often (default 300)")
+    p.add_argument("--checkpoint-every", type=float, default=DEFAULT_CHECKPOINT_EVERY_S, metavar="SECONDS",
+                   help=f"save each row's optimisation state this often (default {DEFAULT_CHECKPOINT_EVERY_S:g})")
     p.add_argument("--max-retries", type=int,
-                   help="bound automatic requeues after timeouts/preemption (default 10 resumes per row)")
+                   help=f"resume a row at most N times after timeouts, preemption or requeues; also submitit's "
+                        f"cap on time-limit requeues (slurm max_num_timeout) (default {DEFAULT_MAX_RESUMES})")
     p.add_argument("--dry-run", action="store_true", help="show the plan and exit")
     p.add_argument("--force", action="store_true", help="redo rows that are already done")
     p.add_argument("--retry-failed", action="store_true", help="rerun rows whose record says failed")
@@ -333,9 +374,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Problems with what the user gave (files, settings, folders): one line on stderr, exit 2.
+USER_ERRORS = (ConfigError, DispatchError, ManifestError, ResultsError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done; 1 some rows failed or were lost; 2 the command could not run (the
+    reason in one line on stderr: bad manifest or config, unusable results root, disk full...)."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # stdout closed early (`| head`): stop quietly, as Unix tools do; the exit says SIGPIPE
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 128 + signal.SIGPIPE
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ PARAMS: dict[str, Param] = {
     "lr_factor": Param(float, lambda x: 0 < x < 1, "a number in (0, 1)"),
     "griffin_lim_iters": Param(int, lambda x: 0 <= x <= 100_000, "an integer in [0, 100000]"),
     "griffin_lim_momentum": Param(float, lambda x: 0 <= x < 1, "a number in [0, 1)"),
-    "seed": Param(int, lambda x: 0 <= x < 2**63, "an integer >= 0"),
+    "seed": Param(int, lambda x: 0 <= x < 2**63, "an integer in [0, 2**63 - 1]"),
     "device": Param(str, lambda s: s in DEVICES, "one of " + ", ".join(DEVICES)),
     "precision": Param(str, lambda s: s in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
     "max_memory_gb": Param(float, _positive, "a number > 0"),
@@ -83,6 +83,39 @@ NOT_IN_ID = frozenset({"device", "preset", "max_memory_gb"})
 ID_NEUTRAL = {"precision": "float32"}
 
 
+# Largest finite float32: every float hyperparameter ends up in float32 arithmetic on the device.
+FLOAT32_MAX = 3.4028234663852886e38
+# A config or profile is a few hundred bytes; anything near this is a mistake or an attack.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def shown(raw: Any, limit: int = 60) -> str:
+    """``repr(raw)`` cut to ``limit`` characters, so an error message never echoes a huge value."""
+    text = repr(raw) if not isinstance(raw, (dict, list)) else f"<a {type(raw).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def exact_int(raw: Any) -> int | None:
+    """An integer parsed exactly ("9007199254740993" stays itself, not a float's neighbour);
+    "1e3" and 5.0 are integers too. None when ``raw`` is not an integer."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, str):
+        try:
+            return int(raw.replace("_", "x"))  # "1_000" is not a manifest integer
+        except ValueError:
+            pass
+    try:
+        as_float = float(raw)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not math.isfinite(as_float) or as_float != int(as_float) or abs(as_float) >= 2**53:
+        return None  # past 2**53 a float no longer holds every integer: write it out in digits
+    return int(as_float)
+
+
 def coerce(name: str, raw: Any) -> Any:
     """Convert a raw value (CSV string or YAML scalar) to the parameter's type, or raise ConfigError."""
     spec = PARAMS[name]
@@ -90,43 +123,69 @@ def coerce(name: str, raw: Any) -> Any:
         raw = raw.strip()
     if spec.kind is str:
         if not isinstance(raw, str):
-            raise ConfigError(f"expected text, got {raw!r}")
+            raise ConfigError(f"expected text, got {shown(raw)}")
         value: Any = raw if name == "preset" else raw.lower()  # choices are case-insensitive
     elif spec.kind is int:
-        if isinstance(raw, bool):
-            raise ConfigError(f"expected an integer, got {raw!r}")
-        try:
-            as_float = float(raw)
-        except (TypeError, ValueError):
-            raise ConfigError(f"expected an integer, got {raw!r}") from None
-        if not math.isfinite(as_float) or as_float != int(as_float):
-            raise ConfigError(f"expected an integer, got {raw!r}")
-        value = int(as_float)
+        value = exact_int(raw)
+        if value is None:
+            raise ConfigError(f"expected an integer, got {shown(raw)}")
     else:
         if isinstance(raw, bool):
-            raise ConfigError(f"expected a number, got {raw!r}")
+            raise ConfigError(f"expected a number, got {shown(raw)}")
         try:
             value = float(raw)
-        except (TypeError, ValueError):
-            raise ConfigError(f"expected a number, got {raw!r}") from None
-        if not math.isfinite(value):
-            raise ConfigError(f"expected a finite number, got {raw!r}")
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"expected a number, got {shown(raw)}") from None
+        if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+            raise ConfigError(f"expected a finite float32 number (|x| <= 3.4e38), got {shown(raw)}")
     if not spec.check(value):
-        raise ConfigError(f"must be {spec.rule}, got {raw!r}")
+        raise ConfigError(f"must be {spec.rule}, got {shown(raw)}")
     return value
 
 
+class _NoAliasSafeLoader(yaml.SafeLoader):
+    """safe_load without anchors/aliases: nested aliases expand exponentially (a "billion laughs"
+    file of a few hundred bytes becomes gigabytes), and a config never needs them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not allowed in batch-ast files", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def read_yaml_mapping(text: str, source: str) -> dict[str, Any]:
-    """Parse YAML with safe_load only; None/empty is {}; anything but a mapping is a ConfigError."""
+    """Parse YAML safely (no tags, no aliases, at most MAX_CONFIG_BYTES); None/empty is {};
+    anything but a mapping is a ConfigError."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: {len(text)} characters, more than the {MAX_CONFIG_BYTES} a config may have")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_NoAliasSafeLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{source}: not valid YAML: {str(exc)[:300]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: must be a YAML mapping, got {type(data).__name__}")
     return data
+
+
+def read_config_file(path: str | Path, what: str) -> dict[str, Any]:
+    """A user's YAML file (config, profile) as a mapping; every problem is one ConfigError that
+    names the file: unreadable, too large (checked before reading), not UTF-8, not valid YAML."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {size} bytes, more than the {MAX_CONFIG_BYTES} a {what} may have")
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: {what} is not UTF-8 text (byte {exc.start})") from None
+    return read_yaml_mapping(text, f"{what} {path}")
 
 
 @dataclass(frozen=True)
@@ -154,7 +213,7 @@ def _validated(values: dict[str, Any], source: str) -> dict[str, Any]:
     out = {}
     for key, raw in values.items():
         if key not in PARAMS:
-            raise ConfigError(f"{source}: unknown hyperparameter {key!r}")
+            raise ConfigError(f"{source}: unknown hyperparameter {shown(key)}")
         try:
             out[key] = coerce(key, raw)
         except ConfigError as exc:
@@ -178,15 +237,14 @@ def load_config(path: str | Path | None = None) -> Config:
     }
     if path is not None:
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
-        user = read_yaml_mapping(text, str(path))
+        user = read_config_file(path, "config")
         if "defaults" in user or "presets" in user:
             extra = set(user) - {"defaults", "presets"}
             if extra:
-                raise ConfigError(f"{path}: unknown section(s) {sorted(extra)}")
+                raise ConfigError(f"{path}: unknown section(s) {sorted(map(str, extra))}")
+            for section in ("defaults", "presets"):
+                if not isinstance(user.get(section) or {}, dict):
+                    raise ConfigError(f"{path}: {section}: must be a mapping, got {shown(user[section])}")
             defaults.update(_validated(user.get("defaults") or {}, str(path)))
             for name, values in (user.get("presets") or {}).items():
                 if not isinstance(values, dict):

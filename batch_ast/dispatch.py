@@ -19,7 +19,7 @@ from typing import Any
 
 import submitit
 
-from .config import ConfigError, read_yaml_mapping
+from .config import ConfigError, read_config_file
 from .job import TransferJob
 from .plan import RowSpec, chunk
 from .store import ResultsRoot, write_json_atomic
@@ -84,14 +84,15 @@ def load_profile(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        data = read_yaml_mapping(Path(path).read_text(encoding="utf-8"), f"profile {path}")
-    except OSError as exc:
-        raise DispatchError(f"{path}: cannot read profile: {exc.strerror}") from None
+        data = read_config_file(path, "profile")
     except ConfigError as exc:
         raise DispatchError(str(exc)) from None
     unknown = sorted(set(data) - set(PROFILE_KEYS) - set(NON_SUBMITIT_KEYS))
     if unknown:
         raise DispatchError(f"{path}: unknown profile key(s) {unknown}; known: {sorted([*PROFILE_KEYS, *NON_SUBMITIT_KEYS])}")
+    timeout = data.get("timeout_min")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1):
+        raise DispatchError(f"{path}: timeout_min must be an integer >= 1 (minutes), not {str(timeout)[:40]!r}")
     return {PROFILE_KEYS.get(k, k): v for k, v in data.items()}
 
 
@@ -107,6 +108,9 @@ class Submission:
     submitit_folder: str
     jobs: list[dict[str, Any]] = field(default_factory=list)  # job_id, rows (ids)
     rows: dict[str, int] = field(default_factory=dict)  # row id -> manifest row
+    # row id -> what the row is (inputs, name, hyperparameters), so the index can list rows that
+    # never wrote a record (pending, lost, cancelled) with their settings
+    specs: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # row id -> reason
     parameters: dict[str, Any] = field(default_factory=dict)
     cancelled: bool = False
@@ -131,6 +135,11 @@ def _make_executor(kind: str, folder: Path, params: dict[str, Any]) -> submitit.
         local = {k: v for k, v in params.items() if not k.startswith("slurm_")}
         executor.update_parameters(**{**LOCAL_DEFAULTS, **local})
     return executor
+
+
+def new_submission_id() -> str:
+    """Sortable by time (UTC), unique by a random suffix."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
 def default_rows_per_job(kind: str, n_rows: int, workers: int) -> int:
@@ -162,13 +171,14 @@ def submit(
     skipped: dict[str, str] | None = None,
     job: TransferJob | None = None,
     max_array_size: int = DEFAULT_MAX_ARRAY_SIZE,
+    submission_id: str = "",
 ) -> tuple[Submission, list[submitit.Job]]:
     """Submit the rows as job arrays (packs of ``rows_per_job`` rows; one array per distinct
     per-row resource request, split so no array has more than ``max_array_size`` tasks) and
     record the submission under the results root."""
     params = dict(params or {})
     created = datetime.now(timezone.utc)
-    submission_id = created.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    submission_id = submission_id or new_submission_id()
     job = job or TransferJob()
     job.submission_id = submission_id
     folder = results.submitit_dir / "%j"
@@ -197,6 +207,7 @@ def submit(
         submitit_folder=str(results.submitit_dir),
         jobs=job_entries,
         rows={s.id: s.row for s in specs},
+        specs={s.id: {k: v for k, v in s.to_dict().items() if k != "resources"} for s in specs},
         skipped=dict(skipped or {}),
         parameters={k: v for k, v in params.items() if isinstance(v, (str, int, float, bool))},
     )
@@ -267,4 +278,7 @@ def local_job_alive(job_id: str) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # an exited child not yet reaped by its parent (a zombie) still answers kill(0)
+        return Path(f"/proc/{int(job_id)}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

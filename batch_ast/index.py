@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import ID_NEUTRAL, PARAMS
-from .store import ResultsRoot, write_atomic
+from .store import TMP_PREFIX, ResultsError, ResultsRoot, describe_os_error, short_path, write_atomic
 
 SCHEMA_VERSION = 1
 
@@ -58,6 +58,9 @@ INDEX_SCHEMA = pa.schema(
         ("trace", pa.string()),
         ("spectrogram_png", pa.string()),
         ("loss_png", pa.string()),
+        ("figure_error", pa.string()),
+        ("checkpoint_error", pa.string()),
+        ("warning", pa.string()),
         *[(name, _PARAM_TYPES[spec.kind]) for name, spec in PARAMS.items()],
         ("iterations_run", pa.int64()),
         ("stop_reason", pa.string()),
@@ -79,6 +82,7 @@ INDEX_SCHEMA = pa.schema(
         ("time_metrics_s", pa.float64()),
         ("time_total_s", pa.float64()),
         ("device_used", pa.string()),
+        ("torch_threads", pa.int64()),
         ("hostname", pa.string()),
         ("slurm_job_id", pa.string()),
         ("slurm_array_task_id", pa.string()),
@@ -109,15 +113,28 @@ class CollectReport:
     rows: int = 0
     traces: int = 0
     skipped: list[str] = field(default_factory=list)  # "path: reason" for unreadable files
+    figures_regenerated: int = 0
 
 
 @contextmanager
 def _collect_lock(results: ResultsRoot) -> Iterator[None]:
-    """Serialise concurrent collects on one root (each would write correct files, but in turn)."""
-    results.root.mkdir(parents=True, exist_ok=True)
-    with (results.root / ".collect.lock").open("w") as fh:
+    """Serialise concurrent collects on one root (each would write correct files, but in turn).
+
+    Holding the lock also means no other collect is writing, so temp files of index writes left by
+    a killed collect are stale and removed here."""
+    try:
+        fh = (results.root / ".collect.lock").open("a")
+    except OSError as exc:
+        raise ResultsError(
+            f"cannot collect into {short_path(results.root)}: {describe_os_error(exc)} "
+            "(a read-only results root can still be read with batch_ast.load_index)"
+        ) from None
+    with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
+            for name in (results.index_path.name, results.traces_path.name):
+                for stale in results.root.glob(f"{TMP_PREFIX}{name}.*"):
+                    stale.unlink(missing_ok=True)
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
@@ -171,12 +188,46 @@ def _traces_table(results: ResultsRoot, ok_ids: list[str], report: CollectReport
     return pa.concat_tables(tables)
 
 
+def _unrecorded_rows(results: ResultsRoot, recorded: set[str]) -> list[dict]:
+    """Submitted rows with no record yet (pending, running, lost, cancelled), so the index holds
+    every submitted row of the study; their state comes from the queue (one query per submission)."""
+    from .status import unrecorded_rows  # the queue is the dispatch layer's business
+
+    return [row for row in unrecorded_rows(results, recorded) if row["id"] not in recorded]
+
+
+def _regenerate_missing_figures(results: ResultsRoot, records: list[dict], report: CollectReport) -> None:
+    """Redraw the figures of ok rows that have none (a full disk when the job wrote them)."""
+    from .job import figures_missing, regenerate_figures  # torch and matplotlib: only when needed
+
+    for i, record in enumerate(records):
+        if not figures_missing(results, record):
+            continue
+        try:
+            raw = json.loads(results.record_path(record["id"]).read_text(encoding="utf-8"))
+            fresh = regenerate_figures(results, raw)
+        except Exception as exc:  # noqa: BLE001 - the row stays as it was, with its figure_error
+            report.skipped.append(f"{results.run_dir(record['id'])}: figures not regenerated ({type(exc).__name__}: {exc})")
+            continue
+        params = fresh.pop("params", {}) or {}
+        records[i] = {**ID_NEUTRAL, **params, **fresh}
+        report.figures_regenerated += 1
+
+
 def collect(root: str | Path, progress: bool = False) -> CollectReport:
-    """Gather every published record and trace under ``root`` into index.parquet and traces.parquet."""
+    """Gather every published record and trace under ``root`` into index.parquet and traces.parquet.
+
+    The index has one row per submitted row: those with a record (ok, failed) and those without one
+    yet (pending, running, lost, cancelled: their state from the queue). Rows are ordered by
+    submission, then manifest row."""
     results = ResultsRoot(root)
+    results.require_results_root()
     report = CollectReport()
     with _collect_lock(results):
         records = _read_records(results, report, progress)
+        _regenerate_missing_figures(results, records, report)
+        records += _unrecorded_rows(results, {r["id"] for r in records})
+        records.sort(key=lambda r: (str(r.get("submission_id") or ""), int(r.get("row") or 0), str(r["id"])))
         index = _records_table(records) if records else INDEX_SCHEMA.empty_table()
         ok_ids = [r["id"] for r in records if r.get("status") == "ok"]
         traces = _traces_table(results, ok_ids, report)
@@ -186,9 +237,22 @@ def collect(root: str | Path, progress: bool = False) -> CollectReport:
     return report
 
 
+def _read_parquet(path: Path, root: str | Path) -> pa.Table:
+    if not path.exists():
+        raise ResultsError(f"no {path.name} under {short_path(root)}: run `batch-ast collect {short_path(root)}` first")
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise ResultsError(
+            f"{short_path(path)} cannot be read ({str(exc)[:200]}): run `batch-ast collect {short_path(root)}` "
+            "to rebuild it from the records"
+        ) from None
+
+
 def load_index(root: str | Path = "results") -> pd.DataFrame:
-    """The index as a DataFrame: one row per job, typed columns (hyperparameters ready for groupby)."""
-    frame = pq.read_table(ResultsRoot(root).index_path).to_pandas()
+    """The index as a DataFrame: one row per submitted row, typed columns (hyperparameters ready for
+    groupby). Raises ResultsError (with what to do) when there is no readable index."""
+    frame = _read_parquet(ResultsRoot(root).index_path, root).to_pandas()
     for name in ("status", "optimizer", "device", "preset", "stop_reason", "device_used"):
         if name in frame:
             frame[name] = frame[name].astype("category")
@@ -197,4 +261,4 @@ def load_index(root: str | Path = "results") -> pd.DataFrame:
 
 def load_traces(root: str | Path = "results") -> pd.DataFrame:
     """Loss traces in long format: id, iteration, total, content, style."""
-    return pq.read_table(ResultsRoot(root).traces_path).to_pandas()
+    return _read_parquet(ResultsRoot(root).traces_path, root).to_pandas()

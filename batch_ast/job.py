@@ -25,14 +25,39 @@ import numpy as np
 import submitit
 
 from . import __version__
-from .plan import RowSpec
-from .store import ResultsRoot, write_atomic, write_json_atomic
+from .plan import RowSpec, result_params
+from .store import ResultsRoot, release_claim, write_atomic, write_json_atomic
 
 TRACE_COLUMNS = ("iteration", "total", "content", "style")
 
 
+# One limit for both: how often a row may be resumed, and how many time-limit requeues submitit
+# grants (its slurm_max_num_timeout), so the help text and the job log count the same thing.
+DEFAULT_MAX_RESUMES = 10
+DEFAULT_CHECKPOINT_EVERY_S = 300.0
+SILENCE_DBFS = -90.0  # an input whose peak is below this carries no content or style to transfer
+
+
 class Paused(Exception):
-    """The row was interrupted at an iteration boundary and its state checkpointed."""
+    """The row was interrupted at an iteration boundary and its state checkpointed; ``runs`` are
+    the rows that paused (to be failed if no requeue follows)."""
+
+    def __init__(self, message: str, runs: list[RowRun] | None = None):
+        super().__init__(message)
+        self.runs = runs or []
+
+
+class TimeLimitError(RuntimeError):
+    """The row hit its job's time limit more often than requeues allow (retryable: resumes from its
+    checkpoint with --retry-failed, ideally with a larger timeout_min)."""
+
+
+class DivergedError(ValueError):
+    """The optimisation produced a non-finite loss: the settings (lr, weights) are unusable."""
+
+
+class SilentInputError(ValueError):
+    """An input has no audible signal, so there is no content or style to transfer."""
 
 
 def _now() -> str:
@@ -123,6 +148,40 @@ def _write_figures(spec: RowSpec, results: ResultsRoot, content, style, output, 
     }
 
 
+def figures_missing(results: ResultsRoot, record: dict[str, Any]) -> bool:
+    """An ok row whose figures failed (disk full, a plotting error) or whose PNGs are gone."""
+    if record.get("status") != "ok":
+        return False
+    if record.get("figure_error"):
+        return True
+    return any(not record.get(key) or not (results.root / record[key]).exists()
+               for key in ("spectrogram_png", "loss_png"))
+
+
+def regenerate_figures(results: ResultsRoot, record: dict[str, Any]) -> dict[str, Any]:
+    """Redraw an ok row's figures from its inputs, output WAV and trace, and republish its record
+    (only the figure fields change; the results stay as they are). Returns the new record."""
+    import pandas as pd
+    import torch
+
+    from .audio import load_audio
+    from .transfer import log_spectrogram
+
+    spec = RowSpec(**{k: record[k] for k in RowSpec.__dataclass_fields__ if k in record})
+    p = spec.params
+    rate, n_fft, hop = p["sample_rate"], p["n_fft"], p["hop_length"]
+    specs = [
+        log_spectrogram(torch.from_numpy(load_audio(path, rate, p["max_seconds"])), n_fft, hop)
+        for path in (spec.content, spec.style, results.root / record["output"])
+    ]
+    trace = [tuple(t) for t in pd.read_parquet(results.root / record["trace"])[list(TRACE_COLUMNS)].itertuples(index=False)]
+    figures = _write_figures(spec, results, *specs, trace)
+    updated = {k: v for k, v in record.items() if k not in ("figure_error", "spectrogram_png", "loss_png")}
+    updated.update(figures)
+    write_json_atomic(results.record_path(spec.id), updated)
+    return updated
+
+
 class ResumeLimitError(RuntimeError):
     """A row was interrupted and resumed more often than allowed."""
 
@@ -136,7 +195,8 @@ def _is_retryable(exc: BaseException) -> bool:
     from .audio import AudioError
     from .transfer import TransferError
 
-    return not isinstance(exc, (AudioError, TransferError, ResumeLimitError, MemoryBudgetError))
+    deterministic = (AudioError, TransferError, ResumeLimitError, MemoryBudgetError, DivergedError, SilentInputError)
+    return not isinstance(exc, deterministic)
 
 
 @dataclass
@@ -148,14 +208,80 @@ class Inputs:
     seconds: float  # decode and resample time
 
 
+def check_memory_budget(spec: RowSpec, content_samples: int, style_samples: int, decode_bytes: int = 0) -> None:
+    """Refuse a row whose estimated peak memory is above its max_memory_gb, before allocating it."""
+    from .transfer import estimate_memory_bytes, stft_frames
+
+    p = spec.params
+    hop = p["hop_length"]
+    need = decode_bytes + estimate_memory_bytes(
+        p["n_fft"] // 2 + 1, stft_frames(content_samples, hop), stft_frames(style_samples, hop), p
+    )
+    if need > p["max_memory_gb"] * 2**30:
+        raise MemoryBudgetError(
+            f"needs about {need / 2**30:.1f} GiB, above max_memory_gb={p['max_memory_gb']}: "
+            "lower max_seconds or n_filters, or raise max_memory_gb"
+        )
+
+
 def load_inputs(spec: RowSpec) -> Inputs:
-    from .audio import load_audio
+    """Decode both inputs, after checking from their headers alone that the row fits its memory
+    budget (a long many-channel file is refused before it is decoded)."""
+    from .audio import decoded_samples, load_audio, probe_audio
 
     p = spec.params
     t0 = time.perf_counter()
+    infos = [probe_audio(path) for path in (spec.content, spec.style)]
+    if all(infos):
+        samples = [decoded_samples(info, p["sample_rate"], p["max_seconds"]) for info in infos]
+        check_memory_budget(spec, *samples, decode_bytes=max(info.decode_bytes(p["max_seconds"]) for info in infos))
     content = load_audio(spec.content, p["sample_rate"], p["max_seconds"])
     style = load_audio(spec.style, p["sample_rate"], p["max_seconds"])
+    for what, audio, path in (("content", content, spec.content), ("style", style, spec.style)):
+        peak = float(np.max(np.abs(audio)))
+        if peak < 10 ** (SILENCE_DBFS / 20):
+            level = f"{20 * np.log10(peak):.0f} dBFS" if peak > 0 else "digital silence"
+            raise SilentInputError(
+                f"{what} input {path} is silent (peak {level}, below {SILENCE_DBFS:.0f} dBFS): "
+                f"there is no {what} to transfer"
+            )
     return Inputs(content, style, time.perf_counter() - t0)
+
+
+CHECKPOINT_FORMAT = 1
+
+
+def checkpoint_identity(spec: RowSpec) -> dict[str, Any]:
+    """What a checkpoint stores to prove whose state it is: the row id and its settings."""
+    import json
+
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "row_id": spec.id,
+        "settings": json.dumps(result_params(spec.params), sort_keys=True),
+    }
+
+
+def load_checkpoint(path: Path, spec: RowSpec, device: Any) -> tuple[dict[str, Any] | None, str]:
+    """(state, "") for a checkpoint that is plain data and belongs to ``spec``, else (None, why).
+
+    ``weights_only=True``: torch's restricted unpickler accepts tensors, numbers, strings, lists,
+    tuples and dicts only, so a planted pickle cannot run code in the job."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt, truncated, foreign or malicious: all "absent"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return None, f"not a loadable checkpoint ({type(exc).__name__}: {first[:200]})"
+    if not isinstance(state, dict):
+        return None, f"not a batch-ast checkpoint (a {type(state).__name__})"
+    expected = checkpoint_identity(spec)
+    if state.get("row_id") != expected["row_id"]:
+        return None, f"belongs to row {str(state.get('row_id'))[:40]!r}, not {spec.id}"
+    if state.get("settings") != expected["settings"] or state.get("format") != CHECKPOINT_FORMAT:
+        return None, "was written with other settings or by another version"
+    return state, ""
 
 
 class RowRun:
@@ -172,8 +298,8 @@ class RowRun:
         spec: RowSpec,
         results: ResultsRoot,
         submission_id: str = "",
-        checkpoint_every_s: float = 300.0,
-        max_resumes: int = 10,
+        checkpoint_every_s: float = DEFAULT_CHECKPOINT_EVERY_S,
+        max_resumes: int = DEFAULT_MAX_RESUMES,
     ) -> None:
         import torch
 
@@ -189,6 +315,8 @@ class RowRun:
             "batch_ast_version": __version__,
             "torch_version": torch.__version__,
             "python_version": platform.python_version(),
+            # results are bit-identical only at equal device and thread count (float reductions)
+            "torch_threads": torch.get_num_threads(),
             **_cluster_context(),
         }
         self.timings: dict[str, float] = {}
@@ -205,9 +333,11 @@ class RowRun:
         ``weight``: the network, when rows batched together share one."""
         import torch
 
-        from .transfer import check_length, estimate_memory_bytes, log_spectrogram, pick_device, stft_frames
+        from .transfer import check_length, log_spectrogram, pick_device
 
         p, record = self.spec.params, self.record
+        # A job's rows share one log: this line lets `status` show each row its own lines.
+        print(f"[row {self.spec.id}] start (manifest row {self.spec.row})", file=sys.stderr, flush=True)
         self.results.run_dir(self.spec.id).mkdir(parents=True, exist_ok=True)
         device = pick_device(p["device"])
         record["device_used"] = str(device)
@@ -221,33 +351,55 @@ class RowRun:
 
         self.t_optimize = time.perf_counter()
         hop = p["hop_length"]
-        need = estimate_memory_bytes(
-            p["n_fft"] // 2 + 1, stft_frames(len(content), hop), stft_frames(len(style), hop), p
-        )
-        if need > p["max_memory_gb"] * 2**30:
-            raise MemoryBudgetError(
-                f"needs about {need / 2**30:.1f} GiB, above max_memory_gb={p['max_memory_gb']}: "
-                "lower max_seconds or n_filters, or raise max_memory_gb"
-            )
+        check_memory_budget(self.spec, len(content), len(style))  # headers may have been unreadable
         self.specs = tuple(
             log_spectrogram(torch.from_numpy(a).to(device), p["n_fft"], hop) for a in (content, style)
         )
         self.transfer = make_transfer(content, style, *self.specs, p, device, weight)
-        if self.ckpt_path.exists():
-            state = torch.load(self.ckpt_path, map_location=device, weights_only=False)
-            self.transfer.load_state_dict(state)
-            self.resumes = state.get("resumes", 0) + 1
-            if self.resumes > self.max_resumes:
-                raise ResumeLimitError(
-                    f"interrupted {self.resumes} times, more than max_retries={self.max_resumes}: giving up"
-                )
+        self._resume(device)
         record["resumed_from_iteration"] = self.transfer.iteration
         record["resumes"] = self.resumes
+
+    def _resume(self, device: Any) -> None:
+        """Continue from the row's checkpoint when there is a valid one. A checkpoint is only ever
+        data: it is loaded with ``weights_only=True`` (no pickled code runs) and must name this row
+        and its settings; anything else is moved aside to ``checkpoint.pt.bad``, noted in the
+        record, and the row starts afresh."""
+        if not self.ckpt_path.exists():
+            return
+        state, problem = load_checkpoint(self.ckpt_path, self.spec, device)
+        if state is not None:
+            try:
+                self.transfer.load_state_dict(state)
+            except Exception as exc:  # noqa: BLE001 - any mismatch means "not this row's state"
+                problem = f"does not fit this row's transfer ({type(exc).__name__}: {exc})"
+                self.transfer = make_transfer(
+                    self.inputs.content, self.inputs.style, *self.specs, self.spec.params, device,
+                    self.transfer.weight,
+                )
+        if problem:
+            bad = self.ckpt_path.with_name(self.ckpt_path.name + ".bad")
+            os.replace(self.ckpt_path, bad)
+            self.record["checkpoint_error"] = f"{self.ckpt_path}: {problem}; moved to {bad.name}, row restarted"
+            print(f"[row {self.spec.id}] warning: {self.record['checkpoint_error']}", file=sys.stderr, flush=True)
+            return
+        # Resumes count within one submission: a new submission (--retry-failed) starts afresh.
+        same_submission = state.get("submission_id") == self.record["submission_id"]
+        self.resumes = (int(state.get("resumes", 0)) if same_submission else 0) + 1
+        if self.resumes > self.max_resumes:
+            raise ResumeLimitError(
+                f"interrupted {self.resumes} times, more than max_retries={self.max_resumes}: giving up"
+            )
 
     def save_checkpoint(self) -> None:
         import torch
 
-        state = {**self.transfer.state_dict(), "resumes": self.resumes}
+        state = {
+            **self.transfer.state_dict(),
+            "resumes": self.resumes,
+            **checkpoint_identity(self.spec),
+            "submission_id": self.record["submission_id"],
+        }
         write_atomic(self.ckpt_path, lambda tmp: torch.save(state, tmp))
 
     def optimize(self, should_pause: Callable[[], bool], bar_position: int = 0) -> None:
@@ -279,8 +431,15 @@ class RowRun:
         spec, results, record, timings = self.spec, self.results, self.record, self.timings
         p, transfer, inputs = spec.params, self.transfer, self.inputs
         assert inputs is not None and self.specs is not None
-        log_spec, terms = transfer.result()
         timings["time_optimize_s"] = time.perf_counter() - self.t_optimize
+        record.update(iterations_run=transfer.iteration, stop_reason=transfer.stop_reason)
+        if "diverged" in transfer.stop_reason:
+            # No output: the best iterate before a NaN/inf is not what the user asked for.
+            raise DivergedError(
+                f"the loss became non-finite at iteration {transfer.iteration}: lower lr (now "
+                f"{p['lr']:g}) or the loss weights"
+            )
+        log_spec, terms = transfer.result()
 
         t0 = time.perf_counter()
         magnitude = magnitude_from_log(log_spec)
@@ -345,6 +504,9 @@ class RowRun:
         write_json_atomic(self.results.record_path(self.spec.id), record)
         if record["status"] == "ok" or not record["retryable"]:
             self.ckpt_path.unlink(missing_ok=True)
+        release_claim(self.results, self.spec.id, record["submission_id"])
+        outcome = record["status"] + (f": {record['error'].splitlines()[0][:300]}" if record["error"] else "")
+        print(f"[row {self.spec.id}] {outcome}", file=sys.stderr, flush=True)
         return record
 
 
@@ -353,8 +515,8 @@ def run_rows(
     results: ResultsRoot,
     should_pause: Callable[[], bool] = lambda: False,
     submission_id: str = "",
-    checkpoint_every_s: float = 300.0,
-    max_resumes: int = 10,
+    checkpoint_every_s: float = DEFAULT_CHECKPOINT_EVERY_S,
+    max_resumes: int = DEFAULT_MAX_RESUMES,
     inputs: list[Future] | None = None,
 ) -> list[dict[str, Any]]:
     """Run rows that share a network (``batched.network_key``) as one batched optimisation; a single
@@ -399,7 +561,7 @@ def run_rows(
         if exc is not None and not isinstance(exc, Paused):
             records[ready[k]] = runs[ready[k]].fail(exc)
     if paused:
-        raise paused[0]
+        raise Paused(str(paused[0]), [runs[ready[k]] for k, exc in enumerate(errors) if isinstance(exc, Paused)])
     return [r for r in records if r is not None]
 
 
@@ -421,8 +583,8 @@ class TransferJob(submitit.helpers.Checkpointable):
         self,
         submission_id: str = "",
         force: bool = False,
-        checkpoint_every_s: float = 300.0,
-        max_resumes: int = 10,
+        checkpoint_every_s: float = DEFAULT_CHECKPOINT_EVERY_S,
+        max_resumes: int = DEFAULT_MAX_RESUMES,
         batch_rows: int = 1,
     ) -> None:
         self.submission_id = submission_id
@@ -468,10 +630,10 @@ class TransferJob(submitit.helpers.Checkpointable):
                         max_resumes=self.max_resumes,
                         inputs=inputs,
                     )
-                except Paused:
+                except Paused as paused:
                     for future in upcoming:
                         future.cancel()
-                    self._hand_signal_to_submitit()
+                    self._hand_signal_to_submitit(paused.runs)
                     raise
                 finished.update({r["id"]: {"id": r["id"], "status": r["status"], "error": r["error"]}
                                  for r in records})
@@ -490,10 +652,22 @@ class TransferJob(submitit.helpers.Checkpointable):
 
         signal.signal(signal.SIGUSR2, request_pause)
 
-    def _hand_signal_to_submitit(self) -> None:
+    def _hand_signal_to_submitit(self, paused: list[RowRun]) -> None:
+        """submitit's handler requeues and exits; when it refuses (time limit reached more often
+        than max_num_timeout) the paused rows get a failed record first, so no row is left without
+        one. Their checkpoints stay: --retry-failed resumes them."""
         handler = getattr(self, "_submitit_handler", None)
-        if callable(handler):
+        if not callable(handler):
+            return
+        try:
             handler(signal.SIGUSR2, None)  # checkpoints (requeue) and exits the process
+        except submitit.core.utils.UncompletedJobError as exc:
+            for run in paused:
+                run.fail(TimeLimitError(
+                    f"time limit reached more often than max_retries={self.max_resumes} requeues allow "
+                    f"({exc}); raise timeout_min or --max-retries, then --retry-failed resumes the row"
+                ))
+            raise
 
     def __getstate__(self) -> dict[str, Any]:
         # nothing of a running job (flags, signal handlers) belongs in the requeue pickle

@@ -8,16 +8,34 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PARAMS, Config, ConfigError, coerce
+from .config import PARAMS, Config, ConfigError, coerce, exact_int
+from .store import short_path
 
 REQUIRED_COLUMNS = ("content", "style")
 OPTIONAL_COLUMNS = ("id",)
 # Per-row job resources (override the cluster profile); they do not change the result or the row id.
 RESOURCE_COLUMNS = {"timeout_min": int, "gpus": int, "mem_gb": float, "cpus": int}
+# Smallest usable value of each: a 0-minute limit kills the job at once, 0 CPUs or 0 GB is refused
+# by SLURM, 0 GPUs is a CPU job.
+RESOURCE_MINIMUM = {"timeout_min": 1, "gpus": 0, "mem_gb": 0.001, "cpus": 1}
+
+
+def parse_resource(column: str, cell: str) -> int | float:
+    """A resource cell as its type, at least its minimum; ValueError with the rule otherwise."""
+    kind, low = RESOURCE_COLUMNS[column], RESOURCE_MINIMUM[column]
+    rule = f"expected {'an integer' if kind is int else 'a number'} >= {low:g}, got {cell[:40]!r}"
+    try:
+        value = exact_int(cell) if kind is int else float(cell)
+    except ValueError:
+        raise ValueError(rule) from None
+    if value is None or not low <= value < float("inf"):  # NaN fails this too
+        raise ValueError(rule)
+    return value
 
 
 class ManifestError(ValueError):
@@ -26,7 +44,7 @@ class ManifestError(ValueError):
     def __init__(self, manifest: Path, problems: list[str]):
         self.manifest = manifest
         self.problems = problems
-        super().__init__(f"{manifest}: {len(problems)} problem(s)\n  " + "\n  ".join(problems))
+        super().__init__(f"{short_path(manifest)}: {len(problems)} problem(s)\n  " + "\n  ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -50,16 +68,30 @@ def _resolve_path(raw: str, base: Path) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
-def _check_audio_path(path: Path) -> str | None:
-    if not path.exists():
-        return "file not found"
-    if not path.is_file():
-        return "not a regular file"
+# Inputs are hashed whole before planning; a file larger than this is refused up front rather
+# than read for minutes (a sparse 1 TB "WAV" once hung --dry-run). BATCH_AST_MAX_INPUT_MB overrides.
+DEFAULT_MAX_INPUT_MB = 4096
+
+
+def max_input_bytes() -> int:
+    raw = os.environ.get("BATCH_AST_MAX_INPUT_MB", "")
+    return int(float(raw) * 2**20) if raw.replace(".", "", 1).isdigit() else DEFAULT_MAX_INPUT_MB * 2**20
+
+
+def _check_audio_path(path: Path, limit: int) -> str | None:
     try:
+        if not path.exists():
+            return "file not found"
+        if not path.is_file():
+            return "not a regular file"
+        size = path.stat().st_size
+        if size > limit:
+            return (f"{size / 2**20:.0f} MiB, above the {limit / 2**20:.0f} MiB input limit "
+                    "(set BATCH_AST_MAX_INPUT_MB to raise it)")
         with path.open("rb") as fh:
             fh.read(1)
     except OSError as exc:
-        return f"cannot read: {exc.strerror}"
+        return f"cannot read: {exc.strerror or exc}"
     return None
 
 
@@ -102,6 +134,7 @@ def read_manifest(path: str | Path, config: Config) -> list[ManifestRow]:
         raise ManifestError(path, problems)
 
     base = path.parent
+    limit = max_input_bytes()
     rows: list[ManifestRow] = []
     for number, (line, rec) in enumerate(records[1:], start=1):
         where = f"row {number} (line {line})"
@@ -115,9 +148,9 @@ def read_manifest(path: str | Path, config: Config) -> list[ManifestRow]:
                 problems.append(f"{where}: column {col!r} is empty")
                 continue
             file = _resolve_path(cells[col], base)
-            issue = _check_audio_path(file)
+            issue = _check_audio_path(file, limit)
             if issue:
-                problems.append(f"{where}: column {col!r}: {file}: {issue}")
+                problems.append(f"{where}: column {col!r}: {short_path(file)}: {issue}")
             files[col] = file
         overrides: dict[str, Any] = {}
         for col, cell in cells.items():
@@ -127,17 +160,14 @@ def read_manifest(path: str | Path, config: Config) -> list[ManifestRow]:
                 except ConfigError as exc:
                     problems.append(f"{where}: column {col!r}: {exc}")
         resources: dict[str, Any] = {}
-        for col, kind in RESOURCE_COLUMNS.items():
+        for col in RESOURCE_COLUMNS:
             cell = cells.get(col, "")
             if cell == "":
                 continue
             try:
-                value = kind(float(cell)) if kind is int and float(cell).is_integer() else kind(cell)
-                if not 0 <= value < float("inf"):  # NaN fails this too
-                    raise ValueError
-                resources[col] = value
-            except ValueError:
-                problems.append(f"{where}: column {col!r}: expected a non-negative {kind.__name__}, got {cell!r}")
+                resources[col] = parse_resource(col, cell)
+            except ValueError as exc:
+                problems.append(f"{where}: column {col!r}: {exc}")
         try:
             params = config.resolve(overrides)
         except ConfigError as exc:

@@ -9,37 +9,113 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import ID_NEUTRAL, NOT_IN_ID
 from .manifest import ManifestRow
-from .store import ResultsRoot
+from .store import ResultsRoot, write_json_atomic
 
 ID_LENGTH = 16
 
 
-def file_sha256(path: Path, _cache: dict[Path, str] = {}) -> str:  # noqa: B006 - deliberate memo
-    """SHA-256 of a file's bytes, memoised per process (manifests reuse the same style file often)."""
-    key = path.resolve()
-    if key not in _cache:
-        digest = hashlib.sha256()
-        with key.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        _cache[key] = digest.hexdigest()
-    return _cache[key]
+HASH_CACHE_VERSION = 1
+PROGRESS_ABOVE_BYTES = 256 << 20  # show hashing progress when there is more than this to read
+
+
+def _file_key(path: Path) -> tuple[str, list[int]]:
+    """(real path, [size, mtime_ns, inode]): a cached hash is reused only while all of them hold."""
+    real = path.resolve()
+    st = real.stat()
+    return str(real), [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+class HashCache:
+    """SHA-256 of input files, kept in the results root (``.cache/sha256.json``) so re-submitting
+    a 10,000-row study does not reread every file; an entry counts only while the file's size,
+    mtime and inode are unchanged."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.entries: dict[str, list] = {}
+        self.dirty = False
+        if path is not None:
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                if isinstance(data, dict) and data.get("version") == HASH_CACHE_VERSION:
+                    self.entries = {k: v for k, v in data.get("files", {}).items() if isinstance(v, list) and len(v) == 4}
+            except (OSError, ValueError):
+                pass  # no cache or a bad one: hash again
+
+    def lookup(self, path: Path) -> str | None:
+        real, stamp = _file_key(path)
+        entry = self.entries.get(real)
+        return str(entry[3]) if entry and entry[:3] == stamp else None
+
+    def store(self, path: Path, digest: str) -> None:
+        real, stamp = _file_key(path)
+        self.entries[real] = [*stamp, digest]
+        self.dirty = True
+
+    def save(self) -> None:
+        if self.path is None or not self.dirty:
+            return
+        try:
+            write_json_atomic(self.path, {"version": HASH_CACHE_VERSION, "files": self.entries})
+        except OSError:
+            pass  # a cache that cannot be written costs time next submit, nothing else
+
+
+def file_sha256(path: Path, on_bytes: Any = None) -> str:
+    """SHA-256 of a file's bytes; ``on_bytes(n)`` is told of progress."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+            if on_bytes is not None:
+                on_bytes(len(block))
+    return digest.hexdigest()
+
+
+def hash_inputs(paths: list[Path], cache: HashCache, progress: bool = False) -> dict[Path, str]:
+    """Hash every distinct input once, from the cache where it is still valid, with a progress bar
+    (bytes) on a terminal when there is much to read."""
+    from tqdm import tqdm
+
+    digests: dict[Path, str] = {}
+    todo: list[Path] = []
+    for path in dict.fromkeys(p.resolve() for p in paths):
+        cached = cache.lookup(path)
+        if cached:
+            digests[path] = cached
+        else:
+            todo.append(path)
+    total = sum(p.stat().st_size for p in todo)
+    show = progress and total > PROGRESS_ABOVE_BYTES and sys.stderr.isatty()
+    if progress and total > PROGRESS_ABOVE_BYTES and not show:
+        print(f"hashing {len(todo)} input file(s), {total / 2**30:.1f} GiB ...", file=sys.stderr, flush=True)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="hashing inputs", disable=not show) as bar:
+        for path in todo:
+            digests[path] = file_sha256(path, bar.update)
+            cache.store(path, digests[path])
+    cache.save()
+    return digests
+
+
+def result_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters that change a row's result (those in its id), sorted by name."""
+    return {
+        k: v for k, v in sorted(params.items())
+        if k not in NOT_IN_ID and not (k in ID_NEUTRAL and v == ID_NEUTRAL[k])
+    }
 
 
 def row_id(content_sha256: str, style_sha256: str, params: dict[str, Any]) -> str:
     """Deterministic id of a transfer: both input hashes plus result-relevant hyperparameters."""
-    relevant = {
-        k: v for k, v in sorted(params.items())
-        if k not in NOT_IN_ID and not (k in ID_NEUTRAL and v == ID_NEUTRAL[k])
-    }
     blob = json.dumps(
-        {"content": content_sha256, "style": style_sha256, "params": relevant}, sort_keys=True
+        {"content": content_sha256, "style": style_sha256, "params": result_params(params)}, sort_keys=True
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:ID_LENGTH]
 
@@ -83,15 +159,20 @@ def make_plan(
     manifest: Path,
     force: bool = False,
     retry_failed: bool = False,
+    progress: bool = False,
+    use_cache: bool = True,
 ) -> Plan:
-    """Hash inputs, assign ids, drop duplicates and rows already finished."""
+    """Hash inputs (through the root's hash cache), assign ids, drop duplicates and rows already
+    finished."""
     to_run: list[RowSpec] = []
     done: list[RowSpec] = []
     failed_before: list[RowSpec] = []
     duplicates: list[tuple[int, int]] = []
     first_row_of: dict[str, int] = {}
+    cache = HashCache(results.hash_cache_path if use_cache else None)
+    digests = hash_inputs([p for m in rows for p in (m.content, m.style)], cache, progress)
     for mrow in rows:
-        c_sha, s_sha = file_sha256(mrow.content), file_sha256(mrow.style)
+        c_sha, s_sha = digests[mrow.content.resolve()], digests[mrow.style.resolve()]
         rid = row_id(c_sha, s_sha, mrow.params)
         if rid in first_row_of:
             duplicates.append((mrow.row, first_row_of[rid]))

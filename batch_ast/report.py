@@ -10,12 +10,14 @@ from __future__ import annotations
 import html
 import math
 import os
+import sys
+import urllib.parse
 from pathlib import Path
 
 import pandas as pd
 
 from .index import collect, load_index
-from .store import ResultsRoot
+from .store import ResultsError, ResultsRoot
 
 TABLE_COLUMNS = [
     ("row", "row"),
@@ -91,7 +93,8 @@ def _present(value: object) -> bool:
 
 
 def _rel(target: str | os.PathLike, start: Path) -> str:
-    return Path(os.path.relpath(Path(target), start)).as_posix()
+    """A relative URL: percent-encoded, so file names with #, ? or % still load."""
+    return urllib.parse.quote(Path(os.path.relpath(Path(target), start)).as_posix())
 
 
 def _summary(df: pd.DataFrame, metric: str, top: int, ascending: bool) -> str:
@@ -158,6 +161,9 @@ def _row_section(r: dict, root: Path, out_dir: Path) -> str:
             f"<div><span>{label}</span><audio controls preload='metadata' src='{html.escape(_rel(full, out_dir))}'></audio></div>"
         )
     parts.append(f"<div class='players'>{''.join(players)}</div>")
+    if _present(r.get("figure_error")):
+        parts.append(f"<p class='warn'>figures missing: {html.escape(str(r['figure_error']))} "
+                     "(batch-ast collect regenerates them)</p>")
     for key in ("spectrogram_png", "loss_png"):
         if _present(r.get(key)):
             parts.append(f"<img alt='{key}' src='{html.escape(_rel(root / r[key], out_dir))}'>")
@@ -174,7 +180,13 @@ def write_report(
 ) -> Path:
     """Collect, then write the HTML report (default: <root>/report.html). Returns its path."""
     results = ResultsRoot(root)
-    collect(results.root)
+    results.require_results_root()
+    try:
+        collect(results.root)
+    except (ResultsError, OSError) as exc:  # a read-only root: report what was collected before
+        if not results.index_path.exists():
+            raise
+        print(f"warning: could not re-collect ({exc}); using the existing index", file=sys.stderr)
     df = load_index(results.root).sort_values("row", kind="stable")
     out = Path(output) if output else results.root / "report.html"
     out = out.resolve()

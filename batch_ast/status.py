@@ -8,12 +8,17 @@ is shown.
 
 from __future__ import annotations
 
+import os
+import re
+import socket
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import ID_NEUTRAL
 from .dispatch import Submission, load_submissions, local_job_alive, squeue_states
-from .store import ResultsRoot
+from .store import ResultsRoot, claim_path, claims_lock, read_claim, release_claim, try_claim
 
 STATES = ("pending", "running", "ok", "failed", "cancelled", "lost", "skipped")
 
@@ -47,13 +52,26 @@ def _queue_state(slurm_state: str) -> str:
     return "pending" if slurm_state in ("PENDING", "CONFIGURING", "REQUEUED", "SUSPENDED") else "running"
 
 
-def log_tail(path: str, lines: int = 5) -> str:
-    """Last lines of a job log (submitit's stderr file), '' when there is none."""
+ROW_START = re.compile(r"^\[row ([0-9a-f]+)\] start")
+
+
+def log_tail(path: str, lines: int = 5, row_id: str = "") -> str:
+    """Last lines of a job log (submitit's stderr file), '' when there is none. With ``row_id``,
+    only that row's part of a log shared by a job's rows: from its last ``[row <id>] start`` line
+    (job.py writes one per row) to the next row's start."""
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
+    all_lines = text.rstrip().splitlines()
+    if row_id:
+        starts = [(i, m.group(1)) for i, line in enumerate(all_lines) if (m := ROW_START.match(line))]
+        mine = [i for i, rid in starts if rid == row_id]
+        if not mine:
+            return ""
+        after = [i for i, rid in starts if i > mine[-1] and rid != row_id]
+        all_lines = all_lines[mine[-1] : after[0] if after else None]
+    return "\n".join(all_lines[-lines:])
 
 
 def submission_status(results: ResultsRoot, submission: Submission) -> SubmissionStatus:
@@ -87,7 +105,8 @@ def submission_status(results: ResultsRoot, submission: Submission) -> Submissio
         elif submission.cancelled:
             status.rows.append(RowState(rid, row, "cancelled", job_id, log))
         else:
-            status.rows.append(RowState(rid, row, "lost", job_id, log, log_tail(log)))
+            shared = len(job.get("rows", ())) > 1
+            status.rows.append(RowState(rid, row, "lost", job_id, log, log_tail(log, row_id=rid if shared else "")))
     for rid, reason in submission.skipped.items():
         status.rows.append(RowState(rid, 0, "skipped", error=reason))
     return status
@@ -95,6 +114,32 @@ def submission_status(results: ResultsRoot, submission: Submission) -> Submissio
 
 def all_status(results: ResultsRoot) -> list[SubmissionStatus]:
     return [submission_status(results, s) for s in load_submissions(results)]
+
+
+def unrecorded_rows(results: ResultsRoot, recorded: set[str]) -> list[dict]:
+    """Index rows for submitted rows that have no record: their settings from the submission that
+    last submitted them, their state (pending, running, lost, cancelled) from its queue."""
+    latest: dict[str, Submission] = {}
+    for sub in load_submissions(results):  # oldest first: later submissions win
+        for rid in sub.rows:
+            if rid not in recorded:
+                latest[rid] = sub
+    rows = []
+    for sub in {id(s): s for s in latest.values()}.values():
+        status = submission_status(results, sub)
+        for state in status.rows:
+            if latest.get(state.id) is not sub or state.state in ("ok", "failed", "skipped"):
+                continue
+            spec = dict(sub.specs.get(state.id, {"id": state.id, "row": state.row}))
+            params = spec.pop("params", {}) or {}
+            rows.append({
+                **ID_NEUTRAL, **params, **spec,
+                "status": state.state,
+                "error": state.error.splitlines()[-1][:500] if state.error else "",
+                "submission_id": sub.submission_id,
+                "slurm_job_id": state.job_id.split("_")[0] if sub.executor == "slurm" else "",
+            })
+    return rows
 
 
 def format_status(status: SubmissionStatus, details: bool = True) -> str:
@@ -107,6 +152,7 @@ def format_status(status: SubmissionStatus, details: bool = True) -> str:
     ]
     if not status.queue_known:
         lines.append("  (the queue could not be asked; unfinished rows shown as pending)")
+    job_rows = {rid: job["rows"] for job in s.jobs for rid in job["rows"]}
     if details:
         for r in sorted(status.rows, key=lambda r: r.row):
             if r.state in ("failed", "lost"):
@@ -114,7 +160,57 @@ def format_status(status: SubmissionStatus, details: bool = True) -> str:
                 lines.append(f"  row {r.row} [{r.id}] {r.state} job {r.job_id}: {last}")
                 if r.log:
                     lines.append(f"    log: {r.log}")
-                    tail = log_tail(r.log, 3)
+                    shared = len(job_rows.get(r.id, ())) > 1
+                    tail = log_tail(r.log, 3, row_id=r.id if shared else "")
                     if tail:
                         lines.extend("    | " + t for t in tail.splitlines())
     return "\n".join(lines)
+
+
+CLAIM_GRACE_S = 600  # a claim whose submission file never appeared is stale after this long
+
+
+def claim_is_live(
+    results: ResultsRoot, row_id: str, claim: dict, submissions: dict[str, Submission],
+    states: dict[str, dict[str, str]] | None = None,
+) -> bool:
+    """A claim is live while its job can still write the row: the submission's row is pending or
+    running in the queue; or, before the submission was saved, its submitting process lives.
+    ``states`` memoises row states per submission (one queue query per submission, not per row)."""
+    sub = submissions.get(str(claim.get("submission_id", "")))
+    if sub is not None:
+        states = {} if states is None else states
+        if sub.submission_id not in states:
+            states[sub.submission_id] = {r.id: r.state for r in submission_status(results, sub).rows}
+        return states[sub.submission_id].get(row_id, "") in ("pending", "running")
+    if claim.get("host") == socket.gethostname():
+        return local_job_alive(str(claim.get("pid", "")))
+    return time.time() - float(claim.get("created", 0) or 0) < CLAIM_GRACE_S
+
+
+def claim_rows(results: ResultsRoot, specs: list, submission_id: str) -> tuple[list, dict[str, str]]:
+    """Claim every row for ``submission_id`` (O_EXCL, under the root's claims lock). Returns
+    (claimed specs, {row id: "in flight in submission X"} for rows another live submission holds).
+    Stale claims (their job left the queue) are taken over."""
+    claimed, busy = [], {}
+    mine = {"submission_id": submission_id, "host": socket.gethostname(), "pid": os.getpid(), "created": time.time()}
+    with claims_lock(results):
+        submissions = {s.submission_id: s for s in load_submissions(results)}
+        states: dict[str, dict[str, str]] = {}
+        for spec in specs:
+            if not try_claim(results, spec.id, mine):
+                held = read_claim(results, spec.id) or {}
+                if claim_is_live(results, spec.id, held, submissions, states):
+                    busy[spec.id] = f"in flight in submission {held.get('submission_id', '?')}"
+                    continue
+                claim_path(results, spec.id).unlink(missing_ok=True)
+                if not try_claim(results, spec.id, mine):
+                    busy[spec.id] = "claimed by another submission"
+                    continue
+            claimed.append(spec)
+    return claimed, busy
+
+
+def release_claims(results: ResultsRoot, specs: list, submission_id: str) -> None:
+    for spec in specs:
+        release_claim(results, spec.id, submission_id)

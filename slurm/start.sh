@@ -53,7 +53,7 @@ cp "$HERE/cgroup.conf" "$CONF_DIR/cgroup.conf"
 pkill -x slurmd 2>/dev/null || true
 pkill -x slurmctld 2>/dev/null || true
 sleep 1
-slurmctld -i            # -i: ignore state from an earlier run; job ids restart at 1
+slurmctld -i            # -i: start even if saved state is unreadable; job ids continue from the saved state
 slurmd
 for _ in $(seq 1 60); do
   if node_ready; then

@@ -76,7 +76,7 @@ def test_row_ids_follow_content_not_names(audio_dir, tmp_path):
     assert len(batch_ast.load_index(results)) == 1  # three rows, one transfer
 
 
-def test_failing_row_does_not_stop_the_others(audio_dir, tmp_path):
+def test_failing_row_does_not_stop_the_others(audio_dir, tmp_path, capsys):
     head, vals = tiny_columns()
     (audio_dir / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" + bytes(range(256)) * 4)
     (audio_dir / "empty.wav").write_bytes(b"")
@@ -96,9 +96,14 @@ def test_failing_row_does_not_stop_the_others(audio_dir, tmp_path):
     assert index.loc[1, "status"] == "ok" and index.loc[4, "status"] == "ok"
     assert index.loc[2, "status"] == "failed" and "corrupt.wav" in index.loc[2, "error"]
     assert index.loc[3, "status"] == "failed" and "empty.wav" in index.loc[3, "error"]
-    # failed rows are not retried by default, only with --retry-failed
-    assert submit(m, results) == 0
-    assert submit(m, results, "--retry-failed") == 0  # bad audio is not retryable
+    # failed rows are not retried by default, only with --retry-failed; the exit code still says
+    # that rows of this manifest failed, and the message names them and the flag that reruns them
+    capsys.readouterr()
+    assert submit(m, results) == 1
+    err = capsys.readouterr().err
+    assert "2 row(s) of this manifest failed before" in err and "row 2 [" in err and "row 3 [" in err
+    assert "--force reruns it" in err and "corrupt.wav" in err
+    assert submit(m, results, "--retry-failed") == 1  # bad audio is not retryable
     assert submit(m, results, "--force") == 1
 
 
@@ -114,8 +119,9 @@ def test_status_and_collect_commands(audio_dir, tmp_path, capsys):
     head, vals = tiny_columns()
     m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
     results = tmp_path / "results"
-    assert main(["status", str(results)]) == 0
-    assert "no submissions" in capsys.readouterr().out
+    for command in ("status", "collect", "report", "cancel", "analyse"):  # a typo never makes a root
+        assert main([command, str(results)]) == 2
+        assert "does not exist" in capsys.readouterr().err and not results.exists()
     assert submit(m, results) == 0
     capsys.readouterr()
     assert main(["status", str(results), "--all"]) == 0

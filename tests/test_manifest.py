@@ -51,8 +51,8 @@ def test_bom_whitespace_and_case_are_tolerated(audio_dir, config):
         ("content,style", "missing.wav,style.wav", "row 1 (line 2): column 'content'"),
         ("content,style,lr", "content.wav,style.wav,fast", "column 'lr': expected a number, got 'fast'"),
         ("content,style,lr", "content.wav,style.wav,-1", "column 'lr': must be a number > 0"),
-        ("content,style,lr", "content.wav,style.wav,nan", "expected a finite number"),
-        ("content,style,content_weight", "content.wav,style.wav,inf", "expected a finite number"),
+        ("content,style,lr", "content.wav,style.wav,nan", "expected a finite float32 number"),
+        ("content,style,content_weight", "content.wav,style.wav,inf", "expected a finite float32 number"),
         ("content,style,iterations", "content.wav,style.wav,2.5", "expected an integer"),
         ("content,style,n_fft", "content.wav,style.wav,0", "column 'n_fft': must be an integer in"),
         ("content,style,optimizer", "content.wav,style.wav,sgd", "must be one of lbfgs, adam, adamw"),
@@ -123,7 +123,7 @@ def test_yaml_overrides_defaults_and_adds_presets(tmp_path):
 def test_resource_columns_are_parsed_and_not_hyperparameters(audio_dir, config):
     m = write_manifest(audio_dir, ["content.wav,style.wav,30,1,", "content.wav,style.wav,x,,"], header="content,style,timeout_min,gpus,mem_gb")
     found = problems(m, config)
-    assert found == ["row 2 (line 3): column 'timeout_min': expected a non-negative int, got 'x'"]
+    assert found == ["row 2 (line 3): column 'timeout_min': expected an integer >= 1, got 'x'"]
     m = write_manifest(audio_dir, ["content.wav,style.wav,30,1,", "content.wav,style.wav,,,4.5"], header="content,style,timeout_min,gpus,mem_gb")
     rows = read_manifest(m, config)
     assert rows[0].resources == {"timeout_min": 30, "gpus": 1} and rows[1].resources == {"mem_gb": 4.5}
