@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DEMO_AUDIO = REPO / "manifests" / "audio"
 SHARED_AUDIO = REPO.parent / "shared" / "audio"
+
+# The device the math, transfer, phase and batched tests compute on: cpu here, cuda in
+# benchmarks/gpu-check.sh (BATCH_AST_TEST_DEVICE=cuda).
+TEST_DEVICE_NAME = os.environ.get("BATCH_AST_TEST_DEVICE", "cpu")
 
 # Small enough for 2 CPU cores in about a second per row, large enough to be real.
 TINY = {
@@ -45,3 +50,14 @@ def write_manifest(folder: Path, rows: list[str], header: str = "content,style",
     path = folder / name
     path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
     return path
+
+
+def device_under_test():
+    """torch.device of BATCH_AST_TEST_DEVICE; the tests that use it fail (not skip) when it is asked
+    for and absent, so a GPU check cannot pass on the CPU by accident."""
+    import torch
+
+    device = torch.device(TEST_DEVICE_NAME)
+    if device.type == "cuda":
+        assert torch.cuda.is_available(), "BATCH_AST_TEST_DEVICE=cuda but torch sees no CUDA device"
+    return device

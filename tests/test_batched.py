@@ -23,10 +23,10 @@ from batch_ast.plan import make_plan
 from batch_ast.store import ResultsRoot
 from batch_ast.transfer import StyleTransfer, evaluate_alone
 
-from .conftest import TINY, tiny_columns, write_manifest
+from .conftest import TINY, device_under_test, tiny_columns, write_manifest
 from .test_math import spec_of
 
-CPU = torch.device("cpu")
+CPU = device_under_test()  # named CPU historically; BATCH_AST_TEST_DEVICE switches it
 # content, style, seconds of content: unequal lengths exercise the padded batch
 PAIRS = [
     ("speech_gettysburg.wav", "boogie_marabi.wav", None),

@@ -22,7 +22,9 @@ from batch_ast.transfer import (
     style_loss,
 )
 
-from .conftest import DEMO_AUDIO, TINY
+from .conftest import DEMO_AUDIO, TINY, device_under_test
+
+DEVICE = device_under_test()  # cpu, or cuda under benchmarks/gpu-check.sh
 
 
 def params(**over):
@@ -51,7 +53,7 @@ def test_content_loss_is_per_frame_and_zero_at_target():
 def test_losses_vanish_at_the_inputs_themselves():
     p = params()
     content, style = spec_of("speech_gettysburg.wav", p), spec_of("boogie_marabi.wav", p)
-    t = StyleTransfer(content, style, p, torch.device("cpu"))
+    t = StyleTransfer(content, style, p, DEVICE)
     _, c, _ = t.loss_terms(content)
     _, _, s = t.loss_terms(style)
     assert c.item() == 0.0 and s.item() == 0.0
@@ -67,7 +69,7 @@ def test_features_shape_and_seeded_weights():
 
 
 def run(p):
-    t = StyleTransfer(spec_of("speech_gettysburg.wav", p), spec_of("boogie_marabi.wav", p), p, torch.device("cpu"))
+    t = StyleTransfer(spec_of("speech_gettysburg.wav", p), spec_of("boogie_marabi.wav", p), p, DEVICE)
     t.run()
     return t
 
@@ -94,10 +96,10 @@ def test_resume_from_state_reaches_the_same_spectrogram(tmp_path):
         p = params(optimizer=optimizer, lr=1.0 if optimizer == "lbfgs" else 0.3, iterations=20, patience=1000)
         full = run(p)
         content, style = spec_of("speech_gettysburg.wav", p), spec_of("boogie_marabi.wav", p)
-        first = StyleTransfer(content, style, p, torch.device("cpu"))
+        first = StyleTransfer(content, style, p, DEVICE)
         first.run(should_pause=lambda t=first: t.iteration >= 7)
         torch.save(first.state_dict(), tmp_path / "ckpt.pt")
-        second = StyleTransfer(content, style, p, torch.device("cpu"))
+        second = StyleTransfer(content, style, p, DEVICE)
         second.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=False))
         assert second.iteration == 7
         second.run()
@@ -109,13 +111,13 @@ def test_too_short_input_is_a_clear_error():
     p = params(kernel_size=11)
     short = torch.rand(p["n_fft"] // 2 + 1, 6)
     with pytest.raises(TransferError, match="shorter than kernel_size 11"):
-        StyleTransfer(short, spec_of("boogie_marabi.wav", p), p, torch.device("cpu"))
+        StyleTransfer(short, spec_of("boogie_marabi.wav", p), p, DEVICE)
 
 
 def test_silent_inputs_give_finite_results():
     p = params()
-    silent = torch.zeros(p["n_fft"] // 2 + 1, 80)
-    t = StyleTransfer(silent, silent, p, torch.device("cpu"))
+    silent = torch.zeros(p["n_fft"] // 2 + 1, 80, device=DEVICE)
+    t = StyleTransfer(silent, silent, p, DEVICE)
     t.run()
     x, terms = t.result()
     assert all(math.isfinite(v) for v in (terms.total, terms.content, terms.style))
@@ -129,13 +131,13 @@ def test_griffin_lim_matches_librosa_quality():
     n_fft, hop = 512, 128
     audio = load_audio(DEMO_AUDIO / "harp_harmony.wav", 16000, 2.0)
     magnitude = np.abs(librosa.stft(audio, n_fft=n_fft, hop_length=hop))
-    ours = griffin_lim(torch.from_numpy(magnitude), n_fft, hop, n_iter=32, momentum=0.99, length=len(audio))
+    ours = griffin_lim(torch.from_numpy(magnitude).to(DEVICE), n_fft, hop, n_iter=32, momentum=0.99, length=len(audio))
     theirs = librosa.griffinlim(
         magnitude, n_iter=32, hop_length=hop, n_fft=n_fft, momentum=0.99, length=len(audio), random_state=0
     )
-    mag = torch.from_numpy(magnitude)
+    mag = torch.from_numpy(magnitude).to(DEVICE)
     sc_ours = spectral_convergence(mag, ours, n_fft, hop)
-    sc_theirs = spectral_convergence(mag, torch.from_numpy(theirs), n_fft, hop)
+    sc_theirs = spectral_convergence(mag, torch.from_numpy(theirs).to(DEVICE), n_fft, hop)
     assert sc_ours < 0.5, sc_ours
     assert sc_ours <= sc_theirs * 1.1, (sc_ours, sc_theirs)
 
@@ -154,12 +156,12 @@ def test_metrics_cover_the_index_columns_and_behave():
     p = params()
     content = load_audio(DEMO_AUDIO / "speech_gettysburg.wav", p["sample_rate"], p["max_seconds"])
     style = load_audio(DEMO_AUDIO / "boogie_marabi.wav", p["sample_rate"], p["max_seconds"])
-    as_content = output_metrics(content, content, style, p, torch.device("cpu"))
+    as_content = output_metrics(content, content, style, p, DEVICE)
     assert set(as_content) == set(METRIC_COLUMNS)
     assert as_content["content_distance"] == 0.0 and as_content["content_distance_heldout"] == 0.0
     assert as_content["lsd_to_content_db"] == 0.0 and as_content["onset_corr_content"] == pytest.approx(1.0)
     assert as_content["style_distance"] == pytest.approx(as_content["style_distance_of_content"])
-    as_style = output_metrics(style, content, style, p, torch.device("cpu"))
+    as_style = output_metrics(style, content, style, p, DEVICE)
     assert as_style["style_distance"] == 0.0 and as_style["style_distance_heldout"] == 0.0
     assert as_style["content_distance"] > 0.1 and as_style["lsd_to_content_db"] > 1.0
 
@@ -178,7 +180,7 @@ def test_tomczak_general_loss_terms_vanish_at_their_targets():
     content, style = spec_of("speech_gettysburg.wav", p), spec_of("boogie_marabi.wav", p)
     frames = min(content.shape[-1], style.shape[-1])
     content, style = content[:, :frames], style[:, :frames]
-    t = StyleTransfer(content, style, p, torch.device("cpu"))
+    t = StyleTransfer(content, style, p, DEVICE)
     # At x = style input: the beta (content of B) and delta (style of B) terms vanish, gamma remains.
     total_at_style, _, _ = t.loss_terms(style)
     gamma_only = style_loss(gram(features(style, t.weight)), t.style_target_content)
@@ -186,7 +188,7 @@ def test_tomczak_general_loss_terms_vanish_at_their_targets():
     # At x = content input: gamma vanishes, alpha is off, beta and delta remain (> 0).
     total_at_content, _, _ = t.loss_terms(content)
     assert total_at_content.item() > 0
-    plain = StyleTransfer(content, style, params(), torch.device("cpu"))
+    plain = StyleTransfer(content, style, params(), DEVICE)
     assert plain.content_target_style is None and plain.style_target_content is None
 
 
@@ -201,7 +203,7 @@ def test_beat_segmented_transfer_follows_the_grid_and_resumes():
     sb = beat_frames(s_audio, p["sample_rate"], p["hop_length"])
     segments = paired_segments(beat_frames(c_audio, p["sample_rate"], p["hop_length"]), sb, c.shape[-1], s.shape[-1])
     assert len(segments) >= 3
-    full = SegmentedTransfer(c, s, segments, p, torch.device("cpu"))
+    full = SegmentedTransfer(c, s, segments, p, DEVICE)
     while full.step():
         pass
     x, terms = full.result()
@@ -209,16 +211,16 @@ def test_beat_segmented_transfer_follows_the_grid_and_resumes():
     assert x.shape == (c.shape[0], grid) and full.iteration == 4 * len(segments)
     assert "beat segments" in full.stop_reason and math.isfinite(terms.total)
     # interrupt in the second segment, resume from the state: same result
-    part = SegmentedTransfer(c, s, segments, p, torch.device("cpu"))
+    part = SegmentedTransfer(c, s, segments, p, DEVICE)
     for _ in range(6):
         part.step()
-    resumed = SegmentedTransfer(c, s, segments, p, torch.device("cpu"))
+    resumed = SegmentedTransfer(c, s, segments, p, DEVICE)
     resumed.load_state_dict(part.state_dict())
     while resumed.step():
         pass
     torch.testing.assert_close(resumed.result()[0], x)
     with pytest.raises(TransferError, match="fewer than two beats"):
-        SegmentedTransfer(c, s, [], p, torch.device("cpu"))
+        SegmentedTransfer(c, s, [], p, DEVICE)
 
 
 def test_reduced_precision_reaches_the_float32_loss_and_tf32_is_float32_on_cpu():
@@ -226,10 +228,10 @@ def test_reduced_precision_reaches_the_float32_loss_and_tf32_is_float32_on_cpu()
     content, style = spec_of("speech_gettysburg.wav", params()), spec_of("boogie_marabi.wav", params())
     runs = {}
     for precision in ("float32", "tf32", "bf16"):
-        t = StyleTransfer(content, style, params(precision=precision, iterations=20, patience=1000), torch.device("cpu"))
+        t = StyleTransfer(content, style, params(precision=precision, iterations=20, patience=1000), DEVICE)
         t.run()
         runs[precision] = t.result()[0]
-    judge = StyleTransfer(content, style, params(), torch.device("cpu"))
+    judge = StyleTransfer(content, style, params(), DEVICE)
     loss = {k: judge.loss_terms(x)[0].item() for k, x in runs.items()}
     assert torch.equal(runs["tf32"], runs["float32"])  # a CUDA mode: no effect on the CPU
     assert loss["bf16"] == pytest.approx(loss["float32"], rel=0.05)

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# The GPU check of issue #14, as one script: on a GPU machine in about 8 minutes it
+#   1. installs the project beside the machine's own CUDA torch (a venv with system site packages,
+#      so pip keeps that torch when it satisfies pyproject's range and downloads nothing),
+#   2. runs the test suite (not slurm, not browser) with the tests' device switched to CUDA
+#      (BATCH_AST_TEST_DEVICE: honoured by the math, transfer, phase and batched tests; the job
+#      tests use device auto, i.e. the GPU),
+#   3. runs the bench sections step, gl, transfer, batch and precision on the device,
+#   4. runs a 16-row `quick` manifest through the local executor with --batch-rows 1 and 8 and
+#      prints rows per hour and peak device memory of each.
+# Everything it prints is also written to files in OUTDIR (log, versions, pytest XML, bench JSON/CSV,
+# rows-per-hour table). It runs on the CPU too (DEVICE=cpu) so it can be tested without a GPU;
+# GPU_CHECK_QUICK=1 shrinks every step to a smoke test of the script itself.
+#
+# usage: benchmarks/gpu-check.sh OUTDIR [cuda|cpu]
+set -uo pipefail
+OUT="${1:?usage: benchmarks/gpu-check.sh OUTDIR [cuda|cpu]}"
+DEVICE="${2:-cuda}"
+QUICK="${GPU_CHECK_QUICK:-0}"
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+exec > >(tee "$OUT/gpu-check.log") 2>&1
+failures=0
+step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
+check() { local rc=$?; if [ $rc -ne 0 ]; then echo "FAILED ($rc): $*"; failures=$((failures + 1)); fi; }
+
+step "install"
+VENV="${GPU_CHECK_VENV:-.venv-gpu}"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv --system-site-packages "$VENV"
+fi
+PY="$VENV/bin/python"
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  # no torch on this machine: the small CPU wheel (on a GPU machine this means the check is moot)
+  "$PY" -m pip install -q torch==2.13.0
+fi
+"$PY" -m pip install -q -e '.[test]'
+check "install"
+
+step "versions"
+{
+  "$PY" - <<'EOF'
+import platform, torch
+print("python", platform.python_version())
+print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())
+print("cuda available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("gpu", p.name, f"{p.total_memory / 2**30:.1f} GiB", f"sm {p.major}.{p.minor}")
+EOF
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+} | tee "$OUT/versions.txt"
+if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "FAILED: DEVICE=cuda but torch sees no CUDA device"; exit 2
+fi
+
+step "tests on $DEVICE"
+if [ "$QUICK" = 1 ]; then TESTS=(tests/test_math.py -k "griffin_lim or gradient"); else TESTS=(-m "not slurm and not browser"); fi
+BATCH_AST_TEST_DEVICE="$DEVICE" timeout 300 "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" \
+  --junitxml "$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.txt"
+check "tests"
+
+step "bench on $DEVICE"
+if [ "$QUICK" = 1 ]; then SECTIONS=(gl); BENCH_FLAGS=(--quick); else SECTIONS=(step gl transfer batch precision); BENCH_FLAGS=(); fi
+timeout 240 "$PY" -m batch_ast.bench --device "$DEVICE" "${BENCH_FLAGS[@]}" --only "${SECTIONS[@]}" --out "$OUT/bench"
+check "bench"
+
+step "16 rows through the local executor, --batch-rows 1 vs 8"
+ROWS=16; ITER=""
+if [ "$QUICK" = 1 ]; then ROWS=2; ITER=",iterations,griffin_lim_iters"; fi
+WORK="$OUT/rows"; rm -rf "$WORK"; mkdir -p "$WORK"
+{
+  echo "id,content,style,preset,seed,device${ITER}"
+  for i in $(seq 1 "$ROWS"); do
+    extra=""; [ "$QUICK" = 1 ] && extra=",5,4"
+    echo "row$i,$PWD/manifests/audio/speech_gettysburg.wav,$PWD/manifests/audio/boogie_marabi.wav,quick,0,$DEVICE$extra"
+  done
+} > "$WORK/rows.csv"
+# Equal seeds: the rows share one network, so --batch-rows can optimise them in one batched conv.
+# A slightly different content_weight per row keeps their row ids distinct (equal rows run once).
+"$PY" - "$WORK/rows.csv" <<'EOF'
+import csv, sys
+path = sys.argv[1]
+rows = list(csv.DictReader(open(path)))
+for i, row in enumerate(rows):
+    row["content_weight"] = f"{4.3 * (1 + i / 100):.4f}"
+with open(path, "w", newline="") as fh:
+    writer = csv.DictWriter(fh, fieldnames=[*rows[0].keys()])
+    writer.writeheader(); writer.writerows(rows)
+EOF
+echo "batch_rows,rows,seconds,rows_per_hour,peak_device_mib" > "$OUT/rows-per-hour.csv"
+for BATCH in 1 8; do
+  RES="$WORK/results-b$BATCH"
+  MEMLOG="$WORK/mem-b$BATCH.txt"; : > "$MEMLOG"
+  if [ "$DEVICE" = cuda ] && command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$MEMLOG" & SAMPLER=$!
+  else
+    SAMPLER=""
+  fi
+  START=$(date +%s.%N)
+  timeout 300 "$VENV/bin/batch-ast" submit "$WORK/rows.csv" --results "$RES" --executor local \
+    --rows-per-job "$ROWS" --batch-rows "$BATCH" --quiet
+  check "submit --batch-rows $BATCH"
+  END=$(date +%s.%N)
+  [ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null
+  "$PY" - "$BATCH" "$ROWS" "$START" "$END" "$MEMLOG" "$RES" >> "$OUT/rows-per-hour.csv" <<'EOF'
+import sys
+import batch_ast
+batch, rows, start, end, memlog, res = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6]
+index = batch_ast.load_index(res)
+ok = int((index["status"] == "ok").sum())
+seconds = end - start
+samples = [float(x) for x in open(memlog).read().split() if x.strip()]
+peak = f"{max(samples):.0f}" if samples else "n/a"
+print(f"{batch},{ok},{seconds:.1f},{3600 * ok / seconds:.0f},{peak}")
+EOF
+done
+column -s, -t < "$OUT/rows-per-hour.csv"
+
+step "done: $failures step(s) failed; files in $OUT"
+ls "$OUT"
+exit $((failures > 0))
