@@ -27,8 +27,13 @@ def plot_effect(table: pd.DataFrame, param: str, metric: str, path: str | Path, 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6), constrained_layout=True)
-    ax.errorbar(table.index.astype(float), table["mean"], yerr=table["std"].fillna(0), marker="o", capsize=3)
-    if log_x and (table.index.astype(float) > 0).all():
+    numeric = pd.api.types.is_numeric_dtype(table.index)  # e.g. lr; optimizer or preset are not
+    x = table.index.astype(float) if numeric else list(range(len(table)))
+    ax.errorbar(x, table["mean"], yerr=table["std"].fillna(0), marker="o", capsize=3,
+                linestyle="-" if numeric else "none")
+    if not numeric:
+        ax.set_xticks(x, [str(v) for v in table.index])
+    elif log_x and (table.index.astype(float) > 0).all():
         ax.set_xscale("log")
     ax.set_xlabel(param)
     ax.set_ylabel(metric)

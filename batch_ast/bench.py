@@ -1,7 +1,7 @@
 """Benchmarks: where the time and memory of a transfer go, each figure a ratio against a reference
 measured in the same run (these machines are shared and noisy: never absolute thresholds).
 
-    python -m batch_ast.bench                 # everything (~15 min on 2 cores)
+    python -m batch_ast.bench                 # everything (~30 min on 2 cores)
     python -m batch_ast.bench --quick         # small sizes, no reference check (~3 min)
     python -m batch_ast.bench --only gl step  # some sections
 Writes a table to stdout and JSON + CSV (default benchmarks/latest.{json,csv}).
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import platform
@@ -19,20 +20,35 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
 
 from .config import load_config
 from .phase import griffin_lim, spectral_convergence
-from .transfer import StyleTransfer, features, gram, log_spectrogram, pick_device, row_filters
+from .transfer import (
+    STYLE_FORMS,
+    StyleTargets,
+    StyleTransfer,
+    content_loss,
+    features,
+    gram,
+    log_spectrogram,
+    pick_device,
+    row_filters,
+    style_form_for,
+    style_loss,
+    style_terms,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ["step", "compile", "gl", "transfer", "lbfgs", "precision", "batch", "prefetch", "reference", "overhead", "memory"]
+SECTIONS = ["step", "gram", "rows", "compile", "gl", "gl-curve", "transfer", "lbfgs", "precision", "batch", "prefetch", "reference", "overhead", "memory"]
 DEVICE = torch.device("cpu")  # set by --device; every torch section runs there
 
 
@@ -82,18 +98,26 @@ def matmul_flops(sizes: tuple[int, ...] = (1024, 2048, 4096)) -> float:
     return best
 
 
-def step_flops(n_bins: int, frames: int, n_filters: int, kernel: int) -> float:
-    """FLOPs of one loss+gradient evaluation (conv forward + input-gradient, Gram forward+backward)."""
+def step_flops(n_bins: int, frames: int, n_filters: int, kernel: int, style_form: str = "filters",
+               style_frames: int | None = None) -> float:
+    """The minimal FLOPs of one loss+gradient evaluation of the algorithm used: conv forward and its
+    input gradient (the weights are fixed), and the style loss in the row's form — filters: the
+    C×C Gram forward and one C×C×T matmul back (dL/dF = 4(G−Gs)F/T, G symmetric); frames: the
+    T×(T+Ts) products forward and one C×(T+Ts)×T matmul back. Elementwise work is not counted."""
     t_out = frames - kernel + 1
+    ts_out = t_out if style_frames is None else style_frames - kernel + 1
     conv = 2 * n_bins * kernel * n_filters * t_out
-    gram_fwd = 2 * n_filters * n_filters * t_out
-    gram_bwd = 2 * gram_fwd  # dL/dF = (dG + dGᵀ) F / T: one more C×C×T matmul pair
-    return 2 * conv + gram_fwd + gram_bwd
+    if style_form == "frames":
+        style = 2 * (2 * n_filters * t_out * (t_out + ts_out))
+    else:
+        style = 2 * (2 * n_filters * n_filters * t_out)
+    return 2 * conv + style
 
 
 def bench_step(name: str, seconds: float, sr: int, n_fft: int, hop: int, n_filters: int, peak: float) -> dict:
-    """Achieved FLOP/s of one loss+gradient evaluation over the matmul rate measured right around it
-    (the best of the run's first reference, one just before and one just after: the least disturbed)."""
+    """Achieved FLOP/s of one loss+gradient evaluation, counted as the minimal work of the form the
+    row uses, over the matmul rate measured right around it (the best of the run's first
+    reference, one just before and one just after: the least disturbed)."""
     p = load_config().resolve(
         dict(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_filters=n_filters, kernel_size=11, optimizer="adam", lr=0.1)
     )
@@ -108,17 +132,109 @@ def bench_step(name: str, seconds: float, sr: int, n_fft: int, hop: int, n_filte
     peak = max(peak, matmul_flops())
     sec = _timeit(evaluation, repeat=3)
     peak = max(peak, matmul_flops())
-    flops = step_flops(c.shape[0], c.shape[1], n_filters, 11)
+    flops = step_flops(c.shape[0], c.shape[1], n_filters, 11, t.style_form, s.shape[1])
     return {
         "section": "step",
         "case": name,
         "value": flops / sec / 1e9,
-        "unit": "GFLOP/s",
+        "unit": "GFLOP/s (minimal work)",
         "reference": peak / 1e9,  # GFLOP/s
         "ratio": flops / sec / peak,
-        "note": f"{c.shape[0]} bins x {c.shape[1]} frames, {n_filters} filters; {sec * 1000:.0f} ms per evaluation; "
+        "note": f"{c.shape[0]} bins x {c.shape[1]} frames, {n_filters} filters, style loss in the {t.style_form} "
+        f"form; {sec * 1000:.0f} ms per evaluation, minimal {flops / 1e9:.1f} GFLOP; "
         "reference: best torch float32 square matmul (1024-4096)",
     }
+
+
+def _legacy_loss_terms_from(self: StyleTransfer, feats: torch.Tensor):
+    """The loss as main computed it before issue #12: autograd through the C×C Gram matrices."""
+    if not hasattr(self, "_legacy_grams"):
+        t = self.style_targets
+        self._legacy_grams = t.grams or tuple(gram(f) for f in t.feats)
+    p, g = self.params, gram(feats)
+    c = content_loss(feats, self.content_target)
+    s = style_loss(g, self._legacy_grams[0])
+    total = p["content_weight"] * c + p["style_weight"] * s
+    if self.content_target_style is not None:
+        c_b = content_loss(feats, self.content_target_style)
+        total, c = total + p["content_weight_style"] * c_b, c + c_b
+    if len(self._legacy_grams) > 1:
+        s_a = style_loss(g, self._legacy_grams[1])
+        total, s = total + p["style_weight_content"] * s_a, s + s_a
+    return total, c, s
+
+
+def _legacy_evaluate(self: StyleTransfer):
+    """No evaluation cache: L-BFGS re-evaluates the point its line search ended on."""
+    self.evaluations += 1
+    return self.evaluate(self)
+
+
+@contextmanager
+def legacy_algorithm() -> Iterator[None]:
+    """Run transfers and jobs with main's algorithm before issue #12 (C×C Gram through autograd, no
+    evaluation cache, torch.istft in Griffin-Lim): the same-run reference of the speed headline.
+    Selectable in the benchmark only."""
+    from . import phase
+
+    with (
+        mock.patch.object(StyleTransfer, "loss_terms_from", _legacy_loss_terms_from),
+        mock.patch.object(StyleTransfer, "_evaluate_cached", _legacy_evaluate),
+        mock.patch.object(phase, "griffin_lim", functools.partial(phase.griffin_lim, istft="torch")),
+    ):
+        yield
+
+
+def bench_gram(peak: float) -> list[dict]:
+    """The style loss (loss + gradient w.r.t. the features) in each exact form at the sizes rows
+    have: main's autograd of the C×C definition, the filters form (one matmul back), the frames form
+    (T×T products, float64 forward); with their agreement on loss and gradient."""
+    rows = []
+    generator = torch.Generator().manual_seed(0)
+    cases = (
+        ("ulyanov-tf: 10 s", 4096, 421, 421),
+        ("default at 4 s", 4096, 163, 163),
+        ("quick: 4 s @ 16 kHz", 1024, 241, 241),
+        ("1024 filters, 10 s", 1024, 421, 421),
+        ("beat segment: ~21 frames, kernel 16", 4096, 6, 6),
+    )
+    for name, n_filters, frames, style_frames in cases:
+        f = torch.randn(n_filters, frames, generator=generator).relu().to(DEVICE).requires_grad_(True)
+        fs = (1.2 * torch.randn(n_filters, style_frames, generator=generator).relu()).to(DEVICE)
+        target_gram = gram(fs)
+
+        def legacy(f=f, target_gram=target_gram) -> torch.Tensor:
+            f.grad = None
+            loss = style_loss(gram(f), target_gram)
+            loss.backward()
+            return loss
+
+        timings, values = {"legacy": _timeit(legacy)}, {"legacy": (legacy().item(), f.grad.clone())}
+        for form in STYLE_FORMS:
+            targets = StyleTargets.of([fs], form)
+
+            def ours(f=f, targets=targets) -> torch.Tensor:
+                f.grad = None
+                loss = style_terms(f, targets)[0]
+                loss.backward()
+                return loss
+
+            timings[form] = _timeit(ours)
+            values[form] = (ours().item(), f.grad.clone())
+        chosen = style_form_for(n_filters, frames, [style_frames])
+        ref_loss, ref_grad = values["legacy"]
+        agree = ", ".join(
+            f"{form}: loss {abs(values[form][0] / ref_loss - 1):.1e}, gradient "
+            f"{((values[form][1] - ref_grad).norm() / ref_grad.norm()).item():.1e}"
+            for form in STYLE_FORMS
+        )
+        rows.append(_speedup_row(
+            "gram", f"{name} ({n_filters} filters x {frames} frames)", timings["legacy"], timings[chosen],
+            "than main's autograd Gram",
+            f"main {timings['legacy'] * 1000:.1f} ms, filters form {timings['filters'] * 1000:.1f} ms, frames form "
+            f"{timings['frames'] * 1000:.1f} ms; chosen by size: {chosen}; relative difference to main: {agree}",
+        ))
+    return rows
 
 
 def bench_compile(seconds: float, sr: int, n_fft: int, hop: int, n_filters: int) -> dict:
@@ -161,24 +277,146 @@ def bench_griffin_lim(seconds: float, sr: int, n_fft: int, hop: int, n_iter: int
     audio = _signal(seconds, sr)
     mag = np.abs(librosa.stft(audio, n_fft=n_fft, hop_length=hop)).astype(np.float32)
     mag_t = _tensor(mag)
-    ours_s = _timeit(lambda: griffin_lim(mag_t, n_fft, hop, n_iter=n_iter, length=len(audio)), repeat=2)
+
+    def ours(istft: str = "overlap-add") -> torch.Tensor:
+        return griffin_lim(mag_t, n_fft, hop, n_iter=n_iter, length=len(audio), istft=istft)
+
+    ours_s = _timeit(ours, repeat=2)
+    torch_istft_s = _timeit(lambda: ours("torch"), repeat=2)
     theirs_s = _timeit(
         lambda: librosa.griffinlim(mag, n_iter=n_iter, hop_length=hop, n_fft=n_fft, length=len(audio), random_state=0),
         repeat=2,
     )
-    ours = griffin_lim(mag_t, n_fft, hop, n_iter=n_iter, length=len(audio))
     theirs = librosa.griffinlim(mag, n_iter=n_iter, hop_length=hop, n_fft=n_fft, length=len(audio), random_state=0)
-    sc_ours = spectral_convergence(mag_t, ours, n_fft, hop)
+    sc_ours = spectral_convergence(mag_t, ours(), n_fft, hop)
+    sc_torch = spectral_convergence(mag_t, ours("torch"), n_fft, hop)
     sc_theirs = spectral_convergence(mag_t, _tensor(theirs), n_fft, hop)
     case = f"{seconds:g} s @ {sr} Hz, n_fft {n_fft}, {n_iter} iters"
     return [
         {"section": "griffin_lim", "case": case, "value": theirs_s / ours_s, "unit": "x faster than librosa",
          "reference": theirs_s, "ratio": theirs_s / ours_s,
          "note": f"batch-ast {ours_s:.2f} s vs librosa.griffinlim {theirs_s:.2f} s"},
+        _speedup_row("griffin_lim", case + " (inverse STFT)", torch_istft_s, ours_s, "than with torch.istft",
+                     f"overlap-add with a precomputed window envelope {ours_s:.2f} s vs torch.istft {torch_istft_s:.2f} s "
+                     f"(whole Griffin-Lim); spectral convergence {sc_ours:.5f} vs {sc_torch:.5f}"),
         {"section": "griffin_lim", "case": case + " (spectral convergence)", "value": sc_ours, "unit": "SC",
          "reference": sc_theirs, "ratio": sc_ours / sc_theirs,
          "note": "ratio < 1: batch-ast's reconstruction is closer to the target magnitude"},
     ]
+
+
+GL_CURVE_ITERS = (16, 32, 64, 100, 200, 500)
+
+
+def bench_gl_curve(presets: tuple[str, ...], transfer_iterations: int) -> list[dict]:
+    """Spectral convergence after 16…500 Griffin-Lim iterations at each preset's sizes, for the
+    magnitude an optimisation produced (inconsistent: SC cannot reach 0) and for a recording's:
+    what justifies each preset's ``griffin_lim_iters``."""
+    from .phase import magnitude_from_log
+
+    rows = []
+    for preset in presets:
+        p = load_config().resolve({"preset": preset, "iterations": transfer_iterations, "device": DEVICE.type})
+        sr, n_fft, hop = p["sample_rate"], p["n_fft"], p["hop_length"]
+        content, style = (_signal(p["max_seconds"], sr, i) for i in range(2))
+        content_spec, style_spec = (log_spectrogram(_tensor(a), n_fft, hop) for a in (content, style))
+        t = StyleTransfer(content_spec, style_spec, p, DEVICE)
+        t.run()
+        targets = {
+            f"transfer output ({t.iteration} L-BFGS iterations)": magnitude_from_log(t.result()[0]),
+            "recording": torch.expm1(content_spec),
+        }
+        for kind, magnitude in targets.items():
+            curve = {}
+            for n in GL_CURVE_ITERS:
+                audio = griffin_lim(magnitude, n_fft, hop, n_iter=n, seed=p["seed"], length=len(content))
+                curve[n] = spectral_convergence(magnitude, audio, n_fft, hop)
+            chosen = p["griffin_lim_iters"]
+            at_chosen = curve.get(chosen) or spectral_convergence(
+                magnitude, griffin_lim(magnitude, n_fft, hop, n_iter=chosen, seed=p["seed"], length=len(content)),
+                n_fft, hop)
+            rows.append({
+                "section": "gl_curve", "case": f"{preset} ({p['max_seconds']:g} s, n_fft {n_fft}): {kind}",
+                "value": at_chosen, "unit": f"SC at the preset's {chosen} iterations", "reference": curve[500],
+                "ratio": at_chosen / curve[500], "curve": curve,
+                "note": "SC by iterations: " + ", ".join(f"{n}: {v:.4f}" for n, v in curve.items()),
+            })
+    return rows
+
+
+def _row_record(content: Path, style: Path, preset: str, folder: Path, **overrides: Any) -> dict:
+    """One manifest row run by the real job code (decode, optimise, Griffin-Lim, files, figures,
+    metrics), its record returned."""
+    from .job import run_row
+    from .manifest import read_manifest
+    from .plan import make_plan
+    from .store import ResultsRoot
+
+    folder.mkdir(parents=True)
+    settings = {"preset": preset, "device": DEVICE.type, **overrides}
+    manifest = folder / "rows.csv"
+    manifest.write_text(",".join(["content", "style", *settings]) + "\n"
+                        + ",".join([str(content), str(style), *map(str, settings.values())]) + "\n")
+    results = ResultsRoot(folder / "results")
+    (spec,) = make_plan(read_manifest(manifest, load_config()), results, manifest).to_run
+    record = run_row(spec, results)
+    assert record["status"] == "ok", record.get("error")
+    return record
+
+
+TABLE_COLUMNS = ("section", "case", "value", "unit", "reference", "ratio", "note")
+STAGES = ("load", "optimize", "phase", "write", "figures", "metrics")
+
+
+def bench_rows(presets: tuple[str, ...]) -> list[dict]:
+    """The headline: rows per hour of whole rows through the job, main's algorithm before issue #12
+    (``legacy_algorithm``) against today's, in the same run, with the time per stage. The
+    ulyanov-tf row uses the reference pair (imperial + usa) when shared/audio is there."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        pair = (SHARED / "ulyanov" / "imperial.mp3", SHARED / "ulyanov" / "usa.mp3")
+        if not all(f.exists() for f in pair):
+            import soundfile as sf
+
+            pair = (folder / "content.wav", folder / "style.wav")
+            for i, path in enumerate(pair):
+                sf.write(path, _signal(10.0, 22050, i), 22050)
+        inputs = {"quick": (DEMO / "speech_gettysburg.wav", DEMO / "boogie_marabi.wav")}
+        _row_record(*inputs["quick"], "quick", folder / "warm-up", iterations=2, griffin_lim_iters=2)
+        for preset in presets:
+            content, style = inputs.get(preset, pair)
+            with legacy_algorithm():
+                old = _row_record(content, style, preset, folder / f"{preset}-main")
+            new = _row_record(content, style, preset, folder / f"{preset}-new")
+            split = "; ".join(
+                f"{label} " + ", ".join(f"{stage} {r[f'time_{stage}_s']:.1f}" for stage in STAGES)
+                for label, r in (("main", old), ("new", new))
+            )
+            per_iteration = {label: r["evaluations"] / max(r["iterations_run"], 1) for label, r in (("main", old), ("new", new))}
+            loss_change = new["final_total"] / old["final_total"] - 1
+            rows.append({
+                "section": "rows", "case": f"{preset}: {content.name} + {style.name}",
+                "value": 3600 / new["time_total_s"], "unit": "rows per hour (today)",
+                "reference": 3600 / old["time_total_s"], "ratio": old["time_total_s"] / new["time_total_s"],
+                "note": f"main {old['time_total_s']:.1f} s per row, new {new['time_total_s']:.1f} s; "
+                f"L-BFGS iterations {old['iterations_run']} vs {new['iterations_run']} "
+                f"({old['stop_reason']} vs {new['stop_reason']}); evaluations per iteration "
+                f"{per_iteration['main']:.2f} vs {per_iteration['new']:.2f}; final loss {old['final_total']:.6g} vs "
+                f"{new['final_total']:.6g} ({loss_change:+.3%}); new style form: {new['style_form']}; "
+                f"seconds per stage: {split}",
+                "stages_main": {stage: old[f"time_{stage}_s"] for stage in STAGES},
+                "stages_new": {stage: new[f"time_{stage}_s"] for stage in STAGES},
+            })
+            rows.append({
+                "section": "rows", "case": f"{preset}: L-BFGS evaluations per iteration",
+                "value": per_iteration["new"], "unit": "evaluations per iteration (today)",
+                "reference": per_iteration["main"], "ratio": per_iteration["new"] / per_iteration["main"],
+                "note": f"main {old['evaluations']} evaluations for {old['iterations_run']} iterations, "
+                f"new {new['evaluations']} for {new['iterations_run']}",
+            })
+            print_table(rows[-2:])
+    return rows
 
 
 def student_loop(c: torch.Tensor, s: torch.Tensor, p: dict, iterations: int) -> tuple[float, float]:
@@ -563,14 +801,22 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(bench_step("small: 4 s @ 16 kHz, n_fft 1024, 1024 filters", 4, 16000, 1024, 256, 1024, peak))
         if not args.quick:
             rows.append(bench_step("realistic: 10 s @ 22.05 kHz, n_fft 2048, 4096 filters", 10, 22050, 2048, 512, 4096, peak))
-            realistic_eval_s = step_flops(1025, 431, 4096, 11) / (rows[-1]["value"] * 1e9)
+            realistic_eval_s = step_flops(1025, 431, 4096, 11, "frames") / (rows[-1]["value"] * 1e9)
         print_table(rows[-1:])
+    if "gram" in sections:
+        rows += bench_gram(peak)
+        print_table(rows[-5:])
+    if "rows" in sections:
+        rows += bench_rows(("quick",) if args.quick else ("quick", "ulyanov-tf"))
     if "compile" in sections:
         rows.append(bench_compile(4, 16000, 1024, 256, 1024))
         print_table(rows[-1:])
     if "gl" in sections:
         rows += bench_griffin_lim(4 if args.quick else 10, 22050, 2048, 512, 32 if args.quick else 100)
-        print_table(rows[-2:])
+        print_table(rows[-3:])
+    if "gl-curve" in sections:
+        rows += bench_gl_curve(("quick",) if args.quick else ("quick", "ulyanov-tf"), 30 if args.quick else 100)
+        print_table(rows[-(2 if args.quick else 4):])
     if "transfer" in sections:
         rows.append(bench_whole_transfer(4, 16000, 1024, 256, 512 if args.quick else 1024, 100 if args.quick else 300))
         print_table(rows[-1:])
@@ -593,7 +839,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table(rows[-4:])
     if "overhead" in sections:
         if realistic_eval_s is None:
-            realistic_eval_s = step_flops(1025, 431, 4096, 11) / (0.5 * peak)  # assume half the matmul rate
+            realistic_eval_s = step_flops(1025, 431, 4096, 11, "frames") / (0.5 * peak)  # assume half the matmul rate
         rows += bench_overhead(300 * realistic_eval_s)
         print_table(rows[-3:])
     if "memory" in sections:
@@ -610,7 +856,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     with out.with_suffix(".csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["section"])
+        # the CSV keeps the table columns; curves and stage splits are in the JSON
+        writer = csv.DictWriter(fh, fieldnames=list(TABLE_COLUMNS), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     print("\nall results:")

@@ -83,6 +83,14 @@ NOT_IN_ID = frozenset({"device", "preset", "max_memory_gb"})
 ID_NEUTRAL = {"precision": "float32"}
 
 
+def flatten_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A record (or row spec) as one flat index row: its ``params`` spread into columns; records
+    written before a hyperparameter existed ran with its neutral value (``ID_NEUTRAL``)."""
+    rest = dict(record)
+    params = rest.pop("params", {}) or {}
+    return {**ID_NEUTRAL, **params, **rest}
+
+
 # Largest finite float32: every float hyperparameter ends up in float32 arithmetic on the device.
 FLOAT32_MAX = 3.4028234663852886e38
 # A config or profile is a few hundred bytes; anything near this is a mistake or an attack.

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config import ID_NEUTRAL, PARAMS
+from .config import PARAMS, flatten_record
 from .store import TMP_PREFIX, ResultsError, ResultsRoot, describe_os_error, short_path, write_atomic
 
 SCHEMA_VERSION = 1
@@ -63,6 +63,8 @@ INDEX_SCHEMA = pa.schema(
         ("warning", pa.string()),
         *[(name, _PARAM_TYPES[spec.kind]) for name, spec in PARAMS.items()],
         ("iterations_run", pa.int64()),
+        ("evaluations", pa.int64()),
+        ("style_form", pa.string()),
         ("stop_reason", pa.string()),
         ("resumed_from_iteration", pa.int64()),
         ("resumes", pa.int64()),
@@ -103,6 +105,7 @@ TRACES_SCHEMA = pa.schema(
         ("total", pa.float64()),
         ("content", pa.float64()),
         ("style", pa.float64()),
+        ("evaluations", pa.int64()),
     ],
     metadata={"batch_ast_schema_version": str(SCHEMA_VERSION)},
 )
@@ -155,9 +158,7 @@ def _read_records(results: ResultsRoot, report: CollectReport, progress: bool = 
         except (OSError, ValueError) as exc:
             report.skipped.append(f"{path}: unreadable record ({exc})")
             continue
-        params = data.pop("params", {}) or {}
-        # records written before a hyperparameter existed ran with its neutral value
-        records.append({**ID_NEUTRAL, **params, **data})
+        records.append(flatten_record(data))
     return records
 
 
@@ -181,8 +182,11 @@ def _traces_table(results: ResultsRoot, ok_ids: list[str], report: CollectReport
         except (OSError, pa.ArrowException) as exc:
             report.skipped.append(f"{path}: unreadable trace ({exc})")
             continue
-        ids = pa.array([rid] * table.num_rows, pa.string())
-        tables.append(table.append_column("id", ids).select(TRACES_SCHEMA.names).cast(TRACES_SCHEMA))
+        table = table.append_column("id", pa.array([rid] * table.num_rows, pa.string()))
+        for name in TRACES_SCHEMA.names:  # traces written before a column existed
+            if name not in table.column_names:
+                table = table.append_column(name, pa.nulls(table.num_rows, TRACES_SCHEMA.field(name).type))
+        tables.append(table.select(TRACES_SCHEMA.names).cast(TRACES_SCHEMA))
     if not tables:
         return TRACES_SCHEMA.empty_table()
     return pa.concat_tables(tables)
@@ -209,8 +213,7 @@ def _regenerate_missing_figures(results: ResultsRoot, records: list[dict], repor
         except Exception as exc:  # noqa: BLE001 - the row stays as it was, with its figure_error
             report.skipped.append(f"{results.run_dir(record['id'])}: figures not regenerated ({type(exc).__name__}: {exc})")
             continue
-        params = fresh.pop("params", {}) or {}
-        records[i] = {**ID_NEUTRAL, **params, **fresh}
+        records[i] = flatten_record(fresh)
         report.figures_regenerated += 1
 
 
@@ -252,13 +255,30 @@ def _read_parquet(path: Path, root: str | Path) -> pa.Table:
 def load_index(root: str | Path = "results") -> pd.DataFrame:
     """The index as a DataFrame: one row per submitted row, typed columns (hyperparameters ready for
     groupby). Raises ResultsError (with what to do) when there is no readable index."""
-    frame = _read_parquet(ResultsRoot(root).index_path, root).to_pandas()
-    for name in ("status", "optimizer", "device", "preset", "stop_reason", "device_used"):
+    frame = _read_parquet(ResultsRoot(root).index_path, root).to_pandas(types_mapper=_NULLABLE_INTS.get)
+    for name in CATEGORY_COLUMNS:
         if name in frame:
             frame[name] = frame[name].astype("category")
     return frame
 
 
+# Text columns with few distinct values: categoricals group, filter and plot by value.
+CATEGORY_COLUMNS = (
+    "status", "optimizer", "activation", "rhythm", "beat_grid", "precision", "device", "preset",
+    "stop_reason", "style_form", "device_used",
+)
+# Integer columns stay integers where some rows have no value (a failed row has no iterations_run).
+_NULLABLE_INTS = {pa.int64(): pd.Int64Dtype()}
+
+
 def load_traces(root: str | Path = "results") -> pd.DataFrame:
-    """Loss traces in long format: id, iteration, total, content, style."""
-    return _read_parquet(ResultsRoot(root).traces_path, root).to_pandas()
+    """Loss traces in long format, one row per iteration of each ok row.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``id``, ``iteration``, ``total``, ``content``, ``style`` (losses at the iterate the
+        iteration started from) and ``evaluations`` (loss+gradient evaluations in the iteration,
+        nullable). Join hyperparameters from ``load_index`` on ``id``.
+    """
+    return _read_parquet(ResultsRoot(root).traces_path, root).to_pandas(types_mapper=_NULLABLE_INTS.get)

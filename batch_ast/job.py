@@ -28,7 +28,7 @@ from . import __version__
 from .plan import RowSpec, result_params
 from .store import ResultsRoot, release_claim, write_atomic, write_json_atomic
 
-TRACE_COLUMNS = ("iteration", "total", "content", "style")
+TRACE_COLUMNS = ("iteration", "total", "content", "style", "evaluations")
 
 
 # One limit for both: how often a row may be resumed, and how many time-limit requeues submitit
@@ -83,11 +83,12 @@ def configure_threads() -> None:
         torch.set_num_threads(int(cpus))
 
 
-def _write_trace(path: Path, trace: list[tuple[int, float, float, float]]) -> None:
+def _write_trace(path: Path, trace: list[tuple]) -> None:
     import pandas as pd
 
     frame = pd.DataFrame(trace, columns=list(TRACE_COLUMNS)).astype(
-        {"iteration": "int64", "total": "float64", "content": "float64", "style": "float64"}
+        {"iteration": "int64", "total": "float64", "content": "float64", "style": "float64",
+         "evaluations": "Int64"}  # unknown (None) for iterations resumed from an older checkpoint
     )
     write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
@@ -174,7 +175,7 @@ def regenerate_figures(results: ResultsRoot, record: dict[str, Any]) -> dict[str
         log_spectrogram(torch.from_numpy(load_audio(path, rate, p["max_seconds"])), n_fft, hop)
         for path in (spec.content, spec.style, results.root / record["output"])
     ]
-    trace = [tuple(t) for t in pd.read_parquet(results.root / record["trace"])[list(TRACE_COLUMNS)].itertuples(index=False)]
+    trace = [tuple(t) for t in pd.read_parquet(results.root / record["trace"])[list(TRACE_COLUMNS[:4])].itertuples(index=False)]
     figures = _write_figures(spec, results, *specs, trace)
     updated = {k: v for k, v in record.items() if k not in ("figure_error", "spectrogram_png", "loss_png")}
     updated.update(figures)
@@ -432,7 +433,10 @@ class RowRun:
         p, transfer, inputs = spec.params, self.transfer, self.inputs
         assert inputs is not None and self.specs is not None
         timings["time_optimize_s"] = time.perf_counter() - self.t_optimize
-        record.update(iterations_run=transfer.iteration, stop_reason=transfer.stop_reason)
+        record.update(
+            iterations_run=transfer.iteration, stop_reason=transfer.stop_reason,
+            evaluations=transfer.evaluations, style_form=transfer.style_form,
+        )
         if "diverged" in transfer.stop_reason:
             # No output: the best iterate before a NaN/inf is not what the user asked for.
             raise DivergedError(

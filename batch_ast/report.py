@@ -8,7 +8,6 @@ image and audio file actually loads (broken links are listed at the top of the p
 from __future__ import annotations
 
 import html
-import math
 import os
 import sys
 import urllib.parse
@@ -78,9 +77,14 @@ pre.error { background: #fde8e8; padding: 0.5em; white-space: pre-wrap; }
 """
 
 
+def _missing(value: object) -> bool:
+    """The None, NaN or pd.NA that pandas puts in empty cells (nullable integers give pd.NA)."""
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+
+
 def _cell(value: object) -> tuple[str, str]:
     """(display text, sort key) for a table cell."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return "", ""
     if isinstance(value, float):
         return f"{value:.4g}", repr(value)
@@ -89,7 +93,7 @@ def _cell(value: object) -> tuple[str, str]:
 
 def _present(value: object) -> bool:
     """False for the None/NaN that pandas puts in empty cells."""
-    return value is not None and not (isinstance(value, float) and math.isnan(value)) and value != ""
+    return not _missing(value) and value != ""
 
 
 def _rel(target: str | os.PathLike, start: Path) -> str:
@@ -148,7 +152,7 @@ def _row_section(r: dict, root: Path, out_dir: Path) -> str:
     parts.append(
         f"<p>{html.escape(Path(r['content']).name)} (content) + {html.escape(Path(r['style']).name)} (style); "
         f"optimizer {html.escape(str(r.get('optimizer')))}, content_weight {r.get('content_weight')}, "
-        f"{r.get('iterations_run') or 0} iterations ({html.escape(str(r.get('stop_reason') or ''))})</p>"
+        f"{_cell(r.get('iterations_run'))[0] or 0} iterations ({html.escape(str(r.get('stop_reason') or ''))})</p>"
     )
     if r["status"] != "ok":
         parts.append(f"<pre class='error'>{html.escape(str(r.get('error') or 'no error recorded'))}</pre>")

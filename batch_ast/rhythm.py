@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .transfer import LossTerms, StyleTransfer, TransferError, match_length, row_filters
+from .transfer import LossTerms, StyleTransfer, TraceRow, TransferError, match_length, row_filters
 
 
 def beat_frames(audio: np.ndarray, sample_rate: int, hop_length: int) -> np.ndarray:
@@ -68,11 +68,19 @@ class SegmentedTransfer:
             )
         self.index = 0
         self.iteration = 0
-        self.trace: list[tuple[int, float, float, float]] = []
+        self.trace: list[TraceRow] = []
 
     @property
     def finished(self) -> bool:
         return self.index >= len(self.segments)
+
+    @property
+    def evaluations(self) -> int:
+        return sum(seg.evaluations for seg in self.segments)
+
+    @property
+    def style_form(self) -> str:
+        return ",".join(sorted({seg.style_form for seg in self.segments}))
 
     @property
     def stop_reason(self) -> str:

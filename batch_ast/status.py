@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ID_NEUTRAL
+from .config import flatten_record
 from .dispatch import Submission, load_submissions, local_job_alive, squeue_states
 from .store import ResultsRoot, claim_path, claims_lock, read_claim, release_claim, try_claim
 
@@ -130,10 +130,8 @@ def unrecorded_rows(results: ResultsRoot, recorded: set[str]) -> list[dict]:
         for state in status.rows:
             if latest.get(state.id) is not sub or state.state in ("ok", "failed", "skipped"):
                 continue
-            spec = dict(sub.specs.get(state.id, {"id": state.id, "row": state.row}))
-            params = spec.pop("params", {}) or {}
             rows.append({
-                **ID_NEUTRAL, **params, **spec,
+                **flatten_record(sub.specs.get(state.id, {"id": state.id, "row": state.row})),
                 "status": state.state,
                 "error": state.error.splitlines()[-1][:500] if state.error else "",
                 "submission_id": sub.submission_id,

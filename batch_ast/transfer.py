@@ -8,7 +8,7 @@ can stop it between iterations, save it and resume it later.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +71,8 @@ def row_filters(params: dict[str, Any], n_bins: int, device: torch.device, seed:
 
 # Loss terms (total, content, style) as tensors.
 LossTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+# One iteration of a loss trace: (iteration, total, content, style, evaluations in the iteration).
+TraceRow = tuple[int, float, float, float, int]
 
 ACTIVATIONS = {"relu": F.relu, "selu": F.selu}
 
@@ -137,8 +139,101 @@ def content_loss(feats: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def style_loss(gram_matrix: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared Frobenius distance of Gram matrices, sum((G - Gs)²), as in Ulyanov's reference."""
+    """Squared Frobenius distance of Gram matrices, sum((G - Gs)²), as in Ulyanov's reference.
+    The direct definition; the optimisation computes the same value with ``style_terms``."""
     return (gram_matrix - target).pow(2).sum()
+
+
+# The style loss in two exact forms (written by hand: autograd of the definition runs two C×C×T
+# matmuls in the backward pass where one suffices, and no library has the T×T form).
+#
+# filters form: G = F Fᵀ / T (C×C), term_k = ‖G − G_k‖², dterm_k/dF = 4 (G − G_k) F / T.
+#   Work 2C²T forward + 2C²T backward.
+# frames form: ‖G − G_k‖² = ‖FᵀF‖²/T² − 2‖F_kᵀF‖²/(T·T_k) + ‖G_k‖², never forming a C×C matrix.
+#   Work 2CT(T + ΣT_k) forward + the same backward: cheaper when frames ≪ filters. The three terms
+#   nearly cancel near a good solution, so the T×T products and their norms are taken in float64
+#   (rounding relative to ‖G‖² instead of to the loss); the gradient,
+#   4 [F (FᵀF)/T − F_k (F_kᵀF)/T_k] / T, cancels only linearly, like the filters form, and stays float32.
+STYLE_FORMS = ("filters", "frames")
+FLOAT64_COST = 2.5  # float64 matmul time over float32 on the CPUs measured (bench section "gram")
+
+
+def style_form_for(n_filters: int, frames: int, target_frames: Sequence[int]) -> str:
+    """The cheaper exact form for these sizes, by arithmetic: the frames form pays float64 for its
+    forward products. (At 1024 filters and ~250 frames the two are close; measured in the bench.)"""
+    filters_work = 4 * n_filters * n_filters * frames
+    width = frames + sum(target_frames)
+    frames_work = 2 * n_filters * frames * width * (FLOAT64_COST + 1)
+    return "frames" if frames_work < filters_work else "filters"
+
+
+@dataclass(frozen=True)
+class StyleTargets:
+    """What the style loss needs of its K targets, in the row's form: their Grams (filters form),
+    or their features in float32 and float64 with the Grams' squared norms (frames form)."""
+
+    form: str
+    grams: tuple[torch.Tensor, ...] = ()
+    feats: tuple[torch.Tensor, ...] = ()
+    feats64: tuple[torch.Tensor, ...] = ()
+    sq_norms: torch.Tensor | None = None  # float64 (K,)
+
+    def __len__(self) -> int:
+        return len(self.grams or self.feats)
+
+    @classmethod
+    def of(cls, target_feats: Sequence[torch.Tensor], form: str) -> StyleTargets:
+        """Targets from the features (C, T_k) whose Grams the output should match."""
+        if form == "filters":
+            return cls(form, grams=tuple(gram(f) for f in target_feats))
+        feats64 = tuple(f.double() for f in target_feats)
+        # ‖F_kF_kᵀ‖² = ‖F_kᵀF_k‖²: the target's own T_k×T_k product, once
+        sq = torch.stack([(f.T @ f).square().sum() / f.shape[-1] ** 2 for f in feats64])
+        return cls(form, feats=tuple(target_feats), feats64=feats64, sq_norms=sq)
+
+
+class _FiltersStyleLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, feats: torch.Tensor, *grams: torch.Tensor) -> torch.Tensor:
+        diffs = [gram(feats) - g for g in grams]
+        ctx.save_for_backward(feats, *diffs)
+        return torch.stack([d.pow(2).sum() for d in diffs])
+
+    @staticmethod
+    def backward(ctx, grad_terms: torch.Tensor):
+        feats, *diffs = ctx.saved_tensors
+        combined = sum(w * d for w, d in zip(grad_terms, diffs, strict=True))  # Σ_k w_k (G − G_k), symmetric
+        return (4.0 / feats.shape[-1]) * (combined @ feats), *([None] * len(diffs))
+
+
+class _FramesStyleLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, feats: torch.Tensor, targets: StyleTargets) -> torch.Tensor:
+        frames = feats.shape[-1]
+        f64 = feats.double()
+        own = f64.T @ f64  # (T, T)
+        cross = [t.T @ f64 for t in targets.feats64]  # (T_k, T) each
+        terms = own.square().sum() / frames**2 + targets.sq_norms
+        terms = terms - 2 * torch.stack([c.square().sum() / (frames * c.shape[0]) for c in cross])
+        ctx.targets = targets
+        ctx.save_for_backward(feats, (own / frames).float(), *[(c / c.shape[0]).float() for c in cross])
+        # rounding can leave a tiny negative where the true distance is ~0
+        return terms.clamp_min(0.0).to(feats.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_terms: torch.Tensor):
+        feats, own, *cross = ctx.saved_tensors
+        # Σ_k w_k 4/T [F own − F_k cross_k] as one matmul: [F, F_1 … F_K] @ [Σw·own; −w_1·cross_1; …]
+        stacked = torch.cat([feats, *ctx.targets.feats], dim=1)
+        coefficients = torch.cat([grad_terms.sum() * own, *[-w * c for w, c in zip(grad_terms, cross, strict=True)]])
+        return (4.0 / feats.shape[-1]) * (stacked @ coefficients), None
+
+
+def style_terms(feats: torch.Tensor, targets: StyleTargets) -> torch.Tensor:
+    """‖F Fᵀ/T − G_k‖² for each target k, shape (K,), differentiable in ``feats`` (C, T)."""
+    if targets.form == "frames":
+        return _FramesStyleLoss.apply(feats, targets)
+    return _FiltersStyleLoss.apply(feats, *targets.grams)
 
 
 def estimate_memory_bytes(n_bins: int, content_frames: int, style_frames: int, params: dict[str, Any]) -> int:
@@ -202,15 +297,20 @@ class StyleTransfer:
             content_spec, style_spec = content_spec.to(device), style_spec.to(device)
             act, prec = params["activation"], params["precision"]
             content_feats = features(content_spec, self.weight, act, prec)
+            style_feats = features(style_spec, self.weight, act, prec)
             self.content_target = content_feats
-            self.style_target = gram(features(style_spec, self.weight, act, prec))
             # Tomczak et al.'s general loss also matches the *style* input's features (beta, length-
             # matched to the output) and the *content* input's Gram (gamma); off by default.
             self.content_target_style = (
                 features(match_length(style_spec, content_spec.shape[-1]), self.weight, act, prec)
                 if params["content_weight_style"] > 0 else None
             )
-            self.style_target_content = gram(content_feats) if params["style_weight_content"] > 0 else None
+            # The Gram targets: the style input's (delta), then the content input's (gamma).
+            gram_targets = [style_feats] + ([content_feats] if params["style_weight_content"] > 0 else [])
+            self.style_form = style_form_for(
+                self.weight.shape[0], content_feats.shape[-1], [f.shape[-1] for f in gram_targets]
+            )
+            self.style_targets = StyleTargets.of(gram_targets, self.style_form)
         generator = torch.Generator().manual_seed(params["seed"] + 1)
         init = torch.randn(content_spec.shape, generator=generator) * 1e-3
         self.x = init.to(device).requires_grad_(True)
@@ -227,11 +327,16 @@ class StyleTransfer:
             else None
         )
         self.iteration = 0
-        self.trace: list[tuple[int, float, float, float]] = []  # (iteration, total, content, style)
+        # (iteration, total, content, style, evaluations run in the iteration)
+        self.trace: list[TraceRow] = []
         self.best_loss = math.inf
         self.best_x = self.x.detach().clone()
         self.stale = 0  # iterations without a relative improvement of min_delta
         self.stop_reason = ""
+        self.evaluations = 0  # loss+gradient evaluations run (the cost of the row)
+        # The last evaluation (x, gradient, terms): torch's L-BFGS asks again for the point its
+        # line search just evaluated at the start of every step(); answering from here saves ~45 %.
+        self._last: tuple[torch.Tensor, torch.Tensor, LossTensors] | None = None
         # How the closure gets the loss and gradient at self.x: alone by default, or through a
         # batched evaluation shared with other rows (batched.py); either way self.x.grad is set.
         self.evaluate: Callable[[StyleTransfer], LossTensors] = evaluate_alone
@@ -259,24 +364,35 @@ class StyleTransfer:
     def loss_terms(self, x: torch.Tensor) -> LossTensors:
         """(total, content, style) at spectrogram ``x``."""
         use_precision(self.params["precision"], self.device)
-        feats = features(x, self.weight, self.params["activation"], self.params["precision"])
-        return self.loss_terms_from(feats, gram(feats))
+        return self.loss_terms_from(features(x, self.weight, self.params["activation"], self.params["precision"]))
 
-    def loss_terms_from(self, feats: torch.Tensor, g: torch.Tensor) -> LossTensors:
-        """(total, content, style) from features and their Gram: total = alpha c(content) +
+    def loss_terms_from(self, feats: torch.Tensor) -> LossTensors:
+        """(total, content, style) from the output's features: total = alpha c(content) +
         beta c(style input) + delta s(style) + gamma s(content input); the content and style terms
         returned are the unweighted sums of the terms in use."""
         p = self.params
         c = content_loss(feats, self.content_target)
-        s = style_loss(g, self.style_target)
-        total = p["content_weight"] * c + p["style_weight"] * s
+        styles = style_terms(feats, self.style_targets)
+        total = p["content_weight"] * c + p["style_weight"] * styles[0]
         if self.content_target_style is not None:
             c_b = content_loss(feats, self.content_target_style)
             total, c = total + p["content_weight_style"] * c_b, c + c_b
-        if self.style_target_content is not None:
-            s_a = style_loss(g, self.style_target_content)
-            total, s = total + p["style_weight_content"] * s_a, s + s_a
-        return total, c, s
+        if len(styles) > 1:
+            total = total + p["style_weight_content"] * styles[1]
+        return total, c, styles.sum()
+
+    def _evaluate_cached(self) -> LossTensors:
+        """Loss terms at ``self.x`` with ``self.x.grad`` set: from the last evaluation when ``x``
+        has not changed since (bit for bit), else evaluated (``self.evaluate``) and remembered."""
+        x = self.x.detach()
+        if self._last is not None and torch.equal(self._last[0], x):
+            self.x.grad = self._last[1].clone()
+            return self._last[2]
+        terms = self.evaluate(self)
+        self.evaluations += 1
+        if isinstance(self.optimizer, torch.optim.LBFGS):  # only L-BFGS comes back to a point
+            self._last = (x.clone(), self.x.grad.detach().clone(), terms)
+        return terms
 
     @property
     def finished(self) -> bool:
@@ -287,10 +403,11 @@ class StyleTransfer:
         if self.finished:
             return False
         first: list[tuple[float, float, float]] = []
+        evaluations_before = self.evaluations
 
         def closure() -> torch.Tensor:
             self.optimizer.zero_grad(set_to_none=True)
-            total, c, s = self.evaluate(self)
+            total, c, s = self._evaluate_cached()
             if not first:
                 first.append((total.item(), c.item(), s.item()))
             return total
@@ -301,7 +418,7 @@ class StyleTransfer:
             closure()
             self.optimizer.step()
         total, c, s = first[0]
-        self.trace.append((self.iteration, total, c, s))
+        self.trace.append((self.iteration, total, c, s, self.evaluations - evaluations_before))
         self.iteration += 1
         if not math.isfinite(total):
             self.stop_reason = "diverged"
@@ -354,6 +471,10 @@ class StyleTransfer:
             "best_loss": self.best_loss,
             "stale": self.stale,
             "stop_reason": self.stop_reason,
+            "evaluations": self.evaluations,
+            # the last evaluation, so a resumed row does not evaluate its point again
+            "last": None if self._last is None else
+            {"x": self._last[0].cpu(), "grad": self._last[1].cpu(), "terms": [t.item() for t in self._last[2]]},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -364,7 +485,13 @@ class StyleTransfer:
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.iteration = state["iteration"]
-        self.trace = list(state["trace"])
+        # checkpoints written before evaluations were counted: their iterations' counts are unknown
+        self.trace = [tuple(row) if len(row) == 5 else (*row, None) for row in state["trace"]]
         self.best_loss = state["best_loss"]
         self.stale = state["stale"]
         self.stop_reason = state["stop_reason"]
+        self.evaluations = state.get("evaluations", 0)
+        last = state.get("last")
+        if last is not None:
+            terms = tuple(torch.tensor(v, device=self.device) for v in last["terms"])
+            self._last = (last["x"].to(self.device), last["grad"].to(self.device), terms)

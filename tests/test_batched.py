@@ -93,11 +93,11 @@ def test_rows_that_stop_early_or_fail_do_not_hold_up_the_others():
     calls = {"n": 0}
     real = ts[2].loss_terms_from
 
-    def breaks_at_the_fifth_evaluation(feats, g):
+    def breaks_at_the_fifth_evaluation(feats):
         calls["n"] += 1
         if calls["n"] >= 5:
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(feats, g)
+        return real(feats)
 
     ts[2].loss_terms_from = breaks_at_the_fifth_evaluation
     errors = run_in_threads(ts)

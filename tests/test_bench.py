@@ -7,9 +7,12 @@ import json
 from batch_ast import bench
 
 
-def test_step_flop_count():
-    # conv forward + input gradient, Gram forward + both matmul gradients
-    assert bench.step_flops(10, 15, 4, 6) == 2 * (2 * 10 * 6 * 4 * 10) + 3 * (2 * 4 * 4 * 10)
+def test_step_flop_count_is_the_minimal_work_of_the_form_used():
+    conv = 2 * 10 * 6 * 4 * 10  # 10 bins x kernel 6 x 4 filters x 10 output frames
+    # conv forward + input gradient; C×C Gram forward + one C×C×T matmul back
+    assert bench.step_flops(10, 15, 4, 6) == 2 * conv + 2 * (2 * 4 * 4 * 10)
+    # frames form: T×(T+Ts) products forward + one C×(T+Ts)×T matmul back (style: 20 - 5 = 15 frames)
+    assert bench.step_flops(10, 15, 4, 6, "frames", 20) == 2 * conv + 2 * (2 * 4 * 10 * (10 + 15))
 
 
 def test_quick_griffin_lim_section_writes_json_and_csv(tmp_path):
@@ -18,6 +21,6 @@ def test_quick_griffin_lim_section_writes_json_and_csv(tmp_path):
     data = json.loads(out.with_suffix(".json").read_text())
     assert data["meta"]["device"] == "cpu" and data["meta"]["matmul_gflops"] > 0
     sections = [r["section"] for r in data["rows"]]
-    assert sections == ["griffin_lim", "griffin_lim"]
+    assert sections == ["griffin_lim"] * 3
     assert all(r["ratio"] > 0 for r in data["rows"])
     assert out.with_suffix(".csv").read_text().startswith("section,case,value")

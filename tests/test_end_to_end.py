@@ -39,7 +39,14 @@ def test_local_run_produces_wavs_records_and_index(audio_dir, tmp_path, capsys):
         assert sr == 8000 and len(audio) == 12000 and abs(audio).max() > 0.01
     traces = batch_ast.load_traces(results)
     assert set(traces["id"]) == set(index["id"])
-    assert list(traces.columns) == ["id", "iteration", "total", "content", "style"]
+    assert list(traces.columns) == ["id", "iteration", "total", "content", "style", "evaluations"]
+    # what each row cost: its evaluations are the sum of its trace's, one per Adam iteration
+    per_row = traces.groupby("id")["evaluations"].sum()
+    for _, row in index.iterrows():
+        assert per_row[row["id"]] == row["evaluations"] >= row["iterations_run"]
+        assert row["style_form"] in ("filters", "frames")
+    adam = index.set_index("name").loc["b"]
+    assert adam["evaluations"] == adam["iterations_run"]
     record = json.loads((results / "runs" / index["id"][0] / "record.json").read_text())
     for key in ("content_sha256", "params", "time_optimize_s", "time_phase_s", "torch_version", "device_used"):
         assert key in record

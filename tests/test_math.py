@@ -10,8 +10,10 @@ import torch
 
 from batch_ast.audio import load_audio
 from batch_ast.config import load_config
-from batch_ast.phase import griffin_lim, magnitude_from_log, spectral_convergence
+from batch_ast.phase import InverseSTFT, griffin_lim, magnitude_from_log, spectral_convergence
 from batch_ast.transfer import (
+    STYLE_FORMS,
+    StyleTargets,
     StyleTransfer,
     TransferError,
     content_loss,
@@ -19,7 +21,9 @@ from batch_ast.transfer import (
     gram,
     log_spectrogram,
     random_filters,
+    style_form_for,
     style_loss,
+    style_terms,
 )
 
 from .conftest import DEMO_AUDIO, TINY, device_under_test
@@ -183,13 +187,13 @@ def test_tomczak_general_loss_terms_vanish_at_their_targets():
     t = StyleTransfer(content, style, p, DEVICE)
     # At x = style input: the beta (content of B) and delta (style of B) terms vanish, gamma remains.
     total_at_style, _, _ = t.loss_terms(style)
-    gamma_only = style_loss(gram(features(style, t.weight)), t.style_target_content)
+    gamma_only = style_loss(gram(features(style, t.weight)), gram(features(content, t.weight)))
     torch.testing.assert_close(total_at_style, gamma_only)
     # At x = content input: gamma vanishes, alpha is off, beta and delta remain (> 0).
     total_at_content, _, _ = t.loss_terms(content)
     assert total_at_content.item() > 0
     plain = StyleTransfer(content, style, params(), DEVICE)
-    assert plain.content_target_style is None and plain.style_target_content is None
+    assert plain.content_target_style is None and len(plain.style_targets) == 1 and len(t.style_targets) == 2
 
 
 def test_beat_segmented_transfer_follows_the_grid_and_resumes():
@@ -249,3 +253,96 @@ def test_precision_setting_is_validated_and_its_default_keeps_older_row_ids():
     assert coerce("precision", " BF16 ") == "bf16"  # as a manifest cell or YAML value
     with pytest.raises(ConfigError, match="float32, tf32, bf16"):
         coerce("precision", "fp8")
+
+
+@pytest.mark.parametrize("filters,frames,target_frames", [(64, 20, (35,)), (32, 90, (40, 90)), (128, 6, (6, 11))])
+@pytest.mark.parametrize("form", STYLE_FORMS)
+def test_style_forms_agree_with_the_definition_on_loss_and_gradient(form, filters, frames, target_frames):
+    """Both exact forms give sum((FFᵀ/T − G_k)²) and its gradient, for several targets of their own
+    lengths, with weights on the terms (as the general loss has)."""
+    g = torch.Generator().manual_seed(filters + frames)
+    feats = torch.rand(filters, frames, generator=g).to(DEVICE)
+    targets = [(1.3 * torch.rand(filters, t, generator=g)).to(DEVICE) for t in target_frames]
+    weights = torch.tensor([1.0, 0.25][: len(targets)], device=DEVICE)
+    x = feats.clone().requires_grad_(True)
+    expected = torch.stack([style_loss(gram(x), gram(t)) for t in targets])
+    (expected * weights).sum().backward()
+    expected_grad = x.grad.clone()
+    y = feats.clone().requires_grad_(True)
+    terms = style_terms(y, StyleTargets.of(targets, form))
+    (terms * weights).sum().backward()
+    torch.testing.assert_close(terms, expected.detach(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(y.grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_frames_form_stays_accurate_near_the_target():
+    """Near a match the frames form's three terms nearly cancel: float64 keeps the small remainder."""
+    g = torch.Generator().manual_seed(3)
+    target = torch.rand(256, 40, generator=g).to(DEVICE)
+    close = (target * (1 + 1e-3 * torch.randn(256, 40, generator=g).to(DEVICE))).requires_grad_(True)
+    direct = style_loss(gram(close.double()), gram(target.double())).item()
+    frames = style_terms(close, StyleTargets.of([target], "frames"))[0].item()
+    assert direct > 0 and abs(frames / direct - 1) < 1e-3, (frames, direct)
+
+
+def test_style_form_is_chosen_by_size():
+    assert style_form_for(4096, 421, [421]) == "frames"  # ulyanov-tf: 10 s
+    assert style_form_for(4096, 6, [6, 6]) == "frames"  # a beat segment
+    assert style_form_for(1024, 421, [421]) == "filters"  # few filters, long input
+    assert style_form_for(64, 200, [200]) == "filters"
+
+
+def test_transfer_uses_the_chosen_form_and_both_forms_end_alike():
+    p = params(iterations=15, patience=1000)
+    content, style = spec_of("speech_gettysburg.wav", p), spec_of("boogie_marabi.wav", p)
+    t = StyleTransfer(content, style, p, DEVICE)
+    assert t.style_form == style_form_for(p["n_filters"], content.shape[-1] - 4, [style.shape[-1] - 4])
+    finals = {}
+    for form in STYLE_FORMS:
+        run_ = StyleTransfer(content, style, p, DEVICE)
+        run_.style_targets = StyleTargets.of(
+            [features(style.to(DEVICE), run_.weight)], form
+        )
+        run_.run()
+        finals[form] = run_.result()[1].total
+    assert abs(finals["frames"] / finals["filters"] - 1) < 1e-3, finals
+
+
+class _Uncached(StyleTransfer):
+    def _evaluate_cached(self):
+        self.evaluations += 1
+        return self.evaluate(self)
+
+
+def test_lbfgs_evaluation_cache_saves_evaluations_and_changes_nothing():
+    """torch's L-BFGS asks again for the point its line search ended on; answering from the cache
+    gives the same iterates and trace with fewer evaluations, counted per iteration in the trace."""
+    p = params(iterations=25, patience=1000)
+    content, style = spec_of("speech_gettysburg.wav", p), spec_of("boogie_marabi.wav", p)
+    cached, uncached = (cls(content, style, p, DEVICE) for cls in (StyleTransfer, _Uncached))
+    cached.run()
+    uncached.run()
+    assert [row[:4] for row in cached.trace] == [row[:4] for row in uncached.trace]
+    torch.testing.assert_close(cached.result()[0], uncached.result()[0], rtol=0, atol=0)
+    assert sum(row[4] for row in cached.trace) == cached.evaluations
+    # every step but the first starts at the point the previous line search ended on
+    assert uncached.evaluations - cached.evaluations >= cached.iteration // 2
+
+
+def test_adam_evaluates_once_per_iteration():
+    p = params(optimizer="adam", lr=0.1, iterations=6, patience=1000)
+    t = run(p)
+    assert t.evaluations == 6 and [row[4] for row in t.trace] == [1] * 6
+
+
+@pytest.mark.parametrize("n_fft,hop,length", [(256, 64, 4800), (256, 128, None), (256, 100, 4800), (512, 128, 4799)])
+def test_inverse_stft_equals_torch_istft(n_fft, hop, length):
+    audio = torch.from_numpy(load_audio(DEMO_AUDIO / "harp_harmony.wav", 8000, 0.6)).to(DEVICE)
+    window = torch.hann_window(n_fft, device=DEVICE)
+    spec = torch.stft(audio, n_fft, hop, window=window, return_complex=True)
+    expected = torch.istft(spec, n_fft, hop_length=hop, window=window, length=length)
+    inverse = InverseSTFT(n_fft, hop, spec.shape[-1], window, length)
+    assert bool(inverse.blocks) == (n_fft % hop == 0)  # overlap-add where hop divides n_fft
+    torch.testing.assert_close(inverse(spec), expected, rtol=1e-5, atol=1e-5)
+    both = [griffin_lim(spec.abs(), n_fft, hop, n_iter=4, length=length, istft=i) for i in ("overlap-add", "torch")]
+    torch.testing.assert_close(both[0], both[1], rtol=1e-4, atol=1e-4)

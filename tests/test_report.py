@@ -133,3 +133,10 @@ def test_analysis_groups_by_hyperparameter_and_plots(finished, tmp_path, capsys)
     assert main(["analyse", str(finished), "--param", "content_weight", "--metric", "content_distance", "-o", str(out)]) == 0
     assert "content_distance" not in capsys.readouterr().err
     assert out.stat().st_size > 5000
+    # a categorical hyperparameter plots by category (it crashed converting "lbfgs" to float)
+    by_optimizer = tmp_path / "optimizer.png"
+    assert main(["analyse", str(finished), "--param", "optimizer", "-o", str(by_optimizer)]) == 0
+    assert by_optimizer.stat().st_size > 5000
+    # integers stay integers with a failed row among them; text settings are categoricals
+    assert str(df["iterations_run"].dtype) == "Int64" and df["iterations_run"].isna().any()
+    assert all(str(df[c].dtype) == "category" for c in ("optimizer", "activation", "precision", "style_form"))
