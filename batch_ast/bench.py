@@ -13,6 +13,7 @@ import argparse
 import csv
 import functools
 import json
+import math
 import os
 import platform
 import resource
@@ -48,7 +49,7 @@ from .transfer import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ["step", "gram", "rows", "compile", "gl", "gl-curve", "transfer", "lbfgs", "precision", "batch", "prefetch", "reference", "overhead", "memory"]
+SECTIONS = ["step", "gram", "rows", "compile", "gl", "gl-curve", "transfer", "lbfgs", "precision", "batch", "prefetch", "reference", "stopping", "rhythm", "overhead", "memory"]
 DEVICE = torch.device("cpu")  # set by --device; every torch section runs there
 
 
@@ -620,6 +621,149 @@ def bench_prefetch(n_rows: int, iterations: int) -> dict:
     )
 
 
+RHYTHM_LOSSES = {  # Tomczak et al.'s losses, A = content input, B = style input, equal weights
+    "L1": {"content_weight": 0.21, "content_weight_style": 0.0, "style_weight": 1.0, "style_weight_content": 0.0},
+    "L2": {"content_weight": 0.0, "content_weight_style": 0.0, "style_weight": 1.0, "style_weight_content": 1.0},
+    "L3": {"content_weight": 0.0, "content_weight_style": 0.21, "style_weight": 1.0, "style_weight_content": 1.0},
+}
+
+
+def rhythm_measures(output: np.ndarray, a: np.ndarray, b: np.ndarray, sr: int) -> dict[str, float]:
+    """Independent measures of a rhythmic transfer (none of them is the optimised loss): cosine
+    similarity of onset envelopes with A and with B (the paper's Table 1 measure), mean spectral
+    flatness (a wash of noise is flat, clean hits are not) and the timbre distance to B (Euclidean
+    distance of MFCC mean and standard deviation vectors)."""
+    import librosa
+
+    def envelope(y: np.ndarray) -> np.ndarray:
+        return librosa.onset.onset_strength(y=y, sr=sr, hop_length=512)
+
+    def cosine(x: np.ndarray, y: np.ndarray) -> float:
+        n = min(len(x), len(y))
+        x, y = x[:n], y[:n]
+        return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-12))
+
+    def timbre(y: np.ndarray) -> np.ndarray:
+        mfcc = librosa.feature.mfcc(y=y, sr=sr, n_mfcc=20)
+        return np.concatenate([mfcc.mean(axis=1), mfcc.std(axis=1)])
+
+    env = envelope(output)
+    return {
+        "onset_cos_a": cosine(env, envelope(a)),
+        "onset_cos_b": cosine(env, envelope(b)),
+        "flatness": float(librosa.feature.spectral_flatness(y=output).mean()),
+        "timbre_to_b": float(np.linalg.norm(timbre(output) - timbre(b))),
+        "length": len(output) / len(b),
+    }
+
+
+def align_to(output: np.ndarray, reference: np.ndarray, sr: int, max_lag_s: float = 0.25) -> tuple[np.ndarray, float]:
+    """``output`` shifted earlier by the lag (0 … max_lag_s) that best lines its onset envelope up
+    with ``reference``'s: MP3 copies start 23-140 ms late (codec delay). Returns (audio, lag s)."""
+    import librosa
+
+    hop = 64  # 2.9 ms steps at 22.05 kHz
+    env_o = librosa.onset.onset_strength(y=output, sr=sr, hop_length=hop)
+    env_r = librosa.onset.onset_strength(y=reference, sr=sr, hop_length=hop)
+    n = min(len(env_o), len(env_r))
+    lags = range(int(max_lag_s * sr / hop) + 1)
+    best = max(lags, key=lambda k: float(env_o[k:n] @ env_r[: n - k]))
+    return output[best * hop :], best * hop / sr
+
+
+def bench_rhythm(pairs: tuple[int, ...], iterations: int | None) -> list[dict]:
+    """Tomczak et al.'s pairs 1 and 2, losses L1/L2/L3: batch-ast's `tomczak-dafx18` rows (with
+    the loops' tempo, 120 BPM, as hint) against the authors' published outputs, by the measures of
+    ``rhythm_measures``; and the row's wall time (the preset's speed target: <= 10 min for 8 s)."""
+    from .audio import load_audio
+
+    seed, published = SHARED / "seed", SHARED / "tomczak-published"
+    if not (published / "pair1-L1.mp3").exists():
+        print(f"rhythm: {published} not found, section skipped", flush=True)
+        return []
+    rows = []
+    sr = load_config().resolve({"preset": "tomczak-dafx18"})["sample_rate"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for pair in pairs:
+            a_path, b_path = seed / f"content{pair}.wav", seed / f"style{pair}.wav"
+            a, b = (load_audio(path, sr, 8.0) for path in (a_path, b_path))
+            inputs = rhythm_measures(a, a, b, sr)
+            for loss, weights in RHYTHM_LOSSES.items():
+                overrides = {**weights, "bpm": 120.0, **({"iterations": iterations} if iterations else {})}
+                record = _row_record(a_path, b_path, "tomczak-dafx18", Path(tmp) / f"{pair}-{loss}", **overrides)
+                ours = load_audio(Path(tmp) / f"{pair}-{loss}" / "results" / record["output"], sr, 8.0)
+                theirs, lag = align_to(load_audio(published / f"pair{pair}-{loss}.mp3", sr, 8.5), b, sr)
+                mine, pub = rhythm_measures(ours, a, b, sr), rhythm_measures(theirs[: len(b)], a, b, sr)
+                rows.append({
+                    "section": "rhythm", "case": f"pair {pair}, {loss}",
+                    "value": mine["onset_cos_a"], "unit": "onset-envelope cosine with A (batch-ast)",
+                    "reference": pub["onset_cos_a"], "ratio": mine["onset_cos_a"] / pub["onset_cos_a"],
+                    "measures": {"batch-ast": mine, "published": pub, "inputs A vs B": inputs},
+                    "note": f"batch-ast vs published (aligned by {lag * 1000:.0f} ms): onset cosine with A "
+                    f"{mine['onset_cos_a']:.3f} vs {pub['onset_cos_a']:.3f}, with B {mine['onset_cos_b']:.3f} vs "
+                    f"{pub['onset_cos_b']:.3f}; flatness {mine['flatness']:.4f} vs {pub['flatness']:.4f} "
+                    f"(inputs: A {inputs['flatness']:.4f}); timbre distance to B {mine['timbre_to_b']:.1f} vs "
+                    f"{pub['timbre_to_b']:.1f} (A: {inputs['timbre_to_b']:.1f}); length {mine['length']:.0%} of B; "
+                    f"{record['iterations_run']} iterations, {record['beat_segments']} segments, "
+                    f"{record['time_total_s']:.0f} s per row",
+                })
+                print_table(rows[-1:])
+    return rows
+
+
+def early_stop_iteration(totals: list[float], patience: int, min_delta: float) -> int:
+    """The iteration at which ``StyleTransfer``'s early-stopping rule would have ended a run whose
+    loss trace is ``totals`` (len(totals) when it would not have)."""
+    best, stale = math.inf, 0
+    for i, total in enumerate(totals):
+        stale = 0 if best == math.inf or total < best * (1 - min_delta) else stale + 1
+        best = min(best, total)
+        if stale >= patience:
+            return i + 1
+    return len(totals)
+
+
+def bench_stopping(snapshots: tuple[int, ...] = (50, 100, 200, 300)) -> list[dict]:
+    """What stopping early costs: the `ulyanov-tf` row on the reference pair (imperial + usa),
+    its output after 50…300 L-BFGS iterations through Griffin-Lim and the held-out metrics."""
+    from .audio import load_audio
+    from .metrics import output_metrics
+    from .phase import magnitude_from_log
+
+    folder = SHARED / "ulyanov"
+    if not (folder / "imperial.mp3").exists():
+        print(f"stopping: {folder} not found, section skipped", flush=True)
+        return []
+    p = load_config().resolve({"preset": "ulyanov-tf", "iterations": max(snapshots), "device": DEVICE.type})
+    sr, n_fft, hop = p["sample_rate"], p["n_fft"], p["hop_length"]
+    content, style = (load_audio(folder / f, sr, p["max_seconds"]) for f in ("imperial.mp3", "usa.mp3"))
+    t = StyleTransfer(*(log_spectrogram(_tensor(a), n_fft, hop) for a in (content, style)), p, DEVICE)
+    results = {}
+    while not t.finished:
+        t.step()
+        if t.iteration in snapshots:
+            x, terms = t.result()
+            audio = griffin_lim(magnitude_from_log(x), n_fft, hop, n_iter=p["griffin_lim_iters"], seed=p["seed"],
+                                length=len(content)).cpu().numpy()
+            audio = audio * min(1.0, 0.99 / float(np.abs(audio).max()))
+            results[t.iteration] = (terms.total, output_metrics(audio, content, style, p, DEVICE))
+    old_rule = early_stop_iteration([row[1] for row in t.trace], 11, 1e-3)
+    last = max(results)
+    rows = []
+    for n, (loss, m) in results.items():
+        rows.append({
+            "section": "stopping", "case": f"ulyanov-tf, imperial + usa, {n} L-BFGS iterations",
+            "value": m["style_distance_heldout"], "unit": "style_distance_heldout",
+            "reference": results[last][1]["style_distance_heldout"],
+            "ratio": m["style_distance_heldout"] / results[last][1]["style_distance_heldout"],
+            "note": f"loss {loss:.5g} ({loss / results[last][0] - 1:+.1%} vs {last}); content_distance_heldout "
+            f"{m['content_distance_heldout']:.4f}, style_distance_heldout {m['style_distance_heldout']:.4f}, "
+            f"lsd_to_content_db {m['lsd_to_content_db']:.2f}; the old rule (patience 11, min_delta 1e-3) "
+            f"stopped this run at iteration {old_rule}",
+        })
+    return rows
+
+
 def bench_reference() -> list[dict]:
     """The ulyanov-tf preset on imperial (content) + usa (style) against the published output of the
     TF reference, by the same metrics (lower distances = closer)."""
@@ -792,7 +936,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sections = set(args.only or SECTIONS)
     if args.quick and not args.only:
-        sections -= {"reference", "compile"}
+        sections -= {"reference", "compile", "rhythm", "stopping"}
     rows: list[dict] = []
     peak = matmul_flops()
     print(f"float32 matmul reference: {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} thread(s)", flush=True)
@@ -837,6 +981,11 @@ def main(argv: list[str] | None = None) -> int:
     if "reference" in sections:
         rows += bench_reference()
         print_table(rows[-4:])
+    if "stopping" in sections:
+        rows += bench_stopping((10, 20) if args.quick else (50, 100, 200, 300))
+        print_table(rows[-(2 if args.quick else 4):])
+    if "rhythm" in sections:
+        rows += bench_rhythm((1,) if args.quick else (1, 2), 100 if args.quick else None)
     if "overhead" in sections:
         if realistic_eval_s is None:
             realistic_eval_s = step_flops(1025, 431, 4096, 11, "frames") / (0.5 * peak)  # assume half the matmul rate

@@ -300,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="batch-ast",
         description="Batch neural audio style transfer on SLURM clusters or a laptop.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"batch-ast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(

@@ -59,6 +59,8 @@ PARAMS: dict[str, Param] = {
     "style_weight_content": Param(float, _non_negative, "a number >= 0"),
     "rhythm": Param(str, lambda s: s in RHYTHMS, "one of " + ", ".join(RHYTHMS)),
     "beat_grid": Param(str, lambda s: s in BEAT_GRIDS, "one of " + ", ".join(BEAT_GRIDS)),
+    "bpm": Param(float, lambda x: x == 0 or 20 <= x <= 400, "0 (estimate) or a tempo in [20, 400]"),
+    "beats_per_segment": Param(int, lambda x: 1 <= x <= 64, "an integer in [1, 64]"),
     "optimizer": Param(str, lambda s: s in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),
     "lr": Param(float, _positive, "a number > 0"),
     "weight_decay": Param(float, _non_negative, "a number >= 0"),
@@ -80,7 +82,7 @@ PARAMS: dict[str, Param] = {
 NOT_IN_ID = frozenset({"device", "preset", "max_memory_gb"})
 # Hyperparameters added after results existed: at the value that reproduces the older behaviour they
 # stay out of the row id, so earlier results keep their ids and are not redone.
-ID_NEUTRAL = {"precision": "float32"}
+ID_NEUTRAL = {"precision": "float32", "bpm": 0.0, "beats_per_segment": 1}
 
 
 def flatten_record(record: dict[str, Any]) -> dict[str, Any]:

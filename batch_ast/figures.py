@@ -28,8 +28,10 @@ def spectrogram_figure(
     sample_rate: int,
     hop_length: int,
     title: str = "",
+    beats: dict[str, list[float]] | None = None,
 ) -> None:
-    """Side-by-side log1p|STFT| panels (bins, frames) sharing one colour scale."""
+    """Side-by-side log1p|STFT| panels (bins, frames) sharing one colour scale; ``beats`` (seconds
+    per panel name) are drawn as vertical lines (the grid a beat-segmented row followed)."""
     plt = _pyplot()
     vmax = max(float(np.max(s)) for s in spectrograms.values()) or 1.0
     fig, axes = plt.subplots(
@@ -47,6 +49,8 @@ def spectrogram_figure(
             cmap="magma",
             extent=(0.0, seconds, 0.0, sample_rate / 2000.0),
         )
+        for t in (beats or {}).get(name, []):
+            ax.axvline(t, color="white", alpha=0.45, linewidth=0.7)
         ax.set_title(name)
         ax.set_xlabel("time (s)")
     np.atleast_1d(axes)[0].set_ylabel("frequency (kHz)")

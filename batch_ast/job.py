@@ -94,20 +94,15 @@ def _write_trace(path: Path, trace: list[tuple]) -> None:
 
 
 def make_transfer(content, style, content_spec, style_spec, p: dict[str, Any], device, weight=None):
-    """A plain StyleTransfer, or Tomczak et al.'s beat-segmented one (rhythm=beats)."""
+    """(transfer, beat alignment): a plain StyleTransfer (alignment None), or Tomczak et al.'s
+    beat-segmented one (rhythm=beats), whose alignment (beats, tempi, warnings) goes in the record."""
     from .transfer import StyleTransfer
 
     if p["rhythm"] == "none":
-        return StyleTransfer(content_spec, style_spec, p, device, weight)
-    from .rhythm import SegmentedTransfer, beat_frames, paired_segments
+        return StyleTransfer(content_spec, style_spec, p, device, weight), None
+    from .rhythm import beat_transfer
 
-    segments = paired_segments(
-        beat_frames(content, p["sample_rate"], p["hop_length"]),
-        beat_frames(style, p["sample_rate"], p["hop_length"]),
-        content_spec.shape[-1],
-        style_spec.shape[-1],
-    )
-    return SegmentedTransfer(content_spec, style_spec, segments, p, device, weight)
+    return beat_transfer(content, style, content_spec, style_spec, p, device, weight)
 
 
 def _iteration_bar(spec: RowSpec, start: int, total: int, position: int = 0):
@@ -121,7 +116,17 @@ def _iteration_bar(spec: RowSpec, start: int, total: int, position: int = 0):
     )
 
 
-def _write_figures(spec: RowSpec, results: ResultsRoot, content, style, output, trace) -> dict[str, str]:
+def _beat_lines(record: dict[str, Any]) -> dict[str, list[float]] | None:
+    """Beat times (s) per figure panel of a beat-segmented row: the output follows its grid's."""
+    if "content_beat_times" not in record:
+        return None
+    grid = record["params"]["beat_grid"]
+    content, style = record["content_beat_times"], record["style_beat_times"]
+    return {"content": content, "style": style, "output": style if grid == "style" else content}
+
+
+def _write_figures(spec: RowSpec, results: ResultsRoot, content, style, output, trace,
+                   beats: dict[str, list[float]] | None = None) -> dict[str, str]:
     """Spectrogram and loss PNGs; a plotting problem is recorded, never fails the row."""
     from .figures import loss_figure, spectrogram_figure
 
@@ -139,6 +144,7 @@ def _write_figures(spec: RowSpec, results: ResultsRoot, content, style, output, 
             p["sample_rate"],
             p["hop_length"],
             title,
+            beats,
         )
         loss_figure(run_dir / "losses.png", trace, title)
     except Exception as exc:  # noqa: BLE001 - figures are a convenience
@@ -176,7 +182,7 @@ def regenerate_figures(results: ResultsRoot, record: dict[str, Any]) -> dict[str
         for path in (spec.content, spec.style, results.root / record["output"])
     ]
     trace = [tuple(t) for t in pd.read_parquet(results.root / record["trace"])[list(TRACE_COLUMNS[:4])].itertuples(index=False)]
-    figures = _write_figures(spec, results, *specs, trace)
+    figures = _write_figures(spec, results, *specs, trace, _beat_lines(record))
     updated = {k: v for k, v in record.items() if k not in ("figure_error", "spectrogram_png", "loss_png")}
     updated.update(figures)
     write_json_atomic(results.record_path(spec.id), updated)
@@ -325,6 +331,7 @@ class RowRun:
         self.ckpt_path = results.checkpoint_path(spec.id)
         self.resumes = 0
         self.transfer: Any = None
+        self.beats: Any = None  # rhythm.BeatAlignment of a beat-segmented row
         self.inputs: Inputs | None = None
         self.specs: tuple[Any, Any] | None = None  # the inputs' log spectrograms, on the device
 
@@ -356,7 +363,13 @@ class RowRun:
         self.specs = tuple(
             log_spectrogram(torch.from_numpy(a).to(device), p["n_fft"], hop) for a in (content, style)
         )
-        self.transfer = make_transfer(content, style, *self.specs, p, device, weight)
+        self.transfer, self.beats = make_transfer(content, style, *self.specs, p, device, weight)
+        if self.beats is not None:
+            record.update(self.beats.record(p["sample_rate"], hop))
+            if self.beats.warnings:
+                record["warning"] = "; ".join(self.beats.warnings)
+                for warning in self.beats.warnings:
+                    print(f"[row {self.spec.id}] warning: {warning}", file=sys.stderr, flush=True)
         self._resume(device)
         record["resumed_from_iteration"] = self.transfer.iteration
         record["resumes"] = self.resumes
@@ -374,7 +387,7 @@ class RowRun:
                 self.transfer.load_state_dict(state)
             except Exception as exc:  # noqa: BLE001 - any mismatch means "not this row's state"
                 problem = f"does not fit this row's transfer ({type(exc).__name__}: {exc})"
-                self.transfer = make_transfer(
+                self.transfer, _ = make_transfer(
                     self.inputs.content, self.inputs.style, *self.specs, self.spec.params, device,
                     self.transfer.weight,
                 )
@@ -444,6 +457,11 @@ class RowRun:
                 f"{p['lr']:g}) or the loss weights"
             )
         log_spec, terms = transfer.result()
+        if self.beats is not None:
+            from .rhythm import check_coverage
+
+            grid_spec = self.specs[1] if self.beats.grid == "style" else self.specs[0]
+            check_coverage(log_spec.shape[-1], grid_spec.shape[-1])
 
         t0 = time.perf_counter()
         magnitude = magnitude_from_log(log_spec)
@@ -454,8 +472,7 @@ class RowRun:
             n_iter=p["griffin_lim_iters"],
             momentum=p["griffin_lim_momentum"],
             seed=p["seed"],
-            # beat-segmented outputs follow the grid input's beats, not the content's length
-            length=len(inputs.content) if p["rhythm"] == "none" else None,
+            length=self._output_samples(),
         )
         record["spectral_convergence"] = spectral_convergence(magnitude, audio, p["n_fft"], p["hop_length"])
         timings["time_phase_s"] = time.perf_counter() - t0
@@ -468,7 +485,8 @@ class RowRun:
 
         t0 = time.perf_counter()
         output_spec = log_spectrogram(audio, p["n_fft"], p["hop_length"])
-        record.update(_write_figures(spec, results, *self.specs, output_spec, transfer.trace))
+        beats = _beat_lines({**record, "params": p})
+        record.update(_write_figures(spec, results, *self.specs, output_spec, transfer.trace, beats))
         timings["time_figures_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -490,6 +508,12 @@ class RowRun:
             final_style=terms.style,
         )
         return self._publish()
+
+    def _output_samples(self) -> int:
+        """The output is as long as the content, or a beat-segmented one as its grid input."""
+        assert self.inputs is not None
+        on_style_grid = self.beats is not None and self.beats.grid == "style"
+        return len(self.inputs.style if on_style_grid else self.inputs.content)
 
     def fail(self, exc: BaseException) -> dict[str, Any]:
         """The row's ``failed`` record: the error, and whether a retry could help."""

@@ -112,11 +112,19 @@ def result_params(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# Beat-segmented rows changed method on 2026-11-26 (one optimisation with segment-wise losses over
+# the whole grid input, instead of segments optimised apart and their outputs concatenated, which
+# dropped the pre-roll and the tail): their ids changed with it, so finished rows of the old method
+# are run again, not taken for results of the new one. Other rows' ids are unchanged.
+RHYTHM_METHOD = "segment-losses"
+
+
 def row_id(content_sha256: str, style_sha256: str, params: dict[str, Any]) -> str:
     """Deterministic id of a transfer: both input hashes plus result-relevant hyperparameters."""
-    blob = json.dumps(
-        {"content": content_sha256, "style": style_sha256, "params": result_params(params)}, sort_keys=True
-    )
+    identity = {"content": content_sha256, "style": style_sha256, "params": result_params(params)}
+    if params.get("rhythm", "none") != "none":
+        identity["rhythm_method"] = RHYTHM_METHOD
+    blob = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:ID_LENGTH]
 
 

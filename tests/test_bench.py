@@ -24,3 +24,25 @@ def test_quick_griffin_lim_section_writes_json_and_csv(tmp_path):
     assert sections == ["griffin_lim"] * 3
     assert all(r["ratio"] > 0 for r in data["rows"])
     assert out.with_suffix(".csv").read_text().startswith("section,case,value")
+
+
+def test_early_stop_iteration_follows_the_transfer_rule():
+    # no relative improvement of 10 % for 2 iterations in a row: stops at the 2nd stale one
+    assert bench.early_stop_iteration([10.0, 8.0, 7.9, 7.8, 5.0], patience=2, min_delta=0.1) == 4
+    assert bench.early_stop_iteration([10.0, 8.0, 6.0], patience=2, min_delta=0.1) == 3  # never stale
+
+
+def test_rhythm_measures_and_alignment_are_independent_of_the_loss():
+    import numpy as np
+
+    sr = 8000
+    clicks = np.zeros(sr * 2, dtype=np.float32)
+    clicks[:: sr // 4] = 1.0  # 4 clicks per second
+    other = np.roll(clicks, sr // 8)  # off-beat
+    same = bench.rhythm_measures(clicks, clicks, other, sr)
+    assert same["onset_cos_a"] > 0.99 and same["onset_cos_b"] < same["onset_cos_a"] and same["length"] == 1.0
+    late = np.concatenate([np.zeros(800, dtype=np.float32), clicks])  # 100 ms codec delay
+    aligned, lag = bench.align_to(late, clicks, sr)
+    assert abs(lag - 0.1) < 0.01
+    before = bench.rhythm_measures(late[: len(clicks)], clicks, other, sr)["onset_cos_a"]
+    assert bench.rhythm_measures(aligned[: len(clicks)], clicks, other, sr)["onset_cos_a"] > before

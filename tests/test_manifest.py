@@ -128,3 +128,26 @@ def test_resource_columns_are_parsed_and_not_hyperparameters(audio_dir, config):
     rows = read_manifest(m, config)
     assert rows[0].resources == {"timeout_min": 30, "gpus": 1} and rows[1].resources == {"mem_gb": 4.5}
     assert "gpus" not in rows[0].params
+
+
+def test_bundled_manifests_are_valid_and_keep_their_row_ids(config, tmp_path, capsys):
+    """`batch-ast submit manifests/pairs.csv` (the design card's example) plans as written, and
+    rows the demo also has keep their ids."""
+    from batch_ast.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    pairs = read_manifest(repo / "manifests" / "pairs.csv", config)
+    assert len(pairs) == 7 and {r.params["preset"] for r in pairs} == {"quick"}
+    assert main(["submit", str(repo / "manifests" / "pairs.csv"), "--dry-run", "--results", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "7 to run" in out and "[1176b45be15fc20d]" in out and "[5bd905c8820af76e]" in out  # as in demo.csv
+
+
+def test_version_and_module_entry_point():
+    import subprocess
+    import sys
+
+    import batch_ast
+
+    done = subprocess.run([sys.executable, "-m", "batch_ast", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == f"batch-ast {batch_ast.__version__}"

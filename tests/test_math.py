@@ -196,35 +196,80 @@ def test_tomczak_general_loss_terms_vanish_at_their_targets():
     assert plain.content_target_style is None and len(plain.style_targets) == 1 and len(t.style_targets) == 2
 
 
-def test_beat_segmented_transfer_follows_the_grid_and_resumes():
-    from batch_ast.rhythm import SegmentedTransfer, beat_frames, paired_segments
+def test_beat_transfer_is_one_optimisation_over_the_whole_grid_input_and_resumes(tmp_path):
+    from batch_ast.rhythm import BeatTransfer, beat_transfer
 
-    p = params(rhythm="beats", iterations=4, patience=1000, kernel_size=3, max_seconds=4.0)
+    p = params(rhythm="beats", iterations=6, patience=1000, kernel_size=3, max_seconds=4.0,
+               style_weight_content=1.0, content_weight_style=0.5)
     c_audio = load_audio(DEMO_AUDIO / "harp_harmony.wav", p["sample_rate"], p["max_seconds"])
-    s_audio = load_audio(DEMO_AUDIO / "boogie_marabi.wav", p["sample_rate"], p["max_seconds"])
+    s_audio = load_audio(DEMO_AUDIO / "boogie_marabi.wav", p["sample_rate"], 3.0)  # grid input: 3 s
     c = log_spectrogram(torch.from_numpy(c_audio), p["n_fft"], p["hop_length"])
     s = log_spectrogram(torch.from_numpy(s_audio), p["n_fft"], p["hop_length"])
-    sb = beat_frames(s_audio, p["sample_rate"], p["hop_length"])
-    segments = paired_segments(beat_frames(c_audio, p["sample_rate"], p["hop_length"]), sb, c.shape[-1], s.shape[-1])
-    assert len(segments) >= 3
-    full = SegmentedTransfer(c, s, segments, p, DEVICE)
-    while full.step():
-        pass
+    full, beats = beat_transfer(c_audio, s_audio, c, s, p, DEVICE)
+    assert isinstance(full, BeatTransfer) and beats.grid == "style" and beats.segments >= 3
+    assert beats.content.bpm > 0 and len(beats.style.frames) >= 2
+    full.run()
     x, terms = full.result()
-    grid = sum(s1 - s0 for _, (s0, s1) in segments)
-    assert x.shape == (c.shape[0], grid) and full.iteration == 4 * len(segments)
-    assert "beat segments" in full.stop_reason and math.isfinite(terms.total)
-    # interrupt in the second segment, resume from the state: same result
-    part = SegmentedTransfer(c, s, segments, p, DEVICE)
-    for _ in range(6):
-        part.step()
-    resumed = SegmentedTransfer(c, s, segments, p, DEVICE)
-    resumed.load_state_dict(part.state_dict())
-    while resumed.step():
-        pass
+    assert x.shape == s.shape  # the style's whole length: pre-roll and tail included
+    assert full.iteration == 6 and math.isfinite(terms.total) and full.stop_reason == "max_iterations"
+    # segment ranges tile the feature frames; the loss is the sum of the segments' own terms
+    assert full.ranges[0][0] == 0 and full.ranges[-1][1] == s.shape[-1] - 2
+    assert all(a[1] == b[0] for a, b in zip(full.ranges, full.ranges[1:], strict=False))
+    # interrupt, resume from the saved state: the same result
+    part, _ = beat_transfer(c_audio, s_audio, c, s, p, DEVICE)
+    part.run(should_pause=lambda: part.iteration >= 3)
+    torch.save(part.state_dict(), tmp_path / "ckpt.pt")
+    resumed, _ = beat_transfer(c_audio, s_audio, c, s, p, DEVICE)
+    resumed.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+    resumed.run()
     torch.testing.assert_close(resumed.result()[0], x)
-    with pytest.raises(TransferError, match="fewer than two beats"):
-        SegmentedTransfer(c, s, [], p, DEVICE)
+    # on the content's grid the output is the content's length
+    on_content, _ = beat_transfer(c_audio, s_audio, c, s, {**p, "beat_grid": "content"}, DEVICE)
+    assert on_content.x.shape == c.shape
+
+
+def test_beat_segment_losses_vanish_at_the_aligned_targets():
+    """At x = the (grid-aligned) style input, its content and Gram terms are zero in every segment."""
+    from batch_ast.rhythm import beat_transfer
+
+    p = params(rhythm="beats", kernel_size=3, max_seconds=3.0, content_weight=0.0, content_weight_style=1.0)
+    c_audio = load_audio(DEMO_AUDIO / "harp_harmony.wav", p["sample_rate"], 3.0)
+    s_audio = load_audio(DEMO_AUDIO / "boogie_marabi.wav", p["sample_rate"], 3.0)
+    c = log_spectrogram(torch.from_numpy(c_audio), p["n_fft"], p["hop_length"])
+    s = log_spectrogram(torch.from_numpy(s_audio), p["n_fft"], p["hop_length"])
+    t, _ = beat_transfer(c_audio, s_audio, c, s, p, DEVICE)
+    total, content, style = t.loss_terms(s.to(DEVICE))
+    assert total.item() == pytest.approx(0.0, abs=1e-3 * t.loss_terms(t.x)[0].item())
+    assert style.item() == pytest.approx(0.0, abs=1e-6 * t.loss_terms(t.x)[2].item())
+    assert content.item() > 0  # the unweighted content(A) term (weight 0) is still reported
+
+
+def test_beat_grid_helpers():
+    import numpy as np
+
+    from batch_ast.rhythm import (
+        align_to_grid,
+        check_coverage,
+        extend_to_edges,
+        feature_ranges,
+        octave_error,
+        segment_bounds,
+    )
+
+    # librosa drops weak first/last beats: the grid is extended by the median period to both ends
+    assert list(extend_to_edges(np.array([43, 65, 86, 108]), 150)) == [21, 43, 65, 86, 108, 130]
+    assert octave_error(60.1, 120.0) == -1 and octave_error(240.0, 117.0) == 1
+    assert octave_error(117.5, 123.0) == 0 and octave_error(90.0, 120.0) == 0
+    assert segment_bounds((10, 20, 30, 40), 50, 2) == [0, 10, 30, 50]  # two beats per segment
+    # ranges tile the VALID feature frames; a one-frame range joins its neighbour
+    assert feature_ranges([0, 10, 30, 50], 50, 5) == [(0, 8), (8, 28), (28, 46)]
+    assert feature_ranges([0, 3, 30, 50], 50, 5) == [(0, 28), (28, 46)]
+    other = torch.arange(12.0).reshape(1, 12).repeat(2, 1)
+    aligned = align_to_grid(other, [0, 4, 8, 12], [0, 2, 6, 10, 14, 20])
+    assert aligned.shape == (2, 20)  # past the other's segments, its beat segments repeat
+    check_coverage(95, 100)
+    with pytest.raises(TransferError, match="covers 50% of the grid input"):
+        check_coverage(50, 100)
 
 
 def test_reduced_precision_reaches_the_float32_loss_and_tf32_is_float32_on_cpu():
@@ -346,3 +391,29 @@ def test_inverse_stft_equals_torch_istft(n_fft, hop, length):
     torch.testing.assert_close(inverse(spec), expected, rtol=1e-5, atol=1e-5)
     both = [griffin_lim(spec.abs(), n_fft, hop, n_iter=4, length=length, istft=i) for i in ("overlap-add", "torch")]
     torch.testing.assert_close(both[0], both[1], rtol=1e-4, atol=1e-4)
+
+
+def test_tempo_octave_error_is_corrected_towards_the_input_nearer_120_bpm(monkeypatch):
+    """style1 of the DAFx loops reads as 60 BPM, its content as 117: the style is tracked again at
+    the content's tempo, with a warning; a tempo hint skips the check."""
+    import numpy as np
+
+    from batch_ast import rhythm
+
+    calls = []
+
+    def fake_track(audio, sample_rate, hop_length, bpm=0.0):
+        calls.append(bpm)
+        tempo = bpm or float(audio[0])  # the fake "audio" carries its tempo
+        return rhythm.BeatGrid((10, 20, 30), tempo)
+
+    monkeypatch.setattr(rhythm, "track_beats", fake_track)
+    content, style = np.array([117.5]), np.array([60.1])
+    c, s, warnings = rhythm.consistent_grids(content, style, 22050, 512)
+    assert (c.bpm, s.bpm) == (117.5, 117.5) and calls == [0.0, 0.0, 117.5]
+    assert "style read as 60.1 BPM" in warnings[0] and "re-tracked at 117.5" in warnings[0]
+    _, _, warnings = rhythm.consistent_grids(np.array([120.0]), np.array([90.0]), 22050, 512)
+    assert "tempi differ" in warnings[0]
+    calls.clear()
+    _, _, warnings = rhythm.consistent_grids(content, style, 22050, 512, bpm=120.0)
+    assert warnings == [] and calls == [120.0, 120.0]

@@ -207,9 +207,13 @@ def test_local_preemption_resumes_a_packed_job_without_redoing_finished_rows(aud
 def test_beat_segmented_row_runs_through_the_job(audio_dir, tmp_path):
     record = run_one(audio_dir, "content2.wav", "style.wav", tmp_path, rhythm="beats", kernel_size=3, iterations=3)
     assert record["status"] == "ok", record["error"]
-    assert "beat segments" in record["stop_reason"]
+    assert record["stop_reason"] == "max_iterations" and record["beat_segments"] >= 2
+    assert record["content_bpm"] > 0 and record["style_bpm"] > 0 and len(record["style_beat_times"]) >= 2
     audio, _ = sf.read(tmp_path / "results" / record["output"])
-    assert 0 < len(audio) < record["content_seconds"] * TINY["sample_rate"]  # follows the style's beats
+    assert len(audio) == round(record["style_seconds"] * TINY["sample_rate"])  # the style's whole length
+    batch_ast.collect(tmp_path / "results")
+    index = batch_ast.load_index(tmp_path / "results")
+    assert index["beat_segments"].iloc[0] == record["beat_segments"]
 
 
 def test_resume_limit_fails_the_row_instead_of_looping(audio_dir, tmp_path):
