@@ -74,10 +74,21 @@ def log_tail(path: str, lines: int = 5, row_id: str = "") -> str:
     return "\n".join(all_lines[-lines:])
 
 
+def finishes(record: dict, submission: Submission) -> bool:
+    """Whether ``record`` finishes ``submission``'s row: written by it or by a later submission.
+    A record from an *earlier* submission is the result that ``--force`` or ``--retry-failed`` is
+    replacing, so progress, ``--wait`` and exit codes must not count it. Submission ids start with
+    their UTC second (``new_submission_id``); records without one (older versions) count."""
+    if record.get("status") not in ("ok", "failed"):
+        return False
+    written_by = str(record.get("submission_id") or "")
+    return not written_by or written_by.split("-")[0] >= submission.submission_id.split("-")[0]
+
+
 def submission_status(results: ResultsRoot, submission: Submission) -> SubmissionStatus:
     job_of_row = {rid: job for job in submission.jobs for rid in job["rows"]}
     records = {rid: results.read_record(rid) or {} for rid in submission.rows}
-    finished = {rid for rid, record in records.items() if record.get("status") in ("ok", "failed")}
+    finished = {rid for rid, record in records.items() if finishes(record, submission)}
     pending_jobs = [
         job["job_id"] for job in submission.jobs if any(rid not in finished for rid in job["rows"])
     ]

@@ -53,3 +53,27 @@ def test_default_packing():
     assert default_rows_per_job("slurm", 10, workers=1) == 1
     assert default_rows_per_job("local", 10, workers=1) == 10
     assert default_rows_per_job("local", 10, workers=3) == 4
+
+
+def test_a_forced_rerun_does_not_count_the_previous_result(tmp_path):
+    """--force / --retry-failed: until the row's new record is written, its old record (from an
+    earlier submission) is not this submission's result; progress, --wait and exit codes see the
+    row as in flight (here: its job left, so lost), then ok once it is rewritten."""
+    from batch_ast.dispatch import Submission
+    from batch_ast.status import submission_status
+    from batch_ast.store import ResultsRoot, write_json_atomic
+
+    results = ResultsRoot(tmp_path / "results")
+    results.run_dir("abc").mkdir(parents=True)
+    old, new = "20261125T120000-aaaaaa", "20261126T090000-000000"
+    write_json_atomic(results.record_path("abc"), {"id": "abc", "status": "ok", "submission_id": old})
+    jobs = [{"job_id": "1", "rows": ["abc"], "log": ""}]
+    rerun = Submission(new, "debug", "", "m.csv", str(results.root), "", jobs=jobs, rows={"abc": 1})
+    first = Submission(old, "debug", "", "m.csv", str(results.root), "", jobs=jobs, rows={"abc": 1})
+    assert [r.state for r in submission_status(results, rerun).rows] == ["lost"]
+    assert [r.state for r in submission_status(results, first).rows] == ["ok"]
+    write_json_atomic(results.record_path("abc"), {"id": "abc", "status": "failed", "submission_id": new})
+    assert [r.state for r in submission_status(results, rerun).rows] == ["failed"]
+    assert [r.state for r in submission_status(results, first).rows] == ["failed"]  # a later result counts
+    write_json_atomic(results.record_path("abc"), {"id": "abc", "status": "ok"})  # an older version's record
+    assert [r.state for r in submission_status(results, rerun).rows] == ["ok"]
