@@ -29,7 +29,6 @@ from .transfer import (
     StyleTransfer,
     TransferError,
     content_loss,
-    features,
     match_length,
     style_form_for,
     style_terms,
@@ -194,37 +193,25 @@ class BeatTransfer(StyleTransfer):
         device: torch.device,
         weight: torch.Tensor | None = None,
     ):
+        self.ranges = ranges  # before the base class builds the style targets through the hook
         super().__init__(content_spec, style_spec, params, device, weight)
-        self.ranges = ranges
-        p = params
-        with torch.no_grad():
-            style_feats = features(style_spec.to(device), self.weight, p["activation"], p["precision"])
-            n_filters = self.weight.shape[0]
-            self.segment_targets = []
-            for a, b in ranges:
-                targets = [style_feats[:, a:b]]
-                if p["style_weight_content"] > 0:
-                    targets.append(self.content_target[:, a:b])
-                form = style_form_for(n_filters, b - a, [b - a] * len(targets))
-                self.segment_targets.append(StyleTargets.of(targets, form))
+
+    def _set_style_targets(self, gram_targets: list[torch.Tensor]) -> None:
+        """One set of Gram targets per segment, each in the form cheaper for its length."""
+        n_filters = self.weight.shape[0]
+        self.segment_targets = []
+        for a, b in self.ranges:
+            form = style_form_for(n_filters, b - a, [b - a] * len(gram_targets))
+            self.segment_targets.append(StyleTargets.of([f[:, a:b] for f in gram_targets], form))
         self.style_form = ",".join(sorted({t.form for t in self.segment_targets}))
 
-    def _segment_content(self, feats: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _content_term(self, feats: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return torch.stack([content_loss(feats[:, a:b], target[:, a:b]) for a, b in self.ranges]).sum()
 
-    def loss_terms_from(self, feats: torch.Tensor):
-        p = self.params
-        c = self._segment_content(feats, self.content_target)
-        styles = torch.stack([
+    def _style_terms(self, feats: torch.Tensor) -> torch.Tensor:
+        return torch.stack([
             style_terms(feats[:, a:b], targets) for (a, b), targets in zip(self.ranges, self.segment_targets, strict=True)
         ]).sum(dim=0)
-        total = p["content_weight"] * c + p["style_weight"] * styles[0]
-        if self.content_target_style is not None:
-            c_b = self._segment_content(feats, self.content_target_style)
-            total, c = total + p["content_weight_style"] * c_b, c + c_b
-        if len(styles) > 1:
-            total = total + p["style_weight_content"] * styles[1]
-        return total, c, styles.sum()
 
 
 def beat_transfer(

@@ -306,11 +306,7 @@ class StyleTransfer:
                 if params["content_weight_style"] > 0 else None
             )
             # The Gram targets: the style input's (delta), then the content input's (gamma).
-            gram_targets = [style_feats] + ([content_feats] if params["style_weight_content"] > 0 else [])
-            self.style_form = style_form_for(
-                self.weight.shape[0], content_feats.shape[-1], [f.shape[-1] for f in gram_targets]
-            )
-            self.style_targets = StyleTargets.of(gram_targets, self.style_form)
+            self._set_style_targets([style_feats] + ([content_feats] if params["style_weight_content"] > 0 else []))
         generator = torch.Generator().manual_seed(params["seed"] + 1)
         init = torch.randn(content_spec.shape, generator=generator) * 1e-3
         self.x = init.to(device).requires_grad_(True)
@@ -366,16 +362,30 @@ class StyleTransfer:
         use_precision(self.params["precision"], self.device)
         return self.loss_terms_from(features(x, self.weight, self.params["activation"], self.params["precision"]))
 
+    def _set_style_targets(self, gram_targets: list[torch.Tensor]) -> None:
+        """The Gram targets' statistics, in the exact form that is cheaper for their sizes."""
+        self.style_form = style_form_for(
+            self.weight.shape[0], self.content_target.shape[-1], [f.shape[-1] for f in gram_targets]
+        )
+        self.style_targets = StyleTargets.of(gram_targets, self.style_form)
+
+    def _content_term(self, feats: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return content_loss(feats, target)
+
+    def _style_terms(self, feats: torch.Tensor) -> torch.Tensor:
+        """‖G(feats) − G_k‖² for each Gram target k, shape (K,)."""
+        return style_terms(feats, self.style_targets)
+
     def loss_terms_from(self, feats: torch.Tensor) -> LossTensors:
         """(total, content, style) from the output's features: total = alpha c(content) +
         beta c(style input) + delta s(style) + gamma s(content input); the content and style terms
         returned are the unweighted sums of the terms in use."""
         p = self.params
-        c = content_loss(feats, self.content_target)
-        styles = style_terms(feats, self.style_targets)
+        c = self._content_term(feats, self.content_target)
+        styles = self._style_terms(feats)
         total = p["content_weight"] * c + p["style_weight"] * styles[0]
         if self.content_target_style is not None:
-            c_b = content_loss(feats, self.content_target_style)
+            c_b = self._content_term(feats, self.content_target_style)
             total, c = total + p["content_weight_style"] * c_b, c + c_b
         if len(styles) > 1:
             total = total + p["style_weight_content"] * styles[1]
