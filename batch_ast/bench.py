@@ -46,6 +46,7 @@ from .transfer import (
     style_form_for,
     style_loss,
     style_terms,
+    use_precision,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +63,9 @@ def _sync() -> None:
 def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).to(DEVICE)
 DEMO = REPO / "manifests" / "audio"
-SHARED = REPO.parent / "shared" / "audio"
+# the clips beside the checkout (../shared/audio); BATCH_AST_SHARED_AUDIO points elsewhere (a GPU
+# machine gets only the repository, so benchmarks/gpu-check.sh carries the clips it needs)
+SHARED = Path(os.environ.get("BATCH_AST_SHARED_AUDIO", REPO.parent / "shared" / "audio"))
 
 
 def _timeit(fn: Callable[[], Any], repeat: int = 3, warmup: int = 1) -> float:
@@ -89,13 +92,16 @@ def _signal(seconds: float, sample_rate: int, seed: int = 0) -> np.ndarray:
     return np.tile(clip, reps)[: int(seconds * sample_rate)].astype(np.float32)
 
 
-def matmul_flops(sizes: tuple[int, ...] = (1024, 2048, 4096)) -> float:
+def matmul_flops(sizes: tuple[int, ...] = (1024, 2048, 4096), precision: str = "float32") -> float:
     """The machine's own float32 matmul rate (FLOP/s): the best over square sizes, best of 5 each.
-    The physical reference for the optimisation step."""
+    The physical reference for the optimisation step. On CUDA, ``precision`` picks IEEE float32
+    or TF32 tensor cores (the setting is global, so it is set here each time)."""
+    use_precision(precision, DEVICE)
     best = 0.0
     for n in sizes:
         a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
         best = max(best, 2 * n**3 / _timeit(lambda a=a, b=b: a @ b, repeat=5))
+    use_precision("float32", DEVICE)
     return best
 
 
@@ -115,12 +121,14 @@ def step_flops(n_bins: int, frames: int, n_filters: int, kernel: int, style_form
     return 2 * conv + style
 
 
-def bench_step(name: str, seconds: float, sr: int, n_fft: int, hop: int, n_filters: int, peak: float) -> dict:
+def bench_step(name: str, seconds: float, sr: int, n_fft: int, hop: int, n_filters: int, peak: float,
+               precision: str = "float32") -> dict:
     """Achieved FLOP/s of one loss+gradient evaluation, counted as the minimal work of the form the
-    row uses, over the matmul rate measured right around it (the best of the run's first
-    reference, one just before and one just after: the least disturbed)."""
+    row uses, over the matmul rate of the same precision measured right around it (the best of the
+    run's first reference, one just before and one just after: the least disturbed)."""
     p = load_config().resolve(
-        dict(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_filters=n_filters, kernel_size=11, optimizer="adam", lr=0.1)
+        dict(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_filters=n_filters, kernel_size=11, optimizer="adam", lr=0.1,
+             precision=precision)
     )
     c = log_spectrogram(_tensor(_signal(seconds, sr, 0)), n_fft, hop)
     s = log_spectrogram(_tensor(_signal(seconds, sr, 1)), n_fft, hop)
@@ -130,10 +138,12 @@ def bench_step(name: str, seconds: float, sr: int, n_fft: int, hop: int, n_filte
         t.optimizer.zero_grad()
         t.loss_terms(t.x)[0].backward()
 
-    peak = max(peak, matmul_flops())
+    peak = max(peak, matmul_flops(precision=precision))
     sec = _timeit(evaluation, repeat=3)
-    peak = max(peak, matmul_flops())
+    peak = max(peak, matmul_flops(precision=precision))
     flops = step_flops(c.shape[0], c.shape[1], n_filters, 11, t.style_form, s.shape[1])
+    if precision != "float32":
+        name += f", precision {precision}"
     return {
         "section": "step",
         "case": name,
@@ -143,7 +153,7 @@ def bench_step(name: str, seconds: float, sr: int, n_fft: int, hop: int, n_filte
         "ratio": flops / sec / peak,
         "note": f"{c.shape[0]} bins x {c.shape[1]} frames, {n_filters} filters, style loss in the {t.style_form} "
         f"form; {sec * 1000:.0f} ms per evaluation, minimal {flops / 1e9:.1f} GFLOP; "
-        "reference: best torch float32 square matmul (1024-4096)",
+        f"reference: best torch {'TF32' if precision == 'tf32' else 'float32'} square matmul (1024-4096)",
     }
 
 
@@ -946,7 +956,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quick:
             rows.append(bench_step("realistic: 10 s @ 22.05 kHz, n_fft 2048, 4096 filters", 10, 22050, 2048, 512, 4096, peak))
             realistic_eval_s = step_flops(1025, 431, 4096, 11, "frames") / (rows[-1]["value"] * 1e9)
-        print_table(rows[-1:])
+            if DEVICE.type == "cuda":  # the same step on TF32 tensor cores, against the TF32 matmul rate
+                rows.append(bench_step("realistic: 10 s @ 22.05 kHz, n_fft 2048, 4096 filters", 10, 22050, 2048, 512,
+                                       4096, 0.0, precision="tf32"))
+        print_table(rows[-(1 if args.quick else 3 if DEVICE.type == "cuda" else 2):])
     if "gram" in sections:
         rows += bench_gram(peak)
         print_table(rows[-5:])

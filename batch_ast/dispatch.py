@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -127,14 +128,42 @@ class Submission:
 def _make_executor(kind: str, folder: Path, params: dict[str, Any]) -> submitit.Executor:
     params = dict(params)
     max_timeouts = params.pop("slurm_max_num_timeout", None)
+    if kind == "local":
+        # submitit's LocalExecutor itself, not through AutoExecutor: only it takes ``visible_gpus``
+        local = {k: v for k, v in params.items() if not k.startswith("slurm_")}
+        if "gpus_per_node" not in local:
+            local.update(local_gpu_passthrough(os.environ.get("CUDA_VISIBLE_DEVICES")))
+        executor = submitit.LocalExecutor(folder=folder, **({} if max_timeouts is None else {"max_num_timeout": max_timeouts}))
+        executor.update_parameters(**{**LOCAL_DEFAULTS, **local})
+        return executor
     ctor = {f"{kind}_max_num_timeout": max_timeouts} if max_timeouts is not None and kind != "debug" else {}
     executor = submitit.AutoExecutor(folder=folder, cluster=kind, **ctor)
     if kind == "slurm":
         executor.update_parameters(**{**SLURM_DEFAULTS, **params})
-    elif kind == "local":
-        local = {k: v for k, v in params.items() if not k.startswith("slurm_")}
-        executor.update_parameters(**{**LOCAL_DEFAULTS, **local})
     return executor
+
+
+def local_gpu_passthrough(visible: str | None) -> dict[str, Any]:
+    """The local executor's GPU request that lets a job see the submitter's GPUs.
+
+    submitit's local executor sets each job's CUDA_VISIBLE_DEVICES from ``gpus_per_node`` (0 by
+    default: an empty string, so a job on a GPU workstation silently ran on the CPU). Without a
+    ``gpus_per_node`` of the user's, ask for what the submitter sees: the indices of its
+    CUDA_VISIBLE_DEVICES, or every GPU when that is unset. Entries that are not indices (GPU UUIDs,
+    MIG names) cannot be passed through submitit's integer list: then no GPU, with a warning."""
+    if visible is None:
+        import torch  # counts devices through NVML where it can, without starting CUDA here
+
+        count = torch.cuda.device_count()
+        return {"gpus_per_node": count} if count else {}
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    if not all(e.isdigit() for e in entries):
+        warnings.warn(f"CUDA_VISIBLE_DEVICES={visible!r} names GPUs by UUID or MIG name, which the local "
+                      "executor cannot pass to its jobs: they run without a GPU (set gpus_per_node in a "
+                      "profile, with integer CUDA_VISIBLE_DEVICES)", stacklevel=2)
+        return {}
+    gpus = [int(e) for e in entries]
+    return {"gpus_per_node": len(gpus), "visible_gpus": tuple(gpus)} if gpus else {}
 
 
 def new_submission_id() -> str:

@@ -26,17 +26,29 @@ step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
 check() { local rc=$?; if [ $rc -ne 0 ]; then echo "FAILED ($rc): $*"; failures=$((failures + 1)); fi; }
 
 step "install"
-VENV="${GPU_CHECK_VENV:-.venv-gpu}"
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv --system-site-packages "$VENV"
+if [ -n "${GPU_CHECK_WHEELS:-}" ]; then
+  # A machine without a package index (a lent GPU machine): the dependencies its Python lacks were
+  # carried in as wheels; install them beside that Python (which holds the machine's CUDA torch) and
+  # run the project from this checkout. Nothing is downloaded.
+  PY="${GPU_CHECK_PYTHON:-python3}"
+  SITE="${GPU_CHECK_SITE:-/tmp/batch-ast-site}"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$GPU_CHECK_WHEELS"/*.whl
+  export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  "$PY" -c "import batch_ast, submitit, librosa, soundfile, pandas, pyarrow, yaml, matplotlib, tqdm, pytest"
+else
+  VENV="${GPU_CHECK_VENV:-.venv-gpu}"
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv --system-site-packages "$VENV"
+  fi
+  PY="$VENV/bin/python"
+  if ! "$PY" -c "import torch" 2>/dev/null; then
+    # no torch on this machine: the small CPU wheel (on a GPU machine this means the check is moot)
+    "$PY" -m pip install -q torch==2.13.0
+  fi
+  "$PY" -m pip install -q -e '.[test]'
 fi
-PY="$VENV/bin/python"
-if ! "$PY" -c "import torch" 2>/dev/null; then
-  # no torch on this machine: the small CPU wheel (on a GPU machine this means the check is moot)
-  "$PY" -m pip install -q torch==2.13.0
-fi
-"$PY" -m pip install -q -e '.[test]'
 check "install"
+CLI=("$PY" -m batch_ast)
 
 step "versions"
 {
@@ -56,16 +68,30 @@ if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cu
 fi
 
 step "tests on $DEVICE"
-if [ "$QUICK" = 1 ]; then TESTS=(tests/test_math.py -k "griffin_lim or gradient"); else TESTS=(-m "not slurm and not browser"); fi
-BATCH_AST_TEST_DEVICE="$DEVICE" timeout 300 "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}" \
-  --junitxml "$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.txt"
+# (this script's own smoke test is left out: it would run the whole check again inside the check)
+if [ "$QUICK" = 1 ]; then
+  TESTS=(tests/test_math.py -k "griffin_lim or gradient")
+else
+  TESTS=(-m "not slurm and not browser" --deselect tests/test_gpu_check.py)
+fi
+# pytest-xdist, where installed, runs the tests in GPU_CHECK_WORKERS processes (they share the GPU)
+WORKERS=()
+if [ "${GPU_CHECK_WORKERS:-0}" -gt 1 ] && "$PY" -c "import xdist" 2>/dev/null; then WORKERS=(-n "$GPU_CHECK_WORKERS"); fi
+BATCH_AST_TEST_DEVICE="$DEVICE" timeout "${GPU_CHECK_TEST_TIMEOUT:-300}" "$PY" -m pytest -q -p no:cacheprovider \
+  "${WORKERS[@]}" "${TESTS[@]}" ${GPU_CHECK_PYTEST_ARGS:-} --junitxml "$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.txt"
 check "tests"
 
 step "bench on $DEVICE"
-if [ "$QUICK" = 1 ]; then SECTIONS=(gl); BENCH_FLAGS=(--quick); else SECTIONS=(step gl transfer batch precision); BENCH_FLAGS=(); fi
-timeout 240 "$PY" -m batch_ast.bench --device "$DEVICE" "${BENCH_FLAGS[@]}" --only "${SECTIONS[@]}" --out "$OUT/bench"
-check "bench"
+# GPU_CHECK_BENCH: the sections to run (empty: none, e.g. when rerunning only the tests)
+if [ "$QUICK" = 1 ]; then SECTIONS=(gl); BENCH_FLAGS=(--quick); else
+  read -r -a SECTIONS <<< "${GPU_CHECK_BENCH-step gl transfer batch precision rows}"; BENCH_FLAGS=(); fi
+if [ "${#SECTIONS[@]}" -gt 0 ]; then
+  timeout "${GPU_CHECK_BENCH_TIMEOUT:-300}" "$PY" -m batch_ast.bench --device "$DEVICE" "${BENCH_FLAGS[@]}" \
+    --only "${SECTIONS[@]}" --out "$OUT/bench"
+  check "bench"
+fi
 
+if [ "${GPU_CHECK_ROWS:-1}" = 1 ]; then  # GPU_CHECK_ROWS=0: leave the rows out (rerunning the tests only)
 step "16 rows through the local executor, --batch-rows 1 vs 8"
 ROWS=16; ITER=""
 if [ "$QUICK" = 1 ]; then ROWS=2; ITER=",iterations,griffin_lim_iters"; fi
@@ -99,7 +125,7 @@ for BATCH in 1 8; do
     SAMPLER=""
   fi
   START=$(date +%s.%N)
-  timeout 300 "$VENV/bin/batch-ast" submit "$WORK/rows.csv" --results "$RES" --executor local \
+  timeout "${GPU_CHECK_ROWS_TIMEOUT:-300}" "${CLI[@]}" submit "$WORK/rows.csv" --results "$RES" --executor local \
     --rows-per-job "$ROWS" --batch-rows "$BATCH" --quiet
   check "submit --batch-rows $BATCH"
   END=$(date +%s.%N)
@@ -114,9 +140,13 @@ seconds = end - start
 samples = [float(x) for x in open(memlog).read().split() if x.strip()]
 peak = f"{max(samples):.0f}" if samples else "n/a"
 print(f"{batch},{ok},{seconds:.1f},{3600 * ok / seconds:.0f},{peak}")
+stages = [c for c in index.columns if c.startswith("time_") and c.endswith("_s")]
+summary = index.groupby(["status", "device_used"], dropna=False)[stages].median().round(2)
+print(f"--batch-rows {batch}: median seconds per stage by status and device\n{summary.to_string()}", file=sys.stderr)
 EOF
 done
-column -s, -t < "$OUT/rows-per-hour.csv"
+cat "$OUT/rows-per-hour.csv"
+fi
 
 step "done: $failures step(s) failed; files in $OUT"
 ls "$OUT"

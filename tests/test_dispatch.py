@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from batch_ast.dispatch import (
     choose_executor,
     default_rows_per_job,
     load_profile,
+    local_gpu_passthrough,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +32,14 @@ def test_auto_falls_back_to_local_and_says_why(monkeypatch):
     assert choose_executor("auto")[0] == "slurm"
 
 
-def test_example_profile_maps_to_valid_submitit_parameters(tmp_path):
+def test_example_profile_maps_to_valid_submitit_parameters(tmp_path, monkeypatch):
+    # submitit's SlurmExecutor wants an srun on PATH even to check names; where SLURM is not
+    # installed (a GPU machine) a stand-in one does, since nothing is submitted here
+    if not shutil.which("srun"):
+        (tmp_path / "bin").mkdir()
+        (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 1\n")
+        (tmp_path / "bin" / "srun").chmod(0o755)
+        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     params = load_profile(REPO / "slurm" / "profile.example.yaml")
     assert params["slurm_partition"] == "gpu" and params["slurm_array_parallelism"] == 50
     assert params["batch_rows"] == 4
@@ -77,3 +87,19 @@ def test_a_forced_rerun_does_not_count_the_previous_result(tmp_path):
     assert [r.state for r in submission_status(results, first).rows] == ["failed"]  # a later result counts
     write_json_atomic(results.record_path("abc"), {"id": "abc", "status": "ok"})  # an older version's record
     assert [r.state for r in submission_status(results, rerun).rows] == ["ok"]
+
+
+def test_local_jobs_see_the_submitters_gpus(tmp_path, monkeypatch):
+    """submitit's local executor empties CUDA_VISIBLE_DEVICES unless GPUs are asked for (jobs on a
+    GPU workstation ran on the CPU, found on an H100): without a gpus request a local job sees
+    exactly the GPUs its submitter sees; an explicit gpus_per_node is the user's to set."""
+    assert local_gpu_passthrough("1,3") == {"gpus_per_node": 2, "visible_gpus": (1, 3)}
+    assert local_gpu_passthrough("") == {}
+    with pytest.warns(UserWarning, match="UUID or MIG"):
+        assert local_gpu_passthrough("GPU-6f1c2a9e") == {}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
+    seen = _make_executor("local", tmp_path / "a" / "%j", {}).submit(os.getenv, "CUDA_VISIBLE_DEVICES")
+    assert seen.result() == "1,3"
+    chosen = _make_executor("local", tmp_path / "b" / "%j", {"gpus_per_node": 1}).submit(
+        os.getenv, "CUDA_VISIBLE_DEVICES")
+    assert chosen.result() == "0"
