@@ -50,7 +50,7 @@ from .transfer import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ["step", "gram", "rows", "compile", "gl", "gl-curve", "transfer", "lbfgs", "precision", "batch", "prefetch", "reference", "stopping", "rhythm", "overhead", "memory"]
+SECTIONS = ["step", "gram", "rows", "compile", "gl", "gl-curve", "transfer", "lbfgs", "precision", "batch", "prefetch", "reference", "stopping", "rhythm", "overhead", "memory", "collect"]
 DEVICE = torch.device("cpu")  # set by --device; every torch section runs there
 
 
@@ -373,6 +373,66 @@ def _row_record(content: Path, style: Path, preset: str, folder: Path, **overrid
     record = run_row(spec, results)
     assert record["status"] == "ok", record.get("error")
     return record
+
+
+def grow_study(root: Path, n_rows: int) -> None:
+    """Make a results root hold ``n_rows`` records by copying one of its ok rows under new ids,
+    names, content weights and seeds (sharing its output and figures, each with its own trace):
+    a study's worth of real records for timing collect and the report (and for the report's
+    browser test) without running thousands of rows."""
+    import shutil
+
+    template_path = next(p for p in sorted((root / "runs").glob("*/record.json"))
+                         if json.loads(p.read_text())["status"] == "ok")
+    template = json.loads(template_path.read_text())
+    existing = len(list((root / "runs").glob("*/record.json")))
+    for i in range(n_rows - existing):
+        rid = f"{i:016x}"
+        record = {**template, "id": rid, "name": f"study-{i}", "row": existing + i + 1,
+                  "params": {**template["params"], "content_weight": [0.5, 1.0, 2.0, 4.0][i % 4], "seed": i}}
+        run = root / "runs" / rid
+        run.mkdir()
+        (run / "record.json").write_text(json.dumps(record))
+        shutil.copy(template_path.parent / "trace.parquet", run / "trace.parquet")
+
+
+def bench_collect(n_rows: int) -> list[dict]:
+    """Collect and report at a study's size: a collect from scratch (the reference) against a
+    re-collect with nothing changed, one with one new record, and writing the report."""
+    from .index import collect
+    from .report import write_report
+    from .store import ResultsRoot
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "one"
+        _row_record(DEMO / "speech_gettysburg.wav", DEMO / "boogie_marabi.wav", "quick", folder,
+                    iterations=20, griffin_lim_iters=4, device="cpu")
+        results = ResultsRoot(folder / "results")
+        grow_study(results.root, n_rows)
+
+        def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+            t0 = time.perf_counter()
+            out = fn()
+            return time.perf_counter() - t0, out
+
+        results.collect_state_path.unlink(missing_ok=True)
+        full_s, full = timed(lambda: collect(results.root))
+        again_s, again = timed(lambda: collect(results.root))
+        assert again.unchanged, "nothing changed, yet the collect rewrote the index"
+        changed = results.record_path(f"{0:016x}")
+        changed.write_text(changed.read_text().replace('"study-0"', '"study-0 again"'))
+        one_s, one = timed(lambda: collect(results.root))
+        report_s, _ = timed(lambda: write_report(results.root))
+        size = sum(f.stat().st_size for f in results.root.glob("report*"))
+    note = f"{full.rows} rows, {full.traces} trace points; collect from scratch {full_s:.2f} s"
+    return [
+        _speedup_row("collect", f"re-collect, {n_rows} rows, nothing changed", full_s, again_s,
+                     "than a collect from scratch", f"{again_s:.3f} s; {note}"),
+        _speedup_row("collect", f"re-collect, {n_rows} rows, one record changed", full_s, one_s,
+                     "than a collect from scratch", f"{one_s:.3f} s, {one.reread} record read; {note}"),
+        _speedup_row("collect", f"report of {n_rows} rows (index fresh)", full_s, report_s,
+                     "than a collect from scratch", f"{report_s:.2f} s; page and data {size / 2**20:.1f} MiB"),
+    ]
 
 
 TABLE_COLUMNS = ("section", "case", "value", "unit", "reference", "ratio", "note")
@@ -1006,6 +1066,9 @@ def main(argv: list[str] | None = None) -> int:
         print_table(rows[-3:])
     if "memory" in sections:
         rows += bench_memory([10, 60] if args.quick else [10, 60, 300])
+        print_table(rows[-3:])
+    if "collect" in sections:
+        rows += bench_collect(200 if args.quick else 5000)
         print_table(rows[-3:])
     meta = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -18,6 +18,7 @@ from .dispatch import (
     cancel_jobs,
     choose_executor,
     default_rows_per_job,
+    find_profile,
     load_profile,
     load_submissions,
     new_submission_id,
@@ -29,7 +30,8 @@ from .job import DEFAULT_CHECKPOINT_EVERY_S, DEFAULT_MAX_RESUMES, TransferJob
 from .manifest import ManifestError, read_manifest
 from .plan import Plan, chunk, make_plan
 from .status import all_status, claim_rows, format_status, release_claims, submission_status
-from .store import ResultsError, ResultsRoot, describe_os_error
+from .store import ResultsError, ResultsRoot, describe_os_error, write_atomic
+from .study import StudyError
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
@@ -115,7 +117,10 @@ def _failed_before_lines(results: ResultsRoot, plan: Plan) -> list[str]:
 def cmd_submit(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     rows = read_manifest(args.manifest, config)
-    profile = load_profile(args.profile)
+    profile_path, source = find_profile(args.profile, site_defaults=not args.no_profile)
+    if profile_path is not None and source != "--profile":
+        print(f"profile: {profile_path} ({source}; --no-profile ignores it)", file=sys.stderr)
+    profile = load_profile(profile_path)
     results = ResultsRoot(args.results)
     if not args.dry_run:
         results.require_writable()  # before hashing thousands of files or submitting anything
@@ -273,8 +278,23 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    path = write_report(args.results, args.output, metric=args.metric, top=args.top, ascending=not args.descending)
+    path = write_report(args.results, args.output, metric=args.metric, top=args.top, ascending=not args.descending,
+                        portable=args.portable)
     print(f"report: {path}")
+    return 0
+
+
+def cmd_expand(args: argparse.Namespace) -> int:
+    """Write a study's manifest: the CSV that `submit STUDY.yaml` runs, row for row."""
+    from .study import study_csv
+
+    if args.output:
+        out = Path(args.output)
+        text = study_csv(args.study, relative_to=out.resolve().parent)
+        write_atomic(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        print(f"manifest: {out} ({text.count(chr(10)) - 1} rows)")
+    else:
+        sys.stdout.write(study_csv(args.study))
     return 0
 
 
@@ -314,11 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
             "otherwise submitit's local executor (processes on this machine); the choice is printed."
         ),
     )
-    p.add_argument("manifest", help="CSV with columns content, style[, id][, hyperparameters...]")
+    p.add_argument("manifest", help="CSV with columns content, style[, id][, hyperparameters...], "
+                                    "or a study YAML (contents, styles, grid...: see batch-ast expand)")
     p.add_argument("--results", default="results", help="results root (default: results)")
     p.add_argument("--config", help="YAML overriding the default hyperparameters/presets")
     p.add_argument("--executor", choices=EXECUTORS, default="auto", help="default: auto")
-    p.add_argument("--profile", help="cluster profile YAML (see slurm/profile.example.yaml)")
+    p.add_argument("--profile", help="cluster profile YAML (see slurm/profile.example.yaml); default: the file "
+                                     "named by $BATCH_AST_PROFILE, else ~/.config/batch-ast/profile.yaml if present")
+    p.add_argument("--no-profile", action="store_true", help="use no default profile (only --profile, if given)")
     p.add_argument("--rows-per-job", type=int, help="pack N rows into one job/array task")
     p.add_argument("--batch-rows", type=int, metavar="N",
                    help="optimise up to N rows of a job that share a network together, one batched conv "
@@ -350,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every submission, not only the latest")
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("expand", help="write the manifest CSV of a study YAML (the rows `submit STUDY.yaml` runs)")
+    p.add_argument("study", help="study YAML: contents, styles, pair, presets, seeds, grid, set, name")
+    p.add_argument("-o", "--output", help="CSV to write (input paths relative to it); default: standard output")
+    p.set_defaults(func=cmd_expand)
+
     p = sub.add_parser("collect", help="gather records into index.parquet and traces.parquet")
     p.add_argument("results", nargs="?", default="results")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -357,7 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write a static HTML page with figures and audio players")
     p.add_argument("results", nargs="?", default="results")
-    p.add_argument("-o", "--output", help="HTML file (default: <results>/report.html)")
+    p.add_argument("-o", "--output", help="HTML file (default: <results>/report.html); its data goes beside it")
+    p.add_argument("--portable", action="store_true",
+                   help="copy (or hard-link) the input audio beside the report, so a copied results folder still plays it")
     p.add_argument("--metric", default="final_style", help="rank the best rows by this index column")
     p.add_argument("--descending", action="store_true", help="higher metric is better")
     p.add_argument("--top", type=int, default=5, help="how many best rows to list")
@@ -378,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Problems with what the user gave (files, settings, folders): one line on stderr, exit 2.
-USER_ERRORS = (ConfigError, DispatchError, ManifestError, ResultsError)
+USER_ERRORS = (ConfigError, DispatchError, ManifestError, ResultsError, StudyError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,15 @@ PROFILE_KEYS = {
     "setup": "slurm_setup",
     "additional_parameters": "slurm_additional_parameters",
     "job_name": "name",
+    "gres": "slurm_gres",
+    "exclude": "slurm_exclude",
+    "nodelist": "slurm_nodelist",
+    "mail_type": "slurm_mail_type",
+    "mail_user": "slurm_mail_user",
+    # how a job starts Python, e.g. "apptainer exec image.sif python" (submitit's executor argument)
+    "python": "python",
 }
+PROFILE_ENV = "BATCH_AST_PROFILE"
 # Profile keys batch-ast handles itself (not submitit parameters).
 NON_SUBMITIT_KEYS = ("rows_per_job", "max_array_size", "batch_rows")
 # Many sites cap job arrays (MaxArraySize, often 1001); submitit does not split: we do.
@@ -78,6 +86,30 @@ def choose_executor(requested: str) -> tuple[str, str]:
     if requested == "slurm" and not slurm_available():
         raise DispatchError("--executor slurm: no SLURM controller answers (is sbatch on PATH? sinfo?)")
     return requested, f"--executor {requested}"
+
+
+def user_profile_path() -> Path:
+    """The user's default profile: $XDG_CONFIG_HOME/batch-ast/profile.yaml (~/.config by default)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "batch-ast" / "profile.yaml"
+
+
+def find_profile(explicit: str | Path | None, site_defaults: bool = True) -> tuple[Path | None, str]:
+    """The profile a submit uses and where it came from: ``--profile``; else the file named by
+    $BATCH_AST_PROFILE (a site sets it for everyone, e.g. in a module file); else the user's own
+    default; else none. ``site_defaults=False`` (``--no-profile``) ignores the last two."""
+    if explicit:
+        return Path(explicit), "--profile"
+    if not site_defaults:
+        return None, ""
+    named = os.environ.get(PROFILE_ENV)
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise DispatchError(f"${PROFILE_ENV} names {named!r}, which is not a file (unset it or use --no-profile)")
+        return path, f"${PROFILE_ENV}"
+    path = user_profile_path()
+    return (path, "the user's default profile") if path.is_file() else (None, "")
 
 
 def load_profile(path: str | Path | None) -> dict[str, Any]:
@@ -128,15 +160,19 @@ class Submission:
 def _make_executor(kind: str, folder: Path, params: dict[str, Any]) -> submitit.Executor:
     params = dict(params)
     max_timeouts = params.pop("slurm_max_num_timeout", None)
+    python = params.pop("python", None)
     if kind == "local":
         # submitit's LocalExecutor itself, not through AutoExecutor: only it takes ``visible_gpus``
         local = {k: v for k, v in params.items() if not k.startswith("slurm_")}
         if "gpus_per_node" not in local:
             local.update(local_gpu_passthrough(os.environ.get("CUDA_VISIBLE_DEVICES")))
-        executor = submitit.LocalExecutor(folder=folder, **({} if max_timeouts is None else {"max_num_timeout": max_timeouts}))
+        ctor_args = {"max_num_timeout": max_timeouts, "python": python}
+        executor = submitit.LocalExecutor(folder=folder, **{k: v for k, v in ctor_args.items() if v is not None})
         executor.update_parameters(**{**LOCAL_DEFAULTS, **local})
         return executor
     ctor = {f"{kind}_max_num_timeout": max_timeouts} if max_timeouts is not None and kind != "debug" else {}
+    if python is not None and kind == "slurm":
+        ctor["slurm_python"] = python
     executor = submitit.AutoExecutor(folder=folder, cluster=kind, **ctor)
     if kind == "slurm":
         executor.update_parameters(**{**SLURM_DEFAULTS, **params})

@@ -2,13 +2,16 @@
 
 ``collect`` is safe while jobs still run: it reads only published (renamed) files, skips and
 reports unreadable ones, and replaces the index files atomically, so a reader or a killed collect
-always leaves the previous index intact.
+always leaves the previous index intact. It is incremental: a row whose record and trace files are
+unchanged since the last collect (same size and modification time) is taken from the previous
+index, and a collect that finds nothing changed writes nothing.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
 from .config import PARAMS, flatten_record
@@ -35,6 +39,9 @@ METRIC_COLUMNS = (
     "lsd_to_content_db",
     "onset_corr_content",
     "onset_corr_style",
+    "output_rms_dbfs",
+    "content_rms_dbfs",
+    "style_rms_dbfs",
 )
 
 _PARAM_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64()}
@@ -120,6 +127,73 @@ class CollectReport:
     traces: int = 0
     skipped: list[str] = field(default_factory=list)  # "path: reason" for unreadable files
     figures_regenerated: int = 0
+    reread: int = 0  # rows whose record was read again (new or changed since the last collect)
+    unchanged: bool = False  # nothing changed: the index files were left as they were
+
+
+# What the last collect saw, so the next one reads only what changed (see ``collect``).
+STATE_VERSION = 1
+
+
+def _stat(path: Path) -> list[int] | None:
+    """[mtime_ns, size, inode] of a file, None when absent: the identity of one published version
+    (files are published by rename, so a rewrite changes the inode even within one mtime tick)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_mtime_ns, st.st_size, st.st_ino]
+
+
+def _sources(results: ResultsRoot) -> dict[str, dict[str, list[int] | None]]:
+    """The files an index is made of: every record and trace, and every submission (rows without
+    a record come from those)."""
+    records = {path.parent.name: _stat(path) for path in results.record_paths()}
+    return {
+        "records": records,
+        "traces": {rid: _stat(results.trace_path(rid)) for rid in records},
+        "submissions": {path.name: _stat(path) for path in sorted(results.submissions_dir.glob("*.json"))}
+        if results.submissions_dir.is_dir() else {},
+    }
+
+
+def _read_state(results: ResultsRoot) -> dict | None:
+    """The last collect's state, if the index files are still the ones it wrote."""
+    try:
+        state = json.loads(results.collect_state_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        return None
+    if state.get("columns") != INDEX_SCHEMA.names:
+        return None  # another batch-ast version wrote it: its rows may lack columns
+    if state.get("outputs") != [_stat(results.index_path), _stat(results.traces_path)]:
+        return None  # rewritten or removed since by someone else: trust nothing
+    return state
+
+
+def _write_state(results: ResultsRoot, sources: dict, pending: int, report: CollectReport) -> None:
+    state = {
+        "version": STATE_VERSION, "columns": INDEX_SCHEMA.names, "sources": sources, "pending": pending,
+        "rows": report.rows,
+        "traces": report.traces, "outputs": [_stat(results.index_path), _stat(results.traces_path)],
+    }
+    try:
+        results.collect_state_path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(results.collect_state_path, lambda tmp: tmp.write_text(json.dumps(state), encoding="utf-8"))
+    except OSError:
+        pass  # only a cache: the next collect reads everything
+
+
+def _unchanged_rows(state: dict | None, sources: dict) -> set[str]:
+    """Ids whose record and trace are the files the last collect read."""
+    if state is None:
+        return set()
+    old = state["sources"]
+    return {
+        rid for rid, stat in sources["records"].items()
+        if stat is not None and old["records"].get(rid) == stat and old["traces"].get(rid) == sources["traces"][rid]
+    }
 
 
 @contextmanager
@@ -146,11 +220,12 @@ def _collect_lock(results: ResultsRoot) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _read_records(results: ResultsRoot, report: CollectReport, progress: bool = False) -> list[dict]:
+def _read_records(results: ResultsRoot, report: CollectReport, progress: bool = False,
+                  skip: set[str] = frozenset()) -> list[dict]:
     from tqdm import tqdm
 
     records = []
-    paths = results.record_paths()
+    paths = [path for path in results.record_paths() if path.parent.name not in skip]
     # A bar only where someone watches (a TTY) and there is enough to wait for.
     show = progress and len(paths) >= 200 and sys.stderr.isatty()
     for path in tqdm(paths, desc="records", unit="file", disable=not show):
@@ -176,8 +251,16 @@ def _records_table(records: list[dict]) -> pa.Table:
     return pa.Table.from_pandas(frame, schema=INDEX_SCHEMA, preserve_index=False)
 
 
-def _traces_table(results: ResultsRoot, ok_ids: list[str], report: CollectReport) -> pa.Table:
+def _traces_table(results: ResultsRoot, ok_ids: list[str], report: CollectReport,
+                  previous: pa.Table | None = None) -> pa.Table:
+    """The traces of ``ok_ids``: from ``previous`` (the last collect's table) where it has them."""
     tables = []
+    if previous is not None:
+        kept = pa.compute.is_in(previous["id"], value_set=pa.array(ok_ids, pa.string()))
+        previous = previous.filter(kept)
+        tables.append(previous.select(TRACES_SCHEMA.names).cast(TRACES_SCHEMA))
+        have = set(previous["id"].unique().to_pylist())
+        ok_ids = [rid for rid in ok_ids if rid not in have]
     for rid in ok_ids:
         path = results.trace_path(rid)
         try:
@@ -225,21 +308,43 @@ def collect(root: str | Path, progress: bool = False) -> CollectReport:
 
     The index has one row per submitted row: those with a record (ok, failed) and those without one
     yet (pending, running, lost, cancelled: their state from the queue). Rows are ordered by
-    submission, then manifest row."""
+    submission, then manifest row. Incremental: records and traces unchanged since the last
+    collect come from the previous index; when no file changed and no row awaits the queue, the
+    index is left as it is (``CollectReport.unchanged``)."""
     results = ResultsRoot(root)
     results.require_results_root()
     report = CollectReport()
     with _collect_lock(results):
-        records = _read_records(results, report, progress)
+        sources = _sources(results)
+        state = _read_state(results)
+        if state is not None and state["sources"] == sources and not state["pending"]:
+            report.rows, report.traces, report.unchanged = state["rows"], state["traces"], True
+            return report
+        unchanged = _unchanged_rows(state, sources)
+        reused: list[dict] = []
+        previous_traces = None
+        if unchanged:
+            previous = pq.read_table(results.index_path).to_pandas(types_mapper=_NULLABLE_INTS.get)
+            previous = previous[previous["id"].isin(unchanged) & previous["status"].isin(["ok", "failed"])]
+            reused = previous.astype(object).where(previous.notna(), None).to_dict("records")
+            unchanged = {r["id"] for r in reused}  # a row the old index lacks is read again
+            previous_traces = pq.read_table(results.traces_path)
+        records = _read_records(results, report, progress, skip=unchanged)
+        report.reread = len(records)
+        records += reused
         _regenerate_missing_figures(results, records, report)
-        records += _unrecorded_rows(results, {r["id"] for r in records})
+        recorded = {r["id"] for r in records}
+        pending = _unrecorded_rows(results, recorded)
+        records += pending
         records.sort(key=lambda r: (str(r.get("submission_id") or ""), int(r.get("row") or 0), str(r["id"])))
         index = _records_table(records) if records else INDEX_SCHEMA.empty_table()
         ok_ids = [r["id"] for r in records if r.get("status") == "ok"]
-        traces = _traces_table(results, ok_ids, report)
+        traces = _traces_table(results, ok_ids, report, previous_traces)
         write_atomic(results.index_path, lambda tmp: pq.write_table(index, tmp))
         write_atomic(results.traces_path, lambda tmp: pq.write_table(traces, tmp))
-    report.rows, report.traces = index.num_rows, traces.num_rows
+        report.rows, report.traces = index.num_rows, traces.num_rows
+        # rows still waiting for the queue make the next collect look again, even if no file changed
+        _write_state(results, sources, sum(r.get("status") in ("pending", "running") for r in pending), report)
     return report
 
 
@@ -274,14 +379,31 @@ CATEGORY_COLUMNS = (
 _NULLABLE_INTS = {pa.int64(): pd.Int64Dtype()}
 
 
-def load_traces(root: str | Path = "results") -> pd.DataFrame:
+def load_traces(root: str | Path = "results", params: list[str] | tuple[str, ...] | None = None) -> pd.DataFrame:
     """Loss traces in long format, one row per iteration of each ok row.
+
+    Parameters
+    ----------
+    root : str or Path
+        The results root.
+    params : list of str, optional
+        Index columns (hyperparameters, ``name``, metrics...) to join on ``id``, typed as in
+        ``load_index``; e.g. ``load_traces(root, params=["content_weight", "optimizer"])`` is ready
+        for ``groupby`` or seaborn's ``hue``. An unknown name raises KeyError naming the columns.
 
     Returns
     -------
     pandas.DataFrame
         Columns ``id``, ``iteration``, ``total``, ``content``, ``style`` (losses at the iterate the
-        iteration started from) and ``evaluations`` (loss+gradient evaluations in the iteration,
-        nullable). Join hyperparameters from ``load_index`` on ``id``.
+        iteration started from), ``evaluations`` (loss+gradient evaluations in the iteration,
+        nullable), then the requested ``params``.
     """
-    return _read_parquet(ResultsRoot(root).traces_path, root).to_pandas(types_mapper=_NULLABLE_INTS.get)
+    traces = _read_parquet(ResultsRoot(root).traces_path, root).to_pandas(types_mapper=_NULLABLE_INTS.get)
+    if not params:
+        return traces
+    index = load_index(root)
+    unknown = [name for name in params if name not in index.columns]
+    if unknown:
+        raise KeyError(f"no index column {', '.join(map(repr, unknown))}; columns are: {', '.join(index.columns)}")
+    wanted = [name for name in dict.fromkeys(params) if name != "id"]
+    return traces.merge(index[["id", *wanted]], on="id", how="left", validate="many_to_one")

@@ -96,8 +96,17 @@ def _check_audio_path(path: Path, limit: int) -> str | None:
 
 
 def read_manifest(path: str | Path, config: Config) -> list[ManifestRow]:
-    """Parse and validate a manifest; raise ManifestError listing all problems."""
+    """Parse and validate a manifest (CSV, or a study YAML expanded by ``study.study_csv``); raise
+    ManifestError listing all problems. A study's rows are numbered as in its expansion."""
+    from .study import StudyError, is_study, study_csv
+
     path = Path(path)
+    if is_study(path):
+        try:
+            text = study_csv(path)
+        except StudyError as exc:
+            raise ManifestError(path, [str(exc).removeprefix(f"{path}: ")]) from None
+        return _parse_manifest(text, path, config)
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -106,6 +115,10 @@ def read_manifest(path: str | Path, config: Config) -> list[ManifestRow]:
         text = raw.decode("utf-8-sig")  # tolerate the BOM that spreadsheet programs write
     except UnicodeDecodeError as exc:
         raise ManifestError(path, [f"not UTF-8 text: {exc}"]) from None
+    return _parse_manifest(text, path, config)
+
+
+def _parse_manifest(text: str, path: Path, config: Config) -> list[ManifestRow]:
 
     reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
     records = [(reader.line_num, rec) for rec in reader if any(cell.strip() for cell in rec)]

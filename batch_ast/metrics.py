@@ -7,6 +7,7 @@ network (another seed), so that no metric is just the optimised objective read b
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,13 @@ def log_spectral_distance(a: torch.Tensor, b: torch.Tensor, n_fft: int, hop_leng
     frames = min(pa_.shape[-1], pb.shape[-1])
     diff = pa_[..., :frames] - pb[..., :frames]
     return diff.pow(2).mean(dim=0).sqrt().mean().item()
+
+
+def rms_dbfs(audio: np.ndarray) -> float:
+    """Level in dB relative to full scale of the RMS (a sine of peak 1 is −3 dBFS); −200 for silence.
+    The report plays content, style and output at matched levels from these."""
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
+    return 20 * math.log10(max(rms, 1e-10))
 
 
 def onset_correlation(a: np.ndarray, b: np.ndarray, sample_rate: int, hop_length: int, n_fft: int) -> float:
@@ -97,4 +105,6 @@ def output_metrics(
     sr = params["sample_rate"]
     metrics["onset_corr_content"] = onset_correlation(output, content, sr, hop, n_fft)
     metrics["onset_corr_style"] = onset_correlation(output, style, sr, hop, n_fft)
+    for name, audio in (("output", output), ("content", content), ("style", style)):
+        metrics[f"{name}_rms_dbfs"] = rms_dbfs(audio)
     return metrics

@@ -1,80 +1,41 @@
-"""Report stage: one static HTML page to browse, hear and compare every row of a results root.
+"""Report stage: one static HTML page to browse, hear and compare the rows of a results root.
 
-No server: the page links the PNGs and WAVs by relative paths, so it opens straight from the
-cluster's shared filesystem. A few lines of inline JavaScript sort the table and check that every
-image and audio file actually loads (broken links are listed at the top of the page).
+No server and no CDN: ``report.html`` holds the page and its script, ``<report>.data.js`` the rows
+(loaded with a ``<script>`` tag, which browsers allow on file:// where fetch() is refused). The
+table is drawn from that data a page at a time, so a study of thousands of rows opens at once:
+players and figures are made only when a row is opened (a browser allows about a thousand live
+media players per page), and the media check counts only what it tried to load.
+
+Links are relative to the report. ``--portable`` also copies (or hard-links) the input audio next
+to the report, so the results folder can be copied to a laptop and still play its inputs.
 """
 
 from __future__ import annotations
 
 import html
+import json
+import math
 import os
+import shutil
 import sys
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from .index import collect, load_index
-from .store import ResultsError, ResultsRoot
+from .config import PARAMS
+from .index import METRIC_COLUMNS, collect, load_index, load_traces
+from .store import ResultsError, ResultsRoot, write_atomic
 
-TABLE_COLUMNS = [
-    ("row", "row"),
-    ("name", "name"),
-    ("status", "status"),
-    ("content", "content"),
-    ("style", "style"),
-    ("preset", "preset"),
-    ("optimizer", "optimizer"),
-    ("content_weight", "content w."),
-    ("n_filters", "filters"),
-    ("iterations_run", "iters"),
-    ("final_total", "total loss"),
-    ("final_content", "content loss"),
-    ("final_style", "style loss"),
-    ("spectral_convergence", "spectral conv."),
-    ("time_total_s", "wall s"),
-    ("device_used", "device"),
-]
-
-SCRIPT = """
-function sortTable(th) {
-  const table = th.closest('table'), idx = [...th.parentNode.children].indexOf(th);
-  const body = table.tBodies[0], rows = [...body.rows];
-  const asc = th.dataset.dir !== 'asc'; th.dataset.dir = asc ? 'asc' : 'desc';
-  const key = r => { const v = r.cells[idx].dataset.v ?? r.cells[idx].textContent;
-                     const n = parseFloat(v); return isNaN(n) ? v.toLowerCase() : n; };
-  rows.sort((a, b) => { const x = key(a), y = key(b); return (x > y ? 1 : x < y ? -1 : 0) * (asc ? 1 : -1); });
-  rows.forEach(r => body.appendChild(r));
-}
-function checkMedia() {
-  const broken = [];
-  document.querySelectorAll('img').forEach(i => { if (!i.complete || i.naturalWidth === 0) broken.push(i.getAttribute('src')); });
-  document.querySelectorAll('audio').forEach(a => { if (a.error) broken.push(a.getAttribute('src')); });
-  const box = document.getElementById('media-check');
-  const n = document.querySelectorAll('img, audio').length;
-  box.dataset.broken = broken.length; box.dataset.total = n;
-  box.textContent = broken.length ? broken.length + ' of ' + n + ' media files failed to load: ' + broken.join(', ')
-                                  : 'all ' + n + ' media files load';
-  box.className = broken.length ? 'bad' : 'good';
-}
-window.addEventListener('load', () => setTimeout(checkMedia, 1500));
-"""
-
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
-table { border-collapse: collapse; font-size: 0.85em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
-th { background: #eee; cursor: pointer; position: sticky; top: 0; }
-td.text { text-align: left; }
-tr.failed td { background: #fde8e8; }
-section.row { border-top: 2px solid #ddd; margin-top: 1.5em; padding-top: 0.5em; }
-section.row img { max-width: 100%; margin: 0.25em 0; }
-.players { display: flex; gap: 1.5em; flex-wrap: wrap; }
-.players div { display: flex; flex-direction: column; }
-pre.error { background: #fde8e8; padding: 0.5em; white-space: pre-wrap; }
-#media-check.good { color: #176117; } #media-check.bad { color: #a01010; font-weight: bold; }
-"""
+# Always in the table; the hyperparameters that vary across rows and the metrics come after.
+FIXED_COLUMNS = ["status", "content_name", "style_name"]
+RESULT_COLUMNS = ["iterations_run", "final_total", "final_content", "final_style", "spectral_convergence", *METRIC_COLUMNS]
+# Shown in a row's details (not columns: they rarely decide anything across rows).
+DETAIL_COLUMNS = ["row", "submission_id", "stop_reason", "evaluations", "time_total_s", "device_used", "error",
+                  "figure_error", "warning", "content_bpm", "style_bpm"]
+LOUDNESS_COLUMNS = ["content_rms_dbfs", "style_rms_dbfs", "output_rms_dbfs"]
+TRACE_POINTS = 60  # per row: enough for an overlaid curve, small enough for 5,000 rows
 
 
 def _missing(value: object) -> bool:
@@ -82,18 +43,15 @@ def _missing(value: object) -> bool:
     return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
-def _cell(value: object) -> tuple[str, str]:
-    """(display text, sort key) for a table cell."""
+def _json_value(value: object) -> Any:
+    """A JSON-safe cell: missing → null, numpy scalars → Python, integral floats stay floats."""
     if _missing(value):
-        return "", ""
-    if isinstance(value, float):
-        return f"{value:.4g}", repr(value)
-    return str(value), str(value)
-
-
-def _present(value: object) -> bool:
-    """False for the None/NaN that pandas puts in empty cells."""
-    return not _missing(value) and value != ""
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value if isinstance(value, (int, float, bool)) else str(value)
 
 
 def _rel(target: str | os.PathLike, start: Path) -> str:
@@ -101,20 +59,95 @@ def _rel(target: str | os.PathLike, start: Path) -> str:
     return urllib.parse.quote(Path(os.path.relpath(Path(target), start)).as_posix())
 
 
+def varying_params(df: pd.DataFrame) -> list[str]:
+    """The hyperparameters with more than one value across the rows (the study's design)."""
+    out = []
+    for name in PARAMS:
+        if name in df and df[name].astype("string").nunique(dropna=False) > 1:
+            out.append(name)
+    return out
+
+
+def _portable_copy(path: Path, sha: object, media_dir: Path) -> Path:
+    """The input's copy beside the report, named by its hash (one copy per distinct input);
+    a hard link where the filesystem allows, else a copy."""
+    name = f"{str(sha)[:16]}-{path.name}" if not _missing(sha) else path.name
+    target = media_dir / name
+    if not target.exists():
+        media_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+    return target
+
+
+def _downsampled_traces(root: Path, ids: set[str]) -> dict[str, list[list[float]]]:
+    """Per ok row, [iteration, total loss] at most TRACE_POINTS times (first and last kept)."""
+    try:
+        traces = load_traces(root)
+    except ResultsError:
+        return {}
+    traces = traces[traces["id"].isin(ids)]
+    out: dict[str, list[list[float]]] = {}
+    for rid, group in traces.groupby("id", sort=False):
+        n = len(group)
+        step = max(1, math.ceil(n / TRACE_POINTS))
+        picked = group.iloc[list(range(0, n, step)) + ([n - 1] if (n - 1) % step else [])]
+        out[str(rid)] = [[int(i), float(t)] for i, t in zip(picked["iteration"], picked["total"], strict=True)
+                         if math.isfinite(t)]
+    return out
+
+
+def report_data(df: pd.DataFrame, root: Path, out_dir: Path, portable: bool = False) -> dict[str, Any]:
+    """Everything the page shows, as JSON-ready lists (column names, one list per row)."""
+    params = varying_params(df)
+    metrics = [c for c in RESULT_COLUMNS if c in df and c not in LOUDNESS_COLUMNS and df[c].notna().any()]
+    media_dir = out_dir / "report-inputs"
+    rows = []
+    for r in df.to_dict("records"):
+        item: dict[str, Any] = {"id": r["id"], "name": _json_value(r.get("name"))}
+        for key in ("content", "style"):
+            path = Path(r[key]) if not _missing(r.get(key)) else None
+            item[f"{key}_name"] = path.name if path else None
+            if path and path.exists():
+                linked = _portable_copy(path, r.get(f"{key}_sha256"), media_dir) if portable else path
+                item[f"{key}_url"] = _rel(linked, out_dir)
+            else:
+                item[f"{key}_url"] = None
+        for key, column in (("output_url", "output"), ("spectrogram_url", "spectrogram_png"), ("loss_url", "loss_png")):
+            value = r.get(column)
+            item[key] = _rel(root / str(value), out_dir) if not _missing(value) and value != "" else None
+        for column in (*FIXED_COLUMNS[:1], *params, *metrics, *DETAIL_COLUMNS, *LOUDNESS_COLUMNS, "preset"):
+            if column in r:
+                item[column] = _json_value(r[column])
+        rows.append(item)
+    ok_ids = {row["id"] for row in rows if row.get("status") == "ok"}
+    return {
+        "root": str(root),
+        "columns": [*FIXED_COLUMNS, *params, *metrics],
+        "params": params,
+        "metrics": metrics,
+        "rows": rows,
+        "traces": _downsampled_traces(root, ok_ids),
+    }
+
+
 def _summary(df: pd.DataFrame, metric: str, top: int, ascending: bool) -> str:
     counts = df["status"].value_counts().to_dict() if len(df) else {}
-    parts = [f"<li>{html.escape(str(k))}: {v}</li>" for k, v in sorted(counts.items())]
+    parts = [f"<li>{html.escape(str(k))}: {v}</li>" for k, v in sorted(counts.items(), key=lambda kv: str(kv[0])) if v]
     time_by_device = (
         df.groupby(df["device_used"].astype(str), observed=True)["time_total_s"].sum() if len(df) else {}
     )
     for device, seconds in dict(time_by_device).items():
-        parts.append(f"<li>{html.escape(device)} time: {seconds / 3600:.3f} h ({seconds:.1f} s)</li>")
+        if device not in ("<NA>", "nan", "None"):
+            parts.append(f"<li>{html.escape(device)} time: {seconds / 3600:.3f} h ({seconds:.1f} s)</li>")
     best = ""
     ok = df[df["status"] == "ok"] if len(df) else df
-    if metric in df.columns and len(ok):
+    if metric in df.columns and len(ok) and ok[metric].notna().any():
         ranked = ok.sort_values(metric, ascending=ascending).head(top)
         items = "".join(
-            f"<li><a href='#row-{html.escape(r.id)}'>row {r.row} {html.escape(r.name if _present(r.name) else r.id)}</a>: "
+            f"<li><a href='#open={urllib.parse.quote(r.id)}'>{html.escape(r.name if not _missing(r.name) else r.id)}</a>: "
             f"{getattr(r, metric):.4g}</li>"
             for r in ranked.itertuples()
         )
@@ -123,56 +156,256 @@ def _summary(df: pd.DataFrame, metric: str, top: int, ascending: bool) -> str:
     return f"<h2>Summary</h2><ul>{''.join(parts)}</ul>{best}"
 
 
-def _table(df: pd.DataFrame) -> str:
-    head = "".join(f"<th onclick='sortTable(this)'>{html.escape(label)}</th>" for _, label in TABLE_COLUMNS)
-    rows = []
-    for r in df.to_dict("records"):
-        cells = []
-        for col, _ in TABLE_COLUMNS:
-            value = r.get(col)
-            if col in ("content", "style") and value:
-                value = Path(value).name
-            text, key = _cell(value)
-            if not _present(r.get("name")) and col == "name":
-                text = ""
-            if col == "name":
-                text = f"<a href='#row-{html.escape(r['id'])}'>{html.escape(text or r['id'])}</a>"
-            else:
-                text = html.escape(text)
-            klass = " class='text'" if col in ("name", "status", "content", "style", "preset", "optimizer", "device_used") else ""
-            cells.append(f"<td{klass} data-v='{html.escape(key)}'>{text}</td>")
-        rows.append(f"<tr class='{html.escape(str(r['status']))}'>{''.join(cells)}</tr>")
-    return f"<table id='rows'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
+th { background: #eee; cursor: pointer; position: sticky; top: 0; white-space: nowrap; }
+td.text { text-align: left; } th.sorted-asc::after { content: ' \\25B2'; } th.sorted-desc::after { content: ' \\25BC'; }
+tr.failed td, tr.lost td, tr.cancelled td { background: #fde8e8; } tr.pending td, tr.running td { background: #f4f4f4; }
+tr.group td { background: #eef3fb; text-align: left; font-weight: 600; }
+tr.details td { text-align: left; background: #fcfcfc; }
+tr.row { cursor: pointer; } tr.row:hover td { background: #f6f9ff; }
+.controls { display: flex; gap: 1em; align-items: center; flex-wrap: wrap; margin: 0.5em 0; }
+#filter { width: 32em; padding: 0.3em; }
+.ab button { margin-right: 0.3em; } .ab button.on { font-weight: bold; background: #dde8ff; }
+.figures img { max-width: 48%; margin: 0.25em 0.5em 0.25em 0; vertical-align: top; }
+pre.error { background: #fde8e8; padding: 0.5em; white-space: pre-wrap; }
+#media-check.good { color: #176117; } #media-check.bad { color: #a01010; font-weight: bold; }
+.charts { display: flex; gap: 2em; flex-wrap: wrap; } .charts svg { border: 1px solid #ddd; background: #fff; }
+.muted { color: #777; }
+"""
 
-
-def _row_section(r: dict, root: Path, out_dir: Path) -> str:
-    rid = html.escape(r["id"])
-    title = html.escape(f"row {r['row']}: {r['name'] if _present(r.get('name')) else r['id']}")
-    parts = [f"<section class='row' id='row-{rid}'><h3>{title} <small>[{rid}] {html.escape(str(r['status']))}</small></h3>"]
-    parts.append(
-        f"<p>{html.escape(Path(r['content']).name)} (content) + {html.escape(Path(r['style']).name)} (style); "
-        f"optimizer {html.escape(str(r.get('optimizer')))}, content_weight {r.get('content_weight')}, "
-        f"{_cell(r.get('iterations_run'))[0] or 0} iterations ({html.escape(str(r.get('stop_reason') or ''))})</p>"
-    )
-    if r["status"] != "ok":
-        parts.append(f"<pre class='error'>{html.escape(str(r.get('error') or 'no error recorded'))}</pre>")
-    players = []
-    for label, path in (("content", r["content"]), ("style", r["style"]), ("output", r.get("output"))):
-        if not _present(path):
-            continue
-        full = Path(path) if Path(path).is_absolute() else root / path
-        players.append(
-            f"<div><span>{label}</span><audio controls preload='metadata' src='{html.escape(_rel(full, out_dir))}'></audio></div>"
-        )
-    parts.append(f"<div class='players'>{''.join(players)}</div>")
-    if _present(r.get("figure_error")):
-        parts.append(f"<p class='warn'>figures missing: {html.escape(str(r['figure_error']))} "
-                     "(batch-ast collect regenerates them)</p>")
-    for key in ("spectrogram_png", "loss_png"):
-        if _present(r.get(key)):
-            parts.append(f"<img alt='{key}' src='{html.escape(_rel(root / r[key], out_dir))}'>")
-    parts.append("</section>")
-    return "".join(parts)
+# Written by hand: no charting or table library may come from a CDN, and the page needs only a
+# paginated table, one player per opened row and two small SVG charts.
+SCRIPT = r"""
+const D = window.BATCH_AST, PAGE = 50;
+const S = { filter: '', sortKey: null, asc: true, page: 0, group: true, open: new Set(), ab: {}, selected: new Set() };
+const media = { tried: 0, broken: [] };
+const $ = id => document.getElementById(id);
+const esc = s => String(s).replace(/[&<>"']/g, c => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c]));
+const LABEL = { status: 'status', content_name: 'content', style_name: 'style', iterations_run: 'iterations',
+  final_total: 'total loss', final_content: 'content loss', final_style: 'style loss', spectral_convergence: 'spectral conv.' };
+function fmt(v) {
+  if (v === null || v === undefined || v === '') return '\u2014';
+  if (typeof v === 'number') return Number.isInteger(v) ? String(v) : (Math.abs(v) >= 1e4 || Math.abs(v) < 1e-3 ? v.toExponential(3) : String(parseFloat(v.toPrecision(4))));
+  return String(v);
+}
+function title(r) { return r.name || r.id; }
+// filter: space-separated terms; col=value, col!=value, col<number, col>number, or text found in
+// name, id, status, content, style or preset
+function parseTerms(text) {
+  return text.trim().split(/\s+/).filter(Boolean).map(t => {
+    const m = t.match(/^([A-Za-z_][\w]*)(!=|<=|>=|=|<|>)(.*)$/);
+    return m ? { col: m[1], op: m[2], val: m[3] } : { text: t.toLowerCase() };
+  });
+}
+function matches(r, terms) {
+  return terms.every(t => {
+    if (t.text !== undefined)
+      return ['name', 'id', 'status', 'content_name', 'style_name', 'preset'].some(k => r[k] && String(r[k]).toLowerCase().includes(t.text));
+    const v = r[t.col], n = parseFloat(t.val);
+    if (t.op === '=') return String(v) === t.val || (typeof v === 'number' && v === n);
+    if (t.op === '!=') return !(String(v) === t.val || (typeof v === 'number' && v === n));
+    if (typeof v !== 'number' || isNaN(n)) return false;
+    return t.op === '<' ? v < n : t.op === '>' ? v > n : t.op === '<=' ? v <= n : v >= n;
+  });
+}
+function visibleRows() {
+  const terms = parseTerms(S.filter);
+  let rows = D.rows.filter(r => matches(r, terms));
+  const cmp = (a, b) => {
+    if (!S.sortKey) return 0;
+    const x = a[S.sortKey], y = b[S.sortKey];
+    if (x === y) return 0; if (x === null || x === undefined) return 1; if (y === null || y === undefined) return -1;
+    return (x > y ? 1 : -1) * (S.asc ? 1 : -1);
+  };
+  rows = rows.map((r, i) => [r, i]).sort((a, b) => {
+    if (S.group) { const g = String(a[0].content_name).localeCompare(String(b[0].content_name)); if (g) return g; }
+    return cmp(a[0], b[0]) || a[1] - b[1];
+  }).map(p => p[0]);
+  return rows;
+}
+function track(el) {
+  media.tried += 1;
+  el.addEventListener('error', () => { media.broken.push(el.getAttribute('src')); showMedia(); }, { once: true });
+  showMedia();
+  return el;
+}
+function showMedia() {
+  const box = $('media-check');
+  box.dataset.tried = media.tried; box.dataset.broken = media.broken.length;
+  box.className = media.broken.length ? 'bad' : 'good';
+  box.textContent = media.tried === 0 ? 'no media loaded yet (players and figures load when a row is opened)'
+    : media.broken.length ? media.broken.length + ' of ' + media.tried + ' media files tried failed to load: ' + media.broken.join(', ')
+    : 'all ' + media.tried + ' media files tried load';
+}
+function gainFor(r, which) {
+  // loudness matching: every source plays at the level of the quietest (volume cannot exceed 1)
+  const levels = ['content', 'style', 'output'].map(k => r[k + '_rms_dbfs']).filter(v => typeof v === 'number');
+  const own = r[which + '_rms_dbfs'];
+  if (typeof own !== 'number' || !levels.length) return 1;
+  return Math.min(1, Math.pow(10, (Math.min(...levels) - own) / 20));
+}
+function switchAB(id, which) {
+  const r = D.rows.find(x => x.id === id), box = document.querySelector('[data-ab="' + CSS.escape(id) + '"]');
+  if (!r || !box || !r[which + '_url']) return;
+  const audio = box.querySelector('audio'), wasPlaying = !audio.paused, at = audio.currentTime;
+  S.ab[id] = which;
+  if (audio.dataset.which !== which) {
+    // a chosen source loads its header (to seek to the same position, and to show a broken file)
+    audio.preload = 'metadata'; audio.src = r[which + '_url']; audio.dataset.which = which; track(audio);
+    audio.addEventListener('loadedmetadata', () => { audio.currentTime = Math.min(at, audio.duration || at); if (wasPlaying) audio.play(); }, { once: true });
+  }
+  audio.volume = gainFor(r, which);
+  box.querySelectorAll('button').forEach(b => b.classList.toggle('on', b.dataset.which === which));
+  box.dataset.which = which; writeHash();
+}
+function details(r) {
+  const parts = ['<td colspan="' + (D.columns.length + 2) + '">'];
+  parts.push('<p><b>' + esc(title(r)) + '</b> <span class="muted">[' + esc(r.id) + '] manifest row ' + fmt(r.row) +
+             ' of submission ' + esc(r.submission_id || '\u2014') + '</span></p>');
+  const facts = D.params.map(p => p + ' ' + fmt(r[p])).concat(['stop: ' + fmt(r.stop_reason), 'evaluations ' + fmt(r.evaluations),
+    'wall ' + fmt(r.time_total_s) + ' s on ' + fmt(r.device_used)]);
+  parts.push('<p>' + esc(facts.join('; ')) + '</p>');
+  if (r.error) parts.push('<pre class="error">' + esc(r.error) + '</pre>');
+  if (r.figure_error) parts.push('<p>figures missing: ' + esc(r.figure_error) + ' (batch-ast collect redraws them)</p>');
+  const sources = ['content', 'style', 'output'].filter(k => r[k + '_url']);
+  if (sources.length) {
+    parts.push('<div class="ab" data-ab="' + esc(r.id) + '">' + sources.map(k =>
+      '<button data-which="' + k + '" onclick="switchAB(' + esc(JSON.stringify(r.id)) + ', \'' + k + '\')">' + k + '</button>').join('') +
+      ' <audio controls preload="none"></audio> <span class="muted">A/B: switching keeps the playback position; levels matched to the quietest</span></div>');
+  }
+  parts.push('<div class="figures">' + [['spectrogram_url', 'spectrograms'], ['loss_url', 'loss curve']].filter(([k]) => r[k])
+    .map(([k, alt]) => '<img loading="lazy" alt="' + alt + '" data-src="' + esc(r[k]) + '">').join('') + '</div>');
+  return parts.join('') + '</td>';
+}
+function render() {
+  const rows = visibleRows(), pages = Math.max(1, Math.ceil(rows.length / PAGE));
+  S.page = Math.min(S.page, pages - 1);
+  const shown = rows.slice(S.page * PAGE, (S.page + 1) * PAGE);
+  const head = '<tr><th title="select for the loss-curve overlay">\u2713</th><th data-k="#">#</th>' + D.columns.map(c =>
+    '<th data-k="' + c + '" class="' + (S.sortKey === c ? (S.asc ? 'sorted-asc' : 'sorted-desc') : '') + '">' + esc(LABEL[c] || c) + '</th>').join('') + '</tr>';
+  const body = []; let group = null;
+  const counts = {}; rows.forEach(r => { counts[r.content_name] = (counts[r.content_name] || 0) + 1; });
+  for (const r of shown) {
+    if (S.group && r.content_name !== group) {
+      group = r.content_name;
+      body.push('<tr class="group"><td colspan="' + (D.columns.length + 2) + '">content: ' + esc(group) + ' (' + counts[group] +
+        ' rows) <button onclick="playContent(this, ' + esc(JSON.stringify(r.id)) + ')">play content</button></td></tr>');
+    }
+    const cells = D.columns.map(c => '<td class="' + (typeof r[c] === 'number' ? '' : 'text') + '">' + esc(fmt(r[c])) + '</td>').join('');
+    body.push('<tr class="row ' + esc(r.status) + '" data-id="' + esc(r.id) + '"><td><input type="checkbox" ' +
+      (S.selected.has(r.id) ? 'checked' : '') + ' onclick="event.stopPropagation(); toggleSelect(this, ' + esc(JSON.stringify(r.id)) +
+      ')"></td><td>' + (D.rows.indexOf(r) + 1) + '</td>' + cells + '</tr>');
+    if (S.open.has(r.id)) body.push('<tr class="details" data-for="' + esc(r.id) + '">' + details(r) + '</tr>');
+  }
+  $('rows').innerHTML = '<thead>' + head + '</thead><tbody>' + body.join('') + '</tbody>';
+  $('count').textContent = rows.length + ' of ' + D.rows.length + ' rows; page ' + (S.page + 1) + ' of ' + pages;
+  $('count').dataset.matching = rows.length;
+  document.querySelectorAll('#rows img[data-src]').forEach(img => { img.src = img.dataset.src; track(img); });
+  for (const id of S.open) if (S.ab[id]) switchAB(id, S.ab[id]);
+  drawScatter(rows); drawCurves();
+}
+function playContent(button, id) {
+  const r = D.rows.find(x => x.id === id);
+  let a = button.nextElementSibling;
+  if (!a || a.tagName !== 'AUDIO') { a = document.createElement('audio'); a.controls = true; a.preload = 'none';
+    a.src = r.content_url; track(a); button.after(a); }
+  a.play();
+}
+function toggleSelect(box, id) { if (box.checked) S.selected.add(id); else S.selected.delete(id); drawCurves(); writeHash(); }
+function openRow(id, ab) {
+  const i = visibleRows().findIndex(r => r.id === id);
+  if (i < 0) return;
+  S.page = Math.floor(i / PAGE); S.open.add(id); if (ab) S.ab[id] = ab;
+  render(); writeHash();
+  const tr = document.querySelector('tr.details[data-for="' + CSS.escape(id) + '"]'); if (tr) tr.scrollIntoView();
+}
+function svg(w, h, inner) { return '<svg width="' + w + '" height="' + h + '" viewBox="0 0 ' + w + ' ' + h + '">' + inner + '</svg>'; }
+function scale(vals, lo, hi, log) {
+  const f = log ? v => Math.log10(v) : v => v, xs = vals.map(f).filter(isFinite);
+  let a = Math.min(...xs), b = Math.max(...xs); if (!(b > a)) { a -= 1; b += 1; }
+  const s = v => lo + (f(v) - a) / (b - a) * (hi - lo);
+  s.ends = log ? [10 ** a, 10 ** b] : [a, b];  // the values at lo and hi, for axis labels
+  return s;
+}
+function ticks(sx, sy, W, H) {
+  // the value range at each end of both axes
+  const t = (x, y, v, anchor) => '<text x="' + x + '" y="' + y + '" font-size="9" fill="#555" text-anchor="' + anchor + '">' + esc(fmt(v)) + '</text>';
+  return (sx ? t(40, H - 16, sx.ends[0], 'start') + t(W - 10, H - 16, sx.ends[1], 'end') : '') +
+         t(38, H - 30, sy.ends[0], 'end') + t(38, 24, sy.ends[1], 'end');
+}
+function drawScatter(rows) {
+  const x = $('sx').value, y = $('sy').value, W = 460, H = 300;
+  const pts = rows.filter(r => r.status === 'ok' && r[x] !== null && r[x] !== undefined && typeof r[y] === 'number');
+  if (!pts.length) { $('scatter').innerHTML = '<p class="muted">no ok rows with both values</p>'; return; }
+  const numeric = pts.every(r => typeof r[x] === 'number');
+  const cats = numeric ? [] : [...new Set(pts.map(r => String(r[x])))];
+  const sx = numeric ? scale(pts.map(r => r[x]), 40, W - 10) : v => 40 + (cats.indexOf(String(v)) + 0.5) / cats.length * (W - 50);
+  const sy = scale(pts.map(r => r[y]), H - 30, 10);
+  const dots = pts.map(r => '<circle cx="' + sx(r[x]).toFixed(1) + '" cy="' + sy(r[y]).toFixed(1) + '" r="3" fill="#3465a4" fill-opacity="0.6" ' +
+    'onclick="openRow(' + esc(JSON.stringify(r.id)) + ')"><title>' + esc(title(r) + ': ' + x + ' ' + fmt(r[x]) + ', ' + y + ' ' + fmt(r[y])) + '</title></circle>').join('');
+  const labels = (numeric ? [] : cats.map(c => '<text x="' + sx(c).toFixed(1) + '" y="' + (H - 12) + '" font-size="10" text-anchor="middle">' + esc(c) + '</text>')).join('');
+  $('scatter').innerHTML = svg(W, H, dots + labels + ticks(numeric ? sx : null, sy, W, H) + '<text x="' + (W / 2) + '" y="' + (H - 1) + '" font-size="11" text-anchor="middle">' + esc(x) +
+    '</text><text x="10" y="12" font-size="11">' + esc(y) + '</text>');
+}
+function drawCurves() {
+  const W = 460, H = 300, ids = [...S.selected].filter(id => D.traces[id]);
+  $('curves').dataset.curves = ids.length;
+  if (!ids.length) { $('curves').innerHTML = '<p class="muted">tick rows (\u2713) to overlay their loss curves</p>'; return; }
+  const all = ids.flatMap(id => D.traces[id]);
+  const sx = scale(all.map(p => p[0]), 40, W - 10), sy = scale(all.map(p => Math.max(p[1], 1e-12)), H - 20, 10, true);
+  const colours = ['#3465a4', '#cc0000', '#4e9a06', '#f57900', '#75507b', '#c4a000', '#06989a', '#555753'];
+  const lines = ids.map((id, i) => '<polyline fill="none" stroke-width="1.5" stroke="' + colours[i % colours.length] + '" points="' +
+    D.traces[id].map(p => sx(p[0]).toFixed(1) + ',' + sy(Math.max(p[1], 1e-12)).toFixed(1)).join(' ') + '"><title>' +
+    esc(title(D.rows.find(r => r.id === id))) + '</title></polyline>').join('');
+  const legend = ids.map((id, i) => '<text x="' + (W - 150) + '" y="' + (16 + 12 * i) + '" font-size="10" fill="' + colours[i % colours.length] + '">' +
+    esc(title(D.rows.find(r => r.id === id))).slice(0, 28) + '</text>').join('');
+  $('curves').innerHTML = svg(W, H, lines + legend + ticks(sx, sy, W, H) + '<text x="' + (W / 2) + '" y="' + (H - 4) + '" font-size="11" text-anchor="middle">iteration</text>' +
+    '<text x="10" y="12" font-size="11">total loss (log)</text>');
+}
+function writeHash() {
+  const h = new URLSearchParams();
+  if (S.filter) h.set('filter', S.filter); if (S.page) h.set('page', S.page + 1);
+  const open = [...S.open]; if (open.length) h.set('open', open.join(','));
+  const ab = open.filter(id => S.ab[id]).map(id => S.ab[id]); if (ab.length) h.set('ab', ab.join(','));
+  if (S.selected.size) h.set('select', [...S.selected].join(','));
+  history.replaceState(null, '', '#' + h.toString());
+}
+function readHash() {
+  const h = new URLSearchParams(location.hash.slice(1));
+  S.filter = h.get('filter') || ''; $('filter').value = S.filter;
+  S.page = Math.max(0, (parseInt(h.get('page')) || 1) - 1);
+  const open = (h.get('open') || '').split(',').filter(Boolean), ab = (h.get('ab') || '').split(',');
+  open.forEach((id, i) => { S.open.add(id); if (ab[i]) S.ab[id] = ab[i]; });
+  (h.get('select') || '').split(',').filter(Boolean).forEach(id => S.selected.add(id));
+  if (open.length) { const i = visibleRows().findIndex(r => r.id === open[0]); if (i >= 0) S.page = Math.floor(i / PAGE); }
+}
+window.addEventListener('DOMContentLoaded', () => {
+  const t0 = performance.now();
+  const axes = D.params.concat(D.metrics), ys = D.metrics;
+  $('sx').innerHTML = axes.map(c => '<option>' + esc(c) + '</option>').join('');
+  $('sy').innerHTML = ys.map(c => '<option>' + esc(c) + '</option>').join('');
+  if (D.params.length) $('sx').value = D.params[0];
+  if (ys.includes('style_distance_heldout')) $('sy').value = 'style_distance_heldout';
+  readHash(); showMedia(); render();
+  $('filter').addEventListener('input', e => { S.filter = e.target.value; S.page = 0; render(); writeHash(); });
+  $('group').addEventListener('change', e => { S.group = e.target.checked; render(); });
+  $('prev').onclick = () => { S.page = Math.max(0, S.page - 1); render(); writeHash(); };
+  $('next').onclick = () => { S.page += 1; render(); writeHash(); };
+  $('sx').onchange = $('sy').onchange = () => render();
+  $('rows').addEventListener('click', e => {
+    const th = e.target.closest('th[data-k]');
+    if (th && th.dataset.k !== '#') { S.asc = S.sortKey === th.dataset.k ? !S.asc : true; S.sortKey = th.dataset.k; render(); return; }
+    const tr = e.target.closest('tr.row');
+    if (tr && !e.target.closest('input, button, audio')) {
+      const id = tr.dataset.id; if (S.open.has(id)) S.open.delete(id); else S.open.add(id); render(); writeHash();
+    }
+  });
+  document.body.dataset.readyMs = Math.round(performance.now() - t0);
+});
+"""
 
 
 def write_report(
@@ -181,8 +414,10 @@ def write_report(
     metric: str = "final_style",
     top: int = 5,
     ascending: bool = True,
+    portable: bool = False,
 ) -> Path:
-    """Collect, then write the HTML report (default: <root>/report.html). Returns its path."""
+    """Collect (when anything changed), then write the report (default: <root>/report.html) and its
+    data file beside it. Returns the report's path."""
     results = ResultsRoot(root)
     results.require_results_root()
     try:
@@ -191,24 +426,33 @@ def write_report(
         if not results.index_path.exists():
             raise
         print(f"warning: could not re-collect ({exc}); using the existing index", file=sys.stderr)
-    df = load_index(results.root).sort_values("row", kind="stable")
-    out = Path(output) if output else results.root / "report.html"
-    out = out.resolve()
+    df = load_index(results.root)
+    out = (Path(output) if output else results.root / "report.html").resolve()
     out_dir = out.parent
-    sections = "".join(_row_section(r, results.root, out_dir) for r in df.to_dict("records"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = report_data(df, results.root, out_dir, portable)
+    data_path = out.with_name(out.stem + ".data.js")
+    payload = "window.BATCH_AST = " + json.dumps(data, separators=(",", ":"), allow_nan=False) + ";\n"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>batch-ast report: {html.escape(str(results.root))}</title>
-<style>{STYLE}</style><script>{SCRIPT}</script></head>
+<style>{STYLE}</style><script src="{html.escape(_rel(data_path, out_dir))}"></script><script>{SCRIPT}</script></head>
 <body><h1>batch-ast report</h1>
-<p>{len(df)} row(s) from <code>{html.escape(str(results.root))}</code>. Click a column header to sort.</p>
+<p>{len(df)} row(s) from <code>{html.escape(str(results.root))}</code>. Click a row to hear and see it (A/B player,
+figures); click a column header to sort; tick rows to overlay their loss curves.</p>
 <p id="media-check">checking media files…</p>
 {_summary(df, metric, top, ascending)}
-<h2>All rows</h2>{_table(df)}
-<h2>Rows</h2>{sections}
+<h2>Rows</h2>
+<div class="controls">
+<input id="filter" placeholder="filter: text, or column=value, column&gt;number (e.g. status=ok content_weight&gt;1)">
+<label><input type="checkbox" id="group" checked> group by content</label>
+<button id="prev">&larr; previous</button><button id="next">next &rarr;</button><span id="count"></span>
+</div>
+<table id="rows"></table>
+<h2>Compare</h2>
+<div class="controls">scatter: <select id="sx"></select> vs <select id="sy"></select></div>
+<div class="charts"><div id="scatter"></div><div id="curves"></div></div>
 </body></html>
 """
-    from .store import write_atomic
-
-    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(data_path, lambda tmp: tmp.write_text(payload, encoding="utf-8"))
     write_atomic(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return out

@@ -153,6 +153,11 @@ class ResultsRoot:
         return self.root / ".cache" / "sha256.json"
 
     @property
+    def collect_state_path(self) -> Path:
+        """What the last collect read (see index.collect): lets the next one read only changes."""
+        return self.root / ".cache" / "collect.json"
+
+    @property
     def index_path(self) -> Path:
         return self.root / "index.parquet"
 

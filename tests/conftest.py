@@ -29,6 +29,13 @@ TINY = {
 }
 
 
+@pytest.fixture(autouse=True)
+def no_site_profile(tmp_path_factory, monkeypatch):
+    """Tests never pick up the machine's default profile ($BATCH_AST_PROFILE, ~/.config)."""
+    monkeypatch.delenv("BATCH_AST_PROFILE", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config-home")))
+
+
 def tiny_columns(**extra: object) -> tuple[str, str]:
     """Header suffix and row suffix for a manifest using the TINY settings (plus extras)."""
     values = {**TINY, **extra}

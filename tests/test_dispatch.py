@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,23 @@ from batch_ast.dispatch import (
     _make_executor,
     choose_executor,
     default_rows_per_job,
+    find_profile,
     load_profile,
     local_gpu_passthrough,
+    user_profile_path,
 )
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def srun_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """submitit's SlurmExecutor wants an srun on PATH even to check parameter names; where SLURM
+    is not installed (a GPU machine) a stand-in does, since nothing is submitted."""
+    if not shutil.which("srun"):
+        (tmp_path / "bin").mkdir()
+        (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 1\n")
+        (tmp_path / "bin" / "srun").chmod(0o755)
+        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
 
 
 def test_auto_falls_back_to_local_and_says_why(monkeypatch):
@@ -33,16 +46,10 @@ def test_auto_falls_back_to_local_and_says_why(monkeypatch):
 
 
 def test_example_profile_maps_to_valid_submitit_parameters(tmp_path, monkeypatch):
-    # submitit's SlurmExecutor wants an srun on PATH even to check names; where SLURM is not
-    # installed (a GPU machine) a stand-in one does, since nothing is submitted here
-    if not shutil.which("srun"):
-        (tmp_path / "bin").mkdir()
-        (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 1\n")
-        (tmp_path / "bin" / "srun").chmod(0o755)
-        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    srun_on_path(tmp_path, monkeypatch)
     params = load_profile(REPO / "slurm" / "profile.example.yaml")
     assert params["slurm_partition"] == "gpu" and params["slurm_array_parallelism"] == 50
-    assert params["batch_rows"] == 4
+    assert params["batch_rows"] == 1 and params["slurm_mail_type"] == "FAIL"
     for key in NON_SUBMITIT_KEYS:  # batch-ast's own keys, taken out by the CLI
         params.pop(key)
     executor = _make_executor("slurm", tmp_path, params)  # submitit rejects unknown names
@@ -103,3 +110,49 @@ def test_local_jobs_see_the_submitters_gpus(tmp_path, monkeypatch):
     chosen = _make_executor("local", tmp_path / "b" / "%j", {"gpus_per_node": 1}).submit(
         os.getenv, "CUDA_VISIBLE_DEVICES")
     assert chosen.result() == "0"
+
+
+def test_a_default_profile_comes_from_the_environment_or_the_user_config_dir(tmp_path, monkeypatch):
+    assert find_profile(None) == (None, "")
+    user = user_profile_path()
+    user.parent.mkdir(parents=True)
+    user.write_text("partition: gpu\n")
+    assert find_profile(None) == (user, "the user's default profile")
+    site = tmp_path / "site.yaml"
+    site.write_text("partition: a100\nmail_type: FAIL\nmail_user: me@example.org\n")
+    monkeypatch.setenv("BATCH_AST_PROFILE", str(site))
+    assert find_profile(None) == (site, "$BATCH_AST_PROFILE")  # the site's wins over the user's
+    assert find_profile("mine.yaml") == (Path("mine.yaml"), "--profile")
+    assert find_profile(None, site_defaults=False) == (None, "")
+    monkeypatch.setenv("BATCH_AST_PROFILE", str(tmp_path / "gone.yaml"))
+    with pytest.raises(DispatchError, match="not a file"):
+        find_profile(None)
+
+
+def test_submit_says_which_default_profile_it_used(audio_dir, tmp_path, monkeypatch, capsys):
+    from batch_ast.cli import main
+
+    site = tmp_path / "site.yaml"
+    site.write_text("rows_per_job: 3\n")
+    monkeypatch.setenv("BATCH_AST_PROFILE", str(site))
+    m = audio_dir / "m.csv"
+    m.write_text("content,style\ncontent.wav,style.wav\n")
+    assert main(["submit", str(m), "--results", str(tmp_path / "r"), "--dry-run"]) == 0
+    assert f"profile: {site} ($BATCH_AST_PROFILE" in capsys.readouterr().err
+    assert main(["submit", str(m), "--results", str(tmp_path / "r"), "--dry-run", "--no-profile"]) == 0
+    assert "profile:" not in capsys.readouterr().err
+
+
+def test_profile_passes_gres_nodes_mail_and_a_python_wrapper_to_submitit(tmp_path, monkeypatch):
+    profile = tmp_path / "p.yaml"
+    profile.write_text("gres: 'gpu:a100:1'\nexclude: node[1-2]\nnodelist: node7\nmail_type: END\n"
+                       "mail_user: me@example.org\npython: 'apptainer exec image.sif python'\n")
+    params = load_profile(profile)
+    assert {k: params[k] for k in ("slurm_gres", "slurm_exclude", "slurm_nodelist", "slurm_mail_type")} == {
+        "slurm_gres": "gpu:a100:1", "slurm_exclude": "node[1-2]", "slurm_nodelist": "node7", "slurm_mail_type": "END"}
+    srun_on_path(tmp_path, monkeypatch)
+    slurm = _make_executor("slurm", tmp_path / "s", dict(params))  # submitit accepts every name
+    assert slurm._executor.python == "apptainer exec image.sif python"
+    # the local executor starts its jobs through the wrapper too (here: env setting a variable)
+    wrapped = _make_executor("local", tmp_path / "l" / "%j", {"python": f"env BATCH_AST_WRAPPED=yes {sys.executable}"})
+    assert wrapped.submit(os.getenv, "BATCH_AST_WRAPPED").result() == "yes"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import soundfile as sf
 
 import batch_ast
@@ -47,6 +48,13 @@ def test_local_run_produces_wavs_records_and_index(audio_dir, tmp_path, capsys):
         assert row["style_form"] in ("filters", "frames")
     adam = index.set_index("name").loc["b"]
     assert adam["evaluations"] == adam["iterations_run"]
+    # traces with the hyperparameters joined, typed as in the index (no merge to write)
+    joined = batch_ast.load_traces(results, params=["optimizer", "name", "n_filters"])
+    assert list(joined.columns[-3:]) == ["optimizer", "name", "n_filters"] and len(joined) == len(traces)
+    assert str(joined["optimizer"].dtype) == "category" and str(joined["n_filters"].dtype) == "Int64"
+    assert set(joined.loc[joined["name"] == "b", "optimizer"]) == {"adam"}
+    with pytest.raises(KeyError, match="no index column 'nope'"):
+        batch_ast.load_traces(results, params=["nope"])
     record = json.loads((results / "runs" / index["id"][0] / "record.json").read_text())
     for key in ("content_sha256", "params", "time_optimize_s", "time_phase_s", "torch_version", "device_used"):
         assert key in record

@@ -2,43 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
-from html.parser import HTMLParser
+import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
 
+from batch_ast.bench import grow_study
 from batch_ast.cli import main
-from batch_ast.report import write_report
+from batch_ast.report import TRACE_POINTS, write_report
 
 from .conftest import tiny_columns, write_manifest
-
-
-class Links(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.img: list[str] = []
-        self.audio: list[str] = []
-        self.rows = 0
-        self.in_body = False
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "img":
-            self.img.append(a["src"])
-        elif tag == "audio":
-            self.audio.append(a["src"])
-        elif tag == "tbody":
-            self.in_body = True
-        elif tag == "tr" and self.in_body:
-            self.rows += 1
-
-    def handle_endtag(self, tag):
-        if tag == "tbody":
-            self.in_body = False
 
 
 @pytest.fixture(scope="module")
@@ -63,20 +42,59 @@ def finished(tmp_path_factory):
     return results
 
 
-def test_report_links_every_figure_and_audio_file(finished, tmp_path):
+def report_payload(report: Path) -> dict:
+    """The rows the page draws, read back from its data file."""
+    text = report.with_name(report.stem + ".data.js").read_text(encoding="utf-8")
+    return json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))
+
+
+def local_target(report: Path, url: str) -> Path:
+    return (report.parent / urllib.parse.unquote(url)).resolve()
+
+
+def test_report_data_links_every_file_and_shows_what_varies(finished, tmp_path):
     out = write_report(finished, tmp_path / "elsewhere" / "report.html")
-    text = out.read_text()
-    links = Links()
-    links.feed(text)
-    assert links.rows == 3
-    assert len(links.img) == 4  # two figures per ok row
-    assert len(links.audio) == 3 * 2 + 2  # content and style of every row, output of ok rows
-    for src in links.img + links.audio:
-        assert not Path(src).is_absolute()
-        assert (out.parent / src).resolve().is_file(), src
-    assert "broken.wav: cannot decode audio" in text
+    text, data = out.read_text(), report_payload(out)
+    body = text[text.index("<body>"):]
+    assert "<audio" not in body and "<img" not in body  # media are made when a row is opened
+    assert len(data["rows"]) == 3
+    assert data["params"] == ["content_weight"]  # the only hyperparameter that differs
+    assert data["columns"][:4] == ["status", "content_name", "style_name", "content_weight"]
+    assert "n_fft" not in data["columns"] and "style_distance_heldout" in data["metrics"]
+    urls = []
+    for row in data["rows"]:
+        keys = ("content_url", "style_url", "output_url", "spectrogram_url", "loss_url")
+        expected = keys if row["status"] == "ok" else keys[:2]
+        assert [k for k in keys if row[k]] == list(expected), row
+        urls += [row[k] for k in expected]
+        if row["status"] == "ok":
+            assert isinstance(row["iterations_run"], int)  # not "20.0 iterations"
+            assert all(isinstance(row[k], float) for k in ("content_rms_dbfs", "style_rms_dbfs", "output_rms_dbfs"))
+            assert 2 <= len(data["traces"][row["id"]]) <= TRACE_POINTS
+        else:
+            assert "broken.wav: cannot decode audio" in row["error"] and row["iterations_run"] is None
+    for url in urls:
+        assert not Path(url).is_absolute() and local_target(out, url).is_file(), url
     assert "<li>ok: 2</li>" in text and "<li>failed: 1</li>" in text
     assert "Best 5 by final_style" in text
+
+
+def test_portable_report_survives_copying_the_results_folder(finished, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(finished, copy)
+    out = write_report(copy, portable=True)
+    moved = tmp_path / "laptop" / "results"
+    shutil.copytree(copy, moved)
+    shutil.rmtree(copy)
+    report = moved / out.name
+    data = report_payload(report)
+    for row in data["rows"]:
+        for key in ("content_url", "style_url", "output_url", "spectrogram_url", "loss_url"):
+            if row.get(key):
+                target = local_target(report, row[key])
+                assert target.is_file() and target.is_relative_to(moved), (key, row[key])
+    # one copy per distinct input (named by hash): content, style and the broken file
+    assert len(list((moved / "report-inputs").iterdir())) == 3
 
 
 def test_report_command(finished, capsys):
@@ -88,35 +106,99 @@ def test_report_command(finished, capsys):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.browser
-def test_report_renders_in_headless_chromium(finished, tmp_path):
+def chromium_or_skip() -> str:
     if not CHROMIUM:
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true but chromium is not installed (make test installs it as root)")
         pytest.skip("chromium not installed (apt-get install chromium)")
-    report = write_report(finished)
+    return CHROMIUM
+
+
+def chromium(url: str, profile: Path, *extra: str) -> str:
+    """The page's DOM after its scripts ran (headless Chromium, virtual time so waits are states)."""
     flags = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        chromium_or_skip(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp_path / 'profile'}",
-        "--allow-file-access-from-files", "--virtual-time-budget=8000",
+        "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={profile}",
+        "--allow-file-access-from-files", "--virtual-time-budget=8000", *extra,
     ]
-    dom = subprocess.run(
-        [*flags, "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120
-    ).stdout
-    check = re.search(r'id="media-check"[^>]*', dom)
-    assert check, dom[:2000]
-    # Every figure and player loads in the browser, except the input that is not audio at all.
-    summary = re.search(r'id="media-check".*?</p>', dom, re.S).group(0)
-    assert 'data-total="12"' in check.group(0), summary
-    assert 'data-broken="1"' in check.group(0) and summary.endswith("../audio/broken.wav</p>"), summary
-    assert dom.count("<tr class=") == 3
+    return subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
+
+
+def rows_table(dom: str) -> str:
+    found = re.search(r'<table id="rows">.*?</table>', dom, re.S)
+    assert found, dom[:2000]
+    return found.group(0)
+
+
+def attribute(dom: str, element_id: str, name: str) -> str:
+    tag = re.search(rf'<[^>]*id="{element_id}"[^>]*>', dom)
+    assert tag, dom[:2000]
+    found = re.search(rf'{name}="([^"]*)"', tag.group(0))
+    return found.group(1) if found else ""
+
+
+@pytest.mark.browser
+def test_report_renders_opens_rows_and_switches_a_b_in_headless_chromium(finished, tmp_path):
+    chromium_or_skip()
+    report = write_report(finished)
+    data = report_payload(report)
+    ok = next(r for r in data["rows"] if r["status"] == "ok")
+    bad = next(r for r in data["rows"] if r["status"] != "ok")
+    # a deep link opens a row on its output in the A/B player (what a click on the row and on
+    # "output" does): the player, both figures and nothing else are loaded, and all of them load
+    dom = chromium(report.as_uri() + f"#open={ok['id']}&ab=output", tmp_path / "p1")
+    table = rows_table(dom)
+    assert table.count("<tr class=\"row ") == 3 and 'class="group"' in table
+    details = re.search(r'<tr class="details".*?</tr>', table, re.S).group(0)
+    assert re.search(r'<audio[^>]*src="[^"]*output\.wav"', details), details[:1500]
+    assert 'data-which="output"' in details and 'class="on"' in details
+    assert details.count("<img") == 2
+    assert attribute(dom, "media-check", "data-tried") == "3", attribute(dom, "media-check", "class")
+    assert attribute(dom, "media-check", "data-broken") == "0"
+    # the input that is not audio at all is reported, and only what was tried is counted
+    dom = chromium(report.as_uri() + f"#open={bad['id']}&ab=content", tmp_path / "p2")
+    assert attribute(dom, "media-check", "data-tried") == "1"
+    assert attribute(dom, "media-check", "data-broken") == "1" and "broken.wav" in dom
     shot = tmp_path / "report.png"
-    subprocess.run(
-        [*flags, f"--screenshot={shot}", "--window-size=1400,2000", report.as_uri()],
-        capture_output=True, timeout=120,
-    )
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'p3'}",
+                    "--allow-file-access-from-files", f"--screenshot={shot}", "--window-size=1400,2000",
+                    "--virtual-time-budget=8000", report.as_uri() + f"#open={ok['id']}"], capture_output=True, timeout=180)
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def study_root(finished: Path, folder: Path, n_rows: int) -> Path:
+    """A results root of n_rows real records: the finished root's rows plus copies of its ok row."""
+    root = folder / "study"
+    shutil.copytree(finished, root)
+    grow_study(root, n_rows)
+    return root
+
+
+@pytest.mark.browser
+def test_report_of_a_2000_row_study_loads_filters_and_switches_in_headless_chromium(finished, tmp_path):
+    chromium_or_skip()
+    root = study_root(finished, tmp_path, 2000)
+    report = write_report(root)
+    data = report_payload(report)
+    assert len(data["rows"]) == 2000 and set(data["params"]) == {"content_weight", "seed"}
+    target = next(r for r in data["rows"] if r["name"] == "study-1003")
+    t0 = time.perf_counter()
+    dom = chromium(report.as_uri() + f"#filter=status%3Dok%20content_weight%3E1.5&open={target['id']}&ab=style",
+                   tmp_path / "p")
+    ready = re.search(r'data-ready-ms="(\d+)"', dom)
+    assert ready, dom[:2000]  # the page's script ran to the end of its first render
+    print(f"2000-row report: headless Chromium returned its DOM in {time.perf_counter() - t0:.1f} s; "
+          f"first render {ready.group(1)} ms")
+    expected = sum(1 for r in data["rows"] if r["status"] == "ok" and (r["content_weight"] or 0) > 1.5)
+    assert attribute(dom, "count", "data-matching") == str(expected) and expected < 2000
+    table = rows_table(dom)
+    assert table.count("<tr class=\"row ") == 50  # one page of rows, not 2,000
+    details = re.search(r'<tr class="details".*?</tr>', table, re.S).group(0)
+    assert "study-1003" in details and re.search(r'<audio[^>]*src="[^"]*style\.wav"', details)
+    assert 'data-which="style"' in details
+    assert attribute(dom, "media-check", "data-broken") == "0"
+    assert attribute(dom, "media-check", "data-tried") == "3"  # that row's player and figures only
 
 
 def test_analysis_groups_by_hyperparameter_and_plots(finished, tmp_path, capsys):

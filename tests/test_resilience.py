@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
@@ -150,11 +151,42 @@ def test_a_collect_killed_mid_write_leaves_the_previous_index(audio_dir, tmp_pat
         raise KeyboardInterrupt("killed")
 
     monkeypatch.setattr(index_module.pq, "write_table", dies_half_way)
+    results.collect_state_path.unlink()  # else nothing changed and the collect writes nothing
     with pytest.raises(KeyboardInterrupt):
         batch_ast.collect(results.root)
     assert results.index_path.read_bytes() == before
     assert not list(results.root.glob(".tmp-*"))
     assert len(batch_ast.load_index(results.root)) == 2
+
+
+def test_collect_reads_only_what_changed_and_writes_nothing_when_nothing_did(audio_dir, tmp_path):
+    results = finished_root(audio_dir, tmp_path)
+    first = batch_ast.collect(results.root)
+    assert first.reread == 2 and not first.unchanged
+    written = (results.index_path.stat().st_ino, results.traces_path.stat().st_ino)
+    again = batch_ast.collect(results.root)
+    assert again.unchanged and again.reread == 0 and (again.rows, again.traces) == (first.rows, first.traces)
+    assert (results.index_path.stat().st_ino, results.traces_path.stat().st_ino) == written  # not rewritten
+    # a new result for one row (published by rename, as a job does): only that record is read
+    rid = batch_ast.load_index(results.root)["id"].iloc[0]
+    record = json.loads(results.record_path(rid).read_text())
+    record["name"] = "renamed"
+    tmp = results.run_dir(rid) / "new.json"
+    tmp.write_text(json.dumps(record))
+    tmp.replace(results.record_path(rid))
+    third = batch_ast.collect(results.root)
+    assert third.reread == 1 and not third.unchanged
+    incremental = batch_ast.load_index(results.root)
+    assert incremental.set_index("id").loc[rid, "name"] == "renamed"
+    incremental_traces = batch_ast.load_traces(results.root)
+    # the same index and traces as a collect from scratch
+    results.collect_state_path.unlink()
+    assert batch_ast.collect(results.root).reread == 2
+    pd.testing.assert_frame_equal(batch_ast.load_index(results.root), incremental)
+    pd.testing.assert_frame_equal(batch_ast.load_traces(results.root), incremental_traces)
+    # an index rewritten by someone else is not trusted: everything is read again
+    results.index_path.write_bytes(results.index_path.read_bytes())
+    assert batch_ast.collect(results.root).reread == 2
 
 
 def _collect_many(root: str, n: int) -> None:

@@ -1,0 +1,151 @@
+"""Study stage (before the manifest): a sweep spec in YAML expanded into manifest rows.
+
+A study names contents and styles (paths or globs), how to pair them, presets, seeds and a grid of
+hyperparameter values; its expansion is an ordinary manifest, so a study row has the same row id
+as the equal CSV row, and adding a value to the grid runs only the rows that value adds.
+
+    contents: [audio/speech_*.wav]        # paths or globs, relative to this file
+    styles: [audio/boogie_marabi.wav, audio/city_blues.wav]
+    pair: product                         # every content with every style; zip: one with one
+    presets: [quick]                      # optional; preset: quick also works
+    seeds: [0, 1]                         # optional; seed: 0 also works
+    grid: {content_weight: [0.43, 4.3, 43]}
+    set: {iterations: 200}                # the same value on every row (optional)
+    name: "{content}+{style} cw={content_weight}"   # optional row names
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import itertools
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import PARAMS, ConfigError, read_config_file
+
+STUDY_SUFFIXES = (".yaml", ".yml")
+STUDY_KEYS = ("contents", "styles", "pair", "preset", "presets", "seed", "seeds", "grid", "set", "name")
+PAIRINGS = ("product", "zip")
+RESOURCE_KEYS = ("timeout_min", "gpus", "mem_gb", "cpus")  # manifest columns that are not hyperparameters
+
+
+class StudyError(ValueError):
+    """A study file that cannot be expanded; the message names the file and the key."""
+
+
+def is_study(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in STUDY_SUFFIXES
+
+
+def _as_list(value: Any, key: str, source: Path) -> list[Any]:
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise StudyError(f"{source}: {key!r} is an empty list")
+    for v in values:
+        if isinstance(v, (dict, list)) or v is None:
+            raise StudyError(f"{source}: {key!r} must hold plain values, got {v!r}")
+    return values
+
+
+def _inputs(patterns: list[Any], key: str, base: Path, source: Path) -> list[Path]:
+    """Paths and globs (relative to the study's folder), in order, each glob's matches sorted."""
+    out: list[Path] = []
+    for pattern in patterns:
+        raw = os.path.expanduser(str(pattern))
+        full = raw if os.path.isabs(raw) else str(base / raw)
+        if glob.has_magic(raw):
+            matches = sorted(glob.glob(full))
+            if not matches:
+                raise StudyError(f"{source}: {key!r}: {pattern!r} matches no file")
+            out += [Path(m) for m in matches]
+        else:
+            out.append(Path(full))  # a missing file is the manifest's to report, with its row
+    return out
+
+
+def study_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The study's rows in order (pairs, then presets, seeds and the grid, the last key fastest):
+    each a mapping of manifest column → value, with absolute input paths."""
+    source = Path(path)
+    try:
+        spec = read_config_file(source, "study")
+    except ConfigError as exc:
+        raise StudyError(str(exc)) from None
+    unknown = [k for k in spec if k not in STUDY_KEYS]
+    if unknown:
+        raise StudyError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))} (known: {', '.join(STUDY_KEYS)})")
+    for key in ("contents", "styles"):
+        if key not in spec:
+            raise StudyError(f"{source}: missing {key!r} (a path, a glob, or a list of them)")
+    base = source.resolve().parent
+    contents = _inputs(_as_list(spec["contents"], "contents", source), "contents", base, source)
+    styles = _inputs(_as_list(spec["styles"], "styles", source), "styles", base, source)
+    pairing = spec.get("pair", "product")
+    if pairing not in PAIRINGS:
+        raise StudyError(f"{source}: 'pair' must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+    if pairing == "zip" and len(contents) != len(styles):
+        raise StudyError(f"{source}: pair: zip needs as many contents as styles, got {len(contents)} and {len(styles)}")
+    pairs = list(zip(contents, styles, strict=True)) if pairing == "zip" else list(itertools.product(contents, styles))
+
+    axes: dict[str, list[Any]] = {}
+    for single, plural, column in (("preset", "presets", "preset"), ("seed", "seeds", "seed")):
+        if single in spec and plural in spec:
+            raise StudyError(f"{source}: give {single!r} or {plural!r}, not both")
+        if single in spec or plural in spec:
+            key = single if single in spec else plural
+            axes[column] = _as_list(spec[key], key, source)
+    grid = spec.get("grid") or {}
+    fixed = spec.get("set") or {}
+    for key, table in (("grid", grid), ("set", fixed)):
+        if not isinstance(table, dict):
+            raise StudyError(f"{source}: {key!r} must be a mapping of hyperparameter to value(s)")
+        for name in table:
+            if name not in PARAMS and name not in RESOURCE_KEYS:
+                raise StudyError(f"{source}: {key}: unknown hyperparameter {name!r}")
+            if name in axes:
+                raise StudyError(f"{source}: {key}: {name!r} is already given as a top-level key")
+    for name, values in grid.items():
+        axes[name] = _as_list(values, f"grid: {name}", source)
+    for name, value in fixed.items():
+        if isinstance(value, (list, dict)) or value is None:
+            raise StudyError(f"{source}: set: {name!r} takes one value (use grid: for several), got {value!r}")
+        if name in grid:
+            raise StudyError(f"{source}: {name!r} is in both grid and set")
+
+    template = spec.get("name")
+    varying = [k for k, v in axes.items() if len(v) > 1]
+    rows = []
+    for content, style in pairs:
+        for combo in itertools.product(*axes.values()):
+            values = dict(zip(axes, combo, strict=True))
+            row = {"content": str(content), "style": str(style), **fixed, **values}
+            fields = {"content": content.stem, "style": style.stem, **fixed, **values}
+            if template is not None:
+                try:
+                    row["id"] = str(template).format(**fields)
+                except (KeyError, IndexError, ValueError) as exc:
+                    raise StudyError(f"{source}: name: {template!r} cannot be filled ({exc!r}); "
+                                     f"fields: {', '.join(fields)}") from None
+            else:
+                row["id"] = " ".join([f"{content.stem}+{style.stem}", *(f"{k}={values[k]}" for k in varying)])
+            rows.append(row)
+    return rows
+
+
+def study_csv(path: str | Path, relative_to: Path | None = None) -> str:
+    """The study as manifest CSV text; input paths relative to ``relative_to`` where given (the
+    folder the CSV will live in, so it can be moved with its audio), else absolute."""
+    rows = study_rows(path)
+    columns = list(dict.fromkeys(["id", "content", "style", *(k for row in rows for k in row)]))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        if relative_to is not None:
+            for key in ("content", "style"):
+                row[key] = os.path.relpath(row[key], relative_to)
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    return out.getvalue()
