@@ -403,6 +403,8 @@ window.addEventListener('DOMContentLoaded', () => {
       const id = tr.dataset.id; if (S.open.has(id)) S.open.delete(id); else S.open.add(id); render(); writeHash();
     }
   });
+  // links in the page (the summary's best rows) change the address: follow them
+  window.addEventListener('hashchange', () => { readHash(); render(); });
   document.body.dataset.readyMs = Math.round(performance.now() - t0);
 });
 """
