@@ -252,12 +252,13 @@ def _records_table(records: list[dict]) -> pa.Table:
 
 
 def _traces_table(results: ResultsRoot, ok_ids: list[str], report: CollectReport,
-                  previous: pa.Table | None = None) -> pa.Table:
-    """The traces of ``ok_ids``: from ``previous`` (the last collect's table) where it has them."""
+                  previous: pa.Table | None = None, unchanged: set[str] = frozenset()) -> pa.Table:
+    """The traces of ``ok_ids``: those of ``unchanged`` rows from ``previous`` (the last collect's
+    table) where it has them, the others read from their files."""
     tables = []
     if previous is not None:
-        kept = pa.compute.is_in(previous["id"], value_set=pa.array(ok_ids, pa.string()))
-        previous = previous.filter(kept)
+        reuse = [rid for rid in ok_ids if rid in unchanged]
+        previous = previous.filter(pa.compute.is_in(previous["id"], value_set=pa.array(reuse, pa.string())))
         tables.append(previous.select(TRACES_SCHEMA.names).cast(TRACES_SCHEMA))
         have = set(previous["id"].unique().to_pylist())
         ok_ids = [rid for rid in ok_ids if rid not in have]
@@ -339,7 +340,7 @@ def collect(root: str | Path, progress: bool = False) -> CollectReport:
         records.sort(key=lambda r: (str(r.get("submission_id") or ""), int(r.get("row") or 0), str(r["id"])))
         index = _records_table(records) if records else INDEX_SCHEMA.empty_table()
         ok_ids = [r["id"] for r in records if r.get("status") == "ok"]
-        traces = _traces_table(results, ok_ids, report, previous_traces)
+        traces = _traces_table(results, ok_ids, report, previous_traces, unchanged)
         write_atomic(results.index_path, lambda tmp: pq.write_table(index, tmp))
         write_atomic(results.traces_path, lambda tmp: pq.write_table(traces, tmp))
         report.rows, report.traces = index.num_rows, traces.num_rows

@@ -176,9 +176,21 @@ def test_collect_reads_only_what_changed_and_writes_nothing_when_nothing_did(aud
     tmp.replace(results.record_path(rid))
     third = batch_ast.collect(results.root)
     assert third.reread == 1 and not third.unchanged
+    assert batch_ast.load_index(results.root).set_index("id").loc[rid, "name"] == "renamed"
+    # a rerun of the other row (--force): a new record and a new trace; the first row is unchanged
+    other = batch_ast.load_index(results.root)["id"].iloc[1]
+    trace = pq.read_table(results.trace_path(other)).to_pandas()
+    trace["total"] *= 2
+    trace.to_parquet(results.run_dir(other) / "new.parquet")
+    (results.run_dir(other) / "new.parquet").replace(results.trace_path(other))
+    rerun = json.loads(results.record_path(other).read_text())
+    rerun["final_total"] = float(trace["total"].iloc[-1])
+    (results.run_dir(other) / "new.json").write_text(json.dumps(rerun))
+    (results.run_dir(other) / "new.json").replace(results.record_path(other))
+    assert batch_ast.collect(results.root).reread == 1
     incremental = batch_ast.load_index(results.root)
-    assert incremental.set_index("id").loc[rid, "name"] == "renamed"
     incremental_traces = batch_ast.load_traces(results.root)
+    assert incremental_traces.loc[incremental_traces["id"] == other, "total"].tolist() == trace["total"].tolist()
     # the same index and traces as a collect from scratch
     results.collect_state_path.unlink()
     assert batch_ast.collect(results.root).reread == 2
