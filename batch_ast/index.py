@@ -3,8 +3,8 @@
 ``collect`` is safe while jobs still run: it reads only published (renamed) files, skips and
 reports unreadable ones, and replaces the index files atomically, so a reader or a killed collect
 always leaves the previous index intact. It is incremental: a row whose record and trace files are
-unchanged since the last collect (same size and modification time) is taken from the previous
-index, and a collect that finds nothing changed writes nothing.
+unchanged since the last collect (same size, modification time and inode) is taken from the
+previous index, and a collect that finds nothing changed writes nothing.
 """
 
 from __future__ import annotations
@@ -220,12 +220,10 @@ def _collect_lock(results: ResultsRoot) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _read_records(results: ResultsRoot, report: CollectReport, progress: bool = False,
-                  skip: set[str] = frozenset()) -> list[dict]:
+def _read_records(paths: list[Path], report: CollectReport, progress: bool = False) -> list[dict]:
     from tqdm import tqdm
 
     records = []
-    paths = [path for path in results.record_paths() if path.parent.name not in skip]
     # A bar only where someone watches (a TTY) and there is enough to wait for.
     show = progress and len(paths) >= 200 and sys.stderr.isatty()
     for path in tqdm(paths, desc="records", unit="file", disable=not show):
@@ -330,7 +328,8 @@ def collect(root: str | Path, progress: bool = False) -> CollectReport:
             reused = previous.astype(object).where(previous.notna(), None).to_dict("records")
             unchanged = {r["id"] for r in reused}  # a row the old index lacks is read again
             previous_traces = pq.read_table(results.traces_path)
-        records = _read_records(results, report, progress, skip=unchanged)
+        to_read = [results.record_path(rid) for rid in sources["records"] if rid not in unchanged]
+        records = _read_records(to_read, report, progress)
         report.reread = len(records)
         records += reused
         _regenerate_missing_figures(results, records, report)

@@ -104,21 +104,26 @@ def report_data(df: pd.DataFrame, root: Path, out_dir: Path, portable: bool = Fa
     params = varying_params(df)
     metrics = [c for c in RESULT_COLUMNS if c in df and c not in LOUDNESS_COLUMNS and df[c].notna().any()]
     media_dir = out_dir / "report-inputs"
+    input_urls: dict[tuple[str, object], str | None] = {}  # a study has few inputs and many rows
+
+    def input_url(path: Path, sha: object) -> str | None:
+        key = (str(path), None if _missing(sha) else sha)
+        if key not in input_urls:
+            linked = _portable_copy(path, sha, media_dir) if portable and path.exists() else path
+            input_urls[key] = _rel(linked, out_dir) if path.exists() else None
+        return input_urls[key]
+
     rows = []
     for r in df.to_dict("records"):
         item: dict[str, Any] = {"id": r["id"], "name": _json_value(r.get("name"))}
         for key in ("content", "style"):
             path = Path(r[key]) if not _missing(r.get(key)) else None
             item[f"{key}_name"] = path.name if path else None
-            if path and path.exists():
-                linked = _portable_copy(path, r.get(f"{key}_sha256"), media_dir) if portable else path
-                item[f"{key}_url"] = _rel(linked, out_dir)
-            else:
-                item[f"{key}_url"] = None
+            item[f"{key}_url"] = input_url(path, r.get(f"{key}_sha256")) if path else None
         for key, column in (("output_url", "output"), ("spectrogram_url", "spectrogram_png"), ("loss_url", "loss_png")):
             value = r.get(column)
             item[key] = _rel(root / str(value), out_dir) if not _missing(value) and value != "" else None
-        for column in (*FIXED_COLUMNS[:1], *params, *metrics, *DETAIL_COLUMNS, *LOUDNESS_COLUMNS, "preset"):
+        for column in ("status", *params, *metrics, *DETAIL_COLUMNS, *LOUDNESS_COLUMNS, "preset"):
             if column in r:
                 item[column] = _json_value(r[column])
         rows.append(item)

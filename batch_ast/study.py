@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import PARAMS, ConfigError, read_config_file
+from .manifest import RESOURCE_COLUMNS
 
 STUDY_SUFFIXES = (".yaml", ".yml")
 STUDY_KEYS = ("contents", "styles", "pair", "preset", "presets", "seed", "seeds", "grid", "set", "name")
 PAIRINGS = ("product", "zip")
-RESOURCE_KEYS = ("timeout_min", "gpus", "mem_gb", "cpus")  # manifest columns that are not hyperparameters
 
 
 class StudyError(ValueError):
@@ -103,7 +103,7 @@ def study_rows(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(table, dict):
             raise StudyError(f"{source}: {key!r} must be a mapping of hyperparameter to value(s)")
         for name in table:
-            if name not in PARAMS and name not in RESOURCE_KEYS:
+            if name not in PARAMS and name not in RESOURCE_COLUMNS:
                 raise StudyError(f"{source}: {key}: unknown hyperparameter {name!r}")
             if name in axes:
                 raise StudyError(f"{source}: {key}: {name!r} is already given as a top-level key")

@@ -114,15 +114,19 @@ def chromium_or_skip() -> str:
     return CHROMIUM
 
 
-def chromium(url: str, profile: Path, *extra: str) -> str:
-    """The page's DOM after its scripts ran (headless Chromium, virtual time so waits are states)."""
-    flags = [
+def chromium_flags(profile: Path) -> list[str]:
+    return [
         chromium_or_skip(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={profile}",
-        "--allow-file-access-from-files", "--virtual-time-budget=8000", *extra,
+        "--allow-file-access-from-files", "--virtual-time-budget=8000",
     ]
-    return subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
+
+
+def chromium(url: str, profile: Path) -> str:
+    """The page's DOM after its scripts ran (headless Chromium, virtual time so waits are states)."""
+    return subprocess.run([*chromium_flags(profile), "--dump-dom", url], capture_output=True, text=True,
+                          timeout=180).stdout
 
 
 def rows_table(dom: str) -> str:
@@ -161,9 +165,8 @@ def test_report_renders_opens_rows_and_switches_a_b_in_headless_chromium(finishe
     assert attribute(dom, "media-check", "data-tried") == "1"
     assert attribute(dom, "media-check", "data-broken") == "1" and "broken.wav" in dom
     shot = tmp_path / "report.png"
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'p3'}",
-                    "--allow-file-access-from-files", f"--screenshot={shot}", "--window-size=1400,2000",
-                    "--virtual-time-budget=8000", report.as_uri() + f"#open={ok['id']}"], capture_output=True, timeout=180)
+    subprocess.run([*chromium_flags(tmp_path / "p3"), f"--screenshot={shot}", "--window-size=1400,2000",
+                    report.as_uri() + f"#open={ok['id']}"], capture_output=True, timeout=180)
     assert shot.exists() and shot.stat().st_size > 10_000
 
 
