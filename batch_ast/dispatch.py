@@ -109,7 +109,11 @@ def find_profile(explicit: str | Path | None, site_defaults: bool = True) -> tup
             raise DispatchError(f"${PROFILE_ENV} names {named!r}, which is not a file (unset it or use --no-profile)")
         return path, f"${PROFILE_ENV}"
     path = user_profile_path()
-    return (path, "the user's default profile") if path.is_file() else (None, "")
+    try:
+        found = path.is_file()
+    except OSError:  # a config folder this user may not search (EACCES): no default profile
+        found = False
+    return (path, "the user's default profile") if found else (None, "")
 
 
 def load_profile(path: str | Path | None) -> dict[str, Any]:
