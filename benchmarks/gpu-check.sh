@@ -5,12 +5,18 @@
 #   2. runs the test suite (not slurm, not browser) with the tests' device switched to CUDA
 #      (BATCH_AST_TEST_DEVICE: honoured by the math, transfer, phase and batched tests; the job
 #      tests use device auto, i.e. the GPU),
-#   3. runs the bench sections step, gl, transfer, batch and precision on the device,
+#   3. runs the bench sections step, gl, transfer, batch, precision and rows on the device,
 #   4. runs a 16-row `quick` manifest through the local executor with --batch-rows 1 and 8 and
 #      prints rows per hour and peak device memory of each.
 # Everything it prints is also written to files in OUTDIR (log, versions, pytest XML, bench JSON/CSV,
 # rows-per-hour table). It runs on the CPU too (DEVICE=cpu) so it can be tested without a GPU;
 # GPU_CHECK_QUICK=1 shrinks every step to a smoke test of the script itself.
+# Other settings (environment): GPU_CHECK_WHEELS=DIR installs carried wheels beside the machine's
+# Python instead of a venv (a machine without a package index; GPU_CHECK_PYTHON, GPU_CHECK_SITE);
+# GPU_CHECK_WORKERS=N runs the tests in N pytest-xdist workers; GPU_CHECK_PYTEST_ARGS adds pytest
+# options; GPU_CHECK_BENCH picks bench sections (empty: none); GPU_CHECK_ROWS=0 leaves the rows
+# out; GPU_CHECK_{TEST,BENCH,ROWS}_TIMEOUT bound each part (seconds). The run of 2026-11-26 on an
+# H100: benchmarks/RESULTS.md.
 #
 # usage: benchmarks/gpu-check.sh OUTDIR [cuda|cpu]
 set -uo pipefail
