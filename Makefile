@@ -36,6 +36,10 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check batch_ast tests benchmarks
 
+# The quick benchmark (small sizes, a few minutes); `python -m benchmarks.bench` for everything.
+bench: setup
+	$(PY) -m benchmarks.bench --quick
+
 cluster-start:
 	bash slurm/start.sh
 

@@ -36,8 +36,19 @@ class AudioInfo:
 
 
 def probe_audio(path: str | Path) -> AudioInfo | None:
-    """Duration, channels and rate from the header (soundfile), or None when soundfile cannot open
-    the format (then the memory check runs after decoding instead)."""
+    """What a file holds, from its header alone (no decoding).
+
+    Parameters
+    ----------
+    path : str or Path
+        An audio file.
+
+    Returns
+    -------
+    AudioInfo or None
+        Duration (s), channels and native rate; None when soundfile cannot open the format (MP3
+        on an old libsndfile, AAC...): then the memory check runs after decoding instead.
+    """
     try:
         info = sf.info(str(path))
     except Exception:  # noqa: BLE001 - any format soundfile does not know
@@ -48,7 +59,8 @@ def probe_audio(path: str | Path) -> AudioInfo | None:
 
 
 def decoded_samples(info: AudioInfo, sample_rate: int, max_seconds: float) -> int:
-    """Samples of the decoded, resampled, truncated signal."""
+    """Length in samples of the signal ``load_audio`` will return for a file described by ``info``
+    (resampled to ``sample_rate`` Hz, truncated to ``max_seconds`` s)."""
     return math.ceil(min(info.seconds, max_seconds) * sample_rate)
 
 
@@ -70,7 +82,28 @@ def _read_mono_blocks(path: Path, max_seconds: float) -> tuple[np.ndarray, int]:
 
 
 def load_audio(path: str | Path, sample_rate: int, max_seconds: float) -> np.ndarray:
-    """Decode ``path`` to mono float32 at ``sample_rate``, truncated to ``max_seconds``."""
+    """Decode an audio file to a mono signal.
+
+    Parameters
+    ----------
+    path : str or Path
+        Any format soundfile reads (WAV, FLAC, OGG, MP3 on libsndfile >= 1.1), else librosa's
+        audioread fallback.
+    sample_rate : int
+        Output rate in Hz (resampled with soxr_hq when the file's differs).
+    max_seconds : float
+        Only the first ``max_seconds`` seconds are decoded.
+
+    Returns
+    -------
+    numpy.ndarray, shape (samples,), float32
+        Channels averaged, samples in [-1, 1] as decoded; never empty, never NaN/inf.
+
+    Raises
+    ------
+    AudioError
+        Missing, undecodable, empty or non-finite audio; the message names the file.
+    """
     import librosa  # deferred: librosa's import costs ~1 s and only jobs need it
 
     path = Path(path)
@@ -97,10 +130,25 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float) -> np.nda
 
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> float:
-    """Write 16-bit PCM atomically; scale down (never up) so the peak fits. Returns the gain used.
+    """Write a signal as a 16-bit PCM WAV, atomically.
 
     Encoded in memory first and written with Python's file I/O, so a full disk is an OSError that
-    says so ("No space left on device") rather than libsndfile's "System error"."""
+    says so ("No space left on device") rather than libsndfile's "System error".
+
+    Parameters
+    ----------
+    path : Path
+        Target file; appears only complete (written beside it, then renamed).
+    audio : numpy.ndarray, shape (samples,)
+        The signal; scaled down (never up) so its peak is at most 0.99.
+    sample_rate : int
+        Rate in Hz written in the header.
+
+    Returns
+    -------
+    float
+        The gain applied (1.0 unless the signal would have clipped); the record keeps it.
+    """
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
     gain = 0.99 / peak if peak > 0.99 else 1.0
     buffer = io.BytesIO()

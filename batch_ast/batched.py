@@ -17,32 +17,32 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from .transfer import LossTensors, StyleTransfer, conv_features, use_precision
+from .transfer import LossTensors, Network, StyleTransfer, conv_features, use_precision
+
+if TYPE_CHECKING:
+    from .config import Params
 
 
-def network_key(params: dict[str, Any]) -> tuple | None:
-    """Rows with equal keys use the same random network and can share one batched conv; None for
-    rows that cannot be batched (beat-segmented transfers optimise their segments one by one)."""
-    if params["rhythm"] != "none":
+def group_key(params: Params) -> tuple | None:
+    """Rows with equal keys use the same random network on the same device and can share one
+    batched conv; None for rows that cannot be batched (beat-segmented transfers)."""
+    if params.beat_segmented:
         return None
-    return (
-        params["n_fft"], params["n_filters"], params["kernel_size"], params["seed"],
-        params["activation"], params["device"], params["precision"],
-    )
+    return (*Network.of(params).key(), params.device)
 
 
-def group_for_batching(params: Sequence[dict[str, Any]], batch_rows: int) -> list[list[int]]:
+def group_for_batching(params: Sequence[Params], batch_rows: int) -> list[list[int]]:
     """Indices of rows to optimise together: consecutive runs (in pack order) of rows with equal
     network keys, at most ``batch_rows`` long. Order is kept so a pack's rows finish in order."""
     groups: list[list[int]] = []
     last_key: tuple | None = None
     for i, p in enumerate(params):
-        key = network_key(p)
+        key = group_key(p)
         current = groups[-1] if groups else None
         if (
             current is not None and key is not None and key == last_key
@@ -73,9 +73,9 @@ def evaluate_together(transfers: Sequence[StyleTransfer]) -> list[LossTensors]:
     first = transfers[0]
     kernel = first.weight.shape[-1]
     frames = [t.x.shape[-1] - kernel + 1 for t in transfers]
-    use_precision(first.params["precision"], first.device)
+    use_precision(first.params.precision, first.device)
     feats = batched_features(
-        [t.x for t in transfers], first.weight, first.params["activation"], first.params["precision"]
+        [t.x for t in transfers], first.weight, first.params.activation, first.params.precision
     )
     # unbind, not feats[i]: indexing's backward writes each row's gradient into a zero tensor of the
     # whole batch's size (B² traffic; measured 20 % of a 4-row evaluation), unbind's stacks them once.

@@ -6,30 +6,17 @@ import argparse
 import os
 import signal
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
-from .config import ConfigError, load_config
-from .dispatch import (
-    DEFAULT_MAX_ARRAY_SIZE,
-    EXECUTORS,
-    DispatchError,
-    cancel_jobs,
-    choose_executor,
-    default_rows_per_job,
-    find_profile,
-    load_profile,
-    load_submissions,
-    new_submission_id,
-    save_submission,
-    submit,
-)
+from . import api
+from .backends import EXECUTORS, BackendError
+from .config import ConfigError
+from .dispatch import DEFAULT_MAX_ARRAY_SIZE, DispatchError
 from .index import collect
-from .job import DEFAULT_CHECKPOINT_EVERY_S, DEFAULT_MAX_RESUMES, TransferJob
-from .manifest import ManifestError, read_manifest
-from .plan import Plan, chunk, make_plan
-from .status import all_status, claim_rows, format_status, release_claims, submission_status
+from .job import DEFAULTS
+from .manifest import ManifestError
+from .plan import chunk
+from .status import SubmissionStatus, all_status, format_status
 from .store import ResultsError, ResultsRoot, describe_os_error, write_atomic
 from .study import StudyError
 
@@ -39,7 +26,8 @@ def _say(args: argparse.Namespace, message: str) -> None:
         print(message, flush=True)
 
 
-def _print_plan(plan: Plan, rows_per_job: int, executor: str, why: str, batch_rows: int = 1) -> None:
+def _print_plan(prepared: api.Prepared) -> None:
+    plan, rows_per_job, batch_rows = prepared.plan, prepared.rows_per_job, prepared.packing.batch_rows
     jobs = len(chunk(plan.to_run, rows_per_job)) if plan.to_run else 0
     batched = f", optimised up to {batch_rows} at a time" if batch_rows > 1 else ""
     print(
@@ -47,14 +35,14 @@ def _print_plan(plan: Plan, rows_per_job: int, executor: str, why: str, batch_ro
         f"({rows_per_job} row(s) per job{batched}), {len(plan.done)} already done, "
         f"{len(plan.failed_before)} failed before, {len(plan.duplicates)} duplicate(s)"
     )
-    print(f"executor: {executor} ({why})")
+    print(f"executor: {prepared.backend.name} ({prepared.why})")
     for spec in plan.to_run:
         p = spec.params
         label = f" {spec.name!r}" if spec.name else ""
         print(
             f"  run   row {spec.row}{label} [{spec.id}] {Path(spec.content).name} + "
-            f"{Path(spec.style).name}  optimizer={p['optimizer']} iterations={p['iterations']} "
-            f"n_filters={p['n_filters']}"
+            f"{Path(spec.style).name}  optimizer={p.optimizer} iterations={p.iterations} "
+            f"n_filters={p.n_filters}"
         )
     for spec in plan.done:
         print(f"  skip  row {spec.row} [{spec.id}]: already done (use --force to redo)")
@@ -67,158 +55,99 @@ def _print_plan(plan: Plan, rows_per_job: int, executor: str, why: str, batch_ro
         print(f"  skip  row {row}: duplicate of row {first} (same inputs and settings)")
 
 
-def _wait(args: argparse.Namespace, results: ResultsRoot, submission: Any, jobs: list) -> None:
-    """Follow the submission until no row is pending or running, with a progress bar on a TTY."""
-    from tqdm import tqdm
+class _Progress:
+    """``Submission.wait``'s progress callback: a bar on a terminal, a line per change in logs."""
 
-    total = len(submission.rows)
-    if submission.executor == "debug":
-        for job in jobs:
-            job.result()
-        return
-    interactive = sys.stderr.isatty() and not args.quiet
-    bar = tqdm(total=total, unit="row", desc="rows", disable=not interactive)
-    last_line = ""
-    poll_s = 1.0 if submission.executor == "local" else 5.0
-    while True:
-        status = submission_status(results, submission)
+    def __init__(self, total: int, quiet: bool) -> None:
+        from tqdm import tqdm
+
+        self.interactive = sys.stderr.isatty() and not quiet
+        self.quiet = quiet
+        self.bar = tqdm(total=total, unit="row", desc="rows", disable=not self.interactive)
+        self.last_line = ""
+
+    def __call__(self, status: SubmissionStatus) -> None:
         counts = status.counts
-        finished = sum(counts.get(state, 0) for state in ("ok", "failed", "lost", "cancelled"))
-        bar.update(finished - bar.n)
-        bar.set_postfix(ok=counts.get("ok", 0), failed=counts.get("failed", 0))
+        self.bar.update(sum(counts.get(state, 0) for state in api.FINISHED_STATES) - self.bar.n)
+        self.bar.set_postfix(ok=counts.get("ok", 0), failed=counts.get("failed", 0))
         line = " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
-        if not interactive and line != last_line and not args.quiet:
+        if not self.interactive and line != self.last_line and not self.quiet:
             print(f"progress: {line}", flush=True)
-            last_line = line
-        local_running = submission.executor == "local" and not all(j.done() for j in jobs)
-        if not status.active and not local_running:
-            break
-        time.sleep(poll_s)
-    bar.close()
-    for job in jobs:  # surface crashes of whole jobs (the records hold per-row errors)
-        if submission.executor == "local":
-            try:
-                job.result()
-            except Exception as exc:  # noqa: BLE001 - reported, the batch goes on
-                print(f"job {job.job_id} ended abnormally: {str(exc).splitlines()[0]}", file=sys.stderr)
+            self.last_line = line
 
 
-def _failed_before_lines(results: ResultsRoot, plan: Plan) -> list[str]:
+def _failed_before_lines(prepared: api.Prepared) -> list[str]:
     """One line per row that failed in an earlier submission and is not rerun, with its error."""
     lines = []
-    for spec in plan.failed_before:
-        record = results.read_record(spec.id) or {}
+    for spec, record in prepared.failed_before():
         error = str(record.get("error", "")).splitlines()[0][:200] if record.get("error") else ""
         again = "--retry-failed reruns it" if record.get("retryable") else "--force reruns it (it failed on its inputs or settings)"
         lines.append(f"  row {spec.row} [{spec.id}] failed before: {error} ({again})")
     return lines
 
 
+def _report_failed_before(lines: list[str]) -> None:
+    if lines:
+        print(f"{len(lines)} row(s) of this manifest failed before and were not rerun:", file=sys.stderr)
+        print("\n".join(lines), file=sys.stderr)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    rows = read_manifest(args.manifest, config)
-    profile_path, source = find_profile(args.profile, site_defaults=not args.no_profile)
-    if profile_path is not None and source != "--profile":
-        print(f"profile: {profile_path} ({source}; --no-profile ignores it)", file=sys.stderr)
-    profile = load_profile(profile_path)
-    results = ResultsRoot(args.results)
-    if not args.dry_run:
-        results.require_writable()  # before hashing thousands of files or submitting anything
-    plan = make_plan(
-        rows, results, Path(args.manifest), force=args.force, retry_failed=args.retry_failed,
-        progress=not args.quiet,
+    prepared = api.prepare(
+        args.manifest, args.results, args.executor, args.profile, config=args.config,
+        site_profile=not args.no_profile, force=args.force, retry_failed=args.retry_failed,
+        rows_per_job=args.rows_per_job, batch_rows=args.batch_rows, max_array_size=args.max_array_size,
+        workers=args.workers, timeout_min=args.timeout_min, gpus=args.gpus,
+        array_parallelism=args.array_parallelism, max_retries=args.max_retries,
+        checkpoint_every_s=args.checkpoint_every, dry_run=args.dry_run, progress=not args.quiet,
     )
-    executor, why = choose_executor(args.executor)
-    packing = {
-        key: getattr(args, key) if getattr(args, key) is not None else profile.pop(key, None)
-        for key in ("rows_per_job", "max_array_size", "batch_rows")
-    }
-    for key in packing:
-        profile.pop(key, None)
-    bad = [f"{k} must be an integer >= 1, not {v!r}" for k, v in packing.items()
-           if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1)]
-    for flag in ("timeout_min", "max_retries", "array_parallelism"):
-        value = getattr(args, flag)
-        if value is not None and value < (0 if flag == "max_retries" else 1):
-            bad.append(f"--{flag.replace('_', '-')} must be >= {0 if flag == 'max_retries' else 1}, not {value}")
-    if bad:
-        raise DispatchError("; ".join(bad))
-    rows_per_job = packing["rows_per_job"] or default_rows_per_job(executor, len(plan.to_run), args.workers)
-    max_array_size = packing["max_array_size"] or DEFAULT_MAX_ARRAY_SIZE
-    batch_rows = packing["batch_rows"] or 1
-    if args.array_parallelism:
-        profile["slurm_array_parallelism"] = args.array_parallelism
-    if args.timeout_min:
-        profile["timeout_min"] = args.timeout_min
-    if args.gpus is not None:
-        profile["gpus_per_node"] = args.gpus
-    # One number bounds both our resumes and submitit's time-limit requeues.
-    max_retries = args.max_retries if args.max_retries is not None else profile.get("slurm_max_num_timeout")
-    max_retries = DEFAULT_MAX_RESUMES if max_retries is None else int(max_retries)
-    profile["slurm_max_num_timeout"] = max_retries
+    if prepared.profile is not None and prepared.profile_source != "--profile":
+        print(f"profile: {prepared.profile} ({prepared.profile_source}; --no-profile ignores it)", file=sys.stderr)
     if not args.quiet or args.dry_run:
-        _print_plan(plan, rows_per_job, executor, why, batch_rows)
-    failed_lines = _failed_before_lines(results, plan)
+        _print_plan(prepared)
+    failed_lines = _failed_before_lines(prepared)
     if args.dry_run:
         return 0
-    submission_id = new_submission_id()
-    to_run, busy = claim_rows(results, plan.to_run, submission_id)
-    for spec in plan.to_run:
-        if spec.id in busy:
-            _say(args, f"  skip  row {spec.row} [{spec.id}]: {busy[spec.id]}")
-    if not to_run:
+    submission = prepared.launch()
+    for spec in prepared.plan.to_run:
+        if spec.id in submission.busy:
+            _say(args, f"  skip  row {spec.row} [{spec.id}]: {submission.busy[spec.id]}")
+    results = prepared.results
+    if submission.record is None:
         _say(args, "nothing to run")
         report = collect(results.root)
         _say(args, f"index: {results.index_path} ({report.rows} rows)")
-        if failed_lines:
-            print(f"{len(failed_lines)} row(s) of this manifest failed before and were not rerun:", file=sys.stderr)
-            print("\n".join(failed_lines), file=sys.stderr)
-            return 1
-        return 0
-    skipped = {s.id: "already done" for s in plan.done}
-    skipped.update({s.id: "failed before" for s in plan.failed_before})
-    skipped.update(busy)
-    job = TransferJob(
-        force=args.force, checkpoint_every_s=args.checkpoint_every, max_resumes=max_retries,
-        batch_rows=batch_rows,
-    )
-    try:
-        submission, jobs = submit(
-            to_run, results, executor, Path(args.manifest), rows_per_job, profile, skipped, job, max_array_size,
-            submission_id=submission_id,
-        )
-    except BaseException:
-        release_claims(results, to_run, submission_id)
-        raise
+        _report_failed_before(failed_lines)
+        return 1 if failed_lines else 0
     print(
-        f"submitted {len(to_run)} row(s) as {len(jobs)} job(s): {submission.array_job_id} "
-        f"(submission {submission.submission_id}; logs in {results.submitit_dir})",
+        f"submitted {len(submission.record.rows)} row(s) as {len(submission.jobs)} job(s): "
+        f"{submission.record.array_job_id} (submission {submission.id}; logs in {results.submitit_dir})",
         flush=True,
     )
-    wait = args.wait if args.wait is not None else executor != "slurm"
+    wait = args.wait if args.wait is not None else prepared.backend.waits_by_default
     if not wait:
         print(f"follow with: batch-ast status {args.results}   collect with: batch-ast collect {args.results}")
         return 0
-    _wait(args, results, submission, jobs)
+    progress = _Progress(len(submission.record.rows), args.quiet)
+    final = submission.wait(progress)
+    progress.bar.close()
+    for error in submission.job_errors:
+        print(error, file=sys.stderr)
     report = collect(results.root)
-    final = submission_status(results, submission)
     print(format_status(final))
     for problem in report.skipped:
         print(f"warning: {problem}", file=sys.stderr)
     print(f"index: {results.index_path} ({report.rows} rows); traces: {results.traces_path}")
-    if failed_lines:
-        print(f"{len(failed_lines)} row(s) of this manifest failed before and were not rerun:", file=sys.stderr)
-        print("\n".join(failed_lines), file=sys.stderr)
+    _report_failed_before(failed_lines)
     counts = final.counts
     return 1 if counts.get("failed", 0) or counts.get("lost", 0) or failed_lines else 0
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    ResultsRoot(args.results).require_results_root()
-    report = collect(args.results, progress=not args.quiet)
+    results = ResultsRoot(args.results)
+    report = collect(results, progress=not args.quiet)
     for problem in report.skipped:
         print(f"warning: skipped {problem}", file=sys.stderr)
-    results = ResultsRoot(args.results)
     print(f"index: {results.index_path} ({report.rows} rows); traces: {results.traces_path} ({report.traces} points)")
     return 0
 
@@ -239,39 +168,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    results = ResultsRoot(args.results)
-    results.require_results_root()
-    submissions = load_submissions(results)
-    if args.submission:
-        submissions = [s for s in submissions if s.submission_id == args.submission]
-    elif submissions:
-        submissions = submissions[-1:]
-    if not submissions:
+    submission = api.find_submission(args.results, args.submission)
+    if submission is None:
         print("no submission to cancel", file=sys.stderr)
         return 1
-    for sub in submissions:
-        status = submission_status(results, sub)
-        active = sorted({r.job_id for r in status.rows if r.state in ("pending", "running")})
-        if not active:
-            print(f"submission {sub.submission_id}: nothing queued or running")
-            continue
-        if sub.executor == "slurm":
-            done = cancel_jobs(active)
-            if done.returncode != 0:
-                print(f"scancel failed: {done.stderr.strip()}", file=sys.stderr)
-                return 1
-        else:
-            import os
-            import signal
-
-            for job_id in active:
-                try:
-                    os.kill(int(job_id), signal.SIGTERM)
-                except (ValueError, ProcessLookupError):
-                    pass
-        sub.cancelled = True
-        save_submission(results, sub)
-        print(f"submission {sub.submission_id}: cancelled {len(active)} job(s): {' '.join(active)}")
+    cancelled = submission.cancel()
+    if cancelled:
+        print(f"submission {submission.id}: cancelled {len(cancelled)} job(s): {' '.join(cancelled)}")
+    else:
+        print(f"submission {submission.id}: nothing queued or running")
     return 0
 
 
@@ -352,11 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"SLURM: split into arrays of at most N tasks (site MaxArraySize; default {DEFAULT_MAX_ARRAY_SIZE})")
     p.add_argument("--timeout-min", type=int, help="time limit per job in minutes")
     p.add_argument("--gpus", type=int, help="GPUs per job (SLURM gpus_per_node)")
-    p.add_argument("--checkpoint-every", type=float, default=DEFAULT_CHECKPOINT_EVERY_S, metavar="SECONDS",
-                   help=f"save each row's optimisation state this often (default {DEFAULT_CHECKPOINT_EVERY_S:g})")
+    p.add_argument("--checkpoint-every", type=float, default=DEFAULTS.checkpoint_every_s, metavar="SECONDS",
+                   help=f"save each row's optimisation state this often (default {DEFAULTS.checkpoint_every_s:g})")
     p.add_argument("--max-retries", type=int,
                    help=f"resume a row at most N times after timeouts, preemption or requeues; also submitit's "
-                        f"cap on time-limit requeues (slurm max_num_timeout) (default {DEFAULT_MAX_RESUMES})")
+                        f"cap on time-limit requeues (slurm max_num_timeout) (default {DEFAULTS.max_resumes})")
     p.add_argument("--dry-run", action="store_true", help="show the plan and exit")
     p.add_argument("--force", action="store_true", help="redo rows that are already done")
     p.add_argument("--retry-failed", action="store_true", help="rerun rows whose record says failed")
@@ -408,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Problems with what the user gave (files, settings, folders): one line on stderr, exit 2.
-USER_ERRORS = (ConfigError, DispatchError, ManifestError, ResultsError, StudyError)
+USER_ERRORS = (BackendError, ConfigError, DispatchError, ManifestError, ResultsError, StudyError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,8 @@ own columns. Validation is pure (no I/O) so the manifest stage can report every 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,86 @@ PARAMS: dict[str, Param] = {
     "precision": Param(str, lambda s: s in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
     "max_memory_gb": Param(float, _positive, "a number > 0"),
 }
+
+@dataclass(frozen=True)
+class Params:
+    """One row's hyperparameters, fully resolved and validated: what every stage below the plan
+    reads (``params.n_fft``), never a dict. Built only through ``from_mapping`` (or ``replace``),
+    so every value has passed its ``PARAMS`` check; the field list equals ``PARAMS`` (checked at
+    import)."""
+
+    preset: str
+    sample_rate: int
+    max_seconds: float
+    n_fft: int
+    hop_length: int
+    n_filters: int
+    kernel_size: int
+    activation: str
+    content_weight: float
+    style_weight: float
+    content_weight_style: float
+    style_weight_content: float
+    rhythm: str
+    beat_grid: str
+    bpm: float
+    beats_per_segment: int
+    optimizer: str
+    lr: float
+    weight_decay: float
+    lbfgs_history: int
+    iterations: int
+    patience: int
+    min_delta: float
+    lr_patience: int
+    lr_factor: float
+    griffin_lim_iters: int
+    griffin_lim_momentum: float
+    seed: int
+    device: str
+    precision: str
+    max_memory_gb: float
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], source: str = "hyperparameters") -> Params:
+        """Validate a complete mapping (every ``PARAMS`` name, nothing else); ConfigError names
+        ``source`` and the first bad key."""
+        unknown = sorted(map(str, set(values) - set(PARAMS)))
+        missing = [name for name in PARAMS if name not in values]
+        if unknown or missing:
+            raise ConfigError(f"{source}: unknown {unknown}" if unknown else f"{source}: missing {missing}")
+        return cls(**_validated(values, source))
+
+    @classmethod
+    def from_record(cls, values: Mapping[str, Any]) -> Params:
+        """The hyperparameters stored in a record or checkpoint; a record written before a
+        hyperparameter existed ran with its neutral value (``ID_NEUTRAL``)."""
+        return cls.from_mapping({**ID_NEUTRAL, **values}, "record params")
+
+    def replace(self, **changes: Any) -> Params:
+        """A copy with ``changes`` applied, validated like any other."""
+        return Params.from_mapping({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (records, submissions, the pickle a job receives)."""
+        return asdict(self)
+
+    @property
+    def n_bins(self) -> int:
+        """Frequency bins of the row's spectrograms (the network's input channels)."""
+        return self.n_fft // 2 + 1
+
+    @property
+    def beat_segmented(self) -> bool:
+        """Tomczak et al.'s beat-segmented losses (``rhythm`` other than none)."""
+        return self.rhythm != "none"
+
+
+if [f.name for f in fields(Params)] != list(PARAMS) or any(
+    PARAMS[f.name].kind.__name__ != f.type for f in fields(Params)
+):
+    raise AssertionError("config.Params and config.PARAMS list different hyperparameters or types")
+
 
 # Hyperparameters that do not change the result and therefore stay out of the row id.
 NOT_IN_ID = frozenset({"device", "preset", "max_memory_gb"})
@@ -217,6 +297,10 @@ class Config:
             params.update(self.presets[preset])
         params.update(overrides)
         return params
+
+    def params(self, overrides: Mapping[str, Any] | None = None, **more: Any) -> Params:
+        """A row's validated ``Params``: ``resolve`` of ``overrides`` and ``more`` (raw or typed)."""
+        return Params.from_mapping(self.resolve({**(overrides or {}), **more}))
 
 
 def _validated(values: dict[str, Any], source: str) -> dict[str, Any]:

@@ -1,18 +1,14 @@
-"""Dispatch stage: choose an executor, submit packs of rows through submitit, record the submission.
+"""Dispatch stage: cluster profiles, packing rows into job arrays, submitting them through a
+backend's submitit executor, and the submission file that later commands read.
 
-This is the only module that knows SLURM (sbatch, squeue, scancel, profiles); it knows nothing of
-spectrograms. Job states come from one ``squeue`` call per query, never from ``sacct`` (absent
-where accounting is off) and never one call per job.
+It knows nothing of spectrograms; what differs between SLURM, local and debug lives in
+backends.py. A profile's keys are mapped to submitit's parameter names here.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import shutil
-import subprocess
 import uuid
-import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,12 +16,11 @@ from typing import Any
 
 import submitit
 
+from .backends import Backend
 from .config import ConfigError, read_config_file
-from .job import TransferJob
+from .job import DEFAULTS, TransferJob
 from .plan import RowSpec, chunk
 from .store import ResultsRoot, write_json_atomic
-
-EXECUTORS = ("auto", "local", "slurm", "debug")
 
 # Profile keys users write -> submitit parameter names.
 PROFILE_KEYS = {
@@ -56,36 +51,10 @@ PROFILE_ENV = "BATCH_AST_PROFILE"
 NON_SUBMITIT_KEYS = ("rows_per_job", "max_array_size", "batch_rows")
 # Many sites cap job arrays (MaxArraySize, often 1001); submitit does not split: we do.
 DEFAULT_MAX_ARRAY_SIZE = 1000
-LOCAL_DEFAULTS = {"timeout_min": 24 * 60}  # submitit's local default (2 min) would kill real rows
-SLURM_DEFAULTS = {"timeout_min": 60, "cpus_per_task": 2, "mem_gb": 8, "slurm_signal_delay_s": 60}
 
 
 class DispatchError(RuntimeError):
     """The submission cannot be made (bad profile, no cluster where one was asked for...)."""
-
-
-def slurm_available(timeout_s: float = 10.0) -> bool:
-    """True when sbatch is on PATH and a controller answers ``sinfo``."""
-    if not (shutil.which("sbatch") and shutil.which("sinfo")):
-        return False
-    try:
-        done = subprocess.run(
-            ["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=timeout_s
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0 and bool(done.stdout.strip())
-
-
-def choose_executor(requested: str) -> tuple[str, str]:
-    """Resolve ``auto``; returns (executor, why) so the CLI can say what it picked and why."""
-    if requested == "auto":
-        if slurm_available():
-            return "slurm", "auto: sbatch found and the SLURM controller answers"
-        return "local", "auto: no SLURM cluster answers (sbatch/sinfo), using submitit's local executor"
-    if requested == "slurm" and not slurm_available():
-        raise DispatchError("--executor slurm: no SLURM controller answers (is sbatch on PATH? sinfo?)")
-    return requested, f"--executor {requested}"
 
 
 def user_profile_path() -> Path:
@@ -133,8 +102,59 @@ def load_profile(path: str | Path | None) -> dict[str, Any]:
     return {PROFILE_KEYS.get(k, k): v for k, v in data.items()}
 
 
+@dataclass(frozen=True)
+class Packing:
+    """How rows become jobs: rows per job (None: the backend's default), the largest array a
+    site allows, and how many rows of a job are optimised together (batched.py)."""
+
+    rows_per_job: int | None = None
+    max_array_size: int = DEFAULT_MAX_ARRAY_SIZE
+    batch_rows: int = 1
+
+
+def job_parameters(
+    profile: dict[str, Any],
+    *,
+    rows_per_job: int | None = None,
+    max_array_size: int | None = None,
+    batch_rows: int | None = None,
+    timeout_min: int | None = None,
+    gpus: int | None = None,
+    array_parallelism: int | None = None,
+    max_retries: int | None = None,
+) -> tuple[dict[str, Any], Packing, int]:
+    """(submitit parameters, packing, resume limit) of a submission: the profile's (``load_profile``)
+    with the caller's options on top. The resume limit bounds both batch-ast's resumes of a row and
+    submitit's time-limit requeues (its max_num_timeout). DispatchError lists every bad value."""
+    params = dict(profile)
+    packing = {key: value if value is not None else params.get(key)
+               for key, value in (("rows_per_job", rows_per_job), ("max_array_size", max_array_size),
+                                  ("batch_rows", batch_rows))}
+    for key in NON_SUBMITIT_KEYS:
+        params.pop(key, None)
+    bad = [f"{k} must be an integer >= 1, not {v!r}" for k, v in packing.items()
+           if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1)]
+    for name, value, low in (("timeout_min", timeout_min, 1), ("max_retries", max_retries, 0),
+                             ("array_parallelism", array_parallelism, 1)):
+        if value is not None and value < low:
+            bad.append(f"--{name.replace('_', '-')} must be >= {low}, not {value}")
+    if bad:
+        raise DispatchError("; ".join(bad))
+    if array_parallelism:
+        params["slurm_array_parallelism"] = array_parallelism
+    if timeout_min:
+        params["timeout_min"] = timeout_min
+    if gpus is not None:
+        params["gpus_per_node"] = gpus
+    limit = max_retries if max_retries is not None else params.get("slurm_max_num_timeout")
+    limit = DEFAULTS.max_resumes if limit is None else int(limit)
+    params["slurm_max_num_timeout"] = limit
+    return params, Packing(packing["rows_per_job"], packing["max_array_size"] or DEFAULT_MAX_ARRAY_SIZE,
+                           packing["batch_rows"] or 1), limit
+
+
 @dataclass
-class Submission:
+class SubmissionRecord:
     """What was submitted, saved under results/submissions/ so later commands find it."""
 
     submission_id: str
@@ -161,62 +181,9 @@ class Submission:
         return ",".join(sorted(ids))
 
 
-def _make_executor(kind: str, folder: Path, params: dict[str, Any]) -> submitit.Executor:
-    params = dict(params)
-    max_timeouts = params.pop("slurm_max_num_timeout", None)
-    python = params.pop("python", None)
-    if kind == "local":
-        # submitit's LocalExecutor itself, not through AutoExecutor: only it takes ``visible_gpus``
-        local = {k: v for k, v in params.items() if not k.startswith("slurm_")}
-        if "gpus_per_node" not in local:
-            local.update(local_gpu_passthrough(os.environ.get("CUDA_VISIBLE_DEVICES")))
-        ctor_args = {"max_num_timeout": max_timeouts, "python": python}
-        executor = submitit.LocalExecutor(folder=folder, **{k: v for k, v in ctor_args.items() if v is not None})
-        executor.update_parameters(**{**LOCAL_DEFAULTS, **local})
-        return executor
-    ctor = {f"{kind}_max_num_timeout": max_timeouts} if max_timeouts is not None and kind != "debug" else {}
-    if python is not None and kind == "slurm":
-        ctor["slurm_python"] = python
-    executor = submitit.AutoExecutor(folder=folder, cluster=kind, **ctor)
-    if kind == "slurm":
-        executor.update_parameters(**{**SLURM_DEFAULTS, **params})
-    return executor
-
-
-def local_gpu_passthrough(visible: str | None) -> dict[str, Any]:
-    """The local executor's GPU request that lets a job see the submitter's GPUs.
-
-    submitit's local executor sets each job's CUDA_VISIBLE_DEVICES from ``gpus_per_node`` (0 by
-    default: an empty string, so a job on a GPU workstation silently ran on the CPU). Without a
-    ``gpus_per_node`` of the user's, ask for what the submitter sees: the indices of its
-    CUDA_VISIBLE_DEVICES, or every GPU when that is unset. Entries that are not indices (GPU UUIDs,
-    MIG names) cannot be passed through submitit's integer list: then no GPU, with a warning."""
-    if visible is None:
-        import torch  # counts devices through NVML where it can, without starting CUDA here
-
-        count = torch.cuda.device_count()
-        return {"gpus_per_node": count} if count else {}
-    entries = [e.strip() for e in visible.split(",") if e.strip()]
-    if not all(e.isdigit() for e in entries):
-        warnings.warn(f"CUDA_VISIBLE_DEVICES={visible!r} names GPUs by UUID or MIG name, which the local "
-                      "executor cannot pass to its jobs: they run without a GPU (set gpus_per_node in a "
-                      "profile, with integer CUDA_VISIBLE_DEVICES)", stacklevel=2)
-        return {}
-    gpus = [int(e) for e in entries]
-    return {"gpus_per_node": len(gpus), "visible_gpus": tuple(gpus)} if gpus else {}
-
-
 def new_submission_id() -> str:
     """Sortable by time (UTC), unique by a random suffix."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-
-
-def default_rows_per_job(kind: str, n_rows: int, workers: int) -> int:
-    """SLURM: one row per array task. Local: split the rows over ``workers`` processes, because
-    submitit's local executor starts every job at once and 2 cores do not want 32 torch processes."""
-    if kind == "slurm":
-        return 1
-    return max(1, math.ceil(n_rows / max(1, workers)))
 
 
 RESOURCE_TO_PARAM = {"timeout_min": "timeout_min", "gpus": "gpus_per_node", "mem_gb": "mem_gb", "cpus": "cpus_per_task"}
@@ -233,7 +200,7 @@ def _group_by_resources(specs: list[RowSpec]) -> list[tuple[dict[str, Any], list
 def submit(
     specs: list[RowSpec],
     results: ResultsRoot,
-    kind: str,
+    backend: Backend,
     manifest: Path,
     rows_per_job: int,
     params: dict[str, Any] | None = None,
@@ -241,35 +208,34 @@ def submit(
     job: TransferJob | None = None,
     max_array_size: int = DEFAULT_MAX_ARRAY_SIZE,
     submission_id: str = "",
-) -> tuple[Submission, list[submitit.Job]]:
+) -> tuple[SubmissionRecord, list[submitit.Job]]:
     """Submit the rows as job arrays (packs of ``rows_per_job`` rows; one array per distinct
     per-row resource request, split so no array has more than ``max_array_size`` tasks) and
     record the submission under the results root."""
     params = dict(params or {})
     created = datetime.now(timezone.utc)
     submission_id = submission_id or new_submission_id()
-    job = job or TransferJob()
-    job.submission_id = submission_id
+    job = (job or TransferJob()).for_submission(submission_id)
     folder = results.submitit_dir / "%j"
     all_jobs: list[submitit.Job] = []
     job_entries: list[dict[str, Any]] = []
     for resources, group in _group_by_resources(specs):
         group_params = {**params, **{RESOURCE_TO_PARAM[k]: v for k, v in resources.items()}}
-        executor = _make_executor(kind, folder, group_params)
+        executor = backend.make_executor(folder, group_params)
         all_packs = chunk(group, rows_per_job)
         array_size = max(1, max_array_size)
         for start in range(0, len(all_packs), array_size):
             packs = all_packs[start : start + array_size]
             payloads = [[s.to_dict() for s in pack] for pack in packs]
-            jobs = executor.map_array(job, payloads, [str(results.root)] * len(payloads))
+            jobs = executor.map_array(job, payloads, [results] * len(payloads))
             all_jobs.extend(jobs)
             job_entries.extend(
                 {"job_id": str(j.job_id), "rows": [s.id for s in pack], "log": str(j.paths.stderr)}
                 for j, pack in zip(jobs, packs, strict=True)
             )
-    submission = Submission(
+    submission = SubmissionRecord(
         submission_id=submission_id,
-        executor=kind,
+        executor=backend.name,
         created_at=created.isoformat(timespec="seconds"),
         manifest=str(manifest.resolve()),
         root=str(results.root),
@@ -284,13 +250,13 @@ def submit(
     return submission, all_jobs
 
 
-def save_submission(results: ResultsRoot, submission: Submission) -> Path:
+def save_submission(results: ResultsRoot, submission: SubmissionRecord) -> Path:
     path = results.submissions_dir / f"{submission.submission_id}.json"
     write_json_atomic(path, submission.to_dict())
     return path
 
 
-def load_submissions(results: ResultsRoot) -> list[Submission]:
+def load_submissions(results: ResultsRoot) -> list[SubmissionRecord]:
     """All recorded submissions, oldest first; unreadable files are skipped."""
     import json
 
@@ -298,56 +264,7 @@ def load_submissions(results: ResultsRoot) -> list[Submission]:
     folder = results.submissions_dir
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            out.append(Submission(**json.loads(path.read_text(encoding="utf-8"))))
+            out.append(SubmissionRecord(**json.loads(path.read_text(encoding="utf-8"))))
         except (OSError, ValueError, TypeError):
             continue
     return out
-
-
-def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
-    """State of every queued/running task of the given (array) jobs in ONE squeue call.
-
-    Returns {"<array>_<task>" or "<job>": STATE}; jobs absent from the result have left the queue.
-    None when squeue cannot be asked (no SLURM here)."""
-    if not job_ids:
-        return {}
-    if not shutil.which("squeue"):
-        return None
-    base = sorted({j.split("_")[0] for j in job_ids})
-    try:
-        done = subprocess.run(
-            ["squeue", "-h", "-r", "-j", ",".join(base), "-o", "%i|%T"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if done.returncode != 0:
-        # squeue errors for ids the controller already forgot: treat as "nothing queued"
-        return {} if "Invalid job id" in done.stderr else None
-    states = {}
-    for line in done.stdout.splitlines():
-        if "|" in line:
-            jid, state = line.strip().split("|", 1)
-            states[jid] = state
-    return states
-
-
-def cancel_jobs(job_ids: list[str]) -> subprocess.CompletedProcess:
-    """scancel every given job (array ids cancel the whole array) in one call."""
-    return subprocess.run(["scancel", *sorted(set(job_ids))], capture_output=True, text=True)
-
-
-def local_job_alive(job_id: str) -> bool:
-    """For the local executor the job id is the worker's pid."""
-    try:
-        os.kill(int(job_id), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    try:  # an exited child not yet reaped by its parent (a zombie) still answers kill(0)
-        return Path(f"/proc/{int(job_id)}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True

@@ -23,90 +23,16 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
-from .config import PARAMS, flatten_record
+from .config import flatten_record
+from .record import columns, figures_missing, index_schema
 from .store import TMP_PREFIX, ResultsError, ResultsRoot, describe_os_error, short_path, write_atomic
 
 SCHEMA_VERSION = 1
 
-# Written by batch_ast.metrics.output_metrics (declared here so reading the index needs no torch).
-METRIC_COLUMNS = (
-    "content_distance",
-    "style_distance",
-    "style_distance_of_content",
-    "content_distance_heldout",
-    "style_distance_heldout",
-    "style_distance_heldout_of_content",
-    "lsd_to_content_db",
-    "onset_corr_content",
-    "onset_corr_style",
-    "output_rms_dbfs",
-    "content_rms_dbfs",
-    "style_rms_dbfs",
-)
-
-_PARAM_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64()}
-
-# The index schema is explicit (not inferred from whichever file comes first) and versioned.
-INDEX_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("name", pa.string()),
-        ("row", pa.int64()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("retryable", pa.bool_()),
-        ("content", pa.string()),
-        ("style", pa.string()),
-        ("content_sha256", pa.string()),
-        ("style_sha256", pa.string()),
-        ("manifest", pa.string()),
-        ("submission_id", pa.string()),
-        ("output", pa.string()),
-        ("trace", pa.string()),
-        ("spectrogram_png", pa.string()),
-        ("loss_png", pa.string()),
-        ("figure_error", pa.string()),
-        ("checkpoint_error", pa.string()),
-        ("warning", pa.string()),
-        *[(name, _PARAM_TYPES[spec.kind]) for name, spec in PARAMS.items()],
-        ("iterations_run", pa.int64()),
-        ("evaluations", pa.int64()),
-        ("style_form", pa.string()),
-        ("stop_reason", pa.string()),
-        ("content_bpm", pa.float64()),
-        ("style_bpm", pa.float64()),
-        ("beat_segments", pa.int64()),
-        ("resumed_from_iteration", pa.int64()),
-        ("resumes", pa.int64()),
-        ("final_total", pa.float64()),
-        ("final_content", pa.float64()),
-        ("final_style", pa.float64()),
-        ("spectral_convergence", pa.float64()),
-        *[(name, pa.float64()) for name in METRIC_COLUMNS],
-        ("output_gain", pa.float64()),
-        ("content_seconds", pa.float64()),
-        ("style_seconds", pa.float64()),
-        ("time_load_s", pa.float64()),
-        ("time_optimize_s", pa.float64()),
-        ("time_phase_s", pa.float64()),
-        ("time_write_s", pa.float64()),
-        ("time_figures_s", pa.float64()),
-        ("time_metrics_s", pa.float64()),
-        ("time_total_s", pa.float64()),
-        ("device_used", pa.string()),
-        ("torch_threads", pa.int64()),
-        ("hostname", pa.string()),
-        ("slurm_job_id", pa.string()),
-        ("slurm_array_task_id", pa.string()),
-        ("slurm_restart_count", pa.int64()),
-        ("torch_version", pa.string()),
-        ("batch_ast_version", pa.string()),
-        ("python_version", pa.string()),
-        ("started_at", pa.timestamp("s", tz="UTC")),
-        ("finished_at", pa.timestamp("s", tz="UTC")),
-    ],
-    metadata={"batch_ast_schema_version": str(SCHEMA_VERSION)},
-)
+# Every column comes from record.Record (one place lists a record's fields): the schema is explicit
+# (not inferred from whichever file comes first) and versioned.
+METRIC_COLUMNS = columns("metric")
+INDEX_SCHEMA = index_schema(SCHEMA_VERSION)
 
 TRACES_SCHEMA = pa.schema(
     [
@@ -287,11 +213,11 @@ def _unrecorded_rows(results: ResultsRoot, recorded: set[str]) -> list[dict]:
 
 def _regenerate_missing_figures(results: ResultsRoot, records: list[dict], report: CollectReport) -> None:
     """Redraw the figures of ok rows that have none (a full disk when the job wrote them)."""
-    from .job import figures_missing, regenerate_figures  # torch and matplotlib: only when needed
-
     for i, record in enumerate(records):
-        if not figures_missing(results, record):
+        if not figures_missing(results.root, record):
             continue
+        from .row import regenerate_figures  # torch and matplotlib: only when a row needs them
+
         try:
             raw = json.loads(results.record_path(record["id"]).read_text(encoding="utf-8"))
             fresh = regenerate_figures(results, raw)
@@ -302,15 +228,34 @@ def _regenerate_missing_figures(results: ResultsRoot, records: list[dict], repor
         report.figures_regenerated += 1
 
 
-def collect(root: str | Path, progress: bool = False) -> CollectReport:
+def collect(root: str | os.PathLike[str], progress: bool = False) -> CollectReport:
     """Gather every published record and trace under ``root`` into index.parquet and traces.parquet.
 
     The index has one row per submitted row: those with a record (ok, failed) and those without one
     yet (pending, running, lost, cancelled: their state from the queue). Rows are ordered by
     submission, then manifest row. Incremental: records and traces unchanged since the last
     collect come from the previous index; when no file changed and no row awaits the queue, the
-    index is left as it is (``CollectReport.unchanged``)."""
-    results = ResultsRoot(root)
+    index is left as it is (``CollectReport.unchanged``).
+
+    Parameters
+    ----------
+    root : str, path-like or ResultsRoot
+        A results root (a submission or a run has been made there).
+    progress : bool
+        A progress bar over many records, on a terminal.
+
+    Returns
+    -------
+    CollectReport
+        Rows and trace points written, records read again, unreadable files skipped (with why).
+
+    Raises
+    ------
+    ResultsError
+        Not a results root, or one that cannot be written (a read-only root is still readable
+        with ``load_index``).
+    """
+    results = ResultsRoot.of(root)
     results.require_results_root()
     report = CollectReport()
     with _collect_lock(results):
@@ -348,7 +293,7 @@ def collect(root: str | Path, progress: bool = False) -> CollectReport:
     return report
 
 
-def _read_parquet(path: Path, root: str | Path) -> pa.Table:
+def _read_parquet(path: Path, root: str | os.PathLike[str]) -> pa.Table:
     if not path.exists():
         raise ResultsError(f"no {path.name} under {short_path(root)}: run `batch-ast collect {short_path(root)}` first")
     try:
@@ -360,10 +305,28 @@ def _read_parquet(path: Path, root: str | Path) -> pa.Table:
         ) from None
 
 
-def load_index(root: str | Path = "results") -> pd.DataFrame:
-    """The index as a DataFrame: one row per submitted row, typed columns (hyperparameters ready for
-    groupby). Raises ResultsError (with what to do) when there is no readable index."""
-    frame = _read_parquet(ResultsRoot(root).index_path, root).to_pandas(types_mapper=_NULLABLE_INTS.get)
+def load_index(root: str | os.PathLike[str] = "results") -> pd.DataFrame:
+    """The results index as a DataFrame.
+
+    Parameters
+    ----------
+    root : str or path-like
+        The results root (``batch-ast collect`` writes its index).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per submitted row, with the columns of ``INDEX_SCHEMA`` (from ``record.Record``):
+        identity, status and error, every hyperparameter, losses, metrics, timings, environment.
+        Integers are nullable (``Int64``), few-valued text columns categorical, so hyperparameters
+        are ready for ``groupby``.
+
+    Raises
+    ------
+    ResultsError
+        No readable index (the message says to run ``batch-ast collect``).
+    """
+    frame = _read_parquet(ResultsRoot.of(root).index_path, root).to_pandas(types_mapper=_NULLABLE_INTS.get)
     for name in CATEGORY_COLUMNS:
         if name in frame:
             frame[name] = frame[name].astype("category")
@@ -379,7 +342,7 @@ CATEGORY_COLUMNS = (
 _NULLABLE_INTS = {pa.int64(): pd.Int64Dtype()}
 
 
-def load_traces(root: str | Path = "results", params: list[str] | tuple[str, ...] | None = None) -> pd.DataFrame:
+def load_traces(root: str | os.PathLike[str] = "results", params: list[str] | tuple[str, ...] | None = None) -> pd.DataFrame:
     """Loss traces in long format, one row per iteration of each ok row.
 
     Parameters
@@ -398,7 +361,7 @@ def load_traces(root: str | Path = "results", params: list[str] | tuple[str, ...
         iteration started from), ``evaluations`` (loss+gradient evaluations in the iteration,
         nullable), then the requested ``params``.
     """
-    traces = _read_parquet(ResultsRoot(root).traces_path, root).to_pandas(types_mapper=_NULLABLE_INTS.get)
+    traces = _read_parquet(ResultsRoot.of(root).traces_path, root).to_pandas(types_mapper=_NULLABLE_INTS.get)
     if not params:
         return traces
     index = load_index(root)

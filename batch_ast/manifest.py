@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PARAMS, Config, ConfigError, coerce, exact_int
+from .config import PARAMS, Config, ConfigError, Params, coerce, exact_int
 from .store import short_path
 
 REQUIRED_COLUMNS = ("content", "style")
@@ -56,7 +56,7 @@ class ManifestRow:
     name: str  # the user's optional `id` label ("" if none); never used for file names
     content: Path
     style: Path
-    params: dict[str, Any] = field(default_factory=dict)
+    params: Params
     resources: dict[str, Any] = field(default_factory=dict)
 
     def where(self) -> str:
@@ -182,14 +182,12 @@ def _parse_manifest(text: str, path: Path, config: Config) -> list[ManifestRow]:
             except ValueError as exc:
                 problems.append(f"{where}: column {col!r}: {exc}")
         try:
-            params = config.resolve(overrides)
+            params = config.params(overrides)
         except ConfigError as exc:
             problems.append(f"{where}: column 'preset': {exc}")
             continue
-        if params["hop_length"] > params["n_fft"]:
-            problems.append(
-                f"{where}: hop_length {params['hop_length']} is larger than n_fft {params['n_fft']}"
-            )
+        if params.hop_length > params.n_fft:
+            problems.append(f"{where}: hop_length {params.hop_length} is larger than n_fft {params.n_fft}")
         if len(files) == 2:
             rows.append(
                 ManifestRow(

@@ -8,14 +8,16 @@ network (another seed), so that no metric is just the optimised objective read b
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .transfer import features, gram, log_spectrogram, row_filters, use_precision
+from .transfer import Network, features, gram, log_spectrogram, use_precision
 
-HELDOUT_SEED_OFFSET = 1_000_003  # the held-out network: same shape, weights from seed + this
+if TYPE_CHECKING:
+    from .config import Params
+
 
 
 def relative_feature_distance(out: torch.Tensor, target: torch.Tensor) -> float:
@@ -77,14 +79,14 @@ def output_metrics(
     output: np.ndarray,
     content: np.ndarray,
     style: np.ndarray,
-    params: dict[str, Any],
+    params: Params,
     device: torch.device,
     input_specs: tuple[torch.Tensor, torch.Tensor] | None = None,
     weight: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Every metric column for one output (audio arrays at the row's sample rate). A job passes the
     inputs' log spectrograms and the row's network it already has, so they are not made twice."""
-    n_fft, hop = params["n_fft"], params["hop_length"]
+    n_fft, hop = params.n_fft, params.hop_length
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in
                (("output", output), ("content", content), ("style", style))}
     specs = {"output": log_spectrogram(tensors["output"], n_fft, hop)}
@@ -94,15 +96,16 @@ def output_metrics(
     metrics: dict[str, float] = {}
     use_precision("float32", device)  # metrics in IEEE float32, whatever the row was optimised in
     with torch.no_grad():
-        for suffix, seed in (("", params["seed"]), ("_heldout", params["seed"] + HELDOUT_SEED_OFFSET)):
-            net = weight if weight is not None and not suffix else row_filters(params, n_fft // 2 + 1, device, seed)
-            feats = {k: features(v, net, params["activation"]) for k, v in specs.items()}
+        network = Network.of(params)
+        for suffix, net in (("", weight if weight is not None else network.weights(device)),
+                            ("_heldout", network.heldout().weights(device))):
+            feats = {k: features(v, net, params.activation) for k, v in specs.items()}
             metrics[f"content_distance{suffix}"] = relative_feature_distance(feats["output"], feats["content"])
             metrics[f"style_distance{suffix}"] = relative_gram_distance(feats["output"], feats["style"])
             # The same measures for the untouched content: where a transfer starts from.
             metrics[f"style_distance{suffix}_of_content"] = relative_gram_distance(feats["content"], feats["style"])
     metrics["lsd_to_content_db"] = log_spectral_distance(tensors["output"], tensors["content"], n_fft, hop)
-    sr = params["sample_rate"]
+    sr = params.sample_rate
     metrics["onset_corr_content"] = onset_correlation(output, content, sr, hop, n_fft)
     metrics["onset_corr_style"] = onset_correlation(output, style, sr, hop, n_fft)
     for name, audio in (("output", output), ("content", content), ("style", style)):

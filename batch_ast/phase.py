@@ -13,7 +13,18 @@ import torch
 
 
 def magnitude_from_log(log_spec: torch.Tensor) -> torch.Tensor:
-    """Invert log1p: exp(S) - 1, clamped at 0 (the optimiser is free to go slightly negative)."""
+    """Linear magnitude from a log1p magnitude spectrogram.
+
+    Parameters
+    ----------
+    log_spec : torch.Tensor, shape (n_bins, frames)
+        ``log1p(|STFT|)`` as ``transfer.log_spectrogram`` makes it (or as the optimiser left it).
+
+    Returns
+    -------
+    torch.Tensor, shape (n_bins, frames)
+        ``exp(log_spec) - 1`` clamped at 0 (the optimiser is free to go slightly negative).
+    """
     return torch.expm1(log_spec).clamp_min(0.0)
 
 
@@ -29,7 +40,7 @@ class InverseSTFT:
     torch.istft recomputes the window envelope and overlap-adds with a generic fold on every call;
     here the envelope is computed once and, when ``hop_length`` divides ``n_fft``, the overlap-add
     is n_fft/hop shifted block sums (5x faster than torch.istft at 10 s, n_fft 2048, hop 512 on
-    the CPU: ``python -m batch_ast.bench --only gl``). Other shapes use torch.istft itself.
+    the CPU: ``python -m benchmarks.bench --only gl``). Other shapes use torch.istft itself.
     Equal to torch.istft(center=True) up to float rounding (tests/test_math.py)."""
 
     def __init__(self, n_fft: int, hop_length: int, frames: int, window: torch.Tensor, length: int | None = None):
@@ -119,7 +130,23 @@ def griffin_lim(
 def spectral_convergence(
     magnitude: torch.Tensor, audio: torch.Tensor, n_fft: int, hop_length: int
 ) -> float:
-    """||S - |STFT(x)|||_F / ||S||_F: 0 is a perfect phase reconstruction (0 for silent targets)."""
+    """How well a signal's magnitude matches a target magnitude.
+
+    Parameters
+    ----------
+    magnitude : torch.Tensor, shape (n_fft // 2 + 1, frames)
+        Target linear magnitude S.
+    audio : torch.Tensor, shape (samples,)
+        The reconstructed signal x.
+    n_fft, hop_length : int
+        STFT size and hop in samples (centred, Hann window), as S was made.
+
+    Returns
+    -------
+    float
+        ``||S - |STFT(x)|||_F / ||S||_F`` over their common frames: 0 is a perfect phase
+        reconstruction (0 also for a silent target and signal; inf for a silent target only).
+    """
     window = torch.hann_window(n_fft, device=audio.device, dtype=audio.dtype)
     rebuilt = _stft(audio, n_fft, hop_length, window).abs()
     frames = min(rebuilt.shape[-1], magnitude.shape[-1])

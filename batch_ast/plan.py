@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ID_NEUTRAL, NOT_IN_ID
+from .config import ID_NEUTRAL, NOT_IN_ID, Params
 from .manifest import ManifestRow
 from .store import ResultsRoot, write_json_atomic
 
@@ -79,7 +79,7 @@ def file_sha256(path: Path, on_bytes: Any = None) -> str:
     return digest.hexdigest()
 
 
-def hash_inputs(paths: list[Path], cache: HashCache, progress: bool = False) -> dict[Path, str]:
+def hash_inputs(paths: list[Path], cache: HashCache, progress: bool = False, save: bool = True) -> dict[Path, str]:
     """Hash every distinct input once, from the cache where it is still valid, with a progress bar
     (bytes) on a terminal when there is much to read."""
     from tqdm import tqdm
@@ -100,14 +100,15 @@ def hash_inputs(paths: list[Path], cache: HashCache, progress: bool = False) -> 
         for path in todo:
             digests[path] = file_sha256(path, bar.update)
             cache.store(path, digests[path])
-    cache.save()
+    if save:
+        cache.save()
     return digests
 
 
-def result_params(params: dict[str, Any]) -> dict[str, Any]:
+def result_params(params: Params) -> dict[str, Any]:
     """The hyperparameters that change a row's result (those in its id), sorted by name."""
     return {
-        k: v for k, v in sorted(params.items())
+        k: v for k, v in sorted(params.to_dict().items())
         if k not in NOT_IN_ID and not (k in ID_NEUTRAL and v == ID_NEUTRAL[k])
     }
 
@@ -119,10 +120,10 @@ def result_params(params: dict[str, Any]) -> dict[str, Any]:
 RHYTHM_METHOD = "segment-losses"
 
 
-def row_id(content_sha256: str, style_sha256: str, params: dict[str, Any]) -> str:
+def row_id(content_sha256: str, style_sha256: str, params: Params) -> str:
     """Deterministic id of a transfer: both input hashes plus result-relevant hyperparameters."""
     identity = {"content": content_sha256, "style": style_sha256, "params": result_params(params)}
-    if params.get("rhythm", "none") != "none":
+    if params.beat_segmented:
         identity["rhythm_method"] = RHYTHM_METHOD
     blob = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:ID_LENGTH]
@@ -139,12 +140,19 @@ class RowSpec:
     style: str
     content_sha256: str
     style_sha256: str
-    params: dict[str, Any] = field(default_factory=dict)
+    params: Params
     manifest: str = ""
     resources: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data (``params`` as a dict): what a job is sent and a submission stores."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RowSpec:
+        """The spec ``to_dict`` wrote, or the spec fields of a record (other keys are ignored)."""
+        values = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        return cls(**{**values, "params": Params.from_record(raw["params"])})
 
 
 @dataclass
@@ -169,16 +177,17 @@ def make_plan(
     retry_failed: bool = False,
     progress: bool = False,
     use_cache: bool = True,
+    save_cache: bool = True,
 ) -> Plan:
     """Hash inputs (through the root's hash cache), assign ids, drop duplicates and rows already
-    finished."""
+    finished. ``save_cache=False`` (a dry run) reads the cache but writes nothing."""
     to_run: list[RowSpec] = []
     done: list[RowSpec] = []
     failed_before: list[RowSpec] = []
     duplicates: list[tuple[int, int]] = []
     first_row_of: dict[str, int] = {}
     cache = HashCache(results.hash_cache_path if use_cache else None)
-    digests = hash_inputs([p for m in rows for p in (m.content, m.style)], cache, progress)
+    digests = hash_inputs([p for m in rows for p in (m.content, m.style)], cache, progress, save=save_cache)
     for mrow in rows:
         c_sha, s_sha = digests[mrow.content.resolve()], digests[mrow.style.resolve()]
         rid = row_id(c_sha, s_sha, mrow.params)
@@ -194,7 +203,7 @@ def make_plan(
             style=str(mrow.style.resolve()),
             content_sha256=c_sha,
             style_sha256=s_sha,
-            params=dict(mrow.params),
+            params=mrow.params,
             manifest=str(manifest.resolve()),
             resources=dict(mrow.resources),
         )

@@ -416,7 +416,7 @@ window.addEventListener('DOMContentLoaded', () => {
 
 
 def write_report(
-    root: str | Path = "results",
+    root: str | os.PathLike[str] = "results",
     output: str | Path | None = None,
     metric: str = "final_style",
     top: int = 5,
@@ -425,7 +425,7 @@ def write_report(
 ) -> Path:
     """Collect (when anything changed), then write the report (default: <root>/report.html) and its
     data file beside it. Returns the report's path."""
-    results = ResultsRoot(root)
+    results = ResultsRoot.of(root)
     results.require_results_root()
     try:
         collect(results.root)

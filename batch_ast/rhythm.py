@@ -225,24 +225,24 @@ def beat_transfer(
 ) -> tuple[BeatTransfer, BeatAlignment]:
     """Track both inputs' beats, align them on the grid input's beats and build the transfer."""
     p = params
-    sr, hop = p["sample_rate"], p["hop_length"]
-    content_grid, style_grid, warnings = consistent_grids(content, style, sr, hop, p["bpm"])
+    sr, hop = p.sample_rate, p.hop_length
+    content_grid, style_grid, warnings = consistent_grids(content, style, sr, hop, p.bpm)
     for name, grid in (("content", content_grid), ("style", style_grid)):
         if len(grid.frames) < 2:
             raise TransferError(
                 f"rhythm=beats: fewer than two beats found in the {name} input; set the bpm column or use rhythm=none"
             )
-    n = p["beats_per_segment"]
+    n = p.beats_per_segment
     content_bounds = segment_bounds(content_grid.frames, content_spec.shape[-1], n)
     style_bounds = segment_bounds(style_grid.frames, style_spec.shape[-1], n)
-    if p["beat_grid"] == "style":
+    if p.beat_grid == "style":
         grid_bounds, n_frames = style_bounds, style_spec.shape[-1]
         content_spec = align_to_grid(content_spec, content_bounds, style_bounds)
     else:
         grid_bounds, n_frames = content_bounds, content_spec.shape[-1]
         style_spec = align_to_grid(style_spec, style_bounds, content_bounds)
-    ranges = feature_ranges(grid_bounds, n_frames, p["kernel_size"])
-    alignment = BeatAlignment(content_grid, style_grid, p["beat_grid"], len(ranges), warnings)
+    ranges = feature_ranges(grid_bounds, n_frames, p.kernel_size)
+    alignment = BeatAlignment(content_grid, style_grid, p.beat_grid, len(ranges), warnings)
     return BeatTransfer(content_spec, style_spec, ranges, p, device, weight), alignment
 
 

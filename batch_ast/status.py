@@ -16,8 +16,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .backends import get_backend, local_job_alive
 from .config import flatten_record
-from .dispatch import Submission, load_submissions, local_job_alive, squeue_states
+from .dispatch import SubmissionRecord, load_submissions
 from .store import ResultsRoot, claim_path, claims_lock, read_claim, release_claim, try_claim
 
 STATES = ("pending", "running", "ok", "failed", "cancelled", "lost", "skipped")
@@ -35,7 +36,7 @@ class RowState:
 
 @dataclass
 class SubmissionStatus:
-    submission: Submission
+    submission: SubmissionRecord
     rows: list[RowState] = field(default_factory=list)
     queue_known: bool = True  # False when the queue could not be asked
 
@@ -46,10 +47,6 @@ class SubmissionStatus:
     @property
     def active(self) -> bool:
         return any(r.state in ("pending", "running") for r in self.rows)
-
-
-def _queue_state(slurm_state: str) -> str:
-    return "pending" if slurm_state in ("PENDING", "CONFIGURING", "REQUEUED", "SUSPENDED") else "running"
 
 
 ROW_START = re.compile(r"^\[row ([0-9a-f]+)\] start")
@@ -74,7 +71,7 @@ def log_tail(path: str, lines: int = 5, row_id: str = "") -> str:
     return "\n".join(all_lines[-lines:])
 
 
-def finishes(record: dict, submission: Submission) -> bool:
+def finishes(record: dict, submission: SubmissionRecord) -> bool:
     """Whether ``record`` finishes ``submission``'s row: written by it or by a later submission.
     A record from an *earlier* submission is the result that ``--force`` or ``--retry-failed`` is
     replacing, so progress, ``--wait`` and exit codes must not count it. Submission ids start with
@@ -85,32 +82,33 @@ def finishes(record: dict, submission: Submission) -> bool:
     return not written_by or written_by.split("-")[0] >= submission.submission_id.split("-")[0]
 
 
-def submission_status(results: ResultsRoot, submission: Submission) -> SubmissionStatus:
+def unfinished_jobs(submission: SubmissionRecord, records: dict[str, dict]) -> list[str]:
+    """Jobs of the submission with a row that ``records`` do not show finished by it: the only
+    ones whose queue state matters."""
+    return [job["job_id"] for job in submission.jobs
+            if any(not finishes(records.get(rid) or {}, submission) for rid in job["rows"])]
+
+
+def submission_status(
+    submission: SubmissionRecord, records: dict[str, dict], queue: dict[str, str] | None,
+) -> SubmissionStatus:
+    """Each row's state, from its record where that finishes the row, else from ``queue`` (the
+    backend's {job id: pending|running} of ``unfinished_jobs``; None when it could not be asked):
+    queued or running; unknown (shown pending); cancelled; or ``lost`` (its job left the queue
+    without a record, with the tail of its log). Pure: no files, no queue."""
     job_of_row = {rid: job for job in submission.jobs for rid in job["rows"]}
-    records = {rid: results.read_record(rid) or {} for rid in submission.rows}
-    finished = {rid for rid, record in records.items() if finishes(record, submission)}
-    pending_jobs = [
-        job["job_id"] for job in submission.jobs if any(rid not in finished for rid in job["rows"])
-    ]
-    queue: dict[str, str] | None
-    if submission.executor == "slurm":
-        queue = squeue_states(pending_jobs)
-    elif submission.executor == "local":
-        queue = {j: "RUNNING" for j in pending_jobs if local_job_alive(j)}
-    else:
-        queue = {}
     status = SubmissionStatus(submission=submission, queue_known=queue is not None)
     queue = queue or {}
     for rid, row in submission.rows.items():
+        record = records.get(rid) or {}
         job = job_of_row.get(rid, {})
         job_id, log = str(job.get("job_id", "")), str(job.get("log", ""))
-        if rid in finished:
-            record = records[rid]
+        if finishes(record, submission):
             status.rows.append(RowState(rid, row, record["status"], job_id, log, record.get("error", "")))
             continue
         in_queue = queue.get(job_id)  # squeue -r lists every array task as "<array>_<task>"
         if in_queue:
-            status.rows.append(RowState(rid, row, _queue_state(in_queue), job_id, log))
+            status.rows.append(RowState(rid, row, in_queue, job_id, log))
         elif not status.queue_known:
             status.rows.append(RowState(rid, row, "pending", job_id, log, "queue state unknown"))
         elif submission.cancelled:
@@ -123,21 +121,29 @@ def submission_status(results: ResultsRoot, submission: Submission) -> Submissio
     return status
 
 
+def query_status(results: ResultsRoot, submission: SubmissionRecord) -> SubmissionStatus:
+    """``submission_status`` from the records on disk and ONE query of the submission's queue."""
+    records = {rid: results.read_record(rid) or {} for rid in submission.rows}
+    queue = get_backend(submission.executor).queue_states(unfinished_jobs(submission, records))
+    return submission_status(submission, records, queue)
+
+
 def all_status(results: ResultsRoot) -> list[SubmissionStatus]:
-    return [submission_status(results, s) for s in load_submissions(results)]
+    return [query_status(results, s) for s in load_submissions(results)]
 
 
 def unrecorded_rows(results: ResultsRoot, recorded: set[str]) -> list[dict]:
     """Index rows for submitted rows that have no record: their settings from the submission that
     last submitted them, their state (pending, running, lost, cancelled) from its queue."""
-    latest: dict[str, Submission] = {}
+    latest: dict[str, SubmissionRecord] = {}
     for sub in load_submissions(results):  # oldest first: later submissions win
         for rid in sub.rows:
             if rid not in recorded:
                 latest[rid] = sub
     rows = []
     for sub in {id(s): s for s in latest.values()}.values():
-        status = submission_status(results, sub)
+        status = query_status(results, sub)
+        backend = get_backend(sub.executor)
         for state in status.rows:
             if latest.get(state.id) is not sub or state.state in ("ok", "failed", "skipped"):
                 continue
@@ -146,7 +152,7 @@ def unrecorded_rows(results: ResultsRoot, recorded: set[str]) -> list[dict]:
                 "status": state.state,
                 "error": state.error.splitlines()[-1][:500] if state.error else "",
                 "submission_id": sub.submission_id,
-                "slurm_job_id": state.job_id.split("_")[0] if sub.executor == "slurm" else "",
+                "slurm_job_id": backend.index_job_id(state.job_id),
             })
     return rows
 
@@ -180,7 +186,7 @@ CLAIM_GRACE_S = 600  # a claim whose submission file never appeared is stale aft
 
 
 def claim_is_live(
-    results: ResultsRoot, row_id: str, claim: dict, submissions: dict[str, Submission],
+    results: ResultsRoot, row_id: str, claim: dict, submissions: dict[str, SubmissionRecord],
     states: dict[str, dict[str, str]] | None = None,
 ) -> bool:
     """A claim is live while its job can still write the row: the submission's row is pending or
@@ -190,7 +196,7 @@ def claim_is_live(
     if sub is not None:
         states = {} if states is None else states
         if sub.submission_id not in states:
-            states[sub.submission_id] = {r.id: r.state for r in submission_status(results, sub).rows}
+            states[sub.submission_id] = {r.id: r.state for r in query_status(results, sub).rows}
         return states[sub.submission_id].get(row_id, "") in ("pending", "running")
     if claim.get("host") == socket.gethostname():
         return local_job_alive(str(claim.get("pid", "")))

@@ -90,14 +90,28 @@ def describe_os_error(exc: OSError) -> str:
 
 
 class ResultsRoot:
-    """Paths inside a results root folder."""
+    """Paths inside a results root folder. Made once from the user's path and passed down as it
+    is (to the job too: it pickles); path-like, so ``open``/``Path`` take it."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root).absolute()
         try:
             self.root = self.root.resolve()
         except OSError:  # unresolvable (too long, a loop): keep the absolute path, I/O will say why
             pass
+
+    @classmethod
+    def of(cls, root: str | os.PathLike[str] | ResultsRoot) -> ResultsRoot:
+        """``root`` itself when it is a ResultsRoot already, else a new one."""
+        return root if isinstance(root, ResultsRoot) else cls(root)
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    __str__ = __fspath__
+
+    def __repr__(self) -> str:
+        return f"ResultsRoot({str(self.root)!r})"
 
     def is_results_root(self) -> bool:
         """True when a submission or a run has been made here (what status/collect/report need)."""

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .config import Params
 
 
 class TransferError(ValueError):
@@ -30,14 +33,14 @@ def pick_device(name: str) -> torch.device:
 
 
 def stft_frames(n_samples: int, hop_length: int) -> int:
-    """Frames of a centred STFT (torch.stft(center=True)) of ``n_samples`` samples."""
+    """Frames of a centred STFT (``torch.stft(center=True)``): ``1 + n_samples // hop_length``."""
     return 1 + n_samples // hop_length
 
 
-def check_length(n_samples: int, params: dict[str, Any], what: str) -> None:
+def check_length(n_samples: int, params: Params, what: str) -> None:
     """Refuse audio too short for the STFT (reflect padding needs > n_fft/2 samples) or the kernel."""
-    n_fft, kernel = params["n_fft"], params["kernel_size"]
-    frames = stft_frames(n_samples, params["hop_length"])
+    n_fft, kernel = params.n_fft, params.kernel_size
+    frames = stft_frames(n_samples, params.hop_length)
     if n_samples <= n_fft // 2 or frames < kernel:
         raise TransferError(
             f"{what} is {n_samples} samples ({frames} STFT frames) long, shorter than kernel_size "
@@ -46,7 +49,22 @@ def check_length(n_samples: int, params: dict[str, Any], what: str) -> None:
 
 
 def log_spectrogram(audio: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
-    """log1p|STFT| of a mono signal, shape (n_fft // 2 + 1, frames)."""
+    """The log-magnitude spectrogram every loss works on.
+
+    Parameters
+    ----------
+    audio : torch.Tensor, shape (samples,)
+        Mono signal, float, on the device to compute on.
+    n_fft : int
+        FFT size in samples (Hann window of the same length).
+    hop_length : int
+        Hop in samples; frames are centred (reflect padding of n_fft // 2).
+
+    Returns
+    -------
+    torch.Tensor, shape (n_fft // 2 + 1, 1 + samples // hop_length)
+        ``log1p(|STFT(audio)|)``, on ``audio``'s device.
+    """
     window = torch.hann_window(n_fft, device=audio.device, dtype=audio.dtype)
     spec = torch.stft(
         audio, n_fft, hop_length=hop_length, window=window, center=True, return_complex=True
@@ -55,18 +73,64 @@ def log_spectrogram(audio: torch.Tensor, n_fft: int, hop_length: int) -> torch.T
 
 
 def random_filters(n_bins: int, n_filters: int, kernel_size: int, seed: int) -> torch.Tensor:
-    """Seeded random conv weights (n_filters, n_bins, kernel_size), scaled as Ulyanov's reference:
-    std = sqrt(2) * sqrt(2 / ((n_bins + n_filters) * kernel_size)). Drawn on the CPU so the same
-    seed gives the same network on every device."""
+    """The random conv network's weights, scaled as Ulyanov's reference.
+
+    Parameters
+    ----------
+    n_bins : int
+        Input channels: the spectrogram's frequency bins (n_fft // 2 + 1).
+    n_filters : int
+        Output channels (feature maps).
+    kernel_size : int
+        Width of each filter in STFT frames.
+    seed : int
+        Seeds the draw; drawn on the CPU so the same seed gives the same network on every device.
+
+    Returns
+    -------
+    torch.Tensor, shape (n_filters, n_bins, kernel_size), float32, on the CPU
+        Normal with std ``sqrt(2) * sqrt(2 / ((n_bins + n_filters) * kernel_size))``.
+    """
     generator = torch.Generator().manual_seed(seed)
     std = math.sqrt(2.0) * math.sqrt(2.0 / ((n_bins + n_filters) * kernel_size))
     return torch.randn(n_filters, n_bins, kernel_size, generator=generator) * std
 
 
-def row_filters(params: dict[str, Any], n_bins: int, device: torch.device, seed: int | None = None) -> torch.Tensor:
-    """A row's random network on ``device``: its own seed, or ``seed`` for a held-out network."""
-    seed = params["seed"] if seed is None else seed
-    return random_filters(n_bins, params["n_filters"], params["kernel_size"], seed).to(device)
+# The held-out network of the metrics: same shape, weights drawn from seed + this.
+HELDOUT_SEED_OFFSET = 1_000_003
+
+
+@dataclass(frozen=True)
+class Network:
+    """The random conv network a row's features come from: everything that decides its weights
+    and what it computes, and nothing else. Rows with equal ``key()`` can share one copy of the
+    weights (and one batched conv, see batched.py); a job builds it once per group of rows."""
+
+    n_bins: int
+    n_filters: int
+    kernel_size: int
+    seed: int
+    activation: str
+    precision: str
+
+    @classmethod
+    def of(cls, params: Params) -> Network:
+        """The network a row's hyperparameters describe."""
+        return cls(params.n_bins, params.n_filters, params.kernel_size, params.seed, params.activation,
+                   params.precision)
+
+    def key(self) -> tuple:
+        """Hashable identity: equal keys, equal weights and features."""
+        return (self.n_bins, self.n_filters, self.kernel_size, self.seed, self.activation, self.precision)
+
+    def heldout(self) -> Network:
+        """The same architecture with other weights, for metrics the optimisation never saw."""
+        return replace(self, seed=self.seed + HELDOUT_SEED_OFFSET)
+
+    def weights(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The conv weights, shape (n_filters, n_bins, kernel_size), float32 on ``device``; drawn
+        on the CPU (``random_filters``), so equal on every device."""
+        return random_filters(self.n_bins, self.n_filters, self.kernel_size, self.seed).to(device)
 
 
 # Loss terms (total, content, style) as tensors.
@@ -102,9 +166,24 @@ def use_precision(precision: str, device: torch.device) -> None:
 def conv_features(
     spec: torch.Tensor, weight: torch.Tensor, activation: str, precision: str = "float32"
 ) -> torch.Tensor:
-    """activation(conv1d(spec, weight)) for a batch (B, bins, T) -> (B, filters, T'), float32 out.
-    bf16 runs only the conv under autocast: the Gram and the losses stay float32 (a bfloat16 Gram
-    made L-BFGS stall far above the float32 loss: measured, benchmarks/RESULTS.md)."""
+    """Features of a batch of spectrograms: ``activation(conv1d(spec, weight))``.
+
+    Parameters
+    ----------
+    spec : torch.Tensor, shape (batch, n_bins, frames)
+        Log spectrograms.
+    weight : torch.Tensor, shape (n_filters, n_bins, kernel_size)
+        The network (``Network.weights``), on ``spec``'s device.
+    activation : {"relu", "selu"}
+    precision : {"float32", "tf32", "bf16"}
+        bf16 runs only the conv under autocast: the Gram and the losses stay float32 (a bfloat16
+        Gram made L-BFGS stall far above the float32 loss: measured, benchmarks/RESULTS.md).
+
+    Returns
+    -------
+    torch.Tensor, shape (batch, n_filters, frames - kernel_size + 1), float32
+        VALID convolution over time, no bias.
+    """
     if precision == "bf16":
         with torch.autocast(spec.device.type, dtype=torch.bfloat16):
             out = F.conv1d(spec, weight)
@@ -115,32 +194,87 @@ def conv_features(
 def features(
     spec: torch.Tensor, weight: torch.Tensor, activation: str = "relu", precision: str = "float32"
 ) -> torch.Tensor:
-    """activation(conv1d) over time with frequency bins as channels; VALID padding, no bias.
-    (bins, T) -> (filters, T'). ReLU is Ulyanov's choice, SELU the student's and Tomczak et al.'s."""
+    """Features of one spectrogram: ``conv_features`` without the batch axis.
+
+    Parameters
+    ----------
+    spec : torch.Tensor, shape (n_bins, frames)
+    weight : torch.Tensor, shape (n_filters, n_bins, kernel_size)
+    activation : {"relu", "selu"}
+        ReLU is Ulyanov's choice, SELU the student's and Tomczak et al.'s.
+    precision : {"float32", "tf32", "bf16"}
+
+    Returns
+    -------
+    torch.Tensor, shape (n_filters, frames - kernel_size + 1)
+    """
     return conv_features(spec.unsqueeze(0), weight, activation, precision).squeeze(0)
 
 
 def match_length(spec: torch.Tensor, frames: int) -> torch.Tensor:
-    """Stretch or squeeze a spectrogram (bins, T) to ``frames`` frames by linear interpolation in time."""
+    """Stretch or squeeze a spectrogram in time by linear interpolation.
+
+    Parameters
+    ----------
+    spec : torch.Tensor, shape (n_bins, T)
+    frames : int
+        Target length.
+
+    Returns
+    -------
+    torch.Tensor, shape (n_bins, frames)
+        ``spec`` itself when it already has ``frames`` frames.
+    """
     if spec.shape[-1] == frames:
         return spec
     return F.interpolate(spec.unsqueeze(0), size=frames, mode="linear", align_corners=False).squeeze(0)
 
 
 def gram(feats: torch.Tensor) -> torch.Tensor:
-    """Gram matrix F Fᵀ / T: normalised by frames so it does not grow with the input's length."""
+    """Gram matrix of features: what the style loss matches.
+
+    Parameters
+    ----------
+    feats : torch.Tensor, shape (n_filters, T)
+
+    Returns
+    -------
+    torch.Tensor, shape (n_filters, n_filters)
+        ``F Fᵀ / T``: normalised by frames, so it does not grow with the input's length.
+    """
     return feats @ feats.T / feats.shape[-1]
 
 
 def content_loss(feats: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared feature distance per frame: sum((F - Fc)²) / T, so the weight means the same at any
-    length (Ulyanov's reference uses the plain sum; at its 430 frames, ALPHA=1e-2 equals 4.3 here)."""
+    """Content loss: squared feature distance per frame.
+
+    Parameters
+    ----------
+    feats, target : torch.Tensor, shape (n_filters, T)
+        The output's and the content's features.
+
+    Returns
+    -------
+    torch.Tensor, scalar
+        ``sum((F - Fc)²) / T``, so a weight means the same at any length (Ulyanov's reference uses
+        the plain sum; at its 430 frames, ALPHA=1e-2 equals 4.3 here).
+    """
     return (feats - target).pow(2).sum() / feats.shape[-1]
 
 
 def style_loss(gram_matrix: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared Frobenius distance of Gram matrices, sum((G - Gs)²), as in Ulyanov's reference.
-    The direct definition; the optimisation computes the same value with ``style_terms``."""
+    """Style loss by its definition (the optimisation computes the same with ``style_terms``).
+
+    Parameters
+    ----------
+    gram_matrix, target : torch.Tensor, shape (n_filters, n_filters)
+        The output's and the style's Gram matrices (``gram``).
+
+    Returns
+    -------
+    torch.Tensor, scalar
+        ``sum((G - Gs)²)``, the squared Frobenius distance, as in Ulyanov's reference.
+    """
     return (gram_matrix - target).pow(2).sum()
 
 
@@ -230,23 +364,52 @@ class _FramesStyleLoss(torch.autograd.Function):
 
 
 def style_terms(feats: torch.Tensor, targets: StyleTargets) -> torch.Tensor:
-    """‖F Fᵀ/T − G_k‖² for each target k, shape (K,), differentiable in ``feats`` (C, T)."""
+    """The style loss against each of K targets, with the cheaper exact backward pass.
+
+    Parameters
+    ----------
+    feats : torch.Tensor, shape (n_filters, T)
+        The output's features (the gradient flows to them).
+    targets : StyleTargets
+        The K targets' statistics, in the filters or frames form (``StyleTargets.of``).
+
+    Returns
+    -------
+    torch.Tensor, shape (K,)
+        ``‖F Fᵀ/T − G_k‖²`` for each target k.
+    """
     if targets.form == "frames":
         return _FramesStyleLoss.apply(feats, targets)
     return _FiltersStyleLoss.apply(feats, *targets.grams)
 
 
-def estimate_memory_bytes(n_bins: int, content_frames: int, style_frames: int, params: dict[str, Any]) -> int:
-    """Rough peak float32 memory of one transfer, to refuse inputs that cannot fit before allocating.
+def estimate_memory_bytes(n_bins: int, content_frames: int, style_frames: int, params: Params) -> int:
+    """Rough peak memory of one transfer, to refuse inputs that cannot fit before allocating.
 
-    The Gram matrices do not grow with length; the conv activations and L-BFGS history do."""
-    n_filters = params["n_filters"]
+    The Gram matrices do not grow with length; the conv activations and L-BFGS history do.
+
+    Parameters
+    ----------
+    n_bins : int
+        Frequency bins (n_fft // 2 + 1).
+    content_frames, style_frames : int
+        STFT frames of the inputs (``stft_frames``).
+    params : Params
+        The row's settings (filters, kernel, optimiser, L-BFGS history).
+
+    Returns
+    -------
+    int
+        Bytes of float32 data (compared with ``max_memory_gb``; measured against real peaks in
+        the bench's ``memory`` section).
+    """
+    n_filters = params.n_filters
     spec = n_bins * content_frames
     activations = n_filters * max(content_frames, style_frames)
-    history = 2 * params["lbfgs_history"] * spec if params["optimizer"] == "lbfgs" else 2 * spec
+    history = 2 * params.lbfgs_history * spec if params.optimizer == "lbfgs" else 2 * spec
     floats = 6 * spec + 5 * activations + 3 * n_filters * n_filters + history
     # The weights, plus the reordered copy the CPU conv backend keeps (measured: benchmarks/RESULTS.md).
-    floats += 2 * n_filters * n_bins * params["kernel_size"]
+    floats += 2 * n_filters * n_bins * params.kernel_size
     return 4 * floats
 
 
@@ -276,26 +439,26 @@ class StyleTransfer:
         self,
         content_spec: torch.Tensor,
         style_spec: torch.Tensor,
-        params: dict[str, Any],
+        params: Params,
         device: torch.device,
         weight: torch.Tensor | None = None,
     ):
         self.params = params
         self.device = device
-        kernel = params["kernel_size"]
+        kernel = params.kernel_size
         for what, spec in (("content", content_spec), ("style", style_spec)):
             if spec.shape[-1] < kernel:
                 raise TransferError(
                     f"{what} is {spec.shape[-1]} STFT frames long, shorter than kernel_size "
                     f"{kernel}: use longer audio or a smaller kernel_size/hop_length"
                 )
-        n_bins = content_spec.shape[0]
-        # Rows optimised together share one copy of the network (``weight``, see batched.py).
-        self.weight = weight if weight is not None else row_filters(params, n_bins, device)
-        use_precision(params["precision"], device)
+        # The job builds the network once per group of rows and passes its ``weight`` (rows
+        # optimised together share one copy, see batched.py); alone, a transfer draws its own.
+        self.weight = weight if weight is not None else Network.of(params).weights(device)
+        use_precision(params.precision, device)
         with torch.no_grad():
             content_spec, style_spec = content_spec.to(device), style_spec.to(device)
-            act, prec = params["activation"], params["precision"]
+            act, prec = params.activation, params.precision
             content_feats = features(content_spec, self.weight, act, prec)
             style_feats = features(style_spec, self.weight, act, prec)
             self.content_target = content_feats
@@ -303,11 +466,11 @@ class StyleTransfer:
             # matched to the output) and the *content* input's Gram (gamma); off by default.
             self.content_target_style = (
                 features(match_length(style_spec, content_spec.shape[-1]), self.weight, act, prec)
-                if params["content_weight_style"] > 0 else None
+                if params.content_weight_style > 0 else None
             )
             # The Gram targets: the style input's (delta), then the content input's (gamma).
-            self._set_style_targets([style_feats] + ([content_feats] if params["style_weight_content"] > 0 else []))
-        generator = torch.Generator().manual_seed(params["seed"] + 1)
+            self._set_style_targets([style_feats] + ([content_feats] if params.style_weight_content > 0 else []))
+        generator = torch.Generator().manual_seed(params.seed + 1)
         init = torch.randn(content_spec.shape, generator=generator) * 1e-3
         self.x = init.to(device).requires_grad_(True)
         self.optimizer = self._make_optimizer()
@@ -315,11 +478,11 @@ class StyleTransfer:
             torch.optim.lr_scheduler.ReduceLROnPlateau(
                 self.optimizer,
                 mode="min",
-                factor=params["lr_factor"],
-                patience=params["lr_patience"],
-                threshold=params["min_delta"],
+                factor=params.lr_factor,
+                patience=params.lr_patience,
+                threshold=params.min_delta,
             )
-            if params["optimizer"] != "lbfgs"
+            if params.optimizer != "lbfgs"
             else None
         )
         self.iteration = 0
@@ -339,28 +502,28 @@ class StyleTransfer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         p = self.params
-        if p["optimizer"] == "lbfgs":
+        if p.optimizer == "lbfgs":
             # One L-BFGS iteration per step() (max_iter=1) keeps iterations observable, stoppable and
             # checkpointable; the curvature history lives in the optimizer state across steps.
             # The strong-Wolfe line search is what makes torch's L-BFGS robust on this loss.
             return torch.optim.LBFGS(
                 [self.x],
-                lr=p["lr"],
+                lr=p.lr,
                 max_iter=1,
                 max_eval=25,
-                history_size=p["lbfgs_history"],
+                history_size=p.lbfgs_history,
                 tolerance_grad=1e-12,
                 tolerance_change=1e-15,
                 line_search_fn="strong_wolfe",
             )
-        if p["optimizer"] == "adamw":
-            return torch.optim.AdamW([self.x], lr=p["lr"], weight_decay=p["weight_decay"])
-        return torch.optim.Adam([self.x], lr=p["lr"])
+        if p.optimizer == "adamw":
+            return torch.optim.AdamW([self.x], lr=p.lr, weight_decay=p.weight_decay)
+        return torch.optim.Adam([self.x], lr=p.lr)
 
     def loss_terms(self, x: torch.Tensor) -> LossTensors:
         """(total, content, style) at spectrogram ``x``."""
-        use_precision(self.params["precision"], self.device)
-        return self.loss_terms_from(features(x, self.weight, self.params["activation"], self.params["precision"]))
+        use_precision(self.params.precision, self.device)
+        return self.loss_terms_from(features(x, self.weight, self.params.activation, self.params.precision))
 
     def _set_style_targets(self, gram_targets: list[torch.Tensor]) -> None:
         """The Gram targets' statistics, in the exact form that is cheaper for their sizes."""
@@ -383,12 +546,12 @@ class StyleTransfer:
         p = self.params
         c = self._content_term(feats, self.content_target)
         styles = self._style_terms(feats)
-        total = p["content_weight"] * c + p["style_weight"] * styles[0]
+        total = p.content_weight * c + p.style_weight * styles[0]
         if self.content_target_style is not None:
             c_b = self._content_term(feats, self.content_target_style)
-            total, c = total + p["content_weight_style"] * c_b, c + c_b
+            total, c = total + p.content_weight_style * c_b, c + c_b
         if len(styles) > 1:
-            total = total + p["style_weight_content"] * styles[1]
+            total = total + p.style_weight_content * styles[1]
         return total, c, styles.sum()
 
     def _evaluate_cached(self) -> LossTensors:
@@ -435,7 +598,7 @@ class StyleTransfer:
             return False
         if self.scheduler is not None:
             self.scheduler.step(total)
-        if total < self.best_loss * (1 - self.params["min_delta"]) or self.best_loss == math.inf:
+        if total < self.best_loss * (1 - self.params.min_delta) or self.best_loss == math.inf:
             self.stale = 0
         else:
             self.stale += 1
@@ -444,9 +607,9 @@ class StyleTransfer:
             self.best_x = self.x.detach().clone()
         if total == 0.0:
             self.stop_reason = "converged"
-        elif self.stale >= self.params["patience"]:
+        elif self.stale >= self.params.patience:
             self.stop_reason = "early_stopping"
-        elif self.iteration >= self.params["iterations"]:
+        elif self.iteration >= self.params.iterations:
             self.stop_reason = "max_iterations"
         return not self.finished
 

@@ -92,7 +92,7 @@ step "bench on $DEVICE"
 if [ "$QUICK" = 1 ]; then SECTIONS=(gl); BENCH_FLAGS=(--quick); else
   read -r -a SECTIONS <<< "${GPU_CHECK_BENCH-step gl transfer batch precision rows}"; BENCH_FLAGS=(); fi
 if [ "${#SECTIONS[@]}" -gt 0 ]; then
-  timeout "${GPU_CHECK_BENCH_TIMEOUT:-300}" "$PY" -m batch_ast.bench --device "$DEVICE" "${BENCH_FLAGS[@]}" \
+  timeout "${GPU_CHECK_BENCH_TIMEOUT:-300}" "$PY" -m benchmarks.bench --device "$DEVICE" "${BENCH_FLAGS[@]}" \
     --only "${SECTIONS[@]}" --out "$OUT/bench"
   check "bench"
 fi

@@ -1,10 +1,10 @@
 """L1 (content A + style B) on Tomczak et al.'s pair 1 with a growing content weight alpha:
 where A's rhythm comes back. Needs ../shared/audio (not bundled). About 20 minutes on 2 cores.
 
-    .venv/bin/python benchmarks/rhythm_alpha_sweep.py [alpha ...]   # default 4.3 43 430
+    .venv/bin/python -m benchmarks.rhythm_alpha_sweep [alpha ...]   # default 4.3 43 430
 
 Each alpha is a `tomczak-dafx18` row (bpm 120, 300 iterations) run by the job code, measured by
-`batch_ast.bench.rhythm_measures`; results printed and written to benchmarks/rhythm-alpha.json."""
+`benchmarks.bench.rhythm_measures`; results printed and written to benchmarks/rhythm-alpha.json."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from batch_ast import bench
+import torch
+
 from batch_ast.audio import load_audio
+from benchmarks import bench
 
 
 def main(alphas: list[float]) -> None:
@@ -26,7 +28,7 @@ def main(alphas: list[float]) -> None:
         for alpha in alphas:
             folder = Path(tmp) / str(alpha)
             overrides = {**bench.RHYTHM_LOSSES["L1"], "content_weight": alpha, "bpm": 120.0, "iterations": 300}
-            record = bench._row_record(a_path, b_path, "tomczak-dafx18", folder, **overrides)
+            record = bench._row_record(torch.device("cpu"), a_path, b_path, "tomczak-dafx18", folder, **overrides)
             measures = bench.rhythm_measures(load_audio(folder / "results" / record["output"], sr, 8.0), a, b, sr)
             rows.append({"alpha": alpha, **measures, "iterations": record["iterations_run"]})
             print(rows[-1], flush=True)

@@ -14,12 +14,14 @@ import torch
 
 import batch_ast
 import batch_ast.job as job_module
-from batch_ast.batched import evaluate_together, group_for_batching, network_key, run_together
+import batch_ast.row as row_module
+from batch_ast.batched import evaluate_together, group_for_batching, group_key, run_together
 from batch_ast.cli import main
-from batch_ast.config import load_config
-from batch_ast.job import Paused, TransferJob, run_rows
+from batch_ast.config import Params, load_config
+from batch_ast.job import TransferJob, run_rows
 from batch_ast.manifest import read_manifest
 from batch_ast.plan import make_plan
+from batch_ast.row import Paused
 from batch_ast.store import ResultsRoot
 from batch_ast.transfer import StyleTransfer, evaluate_alone
 
@@ -36,13 +38,13 @@ PAIRS = [
 
 
 def params(**over):
-    return load_config().resolve({**TINY, "patience": 10_000, **over})
+    return load_config().params(TINY, patience=10_000, **over)
 
 
-def transfers(p: dict, pairs=PAIRS) -> list[StyleTransfer]:
+def transfers(p: Params, pairs=PAIRS) -> list[StyleTransfer]:
     out = []
     for content, style, seconds in pairs:
-        c = spec_of(content, {**p, "max_seconds": seconds or p["max_seconds"]})
+        c = spec_of(content, p.replace(max_seconds=seconds or p.max_seconds))
         out.append(StyleTransfer(c, spec_of(style, p), p, CPU))
     return out
 
@@ -92,8 +94,8 @@ def test_rows_optimised_together_match_rows_run_alone(optimizer, iterations, rto
 
 def test_rows_that_stop_early_or_fail_do_not_hold_up_the_others():
     ts = transfers(params())
-    ts[0].params = {**ts[0].params, "iterations": 3}  # stops first
-    ts[1].params = {**ts[1].params, "iterations": 30}
+    ts[0].params = ts[0].params.replace(iterations=3)  # stops first
+    ts[1].params = ts[1].params.replace(iterations=30)
     calls = {"n": 0}
     real = ts[2].loss_terms_from
 
@@ -113,14 +115,15 @@ def test_rows_that_stop_early_or_fail_do_not_hold_up_the_others():
 
 def test_grouping_keeps_order_size_and_network():
     base = params()
-    other_seed, beats = {**base, "seed": 7}, {**base, "rhythm": "beats"}
+    other_seed, beats = base.replace(seed=7), base.replace(rhythm="beats")
     rows = [base, base, base, other_seed, other_seed, beats, beats, base]
     assert group_for_batching(rows, 2) == [[0, 1], [2], [3, 4], [5], [6], [7]]
     assert group_for_batching(rows, 8) == [[0, 1, 2], [3, 4], [5], [6], [7]]
     assert group_for_batching(rows, 1) == [[i] for i in range(8)]
-    assert network_key(beats) is None
+    assert group_key(beats) is None
     # settings that only the optimiser sees do not split a batch
-    assert network_key({**base, "content_weight": 9.0, "optimizer": "adam", "iterations": 3}) == network_key(base)
+    assert group_key(base.replace(content_weight=9.0, optimizer="adam", iterations=3)) == group_key(base)
+    assert group_key(base.replace(device="cpu")) != group_key(base.replace(device="auto"))  # one device a batch
 
 
 def job_rows(folder: Path, results: ResultsRoot, rows: list[str], **extra):
@@ -163,7 +166,7 @@ def test_next_rows_are_decoded_while_the_current_ones_run(audio_dir, tmp_path, m
     results = ResultsRoot(tmp_path / "results")
     specs = job_rows(audio_dir, results, ["content.wav,style.wav", "content2.wav,style.wav"], iterations=30)
     events: list[tuple[str, int, float]] = []
-    real_load, real_run = job_module.load_inputs, job_module.run_rows
+    real_load, real_run = row_module.load_inputs, job_module.run_rows
 
     def load(spec):
         events.append(("decode", spec.row, time.monotonic()))
@@ -174,7 +177,7 @@ def test_next_rows_are_decoded_while_the_current_ones_run(audio_dir, tmp_path, m
         events.append(("ran", group[0].row, time.monotonic()))
         return out
 
-    monkeypatch.setattr(job_module, "load_inputs", load)
+    monkeypatch.setattr(row_module, "load_inputs", load)
     monkeypatch.setattr(job_module, "run_rows", run)
     TransferJob()([s.to_dict() for s in specs], str(results.root))
     when = {(what, row): t for what, row, t in events}

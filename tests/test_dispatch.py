@@ -1,4 +1,4 @@
-"""Executor choice, profiles and packing (no cluster needed)."""
+"""Backends, executor choice, profiles, packing and row states (no cluster needed)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,22 @@ from pathlib import Path
 
 import pytest
 
-from batch_ast import dispatch
+from batch_ast import backends
+from batch_ast.backends import BackendError, choose_backend, get_backend, local_gpu_passthrough
 from batch_ast.dispatch import (
     NON_SUBMITIT_KEYS,
     DispatchError,
-    _make_executor,
-    choose_executor,
-    default_rows_per_job,
+    SubmissionRecord,
     find_profile,
+    job_parameters,
     load_profile,
-    local_gpu_passthrough,
     user_profile_path,
 )
+from batch_ast.status import submission_status, unfinished_jobs
+
+
+def _make_executor(kind: str, folder: Path, params: dict):
+    return get_backend(kind).make_executor(folder, params)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,13 +40,15 @@ def srun_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_auto_falls_back_to_local_and_says_why(monkeypatch):
-    monkeypatch.setattr(dispatch, "slurm_available", lambda: False)
-    kind, why = choose_executor("auto")
-    assert kind == "local" and "local executor" in why
-    with pytest.raises(DispatchError, match="no SLURM controller answers"):
-        choose_executor("slurm")
-    monkeypatch.setattr(dispatch, "slurm_available", lambda: True)
-    assert choose_executor("auto")[0] == "slurm"
+    monkeypatch.setattr(backends.SlurmBackend, "available", lambda self: False)
+    backend, why = choose_backend("auto")
+    assert backend.name == "local" and "local executor" in why
+    with pytest.raises(BackendError, match="no SLURM controller answers"):
+        choose_backend("slurm")
+    monkeypatch.setattr(backends.SlurmBackend, "available", lambda self: True)
+    assert choose_backend("auto")[0].name == "slurm"
+    with pytest.raises(BackendError, match="unknown executor 'pbs'"):
+        get_backend("pbs")
 
 
 def test_example_profile_maps_to_valid_submitit_parameters(tmp_path, monkeypatch):
@@ -67,17 +73,60 @@ def test_bad_profiles_are_clear(tmp_path):
 
 
 def test_default_packing():
-    assert default_rows_per_job("slurm", 10, workers=1) == 1
-    assert default_rows_per_job("local", 10, workers=1) == 10
-    assert default_rows_per_job("local", 10, workers=3) == 4
+    assert get_backend("slurm").rows_per_job(10, workers=1) == 1
+    assert get_backend("local").rows_per_job(10, workers=1) == 10
+    assert get_backend("local").rows_per_job(10, workers=3) == 4
+
+
+def test_job_parameters_put_the_options_over_the_profile_and_check_them():
+    profile = {"slurm_partition": "gpu", "timeout_min": 30, "rows_per_job": 4, "batch_rows": 2}
+    params, packing, limit = job_parameters(profile, timeout_min=90, gpus=1, array_parallelism=5, max_retries=3)
+    assert params == {"slurm_partition": "gpu", "timeout_min": 90, "gpus_per_node": 1,
+                      "slurm_array_parallelism": 5, "slurm_max_num_timeout": 3}
+    assert (packing.rows_per_job, packing.batch_rows, packing.max_array_size, limit) == (4, 2, 1000, 3)
+    assert job_parameters({"slurm_max_num_timeout": 2})[2] == 2  # the profile's requeue cap bounds resumes
+    assert job_parameters({})[1].rows_per_job is None  # the backend decides
+    with pytest.raises(DispatchError, match="rows_per_job must be an integer >= 1.*--timeout-min must be >= 1"):
+        job_parameters({"rows_per_job": 0}, timeout_min=0)
+
+
+def test_row_states_come_from_records_then_the_queue():
+    """submission_status is pure: records and the backend's queue states in, row states out."""
+    jobs = [{"job_id": "7_0", "rows": ["a"], "log": ""}, {"job_id": "7_1", "rows": ["b"], "log": ""},
+            {"job_id": "7_2", "rows": ["c", "d"], "log": ""}]
+    sub = SubmissionRecord("20261126T090000-000000", "slurm", "", "m.csv", "/r", "", jobs=jobs,
+                           rows={"a": 1, "b": 2, "c": 3, "d": 4}, skipped={"e": "already done"})
+    records = {"a": {"status": "ok"}, "c": {"status": "failed", "error": "AudioError: bad"}}
+    assert unfinished_jobs(sub, records) == ["7_1", "7_2"]
+    states = {r.id: r.state for r in submission_status(sub, records, {"7_1": "pending", "7_2": "running"}).rows}
+    assert states == {"a": "ok", "b": "pending", "c": "failed", "d": "running", "e": "skipped"}
+    left = submission_status(sub, records, {})
+    assert {r.id: r.state for r in left.rows if r.id in "bd"} == {"b": "lost", "d": "lost"}
+    unknown = submission_status(sub, records, None)  # the queue could not be asked
+    assert not unknown.queue_known and {r.state for r in unknown.rows if r.id in "bd"} == {"pending"}
+    sub.cancelled = True
+    assert {r.state for r in submission_status(sub, records, {}).rows if r.id in "bd"} == {"cancelled"}
+
+
+def test_slurm_queue_states_are_normalised_in_one_squeue_call(tmp_path, monkeypatch):
+    """One squeue for every array; SLURM's states become pending/running; forgotten ids are gone."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin" / "squeue"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nprintf '7_0|PENDING\\n7_1|RUNNING\\n8|REQUEUED\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    states = get_backend("slurm").queue_states(["7_0", "7_1", "8", "7_2"])
+    assert states == {"7_0": "pending", "7_1": "running", "8": "pending"}
+    assert calls.read_text().count("\n") == 1 and "-j 7,8" in calls.read_text()
+    assert get_backend("slurm").index_job_id("7_1") == "7" and get_backend("local").index_job_id("123") == ""
 
 
 def test_a_forced_rerun_does_not_count_the_previous_result(tmp_path):
     """--force / --retry-failed: until the row's new record is written, its old record (from an
     earlier submission) is not this submission's result; progress, --wait and exit codes see the
     row as in flight (here: its job left, so lost), then ok once it is rewritten."""
-    from batch_ast.dispatch import Submission
-    from batch_ast.status import submission_status
+    from batch_ast.status import query_status
     from batch_ast.store import ResultsRoot, write_json_atomic
 
     results = ResultsRoot(tmp_path / "results")
@@ -85,15 +134,15 @@ def test_a_forced_rerun_does_not_count_the_previous_result(tmp_path):
     old, new = "20261125T120000-aaaaaa", "20261126T090000-000000"
     write_json_atomic(results.record_path("abc"), {"id": "abc", "status": "ok", "submission_id": old})
     jobs = [{"job_id": "1", "rows": ["abc"], "log": ""}]
-    rerun = Submission(new, "debug", "", "m.csv", str(results.root), "", jobs=jobs, rows={"abc": 1})
-    first = Submission(old, "debug", "", "m.csv", str(results.root), "", jobs=jobs, rows={"abc": 1})
-    assert [r.state for r in submission_status(results, rerun).rows] == ["lost"]
-    assert [r.state for r in submission_status(results, first).rows] == ["ok"]
+    rerun = SubmissionRecord(new, "debug", "", "m.csv", str(results.root), "", jobs=jobs, rows={"abc": 1})
+    first = SubmissionRecord(old, "debug", "", "m.csv", str(results.root), "", jobs=jobs, rows={"abc": 1})
+    assert [r.state for r in query_status(results, rerun).rows] == ["lost"]
+    assert [r.state for r in query_status(results, first).rows] == ["ok"]
     write_json_atomic(results.record_path("abc"), {"id": "abc", "status": "failed", "submission_id": new})
-    assert [r.state for r in submission_status(results, rerun).rows] == ["failed"]
-    assert [r.state for r in submission_status(results, first).rows] == ["failed"]  # a later result counts
+    assert [r.state for r in query_status(results, rerun).rows] == ["failed"]
+    assert [r.state for r in query_status(results, first).rows] == ["failed"]  # a later result counts
     write_json_atomic(results.record_path("abc"), {"id": "abc", "status": "ok"})  # an older version's record
-    assert [r.state for r in submission_status(results, rerun).rows] == ["ok"]
+    assert [r.state for r in query_status(results, rerun).rows] == ["ok"]
 
 
 def test_local_jobs_see_the_submitters_gpus(tmp_path, monkeypatch):

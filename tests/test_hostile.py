@@ -21,12 +21,14 @@ import torch
 
 import batch_ast
 from batch_ast import index as index_module
+from batch_ast.backends import get_backend, local_job_alive
 from batch_ast.cli import main
 from batch_ast.config import ConfigError, coerce, load_config
-from batch_ast.dispatch import load_submissions, local_job_alive, submit
-from batch_ast.job import TransferJob, load_inputs, run_row
+from batch_ast.dispatch import load_submissions, submit
+from batch_ast.job import TransferJob, run_row
 from batch_ast.manifest import read_manifest
 from batch_ast.plan import make_plan, row_id
+from batch_ast.row import load_inputs
 from batch_ast.status import claim_rows, log_tail
 from batch_ast.store import ResultsRoot, claim_path
 
@@ -83,7 +85,7 @@ def test_a_planted_or_bad_checkpoint_is_moved_aside_and_the_row_starts_afresh(ki
 
 
 def test_a_genuine_checkpoint_still_resumes(audio_dir, tmp_path):
-    from batch_ast.job import Paused
+    from batch_ast.row import Paused
 
     results = ResultsRoot(tmp_path / "results")
     spec, _ = plan_one(audio_dir, results, iterations=30, patience=1000)
@@ -413,14 +415,17 @@ def test_a_second_submission_skips_rows_in_flight(audio_dir, tmp_path, capsys):
     results = ResultsRoot(tmp_path / "results")
     assert cli("submit", str(m), "--results", str(results.root), "--executor", "local", "--no-wait", "--quiet") == 0
     (first,) = load_submissions(results)
-    rid = next(iter(first.rows))
-    assert json.loads(claim_path(results, rid).read_text())["submission_id"] == first.submission_id
-    capsys.readouterr()
-    assert cli("submit", str(m), "--results", str(results.root), "--executor", "local", "--force") == 0
-    out = capsys.readouterr().out
-    assert f"in flight in submission {first.submission_id}" in out and "nothing to run" in out
-    assert len(load_submissions(results)) == 1  # the second submitted nothing
-    assert cli("cancel", str(results.root)) == 0
+    try:
+        rid = next(iter(first.rows))
+        assert json.loads(claim_path(results, rid).read_text())["submission_id"] == first.submission_id
+        capsys.readouterr()
+        assert cli("submit", str(m), "--results", str(results.root), "--executor", "local", "--force") == 0
+        out = capsys.readouterr().out
+        assert f"in flight in submission {first.submission_id}" in out and "nothing to run" in out
+        assert len(load_submissions(results)) == 1  # the second submitted nothing
+        assert cli("cancel", str(results.root)) == 0
+    finally:  # a failed assertion must not leave a 100,000-iteration job running
+        get_backend("local").cancel([job["job_id"] for job in first.jobs])
     deadline = time.monotonic() + 300
     # the cancelled job leaves a stale claim: the next submission takes the row over
     while True:
@@ -462,7 +467,7 @@ def test_log_tail_of_one_row_in_a_shared_log(tmp_path):
 
 
 def test_missing_figures_are_recorded_and_regenerated_by_collect(audio_dir, tmp_path, monkeypatch):
-    import batch_ast.figures as figures
+    import batch_ast.row as row_module
 
     results = ResultsRoot(tmp_path / "results")
     spec, _ = plan_one(audio_dir, results)
@@ -471,7 +476,7 @@ def test_missing_figures_are_recorded_and_regenerated_by_collect(audio_dir, tmp_
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(figures, "spectrogram_figure", disk_full)
+        patch.setattr(row_module, "spectrogram_figure", disk_full)
         record = run_row(spec, results)
     assert record["status"] == "ok" and "No space left" in record["figure_error"]
     assert not list(results.run_dir(spec.id).glob("*.png"))
@@ -504,8 +509,8 @@ def test_large_seeds_are_exact_integers(audio_dir, tmp_path):
     assert coerce("seed", str(2**63 - 1)) == 2**63 - 1
     with pytest.raises(ConfigError, match=r"an integer in \[0, 2\*\*63 - 1\]"):
         coerce("seed", str(2**63))
-    params = load_config().defaults
-    assert row_id("a", "b", {**params, "seed": 9007199254740993}) != row_id("a", "b", {**params, "seed": 9007199254740992})
+    params = load_config().params()
+    assert row_id("a", "b", params.replace(seed=9007199254740993)) != row_id("a", "b", params.replace(seed=9007199254740992))
     results = ResultsRoot(tmp_path / "results")
     spec, _ = plan_one(audio_dir, results, seed=2**63 - 1)
     assert run_row(spec, results)["status"] == "ok"
@@ -520,7 +525,7 @@ def test_the_index_lists_rows_without_records_and_stale_temp_files_go(audio_dir,
                        header=f"content,style,{head}")
     results = ResultsRoot(tmp_path / "results")
     specs = make_plan(read_manifest(m, load_config()), results, m).to_run
-    submission, (job,) = submit(specs, results, "local", m, rows_per_job=2, job=TransferJob())
+    submission, (job,) = submit(specs, results, get_backend("local"), m, rows_per_job=2, job=TransferJob())
     (results.root / ".tmp-index.parquet.abandoned").write_bytes(b"half")
     batch_ast.collect(results.root)
     index = batch_ast.load_index(results.root)

@@ -32,9 +32,9 @@ def test_valid_manifest_resolves_paths_presets_and_overrides(audio_dir, config):
     rows = read_manifest(m, config)
     assert [r.row for r in rows] == [1, 2]
     assert rows[0].content == audio_dir / "content.wav"
-    assert rows[0].params["n_filters"] == config.defaults["n_filters"]
-    assert rows[1].params["n_filters"] == config.presets["quick"]["n_filters"]
-    assert rows[1].params["lr"] == 0.5 and rows[0].params["lr"] == config.defaults["lr"]
+    assert rows[0].params.n_filters == config.defaults["n_filters"]
+    assert rows[1].params.n_filters == config.presets["quick"]["n_filters"]
+    assert rows[1].params.lr == 0.5 and rows[0].params.lr == config.defaults["lr"]
 
 
 def test_bom_whitespace_and_case_are_tolerated(audio_dir, config):
@@ -127,7 +127,7 @@ def test_resource_columns_are_parsed_and_not_hyperparameters(audio_dir, config):
     m = write_manifest(audio_dir, ["content.wav,style.wav,30,1,", "content.wav,style.wav,,,4.5"], header="content,style,timeout_min,gpus,mem_gb")
     rows = read_manifest(m, config)
     assert rows[0].resources == {"timeout_min": 30, "gpus": 1} and rows[1].resources == {"mem_gb": 4.5}
-    assert "gpus" not in rows[0].params
+    assert "gpus" not in rows[0].params.to_dict()
 
 
 def test_bundled_manifests_are_valid_and_keep_their_row_ids(config, tmp_path, capsys):
@@ -137,7 +137,7 @@ def test_bundled_manifests_are_valid_and_keep_their_row_ids(config, tmp_path, ca
 
     repo = Path(__file__).resolve().parents[1]
     pairs = read_manifest(repo / "manifests" / "pairs.csv", config)
-    assert len(pairs) == 7 and {r.params["preset"] for r in pairs} == {"quick"}
+    assert len(pairs) == 7 and {r.params.preset for r in pairs} == {"quick"}
     assert main(["submit", str(repo / "manifests" / "pairs.csv"), "--dry-run", "--results", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "7 to run" in out and "[1176b45be15fc20d]" in out and "[5bd905c8820af76e]" in out  # as in demo.csv

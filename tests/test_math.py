@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from batch_ast.audio import load_audio
-from batch_ast.config import load_config
+from batch_ast.config import Params, load_config
 from batch_ast.phase import InverseSTFT, griffin_lim, magnitude_from_log, spectral_convergence
 from batch_ast.transfer import (
     STYLE_FORMS,
@@ -32,12 +32,12 @@ DEVICE = device_under_test()  # cpu, or cuda under benchmarks/gpu-check.sh
 
 
 def params(**over):
-    return load_config().resolve({**TINY, **over})
+    return load_config().params(TINY, **over)
 
 
-def spec_of(name: str, p: dict) -> torch.Tensor:
-    audio = load_audio(DEMO_AUDIO / name, p["sample_rate"], p["max_seconds"])
-    return log_spectrogram(torch.from_numpy(audio), p["n_fft"], p["hop_length"])
+def spec_of(name: str, p: Params) -> torch.Tensor:
+    audio = load_audio(DEMO_AUDIO / name, p.sample_rate, p.max_seconds)
+    return log_spectrogram(torch.from_numpy(audio), p.n_fft, p.hop_length)
 
 
 def test_gram_is_normalised_by_length():
@@ -80,8 +80,8 @@ def run(p):
 
 def test_lbfgs_works_and_beats_adam_at_equal_iterations():
     p = params(iterations=40, patience=1000)
-    lbfgs = run({**p, "optimizer": "lbfgs"})
-    adam = run({**p, "optimizer": "adam", "lr": 0.1})
+    lbfgs = run(p.replace(optimizer="lbfgs"))
+    adam = run(p.replace(optimizer="adam", lr=0.1))
     first = lbfgs.trace[0][1]
     assert lbfgs.iteration == 40 and lbfgs.stop_reason == "max_iterations"
     assert lbfgs.result()[1].total < first * 0.05, "L-BFGS should cut the loss by >20x"
@@ -113,19 +113,19 @@ def test_resume_from_state_reaches_the_same_spectrogram(tmp_path):
 
 def test_too_short_input_is_a_clear_error():
     p = params(kernel_size=11)
-    short = torch.rand(p["n_fft"] // 2 + 1, 6)
+    short = torch.rand(p.n_fft // 2 + 1, 6)
     with pytest.raises(TransferError, match="shorter than kernel_size 11"):
         StyleTransfer(short, spec_of("boogie_marabi.wav", p), p, DEVICE)
 
 
 def test_silent_inputs_give_finite_results():
     p = params()
-    silent = torch.zeros(p["n_fft"] // 2 + 1, 80, device=DEVICE)
+    silent = torch.zeros(p.n_fft // 2 + 1, 80, device=DEVICE)
     t = StyleTransfer(silent, silent, p, DEVICE)
     t.run()
     x, terms = t.result()
     assert all(math.isfinite(v) for v in (terms.total, terms.content, terms.style))
-    audio = griffin_lim(magnitude_from_log(x), p["n_fft"], p["hop_length"], n_iter=4)
+    audio = griffin_lim(magnitude_from_log(x), p.n_fft, p.hop_length, n_iter=4)
     assert torch.isfinite(audio).all()
 
 
@@ -158,8 +158,8 @@ def test_metrics_cover_the_index_columns_and_behave():
     from batch_ast.metrics import output_metrics
 
     p = params()
-    content = load_audio(DEMO_AUDIO / "speech_gettysburg.wav", p["sample_rate"], p["max_seconds"])
-    style = load_audio(DEMO_AUDIO / "boogie_marabi.wav", p["sample_rate"], p["max_seconds"])
+    content = load_audio(DEMO_AUDIO / "speech_gettysburg.wav", p.sample_rate, p.max_seconds)
+    style = load_audio(DEMO_AUDIO / "boogie_marabi.wav", p.sample_rate, p.max_seconds)
     as_content = output_metrics(content, content, style, p, DEVICE)
     assert set(as_content) == set(METRIC_COLUMNS)
     assert as_content["content_distance"] == 0.0 and as_content["content_distance_heldout"] == 0.0
@@ -173,8 +173,8 @@ def test_metrics_cover_the_index_columns_and_behave():
 @pytest.mark.parametrize("preset", ["ulyanov-tf", "student-adamw", "tomczak-dafx18", "quick"])
 def test_every_preset_runs(preset):
     """Each preset, shrunk to test size (its optimiser, activation, kernel and weights kept)."""
-    p = load_config().resolve({"preset": preset, **TINY, "kernel_size": 5})
-    t = run({**p, "iterations": 5})
+    p = load_config().params({"preset": preset, **TINY, "kernel_size": 5})
+    t = run(p.replace(iterations=5))
     assert t.iteration == 5 and math.isfinite(t.result()[1].total)
     assert t.trace[-1][1] < t.trace[0][1]
 
@@ -201,10 +201,10 @@ def test_beat_transfer_is_one_optimisation_over_the_whole_grid_input_and_resumes
 
     p = params(rhythm="beats", iterations=6, patience=1000, kernel_size=3, max_seconds=4.0,
                style_weight_content=1.0, content_weight_style=0.5)
-    c_audio = load_audio(DEMO_AUDIO / "harp_harmony.wav", p["sample_rate"], p["max_seconds"])
-    s_audio = load_audio(DEMO_AUDIO / "boogie_marabi.wav", p["sample_rate"], 3.0)  # grid input: 3 s
-    c = log_spectrogram(torch.from_numpy(c_audio), p["n_fft"], p["hop_length"])
-    s = log_spectrogram(torch.from_numpy(s_audio), p["n_fft"], p["hop_length"])
+    c_audio = load_audio(DEMO_AUDIO / "harp_harmony.wav", p.sample_rate, p.max_seconds)
+    s_audio = load_audio(DEMO_AUDIO / "boogie_marabi.wav", p.sample_rate, 3.0)  # grid input: 3 s
+    c = log_spectrogram(torch.from_numpy(c_audio), p.n_fft, p.hop_length)
+    s = log_spectrogram(torch.from_numpy(s_audio), p.n_fft, p.hop_length)
     full, beats = beat_transfer(c_audio, s_audio, c, s, p, DEVICE)
     assert isinstance(full, BeatTransfer) and beats.grid == "style" and beats.segments >= 3
     assert beats.content.bpm > 0 and len(beats.style.frames) >= 2
@@ -224,7 +224,7 @@ def test_beat_transfer_is_one_optimisation_over_the_whole_grid_input_and_resumes
     resumed.run()
     torch.testing.assert_close(resumed.result()[0], x)
     # on the content's grid the output is the content's length
-    on_content, _ = beat_transfer(c_audio, s_audio, c, s, {**p, "beat_grid": "content"}, DEVICE)
+    on_content, _ = beat_transfer(c_audio, s_audio, c, s, p.replace(beat_grid="content"), DEVICE)
     assert on_content.x.shape == c.shape
 
 
@@ -233,10 +233,10 @@ def test_beat_segment_losses_vanish_at_the_aligned_targets():
     from batch_ast.rhythm import beat_transfer
 
     p = params(rhythm="beats", kernel_size=3, max_seconds=3.0, content_weight=0.0, content_weight_style=1.0)
-    c_audio = load_audio(DEMO_AUDIO / "harp_harmony.wav", p["sample_rate"], 3.0)
-    s_audio = load_audio(DEMO_AUDIO / "boogie_marabi.wav", p["sample_rate"], 3.0)
-    c = log_spectrogram(torch.from_numpy(c_audio), p["n_fft"], p["hop_length"])
-    s = log_spectrogram(torch.from_numpy(s_audio), p["n_fft"], p["hop_length"])
+    c_audio = load_audio(DEMO_AUDIO / "harp_harmony.wav", p.sample_rate, 3.0)
+    s_audio = load_audio(DEMO_AUDIO / "boogie_marabi.wav", p.sample_rate, 3.0)
+    c = log_spectrogram(torch.from_numpy(c_audio), p.n_fft, p.hop_length)
+    s = log_spectrogram(torch.from_numpy(s_audio), p.n_fft, p.hop_length)
     t, _ = beat_transfer(c_audio, s_audio, c, s, p, DEVICE)
     total, content, style = t.loss_terms(s.to(DEVICE))
     assert total.item() == pytest.approx(0.0, abs=1e-3 * t.loss_terms(t.x)[0].item())
@@ -294,12 +294,14 @@ def test_reduced_precision_reaches_the_float32_loss_and_tf32_is_float32_on_cpu()
 
 def test_precision_setting_is_validated_and_its_default_keeps_older_row_ids():
     from batch_ast.config import ConfigError, coerce
-    from batch_ast.plan import row_id
+    from batch_ast.plan import result_params, row_id
 
     p = params()
-    older = {k: v for k, v in p.items() if k != "precision"}  # a row from before `precision` existed
-    assert row_id("c", "s", p) == row_id("c", "s", older)
-    assert row_id("c", "s", {**p, "precision": "bf16"}) != row_id("c", "s", p)
+    # a row from before `precision` existed ran in float32: that value stays out of the id
+    assert "precision" not in result_params(p) and Params.from_record(p.to_dict() | {"precision": "float32"}) == p
+    older = {k: v for k, v in p.to_dict().items() if k != "precision"}
+    assert row_id("c", "s", Params.from_record(older)) == row_id("c", "s", p)
+    assert row_id("c", "s", p.replace(precision="bf16")) != row_id("c", "s", p)
     assert coerce("precision", " BF16 ") == "bf16"  # as a manifest cell or YAML value
     with pytest.raises(ConfigError, match="float32, tf32, bf16"):
         coerce("precision", "fp8")
@@ -346,7 +348,7 @@ def test_transfer_uses_the_chosen_form_and_both_forms_end_alike():
     p = params(iterations=15, patience=1000)
     content, style = spec_of("speech_gettysburg.wav", p), spec_of("boogie_marabi.wav", p)
     t = StyleTransfer(content, style, p, DEVICE)
-    assert t.style_form == style_form_for(p["n_filters"], content.shape[-1] - 4, [style.shape[-1] - 4])
+    assert t.style_form == style_form_for(p.n_filters, content.shape[-1] - 4, [style.shape[-1] - 4])
     finals = {}
     for form in STYLE_FORMS:
         run_ = StyleTransfer(content, style, p, DEVICE)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from batch_ast.bench import grow_study
 from batch_ast.cli import main
 from batch_ast.report import TRACE_POINTS, write_report
+from benchmarks.bench import grow_study
 
 from .conftest import tiny_columns, write_manifest
 

@@ -19,11 +19,13 @@ import soundfile as sf
 
 import batch_ast
 from batch_ast import index as index_module
+from batch_ast.backends import get_backend
 from batch_ast.config import load_config
 from batch_ast.dispatch import submit
-from batch_ast.job import Paused, TransferJob, run_row
+from batch_ast.job import RunOptions, TransferJob, run_row
 from batch_ast.manifest import read_manifest
 from batch_ast.plan import make_plan
+from batch_ast.row import Paused
 from batch_ast.store import ResultsRoot
 
 from .conftest import TINY, tiny_columns, write_manifest
@@ -229,8 +231,8 @@ def test_local_preemption_resumes_a_packed_job_without_redoing_finished_rows(aud
         audio_dir, ["content.wav,style.wav", "content2.wav,style.wav"], results,
         iterations=400, patience=100000, n_filters=128,
     )
-    job = TransferJob(checkpoint_every_s=0.2)
-    submission, (local_job,) = submit(specs, results, "local", audio_dir / "m.csv", rows_per_job=2, job=job)
+    job = TransferJob(RunOptions(checkpoint_every_s=0.2))
+    submission, (local_job,) = submit(specs, results, get_backend("local"), audio_dir / "m.csv", rows_per_job=2, job=job)
     first, second = specs
     deadline = time.monotonic() + 120
     while not results.checkpoint_path(second.id).exists():  # first row done, second under way
@@ -265,12 +267,12 @@ def test_resume_limit_fails_the_row_instead_of_looping(audio_dir, tmp_path):
     (spec,) = plan_rows(audio_dir, ["content.wav,style.wav"], results, iterations=200, patience=100000)
     calls = iter(range(1000))
     with pytest.raises(Paused):  # interrupted after 3 iterations: checkpoint written
-        run_row(spec, results, should_pause=lambda: next(calls) >= 3, max_resumes=1)
+        run_row(spec, results, should_pause=lambda: next(calls) >= 3, options=RunOptions(max_resumes=1))
     assert results.checkpoint_path(spec.id).exists()
     calls = iter(range(1000))
     with pytest.raises(Paused):  # first resume is allowed (and interrupted again)
-        run_row(spec, results, should_pause=lambda: next(calls) >= 3, max_resumes=1)
-    record = run_row(spec, results, max_resumes=1)  # a second resume is over the limit
+        run_row(spec, results, should_pause=lambda: next(calls) >= 3, options=RunOptions(max_resumes=1))
+    record = run_row(spec, results, options=RunOptions(max_resumes=1))  # a second resume is over the limit
     assert record["status"] == "failed" and not record["retryable"]
     assert "interrupted 2 times, more than max_retries=1" in record["error"]
     assert not results.checkpoint_path(spec.id).exists()

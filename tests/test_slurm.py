@@ -16,8 +16,9 @@ import pytest
 import soundfile as sf
 
 import batch_ast
+from batch_ast.backends import get_backend
 from batch_ast.cli import main
-from batch_ast.dispatch import load_submissions, slurm_available
+from batch_ast.dispatch import load_submissions
 from batch_ast.store import ResultsRoot
 
 from .conftest import TINY, tiny_columns, write_manifest
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.slurm
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
-    if not slurm_available():
+    if not get_backend("slurm").available():
         reason = "no SLURM controller answers: run `sudo bash slurm/start.sh` first"
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true but {reason}")
@@ -71,10 +72,10 @@ def iterations_per_second(audio_dir: Path, n_filters: int = 128) -> float:
     from batch_ast.config import load_config
     from batch_ast.transfer import StyleTransfer, log_spectrogram
 
-    p = load_config().resolve({**TINY, "n_filters": n_filters, "iterations": 10**6, "patience": 100000})
+    p = load_config().params(TINY, n_filters=n_filters, iterations=10**6, patience=100000)
     specs = [
-        log_spectrogram(torch.from_numpy(load_audio(audio_dir / name, p["sample_rate"], p["max_seconds"])),
-                        p["n_fft"], p["hop_length"])
+        log_spectrogram(torch.from_numpy(load_audio(audio_dir / name, p.sample_rate, p.max_seconds)),
+                        p.n_fft, p.hop_length)
         for name in ("content.wav", "style.wav")
     ]
     transfer = StyleTransfer(*specs, p, torch.device("cpu"))

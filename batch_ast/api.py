@@ -1,0 +1,267 @@
+"""The Python API: submit a manifest or a study, follow it, cancel it, read its index.
+
+The ``batch-ast`` command line is a thin layer over these functions, so a notebook or a larger
+pipeline does the same thing the CLI does without shelling out::
+
+    import batch_ast
+    sub = batch_ast.submit("manifests/demo.csv", results="results")
+    sub.wait()
+    df = sub.index()
+
+``prepare`` does everything up to the queue (validate, hash, plan, pick a backend and its
+parameters) and returns a ``Prepared`` whose ``launch`` claims the rows and submits them; the CLI
+prints the plan between the two (``--dry-run`` stops there).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import submitit
+
+from .backends import Backend, choose_backend, get_backend
+from .config import load_config
+from .dispatch import (
+    Packing,
+    SubmissionRecord,
+    find_profile,
+    job_parameters,
+    load_profile,
+    load_submissions,
+    new_submission_id,
+    save_submission,
+)
+from .dispatch import submit as dispatch_submit
+from .index import collect, load_index
+from .job import DEFAULTS, TransferJob
+from .manifest import read_manifest
+from .plan import Plan, RowSpec, make_plan
+from .status import SubmissionStatus, claim_rows, query_status, release_claims
+from .store import ResultsRoot
+
+FINISHED_STATES = ("ok", "failed", "lost", "cancelled")
+
+
+def error_line(exc: BaseException) -> str:
+    """The line that says what went wrong: the last ``SomeError: ...`` line of the remote
+    traceback submitit wraps in its FailedJobError, else the message's first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", line)]
+    return raised[-1] if raised else (lines[0] if lines else repr(exc))
+
+
+@dataclass
+class Submission:
+    """A submission made from here (or found again by ``find_submission``): its rows' states,
+    waiting for them, cancelling them, and their part of the index.
+
+    ``record`` is None when nothing needed to run (every row done, failed before, or in flight in
+    another submission); ``status()`` then reports only skipped rows."""
+
+    results: ResultsRoot
+    record: SubmissionRecord | None
+    plan: Plan | None = None
+    jobs: list[submitit.Job] = field(default_factory=list)
+    busy: dict[str, str] = field(default_factory=dict)  # row id -> why another submission has it
+    job_errors: list[str] = field(default_factory=list)  # whole jobs that crashed (local, debug)
+
+    @property
+    def id(self) -> str:
+        return self.record.submission_id if self.record else ""
+
+    @property
+    def backend(self) -> Backend | None:
+        return get_backend(self.record.executor) if self.record else None
+
+    def row_ids(self) -> list[str]:
+        """Every row of the manifest this submission was made from (run, skipped or busy)."""
+        if self.plan is None:
+            return list(self.record.rows) + list(self.record.skipped) if self.record else []
+        return [s.id for s in (*self.plan.to_run, *self.plan.done, *self.plan.failed_before)]
+
+    def status(self) -> SubmissionStatus:
+        """Each row's state now: records first, then one query of the queue."""
+        if self.record is None:
+            empty = SubmissionRecord("", "", "", "", str(self.results.root), "",
+                                     skipped=dict(self.busy))
+            return SubmissionStatus(submission=empty)
+        return query_status(self.results, self.record)
+
+    def wait(self, on_progress: Callable[[SubmissionStatus], None] | None = None,
+             poll_s: float | None = None) -> SubmissionStatus:
+        """Block until no row is pending or running; ``on_progress(status)`` after each poll
+        (every ``poll_s`` seconds, the backend's interval by default). Returns the final status;
+        jobs that crashed as a whole are listed in ``job_errors``."""
+        backend = self.backend
+        if backend is None:
+            return self.status()
+        if backend.runs_in_process:
+            self._collect_job_errors()
+        while True:
+            status = self.status()
+            if on_progress is not None:
+                on_progress(status)
+            if not status.active and not backend.jobs_running(self.jobs):
+                break
+            time.sleep(poll_s if poll_s is not None else backend.poll_interval_s)
+        self._collect_job_errors()
+        return status
+
+    def _collect_job_errors(self) -> None:
+        errors = []
+        for job in self.jobs:  # per-row errors are in the records; these are whole-job crashes
+            try:
+                job.result()
+            except Exception as exc:  # noqa: BLE001 - reported, the batch goes on
+                errors.append(f"job {job.job_id} ended abnormally: {error_line(exc)} (log: {job.paths.stderr})")
+        self.job_errors = errors
+
+
+    def cancel(self) -> list[str]:
+        """Cancel the jobs still queued or running; returns their ids (empty: nothing to cancel)."""
+        if self.record is None:
+            return []
+        return cancel(self.results, self.record)
+
+    def index(self, collect_first: bool = True) -> pd.DataFrame:
+        """This submission's rows of the results index (collected first unless told not to)."""
+        if collect_first:
+            collect(self.results.root)
+        frame = load_index(self.results.root)
+        return frame[frame["id"].isin(self.row_ids())].reset_index(drop=True)
+
+
+@dataclass
+class Prepared:
+    """A submission planned but not yet queued: what ``--dry-run`` shows."""
+
+    plan: Plan
+    results: ResultsRoot
+    manifest: Path
+    backend: Backend
+    why: str  # why this backend (``auto`` resolved, or the caller's choice)
+    parameters: dict[str, Any]  # submitit parameters (profile and options)
+    packing: Packing
+    rows_per_job: int
+    job: TransferJob
+    profile: Path | None = None
+    profile_source: str = ""
+
+    def failed_before(self) -> list[tuple[RowSpec, dict[str, Any]]]:
+        """Rows of the manifest that failed in an earlier submission and are not rerun, with
+        their records."""
+        return [(spec, self.results.read_record(spec.id) or {}) for spec in self.plan.failed_before]
+
+    def launch(self) -> Submission:
+        """Claim the rows (rows in flight in another submission are skipped) and submit the rest."""
+        submission_id = new_submission_id()
+        to_run, busy = claim_rows(self.results, self.plan.to_run, submission_id)
+        if not to_run:
+            return Submission(self.results, None, self.plan, busy=busy)
+        skipped = {s.id: "already done" for s in self.plan.done}
+        skipped.update({s.id: "failed before" for s in self.plan.failed_before})
+        skipped.update(busy)
+        try:
+            record, jobs = dispatch_submit(
+                to_run, self.results, self.backend, self.manifest, self.rows_per_job, self.parameters, skipped,
+                self.job, self.packing.max_array_size, submission_id=submission_id,
+            )
+        except BaseException:
+            release_claims(self.results, to_run, submission_id)
+            raise
+        return Submission(self.results, record, self.plan, jobs, busy)
+
+
+def prepare(
+    manifest: str | Path,
+    results: str | Path = "results",
+    executor: str = "auto",
+    profile: str | Path | None = None,
+    *,
+    config: str | Path | None = None,
+    site_profile: bool = True,
+    force: bool = False,
+    retry_failed: bool = False,
+    rows_per_job: int | None = None,
+    batch_rows: int | None = None,
+    max_array_size: int | None = None,
+    workers: int = 1,
+    timeout_min: int | None = None,
+    gpus: int | None = None,
+    array_parallelism: int | None = None,
+    max_retries: int | None = None,
+    checkpoint_every_s: float | None = None,
+    dry_run: bool = False,
+    progress: bool = False,
+) -> Prepared:
+    """Validate the manifest (CSV or study YAML), hash its inputs, plan its rows and choose the
+    backend and its parameters; nothing is queued. Raises ManifestError, ConfigError,
+    DispatchError, BackendError or ResultsError with a message for the user."""
+    cfg = load_config(config)
+    rows = read_manifest(manifest, cfg)
+    profile_path, source = find_profile(profile, site_defaults=site_profile)
+    parameters, packing, max_resumes = job_parameters(
+        load_profile(profile_path), rows_per_job=rows_per_job, max_array_size=max_array_size,
+        batch_rows=batch_rows, timeout_min=timeout_min, gpus=gpus, array_parallelism=array_parallelism,
+        max_retries=max_retries,
+    )
+    root = ResultsRoot.of(results)
+    if not dry_run:
+        root.require_writable()  # before hashing thousands of files or submitting anything
+    plan = make_plan(rows, root, Path(manifest), force=force, retry_failed=retry_failed, progress=progress,
+                     save_cache=not dry_run)  # a dry run writes nothing
+    backend, why = choose_backend(executor)
+    every = DEFAULTS.checkpoint_every_s if checkpoint_every_s is None else checkpoint_every_s
+    options = replace(DEFAULTS, max_resumes=max_resumes, checkpoint_every_s=every)
+    return Prepared(
+        plan=plan, results=root, manifest=Path(manifest), backend=backend, why=why, parameters=parameters,
+        packing=packing, rows_per_job=packing.rows_per_job or backend.rows_per_job(len(plan.to_run), workers),
+        job=TransferJob(options, force=force, batch_rows=packing.batch_rows),
+        profile=profile_path, profile_source=source,
+    )
+
+
+def submit(
+    manifest: str | Path,
+    results: str | Path = "results",
+    executor: str = "auto",
+    profile: str | Path | None = None,
+    wait: bool = False,
+    **options: Any,
+) -> Submission:
+    """Validate, plan and submit a manifest CSV or a study YAML; with ``wait=True`` block until
+    every row has finished and collect the index. ``options`` are ``prepare``'s (``config``,
+    ``force``, ``retry_failed``, ``rows_per_job``, ``batch_rows``, ``timeout_min``, ``gpus``...)."""
+    submission = prepare(manifest, results, executor, profile, **options).launch()
+    if wait:
+        submission.wait()
+        collect(submission.results.root)
+    return submission
+
+
+def find_submission(results: str | Path = "results", submission_id: str | None = None) -> Submission | None:
+    """A recorded submission (the latest by default) as a ``Submission``; None if there is none."""
+    root = ResultsRoot.of(results)
+    root.require_results_root()
+    found = [s for s in load_submissions(root) if submission_id in (None, s.submission_id)]
+    return Submission(root, found[-1]) if found else None
+
+
+def cancel(results: ResultsRoot, record: SubmissionRecord) -> list[str]:
+    """Cancel a recorded submission's queued and running jobs through its backend and mark it
+    cancelled; returns the job ids (empty when nothing was queued or running)."""
+    status = query_status(results, record)
+    active = sorted({r.job_id for r in status.rows if r.state in ("pending", "running")})
+    if not active:
+        return []
+    get_backend(record.executor).cancel(active)
+    record.cancelled = True
+    save_submission(results, record)
+    return active
+

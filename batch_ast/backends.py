@@ -1,0 +1,296 @@
+"""Executor backends: everything that differs between SLURM, the local executor and debug mode.
+
+One ``Backend`` per submitit executor: whether it can be used here, how to build its executor,
+how to ask its queue (one query for all jobs), how to cancel, how often to poll, and what a job
+learns of its environment. Nothing outside this module branches on an executor's name: the rest of
+batch-ast asks ``get_backend(name)``. This is the only module that runs SLURM commands (sbatch via
+submitit, sinfo, squeue, scancel); it knows nothing of spectrograms.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import submitit
+
+EXECUTORS = ("auto", "local", "slurm", "debug")
+QUEUE_STATES = ("pending", "running")
+LOCAL_DEFAULTS = {"timeout_min": 24 * 60}  # submitit's local default (2 min) would kill real rows
+SLURM_DEFAULTS = {"timeout_min": 60, "cpus_per_task": 2, "mem_gb": 8, "slurm_signal_delay_s": 60}
+SLURM_PENDING = ("PENDING", "CONFIGURING", "REQUEUED", "SUSPENDED")
+
+
+class BackendError(RuntimeError):
+    """An executor that cannot be used here, or a queue command that failed."""
+
+
+class Backend:
+    """One submitit executor as batch-ast uses it. Subclasses set the class attributes and
+    override what differs; the defaults fit an executor without a queue (debug)."""
+
+    name: ClassVar[str] = ""
+    poll_interval_s: ClassVar[float] = 1.0  # how often --wait asks for states
+    waits_by_default: ClassVar[bool] = True  # submit follows the rows unless --no-wait
+    runs_in_process: ClassVar[bool] = False  # jobs run inside submit (results via job.result())
+
+    def available(self) -> bool:
+        """Whether this executor can run jobs from here."""
+        return True
+
+    def make_executor(self, folder: Path, params: dict[str, Any]) -> submitit.Executor:
+        """A submitit executor writing under ``folder`` with ``params`` (submitit's names)."""
+        return submitit.AutoExecutor(folder=folder, cluster=self.name)  # debug takes no parameters
+
+    def rows_per_job(self, n_rows: int, workers: int) -> int:
+        """Rows packed into one job when the user does not say: split over ``workers`` processes
+        (the local executor starts every job at once; 2 cores do not want 32 torch processes)."""
+        return max(1, -(-n_rows // max(1, workers)))
+
+    def queue_states(self, job_ids: Sequence[str]) -> dict[str, str] | None:
+        """{job id: "pending" | "running"} for the given jobs still queued or running, from one
+        query; jobs absent have left the queue. None when the queue cannot be asked."""
+        return {}
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        """Cancel the given jobs (raise BackendError when the queue refuses)."""
+
+    def jobs_running(self, jobs: Sequence[submitit.Job]) -> bool:
+        """Whether any of this submission's job objects is still running (beyond its rows)."""
+        return False
+
+    def index_job_id(self, job_id: str) -> str:
+        """The job id the index shows for a row (the cluster's array id; '' where none)."""
+        return ""
+
+    def job_fields(self, environment: submitit.JobEnvironment) -> dict[str, Any]:
+        """What a running job records of where it runs (``Record`` fields)."""
+        return {}
+
+    def job_threads(self) -> int | None:
+        """CPUs granted to a running job, when the executor says."""
+        return None
+
+
+class SlurmBackend(Backend):
+    name = "slurm"
+    poll_interval_s = 5.0
+    waits_by_default = False
+
+    def available(self, timeout_s: float = 10.0) -> bool:
+        """True when sbatch is on PATH and a controller answers ``sinfo``."""
+        if not (shutil.which("sbatch") and shutil.which("sinfo")):
+            return False
+        try:
+            done = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=timeout_s)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return done.returncode == 0 and bool(done.stdout.strip())
+
+    def make_executor(self, folder: Path, params: dict[str, Any]) -> submitit.Executor:
+        params = dict(params)
+        ctor: dict[str, Any] = {}
+        if (max_timeouts := params.pop("slurm_max_num_timeout", None)) is not None:
+            ctor["slurm_max_num_timeout"] = max_timeouts
+        if (python := params.pop("python", None)) is not None:
+            ctor["slurm_python"] = python
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm", **ctor)
+        executor.update_parameters(**{**SLURM_DEFAULTS, **params})
+        return executor
+
+    def rows_per_job(self, n_rows: int, workers: int) -> int:
+        return 1  # one row per array task: the scheduler spreads them
+
+    def queue_states(self, job_ids: Sequence[str]) -> dict[str, str] | None:
+        """One ``squeue -r`` for every array (never ``sacct``: absent without accounting)."""
+        raw = squeue_states(list(job_ids))
+        if raw is None:
+            return None
+        return {jid: "pending" if state in SLURM_PENDING else "running" for jid, state in raw.items()}
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        done = subprocess.run(["scancel", *sorted(set(job_ids))], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BackendError(f"scancel failed: {done.stderr.strip()}")
+
+    def index_job_id(self, job_id: str) -> str:
+        return job_id.split("_")[0]
+
+    def job_fields(self, environment: submitit.JobEnvironment) -> dict[str, Any]:
+        return {
+            "slurm_job_id": environment.array_job_id or environment.raw_job_id,
+            "slurm_array_task_id": environment.array_task_id or "",
+            # submitit's JobEnvironment does not expose how often SLURM restarted the job
+            "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+        }
+
+    def job_threads(self) -> int | None:
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
+        return int(cpus) if cpus.isdigit() and int(cpus) > 0 else None
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def make_executor(self, folder: Path, params: dict[str, Any]) -> submitit.Executor:
+        # submitit's LocalExecutor itself, not through AutoExecutor: only it takes ``visible_gpus``
+        params = dict(params)
+        ctor = {"max_num_timeout": params.pop("slurm_max_num_timeout", None), "python": params.pop("python", None)}
+        local = {k: v for k, v in params.items() if not k.startswith("slurm_")}
+        if "gpus_per_node" not in local:
+            local.update(local_gpu_passthrough(os.environ.get("CUDA_VISIBLE_DEVICES")))
+        executor = submitit.LocalExecutor(folder=folder, **{k: v for k, v in ctor.items() if v is not None})
+        executor.update_parameters(**{**LOCAL_DEFAULTS, **local})
+        return executor
+
+    def queue_states(self, job_ids: Sequence[str]) -> dict[str, str] | None:
+        """A local job's id is its worker's pid: running while that process lives."""
+        return {j: "running" for j in job_ids if local_job_alive(j)}
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
+            try:
+                os.kill(int(job_id), signal.SIGTERM)
+            except (ValueError, ProcessLookupError):
+                pass
+
+    def jobs_running(self, jobs: Sequence[submitit.Job]) -> bool:
+        return not all(job.done() for job in jobs)
+
+
+class DebugBackend(Backend):
+    name = "debug"
+    runs_in_process = True
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (SlurmBackend(), LocalBackend(), DebugBackend())}
+
+
+def get_backend(name: str) -> Backend:
+    """The backend of an executor name (as stored in a submission)."""
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise BackendError(f"unknown executor {name!r} (known: {', '.join(BACKENDS)})") from None
+
+
+def choose_backend(requested: str) -> tuple[Backend, str]:
+    """Resolve ``auto`` (SLURM when a controller answers, else local); returns (backend, why) so
+    the user is told what was picked and why."""
+    if requested == "auto":
+        if BACKENDS["slurm"].available():
+            return BACKENDS["slurm"], "auto: sbatch found and the SLURM controller answers"
+        return BACKENDS["local"], "auto: no SLURM cluster answers (sbatch/sinfo), using submitit's local executor"
+    backend = get_backend(requested)
+    if not backend.available():
+        raise BackendError(f"--executor {requested}: no SLURM controller answers (is sbatch on PATH? sinfo?)")
+    return backend, f"--executor {requested}"
+
+
+# --- inside a running job ------------------------------------------------------------------------
+
+def job_environment() -> dict[str, Any]:
+    """What a row records of where it runs: the host, and the scheduler's ids where there is one
+    (from submitit's ``JobEnvironment``); empty ids elsewhere (local, debug, a direct call)."""
+    fields: dict[str, Any] = {"hostname": socket.gethostname(), "slurm_job_id": "", "slurm_array_task_id": "",
+                              "slurm_restart_count": 0}
+    try:
+        environment = submitit.JobEnvironment()
+    except RuntimeError:  # not inside a submitit job
+        return fields
+    backend = BACKENDS.get(environment.cluster)
+    return {**fields, **(backend.job_fields(environment) if backend else {})}
+
+
+def job_threads() -> int | None:
+    """CPUs a running job may use: the scheduler's grant, else ``BATCH_AST_THREADS``; None when
+    nothing says (torch then takes the machine's count)."""
+    try:
+        backend = BACKENDS.get(submitit.JobEnvironment().cluster)
+    except RuntimeError:
+        backend = None
+    granted = backend.job_threads() if backend else None
+    if granted:
+        return granted
+    own = os.environ.get("BATCH_AST_THREADS", "")
+    return int(own) if own.isdigit() and int(own) > 0 else None
+
+
+def preemption_signal() -> signal.Signals:
+    """The signal submitit sends before a time limit or preemption (USR2 unless
+    $SUBMITIT_PREEMPT_SIGNAL says otherwise); the job defers it to an iteration boundary."""
+    try:
+        return submitit.JobEnvironment._usr_sig()  # the one submitit installs its handler for
+    except (AttributeError, RuntimeError):
+        return signal.SIGUSR2
+
+
+# --- helpers of the backends --------------------------------------------------------------------
+
+def local_gpu_passthrough(visible: str | None) -> dict[str, Any]:
+    """The local executor's GPU request that lets a job see the submitter's GPUs.
+
+    submitit's local executor sets each job's CUDA_VISIBLE_DEVICES from ``gpus_per_node`` (0 by
+    default: an empty string, so a job on a GPU workstation silently ran on the CPU). Without a
+    ``gpus_per_node`` of the user's, ask for what the submitter sees: the indices of its
+    CUDA_VISIBLE_DEVICES, or every GPU when that is unset. Entries that are not indices (GPU UUIDs,
+    MIG names) cannot be passed through submitit's integer list: then no GPU, with a warning."""
+    if visible is None:
+        import torch  # counts devices through NVML where it can, without starting CUDA here
+
+        count = torch.cuda.device_count()
+        return {"gpus_per_node": count} if count else {}
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    if not all(e.isdigit() for e in entries):
+        warnings.warn(f"CUDA_VISIBLE_DEVICES={visible!r} names GPUs by UUID or MIG name, which the local "
+                      "executor cannot pass to its jobs: they run without a GPU (set gpus_per_node in a "
+                      "profile, with integer CUDA_VISIBLE_DEVICES)", stacklevel=2)
+        return {}
+    gpus = [int(e) for e in entries]
+    return {"gpus_per_node": len(gpus), "visible_gpus": tuple(gpus)} if gpus else {}
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
+    """SLURM state of every queued/running task of the given (array) jobs in ONE squeue call:
+    {"<array>_<task>" or "<job>": STATE}. None when squeue cannot be asked (no SLURM here)."""
+    if not job_ids:
+        return {}
+    if not shutil.which("squeue"):
+        return None
+    base = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        done = subprocess.run(
+            ["squeue", "-h", "-r", "-j", ",".join(base), "-o", "%i|%T"], capture_output=True, text=True, timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        # squeue errors for ids the controller already forgot: treat as "nothing queued"
+        return {} if "Invalid job id" in done.stderr else None
+    states = {}
+    for line in done.stdout.splitlines():
+        if "|" in line:
+            jid, state = line.strip().split("|", 1)
+            states[jid] = state
+    return states
+
+
+def local_job_alive(job_id: str) -> bool:
+    """For the local executor the job id is the worker's pid."""
+    try:
+        os.kill(int(job_id), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    try:  # an exited child not yet reaped by its parent (a zombie) still answers kill(0)
+        return Path(f"/proc/{int(job_id)}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

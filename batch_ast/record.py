@@ -1,0 +1,190 @@
+"""A row's record: the one file (``runs/<id>/record.json``) that says what a row is and how it ended.
+
+``Record`` is the only place that lists a record's fields; the row fills it (row.py), and the index
+(index.py) derives its Parquet schema, the metric columns and the category columns from it. A
+field the dataclass does not declare cannot be set (``update`` raises), so nothing a job learns is
+silently dropped on its way to the index. Records are read back as plain dicts (older versions
+wrote fewer keys, newer ones may write more): readers never depend on this class.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from .config import PARAMS
+
+# What each field becomes in the index: an Arrow type, or None for record-only fields (long text,
+# lists, nested data). "metric" fields are the objective measures of an output (metrics.py).
+_ARROW = {"text": pa.string(), "int": pa.int64(), "float": pa.float64(), "flag": pa.bool_(),
+          "time": pa.timestamp("s", tz="UTC")}
+_PARAM_ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64()}
+
+
+def _column(kind: str | None, group: str = "", default: Any = None) -> Any:
+    return field(default=default, metadata={"kind": kind, "group": group})
+
+
+def _text(group: str = "", default: Any = None) -> Any:
+    return _column("text", group, default)
+
+
+def _int(group: str = "") -> Any:
+    return _column("int", group)
+
+
+def _float(group: str = "") -> Any:
+    return _column("float", group)
+
+
+def now_utc() -> str:
+    """ISO time to the second, UTC (the record's started_at/finished_at)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Record:
+    """Every field a row's record may hold, in index column order (``params`` stands for one
+    column per hyperparameter). None means "not known for this row" and is not written."""
+
+    # what the row is (the plan's RowSpec)
+    id: str = _text()
+    name: str = _text()
+    row: int = _int()
+    status: str = _text(default="running")  # running, ok, failed
+    error: str = _text(default="")
+    retryable: bool = _column("flag", default=False)
+    content: str = _text()
+    style: str = _text()
+    content_sha256: str = _text()
+    style_sha256: str = _text()
+    manifest: str = _text()
+    submission_id: str = _text(default="")
+    # files, relative to the results root
+    output: str = _text()
+    trace: str = _text()
+    spectrogram_png: str = _text()
+    loss_png: str = _text()
+    figure_error: str = _text()
+    checkpoint_error: str = _text()
+    warning: str = _text()
+    params: dict[str, Any] = _column("params")
+    # the optimisation
+    iterations_run: int = _int()
+    evaluations: int = _int()
+    style_form: str = _text()
+    stop_reason: str = _text()
+    content_bpm: float = _float()
+    style_bpm: float = _float()
+    beat_segments: int = _int()
+    resumed_from_iteration: int = _int()
+    resumes: int = _int()
+    final_total: float = _float()
+    final_content: float = _float()
+    final_style: float = _float()
+    spectral_convergence: float = _float()
+    # objective measures of the written audio (metrics.output_metrics)
+    content_distance: float = _float("metric")
+    style_distance: float = _float("metric")
+    style_distance_of_content: float = _float("metric")
+    content_distance_heldout: float = _float("metric")
+    style_distance_heldout: float = _float("metric")
+    style_distance_heldout_of_content: float = _float("metric")
+    lsd_to_content_db: float = _float("metric")
+    onset_corr_content: float = _float("metric")
+    onset_corr_style: float = _float("metric")
+    output_rms_dbfs: float = _float("metric")
+    content_rms_dbfs: float = _float("metric")
+    style_rms_dbfs: float = _float("metric")
+    output_gain: float = _float()
+    content_seconds: float = _float()
+    style_seconds: float = _float()
+    # where the time went (seconds)
+    time_load_s: float = _float("timing")
+    time_optimize_s: float = _float("timing")
+    time_phase_s: float = _float("timing")
+    time_write_s: float = _float("timing")
+    time_figures_s: float = _float("timing")
+    time_metrics_s: float = _float("timing")
+    time_total_s: float = _float("timing")
+    # where and with what it ran
+    device_used: str = _text()
+    torch_threads: int = _int()
+    hostname: str = _text()
+    slurm_job_id: str = _text()
+    slurm_array_task_id: str = _text()
+    slurm_restart_count: int = _int()
+    torch_version: str = _text()
+    batch_ast_version: str = _text()
+    python_version: str = _text()
+    started_at: str = _column("time")
+    finished_at: str = _column("time")
+    # record only: too long or not a scalar
+    traceback: str = _column(None)
+    resources: dict[str, Any] = _column(None)
+    content_beat_times: list[float] = _column(None)
+    style_beat_times: list[float] = _column(None)
+
+    @classmethod
+    def start(cls, spec: dict[str, Any], submission_id: str, environment: dict[str, Any]) -> Record:
+        """A running row's record: its spec (``RowSpec.to_dict()``), this process's versions and
+        the job environment (``backends.job_environment``)."""
+        import torch
+
+        from . import __version__
+
+        record = cls(submission_id=submission_id, started_at=now_utc(), batch_ast_version=__version__,
+                     torch_version=torch.__version__, python_version=platform.python_version(),
+                     # results are bit-identical only at equal device and thread count
+                     torch_threads=torch.get_num_threads(), hostname=socket.gethostname())
+        record.update(**spec, **environment)
+        return record
+
+    def update(self, **values: Any) -> None:
+        """Set fields; a name the record does not declare is a KeyError (never a silent drop)."""
+        unknown = sorted(set(values) - _FIELD_NAMES)
+        if unknown:
+            raise KeyError(f"Record has no field(s) {unknown}: declare them in batch_ast/record.py")
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON a record file holds: every known field, nested ``params`` as written."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+_FIELD_NAMES = frozenset(f.name for f in fields(Record))
+
+
+def columns(group: str) -> tuple[str, ...]:
+    """Names of the record fields of one group ("metric", "timing")."""
+    return tuple(f.name for f in fields(Record) if f.metadata["group"] == group)
+
+
+def index_schema(version: int) -> pa.Schema:
+    """The index's Arrow schema: the record's fields in order, ``params`` spread into one column per
+    hyperparameter, record-only fields left out."""
+    out: list[tuple[str, pa.DataType]] = []
+    for f in fields(Record):
+        kind = f.metadata["kind"]
+        if kind == "params":
+            out.extend((name, _PARAM_ARROW[spec.kind]) for name, spec in PARAMS.items())
+        elif kind is not None:
+            out.append((f.name, _ARROW[kind]))
+    return pa.schema(out, metadata={"batch_ast_schema_version": str(version)})
+
+
+def figures_missing(root: Path, record: dict[str, Any]) -> bool:
+    """An ok row whose figures failed (disk full, a plotting error) or whose PNGs are gone."""
+    if record.get("status") != "ok":
+        return False
+    if record.get("figure_error"):
+        return True
+    return any(not record.get(key) or not (root / record[key]).exists()
+               for key in ("spectrogram_png", "loss_png"))

@@ -1,0 +1,440 @@
+"""One row's life in a job: prepare → optimise → reconstruct → publish.
+
+A row's files are published in a fixed order — WAV, trace, then the record — each atomically, so
+an ``ok`` record guarantees its outputs are complete. A row that fails at any step publishes a
+``failed`` record with the error (``RowRun.fail``); it never raises past its job's loop. The
+optimisation state is checkpointed at iteration boundaries, so a requeued job resumes the row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .audio import AudioError, decoded_samples, load_audio, probe_audio, write_wav
+from .backends import job_environment
+from .config import Params
+from .figures import loss_figure, spectrogram_figure
+from .job import DEFAULTS, RunOptions
+from .metrics import output_metrics
+from .phase import griffin_lim, magnitude_from_log, spectral_convergence
+from .plan import RowSpec, result_params
+from .record import Record, now_utc
+from .rhythm import BeatAlignment, beat_transfer, check_coverage
+from .store import ResultsRoot, release_claim, write_atomic, write_json_atomic
+from .transfer import (
+    StyleTransfer,
+    TransferError,
+    check_length,
+    estimate_memory_bytes,
+    log_spectrogram,
+    stft_frames,
+)
+
+TRACE_COLUMNS = ("iteration", "total", "content", "style", "evaluations")
+SILENCE_DBFS = -90.0  # an input whose peak is below this carries no content or style to transfer
+CHECKPOINT_FORMAT = 1
+
+
+class Paused(Exception):
+    """The row was interrupted at an iteration boundary and its state checkpointed; ``runs`` are
+    the rows that paused (to be failed if no requeue follows)."""
+
+    def __init__(self, message: str, runs: list[RowRun] | None = None):
+        super().__init__(message)
+        self.runs = runs or []
+
+
+class TimeLimitError(RuntimeError):
+    """The row hit its job's time limit more often than requeues allow (retryable: resumes from its
+    checkpoint with --retry-failed, ideally with a larger timeout_min)."""
+
+
+class DivergedError(ValueError):
+    """The optimisation produced a non-finite loss: the settings (lr, weights) are unusable."""
+
+
+class SilentInputError(ValueError):
+    """An input has no audible signal, so there is no content or style to transfer."""
+
+
+class ResumeLimitError(RuntimeError):
+    """A row was interrupted and resumed more often than allowed."""
+
+
+class MemoryBudgetError(ValueError):
+    """The row would need more memory than its max_memory_gb budget."""
+
+
+# Failures that come from the inputs or settings: retrying cannot help, so --retry-failed skips them.
+DETERMINISTIC_ERRORS = (AudioError, TransferError, ResumeLimitError, MemoryBudgetError, DivergedError, SilentInputError)
+
+
+@dataclass
+class Inputs:
+    """A row's decoded audio; a job decodes the next rows in the background while this one runs."""
+
+    content: np.ndarray
+    style: np.ndarray
+    seconds: float  # decode and resample time
+
+
+def check_memory_budget(params: Params, content_samples: int, style_samples: int, decode_bytes: int = 0) -> None:
+    """Refuse a row whose estimated peak memory is above its max_memory_gb, before allocating it."""
+    hop = params.hop_length
+    need = decode_bytes + estimate_memory_bytes(
+        params.n_bins, stft_frames(content_samples, hop), stft_frames(style_samples, hop), params
+    )
+    if need > params.max_memory_gb * 2**30:
+        raise MemoryBudgetError(
+            f"needs about {need / 2**30:.1f} GiB, above max_memory_gb={params.max_memory_gb}: "
+            "lower max_seconds or n_filters, or raise max_memory_gb"
+        )
+
+
+def load_inputs(spec: RowSpec) -> Inputs:
+    """Decode both inputs, after checking from their headers alone that the row fits its memory
+    budget (a long many-channel file is refused before it is decoded)."""
+    p = spec.params
+    t0 = time.perf_counter()
+    infos = [probe_audio(path) for path in (spec.content, spec.style)]
+    if all(infos):
+        samples = [decoded_samples(info, p.sample_rate, p.max_seconds) for info in infos]
+        check_memory_budget(p, *samples, decode_bytes=max(info.decode_bytes(p.max_seconds) for info in infos))
+    content = load_audio(spec.content, p.sample_rate, p.max_seconds)
+    style = load_audio(spec.style, p.sample_rate, p.max_seconds)
+    for what, audio, path in (("content", content, spec.content), ("style", style, spec.style)):
+        peak = float(np.max(np.abs(audio)))
+        if peak < 10 ** (SILENCE_DBFS / 20):
+            level = f"{20 * np.log10(peak):.0f} dBFS" if peak > 0 else "digital silence"
+            raise SilentInputError(
+                f"{what} input {path} is silent (peak {level}, below {SILENCE_DBFS:.0f} dBFS): "
+                f"there is no {what} to transfer"
+            )
+    return Inputs(content, style, time.perf_counter() - t0)
+
+
+def make_transfer(inputs: Inputs, specs: tuple[torch.Tensor, torch.Tensor], params: Params,
+                  weight: torch.Tensor) -> tuple[StyleTransfer, BeatAlignment | None]:
+    """(transfer, beat alignment): a plain StyleTransfer (alignment None), or Tomczak et al.'s
+    beat-segmented one (rhythm=beats), whose alignment (beats, tempi, warnings) goes in the record."""
+    if not params.beat_segmented:
+        return StyleTransfer(*specs, params, weight.device, weight), None
+    return beat_transfer(inputs.content, inputs.style, *specs, params, weight.device, weight)
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+def checkpoint_identity(spec: RowSpec) -> dict[str, Any]:
+    """What a checkpoint stores to prove whose state it is: the row id and its settings."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "row_id": spec.id,
+        "settings": json.dumps(result_params(spec.params), sort_keys=True),
+    }
+
+
+def load_checkpoint(path: Path, spec: RowSpec, device: Any) -> tuple[dict[str, Any] | None, str]:
+    """(state, "") for a checkpoint that is plain data and belongs to ``spec``, else (None, why).
+
+    ``weights_only=True``: torch's restricted unpickler accepts tensors, numbers, strings, lists,
+    tuples and dicts only, so a planted pickle cannot run code in the job."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt, truncated, foreign or malicious: all "absent"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return None, f"not a loadable checkpoint ({type(exc).__name__}: {first[:200]})"
+    if not isinstance(state, dict):
+        return None, f"not a batch-ast checkpoint (a {type(state).__name__})"
+    expected = checkpoint_identity(spec)
+    if state.get("row_id") != expected["row_id"]:
+        return None, f"belongs to row {str(state.get('row_id'))[:40]!r}, not {spec.id}"
+    if state.get("settings") != expected["settings"] or state.get("format") != CHECKPOINT_FORMAT:
+        return None, "was written with other settings or by another version"
+    return state, ""
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+def write_trace(path: Path, trace: list[tuple]) -> None:
+    """The loss trace as Parquet, one row per iteration (``TRACE_COLUMNS``)."""
+    frame = pd.DataFrame(trace, columns=list(TRACE_COLUMNS)).astype(
+        {"iteration": "int64", "total": "float64", "content": "float64", "style": "float64",
+         "evaluations": "Int64"}  # unknown (None) for iterations resumed from an older checkpoint
+    )
+    write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def beat_lines(grid: str, content: list[float] | None, style: list[float] | None) -> dict[str, list[float]] | None:
+    """Beat times (s) per figure panel of a beat-segmented row (None for other rows): the output
+    follows its ``grid`` input's beats."""
+    if content is None or style is None:
+        return None
+    return {"content": content, "style": style, "output": style if grid == "style" else content}
+
+
+def write_figures(spec: RowSpec, results: ResultsRoot, content: torch.Tensor, style: torch.Tensor,
+                  output: torch.Tensor, trace: list[tuple],
+                  beats: dict[str, list[float]] | None = None) -> dict[str, str]:
+    """Spectrogram and loss PNGs (record fields); a plotting problem is recorded, never fails the row."""
+    run_dir = results.run_dir(spec.id)
+    title = f"{spec.name or spec.id}: {Path(spec.content).name} + {Path(spec.style).name}"
+    panels = {"content": content, "style": style, "output": output}
+    try:
+        spectrogram_figure(run_dir / "spectrograms.png", {k: v.cpu().numpy() for k, v in panels.items()},
+                           spec.params.sample_rate, spec.params.hop_length, title, beats)
+        loss_figure(run_dir / "losses.png", trace, title)
+    except Exception as exc:  # noqa: BLE001 - figures are a convenience
+        return {"figure_error": f"{type(exc).__name__}: {exc}"}
+    return {
+        "spectrogram_png": str((run_dir / "spectrograms.png").relative_to(results.root)),
+        "loss_png": str((run_dir / "losses.png").relative_to(results.root)),
+    }
+
+
+def regenerate_figures(results: ResultsRoot, record: dict[str, Any]) -> dict[str, Any]:
+    """Redraw an ok row's figures from its inputs, output WAV and trace, and republish its record
+    (only the figure fields change; the results stay as they are). Returns the new record."""
+    spec = RowSpec.from_dict(record)
+    p = spec.params
+    specs = [
+        log_spectrogram(torch.from_numpy(load_audio(path, p.sample_rate, p.max_seconds)), p.n_fft, p.hop_length)
+        for path in (spec.content, spec.style, results.root / record["output"])
+    ]
+    frame = pd.read_parquet(results.root / record["trace"])[list(TRACE_COLUMNS[:4])]
+    trace = [tuple(t) for t in frame.itertuples(index=False)]
+    beats = beat_lines(p.beat_grid, record.get("content_beat_times"), record.get("style_beat_times"))
+    figures = write_figures(spec, results, *specs, trace, beats)
+    updated = {k: v for k, v in record.items() if k not in ("figure_error", "spectrogram_png", "loss_png")}
+    updated.update(figures)
+    write_json_atomic(results.record_path(spec.id), updated)
+    return updated
+
+
+def _iteration_bar(spec: RowSpec, start: int, total: int, position: int = 0):
+    """A progress bar over iterations when a person watches (TTY); silent in job logs. Rows
+    optimised together each get a line (``position``)."""
+    return tqdm(total=total, initial=start, desc=f"row {spec.row}", unit="it", leave=False,
+                position=position, disable=not sys.stderr.isatty())
+
+
+# --- the row -------------------------------------------------------------------------------------
+
+class RowRun:
+    """One row's way through a job. ``prepare`` (inputs, checks, transfer, resume), ``optimize``,
+    then ``finish`` = ``reconstruct`` (Griffin-Lim) + ``write`` (WAV, trace, figures) + ``measure``
+    (metrics) + ``publish``. Rows batched together are prepared one by one, optimised together
+    (batched.py) and finished one by one; a failure at any step becomes the row's ``failed``
+    record (``fail``), never an exception that stops the other rows."""
+
+    def __init__(self, spec: RowSpec, results: ResultsRoot, options: RunOptions = DEFAULTS) -> None:
+        self.spec, self.results, self.options = spec, results, options
+        self.record = Record.start(spec.to_dict(), options.submission_id, job_environment())
+        self.t_start = time.perf_counter()
+        self.ckpt_path = results.checkpoint_path(spec.id)
+        self.resumes = 0
+        self.transfer: StyleTransfer | None = None
+        self.beats: BeatAlignment | None = None
+        self.inputs: Inputs | None = None
+        self.specs: tuple[torch.Tensor, torch.Tensor] | None = None  # inputs' log spectrograms, on the device
+        self.weight: torch.Tensor | None = None  # the row's network, shared by its group
+
+    def say(self, message: str) -> None:
+        """A line in the job log; ``[row <id>]`` lets `status` show each row its own lines."""
+        print(f"[row {self.spec.id}] {message}", file=sys.stderr, flush=True)
+
+    @contextmanager
+    def timed(self, field: str) -> Iterator[None]:
+        """Record the seconds the block took in the record's ``field``."""
+        t0 = time.perf_counter()
+        yield
+        self.record.update(**{field: time.perf_counter() - t0})
+
+    # prepare ------------------------------------------------------------------------------------
+    def prepare(self, inputs: Future | None, weight: torch.Tensor) -> None:
+        """Check the inputs and build the transfer on ``weight``'s device (resumed from the row's
+        checkpoint if there is one). ``inputs``: the audio being decoded in the background, or None
+        to decode it now; ``weight``: the group's network (``transfer.Network``)."""
+        self.say(f"start (manifest row {self.spec.row})")
+        self.results.run_dir(self.spec.id).mkdir(parents=True, exist_ok=True)
+        self.weight = weight
+        self.record.update(device_used=str(weight.device))
+        self._load(inputs)
+        self._build_transfer()
+        self._resume()
+        self.record.update(resumed_from_iteration=self.transfer.iteration, resumes=self.resumes)
+
+    def _load(self, inputs: Future | None) -> None:
+        p = self.spec.params
+        self.inputs = inputs.result() if inputs is not None else load_inputs(self.spec)
+        content, style = self.inputs.content, self.inputs.style
+        self.record.update(content_seconds=len(content) / p.sample_rate, style_seconds=len(style) / p.sample_rate,
+                           time_load_s=self.inputs.seconds)
+        check_length(len(content), p, "content")
+        check_length(len(style), p, "style")
+        check_memory_budget(p, len(content), len(style))  # the headers may have been unreadable
+
+    def _build_transfer(self) -> None:
+        p, inputs = self.spec.params, self.inputs
+        self.t_optimize = time.perf_counter()
+        self.specs = tuple(log_spectrogram(torch.from_numpy(a).to(self.weight.device), p.n_fft, p.hop_length)
+                           for a in (inputs.content, inputs.style))
+        self.transfer, self.beats = make_transfer(inputs, self.specs, p, self.weight)
+        if self.beats is not None:
+            self.record.update(**self.beats.record(p.sample_rate, p.hop_length))
+            if self.beats.warnings:
+                self.record.update(warning="; ".join(self.beats.warnings))
+                for warning in self.beats.warnings:
+                    self.say(f"warning: {warning}")
+
+    def _resume(self) -> None:
+        """Continue from the row's checkpoint when there is a valid one. A checkpoint is only ever
+        data: it is loaded with ``weights_only=True`` (no pickled code runs) and must name this row
+        and its settings; anything else is moved aside to ``checkpoint.pt.bad``, noted in the
+        record, and the row starts afresh."""
+        if not self.ckpt_path.exists():
+            return
+        state, problem = load_checkpoint(self.ckpt_path, self.spec, self.weight.device)
+        if state is not None:
+            try:
+                self.transfer.load_state_dict(state)
+            except Exception as exc:  # noqa: BLE001 - any mismatch means "not this row's state"
+                problem = f"does not fit this row's transfer ({type(exc).__name__}: {exc})"
+                self.transfer, _ = make_transfer(self.inputs, self.specs, self.spec.params, self.weight)
+        if problem:
+            bad = self.ckpt_path.with_name(self.ckpt_path.name + ".bad")
+            os.replace(self.ckpt_path, bad)
+            self.record.update(checkpoint_error=f"{self.ckpt_path}: {problem}; moved to {bad.name}, row restarted")
+            self.say(f"warning: {self.record.checkpoint_error}")
+            return
+        # Resumes count within one submission: a new submission (--retry-failed) starts afresh.
+        same_submission = state.get("submission_id") == self.options.submission_id
+        self.resumes = (int(state.get("resumes", 0)) if same_submission else 0) + 1
+        if self.resumes > self.options.max_resumes:
+            raise ResumeLimitError(
+                f"interrupted {self.resumes} times, more than max_retries={self.options.max_resumes}: giving up"
+            )
+
+    def save_checkpoint(self) -> None:
+        state = {
+            **self.transfer.state_dict(),
+            "resumes": self.resumes,
+            **checkpoint_identity(self.spec),
+            "submission_id": self.options.submission_id,
+        }
+        write_atomic(self.ckpt_path, lambda tmp: torch.save(state, tmp))
+
+    # optimise -----------------------------------------------------------------------------------
+    def optimize(self, should_pause: Callable[[], bool], bar_position: int = 0) -> None:
+        """Iterate to the end, checkpointing periodically; on ``should_pause()`` save and raise Paused."""
+        transfer, every = self.transfer, self.options.checkpoint_every_s
+        last_save = time.monotonic()
+        bar = _iteration_bar(self.spec, transfer.iteration, self.spec.params.iterations, bar_position)
+        try:
+            while not transfer.finished:
+                if should_pause():
+                    self.save_checkpoint()
+                    raise Paused(f"row {self.spec.row} paused at iteration {transfer.iteration}")
+                transfer.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{transfer.trace[-1][1]:.4g}", refresh=False)
+                if every and time.monotonic() - last_save >= every:
+                    self.save_checkpoint()
+                    last_save = time.monotonic()
+        finally:
+            bar.close()
+
+    # finish -------------------------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """Reconstruct, write, measure, then publish the ``ok`` record."""
+        self.record.update(time_optimize_s=time.perf_counter() - self.t_optimize)
+        audio, log_spec = self.reconstruct()
+        self.write(audio)
+        self.measure(audio)
+        self.record.update(
+            status="ok",
+            output=str(self.results.output_path(self.spec.id).relative_to(self.results.root)),
+            trace=str(self.results.trace_path(self.spec.id).relative_to(self.results.root)),
+        )
+        return self._publish()
+
+    def reconstruct(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(audio, optimised log spectrogram): the best spectrogram's phase by Griffin-Lim."""
+        p, transfer = self.spec.params, self.transfer
+        self.record.update(iterations_run=transfer.iteration, stop_reason=transfer.stop_reason,
+                           evaluations=transfer.evaluations, style_form=transfer.style_form)
+        if "diverged" in transfer.stop_reason:
+            # No output: the best iterate before a NaN/inf is not what the user asked for.
+            raise DivergedError(f"the loss became non-finite at iteration {transfer.iteration}: lower lr "
+                                f"(now {p.lr:g}) or the loss weights")
+        log_spec, terms = transfer.result()
+        self.record.update(final_total=terms.total, final_content=terms.content, final_style=terms.style)
+        if self.beats is not None:
+            check_coverage(log_spec.shape[-1], self.specs[1 if self.beats.grid == "style" else 0].shape[-1])
+        with self.timed("time_phase_s"):
+            magnitude = magnitude_from_log(log_spec)
+            audio = griffin_lim(magnitude, p.n_fft, p.hop_length, n_iter=p.griffin_lim_iters,
+                                momentum=p.griffin_lim_momentum, seed=p.seed, length=self._output_samples())
+            self.record.update(spectral_convergence=spectral_convergence(magnitude, audio, p.n_fft, p.hop_length))
+        return audio, log_spec
+
+    def write(self, audio: torch.Tensor) -> None:
+        """The WAV and the trace (atomically), then the figures (never fatal)."""
+        p, spec, results = self.spec.params, self.spec, self.results
+        with self.timed("time_write_s"):
+            self.output = audio.cpu().numpy()
+            self.record.update(output_gain=write_wav(results.output_path(spec.id), self.output, p.sample_rate))
+            write_trace(results.trace_path(spec.id), self.transfer.trace)
+        with self.timed("time_figures_s"):
+            output_spec = log_spectrogram(audio, p.n_fft, p.hop_length)
+            beats = beat_lines(p.beat_grid, self.record.content_beat_times, self.record.style_beat_times)
+            self.record.update(**write_figures(spec, results, *self.specs, output_spec, self.transfer.trace, beats))
+
+    def measure(self, audio: torch.Tensor) -> None:
+        """The objective metrics of the written audio (its gain applied), on the row's network."""
+        with self.timed("time_metrics_s"):
+            self.record.update(**output_metrics(
+                self.output * self.record.output_gain, self.inputs.content, self.inputs.style, self.spec.params,
+                audio.device, input_specs=self.specs, weight=self.weight,
+            ))
+
+    def _output_samples(self) -> int:
+        """The output is as long as the content, or a beat-segmented one as its grid input."""
+        on_style_grid = self.beats is not None and self.beats.grid == "style"
+        return len(self.inputs.style if on_style_grid else self.inputs.content)
+
+    # publish ------------------------------------------------------------------------------------
+    def fail(self, exc: BaseException) -> dict[str, Any]:
+        """The row's ``failed`` record: the error, and whether a retry could help."""
+        self.record.update(
+            status="failed",
+            error=f"{type(exc).__name__}: {exc}",
+            retryable=not isinstance(exc, DETERMINISTIC_ERRORS),
+            traceback="".join(traceback.format_exception(exc, limit=8)),
+        )
+        return self._publish()
+
+    def _publish(self) -> dict[str, Any]:
+        record = self.record
+        record.update(time_total_s=time.perf_counter() - self.t_start, finished_at=now_utc())
+        data = record.to_dict()
+        write_json_atomic(self.results.record_path(self.spec.id), data)
+        if record.status == "ok" or not record.retryable:
+            self.ckpt_path.unlink(missing_ok=True)
+        release_claim(self.results, self.spec.id, self.options.submission_id)
+        self.say(record.status + (f": {record.error.splitlines()[0][:300]}" if record.error else ""))
+        return data

@@ -1,0 +1,190 @@
+"""The typed values the stages pass each other (Params, Network, Record), the executor backends
+seen from inside a job, and the Python API that the CLI is a layer over."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+import signal
+import socket
+
+import pytest
+import submitit
+import torch
+
+import batch_ast
+import batch_ast.job
+import batch_ast.transfer as transfer_module
+from batch_ast.backends import job_environment, preemption_signal
+from batch_ast.config import PARAMS, ConfigError, Params, load_config
+from batch_ast.index import INDEX_SCHEMA, METRIC_COLUMNS
+from batch_ast.job import run_row, run_rows
+from batch_ast.manifest import read_manifest
+from batch_ast.plan import make_plan
+from batch_ast.record import Record, columns
+from batch_ast.store import ResultsRoot
+from batch_ast.transfer import Network, random_filters
+
+from .conftest import TINY, tiny_columns, write_manifest
+
+
+def tiny_manifest(folder, rows=("content.wav,style.wav",), **extra):
+    head, vals = tiny_columns(**extra)
+    return write_manifest(folder, [f"{r},{vals}" for r in rows], header=f"content,style,{head}")
+
+
+# --- Params -------------------------------------------------------------------------------------
+
+def test_params_are_a_validated_frozen_value_with_every_registered_hyperparameter():
+    p = load_config().params(TINY)
+    assert [f.name for f in dataclasses.fields(Params)] == list(PARAMS)
+    assert p.n_fft == 256 and p.n_bins == 129 and not p.beat_segmented
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.seed = 3  # type: ignore[misc]
+    assert p.replace(seed="7").seed == 7  # coerced like a manifest cell
+    with pytest.raises(ConfigError, match="lr: must be a number > 0"):
+        p.replace(lr=0)
+    with pytest.raises(ConfigError, match="unknown \\['nope'\\]"):
+        Params.from_mapping({**p.to_dict(), "nope": 1})
+    with pytest.raises(ConfigError, match="missing \\['seed'\\]"):
+        Params.from_mapping({k: v for k, v in p.to_dict().items() if k != "seed"})
+    assert Params.from_mapping(p.to_dict()) == p
+    older = {k: v for k, v in p.to_dict().items() if k not in ("precision", "bpm")}  # a record from before
+    assert Params.from_record(older) == p
+
+
+def test_a_network_is_what_decides_the_weights_and_nothing_else():
+    p = load_config().params(TINY)
+    net = Network.of(p)
+    assert net.key() == Network.of(p.replace(content_weight=9.0, optimizer="adam", iterations=3)).key()
+    assert net.key() != Network.of(p.replace(seed=1)).key()
+    torch.testing.assert_close(net.weights(), random_filters(129, 64, 5, p.seed), rtol=0, atol=0)
+    held = net.heldout()
+    assert held.seed != net.seed and held.key()[:3] == net.key()[:3]
+
+
+def test_the_job_builds_a_groups_network_once_and_hands_it_to_every_row(audio_dir, tmp_path, monkeypatch):
+    results = ResultsRoot(tmp_path / "results")
+    m = tiny_manifest(audio_dir, ["content.wav,style.wav", "content2.wav,style.wav"], iterations=3)
+    specs = make_plan(read_manifest(m, load_config()), results, m).to_run
+    built = []
+    real = Network.weights
+
+    def counting(self, device="cpu"):
+        built.append(self.seed)
+        return real(self, device)
+
+    monkeypatch.setattr(transfer_module.Network, "weights", counting)
+    records = run_rows(specs, results)
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    seed = specs[0].params.seed
+    assert built.count(seed) == 1  # the optimised network: once for the group
+    assert len(built) == 3  # plus each row's held-out network for its metrics
+
+
+# --- Record -------------------------------------------------------------------------------------
+
+def test_a_record_refuses_fields_it_does_not_declare():
+    record = Record(id="abc")
+    record.update(final_total=1.5, traceback="...")
+    assert record.to_dict()["final_total"] == 1.5 and "warning" not in record.to_dict()  # None: not written
+    with pytest.raises(KeyError, match="no field.*'finl_total'"):
+        record.update(finl_total=1.0)
+
+
+def test_the_index_schema_and_metric_columns_come_from_the_record():
+    declared = [f.name for f in dataclasses.fields(Record)]
+    record_only = {"traceback", "resources", "content_beat_times", "style_beat_times"}
+    expected = []
+    for name in declared:
+        if name == "params":
+            expected += list(PARAMS)
+        elif name not in record_only:
+            expected.append(name)
+    assert INDEX_SCHEMA.names == expected
+    assert METRIC_COLUMNS == columns("metric") and "style_distance_heldout" in METRIC_COLUMNS
+
+
+def test_every_key_a_real_row_writes_is_a_declared_record_field(audio_dir, tmp_path):
+    """A key the job writes but Record does not declare would be dropped on its way to the index."""
+    results = ResultsRoot(tmp_path / "results")
+    m = tiny_manifest(audio_dir, ["content.wav,style.wav"], iterations=2)
+    (spec,) = make_plan(read_manifest(m, load_config()), results, m).to_run
+    ok = run_row(spec, results)
+    failing = dataclasses.replace(spec, id="f" * 16, content=str(audio_dir / "gone.wav"))
+    failed = run_row(failing, results)
+    assert ok["status"] == "ok" and failed["status"] == "failed" and failed["traceback"]
+    declared = {f.name for f in dataclasses.fields(Record)}
+    for written in (ok, failed):
+        on_disk = json.loads(results.record_path(written["id"]).read_text())
+        assert set(on_disk) <= declared, set(on_disk) - declared
+    assert set(METRIC_COLUMNS) <= set(ok)  # every metric column is filled by a real row
+
+
+# --- backends seen from a job -------------------------------------------------------------------
+
+def test_outside_a_job_the_environment_is_just_the_host(monkeypatch):
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    assert job_environment() == {"hostname": socket.gethostname(), "slurm_job_id": "", "slurm_array_task_id": "",
+                                 "slurm_restart_count": 0}
+    assert preemption_signal() == signal.SIGUSR2
+    monkeypatch.setattr(submitit.JobEnvironment, "USR_SIG", "USR1")  # $SUBMITIT_PREEMPT_SIGNAL at import
+    assert preemption_signal() == signal.SIGUSR1
+
+
+def test_a_local_job_records_its_host_and_no_cluster_ids(tmp_path):
+    executor = batch_ast.backends.get_backend("local").make_executor(tmp_path / "%j", {})
+    fields = executor.submit(job_environment).result()
+    assert fields["hostname"] == socket.gethostname() and fields["slurm_job_id"] == ""
+
+
+# --- the Python API -----------------------------------------------------------------------------
+
+def test_submit_from_python_wait_status_index_and_find_again(audio_dir, tmp_path):
+    m = tiny_manifest(audio_dir, ["content.wav,style.wav", "content2.wav,style.wav"], iterations=3)
+    results = tmp_path / "results"
+    prepared = batch_ast.prepare(m, results, executor="local", dry_run=True)
+    assert len(prepared.plan.to_run) == 2 and prepared.backend.name == "local" and not results.exists()
+    sub = batch_ast.submit(m, results, executor="local")
+    seen = []
+    final = sub.wait(on_progress=lambda status: seen.append(dict(status.counts)), poll_s=0.2)
+    assert final.counts["ok"] == 2 and not final.active and seen[-1] == {"ok": 2}
+    index = sub.index()
+    assert list(index["status"]) == ["ok", "ok"] and set(index["id"]) == set(sub.row_ids())
+    again = batch_ast.find_submission(results)
+    assert again.id == sub.id and again.status().counts["ok"] == 2
+    assert again.cancel() == []  # nothing left to cancel
+    # the same manifest again: nothing to run, and the rows are still this manifest's
+    nothing = batch_ast.submit(m, results, executor="local", wait=True)
+    assert nothing.record is None and len(nothing.plan.done) == 2 and len(nothing.index()) == 2
+
+
+class CrashingJob(batch_ast.job.TransferJob):
+    """A job that dies as a whole (not a row's failure): what a broken node or environment does."""
+
+    def __call__(self, specs, root):
+        raise RuntimeError("node on fire")
+
+
+def test_debug_submissions_run_in_process_and_crashed_jobs_are_reported(audio_dir, tmp_path):
+    m = tiny_manifest(audio_dir, ["content.wav,style.wav"], iterations=2)
+    sub = batch_ast.submit(m, tmp_path / "results", executor="debug", wait=True)
+    assert sub.status().counts["ok"] == 1 and sub.job_errors == []
+    prepared = batch_ast.prepare(m, tmp_path / "results", executor="local", force=True)
+    prepared.job = CrashingJob()
+    broken = prepared.launch()
+    final = broken.wait(poll_s=0.2)
+    assert final.counts["lost"] == 1  # its job left the queue without a record
+    assert len(broken.job_errors) == 1 and "node on fire" in broken.job_errors[0]
+
+
+def test_a_job_pickled_by_the_previous_version_still_unpickles():
+    """A SLURM job requeued across an upgrade re-runs the pickle written at submission."""
+    job = batch_ast.job.TransferJob.__new__(batch_ast.job.TransferJob)
+    job.__setstate__({"submission_id": "s1", "force": True, "checkpoint_every_s": 60.0, "max_resumes": 3,
+                      "batch_rows": 2})
+    assert (job.options.submission_id, job.options.checkpoint_every_s, job.options.max_resumes) == ("s1", 60.0, 3)
+    assert job.force and job.batch_rows == 2
+    again = pickle.loads(pickle.dumps(job))
+    assert again.options == job.options and again.force and again.batch_rows == 2
