@@ -101,7 +101,7 @@ class Submission:
         backend = self.backend
         if backend is None:
             return self.status()
-        if backend.runs_in_process:
+        if backend.runs_in_process:  # the jobs run here, now, inside job.result()
             self._collect_job_errors()
         while True:
             status = self.status()
@@ -110,7 +110,8 @@ class Submission:
             if not status.active and not backend.jobs_running(self.jobs):
                 break
             time.sleep(poll_s if poll_s is not None else backend.poll_interval_s)
-        self._collect_job_errors()
+        if not backend.runs_in_process:  # asked once: a debug job asked again would run again
+            self._collect_job_errors()
         return status
 
     def _collect_job_errors(self) -> None:
@@ -121,7 +122,6 @@ class Submission:
             except Exception as exc:  # noqa: BLE001 - reported, the batch goes on
                 errors.append(f"job {job.job_id} ended abnormally: {error_line(exc)} (log: {job.paths.stderr})")
         self.job_errors = errors
-
 
     def cancel(self) -> list[str]:
         """Cancel the jobs still queued or running; returns their ids (empty: nothing to cancel)."""

@@ -132,8 +132,7 @@ class SlurmBackend(Backend):
         }
 
     def job_threads(self) -> int | None:
-        cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
-        return int(cpus) if cpus.isdigit() and int(cpus) > 0 else None
+        return _positive_int_env("SLURM_CPUS_PER_TASK")
 
 
 class LocalBackend(Backend):
@@ -196,31 +195,34 @@ def choose_backend(requested: str) -> tuple[Backend, str]:
 
 # --- inside a running job ------------------------------------------------------------------------
 
+def _running_job() -> tuple[Backend | None, submitit.JobEnvironment | None]:
+    """The backend and submitit environment of the job this process runs, (None, None) outside one."""
+    try:
+        environment = submitit.JobEnvironment()
+    except RuntimeError:  # not inside a submitit job (a direct call)
+        return None, None
+    return BACKENDS.get(environment.cluster), environment
+
+
+def _positive_int_env(name: str) -> int | None:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def job_environment() -> dict[str, Any]:
     """What a row records of where it runs: the host, and the scheduler's ids where there is one
     (from submitit's ``JobEnvironment``); empty ids elsewhere (local, debug, a direct call)."""
     fields: dict[str, Any] = {"hostname": socket.gethostname(), "slurm_job_id": "", "slurm_array_task_id": "",
                               "slurm_restart_count": 0}
-    try:
-        environment = submitit.JobEnvironment()
-    except RuntimeError:  # not inside a submitit job
-        return fields
-    backend = BACKENDS.get(environment.cluster)
+    backend, environment = _running_job()
     return {**fields, **(backend.job_fields(environment) if backend else {})}
 
 
 def job_threads() -> int | None:
     """CPUs a running job may use: the scheduler's grant, else ``BATCH_AST_THREADS``; None when
     nothing says (torch then takes the machine's count)."""
-    try:
-        backend = BACKENDS.get(submitit.JobEnvironment().cluster)
-    except RuntimeError:
-        backend = None
-    granted = backend.job_threads() if backend else None
-    if granted:
-        return granted
-    own = os.environ.get("BATCH_AST_THREADS", "")
-    return int(own) if own.isdigit() and int(own) > 0 else None
+    backend, _ = _running_job()
+    return (backend.job_threads() if backend else None) or _positive_int_env("BATCH_AST_THREADS")
 
 
 def preemption_signal() -> signal.Signals:

@@ -78,6 +78,7 @@ PARAMS: dict[str, Param] = {
     "max_memory_gb": Param(float, _positive, "a number > 0"),
 }
 
+
 @dataclass(frozen=True)
 class Params:
     """One row's hyperparameters, fully resolved and validated: what every stage below the plan

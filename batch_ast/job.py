@@ -11,6 +11,7 @@ This module stays free of torch at import time: the CLI imports it to pickle ``T
 
 from __future__ import annotations
 
+import functools
 import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,12 +51,13 @@ def configure_threads() -> None:
         torch.set_num_threads(threads)
 
 
-def _group_weight(specs: Sequence[RowSpec]) -> Any:
-    """The network of a group of rows (equal ``batched.group_key``), once, on their device."""
-    from .transfer import Network, pick_device
+def _group_weights(specs: Sequence[RowSpec]) -> Callable[[Any], Any]:
+    """``weights(device)``: the network of a group of rows (equal ``batched.group_key``), built once,
+    when the first row that has passed its input and memory checks asks for it: a row refused by
+    its ``max_memory_gb`` budget must be refused before the network is allocated."""
+    from .transfer import Network
 
-    params = specs[0].params
-    return Network.of(params).weights(pick_device(params.device))
+    return functools.cache(Network.of(specs[0].params).weights)
 
 
 def run_rows(
@@ -73,13 +75,10 @@ def run_rows(
 
     runs = [RowRun(s, results, options or DEFAULTS) for s in specs]
     records: list[dict[str, Any] | None] = [None] * len(runs)
-    try:
-        weight = _group_weight(specs)
-    except Exception as exc:  # noqa: BLE001 - e.g. cuda asked for where there is none: every row's error
-        return [run.fail(exc) for run in runs]
+    weights = _group_weights(specs)
     for i, (run, row_inputs) in enumerate(zip(runs, inputs or [None] * len(runs), strict=True)):
         try:
-            run.prepare(row_inputs, weight)
+            run.prepare(row_inputs, weights)
         except Exception as exc:  # one bad row must never stop the batch
             records[i] = run.fail(exc)
     ready = [i for i, r in enumerate(records) if r is None]

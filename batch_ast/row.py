@@ -42,6 +42,7 @@ from .transfer import (
     check_length,
     estimate_memory_bytes,
     log_spectrogram,
+    pick_device,
     stft_frames,
 )
 
@@ -265,15 +266,17 @@ class RowRun:
         self.record.update(**{field: time.perf_counter() - t0})
 
     # prepare ------------------------------------------------------------------------------------
-    def prepare(self, inputs: Future | None, weight: torch.Tensor) -> None:
-        """Check the inputs and build the transfer on ``weight``'s device (resumed from the row's
+    def prepare(self, inputs: Future | None, weights: Callable[[torch.device], torch.Tensor]) -> None:
+        """Check the inputs and build the transfer on the row's device (resumed from the row's
         checkpoint if there is one). ``inputs``: the audio being decoded in the background, or None
-        to decode it now; ``weight``: the group's network (``transfer.Network``)."""
+        to decode it now; ``weights(device)``: the group's network (``transfer.Network``), asked for
+        only once the inputs have passed their length and memory checks."""
         self.say(f"start (manifest row {self.spec.row})")
         self.results.run_dir(self.spec.id).mkdir(parents=True, exist_ok=True)
-        self.weight = weight
-        self.record.update(device_used=str(weight.device))
+        device = pick_device(self.spec.params.device)
+        self.record.update(device_used=str(device))
         self._load(inputs)
+        self.weight = weights(device)
         self._build_transfer()
         self._resume()
         self.record.update(resumed_from_iteration=self.transfer.iteration, resumes=self.resumes)

@@ -83,6 +83,18 @@ def test_the_job_builds_a_groups_network_once_and_hands_it_to_every_row(audio_di
     assert len(built) == 3  # plus each row's held-out network for its metrics
 
 
+def test_a_row_over_its_memory_budget_is_refused_before_the_network_is_built(audio_dir, tmp_path, monkeypatch):
+    """The budget exists to refuse a row before allocating it: the network is its largest tensor."""
+    results = ResultsRoot(tmp_path / "results")
+    m = tiny_manifest(audio_dir, ["content.wav,style.wav"], max_memory_gb=0.0001)
+    (spec,) = make_plan(read_manifest(m, load_config()), results, m).to_run
+    built = []
+    monkeypatch.setattr(transfer_module.Network, "weights", lambda self, device="cpu": built.append(self))
+    record = run_row(spec, results)
+    assert record["status"] == "failed" and "MemoryBudgetError" in record["error"]
+    assert built == [] and record["device_used"] == "cpu"
+
+
 # --- Record -------------------------------------------------------------------------------------
 
 def test_a_record_refuses_fields_it_does_not_declare():
