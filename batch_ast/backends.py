@@ -9,6 +9,7 @@ submitit, sinfo, squeue, scancel); it knows nothing of spectrograms.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -154,11 +155,18 @@ class LocalBackend(Backend):
         return {j: "running" for j in job_ids if local_job_alive(j)}
 
     def cancel(self, job_ids: Sequence[str]) -> None:
+        """A local job id is the pid of submitit's controller, whose tasks run the rows. A running
+        task ignores SIGTERM (submitit's job environment bypasses it, as SLURM follows it with
+        SIGKILL) and SIGINT may be ignored too (a shell's background jobs inherit that), so the
+        tasks are killed, as scancel ends on a cluster; the controller then sees them end and exits."""
         for job_id in job_ids:
             try:
-                os.kill(int(job_id), signal.SIGTERM)
-            except (ValueError, ProcessLookupError):
-                pass
+                controller = int(job_id)
+            except ValueError:
+                continue
+            for pid in child_pids(controller):
+                _kill(pid, signal.SIGKILL)
+            _kill(controller, signal.SIGTERM)
 
     def jobs_running(self, jobs: Sequence[submitit.Job]) -> bool:
         return not all(job.done() for job in jobs)
@@ -282,6 +290,25 @@ def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
             jid, state = line.strip().split("|", 1)
             states[jid] = state
     return states
+
+
+def _kill(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``: from /proc where there is one (Linux), else pgrep."""
+    proc = Path("/proc")
+    if proc.is_dir():
+        children = []
+        for stat in proc.glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    children.append(int(stat.parent.name))
+        return children
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(line) for line in found.stdout.split()]
 
 
 def local_job_alive(job_id: str) -> bool:

@@ -18,6 +18,7 @@ import yaml
 OPTIMIZERS = ("lbfgs", "adam", "adamw")
 ACTIVATIONS = ("relu", "selu")
 RHYTHMS = ("none", "beats")
+LOSS_SCALES = ("absolute", "relative")
 BEAT_GRIDS = ("style", "content")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("float32", "tf32", "bf16")
@@ -57,6 +58,7 @@ PARAMS: dict[str, Param] = {
     "style_weight": Param(float, _non_negative, "a number >= 0"),
     "content_weight_style": Param(float, _non_negative, "a number >= 0"),
     "style_weight_content": Param(float, _non_negative, "a number >= 0"),
+    "loss_scale": Param(str, lambda s: s in LOSS_SCALES, "one of " + ", ".join(LOSS_SCALES)),
     "rhythm": Param(str, lambda s: s in RHYTHMS, "one of " + ", ".join(RHYTHMS)),
     "beat_grid": Param(str, lambda s: s in BEAT_GRIDS, "one of " + ", ".join(BEAT_GRIDS)),
     "bpm": Param(float, lambda x: x == 0 or 20 <= x <= 400, "0 (estimate) or a tempo in [20, 400]"),
@@ -98,6 +100,7 @@ class Params:
     style_weight: float
     content_weight_style: float
     style_weight_content: float
+    loss_scale: str
     rhythm: str
     beat_grid: str
     bpm: float
@@ -163,7 +166,7 @@ if [f.name for f in fields(Params)] != list(PARAMS) or any(
 NOT_IN_ID = frozenset({"device", "preset", "max_memory_gb"})
 # Hyperparameters added after results existed: at the value that reproduces the older behaviour they
 # stay out of the row id, so earlier results keep their ids and are not redone.
-ID_NEUTRAL = {"precision": "float32", "bpm": 0.0, "beats_per_segment": 1}
+ID_NEUTRAL = {"precision": "float32", "bpm": 0.0, "beats_per_segment": 1, "loss_scale": "absolute"}
 
 
 def flatten_record(record: dict[str, Any]) -> dict[str, Any]:

@@ -182,8 +182,11 @@ class SubmissionRecord:
 
 
 def new_submission_id() -> str:
-    """Sortable by time (UTC), unique by a random suffix."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    """Sortable by time (UTC, to the microsecond), unique by a random suffix. Whole seconds were
+    not enough: a ``--force`` rerun submitted within the second of the run it replaces took that
+    run's records for its own (``status.finishes``). The older form (no fraction) sorts before
+    every id of the same second in this one ('-' < '.')."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%f") + "-" + uuid.uuid4().hex[:6]
 
 
 RESOURCE_TO_PARAM = {"timeout_min": "timeout_min", "gpus": "gpus_per_node", "mem_gb": "mem_gb", "cpus": "cpus_per_task"}

@@ -336,7 +336,7 @@ def load_index(root: str | os.PathLike[str] = "results") -> pd.DataFrame:
 # Text columns with few distinct values: categoricals group, filter and plot by value.
 CATEGORY_COLUMNS = (
     "status", "optimizer", "activation", "rhythm", "beat_grid", "precision", "device", "preset",
-    "stop_reason", "style_form", "device_used",
+    "stop_reason", "style_form", "device_used", "loss_scale",
 )
 # Integer columns stay integers where some rows have no value (a failed row has no iterations_run).
 _NULLABLE_INTS = {pa.int64(): pd.Int64Dtype()}

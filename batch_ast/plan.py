@@ -117,7 +117,10 @@ def result_params(params: Params) -> dict[str, Any]:
 # the whole grid input, instead of segments optimised apart and their outputs concatenated, which
 # dropped the pre-roll and the tail): their ids changed with it, so finished rows of the old method
 # are run again, not taken for results of the new one. Other rows' ids are unchanged.
-RHYTHM_METHOD = "segment-losses"
+# Changed again (issue #13): the other input is warped onto the grid with its beats paired by their
+# position from the start, no longer by index (which shifted it by a whole beat where the tracker
+# missed a first beat in one input only).
+RHYTHM_METHOD = "segment-losses/beats-paired-by-position"
 
 
 def row_id(content_sha256: str, style_sha256: str, params: Params) -> str:

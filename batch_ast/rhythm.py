@@ -1,7 +1,8 @@
 """Rhythmic constraint of Tomczak, Southall & Hockman (DAFx 2018): beat-segmented losses.
 
-Both inputs are cut at their beats and the i-th beat segment of each is aligned, by stretching in
-time, to the i-th segment of one input's beat grid (``beat_grid``: the style input B by default).
+The other input is warped in time onto one input's beat grid (``beat_grid``: the style input B by
+default): beats are paired by their position from the start, and each beat segment of the other is
+stretched onto its partner.
 The output is then optimised in **one** piece over the grid input's whole length: one conv over
 the whole output (features at segment borders see their true neighbours), and per segment i a
 content term against segment i of each content target and a Gram term against segment i of each
@@ -29,7 +30,6 @@ from .transfer import (
     StyleTransfer,
     TransferError,
     content_loss,
-    match_length,
     style_form_for,
     style_terms,
 )
@@ -38,11 +38,18 @@ OCTAVE_TOLERANCE = 0.08  # |log2(tempo ratio) - k| below this is an octave error
 MIN_COVERAGE = 0.9  # an output shorter than this share of the grid input fails its row
 
 
+# Beats are tracked at a quarter of the row's hop (5.8 ms at 22.05 kHz, hop 512): whole STFT frames
+# (23 ms) put the two inputs' beats up to a frame apart where their hits coincide, which the warp
+# turns into flams and which alone took the onset similarity of the warped content input with
+# itself from 0.48-0.51 down to 0.34 on Tomczak et al.'s pair 1 (benchmarks/RESULTS.md).
+TRACKING_SUBDIVISION = 4
+
+
 @dataclass(frozen=True)
 class BeatGrid:
-    """One input's beats in STFT frames (extended to both ends) and its tempo."""
+    """One input's beats in (fractional) STFT frames, extended to both ends, and its tempo."""
 
-    frames: tuple[int, ...]
+    frames: tuple[float, ...]
     bpm: float
 
     def times(self, sample_rate: int, hop_length: int) -> list[float]:
@@ -51,27 +58,30 @@ class BeatGrid:
 
 def extend_to_edges(beats: np.ndarray, n_frames: int) -> np.ndarray:
     """Beats extended backwards to the start and forwards to the end by the median beat period."""
-    beats = np.unique(beats[(beats >= 0) & (beats < n_frames)])
+    beats = np.unique(np.asarray(beats, dtype=float))
+    beats = beats[(beats >= 0) & (beats < n_frames)]
     if len(beats) < 2:
         return beats
     period = float(np.median(np.diff(beats)))
-    before = np.arange(beats[0] - period, -0.5 * period, -period)[::-1]
+    before = np.arange(beats[0] - period, 0, -period)[::-1]
     after = np.arange(beats[-1] + period, n_frames - 0.5 * period, period)
-    extended = np.concatenate([before, beats, after]).round().astype(int)
-    return np.unique(extended[(extended > 0) & (extended < n_frames)])
+    return np.concatenate([before, beats, after])
 
 
 def track_beats(audio: np.ndarray, sample_rate: int, hop_length: int, bpm: float = 0.0) -> BeatGrid:
-    """librosa's beat tracker on the onset envelope; ``bpm`` > 0 fixes the tempo (a hint such as
-    120 for loops of known tempo), 0 estimates it."""
+    """librosa's beat tracker on the onset envelope, at a finer hop (``TRACKING_SUBDIVISION``);
+    ``bpm`` > 0 fixes the tempo (a hint such as 120 for loops of known tempo), 0 estimates it.
+    Beats are returned in fractional frames of ``hop_length``."""
     import librosa
 
+    fine = max(1, hop_length // TRACKING_SUBDIVISION)
     tempo, beats = librosa.beat.beat_track(
-        y=audio, sr=sample_rate, hop_length=hop_length, units="frames", bpm=bpm or None
+        y=audio, sr=sample_rate, hop_length=fine, units="frames", bpm=bpm or None
     )
     n_frames = 1 + len(audio) // hop_length
     tempo = float(np.atleast_1d(tempo)[0])
-    return BeatGrid(tuple(int(b) for b in extend_to_edges(np.asarray(beats, dtype=int), n_frames)), tempo)
+    frames = np.asarray(beats, dtype=float) * fine / hop_length
+    return BeatGrid(tuple(float(b) for b in extend_to_edges(frames, n_frames)), tempo)
 
 
 def octave_error(bpm_a: float, bpm_b: float) -> int:
@@ -111,30 +121,58 @@ def consistent_grids(
     return grids[0], grids[1], warnings
 
 
-def segment_bounds(beats: tuple[int, ...], n_frames: int, beats_per_segment: int) -> list[int]:
-    """Segment borders in frames: the start, every ``beats_per_segment``-th beat, the end."""
-    inner = [b for b in beats[::beats_per_segment] if 0 < b < n_frames]
+def segment_bounds(beats: tuple[float, ...], n_frames: int, beats_per_segment: int) -> list[int]:
+    """Segment borders in whole frames: the start, every ``beats_per_segment``-th beat, the end."""
+    inner = sorted({round(b) for b in beats[::beats_per_segment]} & set(range(1, n_frames)))
     return [0, *inner, n_frames]
 
 
-def align_to_grid(other: torch.Tensor, other_bounds: list[int], grid_bounds: list[int]) -> torch.Tensor:
-    """``other`` (bins, T_o) cut at its segment borders and each segment stretched to the length of
-    the grid's segment with the same index, so the result has the grid's length. Grid segments past
-    the other's last are paired with the other's segments again from its first beat segment (loops
-    repeat); an empty counterpart takes its neighbour."""
-    other_segments = [(a, b) for a, b in zip(other_bounds, other_bounds[1:], strict=False) if b > a]
-    grid_segments = list(zip(grid_bounds, grid_bounds[1:], strict=False))
-    parts = []
-    for i, (g0, g1) in enumerate(grid_segments):
-        if g1 <= g0:
-            continue
-        if i < len(other_segments):
-            o0, o1 = other_segments[i]
-        else:  # wrap around, skipping the other's pre-roll
-            start = 1 if len(other_segments) > 1 else 0
-            o0, o1 = other_segments[start + (i - start) % (len(other_segments) - start)]
-        parts.append(match_length(other[:, o0:o1], g1 - g0))
-    return torch.cat(parts, dim=-1)
+def pairing_offset(grid_beats: np.ndarray, other_beats: np.ndarray) -> int:
+    """k such that the grid's beat i pairs with the other input's beat i + k (numbered on past its
+    first beat by its period: k may make i + k negative).
+
+    Beats are paired by their position counted in beats from the start of their input (inputs are
+    taken to start on a beat, as loops do), not by index: the tracker often misses a weak first beat
+    in one input and not in the other, and pairing by index then shifts one input by a whole beat
+    (on Tomczak et al.'s pair 1 it put A's hits half a second early, onto B's off-beats)."""
+    phase_grid = grid_beats[0] / float(np.median(np.diff(grid_beats)))
+    phase_other = other_beats[0] / float(np.median(np.diff(other_beats)))
+    return round(phase_grid - phase_other)
+
+
+def time_warp(grid_beats: tuple[float, ...], other_beats: tuple[float, ...], grid_frames: int, other_frames: int) -> np.ndarray:
+    """For each of the grid's frames, the (fractional) frame of the other input that plays there:
+    piecewise linear through the paired beats (``pairing_offset``), so every beat segment of the
+    other is stretched onto its partner; before the first and after the last pair it runs on at
+    the ratio of the two tempi. Before the other's start it holds its first frame; past its end the
+    other's beats repeat from its first one (loops repeat)."""
+    grid, other = np.asarray(grid_beats, dtype=float), np.asarray(other_beats, dtype=float)
+    grid_period, other_period = float(np.median(np.diff(grid))), float(np.median(np.diff(other)))
+    j = np.arange(len(grid)) + pairing_offset(grid, other)
+    partner = np.where(  # the other's beat j, numbered on past both its ends by its period
+        j < 0, other[0] + j * other_period,
+        np.where(j >= len(other), other[-1] + (j - len(other) + 1) * other_period, other[np.clip(j, 0, len(other) - 1)]),
+    )
+    t = np.arange(grid_frames, dtype=float)
+    ratio = other_period / grid_period
+    position = np.interp(t, grid, partner)
+    position = np.where(t < grid[0], partner[0] - (grid[0] - t) * ratio, position)
+    position = np.where(t > grid[-1], partner[-1] + (t - grid[-1]) * ratio, position)
+    span = other[-1] - other[0]  # whole beats, first to last
+    last = other_frames - 1
+    past = position > last
+    position[past] -= span * np.ceil((position[past] - last) / span)
+    return np.clip(position, 0.0, last)
+
+
+def warp_to_grid(other: torch.Tensor, position: np.ndarray) -> torch.Tensor:
+    """``other`` (bins, T_o) read at the fractional frames ``position`` (``time_warp``), linearly
+    interpolated between neighbouring frames: the result has the grid's length."""
+    pos = torch.as_tensor(position, dtype=other.dtype, device=other.device)
+    low = pos.floor().long()
+    high = (low + 1).clamp(max=other.shape[-1] - 1)
+    frac = pos - low
+    return other[:, low] * (1 - frac) + other[:, high] * frac
 
 
 def feature_ranges(bounds: list[int], n_frames: int, kernel_size: int, min_frames: int = 2) -> list[tuple[int, int]]:
@@ -179,7 +217,7 @@ class BeatTransfer(StyleTransfer):
     """One optimisation of the whole output with beat-segment-wise losses.
 
     ``content_spec`` and ``style_spec`` are both aligned to the grid (same length, see
-    ``align_to_grid``); ``ranges`` are the segments in feature frames. Per segment r:
+    ``time_warp``); ``ranges`` are the segments in feature frames. Per segment r:
     α·c(A_r) + β·c(B_r) + γ·s(A_r) + δ·s(B_r), each content term per frame of its segment and each
     Gram over the segment's own frames, summed over segments (so the weights mean what they meant
     when each segment was optimised on its own)."""
@@ -232,16 +270,15 @@ def beat_transfer(
             raise TransferError(
                 f"rhythm=beats: fewer than two beats found in the {name} input; set the bpm column or use rhythm=none"
             )
-    n = p.beats_per_segment
-    content_bounds = segment_bounds(content_grid.frames, content_spec.shape[-1], n)
-    style_bounds = segment_bounds(style_grid.frames, style_spec.shape[-1], n)
     if p.beat_grid == "style":
-        grid_bounds, n_frames = style_bounds, style_spec.shape[-1]
-        content_spec = align_to_grid(content_spec, content_bounds, style_bounds)
+        grid, n_frames = style_grid, style_spec.shape[-1]
+        warp = time_warp(style_grid.frames, content_grid.frames, n_frames, content_spec.shape[-1])
+        content_spec = warp_to_grid(content_spec, warp)
     else:
-        grid_bounds, n_frames = content_bounds, content_spec.shape[-1]
-        style_spec = align_to_grid(style_spec, style_bounds, content_bounds)
-    ranges = feature_ranges(grid_bounds, n_frames, p.kernel_size)
+        grid, n_frames = content_grid, content_spec.shape[-1]
+        warp = time_warp(content_grid.frames, style_grid.frames, n_frames, style_spec.shape[-1])
+        style_spec = warp_to_grid(style_spec, warp)
+    ranges = feature_ranges(segment_bounds(grid.frames, n_frames, p.beats_per_segment), n_frames, p.kernel_size)
     alignment = BeatAlignment(content_grid, style_grid, p.beat_grid, len(ranges), warnings)
     return BeatTransfer(content_spec, style_spec, ranges, p, device, weight), alignment
 

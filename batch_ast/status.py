@@ -75,7 +75,7 @@ def finishes(record: dict, submission: SubmissionRecord) -> bool:
     """Whether ``record`` finishes ``submission``'s row: written by it or by a later submission.
     A record from an *earlier* submission is the result that ``--force`` or ``--retry-failed`` is
     replacing, so progress, ``--wait`` and exit codes must not count it. Submission ids start with
-    their UTC second (``new_submission_id``); records without one (older versions) count."""
+    their UTC time (``new_submission_id``); records without one (older versions) count."""
     if record.get("status") not in ("ok", "failed"):
         return False
     written_by = str(record.get("submission_id") or "")

@@ -470,6 +470,7 @@ class StyleTransfer:
             )
             # The Gram targets: the style input's (delta), then the content input's (gamma).
             self._set_style_targets([style_feats] + ([content_feats] if params.style_weight_content > 0 else []))
+        self.term_scales = self._term_scales()
         generator = torch.Generator().manual_seed(params.seed + 1)
         init = torch.randn(content_spec.shape, generator=generator) * 1e-3
         self.x = init.to(device).requires_grad_(True)
@@ -539,19 +540,44 @@ class StyleTransfer:
         """‖G(feats) − G_k‖² for each Gram target k, shape (K,)."""
         return style_terms(feats, self.style_targets)
 
+    def _raw_terms(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Unweighted terms: c(content input), c(style input) or None, and the Gram terms (K,)."""
+        c = self._content_term(feats, self.content_target)
+        c_b = self._content_term(feats, self.content_target_style) if self.content_target_style is not None else None
+        return c, c_b, self._style_terms(feats)
+
+    def _term_scales(self) -> tuple[float, float, list[float]]:
+        """What each term is multiplied by before it is weighted: 1 (``loss_scale: absolute``), or
+        (``relative``) V_max / V_k, V_k being the term's value at a silent output (its target's own
+        squared norm) and V_max the largest V_k of the terms in use. Every term is then a relative
+        squared error times one common constant, so a weight means the same whatever the network
+        width, the segment lengths or the inputs' loudness, while the loss keeps the magnitude of its
+        largest term (torch's L-BFGS sizes its first step from the gradient's magnitude)."""
+        if self.params.loss_scale == "absolute":
+            return 1.0, 1.0, [1.0, 1.0]
+        p = self.params
+        with torch.no_grad():
+            c, c_b, styles = self._raw_terms(torch.zeros_like(self.content_target))
+        values = [float(c), float(c_b) if c_b is not None else 0.0, *map(float, styles)]
+        weights = [p.content_weight, p.content_weight_style, p.style_weight, p.style_weight_content]
+        in_use = [v for v, w in zip(values, weights, strict=False) if w > 0 and v > 0]
+        reference = max(in_use, default=1.0)
+        scales = [reference / v if v > 0 else 1.0 for v in values]  # a silent target stays unscaled
+        return scales[0], scales[1], scales[2:]
+
     def loss_terms_from(self, feats: torch.Tensor) -> LossTensors:
         """(total, content, style) from the output's features: total = alpha c(content) +
-        beta c(style input) + delta s(style) + gamma s(content input); the content and style terms
-        returned are the unweighted sums of the terms in use."""
+        beta c(style input) + delta s(style) + gamma s(content input), each term multiplied by its
+        ``term_scales`` entry (1 on the absolute scale); the content and style terms returned are the unweighted, unscaled
+        sums of the terms in use."""
         p = self.params
-        c = self._content_term(feats, self.content_target)
-        styles = self._style_terms(feats)
-        total = p.content_weight * c + p.style_weight * styles[0]
-        if self.content_target_style is not None:
-            c_b = self._content_term(feats, self.content_target_style)
-            total, c = total + p.content_weight_style * c_b, c + c_b
+        c, c_b, styles = self._raw_terms(feats)
+        sc, sc_b, ss = self.term_scales
+        total = p.content_weight * sc * c + p.style_weight * ss[0] * styles[0]
+        if c_b is not None:
+            total, c = total + p.content_weight_style * sc_b * c_b, c + c_b
         if len(styles) > 1:
-            total = total + p.style_weight_content * styles[1]
+            total = total + p.style_weight_content * ss[1] * styles[1]
         return total, c, styles.sum()
 
     def _evaluate_cached(self) -> LossTensors:
@@ -586,7 +612,13 @@ class StyleTransfer:
             return total
 
         if isinstance(self.optimizer, torch.optim.LBFGS):
+            before = self.x.detach().clone()
             self.optimizer.step(closure)
+            if torch.equal(before, self.x.detach()):
+                # The line search found no step along the quasi-Newton direction (a stale curvature
+                # history on this quartic loss): restart L-BFGS from steepest descent, as scipy's
+                # L-BFGS-B does, instead of repeating the same failed step until early stopping.
+                self.optimizer.state.clear()
         else:
             closure()
             self.optimizer.step()

@@ -664,18 +664,19 @@ def bench_prefetch(device: torch.device, n_rows: int, iterations: int) -> Result
     )
 
 
-RHYTHM_LOSSES = {  # Tomczak et al.'s losses, A = content input, B = style input, equal weights
-    "L1": {"content_weight": 0.21, "content_weight_style": 0.0, "style_weight": 1.0, "style_weight_content": 0.0},
+RHYTHM_LOSSES = {  # Tomczak et al.'s losses, A = content input, B = style input, equal weights (the
+    # preset's `loss_scale: relative` makes each term a relative error: equal weights pull equally)
+    "L1": {"content_weight": 1.0, "content_weight_style": 0.0, "style_weight": 1.0, "style_weight_content": 0.0},
     "L2": {"content_weight": 0.0, "content_weight_style": 0.0, "style_weight": 1.0, "style_weight_content": 1.0},
-    "L3": {"content_weight": 0.0, "content_weight_style": 0.21, "style_weight": 1.0, "style_weight_content": 1.0},
+    "L3": {"content_weight": 0.0, "content_weight_style": 1.0, "style_weight": 1.0, "style_weight_content": 1.0},
 }
 
 
 def rhythm_measures(output: np.ndarray, a: np.ndarray, b: np.ndarray, sr: int) -> dict[str, float]:
     """Independent measures of a rhythmic transfer (none of them is the optimised loss): cosine
     similarity of onset envelopes with A and with B (the paper's Table 1 measure), mean spectral
-    flatness (a wash of noise is flat, clean hits are not) and the timbre distance to B (Euclidean
-    distance of MFCC mean and standard deviation vectors)."""
+    flatness (a wash of noise is flat, clean hits are not) and the timbre distances to A and to B
+    (Euclidean distance of MFCC mean and standard deviation vectors)."""
     import librosa
 
     def envelope(y: np.ndarray) -> np.ndarray:
@@ -695,6 +696,7 @@ def rhythm_measures(output: np.ndarray, a: np.ndarray, b: np.ndarray, sr: int) -
         "onset_cos_a": cosine(env, envelope(a)),
         "onset_cos_b": cosine(env, envelope(b)),
         "flatness": float(librosa.feature.spectral_flatness(y=output).mean()),
+        "timbre_to_a": float(np.linalg.norm(timbre(output) - timbre(a))),
         "timbre_to_b": float(np.linalg.norm(timbre(output) - timbre(b))),
         "length": len(output) / len(b),
     }
@@ -741,7 +743,8 @@ def bench_rhythm(device: torch.device, pairs: tuple[int, ...], iterations: int |
                     f"{mine['onset_cos_a']:.3f} vs {pub['onset_cos_a']:.3f}, with B {mine['onset_cos_b']:.3f} vs "
                     f"{pub['onset_cos_b']:.3f}; flatness {mine['flatness']:.4f} vs {pub['flatness']:.4f} "
                     f"(inputs: A {inputs['flatness']:.4f}); timbre distance to B {mine['timbre_to_b']:.1f} vs "
-                    f"{pub['timbre_to_b']:.1f} (A: {inputs['timbre_to_b']:.1f}); length {mine['length']:.0%} of B; "
+                    f"{pub['timbre_to_b']:.1f} (A: {inputs['timbre_to_b']:.1f}), to A {mine['timbre_to_a']:.1f} vs "
+                    f"{pub['timbre_to_a']:.1f}; length {mine['length']:.0%} of B; "
                     f"{record['iterations_run']} iterations, {record['beat_segments']} segments, "
                     f"{record['time_total_s']:.0f} s per row", details={'measures': {"batch-ast": mine, "published": pub, "inputs A vs B": inputs}}))
                 print_table(rows[-1:])

@@ -145,6 +145,23 @@ def test_a_forced_rerun_does_not_count_the_previous_result(tmp_path):
     assert [r.state for r in query_status(results, rerun).rows] == ["ok"]
 
 
+def test_a_rerun_within_the_same_second_does_not_take_the_replaced_records():
+    """Found by a test that reran a row with --force right after a fast run: with ids to the second
+    the earlier submission's record counted as the rerun's own (ok instead of lost)."""
+    from batch_ast.dispatch import new_submission_id
+    from batch_ast.status import finishes
+
+    first, rerun = new_submission_id(), new_submission_id()
+    assert first.split("-")[0] < rerun.split("-")[0]
+    jobs = [{"job_id": "1", "rows": ["abc"], "log": ""}]
+    record = {"id": "abc", "status": "ok", "submission_id": first}
+    assert not finishes(record, SubmissionRecord(rerun, "debug", "", "m.csv", "/r", "", jobs=jobs, rows={"abc": 1}))
+    # ids of the older form (whole seconds) sort before this form's ids of the same second
+    old_form = first.split(".")[0] + "-aaaaaa"
+    assert old_form < first and finishes({**record, "submission_id": first},
+                                         SubmissionRecord(old_form, "debug", "", "m.csv", "/r", "", jobs=jobs, rows={"abc": 1}))
+
+
 def test_local_jobs_see_the_submitters_gpus(tmp_path, monkeypatch):
     """submitit's local executor empties CUDA_VISIBLE_DEVICES unless GPUs are asked for (jobs on a
     GPU workstation ran on the CPU, found on an H100): without a gpus request a local job sees

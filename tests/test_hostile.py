@@ -3,6 +3,7 @@ clear message naming the row, the file and the problem; nothing finished is lost
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -21,7 +22,7 @@ import torch
 
 import batch_ast
 from batch_ast import index as index_module
-from batch_ast.backends import get_backend, local_job_alive
+from batch_ast.backends import child_pids, get_backend, local_job_alive
 from batch_ast.cli import main
 from batch_ast.config import ConfigError, coerce, load_config
 from batch_ast.dispatch import load_submissions, submit
@@ -526,19 +527,52 @@ def test_the_index_lists_rows_without_records_and_stale_temp_files_go(audio_dir,
     results = ResultsRoot(tmp_path / "results")
     specs = make_plan(read_manifest(m, load_config()), results, m).to_run
     submission, (job,) = submit(specs, results, get_backend("local"), m, rows_per_job=2, job=TransferJob())
-    (results.root / ".tmp-index.parquet.abandoned").write_bytes(b"half")
-    batch_ast.collect(results.root)
-    index = batch_ast.load_index(results.root)
-    assert list(index["row"]) == [1, 2] and set(index["status"]) <= {"running", "pending"}
-    assert index["n_filters"].tolist() == [32, 32] and set(index["submission_id"]) == {submission.submission_id}
-    assert not list(results.root.glob(".tmp-*"))
-    job.cancel()
+    try:
+        (results.root / ".tmp-index.parquet.abandoned").write_bytes(b"half")
+        batch_ast.collect(results.root)
+        index = batch_ast.load_index(results.root)
+        assert list(index["row"]) == [1, 2] and set(index["status"]) <= {"running", "pending"}
+        assert index["n_filters"].tolist() == [32, 32] and set(index["submission_id"]) == {submission.submission_id}
+        assert not list(results.root.glob(".tmp-*"))
+    finally:  # a failed check must not leave a 100,000-iteration job running
+        # batch-ast's own cancel (SIGTERM), not submitit's job.cancel(): that sends SIGINT, which a
+        # suite started in the background of a non-interactive shell ignores, and so do its jobs
+        get_backend("local").cancel([str(job.job_id)])
     deadline = time.monotonic() + 120
     while local_job_alive(str(job.job_id)):
         assert time.monotonic() < deadline, "the cancelled local job did not end"
         time.sleep(0.2)
     batch_ast.collect(results.root)
     assert set(batch_ast.load_index(results.root)["status"]) == {"lost"}
+
+
+def test_cancel_stops_a_local_job_that_is_running_its_rows(audio_dir, tmp_path):
+    """A running submitit task bypasses SIGTERM (it waits for SLURM's SIGKILL), so a SIGTERM to the
+    local controller left the row computing after `batch-ast cancel` said it was cancelled."""
+    head, vals = tiny_columns(iterations=100_000, patience=1_000_000, n_filters=32)
+    m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
+    results = ResultsRoot(tmp_path / "results")
+    assert cli("submit", str(m), "--results", str(results.root), "--executor", "local", "--no-wait", "--quiet") == 0
+    (submission,) = load_submissions(results)
+    (job,) = submission.jobs
+    controller = int(job["job_id"])
+    try:
+        deadline = time.monotonic() + 300
+        while "] start" not in log_tail(job["log"], lines=50):  # the task is running its row
+            assert local_job_alive(job["job_id"]) and time.monotonic() < deadline, log_tail(job["log"])
+            time.sleep(0.2)
+        tasks = child_pids(controller)
+        assert tasks
+        assert cli("cancel", str(results.root)) == 0
+        while local_job_alive(job["job_id"]) or any(local_job_alive(str(t)) for t in tasks):
+            assert time.monotonic() < deadline, "the cancelled local job is still running"
+            time.sleep(0.2)
+    finally:
+        for pid in [*child_pids(controller), controller]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+    status = batch_ast.find_submission(results.root).status()
+    assert status.counts["cancelled"] == 1 and not status.active
 
 
 def test_the_thread_count_is_recorded(audio_dir, tmp_path):

@@ -248,7 +248,6 @@ def test_beat_grid_helpers():
     import numpy as np
 
     from batch_ast.rhythm import (
-        align_to_grid,
         check_coverage,
         extend_to_edges,
         feature_ranges,
@@ -264,12 +263,103 @@ def test_beat_grid_helpers():
     # ranges tile the VALID feature frames; a one-frame range joins its neighbour
     assert feature_ranges([0, 10, 30, 50], 50, 5) == [(0, 8), (8, 28), (28, 46)]
     assert feature_ranges([0, 3, 30, 50], 50, 5) == [(0, 28), (28, 46)]
-    other = torch.arange(12.0).reshape(1, 12).repeat(2, 1)
-    aligned = align_to_grid(other, [0, 4, 8, 12], [0, 2, 6, 10, 14, 20])
-    assert aligned.shape == (2, 20)  # past the other's segments, its beat segments repeat
     check_coverage(95, 100)
     with pytest.raises(TransferError, match="covers 50% of the grid input"):
         check_coverage(50, 100)
+
+
+def test_beats_are_paired_by_position_from_the_start_not_by_index():
+    """Tomczak et al.'s pair 1 as librosa tracks it (frames, hop 512): the tracker missed A's first
+    beat (at 0) but not B's (at 2). Pairing by index put A's beat at 21 on B's beat at 2, a whole
+    beat early; by position, B's beat i pairs with A's beat i - 1 and the warp is a small shift."""
+    import numpy as np
+
+    from batch_ast.rhythm import pairing_offset, time_warp, warp_to_grid
+
+    a = (21, 43, 65, 86, 108, 129, 151, 172, 194, 215, 237, 258, 280, 301, 323)
+    b = (2, 23, 45, 66, 88, 109, 131, 152, 174, 195, 217, 238, 260, 281, 303, 324)
+    assert pairing_offset(np.array(b, float), np.array(a, float)) == -1
+    warp = time_warp(b, a, 345, 345)
+    assert np.all(np.abs(warp[30:300] - np.arange(30, 300)) <= 3)  # a shift of a few frames, no beat
+    assert warp[23] == 21 and warp[45] == 43  # B's beats land on their partners exactly
+    assert np.all(np.diff(warp) >= 0) and warp[0] == 0 and warp[-1] <= 344  # monotone, in range
+    # the same grids the other way round: the offset changes sign
+    assert pairing_offset(np.array(a, float), np.array(b, float)) == 1
+    # a twice-slower other input: each grid beat covers two of its frames per grid frame
+    warp = time_warp((10, 20, 30, 40), (20, 40, 60, 80), 50, 100)
+    assert list(warp[10:41:10]) == [20, 40, 60, 80] and warp[45] == 90
+    # an other input shorter than the grid: past its end its beats repeat from its first (loops)
+    warp = time_warp((0, 10, 20, 30, 40, 50), (0, 10, 20), 60, 25)
+    assert warp[24] == 24 and warp[25] == 5 and warp[35] == 15 and warp[45] == 5 and warp.max() <= 24
+    # reading a spectrogram at fractional frames interpolates between neighbours
+    other = torch.arange(5.0).reshape(1, 5).repeat(2, 1)
+    out = warp_to_grid(other, np.array([0.0, 0.5, 3.25, 4.0]))
+    assert torch.allclose(out, torch.tensor([[0.0, 0.5, 3.25, 4.0]] * 2))
+
+
+def test_beats_are_tracked_between_frames():
+    """Two click tracks half a frame apart (256 samples at hop 512): whole-frame beats would place
+    them 0 or 1 frame apart (a 23-ms flam once warped); the finer tracking finds the half frame."""
+    import numpy as np
+
+    from batch_ast.rhythm import track_beats
+
+    sr, hop = 22050, 512
+    clicks = np.zeros(8 * sr, dtype=np.float32)
+    for k in range(16):  # 120 BPM
+        start = int(0.25 * sr) + k * sr // 2
+        clicks[start:start + 64] = np.hanning(64)
+    late = np.concatenate([np.zeros(256, dtype=np.float32), clicks[:-256]])
+    early_grid, late_grid = track_beats(clicks, sr, hop, 120.0), track_beats(late, sr, hop, 120.0)
+    assert len(early_grid.frames) == len(late_grid.frames) >= 14
+    shift = np.median(np.array(late_grid.frames) - np.array(early_grid.frames))
+    assert abs(shift - 0.5) < 0.2
+
+
+def test_relative_loss_scale_makes_each_term_a_relative_error():
+    """``loss_scale: relative``: at a silent output every weighted term equals its weight times
+    one common constant (the largest term's value there), and the balance between terms no longer
+    depends on the network's scale (ReLU is homogeneous: scaling the filters by 3 scales a content
+    term by 9 and a Gram term by 81 in absolute terms)."""
+    content, style = spec_of("speech_gettysburg.wav", params()), spec_of("boogie_marabi.wav", params())
+    p = params(loss_scale="relative", content_weight=2.0, style_weight=1.0, style_weight_content=0.5)
+    transfer = StyleTransfer(content, style, p, DEVICE)
+    silence = torch.zeros_like(transfer.content_target)
+    total, c, s = transfer.loss_terms_from(silence)
+    sc, _, (ss_style, ss_content) = transfer.term_scales
+    reference = c.item() * sc  # every scaled term's value at silence: the largest term's
+    assert total.item() == pytest.approx((2.0 + 1.0 + 0.5) * reference, rel=1e-4)
+    assert max(sc, ss_style, ss_content) > 1 and min(sc, ss_style, ss_content) == pytest.approx(1.0)
+    x = transfer.x.detach() + 0.5
+
+    def balance(scale_filters: float, loss_scale: str) -> float:
+        t = StyleTransfer(content, style, params(loss_scale=loss_scale), DEVICE, transfer.weight * scale_filters)
+        _, c_x, s_x = t.loss_terms(x)
+        return (c_x * t.term_scales[0] / (s_x * t.term_scales[2][0])).item()
+
+    assert balance(3.0, "relative") == pytest.approx(balance(1.0, "relative"), rel=1e-3)
+    assert balance(3.0, "absolute") == pytest.approx(balance(1.0, "absolute") / 9, rel=1e-2)
+
+
+def test_lbfgs_restarts_from_steepest_descent_when_its_line_search_finds_no_step():
+    content, style = spec_of("speech_gettysburg.wav", params()), spec_of("boogie_marabi.wav", params())
+    t = StyleTransfer(content, style, params(iterations=50, patience=1000), DEVICE)
+    for _ in range(3):
+        t.step()
+    assert t.optimizer.state  # a curvature history exists
+    real_step = t.optimizer.step
+
+    def failed_line_search(closure):  # evaluates, finds no step: x stays where it was
+        closure()
+
+    t.optimizer.step = failed_line_search
+    t.step()
+    assert not t.optimizer.state  # history dropped: the next step starts from steepest descent
+    t.optimizer.step = real_step
+    before, loss_before = t.x.detach().clone(), t.trace[-1][1]
+    t.step()
+    t.step()
+    assert not torch.equal(before, t.x.detach()) and t.trace[-1][1] < loss_before
 
 
 def test_reduced_precision_reaches_the_float32_loss_and_tf32_is_float32_on_cpu():
