@@ -297,6 +297,11 @@ def _kill(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
+def _stat_fields(stat_file: Path) -> list[str]:
+    """The fields of a /proc/<pid>/stat file after the command name: state, ppid, …"""
+    return stat_file.read_text().rsplit(")", 1)[1].split()
+
+
 def child_pids(pid: int) -> list[int]:
     """The processes whose parent is ``pid``: from /proc where there is one (Linux), else pgrep."""
     proc = Path("/proc")
@@ -304,7 +309,7 @@ def child_pids(pid: int) -> list[int]:
         children = []
         for stat in proc.glob("[0-9]*/stat"):
             with contextlib.suppress(OSError, IndexError, ValueError):
-                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                if int(_stat_fields(stat)[1]) == pid:
                     children.append(int(stat.parent.name))
         return children
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
@@ -320,6 +325,6 @@ def local_job_alive(job_id: str) -> bool:
     except PermissionError:
         return True
     try:  # an exited child not yet reaped by its parent (a zombie) still answers kill(0)
-        return Path(f"/proc/{int(job_id)}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return _stat_fields(Path(f"/proc/{int(job_id)}/stat"))[0] != "Z"
     except (OSError, IndexError):
         return True

@@ -56,13 +56,18 @@ class BeatGrid:
         return [round(f * hop_length / sample_rate, 4) for f in self.frames]
 
 
+def beat_period(beats: np.ndarray) -> float:
+    """The median distance between consecutive beats (frames)."""
+    return float(np.median(np.diff(beats)))
+
+
 def extend_to_edges(beats: np.ndarray, n_frames: int) -> np.ndarray:
     """Beats extended backwards to the start and forwards to the end by the median beat period."""
     beats = np.unique(np.asarray(beats, dtype=float))
     beats = beats[(beats >= 0) & (beats < n_frames)]
     if len(beats) < 2:
         return beats
-    period = float(np.median(np.diff(beats)))
+    period = beat_period(beats)
     before = np.arange(beats[0] - period, 0, -period)[::-1]
     after = np.arange(beats[-1] + period, n_frames - 0.5 * period, period)
     return np.concatenate([before, beats, after])
@@ -135,9 +140,7 @@ def pairing_offset(grid_beats: np.ndarray, other_beats: np.ndarray) -> int:
     taken to start on a beat, as loops do), not by index: the tracker often misses a weak first beat
     in one input and not in the other, and pairing by index then shifts one input by a whole beat
     (on Tomczak et al.'s pair 1 it put A's hits half a second early, onto B's off-beats)."""
-    phase_grid = grid_beats[0] / float(np.median(np.diff(grid_beats)))
-    phase_other = other_beats[0] / float(np.median(np.diff(other_beats)))
-    return round(phase_grid - phase_other)
+    return round(grid_beats[0] / beat_period(grid_beats) - other_beats[0] / beat_period(other_beats))
 
 
 def time_warp(grid_beats: tuple[float, ...], other_beats: tuple[float, ...], grid_frames: int, other_frames: int) -> np.ndarray:
@@ -147,7 +150,7 @@ def time_warp(grid_beats: tuple[float, ...], other_beats: tuple[float, ...], gri
     the ratio of the two tempi. Before the other's start it holds its first frame; past its end the
     other's beats repeat from its first one (loops repeat)."""
     grid, other = np.asarray(grid_beats, dtype=float), np.asarray(other_beats, dtype=float)
-    grid_period, other_period = float(np.median(np.diff(grid))), float(np.median(np.diff(other)))
+    grid_period, other_period = beat_period(grid), beat_period(other)
     j = np.arange(len(grid)) + pairing_offset(grid, other)
     partner = np.where(  # the other's beat j, numbered on past both its ends by its period
         j < 0, other[0] + j * other_period,

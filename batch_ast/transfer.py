@@ -540,45 +540,43 @@ class StyleTransfer:
         """‖G(feats) − G_k‖² for each Gram target k, shape (K,)."""
         return style_terms(feats, self.style_targets)
 
-    def _raw_terms(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Unweighted terms: c(content input), c(style input) or None, and the Gram terms (K,)."""
-        c = self._content_term(feats, self.content_target)
+    def _terms(self, feats: torch.Tensor) -> list[torch.Tensor | None]:
+        """Unweighted terms in ``_weights`` order: c(content input), s(style input), c(style input)
+        (None when unused), s(content input) (absent when unused)."""
+        styles = self._style_terms(feats)
         c_b = self._content_term(feats, self.content_target_style) if self.content_target_style is not None else None
-        return c, c_b, self._style_terms(feats)
+        return [self._content_term(feats, self.content_target), styles[0], c_b, *styles[1:]]
 
-    def _term_scales(self) -> tuple[float, float, list[float]]:
-        """What each term is multiplied by before it is weighted: 1 (``loss_scale: absolute``), or
-        (``relative``) V_max / V_k, V_k being the term's value at a silent output (its target's own
-        squared norm) and V_max the largest V_k of the terms in use. Every term is then a relative
-        squared error times one common constant, so a weight means the same whatever the network
-        width, the segment lengths or the inputs' loudness, while the loss keeps the magnitude of its
-        largest term (torch's L-BFGS sizes its first step from the gradient's magnitude)."""
-        if self.params.loss_scale == "absolute":
-            return 1.0, 1.0, [1.0, 1.0]
+    def _weights(self) -> tuple[float, float, float, float]:
         p = self.params
+        return p.content_weight, p.style_weight, p.content_weight_style, p.style_weight_content
+
+    def _term_scales(self) -> list[float]:
+        """What each term (``_weights`` order) is multiplied by before it is weighted: 1
+        (``loss_scale: absolute``), or (``relative``) V_max / V_k, V_k being the term's value at a
+        silent output (its target's own squared norm) and V_max the largest V_k of the terms in use.
+        Every term is then a relative squared error times one common constant, so a weight means the
+        same whatever the network width, the segment lengths or the inputs' loudness, while the loss
+        keeps the magnitude of its largest term (torch's L-BFGS sizes its first step from the
+        gradient's magnitude)."""
+        if self.params.loss_scale == "absolute":
+            return [1.0] * 4
         with torch.no_grad():
-            c, c_b, styles = self._raw_terms(torch.zeros_like(self.content_target))
-        values = [float(c), float(c_b) if c_b is not None else 0.0, *map(float, styles)]
-        weights = [p.content_weight, p.content_weight_style, p.style_weight, p.style_weight_content]
-        in_use = [v for v, w in zip(values, weights, strict=False) if w > 0 and v > 0]
+            values = [float(t) if t is not None else 0.0 for t in self._terms(torch.zeros_like(self.content_target))]
+        in_use = [v for v, w in zip(values, self._weights(), strict=False) if w > 0 and v > 0]
         reference = max(in_use, default=1.0)
-        scales = [reference / v if v > 0 else 1.0 for v in values]  # a silent target stays unscaled
-        return scales[0], scales[1], scales[2:]
+        return [reference / v if v > 0 else 1.0 for v in values]  # a silent target stays unscaled
 
     def loss_terms_from(self, feats: torch.Tensor) -> LossTensors:
         """(total, content, style) from the output's features: total = alpha c(content) +
-        beta c(style input) + delta s(style) + gamma s(content input), each term multiplied by its
-        ``term_scales`` entry (1 on the absolute scale); the content and style terms returned are the unweighted, unscaled
-        sums of the terms in use."""
-        p = self.params
-        c, c_b, styles = self._raw_terms(feats)
-        sc, sc_b, ss = self.term_scales
-        total = p.content_weight * sc * c + p.style_weight * ss[0] * styles[0]
-        if c_b is not None:
-            total, c = total + p.content_weight_style * sc_b * c_b, c + c_b
-        if len(styles) > 1:
-            total = total + p.style_weight_content * ss[1] * styles[1]
-        return total, c, styles.sum()
+        delta s(style) + beta c(style input) + gamma s(content input), each term multiplied by its
+        ``term_scales`` entry (1 on the absolute scale); the content and style terms returned are
+        the unweighted, unscaled sums of the terms in use."""
+        terms = self._terms(feats)
+        total = sum(w * scale * t for w, scale, t in zip(self._weights(), self.term_scales, terms, strict=False)
+                    if t is not None)
+        c, s, c_b, *s_a = terms
+        return total, (c if c_b is None else c + c_b), (s if not s_a else s + s_a[0])
 
     def _evaluate_cached(self) -> LossTensors:
         """Loss terms at ``self.x`` with ``self.x.grad`` set: from the last evaluation when ``x``

@@ -47,6 +47,12 @@ def cli(*args: str) -> int:
     return main([*args])
 
 
+def endless_manifest(audio_dir: Path, contents: tuple[str, ...] = ("content.wav",)) -> Path:
+    """Rows that run until cancelled (100,000 iterations, no early stop): jobs to catch in flight."""
+    head, vals = tiny_columns(iterations=100_000, patience=1_000_000, n_filters=32)
+    return write_manifest(audio_dir, [f"{c},style.wav,{vals}" for c in contents], header=f"content,style,{head}")
+
+
 # --- 1. a planted checkpoint never runs code; a bad one is moved aside ---------------------------
 
 
@@ -411,8 +417,7 @@ def test_a_silent_input_fails_with_its_level(which, audio_dir, tmp_path):
 
 
 def test_a_second_submission_skips_rows_in_flight(audio_dir, tmp_path, capsys):
-    head, vals = tiny_columns(iterations=100_000, patience=1_000_000, n_filters=32)
-    m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
+    m = endless_manifest(audio_dir)
     results = ResultsRoot(tmp_path / "results")
     assert cli("submit", str(m), "--results", str(results.root), "--executor", "local", "--no-wait", "--quiet") == 0
     (first,) = load_submissions(results)
@@ -521,9 +526,7 @@ def test_large_seeds_are_exact_integers(audio_dir, tmp_path):
 
 
 def test_the_index_lists_rows_without_records_and_stale_temp_files_go(audio_dir, tmp_path):
-    head, vals = tiny_columns(iterations=100_000, patience=1_000_000, n_filters=32)
-    m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}", f"content2.wav,style.wav,{vals}"],
-                       header=f"content,style,{head}")
+    m = endless_manifest(audio_dir, ("content.wav", "content2.wav"))
     results = ResultsRoot(tmp_path / "results")
     specs = make_plan(read_manifest(m, load_config()), results, m).to_run
     submission, (job,) = submit(specs, results, get_backend("local"), m, rows_per_job=2, job=TransferJob())
@@ -549,8 +552,7 @@ def test_the_index_lists_rows_without_records_and_stale_temp_files_go(audio_dir,
 def test_cancel_stops_a_local_job_that_is_running_its_rows(audio_dir, tmp_path):
     """A running submitit task bypasses SIGTERM (it waits for SLURM's SIGKILL), so a SIGTERM to the
     local controller left the row computing after `batch-ast cancel` said it was cancelled."""
-    head, vals = tiny_columns(iterations=100_000, patience=1_000_000, n_filters=32)
-    m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
+    m = endless_manifest(audio_dir)
     results = ResultsRoot(tmp_path / "results")
     assert cli("submit", str(m), "--results", str(results.root), "--executor", "local", "--no-wait", "--quiet") == 0
     (submission,) = load_submissions(results)
