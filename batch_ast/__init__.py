@@ -6,9 +6,9 @@ does; ``load_index`` and ``load_traces`` read the results into pandas.
 
 __version__ = "0.1.0"
 
-from .api import Prepared, Submission, find_submission, prepare, submit  # noqa: E402
+from .api import Prepared, Submission, collect, find_submission, prepare, submit  # noqa: E402
 from .config import Params  # noqa: E402
-from .index import collect, load_index, load_traces  # noqa: E402
+from .index import load_index, load_traces  # noqa: E402
 from .store import ResultsError  # noqa: E402
 
 __all__ = [

@@ -40,6 +40,6 @@ def plot_effect(table: pd.DataFrame, param: str, metric: str, path: str | Path, 
     ax.set_title(f"{metric} vs {param} (mean ± std over ok rows)", fontsize=9)
     ax.grid(alpha=0.3)
     path = Path(path)
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=90))
     plt.close(fig)
     return path

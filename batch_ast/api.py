@@ -26,6 +26,7 @@ import pandas as pd
 import submitit
 
 from .backends import Backend, choose_backend, get_backend
+from .claims import release_claims
 from .config import load_config
 from .dispatch import (
     Packing,
@@ -38,11 +39,13 @@ from .dispatch import (
     save_submission,
 )
 from .dispatch import submit as dispatch_submit
-from .index import collect, load_index
+from .index import CollectReport, load_index
+from .index import collect as collect_files
 from .job import DEFAULTS, TransferJob
 from .manifest import read_manifest
-from .plan import Plan, RowSpec, make_plan
-from .status import SubmissionStatus, claim_rows, query_status, release_claims
+from .plan import HASH_CACHE, Plan, RowSpec, make_plan
+from .private import make_private_dir, state_dir
+from .status import SubmissionStatus, claim_rows, query_status, unrecorded_rows
 from .store import ResultsRoot
 
 FINISHED_STATES = ("ok", "failed", "lost", "cancelled")
@@ -115,9 +118,13 @@ class Submission:
         return status
 
     def _collect_job_errors(self) -> None:
+        from .private import check_job_files
+
         errors = []
         for job in self.jobs:  # per-row errors are in the records; these are whole-job crashes
             try:
+                if not self.backend.runs_in_process:  # a result pickle is code: only ever the user's own
+                    check_job_files(job.paths.folder, [job.paths.result_pickle])
                 job.result()
             except Exception as exc:  # noqa: BLE001 - reported, the batch goes on
                 errors.append(f"job {job.job_id} ended abnormally: {error_line(exc)} (log: {job.paths.stderr})")
@@ -152,6 +159,7 @@ class Prepared:
     job: TransferJob
     profile: Path | None = None
     profile_source: str = ""
+    state: Path | None = None  # the user's private state folder (submitit's files, the hash cache)
 
     def failed_before(self) -> list[tuple[RowSpec, dict[str, Any]]]:
         """Rows of the manifest that failed in an earlier submission and are not rerun, with
@@ -161,7 +169,7 @@ class Prepared:
     def launch(self) -> Submission:
         """Claim the rows (rows in flight in another submission are skipped) and submit the rest."""
         submission_id = new_submission_id()
-        to_run, busy = claim_rows(self.results, self.plan.to_run, submission_id)
+        to_run, busy = claim_rows(self.results, self.plan.to_run, submission_id, force=self.job.force)
         if not to_run:
             return Submission(self.results, None, self.plan, busy=busy)
         skipped = {s.id: "already done" for s in self.plan.done}
@@ -170,7 +178,7 @@ class Prepared:
         try:
             record, jobs = dispatch_submit(
                 to_run, self.results, self.backend, self.manifest, self.rows_per_job, self.parameters, skipped,
-                self.job, self.packing.max_array_size, submission_id=submission_id,
+                self.job, self.packing.max_array_size, submission_id=submission_id, state=self.state,
             )
         except BaseException:
             release_claims(self.results, to_run, submission_id)
@@ -206,24 +214,27 @@ def prepare(
     cfg = load_config(config)
     rows = read_manifest(manifest, cfg)
     profile_path, source = find_profile(profile, site_defaults=site_profile)
+    profile_values = load_profile(profile_path)
     parameters, packing, max_resumes = job_parameters(
-        load_profile(profile_path), rows_per_job=rows_per_job, max_array_size=max_array_size,
+        profile_values, rows_per_job=rows_per_job, max_array_size=max_array_size,
         batch_rows=batch_rows, timeout_min=timeout_min, gpus=gpus, array_parallelism=array_parallelism,
         max_retries=max_retries,
     )
+    backend, why = choose_backend(executor)  # a bad executor is refused before any input is hashed
+    state = state_dir(profile_values.get("state_dir"))
     root = ResultsRoot.of(results)
     if not dry_run:
         root.require_writable()  # before hashing thousands of files or submitting anything
+        make_private_dir(state, state)
     plan = make_plan(rows, root, Path(manifest), force=force, retry_failed=retry_failed, progress=progress,
-                     save_cache=not dry_run)  # a dry run writes nothing
-    backend, why = choose_backend(executor)
+                     save_cache=not dry_run, hash_cache=state / HASH_CACHE)  # a dry run writes nothing
     every = DEFAULTS.checkpoint_every_s if checkpoint_every_s is None else checkpoint_every_s
     options = replace(DEFAULTS, max_resumes=max_resumes, checkpoint_every_s=every)
     return Prepared(
         plan=plan, results=root, manifest=Path(manifest), backend=backend, why=why, parameters=parameters,
         packing=packing, rows_per_job=packing.rows_per_job or backend.rows_per_job(len(plan.to_run), workers),
         job=TransferJob(options, force=force, batch_rows=packing.batch_rows),
-        profile=profile_path, profile_source=source,
+        profile=profile_path, profile_source=source, state=state,
     )
 
 
@@ -253,14 +264,28 @@ def find_submission(results: str | Path = "results", submission_id: str | None =
     return Submission(root, found[-1]) if found else None
 
 
+def collect(root: str | Path = "results", progress: bool = False) -> CollectReport:
+    """Gather the records and traces under ``root`` into index.parquet and traces.parquet,
+    with the submitted rows that have no record yet (their state from the queue) and the figures
+    of ok rows redrawn where they are missing. See ``index.collect`` for what it returns and raises."""
+    return collect_files(root, progress, unrecorded=unrecorded_rows, repair_figures=_redraw_figures)
+
+
+def _redraw_figures(results: ResultsRoot, record: dict[str, Any]) -> dict[str, Any]:
+    from .row import regenerate_figures  # torch and matplotlib: only when a row needs them
+
+    return regenerate_figures(results, record)
+
+
 def cancel(results: ResultsRoot, record: SubmissionRecord) -> list[str]:
     """Cancel a recorded submission's queued and running jobs through its backend and mark it
-    cancelled; returns the job ids (empty when nothing was queued or running)."""
+    cancelled; returns the job ids (empty when nothing was queued or running). Only jobs that
+    are provably the submission's are signalled (``Backend.cancel``)."""
     status = query_status(results, record)
     active = sorted({r.job_id for r in status.rows if r.state in ("pending", "running")})
     if not active:
         return []
-    get_backend(record.executor).cancel(active)
+    get_backend(record.executor).cancel(active, record.submitit_folder)
     record.cancelled = True
     save_submission(results, record)
     return active

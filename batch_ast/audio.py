@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,17 @@ class AudioInfo:
         return 4 * (BLOCK_FRAMES * self.channels + 3 * math.ceil(seconds * self.sample_rate))
 
 
+def _require_regular(path: Path) -> None:
+    """A FIFO would block the decoder for good and a device never ends: only regular files (a
+    symlink to one is fine: inputs are the user's own files) are decoded."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise AudioError(f"{path}: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise AudioError(f"{path}: not a regular file (a FIFO, device or folder)")
+
+
 def probe_audio(path: str | Path) -> AudioInfo | None:
     """What a file holds, from its header alone (no decoding).
 
@@ -50,6 +63,7 @@ def probe_audio(path: str | Path) -> AudioInfo | None:
         on an old libsndfile, AAC...): then the memory check runs after decoding instead.
     """
     try:
+        _require_regular(Path(path))
         info = sf.info(str(path))
     except Exception:  # noqa: BLE001 - any format soundfile does not know
         return None
@@ -107,6 +121,7 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float) -> np.nda
     import librosa  # deferred: librosa's import costs ~1 s and only jobs need it
 
     path = Path(path)
+    _require_regular(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # audioread fallback warnings say nothing actionable
@@ -129,7 +144,7 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float) -> np.nda
     return audio.astype(np.float32, copy=False)
 
 
-def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> float:
+def write_wav(path: Path, audio: np.ndarray, sample_rate: int, root: Path | None = None) -> float:
     """Write a signal as a 16-bit PCM WAV, atomically.
 
     Encoded in memory first and written with Python's file I/O, so a full disk is an OSError that
@@ -143,6 +158,8 @@ def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> float:
         The signal; scaled down (never up) so its peak is at most 0.99.
     sample_rate : int
         Rate in Hz written in the header.
+    root : Path, optional
+        The results root ``path`` lies in: no symlink below it is followed (``store.write_atomic``).
 
     Returns
     -------
@@ -153,5 +170,5 @@ def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> float:
     gain = 0.99 / peak if peak > 0.99 else 1.0
     buffer = io.BytesIO()
     sf.write(buffer, audio * gain, sample_rate, subtype="PCM_16", format="WAV")
-    write_atomic(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+    write_atomic(path, lambda fh: fh.write(buffer.getvalue()), root)
     return gain

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -41,6 +43,7 @@ class Backend:
     poll_interval_s: ClassVar[float] = 1.0  # how often --wait asks for states
     waits_by_default: ClassVar[bool] = True  # submit follows the rows unless --no-wait
     runs_in_process: ClassVar[bool] = False  # jobs run inside submit (results via job.result())
+    job_id_pattern: ClassVar[re.Pattern[str]] = re.compile(r"DEBUG_[0-9]{1,30}")  # what its job ids look like
 
     def available(self) -> bool:
         """Whether this executor can run jobs from here."""
@@ -55,13 +58,16 @@ class Backend:
         (the local executor starts every job at once; 2 cores do not want 32 torch processes)."""
         return max(1, -(-n_rows // max(1, workers)))
 
-    def queue_states(self, job_ids: Sequence[str]) -> dict[str, str] | None:
+    def queue_states(self, job_ids: Sequence[str], folder: str = "") -> dict[str, str] | None:
         """{job id: "pending" | "running"} for the given jobs still queued or running, from one
-        query; jobs absent have left the queue. None when the queue cannot be asked."""
+        query; jobs absent have left the queue. None when the queue cannot be asked. Only jobs
+        that are provably this submission's count (their sbatch script or controller is in its
+        submitit ``folder``): job ids come from a file anyone with write access could plant."""
         return {}
 
-    def cancel(self, job_ids: Sequence[str]) -> None:
-        """Cancel the given jobs (raise BackendError when the queue refuses)."""
+    def cancel(self, job_ids: Sequence[str], folder: str = "") -> None:
+        """Cancel those of the given jobs that are this submission's (see ``queue_states``)
+        (raise BackendError when the queue refuses)."""
 
     def jobs_running(self, jobs: Sequence[submitit.Job]) -> bool:
         """Whether any of this submission's job objects is still running (beyond its rows)."""
@@ -84,6 +90,7 @@ class SlurmBackend(Backend):
     name = "slurm"
     poll_interval_s = 5.0
     waits_by_default = False
+    job_id_pattern = re.compile(r"[0-9]{1,20}(_[0-9]{1,10})?")
 
     def available(self, timeout_s: float = 10.0) -> bool:
         """True when sbatch is on PATH and a controller answers ``sinfo``."""
@@ -103,21 +110,27 @@ class SlurmBackend(Backend):
         if (python := params.pop("python", None)) is not None:
             ctor["slurm_python"] = python
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm", **ctor)
+        executor._executor.__class__ = GuardedSlurmExecutor  # AutoExecutor builds it; only the command differs
         executor.update_parameters(**{**SLURM_DEFAULTS, **params})
         return executor
 
     def rows_per_job(self, n_rows: int, workers: int) -> int:
         return 1  # one row per array task: the scheduler spreads them
 
-    def queue_states(self, job_ids: Sequence[str]) -> dict[str, str] | None:
-        """One ``squeue -r`` for every array (never ``sacct``: absent without accounting)."""
-        raw = squeue_states(list(job_ids))
+    def queue_states(self, job_ids: Sequence[str], folder: str = "") -> dict[str, str] | None:
+        """One ``squeue -r`` for every array (never ``sacct``: absent without accounting); a job
+        counts only when its sbatch script lies in the submission's submitit folder."""
+        raw = squeue_states([j for j in job_ids if self.job_id_pattern.fullmatch(j)])
         if raw is None:
             return None
-        return {jid: "pending" if state in SLURM_PENDING else "running" for jid, state in raw.items()}
+        return {jid: "pending" if state in SLURM_PENDING else "running" for jid, (state, command) in raw.items()
+                if _inside(command, folder)}
 
-    def cancel(self, job_ids: Sequence[str]) -> None:
-        done = subprocess.run(["scancel", *sorted(set(job_ids))], capture_output=True, text=True)
+    def cancel(self, job_ids: Sequence[str], folder: str = "") -> None:
+        mine = sorted(set(self.queue_states(job_ids, folder) or {}))
+        if not mine:
+            return
+        done = subprocess.run(["scancel", *mine], capture_output=True, text=True)
         if done.returncode != 0:
             raise BackendError(f"scancel failed: {done.stderr.strip()}")
 
@@ -138,6 +151,7 @@ class SlurmBackend(Backend):
 
 class LocalBackend(Backend):
     name = "local"
+    job_id_pattern = re.compile(r"[0-9]{1,10}")
 
     def make_executor(self, folder: Path, params: dict[str, Any]) -> submitit.Executor:
         # submitit's LocalExecutor itself, not through AutoExecutor: only it takes ``visible_gpus``
@@ -146,30 +160,47 @@ class LocalBackend(Backend):
         local = {k: v for k, v in params.items() if not k.startswith("slurm_")}
         if "gpus_per_node" not in local:
             local.update(local_gpu_passthrough(os.environ.get("CUDA_VISIBLE_DEVICES")))
-        executor = submitit.LocalExecutor(folder=folder, **{k: v for k, v in ctor.items() if v is not None})
+        executor = GuardedLocalExecutor(folder=folder, **{k: v for k, v in ctor.items() if v is not None})
         executor.update_parameters(**{**LOCAL_DEFAULTS, **local})
         return executor
 
-    def queue_states(self, job_ids: Sequence[str]) -> dict[str, str] | None:
-        """A local job's id is its worker's pid: running while that process lives."""
-        return {j: "running" for j in job_ids if local_job_alive(j)}
+    def queue_states(self, job_ids: Sequence[str], folder: str = "") -> dict[str, str] | None:
+        """A local job's id is its controller's pid: running while that process lives and is
+        submitit's controller of a job in the submission's folder."""
+        return {j: "running" for j in job_ids if local_controller(j, folder)}
 
-    def cancel(self, job_ids: Sequence[str]) -> None:
+    def cancel(self, job_ids: Sequence[str], folder: str = "") -> None:
         """A local job id is the pid of submitit's controller, whose tasks run the rows. A running
         task ignores SIGTERM (submitit's job environment bypasses it, as SLURM follows it with
         SIGKILL) and SIGINT may be ignored too (a shell's background jobs inherit that), so the
-        tasks are killed, as scancel ends on a cluster; the controller then sees them end and exits."""
+        tasks are killed, as scancel ends on a cluster; the controller then sees them end and exits.
+        Only a process that is this user's controller of a job in the submission's folder is
+        signalled: a planted submission naming any pid must not kill it."""
         for job_id in job_ids:
-            try:
-                controller = int(job_id)
-            except ValueError:
+            if not local_controller(job_id, folder, owned=True):
                 continue
+            controller = int(job_id)
             for pid in child_pids(controller):
                 _kill(pid, signal.SIGKILL)
             _kill(controller, signal.SIGTERM)
 
     def jobs_running(self, jobs: Sequence[submitit.Job]) -> bool:
         return not all(job.done() for job in jobs)
+
+
+def _guarded_command(executor: Any) -> str:
+    """submitit's job command with ``batch_ast.private`` in place of ``submitit.core._submit``:
+    it refuses a job folder or pickle that anyone but the user could have written, then runs
+    submitit's own loader."""
+    return " ".join([executor.python, "-u -m batch_ast.private", shlex.quote(str(executor.folder))])
+
+
+class GuardedLocalExecutor(submitit.LocalExecutor):
+    _submitit_command_str = property(_guarded_command)
+
+
+class GuardedSlurmExecutor(submitit.SlurmExecutor):
+    _submitit_command_str = property(_guarded_command)
 
 
 class DebugBackend(Backend):
@@ -267,9 +298,15 @@ def local_gpu_passthrough(visible: str | None) -> dict[str, Any]:
     return {"gpus_per_node": len(gpus), "visible_gpus": tuple(gpus)} if gpus else {}
 
 
-def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
-    """SLURM state of every queued/running task of the given (array) jobs in ONE squeue call:
-    {"<array>_<task>" or "<job>": STATE}. None when squeue cannot be asked (no SLURM here)."""
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` lies in ``folder`` (textually: both absolute, as submitit writes them)."""
+    return bool(folder) and os.path.normpath(path).startswith(os.path.normpath(folder).rstrip("/") + "/")
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
+    """SLURM state and command (the sbatch script's path) of every queued/running task of the
+    given (array) jobs in ONE squeue call: {"<array>_<task>" or "<job>": (STATE, command)}. None
+    when squeue cannot be asked (no SLURM here)."""
     if not job_ids:
         return {}
     if not shutil.which("squeue"):
@@ -277,7 +314,7 @@ def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
     base = sorted({j.split("_")[0] for j in job_ids})
     try:
         done = subprocess.run(
-            ["squeue", "-h", "-r", "-j", ",".join(base), "-o", "%i|%T"], capture_output=True, text=True, timeout=30,
+            ["squeue", "-h", "-r", "-j", ",".join(base), "-o", "%i|%T|%o"], capture_output=True, text=True, timeout=30,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -286,9 +323,9 @@ def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
         return {} if "Invalid job id" in done.stderr else None
     states = {}
     for line in done.stdout.splitlines():
-        if "|" in line:
-            jid, state = line.strip().split("|", 1)
-            states[jid] = state
+        if line.count("|") >= 2:
+            jid, state, command = line.strip().split("|", 2)
+            states[jid] = (state, command)
     return states
 
 
@@ -314,6 +351,24 @@ def child_pids(pid: int) -> list[int]:
         return children
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
     return [int(line) for line in found.stdout.split()]
+
+
+def local_controller(job_id: str, folder: str, owned: bool = False) -> bool:
+    """Whether ``job_id`` is the pid of a live submitit local controller of a job in ``folder``
+    (its command line is ``python -m submitit.local._local <folder>/%j``), and with ``owned``,
+    one of this user's processes."""
+    if not LocalBackend.job_id_pattern.fullmatch(job_id) or not local_job_alive(job_id):
+        return False
+    proc = Path(f"/proc/{int(job_id)}")
+    try:
+        argv = (proc / "cmdline").read_bytes().split(b"\0")
+        uid = proc.stat().st_uid
+    except OSError:
+        return False
+    args = [a.decode("utf-8", "replace") for a in argv if a]
+    if owned and uid != os.geteuid():
+        return False
+    return ("submitit.local._local" in args and bool(args) and _inside(args[-1], folder))
 
 
 def local_job_alive(job_id: str) -> bool:

@@ -11,11 +11,11 @@ from pathlib import Path
 from . import api
 from .backends import EXECUTORS, BackendError
 from .config import ConfigError
-from .dispatch import DEFAULT_MAX_ARRAY_SIZE, DispatchError
-from .index import collect
+from .dispatch import DEFAULT_MAX_ARRAY_SIZE, DispatchError, read_submissions
 from .job import DEFAULTS
-from .manifest import ManifestError
+from .manifest import DEFAULT_MAX_ROWS, MAX_ROWS_ENV, ManifestError
 from .plan import chunk
+from .private import PrivateStateError
 from .status import SubmissionStatus, all_status, format_status
 from .store import ResultsError, ResultsRoot, describe_os_error, write_atomic
 from .study import StudyError
@@ -24,6 +24,9 @@ from .study import StudyError
 def _say(args: argparse.Namespace, message: str) -> None:
     if not getattr(args, "quiet", False):
         print(message, flush=True)
+
+
+PLAN_LINES = 200  # plan lines of each kind; the rest is counted, not listed
 
 
 def _print_plan(prepared: api.Prepared) -> None:
@@ -36,7 +39,7 @@ def _print_plan(prepared: api.Prepared) -> None:
         f"{len(plan.failed_before)} failed before, {len(plan.duplicates)} duplicate(s)"
     )
     print(f"executor: {prepared.backend.name} ({prepared.why})")
-    for spec in plan.to_run:
+    for spec in plan.to_run[:PLAN_LINES]:
         p = spec.params
         label = f" {spec.name!r}" if spec.name else ""
         print(
@@ -44,15 +47,21 @@ def _print_plan(prepared: api.Prepared) -> None:
             f"{Path(spec.style).name}  optimizer={p.optimizer} iterations={p.iterations} "
             f"n_filters={p.n_filters}"
         )
-    for spec in plan.done:
+    if len(plan.to_run) > PLAN_LINES:
+        print(f"  ... and {len(plan.to_run) - PLAN_LINES} more row(s) to run")
+    for spec in plan.done[:PLAN_LINES]:
         print(f"  skip  row {spec.row} [{spec.id}]: already done (use --force to redo)")
-    for spec in plan.failed_before:
+    if len(plan.done) > PLAN_LINES:
+        print(f"  ... and {len(plan.done) - PLAN_LINES} more row(s) already done")
+    for spec in plan.failed_before[:PLAN_LINES]:
         print(
             f"  skip  row {spec.row} [{spec.id}]: failed before "
             "(--retry-failed reruns transient failures, --force reruns any)"
         )
-    for row, first in plan.duplicates:
+    for row, first in plan.duplicates[:PLAN_LINES]:
         print(f"  skip  row {row}: duplicate of row {first} (same inputs and settings)")
+    if len(plan.duplicates) > PLAN_LINES:
+        print(f"  ... and {len(plan.duplicates) - PLAN_LINES} more duplicate(s)")
 
 
 class _Progress:
@@ -93,6 +102,10 @@ def _report_failed_before(lines: list[str]) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    if args.max_rows is not None:
+        if args.max_rows < 1:
+            raise DispatchError(f"--max-rows must be >= 1, not {args.max_rows}")
+        os.environ[MAX_ROWS_ENV] = str(args.max_rows)
     prepared = api.prepare(
         args.manifest, args.results, args.executor, args.profile, config=args.config,
         site_profile=not args.no_profile, force=args.force, retry_failed=args.retry_failed,
@@ -115,7 +128,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     results = prepared.results
     if submission.record is None:
         _say(args, "nothing to run")
-        report = collect(results.root)
+        report = api.collect(results.root)
         _say(args, f"index: {results.index_path} ({report.rows} rows)")
         _report_failed_before(failed_lines)
         return 1 if failed_lines else 0
@@ -133,7 +146,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     progress.bar.close()
     for error in submission.job_errors:
         print(error, file=sys.stderr)
-    report = collect(results.root)
+    report = api.collect(results.root)
     print(format_status(final))
     for problem in report.skipped:
         print(f"warning: {problem}", file=sys.stderr)
@@ -145,7 +158,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     results = ResultsRoot(args.results)
-    report = collect(results, progress=not args.quiet)
+    report = api.collect(results, progress=not args.quiet)
     for problem in report.skipped:
         print(f"warning: skipped {problem}", file=sys.stderr)
     print(f"index: {results.index_path} ({report.rows} rows); traces: {results.traces_path} ({report.traces} points)")
@@ -155,6 +168,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     results = ResultsRoot(args.results)
     results.require_results_root()
+    for problem in read_submissions(results)[1]:
+        print(f"warning: {problem} (not a valid submission: ignored)")
     statuses = all_status(results)
     if not statuses:
         print(f"no submissions under {results.root}")
@@ -196,7 +211,7 @@ def cmd_expand(args: argparse.Namespace) -> int:
     if args.output:
         out = Path(args.output)
         text = study_csv(args.study, relative_to=out.resolve().parent)
-        write_atomic(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        write_atomic(out, lambda fh: fh.write(text.encode("utf-8")))
         print(f"manifest: {out} ({text.count(chr(10)) - 1} rows)")
     else:
         sys.stdout.write(study_csv(args.study))
@@ -262,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-retries", type=int,
                    help=f"resume a row at most N times after timeouts, preemption or requeues; also submitit's "
                         f"cap on time-limit requeues (slurm max_num_timeout) (default {DEFAULTS.max_resumes})")
+    p.add_argument("--max-rows", type=int, metavar="N",
+                   help=f"refuse a manifest or study of more than N rows (default {DEFAULT_MAX_ROWS}, or ${MAX_ROWS_ENV})")
     p.add_argument("--dry-run", action="store_true", help="show the plan and exit")
     p.add_argument("--force", action="store_true", help="redo rows that are already done")
     p.add_argument("--retry-failed", action="store_true", help="rerun rows whose record says failed")
@@ -313,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Problems with what the user gave (files, settings, folders): one line on stderr, exit 2.
-USER_ERRORS = (BackendError, ConfigError, DispatchError, ManifestError, ResultsError, StudyError)
+USER_ERRORS = (BackendError, ConfigError, DispatchError, ManifestError, PrivateStateError, ResultsError, StudyError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -258,7 +258,9 @@ def read_yaml_mapping(text: str, source: str) -> dict[str, Any]:
     try:
         data = yaml.load(text, Loader=_NoAliasSafeLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {str(exc)[:300]}") from None
+        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(exc).split())[:300]}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be a config") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

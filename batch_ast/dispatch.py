@@ -20,7 +20,8 @@ from .backends import Backend
 from .config import ConfigError, read_config_file
 from .job import DEFAULTS, TransferJob
 from .plan import RowSpec, chunk
-from .store import ResultsRoot, write_json_atomic
+from .private import SUBMISSION_ID, state_dir, submitit_folder
+from .store import ROW_ID, ResultsRoot, describe_os_error, read_json
 
 # Profile keys users write -> submitit parameter names.
 PROFILE_KEYS = {
@@ -48,7 +49,7 @@ PROFILE_KEYS = {
 }
 PROFILE_ENV = "BATCH_AST_PROFILE"
 # Profile keys batch-ast handles itself (not submitit parameters).
-NON_SUBMITIT_KEYS = ("rows_per_job", "max_array_size", "batch_rows")
+NON_SUBMITIT_KEYS = ("rows_per_job", "max_array_size", "batch_rows", "state_dir")
 # Many sites cap job arrays (MaxArraySize, often 1001); submitit does not split: we do.
 DEFAULT_MAX_ARRAY_SIZE = 1000
 
@@ -163,7 +164,7 @@ class SubmissionRecord:
     manifest: str
     root: str
     submitit_folder: str
-    jobs: list[dict[str, Any]] = field(default_factory=list)  # job_id, rows (ids)
+    jobs: list[dict[str, Any]] = field(default_factory=list)  # job_id, rows (ids), log
     rows: dict[str, int] = field(default_factory=dict)  # row id -> manifest row
     # row id -> what the row is (inputs, name, hyperparameters), so the index can list rows that
     # never wrote a record (pending, lost, cancelled) with their settings
@@ -175,10 +176,79 @@ class SubmissionRecord:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    @classmethod
+    def from_json(cls, data: Any, file_name: str = "") -> SubmissionRecord:
+        """A submission read from the root, every field checked (``SubmissionError`` says which):
+        its id (the file's name), a known executor, job ids of that executor's form, row ids,
+        jobs that run only the submission's rows. A submission file is anyone's words."""
+        from .backends import BACKENDS
+
+        if not isinstance(data, dict):
+            raise SubmissionError(f"not a submission (a JSON {type(data).__name__})")
+        texts = {k: data.get(k) for k in ("submission_id", "executor", "created_at", "manifest", "root", "submitit_folder")}
+        bad = [k for k, v in texts.items() if not isinstance(v, str) or len(v) > 4096]
+        if bad:
+            raise SubmissionError(f"{', '.join(bad)} must be text")
+        sid = texts["submission_id"]
+        if not SUBMISSION_ID.fullmatch(sid) or (file_name and file_name != f"{sid}.json"):
+            raise SubmissionError(f"submission_id {sid[:80]!r} is not a submission id or not the file's name")
+        backend = BACKENDS.get(texts["executor"])
+        if backend is None:
+            raise SubmissionError(f"unknown executor {texts['executor'][:40]!r}")
+        rows, specs, skipped = (data.get(k, {}) for k in ("rows", "specs", "skipped"))
+        if not isinstance(rows, dict) or not all(
+                ROW_ID.fullmatch(str(k)) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                for k, v in rows.items()):
+            raise SubmissionError("rows must map row ids to manifest rows")
+        if not isinstance(skipped, dict) or not all(ROW_ID.fullmatch(str(k)) and isinstance(v, str)
+                                                    for k, v in skipped.items()):
+            raise SubmissionError("skipped must map row ids to reasons")
+        if not isinstance(specs, dict) or not all(k in rows and isinstance(v, dict) for k, v in specs.items()):
+            raise SubmissionError("specs must map the submission's row ids to row settings")
+        jobs = data.get("jobs", [])
+        if not isinstance(jobs, list):
+            raise SubmissionError("jobs must be a list")
+        checked_jobs = []
+        for job in jobs:
+            if not isinstance(job, dict) or not isinstance(job.get("job_id"), str) \
+                    or not backend.job_id_pattern.fullmatch(job["job_id"]):
+                raise SubmissionError(f"a job without a valid {backend.name} job id")
+            if not isinstance(job.get("rows"), list) or not all(isinstance(r, str) and r in rows for r in job["rows"]):
+                raise SubmissionError(f"job {job['job_id']} must list rows of the submission")
+            checked_jobs.append({"job_id": job["job_id"], "rows": list(job["rows"]), "log": str(job.get("log", ""))})
+        parameters = data.get("parameters", {})
+        cancelled = data.get("cancelled", False)
+        if not isinstance(parameters, dict) or not isinstance(cancelled, bool):
+            raise SubmissionError("parameters must be a mapping and cancelled true or false")
+        return cls(**texts, jobs=checked_jobs, rows=dict(rows), specs=dict(specs), skipped=dict(skipped),
+                   parameters={k: v for k, v in parameters.items() if isinstance(v, (str, int, float, bool))},
+                   cancelled=cancelled)
+
     @property
     def array_job_id(self) -> str:
         ids = {str(j["job_id"]).split("_")[0] for j in self.jobs}
         return ",".join(sorted(ids))
+
+    def job_log(self, results: ResultsRoot, job_id: str) -> tuple[Path, Path] | None:
+        """(log path, the folder it must be read within) of one of this submission's jobs, or None
+        when its folder is neither this user's private folder of the submission nor the root's own
+        ``submitit/`` (where versions before 0.2 kept it). Never the ``log`` a file names: a planted
+        submission would make status read, and the index publish, any file the user can read."""
+        if not any(job["job_id"] == job_id for job in self.jobs):
+            return None
+        from .private import is_private_submitit_folder
+
+        folder = Path(self.submitit_folder)
+        legacy = results.submitit_dir
+        if folder == legacy:
+            return legacy / job_id / f"{job_id}_0_log.err", results.root
+        if is_private_submitit_folder(folder, self.submission_id):
+            return folder / job_id / f"{job_id}_0_log.err", folder
+        return None
+
+
+class SubmissionError(ValueError):
+    """A submission file that is not a valid submission."""
 
 
 def new_submission_id() -> str:
@@ -211,15 +281,18 @@ def submit(
     job: TransferJob | None = None,
     max_array_size: int = DEFAULT_MAX_ARRAY_SIZE,
     submission_id: str = "",
+    state: Path | None = None,
 ) -> tuple[SubmissionRecord, list[submitit.Job]]:
     """Submit the rows as job arrays (packs of ``rows_per_job`` rows; one array per distinct
     per-row resource request, split so no array has more than ``max_array_size`` tasks) and
-    record the submission under the results root."""
+    record the submission under the results root. submitit's files (pickles, logs) go to the
+    user's private state folder ``state`` (private.py), never into the shared root."""
     params = dict(params or {})
     created = datetime.now(timezone.utc)
     submission_id = submission_id or new_submission_id()
     job = (job or TransferJob()).for_submission(submission_id)
-    folder = results.submitit_dir / "%j"
+    private = submitit_folder(state or state_dir(), submission_id)
+    folder = private / "%j"
     all_jobs: list[submitit.Job] = []
     job_entries: list[dict[str, Any]] = []
     for resources, group in _group_by_resources(specs):
@@ -242,7 +315,7 @@ def submit(
         created_at=created.isoformat(timespec="seconds"),
         manifest=str(manifest.resolve()),
         root=str(results.root),
-        submitit_folder=str(results.submitit_dir),
+        submitit_folder=str(private),
         jobs=job_entries,
         rows={s.id: s.row for s in specs},
         specs={s.id: {k: v for k, v in s.to_dict().items() if k != "resources"} for s in specs},
@@ -255,19 +328,30 @@ def submit(
 
 def save_submission(results: ResultsRoot, submission: SubmissionRecord) -> Path:
     path = results.submissions_dir / f"{submission.submission_id}.json"
-    write_json_atomic(path, submission.to_dict())
+    results.write_json(path, submission.to_dict())
     return path
 
 
-def load_submissions(results: ResultsRoot) -> list[SubmissionRecord]:
-    """All recorded submissions, oldest first; unreadable files are skipped."""
-    import json
+MAX_SUBMISSION_BYTES = 1 << 30  # ~1 KB a row: a million-row submission
 
-    out = []
+
+def read_submissions(results: ResultsRoot) -> tuple[list[SubmissionRecord], list[str]]:
+    """(valid submissions oldest first, "file: why" for each submission file that is not one).
+    A bad file is listed, never fatal: status shows it, the others are used."""
+    out, problems = [], []
     folder = results.submissions_dir
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            out.append(SubmissionRecord(**json.loads(path.read_text(encoding="utf-8"))))
-        except (OSError, ValueError, TypeError):
+            out.append(SubmissionRecord.from_json(read_json(path, results.root, MAX_SUBMISSION_BYTES), path.name))
+        except FileNotFoundError:
             continue
-    return out
+        except OSError as exc:
+            problems.append(describe_os_error(exc))
+        except ValueError as exc:  # SubmissionError, bad JSON
+            problems.append(f"{path}: {exc}")
+    return out, problems
+
+
+def load_submissions(results: ResultsRoot) -> list[SubmissionRecord]:
+    """All valid recorded submissions, oldest first (``read_submissions`` says which were not)."""
+    return read_submissions(results)[0]

@@ -29,6 +29,7 @@ def spectrogram_figure(
     hop_length: int,
     title: str = "",
     beats: dict[str, list[float]] | None = None,
+    root: Path | None = None,
 ) -> None:
     """Side-by-side log1p|STFT| panels (bins, frames) sharing one colour scale; ``beats`` (seconds
     per panel name) are drawn as vertical lines (the grid a beat-segmented row followed)."""
@@ -57,11 +58,12 @@ def spectrogram_figure(
     fig.colorbar(image, ax=list(np.atleast_1d(axes)), label="log(1 + |STFT|)")
     if title:
         fig.suptitle(title, fontsize=9)
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=80), root)
     plt.close(fig)
 
 
-def loss_figure(path: Path, trace: list[tuple[int, float, float, float]], title: str = "") -> None:
+def loss_figure(path: Path, trace: list[tuple[int, float, float, float]], title: str = "",
+                root: Path | None = None) -> None:
     """Total, content and style loss per iteration on a log y-axis."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
@@ -78,5 +80,5 @@ def loss_figure(path: Path, trace: list[tuple[int, float, float, float]], title:
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=80), root)
     plt.close(fig)

@@ -9,11 +9,10 @@ previous index, and a collect that finds nothing changed writes nothing.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,16 @@ import pyarrow.parquet as pq
 
 from .config import flatten_record
 from .record import columns, figures_missing, index_schema
-from .store import TMP_PREFIX, ResultsError, ResultsRoot, describe_os_error, short_path, write_atomic
+from .store import (
+    TMP_PREFIX,
+    ResultsError,
+    ResultsRoot,
+    describe_os_error,
+    open_regular,
+    read_json,
+    root_lock,
+    short_path,
+)
 
 SCHEMA_VERSION = 1
 
@@ -55,17 +63,26 @@ class CollectReport:
     figures_regenerated: int = 0
     reread: int = 0  # rows whose record was read again (new or changed since the last collect)
     unchanged: bool = False  # nothing changed: the index files were left as they were
+    invalid: int = 0  # rows whose record is not a valid record (status "invalid", the reason in error)
 
 
 # What the last collect saw, so the next one reads only what changed (see ``collect``).
 STATE_VERSION = 1
+MAX_STATE_BYTES = 256 << 20  # ~100 bytes a row: far above any real study
+MAX_TRACE_BYTES = 64 << 20  # a 100,000-iteration trace is ~4 MB
+FINISHED = ("ok", "failed", "invalid")  # statuses a record file decides (the others: the queue)
+# Callbacks the layers above pass in (api.collect): this module reads files and writes the index;
+# it neither asks a queue nor draws figures.
+UnrecordedRows = Callable[[ResultsRoot, set[str]], list[dict]]
+FigureRepair = Callable[[ResultsRoot, dict], dict]
 
 
 def _stat(path: Path) -> list[int] | None:
-    """[mtime_ns, size, inode] of a file, None when absent: the identity of one published version
-    (files are published by rename, so a rewrite changes the inode even within one mtime tick)."""
+    """[mtime_ns, size, inode] of a file (not followed if a link), None when absent: the identity
+    of one published version (files are published by rename, so a rewrite changes the inode even
+    within one mtime tick)."""
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except OSError:
         return None
     return [st.st_mtime_ns, st.st_size, st.st_ino]
@@ -74,7 +91,7 @@ def _stat(path: Path) -> list[int] | None:
 def _sources(results: ResultsRoot) -> dict[str, dict[str, list[int] | None]]:
     """The files an index is made of: every record and trace, and every submission (rows without
     a record come from those)."""
-    records = {path.parent.name: _stat(path) for path in results.record_paths()}
+    records = {rid: _stat(results.record_path(rid)) for rid in results.row_ids()}
     return {
         "records": records,
         "traces": {rid: _stat(results.trace_path(rid)) for rid in records},
@@ -83,13 +100,35 @@ def _sources(results: ResultsRoot) -> dict[str, dict[str, list[int] | None]]:
     }
 
 
+def _is_stamp(value: object) -> bool:
+    return value is None or (isinstance(value, list) and len(value) == 3
+                             and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+
+
+def _valid_state(state: object) -> bool:
+    """Whether a collect state file has the shape ``_write_state`` gives it (anyone who can write
+    into the root can write this file: a malformed one means "read everything", never a crash)."""
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        return False
+    sources = state.get("sources")
+    if not isinstance(sources, dict) or set(sources) != {"records", "traces", "submissions"}:
+        return False
+    if not all(isinstance(v, dict) and all(isinstance(k, str) and _is_stamp(x) for k, x in v.items())
+               for v in sources.values()):
+        return False
+    counts = [state.get(k) for k in ("pending", "rows", "traces")]
+    outputs = state.get("outputs")
+    return (all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)
+            and isinstance(outputs, list) and len(outputs) == 2 and all(map(_is_stamp, outputs)))
+
+
 def _read_state(results: ResultsRoot) -> dict | None:
-    """The last collect's state, if the index files are still the ones it wrote."""
+    """The last collect's state, if it is well formed and the index files are still the ones it wrote."""
     try:
-        state = json.loads(results.collect_state_path.read_text(encoding="utf-8"))
+        state = read_json(results.collect_state_path, results.root, MAX_STATE_BYTES)
     except (OSError, ValueError):
         return None
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+    if not _valid_state(state):
         return None
     if state.get("columns") != INDEX_SCHEMA.names:
         return None  # another batch-ast version wrote it: its rows may lack columns
@@ -105,8 +144,7 @@ def _write_state(results: ResultsRoot, sources: dict, pending: int, report: Coll
         "traces": report.traces, "outputs": [_stat(results.index_path), _stat(results.traces_path)],
     }
     try:
-        results.collect_state_path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(results.collect_state_path, lambda tmp: tmp.write_text(json.dumps(state), encoding="utf-8"))
+        results.write(results.collect_state_path, lambda fh: fh.write(json.dumps(state).encode("utf-8")))
     except OSError:
         pass  # only a cache: the next collect reads everything
 
@@ -129,50 +167,80 @@ def _collect_lock(results: ResultsRoot) -> Iterator[None]:
     Holding the lock also means no other collect is writing, so temp files of index writes left by
     a killed collect are stale and removed here."""
     try:
-        fh = (results.root / ".collect.lock").open("a")
+        lock = root_lock(results, ".collect.lock")
+        lock.__enter__()
     except OSError as exc:
         raise ResultsError(
             f"cannot collect into {short_path(results.root)}: {describe_os_error(exc)} "
             "(a read-only results root can still be read with batch_ast.load_index)"
         ) from None
-    with fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            for name in (results.index_path.name, results.traces_path.name):
-                for stale in results.root.glob(f"{TMP_PREFIX}{name}.*"):
-                    stale.unlink(missing_ok=True)
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    try:
+        for name in (results.index_path.name, results.traces_path.name):
+            for stale in results.root.glob(f"{TMP_PREFIX}{name}.*"):
+                stale.unlink(missing_ok=True)
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
-def _read_records(paths: list[Path], report: CollectReport, progress: bool = False) -> list[dict]:
+def invalid_row(row_id: str, reason: str) -> dict:
+    """The index row of a record that cannot be used: its row, with the reason."""
+    return {"id": row_id, "status": "invalid", "error": reason[:500], "retryable": False}
+
+
+def _read_records(results: ResultsRoot, ids: list[str], report: CollectReport, progress: bool = False) -> list[dict]:
     from tqdm import tqdm
 
     records = []
     # A bar only where someone watches (a TTY) and there is enough to wait for.
-    show = progress and len(paths) >= 200 and sys.stderr.isatty()
-    for path in tqdm(paths, desc="records", unit="file", disable=not show):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(data, dict) or "id" not in data or "status" not in data:
-                raise ValueError("not a batch-ast record")
-        except (OSError, ValueError) as exc:
-            report.skipped.append(f"{path}: unreadable record ({exc})")
+    show = progress and len(ids) >= 200 and sys.stderr.isatty()
+    for rid in tqdm(ids, desc="records", unit="file", disable=not show):
+        record, problem = results.load_record(rid)
+        if record is None:
+            if problem:  # gone since listed: nothing to say
+                report.skipped.append(f"{problem} (indexed as invalid)")
+                records.append(invalid_row(rid, problem))
             continue
-        records.append(flatten_record(data))
+        records.append(flatten_record(record.to_dict()))
     return records
 
 
-def _records_table(records: list[dict]) -> pa.Table:
+def _table(records: list[dict]) -> pa.Table:
     frame = pd.DataFrame.from_records(records)
     for name in INDEX_SCHEMA.names:
         if name not in frame:
             frame[name] = None
     frame = frame[INDEX_SCHEMA.names]
     for name in ("started_at", "finished_at"):
-        frame[name] = pd.to_datetime(frame[name], utc=True, errors="coerce").dt.floor("s")
+        frame[name] = pd.to_datetime(frame[name], utc=True, errors="coerce", format="ISO8601").dt.floor("s")
     return pa.Table.from_pandas(frame, schema=INDEX_SCHEMA, preserve_index=False)
+
+
+_TABLE_ERRORS = (pa.ArrowException, OverflowError, ValueError, TypeError)
+
+
+def _records_table(records: list[dict], report: CollectReport) -> pa.Table:
+    """The index table. Records are validated when read, so this holds; should a value still not
+    fit its column, only that row becomes ``invalid``, never the whole collect."""
+    try:
+        return _table(records)
+    except _TABLE_ERRORS:
+        pass
+    rows = []
+    for record in records:
+        try:
+            _table([record])
+            rows.append(record)
+        except _TABLE_ERRORS as exc:
+            reason = f"cannot be indexed ({type(exc).__name__}: {str(exc)[:200]})"
+            report.skipped.append(f"row {record.get('id')}: {reason}")
+            rows.append(invalid_row(str(record.get("id")), reason))
+    return _table(rows)
+
+
+def _read_trace(results: ResultsRoot, rid: str) -> pa.Table:
+    with open_regular(results.trace_path(rid), results.root, MAX_TRACE_BYTES) as fh:
+        return pq.read_table(fh)
 
 
 def _traces_table(results: ResultsRoot, ok_ids: list[str], report: CollectReport,
@@ -187,55 +255,47 @@ def _traces_table(results: ResultsRoot, ok_ids: list[str], report: CollectReport
         have = set(previous["id"].unique().to_pylist())
         ok_ids = [rid for rid in ok_ids if rid not in have]
     for rid in ok_ids:
-        path = results.trace_path(rid)
         try:
-            table = pq.read_table(path)
-        except (OSError, pa.ArrowException) as exc:
-            report.skipped.append(f"{path}: unreadable trace ({exc})")
-            continue
-        table = table.append_column("id", pa.array([rid] * table.num_rows, pa.string()))
-        for name in TRACES_SCHEMA.names:  # traces written before a column existed
-            if name not in table.column_names:
-                table = table.append_column(name, pa.nulls(table.num_rows, TRACES_SCHEMA.field(name).type))
-        tables.append(table.select(TRACES_SCHEMA.names).cast(TRACES_SCHEMA))
+            table = _read_trace(results, rid)
+            table = table.append_column("id", pa.array([rid] * table.num_rows, pa.string()))
+            for name in TRACES_SCHEMA.names:  # traces written before a column existed
+                if name not in table.column_names:
+                    table = table.append_column(name, pa.nulls(table.num_rows, TRACES_SCHEMA.field(name).type))
+            tables.append(table.select(TRACES_SCHEMA.names).cast(TRACES_SCHEMA))
+        except (OSError, *_TABLE_ERRORS, KeyError) as exc:
+            report.skipped.append(f"{results.trace_path(rid)}: unreadable trace ({str(exc)[:200]})")
     if not tables:
         return TRACES_SCHEMA.empty_table()
     return pa.concat_tables(tables)
 
 
-def _unrecorded_rows(results: ResultsRoot, recorded: set[str]) -> list[dict]:
-    """Submitted rows with no record yet (pending, running, lost, cancelled), so the index holds
-    every submitted row of the study; their state comes from the queue (one query per submission)."""
-    from .status import unrecorded_rows  # the queue is the dispatch layer's business
-
-    return [row for row in unrecorded_rows(results, recorded) if row["id"] not in recorded]
-
-
-def _regenerate_missing_figures(results: ResultsRoot, records: list[dict], report: CollectReport) -> None:
-    """Redraw the figures of ok rows that have none (a full disk when the job wrote them)."""
-    for i, record in enumerate(records):
-        if not figures_missing(results.root, record):
-            continue
-        from .row import regenerate_figures  # torch and matplotlib: only when a row needs them
-
-        try:
-            raw = json.loads(results.record_path(record["id"]).read_text(encoding="utf-8"))
-            fresh = regenerate_figures(results, raw)
-        except Exception as exc:  # noqa: BLE001 - the row stays as it was, with its figure_error
-            report.skipped.append(f"{results.run_dir(record['id'])}: figures not regenerated ({type(exc).__name__}: {exc})")
-            continue
-        records[i] = flatten_record(fresh)
-        report.figures_regenerated += 1
+def _previous(results: ResultsRoot, unchanged: set[str]) -> tuple[list[dict], pa.Table | None]:
+    """The last index's rows of ``unchanged`` ids and its traces; nothing when those files cannot
+    be read as this version's index (then every record is read again)."""
+    try:
+        with open_regular(results.index_path, results.root) as fh:
+            previous = pq.read_table(fh, schema=INDEX_SCHEMA).to_pandas(types_mapper=_NULLABLE_INTS.get)
+        with open_regular(results.traces_path, results.root) as fh:
+            traces = pq.read_table(fh, schema=TRACES_SCHEMA)
+    except (OSError, *_TABLE_ERRORS):
+        return [], None
+    previous = previous[previous["id"].isin(unchanged) & previous["status"].isin(FINISHED)]
+    previous = previous.drop_duplicates("id")
+    return previous.astype(object).where(previous.notna(), None).to_dict("records"), traces
 
 
-def collect(root: str | os.PathLike[str], progress: bool = False) -> CollectReport:
+def collect(root: str | os.PathLike[str], progress: bool = False, unrecorded: UnrecordedRows | None = None,
+            repair_figures: FigureRepair | None = None) -> CollectReport:
     """Gather every published record and trace under ``root`` into index.parquet and traces.parquet.
 
-    The index has one row per submitted row: those with a record (ok, failed) and those without one
-    yet (pending, running, lost, cancelled: their state from the queue). Rows are ordered by
-    submission, then manifest row. Incremental: records and traces unchanged since the last
-    collect come from the previous index; when no file changed and no row awaits the queue, the
-    index is left as it is (``CollectReport.unchanged``).
+    This is the bottom layer: it reads files and writes the index. ``batch_ast.collect`` (api.py)
+    is what users call; it passes in the two things that need the layers above.
+
+    Every record is validated (``Record.from_json``); one that is not valid becomes a row with
+    status ``invalid`` and the reason in ``error``, and the other rows are indexed as usual.
+    Rows are ordered by submission, then manifest row. Incremental: records and traces unchanged
+    since the last collect come from the previous index; when no file changed and no row awaits
+    the queue, the index is left as it is (``CollectReport.unchanged``).
 
     Parameters
     ----------
@@ -243,6 +303,12 @@ def collect(root: str | os.PathLike[str], progress: bool = False) -> CollectRepo
         A results root (a submission or a run has been made there).
     progress : bool
         A progress bar over many records, on a terminal.
+    unrecorded : callable, optional
+        ``unrecorded(results, recorded_ids)`` → index rows of submitted rows without a record
+        (pending, running, lost, cancelled: their state from the queue).
+    repair_figures : callable, optional
+        ``repair_figures(results, record)`` → the record with its figures redrawn, for ok rows
+        whose figures are missing.
 
     Returns
     -------
@@ -265,39 +331,66 @@ def collect(root: str | os.PathLike[str], progress: bool = False) -> CollectRepo
             report.rows, report.traces, report.unchanged = state["rows"], state["traces"], True
             return report
         unchanged = _unchanged_rows(state, sources)
-        reused: list[dict] = []
-        previous_traces = None
-        if unchanged:
-            previous = pq.read_table(results.index_path).to_pandas(types_mapper=_NULLABLE_INTS.get)
-            previous = previous[previous["id"].isin(unchanged) & previous["status"].isin(["ok", "failed"])]
-            reused = previous.astype(object).where(previous.notna(), None).to_dict("records")
-            unchanged = {r["id"] for r in reused}  # a row the old index lacks is read again
-            previous_traces = pq.read_table(results.traces_path)
-        to_read = [results.record_path(rid) for rid in sources["records"] if rid not in unchanged]
-        records = _read_records(to_read, report, progress)
+        reused, previous_traces = _previous(results, unchanged) if unchanged else ([], None)
+        unchanged = {r["id"] for r in reused}  # a row the old index lacks is read again
+        records = _read_records(results, [rid for rid in sources["records"] if rid not in unchanged],
+                                report, progress)
         report.reread = len(records)
         records += reused
-        _regenerate_missing_figures(results, records, report)
+        if repair_figures is not None:
+            _repair_figures(results, records, report, repair_figures)
         recorded = {r["id"] for r in records}
-        pending = _unrecorded_rows(results, recorded)
+        pending = [r for r in (unrecorded(results, recorded) if unrecorded else []) if r["id"] not in recorded]
         records += pending
-        records.sort(key=lambda r: (str(r.get("submission_id") or ""), int(r.get("row") or 0), str(r["id"])))
-        index = _records_table(records) if records else INDEX_SCHEMA.empty_table()
+        records.sort(key=lambda r: (str(r.get("submission_id") or ""), _row_number(r.get("row")), str(r["id"])))
+        index = _records_table(records, report) if records else INDEX_SCHEMA.empty_table()
+        report.invalid = sum(r.get("status") == "invalid" for r in records)
         ok_ids = [r["id"] for r in records if r.get("status") == "ok"]
         traces = _traces_table(results, ok_ids, report, previous_traces, unchanged)
-        write_atomic(results.index_path, lambda tmp: pq.write_table(index, tmp))
-        write_atomic(results.traces_path, lambda tmp: pq.write_table(traces, tmp))
+        results.write(results.index_path, lambda fh: pq.write_table(index, fh))
+        results.write(results.traces_path, lambda fh: pq.write_table(traces, fh))
         report.rows, report.traces = index.num_rows, traces.num_rows
         # rows still waiting for the queue make the next collect look again, even if no file changed
         _write_state(results, sources, sum(r.get("status") in ("pending", "running") for r in pending), report)
     return report
 
 
+def _row_number(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _repair_figures(results: ResultsRoot, records: list[dict], report: CollectReport, repair: FigureRepair) -> None:
+    """Redraw the figures of ok rows that have none (a full disk when the job wrote them)."""
+    for i, record in enumerate(records):
+        if not figures_missing(results.root, record):
+            continue
+        try:
+            raw = results.read_record(record["id"])
+            if raw is None:
+                continue
+            fresh = repair(results, raw)
+        except Exception as exc:  # noqa: BLE001 - the row stays as it was, with its figure_error
+            report.skipped.append(f"{results.run_dir(record['id'])}: figures not regenerated ({type(exc).__name__}: {exc})")
+            continue
+        records[i] = flatten_record(fresh)
+        report.figures_regenerated += 1
+
+
+def _root_argument(root: object, function: str) -> ResultsRoot:
+    """The results root a reader was given, or a clear TypeError (``load_index(None)``...)."""
+    if isinstance(root, ResultsRoot):
+        return root
+    if not isinstance(root, (str, os.PathLike)) or (isinstance(root, str) and not root):
+        raise TypeError(f"{function}: root must be a results folder (a str or path), not {type(root).__name__}")
+    return ResultsRoot(root)
+
+
 def _read_parquet(path: Path, root: str | os.PathLike[str]) -> pa.Table:
-    if not path.exists():
+    if not os.path.lexists(path):
         raise ResultsError(f"no {path.name} under {short_path(root)}: run `batch-ast collect {short_path(root)}` first")
     try:
-        return pq.read_table(path)
+        with open_regular(path) as fh:  # never a FIFO or device; the index may be a user's own link
+            return pq.read_table(fh)
     except (OSError, pa.ArrowException) as exc:
         raise ResultsError(
             f"{short_path(path)} cannot be read ({str(exc)[:200]}): run `batch-ast collect {short_path(root)}` "
@@ -326,7 +419,8 @@ def load_index(root: str | os.PathLike[str] = "results") -> pd.DataFrame:
     ResultsError
         No readable index (the message says to run ``batch-ast collect``).
     """
-    frame = _read_parquet(ResultsRoot.of(root).index_path, root).to_pandas(types_mapper=_NULLABLE_INTS.get)
+    results = _root_argument(root, "load_index")
+    frame = _read_parquet(results.index_path, root).to_pandas(types_mapper=_NULLABLE_INTS.get)
     for name in CATEGORY_COLUMNS:
         if name in frame:
             frame[name] = frame[name].astype("category")
@@ -338,6 +432,9 @@ CATEGORY_COLUMNS = (
     "status", "optimizer", "activation", "rhythm", "beat_grid", "precision", "device", "preset",
     "stop_reason", "style_form", "device_used", "loss_scale",
 )
+# Index statuses: a record's (ok, failed), ``invalid`` (a record that is not a valid record), and
+# those of submitted rows without a record (from the queue).
+INDEX_STATUSES = ("ok", "failed", "invalid", "pending", "running", "lost", "cancelled")
 # Integer columns stay integers where some rows have no value (a failed row has no iterations_run).
 _NULLABLE_INTS = {pa.int64(): pd.Int64Dtype()}
 
@@ -361,10 +458,13 @@ def load_traces(root: str | os.PathLike[str] = "results", params: list[str] | tu
         iteration started from), ``evaluations`` (loss+gradient evaluations in the iteration,
         nullable), then the requested ``params``.
     """
-    traces = _read_parquet(ResultsRoot.of(root).traces_path, root).to_pandas(types_mapper=_NULLABLE_INTS.get)
+    if isinstance(params, str):
+        raise TypeError(f"load_traces: params must be a list of column names, e.g. [{params!r}], not a string")
+    results = _root_argument(root, "load_traces")
+    traces = _read_parquet(results.traces_path, root).to_pandas(types_mapper=_NULLABLE_INTS.get)
     if not params:
         return traces
-    index = load_index(root)
+    index = load_index(results).drop_duplicates("id")  # an index written by anyone: ids once each
     unknown = [name for name in params if name not in index.columns]
     if unknown:
         raise KeyError(f"no index column {', '.join(map(repr, unknown))}; columns are: {', '.join(index.columns)}")

@@ -118,10 +118,35 @@ def read_manifest(path: str | Path, config: Config) -> list[ManifestRow]:
     return _parse_manifest(text, path, config)
 
 
-def _parse_manifest(text: str, path: Path, config: Config) -> list[ManifestRow]:
+DEFAULT_MAX_ROWS = 100_000
+MAX_ROWS_ENV = "BATCH_AST_MAX_ROWS"
 
+
+def max_rows() -> int:
+    """Rows one manifest or study may have: $BATCH_AST_MAX_ROWS (``submit --max-rows`` sets it),
+    else DEFAULT_MAX_ROWS. Past it a submission is refused before any row is expanded, hashed or
+    planned: a 1 KB study can multiply to 10^12 rows."""
+    raw = os.environ.get(MAX_ROWS_ENV, "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_ROWS
+
+
+def too_many_rows(count: int | str, limit: int) -> str:
+    return (f"{count} rows, more than the {limit} one submission may have (--max-rows N or "
+            f"${MAX_ROWS_ENV} raises the cap; or split the study)")
+
+
+def _parse_manifest(text: str, path: Path, config: Config) -> list[ManifestRow]:
     reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
-    records = [(reader.line_num, rec) for rec in reader if any(cell.strip() for cell in rec)]
+    limit = max_rows()
+    records = []
+    try:
+        for rec in reader:
+            if any(cell.strip() for cell in rec):
+                records.append((reader.line_num, rec))
+                if len(records) > limit + 1:  # the header and the cap's rows
+                    raise ManifestError(path, [too_many_rows(f"more than {limit}", limit)])
+    except csv.Error as exc:
+        raise ManifestError(path, [f"line {reader.line_num}: not CSV this reader accepts ({exc})"]) from None
     if not records:
         raise ManifestError(path, ["manifest is empty: expected a header with content,style"])
     header_line, header = records[0]

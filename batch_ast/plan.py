@@ -16,7 +16,7 @@ from typing import Any
 
 from .config import ID_NEUTRAL, NOT_IN_ID, Params
 from .manifest import ManifestRow
-from .store import ResultsRoot, write_json_atomic
+from .store import SHA256, ResultsRoot, read_json, write_json_atomic
 
 ID_LENGTH = 16
 
@@ -32,10 +32,15 @@ def _file_key(path: Path) -> tuple[str, list[int]]:
     return str(real), [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
+HASH_CACHE = "sha256.json"
+MAX_HASH_CACHE_BYTES = 256 << 20
+
+
 class HashCache:
-    """SHA-256 of input files, kept in the results root (``.cache/sha256.json``) so re-submitting
-    a 10,000-row study does not reread every file; an entry counts only while the file's size,
-    mtime and inode are unchanged."""
+    """SHA-256 of input files, kept in the user's private state folder (private.py), so
+    re-submitting a 10,000-row study does not reread every file; an entry counts only while the
+    file's size, mtime and inode are unchanged. Not in the results root: whoever could write
+    there could make a row take another row's id (and be skipped as "already done")."""
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -43,9 +48,10 @@ class HashCache:
         self.dirty = False
         if path is not None:
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-                if isinstance(data, dict) and data.get("version") == HASH_CACHE_VERSION:
-                    self.entries = {k: v for k, v in data.get("files", {}).items() if isinstance(v, list) and len(v) == 4}
+                data = read_json(path, None, MAX_HASH_CACHE_BYTES)
+                files = data.get("files") if isinstance(data, dict) and data.get("version") == HASH_CACHE_VERSION else None
+                if isinstance(files, dict):
+                    self.entries = {k: v for k, v in files.items() if _valid_entry(v)}
             except (OSError, ValueError):
                 pass  # no cache or a bad one: hash again
 
@@ -66,6 +72,12 @@ class HashCache:
             write_json_atomic(self.path, {"version": HASH_CACHE_VERSION, "files": self.entries})
         except OSError:
             pass  # a cache that cannot be written costs time next submit, nothing else
+
+
+def _valid_entry(entry: Any) -> bool:
+    return (isinstance(entry, list) and len(entry) == 4
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in entry[:3])
+            and isinstance(entry[3], str) and SHA256.fullmatch(entry[3]) is not None)
 
 
 def file_sha256(path: Path, on_bytes: Any = None) -> str:
@@ -181,6 +193,7 @@ def make_plan(
     progress: bool = False,
     use_cache: bool = True,
     save_cache: bool = True,
+    hash_cache: Path | None = None,
 ) -> Plan:
     """Hash inputs (through the root's hash cache), assign ids, drop duplicates and rows already
     finished. ``save_cache=False`` (a dry run) reads the cache but writes nothing."""
@@ -189,7 +202,14 @@ def make_plan(
     failed_before: list[RowSpec] = []
     duplicates: list[tuple[int, int]] = []
     first_row_of: dict[str, int] = {}
-    cache = HashCache(results.hash_cache_path if use_cache else None)
+    if hash_cache is None and use_cache:
+        from .private import make_private_dir, state_dir
+
+        state = state_dir()
+        if save_cache:
+            make_private_dir(state, state)
+        hash_cache = state / HASH_CACHE
+    cache = HashCache(hash_cache if use_cache else None)
     digests = hash_inputs([p for m in rows for p in (m.content, m.style)], cache, progress, save=save_cache)
     for mrow in rows:
         c_sha, s_sha = digests[mrow.content.resolve()], digests[mrow.style.resolve()]

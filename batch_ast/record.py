@@ -3,13 +3,17 @@
 ``Record`` is the only place that lists a record's fields; the row fills it (row.py), and the index
 (index.py) derives its Parquet schema, the metric columns and the category columns from it. A
 field the dataclass does not declare cannot be set (``update`` raises), so nothing a job learns is
-silently dropped on its way to the index. Records are read back as plain dicts (older versions
-wrote fewer keys, newer ones may write more): readers never depend on this class.
+silently dropped on its way to the index. A record read back from a results root is a
+stranger's file (the root may be group-writable): ``Record.from_json`` checks every field against
+its declared kind before anything uses it, so one bad file becomes one ``invalid`` row, never an
+exception that stops collect, status or a plan. Keys it does not declare (a newer version's) are
+ignored; fields older versions did not write stay None.
 """
 
 from __future__ import annotations
 
 import platform
+import re
 import socket
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -125,6 +129,9 @@ class Record:
     python_version: str = _text()
     started_at: str = _column("time")
     finished_at: str = _column("time")
+    # who wrote the record file (its owner's uid, read from the file, never from its contents): in a
+    # shared root, rows another user's files claim are told apart by it
+    record_uid: int = _int()
     # record only: too long or not a scalar
     traceback: str = _column(None)
     resources: dict[str, Any] = _column(None)
@@ -157,6 +164,108 @@ class Record:
     def to_dict(self) -> dict[str, Any]:
         """The JSON a record file holds: every known field, nested ``params`` as written."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_json(cls, data: Any, row_id: str) -> Record:
+        """The record of row ``row_id`` from parsed JSON, every declared field checked against
+        its kind (``RecordError`` says which and why). The id must be the row's (its folder's
+        name); file fields must name the row's own files; ``params`` must be valid settings."""
+        if not isinstance(data, dict):
+            raise RecordError(f"not a record (a JSON {type(data).__name__})")
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in data or data[f.name] is None:
+                continue
+            try:
+                values[f.name] = _checked(f.name, f.metadata["kind"], data[f.name], row_id)
+            except (TypeError, ValueError) as exc:
+                raise RecordError(f"field {f.name!r}: {exc}") from None
+        if values.get("id") != row_id:
+            raise RecordError(f"field 'id' must be the row's id {row_id}, not {_shown(data.get('id'))}")
+        if "status" not in values:
+            raise RecordError("no 'status'")
+        return cls(**values)
+
+
+class RecordError(ValueError):
+    """A record file that is not a valid record (its reason names the field)."""
+
+
+MAX_TEXT = 1 << 16  # an error message with its traceback fits; a planted megabyte does not
+MAX_LIST = 100_000
+STATUSES = ("running", "ok", "failed")
+ROW_FILES = {"output": "output.wav", "trace": "trace.parquet", "spectrogram_png": "spectrograms.png",
+             "loss_png": "losses.png"}
+_SUBMISSION_ID = re.compile(r"[0-9A-Za-z.:_-]{0,80}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if not isinstance(value, (dict, list)) else f"a {type(value).__name__}"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, not {_shown(value)}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{_shown(value)} is out of a float's range") from None
+
+
+def _checked(name: str, kind: str | None, value: Any, row_id: str) -> Any:
+    """One field's value if it fits its kind (see ``Record``), else TypeError/ValueError."""
+    if kind == "params":
+        from .config import ConfigError, Params
+
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a mapping of hyperparameters, not {_shown(value)}")
+        try:
+            return Params.from_record(value).to_dict()
+        except (ConfigError, TypeError) as exc:
+            raise ValueError(str(exc)[:300]) from None
+    if kind in ("text", "time") or name == "traceback":
+        if not isinstance(value, str):
+            raise TypeError(f"expected text, not {_shown(value)}")
+        if len(value) > MAX_TEXT:
+            raise ValueError(f"{len(value)} characters, more than {MAX_TEXT}")
+        if kind == "time":
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                raise ValueError(f"not an ISO time: {_shown(value)}") from None
+        elif name == "status" and value not in STATUSES:
+            raise ValueError(f"must be one of {STATUSES}, not {_shown(value)}")
+        elif name in ("content_sha256", "style_sha256") and not _HEX64.fullmatch(value):
+            raise ValueError(f"not a SHA-256 (64 hex digits): {_shown(value)}")
+        elif name in ROW_FILES and value != f"runs/{row_id}/{ROW_FILES[name]}":
+            raise ValueError(f"must name the row's own file runs/{row_id}/{ROW_FILES[name]}, not {_shown(value)}")
+        elif name == "submission_id" and not _SUBMISSION_ID.fullmatch(value):
+            raise ValueError(f"not a submission id: {_shown(value)}")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected an integer, not {_shown(value)}")
+        if not -(2**63) <= value < 2**63:
+            raise ValueError(f"{_shown(value)} does not fit 64 bits")
+        if name == "row" and value < 0:
+            raise ValueError(f"a manifest row is >= 0, not {value}")
+        return value
+    if kind == "float":
+        return _number(value)
+    if kind == "flag":
+        if not isinstance(value, bool):
+            raise TypeError(f"expected true or false, not {_shown(value)}")
+        return value
+    # record-only fields
+    if name == "resources":
+        if not isinstance(value, dict) or not all(isinstance(v, (int, float, str)) for v in value.values()):
+            raise TypeError("expected a mapping of resource values")
+        return value
+    if not isinstance(value, list) or len(value) > MAX_LIST:
+        raise TypeError(f"expected a list of at most {MAX_LIST} numbers")
+    return [_number(v) for v in value]
 
 
 _FIELD_NAMES = frozenset(f.name for f in fields(Record))

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import sys
 import urllib.parse
 from pathlib import Path
@@ -25,8 +26,19 @@ from typing import Any
 import pandas as pd
 
 from .config import PARAMS
-from .index import METRIC_COLUMNS, collect, load_index, load_traces
-from .store import ResultsError, ResultsRoot, write_atomic
+from .index import METRIC_COLUMNS, load_index, load_traces
+from .plan import file_sha256
+from .store import (
+    SHA256,
+    ResultsError,
+    ResultsRoot,
+    describe_os_error,
+    open_dir_fd,
+    open_regular,
+    parts_within,
+    short_path,
+    write_atomic,
+)
 
 # Always in the table; the hyperparameters that vary across rows and the metrics come after.
 FIXED_COLUMNS = ["status", "content_name", "style_name"]
@@ -68,17 +80,38 @@ def varying_params(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def _portable_copy(path: Path, sha: object, media_dir: Path) -> Path:
-    """The input's copy beside the report, named by its hash (one copy per distinct input);
-    a hard link where the filesystem allows, else a copy."""
-    name = f"{str(sha)[:16]}-{path.name}" if not _missing(sha) else path.name
+def _portable_copy(path: Path, sha: object, media_dir: Path, base: Path) -> Path | None:
+    """The input's copy beside the report, named by its hash (one copy per distinct input): a hard
+    link where the filesystem allows, else a copy. Only for a regular file whose bytes hash to the
+    record's SHA-256 (a record is anyone's words: its hash must not become a path, and its path
+    must not make the report copy some other file); None otherwise. ``media_dir`` is reached from
+    ``base`` without following a symlink."""
+    if _missing(sha) or not SHA256.fullmatch(str(sha)):
+        return None
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode) or file_sha256(path) != sha:
+            return None
+    except OSError:
+        return None
+    name = f"{str(sha)[:16]}-{path.name}"
     target = media_dir / name
-    if not target.exists():
-        media_dir.mkdir(parents=True, exist_ok=True)
+    dir_fd = open_dir_fd(base, parts_within(base, media_dir), create=True)
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return target  # there already (named by the hash of what it holds)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(dir_fd)
+    try:
+        dir_fd = open_dir_fd(base, parts_within(base, media_dir), create=True)
         try:
-            os.link(path, target)
-        except OSError:
-            shutil.copy2(path, target)
+            os.link(path, name, dst_dir_fd=dir_fd, follow_symlinks=False)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        with path.open("rb") as src:
+            write_atomic(target, lambda fh: shutil.copyfileobj(src, fh), base)
     return target
 
 
@@ -109,8 +142,8 @@ def report_data(df: pd.DataFrame, root: Path, out_dir: Path, portable: bool = Fa
     def input_url(path: Path, sha: object) -> str | None:
         key = (str(path), None if _missing(sha) else sha)
         if key not in input_urls:
-            linked = _portable_copy(path, sha, media_dir) if portable and path.exists() else path
-            input_urls[key] = _rel(linked, out_dir) if path.exists() else None
+            linked = _portable_copy(path, sha, media_dir, out_dir) if portable else path
+            input_urls[key] = _rel(linked, out_dir) if linked is not None and path.exists() else None
         return input_urls[key]
 
     rows = []
@@ -428,6 +461,8 @@ def write_report(
     results = ResultsRoot.of(root)
     results.require_results_root()
     try:
+        from .api import collect
+
         collect(results.root)
     except (ResultsError, OSError) as exc:  # a read-only root: report what was collected before
         if not results.index_path.exists():
@@ -437,8 +472,9 @@ def write_report(
     out = (Path(output) if output else results.root / "report.html").resolve()
     out_dir = out.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = report_data(df, results.root, out_dir, portable)
     data_path = out.with_name(out.stem + ".data.js")
+    _check_data_file(data_path)
+    data = report_data(df, results.root, out_dir, portable)
     payload = "window.BATCH_AST = " + json.dumps(data, separators=(",", ":"), allow_nan=False) + ";\n"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>batch-ast report: {html.escape(str(results.root))}</title>
@@ -460,6 +496,26 @@ figures); click a column header to sort; tick rows to overlay their loss curves.
 <div class="charts"><div id="scatter"></div><div id="curves"></div></div>
 </body></html>
 """
-    write_atomic(data_path, lambda tmp: tmp.write_text(payload, encoding="utf-8"))
-    write_atomic(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    inside = results.root if out_dir == results.root or results.root in out_dir.parents else None
+    write_atomic(data_path, lambda fh: fh.write(payload.encode("utf-8")), inside)
+    write_atomic(out, lambda fh: fh.write(page.encode("utf-8")), inside)
     return out
+
+
+DATA_PREFIX = "window.BATCH_AST = "
+
+
+def _check_data_file(path: Path) -> None:
+    """Refuse to replace a ``<report>.data.js`` that a report did not write (``-o notes.html``
+    beside someone's ``notes.data.js``): the report's data goes beside the page, by that name."""
+    try:
+        with open_regular(path) as fh:
+            head = fh.read(len(DATA_PREFIX)).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ResultsError(f"{short_path(path)}: {describe_os_error(exc)}: the report's data file would replace it; "
+                           "choose another -o") from None
+    if head != DATA_PREFIX:
+        raise ResultsError(f"{short_path(path)} exists and is not a batch-ast report's data: the report for "
+                           f"{path.with_suffix('').with_suffix('.html').name} would replace it; choose another -o")

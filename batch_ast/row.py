@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 import time
 import traceback
@@ -27,15 +28,16 @@ from tqdm import tqdm
 
 from .audio import AudioError, decoded_samples, load_audio, probe_audio, write_wav
 from .backends import job_environment
+from .claims import release_claim
 from .config import Params
 from .figures import loss_figure, spectrogram_figure
 from .job import DEFAULTS, RunOptions
 from .metrics import output_metrics
 from .phase import griffin_lim, magnitude_from_log, spectral_convergence
-from .plan import RowSpec, result_params
+from .plan import RowSpec, file_sha256, result_params
 from .record import Record, now_utc
 from .rhythm import BeatAlignment, beat_transfer, check_coverage
-from .store import ResultsRoot, release_claim, write_atomic, write_json_atomic
+from .store import ResultsRoot, move_aside, open_dir_fd, parts_within
 from .transfer import (
     StyleTransfer,
     TransferError,
@@ -81,8 +83,14 @@ class MemoryBudgetError(ValueError):
     """The row would need more memory than its max_memory_gb budget."""
 
 
+class InputChangedError(ValueError):
+    """An input's bytes are not those the row was planned with (its id hashes them): the file was
+    replaced after the submit, so the row's result would be recorded under another input's id."""
+
+
 # Failures that come from the inputs or settings: retrying cannot help, so --retry-failed skips them.
-DETERMINISTIC_ERRORS = (AudioError, TransferError, ResumeLimitError, MemoryBudgetError, DivergedError, SilentInputError)
+DETERMINISTIC_ERRORS = (AudioError, TransferError, ResumeLimitError, MemoryBudgetError, DivergedError, SilentInputError,
+                        InputChangedError)
 
 
 @dataclass
@@ -107,11 +115,35 @@ def check_memory_budget(params: Params, content_samples: int, style_samples: int
         )
 
 
+_VERIFIED: dict[tuple[str, tuple[int, int, int]], str] = {}  # this process's hashes: (path, stat) -> sha256
+
+
+def verify_input(path: str, expected: str, what: str) -> None:
+    """Check that ``path`` still holds the bytes the row was planned with (its SHA-256 is in the
+    row id); a job hashes each distinct file once while it is unchanged (size, mtime, inode)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise AudioError(f"{what} input {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise AudioError(f"{what} input {path}: not a regular file")
+    key = (str(path), (st.st_size, st.st_mtime_ns, st.st_ino))
+    if key not in _VERIFIED:
+        _VERIFIED[key] = file_sha256(Path(path))
+    if _VERIFIED[key] != expected:
+        raise InputChangedError(
+            f"{what} input {path} changed since it was submitted: its SHA-256 is now {_VERIFIED[key]}, the row "
+            f"was planned with {expected} (submit the manifest again to run the file as it is now)")
+
+
 def load_inputs(spec: RowSpec) -> Inputs:
-    """Decode both inputs, after checking from their headers alone that the row fits its memory
-    budget (a long many-channel file is refused before it is decoded)."""
+    """Check that both inputs are the files the row was planned with (``verify_input``) and fit
+    the row's memory budget from their headers alone (a long many-channel file is refused before
+    it is decoded), then decode them."""
     p = spec.params
     t0 = time.perf_counter()
+    verify_input(spec.content, spec.content_sha256, "content")
+    verify_input(spec.style, spec.style_sha256, "style")
     infos = [probe_audio(path) for path in (spec.content, spec.style)]
     if all(infos):
         samples = [decoded_samples(info, p.sample_rate, p.max_seconds) for info in infos]
@@ -166,18 +198,83 @@ def load_checkpoint(path: Path, spec: RowSpec, device: Any) -> tuple[dict[str, A
         return None, f"belongs to row {str(state.get('row_id'))[:40]!r}, not {spec.id}"
     if state.get("settings") != expected["settings"] or state.get("format") != CHECKPOINT_FORMAT:
         return None, "was written with other settings or by another version"
+    resumes, sid = state.get("resumes", 0), state.get("submission_id", "")
+    if isinstance(resumes, bool) or not isinstance(resumes, int) or not 0 <= resumes < 2**31 or not isinstance(sid, str):
+        return None, "has a resume count or submission id of the wrong type"
     return state, ""
+
+
+def checkpoint_shape_problem(state: dict[str, Any], fresh: dict[str, Any], where: str = "") -> str:
+    """'' when ``state`` has the structure of ``fresh`` (a new transfer's ``state_dict``): the same
+    keys, each value of the same type — tensors of the same dtype, shape and device type, numbers
+    finite where fresh ones are — else what differs. A checkpoint with the right identity can still
+    hold ``iteration: "abc"``; it must fail here, not at every later step of the row."""
+    for key, want in fresh.items():
+        if key not in state:
+            return f"{where}{key} is missing"
+        got = state[key]
+        name = f"{where}{key}"
+        if isinstance(want, torch.Tensor):
+            if not isinstance(got, torch.Tensor) or got.dtype != want.dtype or got.shape != want.shape:
+                return f"{name} is not a {tuple(want.shape)} {want.dtype} tensor"
+            if want.is_floating_point() and torch.isfinite(want).all() and not torch.isfinite(got).all():
+                return f"{name} holds non-finite values"
+        elif isinstance(want, dict):
+            if not isinstance(got, dict):
+                return f"{name} is not a mapping"
+            problem = checkpoint_shape_problem(got, want, f"{name}.")
+            if problem:
+                return problem
+        elif isinstance(want, (list, tuple)):
+            if not isinstance(got, (list, tuple)) or not (not want or all(_same_kind(g, want[0]) for g in got)):
+                return f"{name} is not a list like a fresh run's"
+        elif want is not None and not _same_kind(got, want):
+            return f"{name} is a {type(got).__name__}, not a {type(want).__name__}"
+    return ""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _history_problem(state: dict[str, Any], x: torch.Tensor) -> str:
+    """What a fresh state cannot show the shape of: the trace rows (iteration, total, content,
+    style[, evaluations]) and the cached last evaluation."""
+    for row in state["trace"]:
+        if not isinstance(row, (list, tuple)) or len(row) not in (4, 5) or not all(map(_is_number, row[:4])) \
+                or (len(row) == 5 and row[4] is not None and not _is_number(row[4])):
+            return "trace rows are not (iteration, total, content, style, evaluations)"
+    last = state["last"]
+    if last is None:
+        return ""
+    if not isinstance(last, dict) or not all(isinstance(last.get(k), torch.Tensor) and last[k].shape == x.shape
+                                             and last[k].dtype == x.dtype for k in ("x", "grad")):
+        return "last is not an evaluation of this row's spectrogram"
+    terms = last.get("terms")
+    if not isinstance(terms, list) or not all(map(_is_number, terms)):
+        return "last.terms is not a list of numbers"
+    return ""
+
+
+def _same_kind(got: Any, want: Any) -> bool:
+    if isinstance(want, bool) or isinstance(got, bool):
+        return isinstance(got, bool) and isinstance(want, bool)
+    if isinstance(want, (int, float)):
+        return isinstance(got, (int, float)) and (isinstance(want, float) or isinstance(got, int))
+    if isinstance(want, (list, tuple)):
+        return isinstance(got, (list, tuple))
+    return isinstance(got, type(want))
 
 
 # --- files ---------------------------------------------------------------------------------------
 
-def write_trace(path: Path, trace: list[tuple]) -> None:
+def write_trace(results: ResultsRoot, path: Path, trace: list[tuple]) -> None:
     """The loss trace as Parquet, one row per iteration (``TRACE_COLUMNS``)."""
     frame = pd.DataFrame(trace, columns=list(TRACE_COLUMNS)).astype(
         {"iteration": "int64", "total": "float64", "content": "float64", "style": "float64",
          "evaluations": "Int64"}  # unknown (None) for iterations resumed from an older checkpoint
     )
-    write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    results.write(path, lambda fh: frame.to_parquet(fh, index=False))
 
 
 def beat_lines(grid: str, content: list[float] | None, style: list[float] | None) -> dict[str, list[float]] | None:
@@ -197,8 +294,8 @@ def write_figures(spec: RowSpec, results: ResultsRoot, content: torch.Tensor, st
     panels = {"content": content, "style": style, "output": output}
     try:
         spectrogram_figure(run_dir / "spectrograms.png", {k: v.cpu().numpy() for k, v in panels.items()},
-                           spec.params.sample_rate, spec.params.hop_length, title, beats)
-        loss_figure(run_dir / "losses.png", trace, title)
+                           spec.params.sample_rate, spec.params.hop_length, title, beats, root=results.root)
+        loss_figure(run_dir / "losses.png", trace, title, root=results.root)
     except Exception as exc:  # noqa: BLE001 - figures are a convenience
         return {"figure_error": f"{type(exc).__name__}: {exc}"}
     return {
@@ -214,15 +311,15 @@ def regenerate_figures(results: ResultsRoot, record: dict[str, Any]) -> dict[str
     p = spec.params
     specs = [
         log_spectrogram(torch.from_numpy(load_audio(path, p.sample_rate, p.max_seconds)), p.n_fft, p.hop_length)
-        for path in (spec.content, spec.style, results.root / record["output"])
+        for path in (spec.content, spec.style, results.output_path(spec.id))
     ]
-    frame = pd.read_parquet(results.root / record["trace"])[list(TRACE_COLUMNS[:4])]
+    frame = pd.read_parquet(results.run_dir(spec.id) / "trace.parquet")[list(TRACE_COLUMNS[:4])]
     trace = [tuple(t) for t in frame.itertuples(index=False)]
     beats = beat_lines(p.beat_grid, record.get("content_beat_times"), record.get("style_beat_times"))
     figures = write_figures(spec, results, *specs, trace, beats)
     updated = {k: v for k, v in record.items() if k not in ("figure_error", "spectrogram_png", "loss_png")}
     updated.update(figures)
-    write_json_atomic(results.record_path(spec.id), updated)
+    results.write_json(results.record_path(spec.id), updated)
     return updated
 
 
@@ -272,7 +369,8 @@ class RowRun:
         to decode it now; ``weights(device)``: the group's network (``transfer.Network``), asked for
         only once the inputs have passed their length and memory checks."""
         self.say(f"start (manifest row {self.spec.row})")
-        self.results.run_dir(self.spec.id).mkdir(parents=True, exist_ok=True)
+        os.close(open_dir_fd(self.results.root, parts_within(self.results.root, self.results.run_dir(self.spec.id)),
+                             create=True))  # the row's folder, never through a planted link
         device = pick_device(self.spec.params.device)
         self.record.update(device_used=str(device))
         self._load(inputs)
@@ -313,14 +411,18 @@ class RowRun:
             return
         state, problem = load_checkpoint(self.ckpt_path, self.spec, self.weight.device)
         if state is not None:
+            fresh = self.transfer.state_dict()
+            problem = checkpoint_shape_problem(state, fresh) or _history_problem(state, fresh["x"])
+            if problem:
+                problem, state = f"not this row's state ({problem})", None
+        if state is not None:
             try:
                 self.transfer.load_state_dict(state)
             except Exception as exc:  # noqa: BLE001 - any mismatch means "not this row's state"
                 problem = f"does not fit this row's transfer ({type(exc).__name__}: {exc})"
                 self.transfer, _ = make_transfer(self.inputs, self.specs, self.spec.params, self.weight)
         if problem:
-            bad = self.ckpt_path.with_name(self.ckpt_path.name + ".bad")
-            os.replace(self.ckpt_path, bad)
+            bad = move_aside(self.ckpt_path)
             self.record.update(checkpoint_error=f"{self.ckpt_path}: {problem}; moved to {bad.name}, row restarted")
             self.say(f"warning: {self.record.checkpoint_error}")
             return
@@ -339,7 +441,7 @@ class RowRun:
             **checkpoint_identity(self.spec),
             "submission_id": self.options.submission_id,
         }
-        write_atomic(self.ckpt_path, lambda tmp: torch.save(state, tmp))
+        self.results.write(self.ckpt_path, lambda fh: torch.save(state, fh))
 
     # optimise -----------------------------------------------------------------------------------
     def optimize(self, should_pause: Callable[[], bool], bar_position: int = 0) -> None:
@@ -400,8 +502,9 @@ class RowRun:
         p, spec, results = self.spec.params, self.spec, self.results
         with self.timed("time_write_s"):
             self.output = audio.cpu().numpy()
-            self.record.update(output_gain=write_wav(results.output_path(spec.id), self.output, p.sample_rate))
-            write_trace(results.trace_path(spec.id), self.transfer.trace)
+            self.record.update(output_gain=write_wav(results.output_path(spec.id), self.output, p.sample_rate,
+                                                 root=results.root))
+            write_trace(results, results.trace_path(spec.id), self.transfer.trace)
         with self.timed("time_figures_s"):
             output_spec = log_spectrogram(audio, p.n_fft, p.hop_length)
             beats = beat_lines(p.beat_grid, self.record.content_beat_times, self.record.style_beat_times)
@@ -435,7 +538,7 @@ class RowRun:
         record = self.record
         record.update(time_total_s=time.perf_counter() - self.t_start, finished_at=now_utc())
         data = record.to_dict()
-        write_json_atomic(self.results.record_path(self.spec.id), data)
+        self.results.write_json(self.results.record_path(self.spec.id), data)
         if record.status == "ok" or not record.retryable:
             self.ckpt_path.unlink(missing_ok=True)
         release_claim(self.results, self.spec.id, self.options.submission_id)

@@ -13,13 +13,17 @@ import re
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends import get_backend, local_job_alive
+from .claims import Claim
+from .claims import claim_rows as _claim_rows
 from .config import flatten_record
 from .dispatch import SubmissionRecord, load_submissions
-from .store import ResultsRoot, claim_path, claims_lock, read_claim, release_claim, try_claim
+from .record import Record, RecordError
+from .store import ResultsRoot, open_regular
 
 STATES = ("pending", "running", "ok", "failed", "cancelled", "lost", "skipped")
 
@@ -30,7 +34,7 @@ class RowState:
     row: int
     state: str
     job_id: str = ""
-    log: str = ""
+    log: tuple[Path, Path] | None = None  # (job log, the folder it must be read within)
     error: str = ""
 
 
@@ -50,16 +54,30 @@ class SubmissionStatus:
 
 
 ROW_START = re.compile(r"^\[row ([0-9a-f]+)\] start")
+MAX_LOG_BYTES = 1 << 20  # the tail of a log is what status shows: read at most its last MiB
 
 
-def log_tail(path: str, lines: int = 5, row_id: str = "") -> str:
-    """Last lines of a job log (submitit's stderr file), '' when there is none. With ``row_id``,
-    only that row's part of a log shared by a job's rows: from its last ``[row <id>] start`` line
-    (job.py writes one per row) to the next row's start."""
+def read_log(path: Path, within: Path) -> str:
+    """The text of a job log (its last MAX_LOG_BYTES), read only as a regular file reached
+    without a symlink below ``within``; '' when there is none or it cannot be read so."""
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        with open_regular(path, within) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            fh.seek(max(0, size - MAX_LOG_BYTES))
+            return fh.read(MAX_LOG_BYTES).decode("utf-8", errors="replace")
+    except (OSError, ValueError):
         return ""
+
+
+def log_tail(path: str | Path | tuple[Path, Path] | None, lines: int = 5, row_id: str = "") -> str:
+    """Last lines of a job log (submitit's stderr file), '' when there is none. ``path`` is
+    (log, folder it must lie in) as ``SubmissionRecord.job_log`` gives it, or a plain path (the
+    user's own). With ``row_id``, only that row's part of a log shared by a job's rows: from its
+    last ``[row <id>] start`` line (job.py writes one per row) to the next row's start."""
+    if not path:
+        return ""
+    log, within = path if isinstance(path, tuple) else (Path(path), None)
+    text = read_log(log, within)
     all_lines = text.rstrip().splitlines()
     if row_id:
         starts = [(i, m.group(1)) for i, line in enumerate(all_lines) if (m := ROW_START.match(line))]
@@ -91,18 +109,21 @@ def unfinished_jobs(submission: SubmissionRecord, records: dict[str, dict]) -> l
 
 def submission_status(
     submission: SubmissionRecord, records: dict[str, dict], queue: dict[str, str] | None,
+    logs: dict[str, tuple[Path, Path]] | None = None,
 ) -> SubmissionStatus:
     """Each row's state, from its record where that finishes the row, else from ``queue`` (the
     backend's {job id: pending|running} of ``unfinished_jobs``; None when it could not be asked):
     queued or running; unknown (shown pending); cancelled; or ``lost`` (its job left the queue
-    without a record, with the tail of its log). Pure: no files, no queue."""
+    without a record, with the tail of its log: ``logs`` maps job ids to ``job_log``'s answer).
+    Pure but for reading those logs: no queue."""
     job_of_row = {rid: job for job in submission.jobs for rid in job["rows"]}
     status = SubmissionStatus(submission=submission, queue_known=queue is not None)
     queue = queue or {}
     for rid, row in submission.rows.items():
         record = records.get(rid) or {}
         job = job_of_row.get(rid, {})
-        job_id, log = str(job.get("job_id", "")), str(job.get("log", ""))
+        job_id = str(job.get("job_id", ""))
+        log = logs.get(job_id) if logs else None
         if finishes(record, submission):
             status.rows.append(RowState(rid, row, record["status"], job_id, log, record.get("error", "")))
             continue
@@ -124,12 +145,23 @@ def submission_status(
 def query_status(results: ResultsRoot, submission: SubmissionRecord) -> SubmissionStatus:
     """``submission_status`` from the records on disk and ONE query of the submission's queue."""
     records = {rid: results.read_record(rid) or {} for rid in submission.rows}
-    queue = get_backend(submission.executor).queue_states(unfinished_jobs(submission, records))
-    return submission_status(submission, records, queue)
+    queue = get_backend(submission.executor).queue_states(unfinished_jobs(submission, records),
+                                                          submission.submitit_folder)
+    logs = {job["job_id"]: log for job in submission.jobs if (log := submission.job_log(results, job["job_id"]))}
+    return submission_status(submission, records, queue, logs)
 
 
 def all_status(results: ResultsRoot) -> list[SubmissionStatus]:
     return [query_status(results, s) for s in load_submissions(results)]
+
+
+def spec_row(row_id: str, spec: dict, row: int) -> dict:
+    """The index row of a submitted row without a record, from the submission's copy of its spec
+    (checked like a record: the submission file is anyone's words)."""
+    try:
+        return flatten_record(Record.from_json({**spec, "id": row_id, "status": "running"}, row_id).to_dict())
+    except RecordError:
+        return {"id": row_id, "row": row}
 
 
 def unrecorded_rows(results: ResultsRoot, recorded: set[str]) -> list[dict]:
@@ -148,7 +180,7 @@ def unrecorded_rows(results: ResultsRoot, recorded: set[str]) -> list[dict]:
             if latest.get(state.id) is not sub or state.state in ("ok", "failed", "skipped"):
                 continue
             rows.append({
-                **flatten_record(sub.specs.get(state.id, {"id": state.id, "row": state.row})),
+                **spec_row(state.id, sub.specs.get(state.id, {}), state.row),
                 "status": state.state,
                 "error": state.error.splitlines()[-1][:500] if state.error else "",
                 "submission_id": sub.submission_id,
@@ -174,7 +206,7 @@ def format_status(status: SubmissionStatus, details: bool = True) -> str:
                 last = r.error.splitlines()[-1] if r.error else ""
                 lines.append(f"  row {r.row} [{r.id}] {r.state} job {r.job_id}: {last}")
                 if r.log:
-                    lines.append(f"    log: {r.log}")
+                    lines.append(f"    log: {r.log[0]}")
                     shared = len(job_rows.get(r.id, ())) > 1
                     tail = log_tail(r.log, 3, row_id=r.id if shared else "")
                     if tail:
@@ -185,47 +217,28 @@ def format_status(status: SubmissionStatus, details: bool = True) -> str:
 CLAIM_GRACE_S = 600  # a claim whose submission file never appeared is stale after this long
 
 
-def claim_is_live(
-    results: ResultsRoot, row_id: str, claim: dict, submissions: dict[str, SubmissionRecord],
-    states: dict[str, dict[str, str]] | None = None,
-) -> bool:
-    """A claim is live while its job can still write the row: the submission's row is pending or
-    running in the queue; or, before the submission was saved, its submitting process lives.
-    ``states`` memoises row states per submission (one queue query per submission, not per row)."""
-    sub = submissions.get(str(claim.get("submission_id", "")))
-    if sub is not None:
-        states = {} if states is None else states
-        if sub.submission_id not in states:
-            states[sub.submission_id] = {r.id: r.state for r in query_status(results, sub).rows}
-        return states[sub.submission_id].get(row_id, "") in ("pending", "running")
-    if claim.get("host") == socket.gethostname():
-        return local_job_alive(str(claim.get("pid", "")))
-    return time.time() - float(claim.get("created", 0) or 0) < CLAIM_GRACE_S
+def claim_liveness(results: ResultsRoot, force: bool = False) -> Callable[[str, Claim], bool]:
+    """The ``is_live(row_id, claim)`` that claims.claim_rows asks: a claim is live while the queue
+    shows its submission's job of that row pending or running. A claim whose submission file does
+    not exist (yet) is live only for CLAIM_GRACE_S after it was made (a time in the future is not
+    believed) and, on this host, only while its process lives; ``force`` takes over every claim
+    whose job the queue does not show. A planted claim thus blocks its row for minutes at most."""
+    submissions = {s.submission_id: s for s in load_submissions(results)}
+    states: dict[str, dict[str, str]] = {}  # one queue query per submission, not per row
+
+    def is_live(row_id: str, claim: Claim) -> bool:
+        sub = submissions.get(claim.submission_id)
+        if sub is not None:
+            if sub.submission_id not in states:
+                states[sub.submission_id] = {r.id: r.state for r in query_status(results, sub).rows}
+            return states[sub.submission_id].get(row_id, "") in ("pending", "running")
+        if force or not 0 <= time.time() - claim.created < CLAIM_GRACE_S:
+            return False
+        return claim.host != socket.gethostname() or local_job_alive(str(claim.pid))
+
+    return is_live
 
 
-def claim_rows(results: ResultsRoot, specs: list, submission_id: str) -> tuple[list, dict[str, str]]:
-    """Claim every row for ``submission_id`` (O_EXCL, under the root's claims lock). Returns
-    (claimed specs, {row id: "in flight in submission X"} for rows another live submission holds).
-    Stale claims (their job left the queue) are taken over."""
-    claimed, busy = [], {}
-    mine = {"submission_id": submission_id, "host": socket.gethostname(), "pid": os.getpid(), "created": time.time()}
-    with claims_lock(results):
-        submissions = {s.submission_id: s for s in load_submissions(results)}
-        states: dict[str, dict[str, str]] = {}
-        for spec in specs:
-            if not try_claim(results, spec.id, mine):
-                held = read_claim(results, spec.id) or {}
-                if claim_is_live(results, spec.id, held, submissions, states):
-                    busy[spec.id] = f"in flight in submission {held.get('submission_id', '?')}"
-                    continue
-                claim_path(results, spec.id).unlink(missing_ok=True)
-                if not try_claim(results, spec.id, mine):
-                    busy[spec.id] = "claimed by another submission"
-                    continue
-            claimed.append(spec)
-    return claimed, busy
-
-
-def release_claims(results: ResultsRoot, specs: list, submission_id: str) -> None:
-    for spec in specs:
-        release_claim(results, spec.id, submission_id)
+def claim_rows(results: ResultsRoot, specs: list, submission_id: str, force: bool = False) -> tuple[list, dict[str, str]]:
+    """Claim every row for ``submission_id`` (claims.claim_rows with the queue's liveness)."""
+    return _claim_rows(results, specs, submission_id, claim_liveness(results, force))

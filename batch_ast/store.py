@@ -7,13 +7,22 @@ Everything is keyed by row id, never by SLURM job id (a fresh controller restart
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
+import re
+import secrets
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    from .record import Record
 
 RECORD = "record.json"
 OUTPUT_WAV = "output.wav"
@@ -44,33 +53,196 @@ def published_mode() -> int:
     return 0o666 & ~current_umask()
 
 
-@contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``target``; on success move it over ``target`` atomically.
+class UnsafeFileError(OSError):
+    """A file or folder in a results root that batch-ast refuses to use: a symlink, a FIFO or
+    device, a file over its size cap, a path that leaves the root."""
 
-    mkstemp creates its file 0600 whatever the umask; the published file gets the umask's mode."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{target.name}.", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    def __init__(self, path: str | os.PathLike[str], reason: str):
+        super().__init__(reason)
+        self.filename, self.strerror = str(path), reason
+
+
+def parts_within(root: Path, target: Path) -> tuple[str, ...]:
+    """The parts of ``target`` below ``root`` (both absolute); UnsafeFileError when it is not below."""
     try:
-        yield tmp_path
-        os.chmod(tmp_path, published_mode())
-        os.replace(tmp_path, target)
+        parts = Path(os.path.abspath(target)).relative_to(root).parts
+    except ValueError:
+        raise UnsafeFileError(target, f"outside the results root {short_path(root)}") from None
+    if not parts or any(part in ("", ".", "..") for part in parts):
+        raise UnsafeFileError(target, "not a file path inside the results root")
+    return parts
+
+
+def open_dir_fd(root: Path, parts: tuple[str, ...], create: bool) -> int:
+    """A descriptor of the folder ``root/parts...``, reached without following any symlink below
+    ``root`` (each step is opened relative to the last with O_NOFOLLOW), creating missing folders
+    when asked. A symlink or non-folder on the way raises UnsafeFileError: a planted link cannot
+    redirect a write or a read out of the root, even if it appears between a check and the use."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    if create:
+        root.mkdir(parents=True, exist_ok=True)  # the root itself is the user's own path
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, part in enumerate(parts):
+            try:
+                nxt = os.open(part, flags, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o777, dir_fd=fd)
+                nxt = os.open(part, flags, dir_fd=fd)
+            except (NotADirectoryError, OSError) as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafeFileError(root.joinpath(*parts[: i + 1]), "a symlink or not a folder") from None
+                raise
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _dir_fd(target: Path, root: Path | None, create: bool) -> int:
+    if root is None:  # a path the user chose (report -o, expand -o): the user's own folders
+        if create:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    return open_dir_fd(root, parts_within(root, target)[:-1], create)
+
+
+def write_atomic(target: Path, writer: Callable[[BinaryIO], None], root: Path | None = None) -> None:
+    """Call ``writer(file)`` on a new hidden temp file beside ``target``, then rename it over
+    ``target`` atomically (readers never see half a file).
+
+    The temp file is created O_EXCL|O_NOFOLLOW and written through the descriptor, and the rename
+    happens inside the folder's descriptor: a symlink planted at the temp or target name is never
+    followed. With ``root`` (a results root), every folder from it to ``target`` is reached the same
+    way. The file gets ``published_mode`` (0666 less the umask), like ``open()``."""
+    target = Path(target)
+    dir_fd = _dir_fd(target, Path(root) if root is not None else None, create=True)
+    name = ""
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        name = f"{TMP_PREFIX}{target.name[:200]}.{secrets.token_hex(6)}"
+        fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+        with os.fdopen(fd, "wb") as fh:
+            writer(fh)
+            fh.flush()
+            os.fchmod(fh.fileno(), published_mode())
+        os.replace(name, target.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        name = ""
+    except OSError as exc:
+        if not exc.filename:
+            exc.filename = str(target)
+        raise
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        if name:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=dir_fd)
+        os.close(dir_fd)
 
 
-def write_atomic(target: Path, writer: Callable[[Path], None]) -> None:
-    """Call ``writer(tmp_path)`` and atomically publish the result as ``target``."""
-    with atomic_path(target) as tmp:
-        writer(tmp)
+def write_json_atomic(target: Path, data: Any, root: Path | None = None) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    write_atomic(target, lambda fh: fh.write(text.encode("utf-8")), root)
 
 
-def write_json_atomic(target: Path, data: Any) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True, default=str)
-    write_atomic(target, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+def open_regular(target: Path, root: Path | None = None, limit: int | None = None) -> BinaryIO:
+    """A file of the results root opened for reading, only when it is a regular file reached
+    without a symlink (``root``: every folder below it too) and at most ``limit`` bytes: a FIFO
+    would hang the reader, a device or a huge file would never end, a link would read outside."""
+    target = Path(target)
+    dir_fd = _dir_fd(target, Path(root) if root is not None else None, create=False)
+    try:
+        try:
+            fd = os.open(target.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafeFileError(target, "a symlink (not followed)") from None
+            exc.filename = str(target)
+            raise
+    finally:
+        os.close(dir_fd)
+    st = os.fstat(fd)
+    problem = ""
+    if not stat.S_ISREG(st.st_mode):
+        problem = "not a regular file (a FIFO, device or folder)"
+    elif limit is not None and st.st_size > limit:
+        problem = f"{st.st_size} bytes, more than the {limit} such a file may have"
+    if problem:
+        os.close(fd)
+        raise UnsafeFileError(target, problem)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_regular(target: Path, root: Path | None = None, limit: int | None = None) -> bytes:
+    """The bytes of ``open_regular(target, root, limit)`` (never more than ``limit``: a file that
+    grows while read is cut, and then fails to parse)."""
+    with open_regular(target, root, limit) as fh:
+        return fh.read() if limit is None else fh.read(limit + 1)[: limit + 1]
+
+
+def read_json(target: Path, root: Path | None, limit: int) -> Any:
+    """JSON from a file of the root (``read_regular``), ValueError for text that is not JSON or
+    nests deeper than Python's parser can follow."""
+    return _parse_json(target, read_regular(target, root, limit), limit)
+
+
+def _parse_json(target: Path, data: bytes, limit: int) -> Any:
+    if len(data) > limit:
+        raise UnsafeFileError(target, f"more than the {limit} bytes such a file may have")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text ({exc.reason})") from None
+
+
+@contextmanager
+def root_lock(results: ResultsRoot, name: str) -> Iterator[None]:
+    """An exclusive flock on ``<root>/<name>`` (collect's and the claims' locks). The lock file is
+    opened without following a symlink: a planted link (dangling or not) is moved aside, never
+    used to create a file elsewhere."""
+    path = results.root / name
+    fd = -1
+    for _ in range(100):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                raise
+            _move_aside(path)
+            continue
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            break
+        os.close(fd)
+        fd = -1
+        _move_aside(path)
+    if fd < 0:
+        raise UnsafeFileError(path, "cannot be made a lock file")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _move_aside(path: Path) -> None:
+    """Rename a planted file or link out of the way (``<name>.bad-<random>``), keeping it to look at."""
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(path, path.with_name(f"{path.name}.bad-{secrets.token_hex(4)}"))
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a bad file of the root to ``<name>.bad`` (replacing an older one) and return that name."""
+    bad = path.with_name(path.name + ".bad")
+    os.replace(path, bad)
+    return bad
 
 
 class ResultsError(RuntimeError):
@@ -163,10 +335,6 @@ class ResultsRoot:
         return self.root / "submissions"
 
     @property
-    def hash_cache_path(self) -> Path:
-        return self.root / ".cache" / "sha256.json"
-
-    @property
     def collect_state_path(self) -> Path:
         """What the last collect read (see index.collect): lets the next one read only changes."""
         return self.root / ".cache" / "collect.json"
@@ -179,70 +347,57 @@ class ResultsRoot:
     def traces_path(self) -> Path:
         return self.root / "traces.parquet"
 
-    def record_paths(self) -> list[Path]:
+    def row_ids(self) -> list[str]:
+        """Ids of the row folders under runs/ that hold a record file (a name that is not a row
+        id is no row's: ignored)."""
         runs = self.root / "runs"
-        return sorted(runs.glob(f"*/{RECORD}")) if runs.is_dir() else []
+        if not runs.is_dir():
+            return []
+        return sorted(path.parent.name for path in runs.glob(f"*/{RECORD}") if ROW_ID.fullmatch(path.parent.name))
+
+    def record_paths(self) -> list[Path]:
+        return [self.record_path(rid) for rid in self.row_ids()]
+
+    def load_record(self, row_id: str) -> tuple[Record | None, str]:
+        """(the row's record, "") — or (None, why) when it is absent ("" then) or cannot be used:
+        a symlink, not a regular file, over MAX_RECORD_BYTES, not JSON, or not a valid record
+        (``Record.from_json``). Everything read from a shared root is a stranger's until checked."""
+        from .record import Record, RecordError
+
+        path = self.record_path(row_id)
+        try:
+            with open_regular(path, self.root, MAX_RECORD_BYTES) as fh:
+                uid = os.fstat(fh.fileno()).st_uid
+                data = _parse_json(path, fh.read(MAX_RECORD_BYTES + 1), MAX_RECORD_BYTES)
+        except FileNotFoundError:
+            return None, ""
+        except (OSError, ValueError) as exc:
+            reason = describe_os_error(exc) if isinstance(exc, OSError) else f"{path}: {exc}"
+            return None, reason
+        try:
+            record = Record.from_json(data, row_id)
+            record.record_uid = uid
+            return record, ""
+        except RecordError as exc:
+            return None, f"{path}: {exc}"
 
     def read_record(self, row_id: str) -> dict[str, Any] | None:
-        """The row's record, or None when absent or unreadable (a reader never trusts a bad file)."""
-        try:
-            data = json.loads(self.record_path(row_id).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+        """The row's validated record as a dict, or None when absent or unusable (see
+        ``load_record``: a reader never trusts a bad file)."""
+        record, _ = self.load_record(row_id)
+        return record.to_dict() if record is not None else None
+
+    def write(self, target: Path, writer: Callable[[BinaryIO], None]) -> None:
+        """``write_atomic`` confined to this root (no symlink below it is followed)."""
+        write_atomic(target, writer, self.root)
+
+    def write_json(self, target: Path, data: Any) -> None:
+        write_json_atomic(target, data, self.root)
 
 
-# --- Row claims -------------------------------------------------------------------------------
-# A submission claims each row it will run with an O_EXCL file, so a second submission into the
-# same root (another terminal, a colleague) skips rows in flight instead of computing them twice.
-# Whether a claim is stale (its job left the queue) is for the caller to judge: only the dispatch
-# layer can ask the queue.
-CLAIM = "claim.json"
-
-
-def claim_path(results: ResultsRoot, row_id: str) -> Path:
-    return results.run_dir(row_id) / CLAIM
-
-
-@contextmanager
-def claims_lock(results: ResultsRoot) -> Iterator[None]:
-    """Serialise the claim step of concurrent submissions (check-then-replace of stale claims)."""
-    import fcntl
-
-    results.root.mkdir(parents=True, exist_ok=True)
-    with (results.root / ".claims.lock").open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def read_claim(results: ResultsRoot, row_id: str) -> dict[str, Any] | None:
-    try:
-        data = json.loads(claim_path(results, row_id).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return {}  # unreadable: a claim nobody can prove live
-    return data if isinstance(data, dict) else {}
-
-
-def try_claim(results: ResultsRoot, row_id: str, claim: dict[str, Any]) -> bool:
-    """Create the row's claim atomically (O_EXCL); False when one exists already."""
-    path = claim_path(results, row_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(claim, fh)
-    return True
-
-
-def release_claim(results: ResultsRoot, row_id: str, submission_id: str) -> None:
-    """Remove the row's claim if it is this submission's (a finished row needs none)."""
-    claim = read_claim(results, row_id)
-    if claim is not None and claim.get("submission_id") == submission_id:
-        claim_path(results, row_id).unlink(missing_ok=True)
+# A row id: the first 16 hex digits of a SHA-256 (plan.row_id). Anything read from the root that
+# names a row (a folder, a record's id, a submission's rows) must look like one before it becomes
+# part of a path.
+ROW_ID = re.compile(r"[0-9a-f]{16}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_RECORD_BYTES = 1 << 20  # a record is a few KB; a beat-segmented one with 10,000 beats ~200 KB

@@ -20,12 +20,15 @@ import csv
 import glob
 import io
 import itertools
+import math
 import os
+import re
+import string
 from pathlib import Path
 from typing import Any
 
 from .config import PARAMS, ConfigError, read_config_file
-from .manifest import RESOURCE_COLUMNS
+from .manifest import RESOURCE_COLUMNS, max_rows, too_many_rows
 
 STUDY_SUFFIXES = (".yaml", ".yml")
 STUDY_KEYS = ("contents", "styles", "pair", "preset", "presets", "seed", "seeds", "grid", "set", "name")
@@ -64,6 +67,25 @@ def _inputs(patterns: list[Any], key: str, base: Path, source: Path) -> list[Pat
         else:
             out.append(Path(full))  # a missing file is the manifest's to report, with its row
     return out
+
+
+MAX_NAME = 1000  # characters of a row name a template may make
+
+
+def _check_template(template: Any, source: Path) -> None:
+    """Refuse a name template whose fields would be padded or cut to absurd widths
+    (``{content:>1000000000}`` allocates a gigabyte per row) before any row is formatted."""
+    if template is None:
+        return
+    if not isinstance(template, str) or len(template) > MAX_NAME:
+        raise StudyError(f"{source}: name must be a text template of at most {MAX_NAME} characters")
+    try:
+        specs = [spec or "" for _, _, spec, _ in string.Formatter().parse(template)]
+    except ValueError as exc:
+        raise StudyError(f"{source}: name: {template[:80]!r} is not a template ({exc})") from None
+    for spec in specs:
+        if any(int(n) > MAX_NAME for n in re.findall(r"\d+", spec)):
+            raise StudyError(f"{source}: name: a field width or precision above {MAX_NAME} in {template[:80]!r}")
 
 
 def study_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -116,6 +138,10 @@ def study_rows(path: str | Path) -> list[dict[str, Any]]:
             raise StudyError(f"{source}: {name!r} is in both grid and set")
 
     template = spec.get("name")
+    _check_template(template, source)
+    total = len(pairs) * math.prod(len(v) for v in axes.values())
+    if total > max_rows():
+        raise StudyError(f"{source}: {too_many_rows(total, max_rows())}")
     varying = [k for k, v in axes.items() if len(v) > 1]
     rows = []
     for content, style in pairs:

@@ -72,3 +72,13 @@ def device_under_test():
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     return device
+
+
+@pytest.fixture(autouse=True)
+def private_state(tmp_path_factory, monkeypatch):
+    """Each test's own private state folder (submitit's files, the hash cache): never the
+    machine user's ~/.local/state."""
+    folder = tmp_path_factory.mktemp("state")
+    folder.chmod(0o700)
+    monkeypatch.setenv("BATCH_AST_STATE_DIR", str(folder / "batch-ast"))
+    return folder / "batch-ast"

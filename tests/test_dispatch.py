@@ -57,7 +57,7 @@ def test_example_profile_maps_to_valid_submitit_parameters(tmp_path, monkeypatch
     assert params["slurm_partition"] == "gpu" and params["slurm_array_parallelism"] == 50
     assert params["batch_rows"] == 1 and params["slurm_mail_type"] == "FAIL"
     for key in NON_SUBMITIT_KEYS:  # batch-ast's own keys, taken out by the CLI
-        params.pop(key)
+        params.pop(key, None)
     executor = _make_executor("slurm", tmp_path, params)  # submitit rejects unknown names
     assert executor.cluster == "slurm"
 
@@ -113,10 +113,12 @@ def test_slurm_queue_states_are_normalised_in_one_squeue_call(tmp_path, monkeypa
     calls = tmp_path / "calls"
     fake = tmp_path / "bin" / "squeue"
     fake.parent.mkdir()
-    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nprintf '7_0|PENDING\\n7_1|RUNNING\\n8|REQUEUED\\n'\n")
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nprintf '7_0|PENDING|/s/sub/a.sh\\n"
+                    "7_1|RUNNING|/s/sub/a.sh\\n8|REQUEUED|/s/sub/b.sh\\n9|RUNNING|/elsewhere/c.sh\\n'\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
-    states = get_backend("slurm").queue_states(["7_0", "7_1", "8", "7_2"])
+    states = get_backend("slurm").queue_states(["7_0", "7_1", "8", "7_2", "9"], "/s/sub")
+    # job 9 is someone else's (its sbatch script is not in the submission's folder): not this submission's
     assert states == {"7_0": "pending", "7_1": "running", "8": "pending"}
     assert calls.read_text().count("\n") == 1 and "-j 7,8" in calls.read_text()
     assert get_backend("slurm").index_job_id("7_1") == "7" and get_backend("local").index_job_id("123") == ""

@@ -23,6 +23,7 @@ import torch
 import batch_ast
 from batch_ast import index as index_module
 from batch_ast.backends import child_pids, get_backend, local_job_alive
+from batch_ast.claims import claim_path
 from batch_ast.cli import main
 from batch_ast.config import ConfigError, coerce, load_config
 from batch_ast.dispatch import load_submissions, submit
@@ -31,7 +32,7 @@ from batch_ast.manifest import read_manifest
 from batch_ast.plan import make_plan, row_id
 from batch_ast.row import load_inputs
 from batch_ast.status import claim_rows, log_tail
-from batch_ast.store import ResultsRoot, claim_path
+from batch_ast.store import ResultsRoot
 
 from .conftest import REPO, tiny_columns, write_manifest
 
@@ -164,12 +165,12 @@ def test_a_huge_sparse_input_is_refused_before_hashing(audio_dir, tmp_path, caps
     assert "row 1 (line 2): column 'content'" in err and "huge.wav" in err and "input limit" in err
 
 
-def test_the_hash_cache_skips_rereading_unchanged_inputs(audio_dir, tmp_path, monkeypatch):
+def test_the_hash_cache_skips_rereading_unchanged_inputs(audio_dir, tmp_path, monkeypatch, private_state):
     from batch_ast import plan as plan_module
 
     results = ResultsRoot(tmp_path / "results")
     spec, m = plan_one(audio_dir, results)
-    assert results.hash_cache_path.exists()
+    assert (private_state / "sha256.json").exists()  # private: never in the (shared) root
 
     def no_reading(*args, **kwargs):
         raise AssertionError("an unchanged input was hashed again")
@@ -268,17 +269,17 @@ def test_analyse_on_a_missing_or_truncated_index(audio_dir, tmp_path, capsys):
 def test_a_full_disk_while_collecting_or_writing_the_wav(audio_dir, tmp_path, monkeypatch, capsys):
     results = ResultsRoot(tmp_path / "results")
     spec, m = plan_one(audio_dir, results)
-    from pathlib import Path as P
+    import batch_ast.audio as audio_module
 
-    real_write_bytes = P.write_bytes
+    real_write_atomic = audio_module.write_atomic
 
-    def disk_full(self, data):
-        if self.name.startswith(".tmp-output.wav"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
-        return real_write_bytes(self, data)
+    def disk_full(target, writer, root=None):
+        def full(fh):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write_atomic(target, full if target.name == "output.wav" else writer, root)
 
     with monkeypatch.context() as patch:
-        patch.setattr(P, "write_bytes", disk_full)
+        patch.setattr(audio_module, "write_atomic", disk_full)
         record = run_row(spec, results)
     assert record["status"] == "failed" and record["retryable"]
     assert "No space left on device" in record["error"] and not results.output_path(spec.id).exists()
@@ -431,7 +432,7 @@ def test_a_second_submission_skips_rows_in_flight(audio_dir, tmp_path, capsys):
         assert len(load_submissions(results)) == 1  # the second submitted nothing
         assert cli("cancel", str(results.root)) == 0
     finally:  # a failed assertion must not leave a 100,000-iteration job running
-        get_backend("local").cancel([job["job_id"] for job in first.jobs])
+        get_backend("local").cancel([job["job_id"] for job in first.jobs], first.submitit_folder)
     deadline = time.monotonic() + 300
     # the cancelled job leaves a stale claim: the next submission takes the row over
     while True:
@@ -540,8 +541,8 @@ def test_the_index_lists_rows_without_records_and_stale_temp_files_go(audio_dir,
     finally:  # a failed check must not leave a 100,000-iteration job running
         # batch-ast's own cancel (SIGTERM), not submitit's job.cancel(): that sends SIGINT, which a
         # suite started in the background of a non-interactive shell ignores, and so do its jobs
-        get_backend("local").cancel([str(job.job_id)])
-    deadline = time.monotonic() + 120
+        get_backend("local").cancel([str(job.job_id)], submission.submitit_folder)
+    deadline = time.monotonic() + 3600
     while local_job_alive(str(job.job_id)):
         assert time.monotonic() < deadline, "the cancelled local job did not end"
         time.sleep(0.2)

@@ -138,9 +138,12 @@ def test_corrupt_and_truncated_records_are_reported_and_skipped(audio_dir, tmp_p
     (results.root / "runs" / "badbadbadbadbad2").mkdir()
     (results.root / "runs" / "badbadbadbadbad2" / "record.json").write_text("[1, 2]")
     report = batch_ast.collect(results.root)
-    assert report.rows == 2 and len(report.skipped) == 2
-    assert all("unreadable record" in s for s in report.skipped)
-    assert len(batch_ast.load_index(results.root)) == 2
+    assert report.rows == 4 and report.invalid == 2 and len(report.skipped) == 2
+    assert all("indexed as invalid" in s for s in report.skipped)
+    index = batch_ast.load_index(results.root).set_index("id")
+    assert (index["status"] == "ok").sum() == 2
+    assert "not valid JSON" in index.loc["badbadbadbadbad1", "error"] or "Expecting" in index.loc["badbadbadbadbad1", "error"]
+    assert "not a record" in index.loc["badbadbadbadbad2", "error"]
 
 
 def test_a_collect_killed_mid_write_leaves_the_previous_index(audio_dir, tmp_path, monkeypatch):
@@ -149,7 +152,7 @@ def test_a_collect_killed_mid_write_leaves_the_previous_index(audio_dir, tmp_pat
     before = results.index_path.read_bytes()
 
     def dies_half_way(table, where, **kwargs):
-        Path(where).write_bytes(b"PAR1 half a file")
+        where.write(b"PAR1 half a file")
         raise KeyboardInterrupt("killed")
 
     monkeypatch.setattr(index_module.pq, "write_table", dies_half_way)
