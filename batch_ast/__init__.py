@@ -4,7 +4,7 @@ The Python API (``submit``, ``prepare``, ``find_submission``) does what the ``ba
 does; ``load_index`` and ``load_traces`` read the results into pandas.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .api import Prepared, Submission, collect, find_submission, prepare, submit  # noqa: E402
 from .config import Params  # noqa: E402

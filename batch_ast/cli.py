@@ -134,7 +134,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 1 if failed_lines else 0
     print(
         f"submitted {len(submission.record.rows)} row(s) as {len(submission.jobs)} job(s): "
-        f"{submission.record.array_job_id} (submission {submission.id}; logs in {results.submitit_dir})",
+        f"{submission.record.array_job_id} (submission {submission.id}; logs in {submission.record.submitit_folder})",
         flush=True,
     )
     wait = args.wait if args.wait is not None else prepared.backend.waits_by_default

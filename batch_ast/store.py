@@ -328,6 +328,7 @@ class ResultsRoot:
 
     @property
     def submitit_dir(self) -> Path:
+        """Where versions before 0.2 kept submitit's files (now in the user's private state)."""
         return self.root / "submitit"
 
     @property
