@@ -14,6 +14,9 @@ def hyperparameter_effect(df: pd.DataFrame, param: str, metric: str) -> pd.DataF
     for column in (param, metric):
         if column not in df.columns:
             raise KeyError(f"no column {column!r} in the index (columns: {', '.join(df.columns)})")
+    if not pd.api.types.is_numeric_dtype(df[metric]) or pd.api.types.is_bool_dtype(df[metric]):
+        numeric = [c for c in df.columns if pd.api.types.is_float_dtype(df[c])]
+        raise KeyError(f"--metric {metric!r} is not a numeric column (numeric: {', '.join(numeric)})")
     ok = df[df["status"] == "ok"]
     table = ok.groupby(param, observed=True)[metric].agg(["mean", "std", "count"])
     return table.sort_index()

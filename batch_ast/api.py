@@ -15,20 +15,22 @@ prints the plan between the two (``--dry-run`` stops there).
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import submitit
 
-from .backends import Backend, choose_backend, get_backend
+from .backends import EXECUTORS, Backend, choose_backend, get_backend
 from .claims import release_claims
 from .config import load_config
 from .dispatch import (
+    DispatchError,
     Packing,
     SubmissionRecord,
     find_profile,
@@ -72,6 +74,9 @@ class Submission:
     plan: Plan | None = None
     jobs: list[submitit.Job] = field(default_factory=list)
     busy: dict[str, str] = field(default_factory=dict)  # row id -> why another submission has it
+    # row id -> its error, for rows of the manifest that failed in an earlier submission and were
+    # not rerun (the CLI exits 1 for them; --retry-failed or --force reruns them)
+    failed_before: dict[str, str] = field(default_factory=dict)
     job_errors: list[str] = field(default_factory=list)  # whole jobs that crashed (local, debug)
 
     @property
@@ -124,6 +129,11 @@ class Submission:
         for job in self.jobs:  # per-row errors are in the records; these are whole-job crashes
             try:
                 if not self.backend.runs_in_process:  # a result pickle is code: only ever the user's own
+                    if not job.paths.result_pickle.exists():
+                        # the job left the queue without one (killed, or it refused its pickle):
+                        # submitit's result() would wait on the queue's word for it (sacct)
+                        errors.append(f"job {job.job_id} ended without a result (log: {job.paths.stderr})")
+                        continue
                     check_job_files(job.paths.folder, [job.paths.result_pickle])
                 job.result()
             except Exception as exc:  # noqa: BLE001 - reported, the batch goes on
@@ -169,9 +179,10 @@ class Prepared:
     def launch(self) -> Submission:
         """Claim the rows (rows in flight in another submission are skipped) and submit the rest."""
         submission_id = new_submission_id()
+        failed = {spec.id: str(record.get("error", "")) for spec, record in self.failed_before()}
         to_run, busy = claim_rows(self.results, self.plan.to_run, submission_id, force=self.job.force)
         if not to_run:
-            return Submission(self.results, None, self.plan, busy=busy)
+            return Submission(self.results, None, self.plan, busy=busy, failed_before=failed)
         skipped = {s.id: "already done" for s in self.plan.done}
         skipped.update({s.id: "failed before" for s in self.plan.failed_before})
         skipped.update(busy)
@@ -183,7 +194,69 @@ class Prepared:
         except BaseException:
             release_claims(self.results, to_run, submission_id)
             raise
-        return Submission(self.results, record, self.plan, jobs, busy)
+        return Submission(self.results, record, self.plan, jobs, busy, failed_before=failed)
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """How a manifest is submitted: every option ``batch-ast submit`` and ``batch_ast.submit``
+    share, checked in one place (``check``) so a wrong type is a clear message, not a TypeError
+    deep inside submitit. None means "the profile's value, else the default"."""
+
+    force: bool = False  # redo rows that are already done
+    retry_failed: bool = False  # rerun rows whose failure was transient
+    rows_per_job: int | None = None
+    batch_rows: int | None = None
+    max_array_size: int | None = None
+    workers: int = 1  # local executor: parallel processes
+    timeout_min: int | None = None
+    gpus: int | None = None
+    array_parallelism: int | None = None
+    max_retries: int | None = None
+    checkpoint_every_s: float | None = None
+    max_rows: int | None = None  # refuse larger manifests and studies (manifest.max_rows)
+
+    # name -> (smallest value, what it is): the integer options
+    _INTS: ClassVar[dict[str, int]] = {
+        "rows_per_job": 1, "batch_rows": 1, "max_array_size": 1, "workers": 1, "timeout_min": 1, "gpus": 0,
+        "array_parallelism": 1, "max_retries": 0, "max_rows": 1,
+    }
+
+    def check(self) -> SubmitOptions:
+        """Self, when every option has its type and range; else DispatchError naming each bad one."""
+        bad = []
+        for name in ("force", "retry_failed"):
+            if not isinstance(getattr(self, name), bool):
+                bad.append(f"{name} must be True or False, not {_shown(getattr(self, name))}")
+        for name, low in self._INTS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                bad.append(f"{name} must be an integer, not {_shown(value)}")
+            elif value < low:
+                bad.append(f"{name} must be >= {low}, not {value}")
+        every = self.checkpoint_every_s
+        if every is not None and (isinstance(every, bool) or not isinstance(every, (int, float))
+                                  or not every >= 0 or every == float("inf")):
+            bad.append(f"checkpoint_every_s must be a number of seconds >= 0, not {_shown(every)}")
+        if bad:
+            raise DispatchError("; ".join(bad))
+        return self
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _path_argument(value: Any, name: str, optional: bool = False) -> Path | None:
+    """A path argument of the API, or a clear TypeError (``submit(123)``, ``results=None``)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, (str, os.PathLike)) and str(value):
+        return Path(value)
+    raise TypeError(f"{name} must be a path (str or os.PathLike), not {type(value).__name__}")
 
 
 def prepare(
@@ -194,25 +267,33 @@ def prepare(
     *,
     config: str | Path | None = None,
     site_profile: bool = True,
-    force: bool = False,
-    retry_failed: bool = False,
-    rows_per_job: int | None = None,
-    batch_rows: int | None = None,
-    max_array_size: int | None = None,
-    workers: int = 1,
-    timeout_min: int | None = None,
-    gpus: int | None = None,
-    array_parallelism: int | None = None,
-    max_retries: int | None = None,
-    checkpoint_every_s: float | None = None,
+    options: SubmitOptions | None = None,
     dry_run: bool = False,
     progress: bool = False,
+    **option_values: Any,
 ) -> Prepared:
     """Validate the manifest (CSV or study YAML), hash its inputs, plan its rows and choose the
-    backend and its parameters; nothing is queued. Raises ManifestError, ConfigError,
-    DispatchError, BackendError or ResultsError with a message for the user."""
+    backend and its parameters; nothing is queued. ``options`` (or its fields as keywords:
+    ``force=True, timeout_min=30``...) say how. Raises ManifestError, ConfigError, DispatchError,
+    BackendError or ResultsError with a message for the user, TypeError for an argument of the
+    wrong type."""
+    manifest = _path_argument(manifest, "manifest")
+    results = results if isinstance(results, ResultsRoot) else _path_argument(results, "results")
+    profile = _path_argument(profile, "profile", optional=True)
+    config = _path_argument(config, "config", optional=True)
+    if not isinstance(executor, str):
+        raise TypeError(f"executor must be one of {', '.join(EXECUTORS)}, not {type(executor).__name__}")
+    unknown = sorted(set(option_values) - set(SubmitOptions.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown}; options are: {', '.join(SubmitOptions.__dataclass_fields__)}")
+    opts = replace(options or SubmitOptions(), **option_values).check()
+    get_backend(executor) if executor != "auto" else None  # a bad name is refused before anything is read
+    force, retry_failed, workers = opts.force, opts.retry_failed, opts.workers
+    rows_per_job, batch_rows, max_array_size = opts.rows_per_job, opts.batch_rows, opts.max_array_size
+    timeout_min, gpus, array_parallelism = opts.timeout_min, opts.gpus, opts.array_parallelism
+    max_retries, checkpoint_every_s = opts.max_retries, opts.checkpoint_every_s
     cfg = load_config(config)
-    rows = read_manifest(manifest, cfg)
+    rows = read_manifest(manifest, cfg, max_rows=opts.max_rows)
     profile_path, source = find_profile(profile, site_defaults=site_profile)
     profile_values = load_profile(profile_path)
     parameters, packing, max_resumes = job_parameters(
@@ -221,6 +302,7 @@ def prepare(
         max_retries=max_retries,
     )
     backend, why = choose_backend(executor)  # a bad executor is refused before any input is hashed
+    backend.check_parameters(parameters)
     state = state_dir(profile_values.get("state_dir"))
     root = ResultsRoot.of(results)
     if not dry_run:

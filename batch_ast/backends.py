@@ -53,6 +53,9 @@ class Backend:
         """A submitit executor writing under ``folder`` with ``params`` (submitit's names)."""
         return submitit.AutoExecutor(folder=folder, cluster=self.name)  # debug takes no parameters
 
+    def check_parameters(self, params: dict[str, Any]) -> None:
+        """Refuse, before anything is submitted, parameters this executor cannot honour here."""
+
     def rows_per_job(self, n_rows: int, workers: int) -> int:
         """Rows packed into one job when the user does not say: split over ``workers`` processes
         (the local executor starts every job at once; 2 cores do not want 32 torch processes)."""
@@ -164,6 +167,20 @@ class LocalBackend(Backend):
         executor.update_parameters(**{**LOCAL_DEFAULTS, **local})
         return executor
 
+    def check_parameters(self, params: dict[str, Any]) -> None:
+        """A profile's ``python`` must start here (a job that cannot start Python writes no
+        record and no useful log: its rows would be ``lost`` with no reason)."""
+        python = params.get("python")
+        if python is None:
+            return
+        try:
+            program = shlex.split(str(python))[0]
+        except (ValueError, IndexError):
+            program = ""
+        if not program or not shutil.which(program):
+            raise BackendError(f"profile python {str(python)[:80]!r}: {program[:80] or 'nothing'} is not a program "
+                               "this machine can start")
+
     def queue_states(self, job_ids: Sequence[str], folder: str = "") -> dict[str, str] | None:
         """A local job's id is its controller's pid: running while that process lives and is
         submitit's controller of a job in the submission's folder."""
@@ -189,10 +206,10 @@ class LocalBackend(Backend):
 
 
 def _guarded_command(executor: Any) -> str:
-    """submitit's job command with ``batch_ast.private`` in place of ``submitit.core._submit``:
+    """submitit's job command with ``batch_ast.job_entry`` in place of ``submitit.core._submit``:
     it refuses a job folder or pickle that anyone but the user could have written, then runs
     submitit's own loader."""
-    return " ".join([executor.python, "-u -m batch_ast.private", shlex.quote(str(executor.folder))])
+    return " ".join([executor.python, "-u -m batch_ast.job_entry", shlex.quote(str(executor.folder))])
 
 
 class GuardedLocalExecutor(submitit.LocalExecutor):

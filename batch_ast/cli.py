@@ -101,18 +101,21 @@ def _report_failed_before(lines: list[str]) -> None:
         print("\n".join(lines), file=sys.stderr)
 
 
+def submit_options(args: argparse.Namespace) -> api.SubmitOptions:
+    """The submit command's options as the API's ``SubmitOptions`` (one list, one check)."""
+    return api.SubmitOptions(
+        force=args.force, retry_failed=args.retry_failed, rows_per_job=args.rows_per_job,
+        batch_rows=args.batch_rows, max_array_size=args.max_array_size, workers=args.workers,
+        timeout_min=args.timeout_min, gpus=args.gpus, array_parallelism=args.array_parallelism,
+        max_retries=args.max_retries, checkpoint_every_s=args.checkpoint_every, max_rows=args.max_rows,
+    )
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    if args.max_rows is not None:
-        if args.max_rows < 1:
-            raise DispatchError(f"--max-rows must be >= 1, not {args.max_rows}")
-        os.environ[MAX_ROWS_ENV] = str(args.max_rows)
     prepared = api.prepare(
         args.manifest, args.results, args.executor, args.profile, config=args.config,
-        site_profile=not args.no_profile, force=args.force, retry_failed=args.retry_failed,
-        rows_per_job=args.rows_per_job, batch_rows=args.batch_rows, max_array_size=args.max_array_size,
-        workers=args.workers, timeout_min=args.timeout_min, gpus=args.gpus,
-        array_parallelism=args.array_parallelism, max_retries=args.max_retries,
-        checkpoint_every_s=args.checkpoint_every, dry_run=args.dry_run, progress=not args.quiet,
+        site_profile=not args.no_profile, options=submit_options(args), dry_run=args.dry_run,
+        progress=not args.quiet,
     )
     if prepared.profile is not None and prepared.profile_source != "--profile":
         print(f"profile: {prepared.profile} ({prepared.profile_source}; --no-profile ignores it)", file=sys.stderr)
@@ -210,11 +213,11 @@ def cmd_expand(args: argparse.Namespace) -> int:
 
     if args.output:
         out = Path(args.output)
-        text = study_csv(args.study, relative_to=out.resolve().parent)
+        text = study_csv(args.study, relative_to=out.resolve().parent, for_spreadsheets=True)
         write_atomic(out, lambda fh: fh.write(text.encode("utf-8")))
         print(f"manifest: {out} ({text.count(chr(10)) - 1} rows)")
     else:
-        sys.stdout.write(study_csv(args.study))
+        sys.stdout.write(study_csv(args.study, for_spreadsheets=True))
     return 0
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from .store import short_path
+
 OPTIMIZERS = ("lbfgs", "adam", "adamw")
 ACTIVATIONS = ("relu", "selu")
 RHYTHMS = ("none", "beats")
@@ -272,16 +274,17 @@ def read_config_file(path: str | Path, what: str) -> dict[str, Any]:
     """A user's YAML file (config, profile) as a mapping; every problem is one ConfigError that
     names the file: unreadable, too large (checked before reading), not UTF-8, not valid YAML."""
     path = Path(path)
+    shown_path = short_path(path)
     try:
         size = path.stat().st_size
         if size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path}: {size} bytes, more than the {MAX_CONFIG_BYTES} a {what} may have")
+            raise ConfigError(f"{shown_path}: {size} bytes, more than the {MAX_CONFIG_BYTES} a {what} may have")
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+        raise ConfigError(f"{shown_path}: cannot read {what}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: {what} is not UTF-8 text (byte {exc.start})") from None
-    return read_yaml_mapping(text, f"{what} {path}")
+        raise ConfigError(f"{shown_path}: {what} is not UTF-8 text (byte {exc.start})") from None
+    return read_yaml_mapping(text, f"{what} {shown_path}")
 
 
 @dataclass(frozen=True)

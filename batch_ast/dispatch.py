@@ -21,7 +21,7 @@ from .config import ConfigError, read_config_file
 from .job import DEFAULTS, TransferJob
 from .plan import RowSpec, chunk
 from .private import SUBMISSION_ID, state_dir, submitit_folder
-from .store import ROW_ID, ResultsRoot, describe_os_error, read_json
+from .store import ROW_ID, ResultsRoot, describe_os_error, read_json, short_path
 
 # Profile keys users write -> submitit parameter names.
 PROFILE_KEYS = {
@@ -76,7 +76,7 @@ def find_profile(explicit: str | Path | None, site_defaults: bool = True) -> tup
     if named:
         path = Path(named).expanduser()
         if not path.is_file():
-            raise DispatchError(f"${PROFILE_ENV} names {named!r}, which is not a file (unset it or use --no-profile)")
+            raise DispatchError(f"${PROFILE_ENV} names {short_path(named)!r}, which is not a file (unset it or use --no-profile)")
         return path, f"${PROFILE_ENV}"
     path = user_profile_path()
     try:
@@ -94,13 +94,42 @@ def load_profile(path: str | Path | None) -> dict[str, Any]:
         data = read_config_file(path, "profile")
     except ConfigError as exc:
         raise DispatchError(str(exc)) from None
-    unknown = sorted(set(data) - set(PROFILE_KEYS) - set(NON_SUBMITIT_KEYS))
+    unknown = sorted(map(str, set(data) - set(PROFILE_KEYS) - set(NON_SUBMITIT_KEYS)))
     if unknown:
-        raise DispatchError(f"{path}: unknown profile key(s) {unknown}; known: {sorted([*PROFILE_KEYS, *NON_SUBMITIT_KEYS])}")
-    timeout = data.get("timeout_min")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1):
-        raise DispatchError(f"{path}: timeout_min must be an integer >= 1 (minutes), not {str(timeout)[:40]!r}")
-    return {PROFILE_KEYS.get(k, k): v for k, v in data.items()}
+        raise DispatchError(f"{short_path(path)}: unknown profile key(s) {[k[:40] for k in unknown[:20]]}; "
+                            f"known: {sorted([*PROFILE_KEYS, *NON_SUBMITIT_KEYS])}")
+    bad = [problem for key, value in data.items() if value is not None and (problem := profile_value_problem(key, value))]
+    if bad:
+        raise DispatchError(f"{short_path(path)}: " + "; ".join(bad))
+    return {PROFILE_KEYS.get(k, k): v for k, v in data.items() if v is not None}
+
+
+# Profile keys by the kind of value they take (everything else is text).
+_PROFILE_INTS = {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 1, "array_parallelism": 1, "signal_delay_s": 0,
+                 "max_num_timeout": 0, "rows_per_job": 1, "max_array_size": 1, "batch_rows": 1}
+
+
+def profile_value_problem(key: str, value: Any) -> str:
+    """'' when a profile value has the type and range its key takes, else what is wrong (a
+    profile is YAML: ``mem_gb: lots`` or ``python: [1, 2]`` must be refused here, not by sbatch)."""
+    shown = str(value)[:40]
+    if key in _PROFILE_INTS:
+        low = _PROFILE_INTS[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            return f"{key} must be an integer >= {low}, not {shown!r}"
+    elif key == "mem_gb":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
+            return f"mem_gb must be a number of GB > 0, not {shown!r}"
+    elif key == "setup":
+        if not isinstance(value, list) or not all(isinstance(line, str) for line in value):
+            return "setup must be a list of shell lines"
+    elif key == "additional_parameters":
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float, bool))
+                                                  for k, v in value.items()):
+            return "additional_parameters must be a mapping of sbatch option to value"
+    elif not isinstance(value, str) or not value.strip():
+        return f"{key} must be text, not {shown!r}"
+    return ""
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,7 @@ def _check_audio_path(path: Path, limit: int) -> str | None:
     return None
 
 
-def read_manifest(path: str | Path, config: Config) -> list[ManifestRow]:
+def read_manifest(path: str | Path, config: Config, max_rows: int | None = None) -> list[ManifestRow]:
     """Parse and validate a manifest (CSV, or a study YAML expanded by ``study.study_csv``); raise
     ManifestError listing all problems. A study's rows are numbered as in its expansion."""
     from .study import StudyError, is_study, study_csv
@@ -103,10 +103,10 @@ def read_manifest(path: str | Path, config: Config) -> list[ManifestRow]:
     path = Path(path)
     if is_study(path):
         try:
-            text = study_csv(path)
+            text = study_csv(path, max_rows=max_rows)
         except StudyError as exc:
             raise ManifestError(path, [str(exc).removeprefix(f"{path}: ")]) from None
-        return _parse_manifest(text, path, config)
+        return _parse_manifest(text, path, config, max_rows)
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -115,17 +115,19 @@ def read_manifest(path: str | Path, config: Config) -> list[ManifestRow]:
         text = raw.decode("utf-8-sig")  # tolerate the BOM that spreadsheet programs write
     except UnicodeDecodeError as exc:
         raise ManifestError(path, [f"not UTF-8 text: {exc}"]) from None
-    return _parse_manifest(text, path, config)
+    return _parse_manifest(text, path, config, max_rows)
 
 
 DEFAULT_MAX_ROWS = 100_000
 MAX_ROWS_ENV = "BATCH_AST_MAX_ROWS"
 
 
-def max_rows() -> int:
-    """Rows one manifest or study may have: $BATCH_AST_MAX_ROWS (``submit --max-rows`` sets it),
-    else DEFAULT_MAX_ROWS. Past it a submission is refused before any row is expanded, hashed or
-    planned: a 1 KB study can multiply to 10^12 rows."""
+def max_rows(explicit: int | None = None) -> int:
+    """Rows one manifest or study may have: ``explicit`` (``submit --max-rows``), else
+    $BATCH_AST_MAX_ROWS, else DEFAULT_MAX_ROWS. Past it a submission is refused before any row is
+    expanded, hashed or planned: a 1 KB study can multiply to 10^12 rows."""
+    if explicit is not None:
+        return explicit
     raw = os.environ.get(MAX_ROWS_ENV, "")
     return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_ROWS
 
@@ -135,9 +137,9 @@ def too_many_rows(count: int | str, limit: int) -> str:
             f"${MAX_ROWS_ENV} raises the cap; or split the study)")
 
 
-def _parse_manifest(text: str, path: Path, config: Config) -> list[ManifestRow]:
+def _parse_manifest(text: str, path: Path, config: Config, cap: int | None = None) -> list[ManifestRow]:
     reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
-    limit = max_rows()
+    limit = max_rows(cap)
     records = []
     try:
         for rec in reader:

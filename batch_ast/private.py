@@ -4,8 +4,8 @@ pickles, sbatch scripts, job logs) and the input hash cache.
 A results root is often a group-writable project folder, and a pickle is code: whoever can replace
 ``<job>_submitted.pkl`` or ``<job>_0_result.pkl`` runs what they like as the submitter. So submitit
 writes into ``<state dir>/submitit/<submission id>/``, a folder only the user can write (0700),
-and both ends check before anything is unpickled: the job (this module's ``__main__``, which runs
-in place of ``python -m submitit.core._submit``) and the submitter (``check_job_files`` before
+and both ends check before anything is unpickled: the job (``job_entry``, run by
+``python -m batch_ast.job_entry`` in place of ``python -m submitit.core._submit``) and the submitter (``check_job_files`` before
 ``job.result()``). A folder or pickle that another user could write, or that another user owns,
 is refused.
 
@@ -158,7 +158,3 @@ def job_entry(argv: list[str]) -> None:
         raise SystemExit(3) from None
     sys.argv = [sys.argv[0], folder]
     submission.submitit_main()
-
-
-if __name__ == "__main__":
-    job_entry(sys.argv[1:])

@@ -469,6 +469,9 @@ def write_report(
             raise
         print(f"warning: could not re-collect ({exc}); using the existing index", file=sys.stderr)
     df = load_index(results.root)
+    if metric not in df.columns or not pd.api.types.is_numeric_dtype(df[metric]) or pd.api.types.is_bool_dtype(df[metric]):
+        numeric = [c for c in df.columns if pd.api.types.is_float_dtype(df[c])]
+        raise ResultsError(f"--metric {metric!r} is not a numeric index column (numeric: {', '.join(numeric)})")
     out = (Path(output) if output else results.root / "report.html").resolve()
     out_dir = out.parent
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -88,7 +88,7 @@ def _check_template(template: Any, source: Path) -> None:
             raise StudyError(f"{source}: name: a field width or precision above {MAX_NAME} in {template[:80]!r}")
 
 
-def study_rows(path: str | Path) -> list[dict[str, Any]]:
+def study_rows(path: str | Path, cap: int | None = None) -> list[dict[str, Any]]:
     """The study's rows in order (pairs, then presets, seeds and the grid, the last key fastest):
     each a mapping of manifest column → value, with absolute input paths."""
     source = Path(path)
@@ -140,8 +140,8 @@ def study_rows(path: str | Path) -> list[dict[str, Any]]:
     template = spec.get("name")
     _check_template(template, source)
     total = len(pairs) * math.prod(len(v) for v in axes.values())
-    if total > max_rows():
-        raise StudyError(f"{source}: {too_many_rows(total, max_rows())}")
+    if total > max_rows(cap):
+        raise StudyError(f"{source}: {too_many_rows(total, max_rows(cap))}")
     varying = [k for k, v in axes.items() if len(v) > 1]
     rows = []
     for content, style in pairs:
@@ -161,10 +161,22 @@ def study_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def study_csv(path: str | Path, relative_to: Path | None = None) -> str:
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(label: str) -> str:
+    """A label a spreadsheet will not run as a formula (OWASP's CSV-injection advice): one that
+    starts like a formula gets a leading apostrophe."""
+    return "'" + label if label.startswith(FORMULA_STARTS) else label
+
+
+def study_csv(path: str | Path, relative_to: Path | None = None, max_rows: int | None = None,
+              for_spreadsheets: bool = False) -> str:
     """The study as manifest CSV text; input paths relative to ``relative_to`` where given (the
-    folder the CSV will live in, so it can be moved with its audio), else absolute."""
-    rows = study_rows(path)
+    folder the CSV will live in, so it can be moved with its audio), else absolute. With
+    ``for_spreadsheets`` (``batch-ast expand``: a file people open), row names that start like a
+    formula are quoted (``spreadsheet_safe``)."""
+    rows = study_rows(path, max_rows)
     columns = list(dict.fromkeys(["id", "content", "style", *(k for row in rows for k in row)]))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
@@ -173,5 +185,7 @@ def study_csv(path: str | Path, relative_to: Path | None = None) -> str:
         if relative_to is not None:
             for key in ("content", "style"):
                 row[key] = os.path.relpath(row[key], relative_to)
+        if for_spreadsheets:
+            row["id"] = spreadsheet_safe(str(row["id"]))
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return out.getvalue()

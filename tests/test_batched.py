@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import batch_ast
+import batch_ast.dispatch
 import batch_ast.job as job_module
 import batch_ast.row as row_module
 from batch_ast.batched import evaluate_together, group_for_batching, group_key, run_together
@@ -196,7 +197,8 @@ def test_batch_rows_option_is_validated_and_reaches_the_job(audio_dir, tmp_path,
     profile.write_text("batch_rows: 2\nrows_per_job: 2\n")
     assert main(["submit", str(m), "--results", str(results), "--executor", "local", "--profile", str(profile)]) == 0
     assert "optimised up to 2 at a time" in capsys.readouterr().out
-    (pickled,) = (results / "submitit").glob("*/*_submitted.pkl")
+    (sub,) = batch_ast.dispatch.load_submissions(ResultsRoot(results))
+    (pickled,) = Path(sub.submitit_folder).glob("*/*_submitted.pkl")  # the user's private state
     with pickled.open("rb") as f:
         assert pickle.load(f).function.batch_rows == 2
     assert set(batch_ast.load_index(results)["status"]) == {"ok"}

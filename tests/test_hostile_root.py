@@ -480,9 +480,20 @@ def test_endless_job_is_still_cancelled_by_its_own_submitter(audio_dir, tmp_path
     assert sub.status().counts["cancelled"] == 1
 
 
-def test_python_m_batch_ast_private_is_importable_without_running():
-    done = subprocess.run([sys.executable, "-c", "import batch_ast.private"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+def test_the_job_entry_point_refuses_a_folder_others_may_write(tmp_path):
+    """``python -m batch_ast.job_entry FOLDER``, as submitit's command line runs it, on a job folder
+    the group may write: it exits before submitit loads anything, without runpy's warning."""
+    folder = tmp_path / "1"
+    folder.mkdir()
+    folder.chmod(0o770)
+    (folder / "1_submitted.pkl").write_bytes(pickle.dumps(Payload(tmp_path / "pwned")))
+    env = {**os.environ, "SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "1", "SUBMITIT_LOCAL_GLOBAL_RANK": "0",
+           "SUBMITIT_LOCAL_LOCALID": "0", "SUBMITIT_LOCAL_NODEID": "0", "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
+           "SUBMITIT_LOCAL_NTASKS": "1"}
+    done = subprocess.run([sys.executable, "-u", "-m", "batch_ast.job_entry", str(tmp_path / "%j")],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 3 and "writable by group" in done.stderr, done.stderr
+    assert "RuntimeWarning" not in done.stderr and not (tmp_path / "pwned").exists()
 
 
 # --- 9. small inputs cannot make unbounded work ----------------------------------------------------
@@ -522,3 +533,105 @@ def test_nested_yaml_and_huge_csv_cells_are_one_line_errors(audio_dir, tmp_path,
     assert cli("submit", str(big), "--results", str(tmp_path / "r"), "--dry-run") == 2
     err = capsys.readouterr().err
     assert "not CSV this reader accepts" in err and len(err.splitlines()) <= 3
+
+
+# --- 10. the rest: one clear line, never a traceback ------------------------------------------------
+
+
+@pytest.mark.parametrize("line,problem", [("python: [1, 2]", "python must be text"),
+                                          ("mem_gb: lots", "mem_gb must be a number"),
+                                          ("additional_parameters: 5", "additional_parameters must be a mapping"),
+                                          ("python: /no/such/python", "not a program this machine can start")])
+def test_profile_values_of_the_wrong_type_are_refused(line, problem, audio_dir, tmp_path, capsys):
+    profile = tmp_path / "p.yaml"
+    profile.write_text(line + "\n")
+    m = write_manifest(audio_dir, ["content.wav,style.wav"])
+    assert cli("submit", str(m), "--results", str(tmp_path / "r"), "--executor", "local", "--profile", str(profile),
+               "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert problem in err and len(err.splitlines()) == 1
+
+
+def test_metrics_that_are_not_numbers_are_refused(audio_dir, tmp_path, capsys):
+    results, _ = ok_root(audio_dir, tmp_path)
+    assert cli("analyse", str(results.root), "--metric", "name") == 2
+    assert cli("report", str(results.root), "--metric", "status") == 2
+    err = capsys.readouterr().err
+    assert err.count("is not a numeric") == 2 and "Traceback" not in err
+
+
+def test_api_arguments_of_the_wrong_type_are_clear(audio_dir, tmp_path, monkeypatch):
+    from batch_ast import plan as plan_module
+    from batch_ast.backends import BackendError
+    from batch_ast.dispatch import DispatchError
+
+    m = write_manifest(audio_dir, ["content.wav,style.wav"])
+    for call, match in ((lambda: batch_ast.submit(123), "manifest must be a path"),
+                        (lambda: batch_ast.submit(None), "manifest must be a path"),
+                        (lambda: batch_ast.prepare(m, results=None), "results must be a path"),
+                        (lambda: batch_ast.prepare(m, config=123), "config must be a path"),
+                        (lambda: batch_ast.load_index(None), "root must be a results folder"),
+                        (lambda: batch_ast.load_traces(tmp_path, params="iterations"), "not a string"),
+                        (lambda: batch_ast.prepare(m, tmp_path / "r", bogus=1), "unknown option")):
+        with pytest.raises(TypeError, match=match):
+            call()
+    with pytest.raises(DispatchError, match="timeout_min must be an integer, not '5'"):
+        batch_ast.prepare(m, tmp_path / "r", timeout_min="5")
+    with pytest.raises(DispatchError, match="gpus must be >= 0, not -3"):
+        batch_ast.prepare(m, tmp_path / "r", gpus=-3)
+    assert cli("submit", str(m), "--results", str(tmp_path / "r"), "--gpus", "-3", "--dry-run") == 2
+
+    def no_hashing(*args, **kwargs):
+        raise AssertionError("inputs were hashed before the executor was checked")
+
+    monkeypatch.setattr(plan_module, "file_sha256", no_hashing)
+    with pytest.raises(BackendError, match="unknown executor 'bogus'"):
+        batch_ast.prepare(m, tmp_path / "r", executor="bogus")
+
+
+def test_the_api_says_which_rows_failed_before(audio_dir, tmp_path):
+    sf.write(audio_dir / "silence.wav", np.zeros(16000, dtype=np.float32), 8000)
+    head, vals = tiny_columns()
+    m = write_manifest(audio_dir, [f"silence.wav,style.wav,{vals}"], header=f"content,style,{head}")
+    first = batch_ast.submit(m, tmp_path / "r", executor="debug", wait=True)
+    assert first.status().counts["failed"] == 1 and not first.failed_before
+    again = batch_ast.submit(m, tmp_path / "r", executor="debug", wait=True)
+    assert again.record is None and list(again.failed_before.values())[0].startswith("SilentInputError")
+
+
+def test_a_full_disk_error_names_the_file(audio_dir, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from batch_ast import index as index_module
+
+    results, _ = ok_root(audio_dir, tmp_path)
+    results.collect_state_path.unlink()
+
+    def full(table, where, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a real write: no file name
+
+    monkeypatch.setattr(index_module.pq, "write_table", full)
+    assert cli("collect", str(results.root)) == 2
+    err = capsys.readouterr().err
+    assert "index.parquet: No space left on device" in err
+
+
+def test_long_paths_and_yaml_aliases_are_one_short_line(audio_dir, tmp_path, capsys):
+    m = write_manifest(audio_dir, ["content.wav,style.wav"])
+    assert cli("submit", str(m), "--config", "/x" * 5000, "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert len(err) < 600 and len(err.splitlines()) == 1
+    alias = tmp_path / "alias.yaml"
+    alias.write_text("a: &x 1\nb: *x\n")
+    assert cli("submit", str(m), "--config", str(alias), "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert "aliases" in err and len(err.splitlines()) == 1
+
+
+def test_expand_quotes_names_that_a_spreadsheet_would_run(audio_dir, tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text(f"contents: {audio_dir}/content.wav\nstyles: {audio_dir}/style.wav\n"
+                     "name: '=HYPERLINK(\"x\",\"{content}\")'\n")
+    assert cli("expand", str(study)) == 0
+    row = capsys.readouterr().out.splitlines()[1]
+    assert row.startswith("\"'=HYPERLINK") or row.startswith("'=HYPERLINK")

@@ -96,10 +96,14 @@ def slurm_submit(manifest: Path, results: Path, *extra: str) -> int:
     return main(["submit", str(manifest), "--results", str(results), "--executor", "slurm", "--quiet", *extra])
 
 
+def submitit_folders(results: Path) -> list[Path]:
+    """The submissions' submitit folders (in the user's private state, not the results root)."""
+    return [Path(s.submitit_folder) for s in load_submissions(ResultsRoot(results))]
+
+
 def sbatch_script(results: Path) -> str:
-    scripts = sorted((results / "submitit").glob("*/*submission.sh")) + sorted(
-        (results / "submitit").glob("*submission.sh")
-    )
+    scripts = [p for folder in submitit_folders(results)
+               for p in (*sorted(folder.glob("*/*submission.sh")), *sorted(folder.glob("*submission.sh")))]
     assert scripts, "submitit wrote no sbatch script"
     return scripts[-1].read_text()
 
@@ -153,7 +157,7 @@ def test_packing_and_per_row_resources(audio_dir, tmp_path):
     assert index.groupby("slurm_job_id").size().tolist() == [2, 2]  # two arrays, one task of 2 rows each
     (sub,) = load_submissions(ResultsRoot(results))
     assert [len(j["rows"]) for j in sub.jobs] == [2, 2]
-    scripts = sorted((results / "submitit").glob("*/*submission.sh"))
+    scripts = [p for folder in submitit_folders(results) for p in sorted(folder.glob("*/*submission.sh"))]
     gpu_requests = ["#SBATCH --gpus-per-node=1" in p.read_text() for p in scripts]
     assert sorted(gpu_requests) == [False, True], gpu_requests
 
@@ -360,3 +364,34 @@ def test_batched_rows_in_one_array_task_checkpoint_requeue_and_resume(audio_dir,
         assert record["resumes"] >= 1 and record["resumed_from_iteration"] > 0
         assert record["iterations_run"] == LONG and record["slurm_restart_count"] >= 1
     assert not any(root.checkpoint_path(r).exists() for r in job["rows"])
+
+
+def test_a_swapped_submitted_pickle_is_refused_by_the_slurm_job(audio_dir, tmp_path, private_state):
+    """Issue #23 on the cluster: during the pending time an attacker swaps the array task's
+    ``_submitted.pkl`` for a payload they own; the job refuses it unread and the row is lost."""
+    import pickle
+    import threading
+
+    from .test_hostile import Payload
+    from .test_hostile_root import _swap_when_it_appears
+
+    marker, stop, swapped = tmp_path / "pwned", threading.Event(), []
+    private_state.mkdir(mode=0o700, exist_ok=True)
+    thread = threading.Thread(target=_swap_when_it_appears,
+                              args=("*_submitted.pkl", private_state, marker, stop, swapped), daemon=True)
+    thread.start()
+    head, vals = tiny_columns()
+    m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
+    results = tmp_path / "results"
+    try:
+        assert slurm_submit(m, results, "--wait") == 1
+    finally:
+        stop.set()
+        thread.join()
+    assert swapped and not marker.exists()
+    pickle.loads(pickle.dumps(Payload(marker)))  # the payload is real: loading it does touch the marker
+    assert marker.exists()
+    (sub,) = load_submissions(ResultsRoot(results))
+    log = "".join(p.read_text() for p in Path(sub.submitit_folder).rglob("*_log.err"))
+    assert "refusing to load the job's pickle" in log
+    assert set(batch_ast.load_index(results)["status"]) == {"lost"}
