@@ -50,7 +50,7 @@ from .private import make_private_dir, state_dir
 from .status import SubmissionStatus, claim_rows, query_status, unrecorded_rows
 from .store import ResultsRoot
 
-FINISHED_STATES = ("ok", "failed", "lost", "cancelled")
+FINISHED_STATES = ("ok", "failed", "invalid", "lost", "cancelled")
 
 
 def error_line(exc: BaseException) -> str:
@@ -216,7 +216,7 @@ class SubmitOptions:
     checkpoint_every_s: float | None = None
     max_rows: int | None = None  # refuse larger manifests and studies (manifest.max_rows)
 
-    # name -> (smallest value, what it is): the integer options
+    # the integer options and their smallest values
     _INTS: ClassVar[dict[str, int]] = {
         "rows_per_job": 1, "batch_rows": 1, "max_array_size": 1, "workers": 1, "timeout_min": 1, "gpus": 0,
         "array_parallelism": 1, "max_retries": 0, "max_rows": 1,
@@ -232,10 +232,8 @@ class SubmitOptions:
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                bad.append(f"{name} must be an integer, not {_shown(value)}")
-            elif value < low:
-                bad.append(f"{name} must be >= {low}, not {value}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                bad.append(f"{name} must be an integer >= {low}, not {_shown(value)}")
         every = self.checkpoint_every_s
         if every is not None and (isinstance(every, bool) or not isinstance(every, (int, float))
                                   or not every >= 0 or every == float("inf")):

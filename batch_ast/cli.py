@@ -156,7 +156,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     print(f"index: {results.index_path} ({report.rows} rows); traces: {results.traces_path}")
     _report_failed_before(failed_lines)
     counts = final.counts
-    return 1 if counts.get("failed", 0) or counts.get("lost", 0) or failed_lines else 0
+    return 1 if any(counts.get(k, 0) for k in ("failed", "lost", "invalid")) or failed_lines else 0
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -182,7 +182,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for status in statuses:
         print(format_status(status))
     # like submit: 1 when any row shown failed or was lost, so scripts can branch on it
-    return 1 if any(st.counts.get("failed", 0) or st.counts.get("lost", 0) for st in statuses) else 0
+    return 1 if any(st.counts.get(k, 0) for st in statuses for k in ("failed", "lost", "invalid")) else 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ from .phase import griffin_lim, magnitude_from_log, spectral_convergence
 from .plan import RowSpec, file_sha256, result_params
 from .record import Record, now_utc
 from .rhythm import BeatAlignment, beat_transfer, check_coverage
-from .store import ResultsRoot, move_aside, open_dir_fd, parts_within
+from .store import ResultsRoot, move_aside, open_dir_fd, open_regular, parts_within
 from .transfer import (
     StyleTransfer,
     TransferError,
@@ -181,13 +181,14 @@ def checkpoint_identity(spec: RowSpec) -> dict[str, Any]:
     }
 
 
-def load_checkpoint(path: Path, spec: RowSpec, device: Any) -> tuple[dict[str, Any] | None, str]:
+def load_checkpoint(path: Path, spec: RowSpec, device: Any, root: Path | None = None) -> tuple[dict[str, Any] | None, str]:
     """(state, "") for a checkpoint that is plain data and belongs to ``spec``, else (None, why).
 
     ``weights_only=True``: torch's restricted unpickler accepts tensors, numbers, strings, lists,
     tuples and dicts only, so a planted pickle cannot run code in the job."""
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        with open_regular(path, root) as fh:  # a FIFO would hang the job, a link would read elsewhere
+            state = torch.load(fh, map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt, truncated, foreign or malicious: all "absent"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         return None, f"not a loadable checkpoint ({type(exc).__name__}: {first[:200]})"
@@ -407,9 +408,9 @@ class RowRun:
         data: it is loaded with ``weights_only=True`` (no pickled code runs) and must name this row
         and its settings; anything else is moved aside to ``checkpoint.pt.bad``, noted in the
         record, and the row starts afresh."""
-        if not self.ckpt_path.exists():
+        if not os.path.lexists(self.ckpt_path):
             return
-        state, problem = load_checkpoint(self.ckpt_path, self.spec, self.weight.device)
+        state, problem = load_checkpoint(self.ckpt_path, self.spec, self.weight.device, self.results.root)
         if state is not None:
             fresh = self.transfer.state_dict()
             problem = checkpoint_shape_problem(state, fresh) or _history_problem(state, fresh["x"])

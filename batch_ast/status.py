@@ -25,7 +25,7 @@ from .dispatch import SubmissionRecord, load_submissions
 from .record import Record, RecordError
 from .store import ResultsRoot, open_regular
 
-STATES = ("pending", "running", "ok", "failed", "cancelled", "lost", "skipped")
+STATES = ("pending", "running", "ok", "failed", "invalid", "cancelled", "lost", "skipped")
 
 
 @dataclass
@@ -109,7 +109,7 @@ def unfinished_jobs(submission: SubmissionRecord, records: dict[str, dict]) -> l
 
 def submission_status(
     submission: SubmissionRecord, records: dict[str, dict], queue: dict[str, str] | None,
-    logs: dict[str, tuple[Path, Path]] | None = None,
+    logs: dict[str, tuple[Path, Path]] | None = None, invalid: dict[str, str] | None = None,
 ) -> SubmissionStatus:
     """Each row's state, from its record where that finishes the row, else from ``queue`` (the
     backend's {job id: pending|running} of ``unfinished_jobs``; None when it could not be asked):
@@ -124,6 +124,9 @@ def submission_status(
         job = job_of_row.get(rid, {})
         job_id = str(job.get("job_id", ""))
         log = logs.get(job_id) if logs else None
+        if invalid and rid in invalid:  # a record file that is not a valid record: its own problem
+            status.rows.append(RowState(rid, row, "invalid", job_id, log, invalid[rid]))
+            continue
         if finishes(record, submission):
             status.rows.append(RowState(rid, row, record["status"], job_id, log, record.get("error", "")))
             continue
@@ -144,11 +147,13 @@ def submission_status(
 
 def query_status(results: ResultsRoot, submission: SubmissionRecord) -> SubmissionStatus:
     """``submission_status`` from the records on disk and ONE query of the submission's queue."""
-    records = {rid: results.read_record(rid) or {} for rid in submission.rows}
+    loaded = {rid: results.load_record(rid) for rid in submission.rows}
+    records = {rid: record.to_dict() if record else {} for rid, (record, _) in loaded.items()}
+    invalid = {rid: problem for rid, (record, problem) in loaded.items() if problem}
     queue = get_backend(submission.executor).queue_states(unfinished_jobs(submission, records),
                                                           submission.submitit_folder)
     logs = {job["job_id"]: log for job in submission.jobs if (log := submission.job_log(results, job["job_id"]))}
-    return submission_status(submission, records, queue, logs)
+    return submission_status(submission, records, queue, logs, invalid)
 
 
 def all_status(results: ResultsRoot) -> list[SubmissionStatus]:
@@ -177,7 +182,7 @@ def unrecorded_rows(results: ResultsRoot, recorded: set[str]) -> list[dict]:
         status = query_status(results, sub)
         backend = get_backend(sub.executor)
         for state in status.rows:
-            if latest.get(state.id) is not sub or state.state in ("ok", "failed", "skipped"):
+            if latest.get(state.id) is not sub or state.state in ("ok", "failed", "invalid", "skipped"):
                 continue
             rows.append({
                 **spec_row(state.id, sub.specs.get(state.id, {}), state.row),
@@ -202,7 +207,7 @@ def format_status(status: SubmissionStatus, details: bool = True) -> str:
     job_rows = {rid: job["rows"] for job in s.jobs for rid in job["rows"]}
     if details:
         for r in sorted(status.rows, key=lambda r: r.row):
-            if r.state in ("failed", "lost"):
+            if r.state in ("failed", "lost", "invalid"):
                 last = r.error.splitlines()[-1] if r.error else ""
                 lines.append(f"  row {r.row} [{r.id}] {r.state} job {r.job_id}: {last}")
                 if r.log:

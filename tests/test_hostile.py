@@ -385,7 +385,7 @@ def test_out_of_range_settings_are_refused_up_front(audio_dir, tmp_path, capsys)
     assert "column 'timeout_min': expected an integer >= 1, got '0'" in capsys.readouterr().err
     m = write_manifest(audio_dir, ["content.wav,style.wav"], name="plain.csv")
     assert cli("submit", str(m), "--results", str(tmp_path / "r"), "--timeout-min", "0", "--dry-run") == 2
-    assert "--timeout-min must be >= 1" in capsys.readouterr().err
+    assert "timeout_min must be an integer >= 1, not 0" in capsys.readouterr().err
 
 
 def test_a_diverged_row_fails_and_leaves_no_output(audio_dir, tmp_path):

@@ -121,21 +121,35 @@ def _swap_when_it_appears(path_glob, folder: Path, marker: Path, stop: threading
         time.sleep(0.005)
 
 
-def test_a_job_refuses_a_submitted_pickle_it_does_not_own(audio_dir, tmp_path, private_state):
-    """Even in the private folder (a misconfigured state dir), a submitted pickle swapped the
-    moment it appears, for one another user owns or the group may write, is refused unread."""
+def submit_under_a_swapping_watcher(pattern: str, private_state: Path, audio_dir: Path, tmp_path: Path,
+                                    submit) -> tuple[object, list[Path], Path]:
+    """Run ``submit(manifest, results)`` of one tiny row while a watcher swaps the first file
+    matching ``pattern`` in the private state folder (``_swap_when_it_appears``). Returns what
+    ``submit`` returned, the swapped files and the payload's marker."""
     marker, stop, swapped = tmp_path / "pwned", threading.Event(), []
-    thread = threading.Thread(target=_swap_when_it_appears,
-                              args=("*_submitted.pkl", private_state, marker, stop, swapped), daemon=True)
     private_state.mkdir(mode=0o700, exist_ok=True)
+    thread = threading.Thread(target=_swap_when_it_appears, args=(pattern, private_state, marker, stop, swapped),
+                              daemon=True)
     thread.start()
     head, vals = tiny_columns()
     m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
     try:
-        sub = batch_ast.submit(m, tmp_path / "results", executor="local", wait=True)
+        out = submit(m, tmp_path / "results")
     finally:
         stop.set()
         thread.join()
+    return out, swapped, marker
+
+
+def local_submit(m: Path, results: Path):
+    return batch_ast.submit(m, results, executor="local", wait=True)
+
+
+def test_a_job_refuses_a_submitted_pickle_it_does_not_own(audio_dir, tmp_path, private_state):
+    """Even in the private folder (a misconfigured state dir), a submitted pickle swapped the
+    moment it appears, for one another user owns or the group may write, is refused unread."""
+    sub, swapped, marker = submit_under_a_swapping_watcher("*_submitted.pkl", private_state, audio_dir, tmp_path,
+                                                           local_submit)
     assert swapped and not marker.exists()
     log = next(Path(sub.record.submitit_folder).rglob("*_log.err")).read_text()
     assert "refusing to load the job's pickle" in log
@@ -143,20 +157,10 @@ def test_a_job_refuses_a_submitted_pickle_it_does_not_own(audio_dir, tmp_path, p
 
 
 def test_the_submitter_refuses_a_result_pickle_it_does_not_own(audio_dir, tmp_path, private_state):
-    marker, stop, swapped = tmp_path / "pwned", threading.Event(), []
-    private_state.mkdir(mode=0o700, exist_ok=True)
-    thread = threading.Thread(target=_swap_when_it_appears,
-                              args=("*_result.pkl", private_state, marker, stop, swapped), daemon=True)
-    thread.start()
-    head, vals = tiny_columns()
-    m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
-    try:
-        sub = batch_ast.submit(m, tmp_path / "results", executor="local", wait=True)
-    finally:
-        stop.set()
-        thread.join()
+    sub, swapped, marker = submit_under_a_swapping_watcher("*_result.pkl", private_state, audio_dir, tmp_path,
+                                                           local_submit)
     assert swapped and not marker.exists()
-    assert any("PrivateStateError" in e or "owned by uid" in e or "writable by group" in e for e in sub.job_errors)
+    assert any("owned by uid" in e or "writable by group" in e for e in sub.job_errors), sub.job_errors
 
 
 def test_a_state_folder_others_may_write_is_refused_before_anything_is_submitted(audio_dir, tmp_path, monkeypatch, capsys):
@@ -385,6 +389,7 @@ BAD_RECORDS = {
     "params-n_fft-text": {"params": "n_fft"},
     "params-list": {"params": [1, 2]},
     "output-outside": {"output": "../../etc/passwd"},
+    "id-of-another-row": {"id": "ROW"},  # a duplicate id: it used to leave a ghost row (MergeError)
 }
 
 
@@ -397,6 +402,8 @@ def test_bad_records_become_invalid_rows_and_the_others_are_indexed(audio_dir, t
         change = dict(change)
         if change.get("params") == "n_fft":
             change["params"] = dict(good["params"], n_fft="abc")
+        if change.get("id") == "ROW":
+            change["id"] = rid
         data = {**good, "id": bad_id, "output": f"runs/{bad_id}/output.wav", "trace": f"runs/{bad_id}/trace.parquet",
                 "spectrogram_png": f"runs/{bad_id}/spectrograms.png", "loss_png": f"runs/{bad_id}/losses.png", **change}
         path = results.record_path(bad_id)
@@ -575,9 +582,9 @@ def test_api_arguments_of_the_wrong_type_are_clear(audio_dir, tmp_path, monkeypa
                         (lambda: batch_ast.prepare(m, tmp_path / "r", bogus=1), "unknown option")):
         with pytest.raises(TypeError, match=match):
             call()
-    with pytest.raises(DispatchError, match="timeout_min must be an integer, not '5'"):
+    with pytest.raises(DispatchError, match="timeout_min must be an integer >= 1, not '5'"):
         batch_ast.prepare(m, tmp_path / "r", timeout_min="5")
-    with pytest.raises(DispatchError, match="gpus must be >= 0, not -3"):
+    with pytest.raises(DispatchError, match="gpus must be an integer >= 0, not -3"):
         batch_ast.prepare(m, tmp_path / "r", gpus=-3)
     assert cli("submit", str(m), "--results", str(tmp_path / "r"), "--gpus", "-3", "--dry-run") == 2
 
@@ -635,3 +642,29 @@ def test_expand_quotes_names_that_a_spreadsheet_would_run(audio_dir, tmp_path, c
     assert cli("expand", str(study)) == 0
     row = capsys.readouterr().out.splitlines()[1]
     assert row.startswith("\"'=HYPERLINK") or row.startswith("'=HYPERLINK")
+
+
+def test_a_checkpoint_that_is_a_fifo_or_a_link_is_moved_aside_not_read(audio_dir, tmp_path):
+    results = ResultsRoot(tmp_path / "results")
+    spec, _ = plan_one(audio_dir, results)
+    ckpt = results.checkpoint_path(spec.id)
+    ckpt.parent.mkdir(parents=True)
+    os.mkfifo(ckpt)  # a job that opened it would wait for a writer for good
+    record = run_row(spec, results)
+    assert record["status"] == "ok" and "not a regular file" in record["checkpoint_error"]
+    ckpt.symlink_to(tmp_path / "elsewhere.pt")
+    record = run_row(spec, results)
+    assert record["status"] == "ok" and "symlink" in record["checkpoint_error"]
+
+
+def test_status_shows_a_row_whose_record_is_invalid(audio_dir, tmp_path, capsys):
+    head, vals = tiny_columns()
+    m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
+    sub = batch_ast.submit(m, tmp_path / "results", executor="debug", wait=True)
+    (rid,) = sub.record.rows
+    path = sub.results.record_path(rid)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "iterations_run": "abc"}))
+    assert sub.status().counts["invalid"] == 1
+    assert cli("status", str(sub.results.root)) == 1
+    out = capsys.readouterr().out
+    assert "invalid=1" in out and "field 'iterations_run'" in out

@@ -370,28 +370,17 @@ def test_a_swapped_submitted_pickle_is_refused_by_the_slurm_job(audio_dir, tmp_p
     """Issue #23 on the cluster: during the pending time an attacker swaps the array task's
     ``_submitted.pkl`` for a payload they own; the job refuses it unread and the row is lost."""
     import pickle
-    import threading
 
     from .test_hostile import Payload
-    from .test_hostile_root import _swap_when_it_appears
+    from .test_hostile_root import submit_under_a_swapping_watcher
 
-    marker, stop, swapped = tmp_path / "pwned", threading.Event(), []
-    private_state.mkdir(mode=0o700, exist_ok=True)
-    thread = threading.Thread(target=_swap_when_it_appears,
-                              args=("*_submitted.pkl", private_state, marker, stop, swapped), daemon=True)
-    thread.start()
-    head, vals = tiny_columns()
-    m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
+    code, swapped, marker = submit_under_a_swapping_watcher(
+        "*_submitted.pkl", private_state, audio_dir, tmp_path, lambda m, results: slurm_submit(m, results, "--wait"))
+    assert code == 1 and swapped and not marker.exists()
     results = tmp_path / "results"
-    try:
-        assert slurm_submit(m, results, "--wait") == 1
-    finally:
-        stop.set()
-        thread.join()
-    assert swapped and not marker.exists()
-    pickle.loads(pickle.dumps(Payload(marker)))  # the payload is real: loading it does touch the marker
-    assert marker.exists()
     (sub,) = load_submissions(ResultsRoot(results))
     log = "".join(p.read_text() for p in Path(sub.submitit_folder).rglob("*_log.err"))
     assert "refusing to load the job's pickle" in log
     assert set(batch_ast.load_index(results)["status"]) == {"lost"}
+    pickle.loads(pickle.dumps(Payload(marker)))  # the payload is real: loading it does touch the marker
+    assert marker.exists()
