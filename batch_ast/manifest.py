@@ -133,8 +133,8 @@ def max_rows(explicit: int | None = None) -> int:
 
 
 def too_many_rows(count: int | str, limit: int) -> str:
-    return (f"{count} rows, more than the {limit} one submission may have (--max-rows N or "
-            f"${MAX_ROWS_ENV} raises the cap; or split the study)")
+    return (f"{count} rows, above the cap of {limit} rows per submission (--max-rows N or "
+            f"${MAX_ROWS_ENV} raises it; or split the study)")
 
 
 def _parse_manifest(text: str, path: Path, config: Config, cap: int | None = None) -> list[ManifestRow]:
@@ -146,7 +146,7 @@ def _parse_manifest(text: str, path: Path, config: Config, cap: int | None = Non
             if any(cell.strip() for cell in rec):
                 records.append((reader.line_num, rec))
                 if len(records) > limit + 1:  # the header and the cap's rows
-                    raise ManifestError(path, [too_many_rows(f"more than {limit}", limit)])
+                    raise ManifestError(path, [too_many_rows(f"at least {limit + 1}", limit)])
     except csv.Error as exc:
         raise ManifestError(path, [f"line {reader.line_num}: not CSV this reader accepts ({exc})"]) from None
     if not records:

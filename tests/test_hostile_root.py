@@ -523,7 +523,7 @@ def test_a_study_that_multiplies_to_too_many_rows_is_refused_before_expanding(au
 def test_a_manifest_over_the_row_cap_is_refused_and_the_flag_raises_it(audio_dir, tmp_path, capsys):
     m = write_manifest(audio_dir, [f"content.wav,style.wav,{seed}" for seed in range(300)], header="content,style,seed")
     assert cli("submit", str(m), "--results", str(tmp_path / "r"), "--dry-run", "--max-rows", "100") == 2
-    assert "more than the 100 one submission may have" in capsys.readouterr().err
+    assert "at least 101 rows, above the cap of 100 rows per submission" in capsys.readouterr().err
     assert cli("submit", str(m), "--results", str(tmp_path / "r"), "--dry-run", "--max-rows", "300") == 0
     out = capsys.readouterr().out
     assert "... and 100 more row(s) to run" in out and len(out.splitlines()) < 210
