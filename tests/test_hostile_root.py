@@ -668,3 +668,22 @@ def test_status_shows_a_row_whose_record_is_invalid(audio_dir, tmp_path, capsys)
     assert cli("status", str(sub.results.root)) == 1
     out = capsys.readouterr().out
     assert "invalid=1" in out and "field 'iterations_run'" in out
+
+
+def test_a_lost_row_of_a_pre_0_2_root_still_shows_its_log(audio_dir, tmp_path, capsys):
+    """Roots written before the private state kept submitit's logs in ``<root>/submitit``: a
+    lost row's log tail is still read from there (a regular file, no link)."""
+    results, rid = ok_root(audio_dir, tmp_path)
+    (results.root / "runs" / rid / "record.json").unlink()
+    job_id = "999998"
+    log = results.submitit_dir / job_id / f"{job_id}_0_log.err"
+    log.parent.mkdir(parents=True)
+    log.write_text(f"[row {rid}] start (manifest row 1)\nKilled: out of memory\n")
+    old_id = "20261125T120000-aaaaaa"  # the older id form (whole seconds)
+    results.write_json(results.submissions_dir / f"{old_id}.json",
+                       submission_json(old_id, rid, job_id, str(results.submitit_dir), log="anything"))
+    assert cli("status", str(results.root)) == 1
+    assert "Killed: out of memory" in capsys.readouterr().out
+    batch_ast.collect(results.root)
+    index = batch_ast.load_index(results.root).set_index("id")
+    assert index.loc[rid, "status"] == "lost" and "out of memory" in index.loc[rid, "error"]
