@@ -374,10 +374,13 @@ def _row_record(device: torch.device, content: Path, style: Path, preset: str, f
 
 def grow_study(root: Path, n_rows: int) -> None:
     """Make a results root hold ``n_rows`` records by copying one of its ok rows under new ids,
-    names, content weights and seeds (sharing its output and figures, each with its own trace):
-    a study's worth of real records for timing collect and the report (and for the report's
-    browser test) without running thousands of rows."""
+    names, content weights and seeds (its output and figures hard-linked into each row's folder,
+    each with its own trace): a study's worth of real records for timing collect and the report
+    (and for the report's browser test) without running thousands of rows. A record names only its
+    own row's files (``Record.from_json``), so each copy gets its own links."""
     import shutil
+
+    from batch_ast.record import ROW_FILES
 
     template_path = next(p for p in sorted((root / "runs").glob("*/record.json"))
                          if json.loads(p.read_text())["status"] == "ok")
@@ -386,9 +389,13 @@ def grow_study(root: Path, n_rows: int) -> None:
     for i in range(n_rows - existing):
         rid = f"{i:016x}"
         record = {**template, "id": rid, "name": f"study-{i}", "row": existing + i + 1,
-                  "params": {**template["params"], "content_weight": [0.5, 1.0, 2.0, 4.0][i % 4], "seed": i}}
+                  "params": {**template["params"], "content_weight": [0.5, 1.0, 2.0, 4.0][i % 4], "seed": i},
+                  **{key: f"runs/{rid}/{name}" for key, name in ROW_FILES.items() if key in template}}
         run = root / "runs" / rid
         run.mkdir()
+        for key, name in ROW_FILES.items():
+            if key in template and key != "trace":
+                os.link(template_path.parent / name, run / name)
         (run / "record.json").write_text(json.dumps(record))
         shutil.copy(template_path.parent / "trace.parquet", run / "trace.parquet")
 
