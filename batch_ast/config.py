@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -144,8 +144,9 @@ class Params:
         return Params.from_mapping({**self.to_dict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (records, submissions, the pickle a job receives)."""
-        return asdict(self)
+        """Plain data (records, submissions, the pickle a job receives). Every field is a scalar,
+        so a shallow dict is ``asdict``'s result at a fraction of its cost (a plan calls this per row)."""
+        return {f.name: getattr(self, f.name) for f in _PARAMS_FIELDS}
 
     @property
     def n_bins(self) -> int:
@@ -158,6 +159,7 @@ class Params:
         return self.rhythm != "none"
 
 
+_PARAMS_FIELDS = fields(Params)
 if [f.name for f in fields(Params)] != list(PARAMS) or any(
     PARAMS[f.name].kind.__name__ != f.type for f in fields(Params)
 ):

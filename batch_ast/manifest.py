@@ -78,21 +78,34 @@ def max_input_bytes() -> int:
     return int(float(raw) * 2**20) if raw.replace(".", "", 1).isdigit() else DEFAULT_MAX_INPUT_MB * 2**20
 
 
-def _check_audio_path(path: Path, limit: int) -> str | None:
+DEFAULT_MAX_TOTAL_INPUT_GB = 64
+MAX_TOTAL_INPUT_ENV = "BATCH_AST_MAX_TOTAL_INPUT_GB"
+
+
+def max_total_input_bytes() -> int:
+    """What all distinct inputs of one submission may hold together (every byte is hashed at
+    submit and again by the jobs): $BATCH_AST_MAX_TOTAL_INPUT_GB, else 64 GiB."""
+    raw = os.environ.get(MAX_TOTAL_INPUT_ENV, "")
+    gb = float(raw) if raw.replace(".", "", 1).isdigit() else DEFAULT_MAX_TOTAL_INPUT_GB
+    return int(gb * 2**30)
+
+
+def _check_audio_path(path: Path, limit: int) -> tuple[str | None, int]:
+    """(what is wrong with an input file or None, its size): checked once per distinct file."""
     try:
         if not path.exists():
-            return "file not found"
+            return "file not found", 0
         if not path.is_file():
-            return "not a regular file"
+            return "not a regular file", 0
         size = path.stat().st_size
         if size > limit:
             return (f"{size / 2**20:.0f} MiB, above the {limit / 2**20:.0f} MiB input limit "
-                    "(set BATCH_AST_MAX_INPUT_MB to raise it)")
+                    "(set BATCH_AST_MAX_INPUT_MB to raise it)"), size
         with path.open("rb") as fh:
             fh.read(1)
     except OSError as exc:
-        return f"cannot read: {exc.strerror or exc}"
-    return None
+        return f"cannot read: {exc.strerror or exc}", 0
+    return None, size
 
 
 def read_manifest(path: str | Path, config: Config, max_rows: int | None = None) -> list[ManifestRow]:
@@ -175,6 +188,7 @@ def _parse_manifest(text: str, path: Path, config: Config, cap: int | None = Non
 
     base = path.parent
     limit = max_input_bytes()
+    checked: dict[Path, tuple[str | None, int]] = {}  # a study names few files in many rows
     rows: list[ManifestRow] = []
     for number, (line, rec) in enumerate(records[1:], start=1):
         where = f"row {number} (line {line})"
@@ -188,7 +202,9 @@ def _parse_manifest(text: str, path: Path, config: Config, cap: int | None = Non
                 problems.append(f"{where}: column {col!r} is empty")
                 continue
             file = _resolve_path(cells[col], base)
-            issue = _check_audio_path(file, limit)
+            if file not in checked:
+                checked[file] = _check_audio_path(file, limit)
+            issue = checked[file][0]
             if issue:
                 problems.append(f"{where}: column {col!r}: {short_path(file)}: {issue}")
             files[col] = file
@@ -229,6 +245,11 @@ def _parse_manifest(text: str, path: Path, config: Config, cap: int | None = Non
             )
     if not records[1:]:
         problems.append("manifest has a header but no rows")
+    total = sum(size for _, size in checked.values())
+    if total > max_total_input_bytes():
+        problems.append(f"its {len(checked)} distinct input files hold {total / 2**30:.1f} GiB together, above the "
+                        f"{max_total_input_bytes() / 2**30:.0f} GiB one submission may read "
+                        f"(set {MAX_TOTAL_INPUT_ENV} to raise it, or split the manifest)")
     if problems:
         raise ManifestError(path, problems)
     return rows

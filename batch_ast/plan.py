@@ -98,7 +98,7 @@ def hash_inputs(paths: list[Path], cache: HashCache, progress: bool = False, sav
 
     digests: dict[Path, str] = {}
     todo: list[Path] = []
-    for path in dict.fromkeys(p.resolve() for p in paths):
+    for path in dict.fromkeys(p.resolve() for p in dict.fromkeys(paths)):
         cached = cache.lookup(path)
         if cached:
             digests[path] = cached
@@ -210,9 +210,13 @@ def make_plan(
             make_private_dir(state, state)
         hash_cache = state / HASH_CACHE
     cache = HashCache(hash_cache if use_cache else None)
-    digests = hash_inputs([p for m in rows for p in (m.content, m.style)], cache, progress, save=save_cache)
+    resolved = {path: path.resolve() for path in dict.fromkeys(p for m in rows for p in (m.content, m.style))}
+    digests = hash_inputs(list(resolved.values()), cache, progress, save=save_cache)
+    recorded = set(results.row_ids())  # a row without a record file needs no read (a study's most rows)
+    manifest_path = str(manifest.resolve())
     for mrow in rows:
-        c_sha, s_sha = digests[mrow.content.resolve()], digests[mrow.style.resolve()]
+        content, style = resolved[mrow.content], resolved[mrow.style]
+        c_sha, s_sha = digests[content], digests[style]
         rid = row_id(c_sha, s_sha, mrow.params)
         if rid in first_row_of:
             duplicates.append((mrow.row, first_row_of[rid]))
@@ -222,15 +226,15 @@ def make_plan(
             id=rid,
             row=mrow.row,
             name=mrow.name,
-            content=str(mrow.content.resolve()),
-            style=str(mrow.style.resolve()),
+            content=str(content),
+            style=str(style),
             content_sha256=c_sha,
             style_sha256=s_sha,
             params=mrow.params,
-            manifest=str(manifest.resolve()),
+            manifest=manifest_path,
             resources=dict(mrow.resources),
         )
-        record = results.read_record(rid)
+        record = results.read_record(rid) if rid in recorded else None
         status = record.get("status") if record else None
         if not force and status == "ok":
             done.append(spec)

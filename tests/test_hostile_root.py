@@ -687,3 +687,15 @@ def test_a_lost_row_of_a_pre_0_2_root_still_shows_its_log(audio_dir, tmp_path, c
     batch_ast.collect(results.root)
     index = batch_ast.load_index(results.root).set_index("id")
     assert index.loc[rid, "status"] == "lost" and "out of memory" in index.loc[rid, "error"]
+
+
+def test_the_inputs_of_one_submission_have_a_total_limit(audio_dir, tmp_path, monkeypatch, capsys):
+    """The 4 GiB limit is per file; many files under it may still add up to hours of hashing."""
+    for i in range(3):
+        with (audio_dir / f"big{i}.wav").open("wb") as fh:
+            fh.truncate(600 << 20)  # sparse: nothing is read before the refusal
+    monkeypatch.setenv("BATCH_AST_MAX_TOTAL_INPUT_GB", "1")
+    m = write_manifest(audio_dir, [f"big{i}.wav,style.wav" for i in range(3)])
+    assert cli("submit", str(m), "--results", str(tmp_path / "r"), "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert "4 distinct input files hold 1.8 GiB together, above the 1 GiB" in err
