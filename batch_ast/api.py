@@ -285,19 +285,16 @@ def prepare(
     if unknown:
         raise TypeError(f"unknown option(s) {unknown}; options are: {', '.join(SubmitOptions.__dataclass_fields__)}")
     opts = replace(options or SubmitOptions(), **option_values).check()
-    get_backend(executor) if executor != "auto" else None  # a bad name is refused before anything is read
-    force, retry_failed, workers = opts.force, opts.retry_failed, opts.workers
-    rows_per_job, batch_rows, max_array_size = opts.rows_per_job, opts.batch_rows, opts.max_array_size
-    timeout_min, gpus, array_parallelism = opts.timeout_min, opts.gpus, opts.array_parallelism
-    max_retries, checkpoint_every_s = opts.max_retries, opts.checkpoint_every_s
+    if executor != "auto":
+        get_backend(executor)  # a bad name is refused before any file is read
     cfg = load_config(config)
     rows = read_manifest(manifest, cfg, max_rows=opts.max_rows)
     profile_path, source = find_profile(profile, site_defaults=site_profile)
     profile_values = load_profile(profile_path)
     parameters, packing, max_resumes = job_parameters(
-        profile_values, rows_per_job=rows_per_job, max_array_size=max_array_size,
-        batch_rows=batch_rows, timeout_min=timeout_min, gpus=gpus, array_parallelism=array_parallelism,
-        max_retries=max_retries,
+        profile_values, rows_per_job=opts.rows_per_job, max_array_size=opts.max_array_size,
+        batch_rows=opts.batch_rows, timeout_min=opts.timeout_min, gpus=opts.gpus,
+        array_parallelism=opts.array_parallelism, max_retries=opts.max_retries,
     )
     backend, why = choose_backend(executor)  # a bad executor is refused before any input is hashed
     backend.check_parameters(parameters)
@@ -306,14 +303,14 @@ def prepare(
     if not dry_run:
         root.require_writable()  # before hashing thousands of files or submitting anything
         make_private_dir(state, state)
-    plan = make_plan(rows, root, Path(manifest), force=force, retry_failed=retry_failed, progress=progress,
-                     save_cache=not dry_run, hash_cache=state / HASH_CACHE)  # a dry run writes nothing
-    every = DEFAULTS.checkpoint_every_s if checkpoint_every_s is None else checkpoint_every_s
-    options = replace(DEFAULTS, max_resumes=max_resumes, checkpoint_every_s=every)
+    plan = make_plan(rows, root, Path(manifest), force=opts.force, retry_failed=opts.retry_failed,
+                     progress=progress, save_cache=not dry_run, hash_cache=state / HASH_CACHE)  # a dry run writes nothing
+    every = DEFAULTS.checkpoint_every_s if opts.checkpoint_every_s is None else opts.checkpoint_every_s
+    run_options = replace(DEFAULTS, max_resumes=max_resumes, checkpoint_every_s=every)
     return Prepared(
         plan=plan, results=root, manifest=Path(manifest), backend=backend, why=why, parameters=parameters,
-        packing=packing, rows_per_job=packing.rows_per_job or backend.rows_per_job(len(plan.to_run), workers),
-        job=TransferJob(options, force=force, batch_rows=packing.batch_rows),
+        packing=packing, rows_per_job=packing.rows_per_job or backend.rows_per_job(len(plan.to_run), opts.workers),
+        job=TransferJob(run_options, force=opts.force, batch_rows=packing.batch_rows),
         profile=profile_path, profile_source=source, state=state,
     )
 
@@ -328,7 +325,8 @@ def submit(
 ) -> Submission:
     """Validate, plan and submit a manifest CSV or a study YAML; with ``wait=True`` block until
     every row has finished and collect the index. ``options`` are ``prepare``'s (``config``,
-    ``force``, ``retry_failed``, ``rows_per_job``, ``batch_rows``, ``timeout_min``, ``gpus``...)."""
+    ``force``, ``retry_failed``, ``rows_per_job``, ``batch_rows``, ``timeout_min``, ``gpus``..., or
+    ``options=SubmitOptions(...)``)."""
     submission = prepare(manifest, results, executor, profile, **options).launch()
     if wait:
         submission.wait()

@@ -124,15 +124,14 @@ def submission_status(
         job = job_of_row.get(rid, {})
         job_id = str(job.get("job_id", ""))
         log = logs.get(job_id) if logs else None
-        if invalid and rid in invalid:  # a record file that is not a valid record: its own problem
-            status.rows.append(RowState(rid, row, "invalid", job_id, log, invalid[rid]))
-            continue
         if finishes(record, submission):
             status.rows.append(RowState(rid, row, record["status"], job_id, log, record.get("error", "")))
             continue
         in_queue = queue.get(job_id)  # squeue -r lists every array task as "<array>_<task>"
         if in_queue:
             status.rows.append(RowState(rid, row, in_queue, job_id, log))
+        elif invalid and rid in invalid:  # its record file is not a valid record: its own problem
+            status.rows.append(RowState(rid, row, "invalid", job_id, log, invalid[rid]))
         elif not status.queue_known:
             status.rows.append(RowState(rid, row, "pending", job_id, log, "queue state unknown"))
         elif submission.cancelled:
