@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .store import ResultsRoot, UnsafeFileError, move_aside, open_dir_fd, parts_within, read_json, root_lock
+from .store import ResultsRoot, UnsafeFileError, move_aside, read_json, root_lock
 
 CLAIM = "claim.json"
 CLAIMS_LOCK = ".claims.lock"
@@ -72,7 +72,7 @@ def read_claim(results: ResultsRoot, row_id: str) -> tuple[bool, Claim | None]:
 
 
 def _row_dir_fd(results: ResultsRoot, row_id: str) -> int:
-    return open_dir_fd(results.root, parts_within(results.root, results.run_dir(row_id)), create=True)
+    return results.row_dir_fd(row_id)
 
 
 def try_claim(results: ResultsRoot, row_id: str, claim: Claim) -> bool:

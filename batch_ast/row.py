@@ -37,7 +37,7 @@ from .phase import griffin_lim, magnitude_from_log, spectral_convergence
 from .plan import RowSpec, file_sha256, result_params
 from .record import Record, now_utc
 from .rhythm import BeatAlignment, beat_transfer, check_coverage
-from .store import ResultsRoot, move_aside, open_dir_fd, open_regular, parts_within
+from .store import ResultsRoot, move_aside, open_regular
 from .transfer import (
     StyleTransfer,
     TransferError,
@@ -370,8 +370,7 @@ class RowRun:
         to decode it now; ``weights(device)``: the group's network (``transfer.Network``), asked for
         only once the inputs have passed their length and memory checks."""
         self.say(f"start (manifest row {self.spec.row})")
-        os.close(open_dir_fd(self.results.root, parts_within(self.results.root, self.results.run_dir(self.spec.id)),
-                             create=True))  # the row's folder, never through a planted link
+        os.close(self.results.row_dir_fd(self.spec.id))  # the row's folder, never through a planted link
         device = pick_device(self.spec.params.device)
         self.record.update(device_used=str(device))
         self._load(inputs)

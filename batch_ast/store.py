@@ -388,6 +388,19 @@ class ResultsRoot:
         record, _ = self.load_record(row_id)
         return record.to_dict() if record is not None else None
 
+    def row_dir_fd(self, row_id: str) -> int:
+        """A descriptor of the row's folder, created if missing. Something planted at its name (a
+        symlink, a file) is moved aside to ``<id>.bad-<random>`` first: the row's folder is the
+        row's, and a link there must cost that one row nothing, not stop the submit."""
+        parts = parts_within(self.root, self.run_dir(row_id))
+        try:
+            return open_dir_fd(self.root, parts, create=True)
+        except UnsafeFileError as exc:
+            if exc.filename != str(self.run_dir(row_id)):
+                raise  # runs/ itself: not one row's problem
+            _move_aside(self.run_dir(row_id))
+            return open_dir_fd(self.root, parts, create=True)
+
     def write(self, target: Path, writer: Callable[[BinaryIO], None]) -> None:
         """``write_atomic`` confined to this root (no symlink below it is followed)."""
         write_atomic(target, writer, self.root)

@@ -699,3 +699,16 @@ def test_the_inputs_of_one_submission_have_a_total_limit(audio_dir, tmp_path, mo
     assert cli("submit", str(m), "--results", str(tmp_path / "r"), "--dry-run") == 2
     err = capsys.readouterr().err
     assert "4 distinct input files hold 1.8 GiB together, above the 1 GiB" in err
+
+
+def test_a_link_planted_as_a_row_folder_is_moved_aside_and_the_row_runs(audio_dir, tmp_path):
+    results = ResultsRoot(tmp_path / "results")
+    spec, m = plan_one(audio_dir, results)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (results.root / "runs").mkdir(parents=True)
+    results.run_dir(spec.id).symlink_to(outside)
+    sub = batch_ast.submit(m, results.root, executor="debug", wait=True)
+    assert sub.status().counts["ok"] == 1 and list(outside.iterdir()) == []
+    assert results.run_dir(spec.id).is_dir() and not results.run_dir(spec.id).is_symlink()
+    assert list((results.root / "runs").glob(f"{spec.id}.bad-*"))
