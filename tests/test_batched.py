@@ -74,12 +74,13 @@ def test_one_batched_evaluation_equals_each_row_alone():
         torch.testing.assert_close(b.x.grad, a.x.grad, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize(("optimizer", "iterations", "rtol"), [("adam", 25, 1e-3), ("lbfgs", 6, 1e-3)])
+@pytest.mark.parametrize(("optimizer", "iterations", "rtol"), [("adam", 25, 1e-3), ("lbfgs", 6, 2e-2)])
 def test_rows_optimised_together_match_rows_run_alone(optimizer, iterations, rtol):
     """Each row keeps its own optimiser: batching changes nothing but rounding. (L-BFGS amplifies
-    rounding over many iterations, so it is compared over its first few; on CUDA a batch of three
-    runs other cuDNN kernels than one row, whose rounding six L-BFGS steps grew to 1.8 % of the
-    spectrogram's range on an H100: compared at 5 % there.)"""
+    rounding over many iterations, so it is compared over its first few. A batch of three runs
+    other kernels than one row: on another AMD EPYC six L-BFGS steps grew that rounding to 0.016
+    of the spectrogram's range, the same in two runs (issue #26), and on an H100 with cuDNN to
+    1.8 %: compared at 2 % on the CPU and 5 % on CUDA. Rows that mixed would differ by O(1).)"""
     if optimizer == "lbfgs" and CPU.type == "cuda":
         rtol = 5e-2
     p = params(optimizer=optimizer, iterations=iterations)

@@ -447,8 +447,9 @@ def test_transfer_uses_the_chosen_form_and_both_forms_end_alike():
         )
         run_.run()
         finals[form] = run_.result()[1].total
-    # the forms round differently and L-BFGS's line searches amplify it (0.12 % measured on an H100)
-    assert abs(finals["frames"] / finals["filters"] - 1) < 3e-3, finals
+    # the forms round differently and L-BFGS's line searches amplify it: 0.12 % measured on an H100,
+    # 0.57 % (104.697 vs 105.298, the same in two runs) on another AMD EPYC (issue #26)
+    assert abs(finals["frames"] / finals["filters"] - 1) < 1e-2, finals
 
 
 class _Uncached(StyleTransfer):

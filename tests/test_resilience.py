@@ -237,9 +237,11 @@ def test_local_preemption_resumes_a_packed_job_without_redoing_finished_rows(aud
     job = TransferJob(RunOptions(checkpoint_every_s=0.2))
     submission, (local_job,) = submit(specs, results, get_backend("local"), audio_dir / "m.csv", rows_per_job=2, job=job)
     first, second = specs
-    deadline = time.monotonic() + 120
-    while not results.checkpoint_path(second.id).exists():  # first row done, second under way
-        assert time.monotonic() < deadline, "second row never checkpointed"
+    # first row done, second under way: waited for as a state (a loaded machine is slow, never
+    # wrong), failing only when the job ended without it or after an hour's safety bound
+    deadline = time.monotonic() + 3600
+    while not results.checkpoint_path(second.id).exists():
+        assert not local_job.done() and time.monotonic() < deadline, "the second row never checkpointed"
         time.sleep(0.1)
     first_record = results.record_path(first.id).read_text()
     # What the local controller does at timeout and SLURM before preemption: USR2 to the task.

@@ -301,11 +301,14 @@ def test_timeout_triggers_checkpoint_requeue_and_resume(audio_dir, tmp_path):
     limit), checkpoint, requeue and resume, as often as it takes. Its length is sized from this
     machine's measured speed (~80 s of compute: two or three time slots of ~40 s), so a slow
     machine gets a shorter row, not a failed test; it relies on the limit, not on when exactly the
-    signal lands (SLURM checks limits only every ~30 s)."""
+    signal lands (SLURM checks limits only every ~30 s). Requeues are allowed generously (100): a
+    machine whose load rises after the measurement makes less progress per slot (issue #26 saw 20
+    run out at load 2-8), and how many slots the row takes is not what this test checks; a resume
+    that lost its progress would still fail, at the wait's safety bound."""
     iterations = max(200, int(80 * iterations_per_second(audio_dir)))
     results = tmp_path / "results"
     profile = tmp_path / "profile.yaml"
-    profile.write_text("timeout_min: 1\nsignal_delay_s: 20\nmax_num_timeout: 20\n")
+    profile.write_text("timeout_min: 1\nsignal_delay_s: 20\nmax_num_timeout: 100\n")
     m = long_rows(audio_dir, 1, iterations=iterations)
     assert slurm_submit(m, results, "--profile", str(profile), "--checkpoint-every", "10") == 0
     (sub,) = load_submissions(ResultsRoot(results))
