@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .store import ResultsRoot, UnsafeFileError, move_aside, read_json, root_lock
+from .store import ResultsRoot, move_aside, read_json, root_lock
 
 CLAIM = "claim.json"
 CLAIMS_LOCK = ".claims.lock"
@@ -71,15 +71,11 @@ def read_claim(results: ResultsRoot, row_id: str) -> tuple[bool, Claim | None]:
         return True, None
 
 
-def _row_dir_fd(results: ResultsRoot, row_id: str) -> int:
-    return results.row_dir_fd(row_id)
-
-
 def try_claim(results: ResultsRoot, row_id: str, claim: Claim) -> bool:
     """Create the row's claim atomically (O_EXCL, no symlink followed); False when one exists."""
     import json
 
-    dir_fd = _row_dir_fd(results, row_id)
+    dir_fd = results.row_dir_fd(row_id)
     try:
         fd = os.open(CLAIM, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
     except FileExistsError:
@@ -93,7 +89,7 @@ def try_claim(results: ResultsRoot, row_id: str, claim: Claim) -> bool:
 
 def remove_claim(results: ResultsRoot, row_id: str) -> None:
     """Remove the row's claim file; something else at its name (a folder) is moved aside."""
-    dir_fd = _row_dir_fd(results, row_id)
+    dir_fd = results.row_dir_fd(row_id)
     try:
         mode = os.stat(CLAIM, dir_fd=dir_fd, follow_symlinks=False).st_mode
         if stat.S_ISDIR(mode):
@@ -131,7 +127,7 @@ def claim_rows(
                     continue
                 try:
                     remove_claim(results, spec.id)
-                except (OSError, UnsafeFileError) as exc:
+                except OSError as exc:  # UnsafeFileError (errno None) included
                     if exc.errno not in (errno.ENOENT, None):
                         raise
                 if not try_claim(results, spec.id, mine):

@@ -432,9 +432,6 @@ CATEGORY_COLUMNS = (
     "status", "optimizer", "activation", "rhythm", "beat_grid", "precision", "device", "preset",
     "stop_reason", "style_form", "device_used", "loss_scale",
 )
-# Index statuses: a record's (ok, failed), ``invalid`` (a record that is not a valid record), and
-# those of submitted rows without a record (from the queue).
-INDEX_STATUSES = ("ok", "failed", "invalid", "pending", "running", "lost", "cancelled")
 # Integer columns stay integers where some rows have no value (a failed row has no iterations_run).
 _NULLABLE_INTS = {pa.int64(): pd.Int64Dtype()}
 

@@ -100,18 +100,15 @@ def _portable_copy(path: Path, sha: object, media_dir: Path, base: Path) -> Path
         os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         return target  # there already (named by the hash of what it holds)
     except FileNotFoundError:
-        pass
-    finally:
-        os.close(dir_fd)
-    try:
-        dir_fd = open_dir_fd(base, parts_within(base, media_dir), create=True)
         try:
             os.link(path, name, dst_dir_fd=dir_fd, follow_symlinks=False)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        with path.open("rb") as src:
-            write_atomic(target, lambda fh: shutil.copyfileobj(src, fh), base)
+            return target
+        except OSError:
+            pass  # another filesystem: a copy
+    finally:
+        os.close(dir_fd)
+    with path.open("rb") as src:
+        write_atomic(target, lambda fh: shutil.copyfileobj(src, fh), base)
     return target
 
 

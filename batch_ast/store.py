@@ -182,7 +182,7 @@ def read_regular(target: Path, root: Path | None = None, limit: int | None = Non
     """The bytes of ``open_regular(target, root, limit)`` (never more than ``limit``: a file that
     grows while read is cut, and then fails to parse)."""
     with open_regular(target, root, limit) as fh:
-        return fh.read() if limit is None else fh.read(limit + 1)[: limit + 1]
+        return fh.read() if limit is None else fh.read(limit + 1)
 
 
 def read_json(target: Path, root: Path | None, limit: int) -> Any:
@@ -355,9 +355,6 @@ class ResultsRoot:
         if not runs.is_dir():
             return []
         return sorted(path.parent.name for path in runs.glob(f"*/{RECORD}") if ROW_ID.fullmatch(path.parent.name))
-
-    def record_paths(self) -> list[Path]:
-        return [self.record_path(rid) for rid in self.row_ids()]
 
     def load_record(self, row_id: str) -> tuple[Record | None, str]:
         """(the row's record, "") — or (None, why) when it is absent ("" then) or cannot be used:
