@@ -207,6 +207,8 @@ class SubmitOptions:
     retry_failed: bool = False  # rerun rows whose failure was transient
     rows_per_job: int | None = None
     batch_rows: int | None = None
+    processes_per_job: int | None = None  # row processes sharing one job's allocation (pool.py)
+    finish_in_background: bool | None = None  # None: the profile's, else where rows run on a GPU
     max_array_size: int | None = None
     workers: int = 1  # local executor: parallel processes
     timeout_min: int | None = None
@@ -218,7 +220,7 @@ class SubmitOptions:
 
     # the integer options and their smallest values
     _INTS: ClassVar[dict[str, int]] = {
-        "rows_per_job": 1, "batch_rows": 1, "max_array_size": 1, "workers": 1, "timeout_min": 1, "gpus": 0,
+        "rows_per_job": 1, "batch_rows": 1, "processes_per_job": 1, "max_array_size": 1, "workers": 1, "timeout_min": 1, "gpus": 0,
         "array_parallelism": 1, "max_retries": 0, "max_rows": 1,
     }
 
@@ -228,6 +230,8 @@ class SubmitOptions:
         for name in ("force", "retry_failed"):
             if not isinstance(getattr(self, name), bool):
                 bad.append(f"{name} must be True or False, not {_shown(getattr(self, name))}")
+        if self.finish_in_background is not None and not isinstance(self.finish_in_background, bool):
+            bad.append(f"finish_in_background must be True, False or None, not {_shown(self.finish_in_background)}")
         for name, low in self._INTS.items():
             value = getattr(self, name)
             if value is None:
@@ -293,7 +297,8 @@ def prepare(
     profile_values = load_profile(profile_path)
     parameters, packing, max_resumes = job_parameters(
         profile_values, rows_per_job=opts.rows_per_job, max_array_size=opts.max_array_size,
-        batch_rows=opts.batch_rows, timeout_min=opts.timeout_min, gpus=opts.gpus,
+        batch_rows=opts.batch_rows, processes_per_job=opts.processes_per_job,
+        finish_in_background=opts.finish_in_background, timeout_min=opts.timeout_min, gpus=opts.gpus,
         array_parallelism=opts.array_parallelism, max_retries=opts.max_retries,
     )
     backend, why = choose_backend(executor)  # a bad executor is refused before any input is hashed
@@ -309,8 +314,11 @@ def prepare(
     run_options = replace(DEFAULTS, max_resumes=max_resumes, checkpoint_every_s=every)
     return Prepared(
         plan=plan, results=root, manifest=Path(manifest), backend=backend, why=why, parameters=parameters,
-        packing=packing, rows_per_job=packing.rows_per_job or backend.rows_per_job(len(plan.to_run), opts.workers),
-        job=TransferJob(run_options, force=opts.force, batch_rows=packing.batch_rows),
+        packing=packing,
+        rows_per_job=packing.rows_per_job or backend.rows_per_job(len(plan.to_run), opts.workers, packing.processes_per_job),
+        job=TransferJob(run_options, force=opts.force, batch_rows=packing.batch_rows,
+                        processes=packing.processes_per_job, finish_in_background=packing.finish_in_background,
+                        threads=backend.thread_share(opts.workers)),
         profile=profile_path, profile_source=source, state=state,
     )
 
@@ -325,7 +333,7 @@ def submit(
 ) -> Submission:
     """Validate, plan and submit a manifest CSV or a study YAML; with ``wait=True`` block until
     every row has finished and collect the index. ``options`` are ``prepare``'s (``config``,
-    ``force``, ``retry_failed``, ``rows_per_job``, ``batch_rows``, ``timeout_min``, ``gpus``..., or
+    ``force``, ``retry_failed``, ``rows_per_job``, ``batch_rows``, ``processes_per_job``, ``timeout_min``, ``gpus``..., or
     ``options=SubmitOptions(...)``)."""
     submission = prepare(manifest, results, executor, profile, **options).launch()
     if wait:

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from .transfer import LossTensors, Network, StyleTransfer, conv_features, use_precision
+from .features import Network, conv_features, use_precision
+from .transfer import LossTensors, StyleTransfer
 
 if TYPE_CHECKING:
     from .config import Params

@@ -33,6 +33,8 @@ def _print_plan(prepared: api.Prepared) -> None:
     plan, rows_per_job, batch_rows = prepared.plan, prepared.rows_per_job, prepared.packing.batch_rows
     jobs = len(chunk(plan.to_run, rows_per_job)) if plan.to_run else 0
     batched = f", optimised up to {batch_rows} at a time" if batch_rows > 1 else ""
+    if prepared.packing.processes_per_job > 1:
+        batched += f", {prepared.packing.processes_per_job} row processes per job"
     print(
         f"plan: {plan.total_rows} row(s): {len(plan.to_run)} to run in {jobs} job(s) "
         f"({rows_per_job} row(s) per job{batched}), {len(plan.done)} already done, "
@@ -105,7 +107,8 @@ def submit_options(args: argparse.Namespace) -> api.SubmitOptions:
     """The submit command's options as the API's ``SubmitOptions`` (one list, one check)."""
     return api.SubmitOptions(
         force=args.force, retry_failed=args.retry_failed, rows_per_job=args.rows_per_job,
-        batch_rows=args.batch_rows, max_array_size=args.max_array_size, workers=args.workers,
+        batch_rows=args.batch_rows, processes_per_job=args.processes_per_job,
+        finish_in_background=args.finish_in_background, max_array_size=args.max_array_size, workers=args.workers,
         timeout_min=args.timeout_min, gpus=args.gpus, array_parallelism=args.array_parallelism,
         max_retries=args.max_retries, checkpoint_every_s=args.checkpoint_every, max_rows=args.max_rows,
     )
@@ -269,7 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-rows", type=int, metavar="N",
                    help="optimise up to N rows of a job that share a network together, one batched conv "
                         "(keeps a GPU busy; default 1)")
-    p.add_argument("--workers", type=int, default=1, help="local executor: parallel processes (default 1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local executor: jobs run at once on this machine, each with its share of the rows (default 1)")
+    p.add_argument("--processes-per-job", type=int, metavar="K",
+                   help="row processes sharing each job's allocation (its CPUs, split K ways, or its GPU); on "
+                        "SLURM an array task then takes 2K rows unless --rows-per-job says otherwise (default 1)")
+    finish = p.add_mutually_exclusive_group()
+    finish.add_argument("--finish-in-background", dest="finish_in_background", action="store_true", default=None,
+                        help="write a row's files, figures and metrics while the next row optimises "
+                             "(default: on where rows run on a GPU; never in row processes or with a tf32 row)")
+    finish.add_argument("--no-finish-in-background", dest="finish_in_background", action="store_false")
     p.add_argument("--array-parallelism", type=int, help="SLURM: at most N array tasks at once")
     p.add_argument("--max-array-size", type=int,
                    help=f"SLURM: split into arrays of at most N tasks (site MaxArraySize; default {DEFAULT_MAX_ARRAY_SIZE})")

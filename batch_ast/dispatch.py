@@ -49,7 +49,8 @@ PROFILE_KEYS = {
 }
 PROFILE_ENV = "BATCH_AST_PROFILE"
 # Profile keys batch-ast handles itself (not submitit parameters).
-NON_SUBMITIT_KEYS = ("rows_per_job", "max_array_size", "batch_rows", "state_dir")
+NON_SUBMITIT_KEYS = ("rows_per_job", "max_array_size", "batch_rows", "processes_per_job", "finish_in_background",
+                     "state_dir")
 # Many sites cap job arrays (MaxArraySize, often 1001); submitit does not split: we do.
 DEFAULT_MAX_ARRAY_SIZE = 1000
 
@@ -106,7 +107,8 @@ def load_profile(path: str | Path | None) -> dict[str, Any]:
 
 # Profile keys by the kind of value they take (everything else is text).
 _PROFILE_INTS = {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 1, "array_parallelism": 1, "signal_delay_s": 0,
-                 "max_num_timeout": 0, "rows_per_job": 1, "max_array_size": 1, "batch_rows": 1}
+                 "max_num_timeout": 0, "rows_per_job": 1, "max_array_size": 1, "batch_rows": 1,
+                 "processes_per_job": 1}
 
 
 def profile_value_problem(key: str, value: Any) -> str:
@@ -120,6 +122,9 @@ def profile_value_problem(key: str, value: Any) -> str:
     elif key == "mem_gb":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
             return f"mem_gb must be a number of GB > 0, not {shown!r}"
+    elif key == "finish_in_background":
+        if value not in (True, False, "auto"):
+            return f"finish_in_background must be true, false or auto, not {shown!r}"
     elif key == "setup":
         if not isinstance(value, list) or not all(isinstance(line, str) for line in value):
             return "setup must be a list of shell lines"
@@ -135,11 +140,15 @@ def profile_value_problem(key: str, value: Any) -> str:
 @dataclass(frozen=True)
 class Packing:
     """How rows become jobs: rows per job (None: the backend's default), the largest array a
-    site allows, and how many rows of a job are optimised together (batched.py)."""
+    site allows, how many rows of a job are optimised together (batched.py), how many row
+    processes share a job's allocation (pool.py), and whether a row's files, figures and metrics
+    are made while the next row optimises (None: where rows run on a GPU)."""
 
     rows_per_job: int | None = None
     max_array_size: int = DEFAULT_MAX_ARRAY_SIZE
     batch_rows: int = 1
+    processes_per_job: int = 1
+    finish_in_background: bool | None = None
 
 
 def job_parameters(
@@ -148,6 +157,8 @@ def job_parameters(
     rows_per_job: int | None = None,
     max_array_size: int | None = None,
     batch_rows: int | None = None,
+    processes_per_job: int | None = None,
+    finish_in_background: bool | None = None,
     timeout_min: int | None = None,
     gpus: int | None = None,
     array_parallelism: int | None = None,
@@ -159,7 +170,8 @@ def job_parameters(
     params = dict(profile)
     packing = {key: value if value is not None else params.get(key)
                for key, value in (("rows_per_job", rows_per_job), ("max_array_size", max_array_size),
-                                  ("batch_rows", batch_rows))}
+                                  ("batch_rows", batch_rows), ("processes_per_job", processes_per_job))}
+    background = finish_in_background if finish_in_background is not None else params.get("finish_in_background")
     for key in NON_SUBMITIT_KEYS:
         params.pop(key, None)
     bad = [f"{k} must be an integer >= 1, not {v!r}" for k, v in packing.items()
@@ -180,7 +192,8 @@ def job_parameters(
     limit = DEFAULTS.max_resumes if limit is None else int(limit)
     params["slurm_max_num_timeout"] = limit
     return params, Packing(packing["rows_per_job"], packing["max_array_size"] or DEFAULT_MAX_ARRAY_SIZE,
-                           packing["batch_rows"] or 1), limit
+                           packing["batch_rows"] or 1, packing["processes_per_job"] or 1,
+                           None if background in (None, "auto") else bool(background)), limit
 
 
 @dataclass

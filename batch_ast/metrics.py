@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .transfer import Network, features, gram, log_spectrogram, use_precision
+from .features import Network, features, log_spectrogram, use_precision
+from .losses import gram
 
 if TYPE_CHECKING:
     from .config import Params

@@ -25,14 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .transfer import (
-    StyleTargets,
-    StyleTransfer,
-    TransferError,
-    content_loss,
-    style_form_for,
-    style_terms,
-)
+from .features import TransferError
+from .losses import StyleTargets, content_loss, style_form_for, style_terms
+from .transfer import StyleTransfer
 
 OCTAVE_TOLERANCE = 0.08  # |log2(tempo ratio) - k| below this is an octave error (~6 %)
 MIN_COVERAGE = 0.9  # an output shorter than this share of the grid input fails its row

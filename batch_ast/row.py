@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,36 +30,20 @@ from .audio import AudioError, decoded_samples, load_audio, probe_audio, write_w
 from .backends import job_environment
 from .claims import release_claim
 from .config import Params
+from .features import TransferError, check_length, log_spectrogram, pick_device, stft_frames
 from .figures import loss_figure, spectrogram_figure
-from .job import DEFAULTS, RunOptions
+from .job import DEFAULTS, Paused, RunOptions  # noqa: F401 - Paused: raised here, re-exported
 from .metrics import output_metrics
 from .phase import griffin_lim, magnitude_from_log, spectral_convergence
 from .plan import RowSpec, file_sha256, result_params
 from .record import Record, now_utc
 from .rhythm import BeatAlignment, beat_transfer, check_coverage
 from .store import ResultsRoot, move_aside, open_regular
-from .transfer import (
-    StyleTransfer,
-    TransferError,
-    check_length,
-    estimate_memory_bytes,
-    log_spectrogram,
-    pick_device,
-    stft_frames,
-)
+from .transfer import StyleTransfer, estimate_memory_bytes, optimise
 
 TRACE_COLUMNS = ("iteration", "total", "content", "style", "evaluations")
 SILENCE_DBFS = -90.0  # an input whose peak is below this carries no content or style to transfer
 CHECKPOINT_FORMAT = 1
-
-
-class Paused(Exception):
-    """The row was interrupted at an iteration boundary and its state checkpointed; ``runs`` are
-    the rows that paused (to be failed if no requeue follows)."""
-
-    def __init__(self, message: str, runs: list[RowRun] | None = None):
-        super().__init__(message)
-        self.runs = runs or []
 
 
 class TimeLimitError(RuntimeError):
@@ -369,7 +353,7 @@ class RowRun:
         checkpoint if there is one). ``inputs``: the audio being decoded in the background, or None
         to decode it now; ``weights(device)``: the group's network (``transfer.Network``), asked for
         only once the inputs have passed their length and memory checks."""
-        self.say(f"start (manifest row {self.spec.row})")
+        self.say(f"start (manifest row {self.spec.row}, pid {os.getpid()})")
         os.close(self.results.row_dir_fd(self.spec.id))  # the row's folder, never through a planted link
         device = pick_device(self.spec.params.device)
         self.record.update(device_used=str(device))
@@ -445,37 +429,54 @@ class RowRun:
 
     # optimise -----------------------------------------------------------------------------------
     def optimize(self, should_pause: Callable[[], bool], bar_position: int = 0) -> None:
-        """Iterate to the end, checkpointing periodically; on ``should_pause()`` save and raise Paused."""
-        transfer, every = self.transfer, self.options.checkpoint_every_s
+        """Iterate to the end (``transfer.optimise``), checkpointing periodically; on
+        ``should_pause()`` save the state and raise Paused."""
+        every = self.options.checkpoint_every_s
         last_save = time.monotonic()
-        bar = _iteration_bar(self.spec, transfer.iteration, self.spec.params.iterations, bar_position)
+        bar = _iteration_bar(self.spec, self.transfer.iteration, self.spec.params.iterations, bar_position)
+
+        def after_step(transfer: StyleTransfer) -> None:
+            nonlocal last_save
+            bar.update(1)
+            bar.set_postfix(loss=f"{transfer.last_total:.4g}", refresh=False)
+            if every and time.monotonic() - last_save >= every:
+                self.save_checkpoint()
+                last_save = time.monotonic()
+
         try:
-            while not transfer.finished:
-                if should_pause():
-                    self.save_checkpoint()
-                    raise Paused(f"row {self.spec.row} paused at iteration {transfer.iteration}")
-                transfer.step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{transfer.trace[-1][1]:.4g}", refresh=False)
-                if every and time.monotonic() - last_save >= every:
-                    self.save_checkpoint()
-                    last_save = time.monotonic()
+            if not optimise(self.transfer, should_pause, after_step):
+                self.save_checkpoint()
+                raise Paused(f"row {self.spec.row} paused at iteration {self.transfer.iteration}")
         finally:
             bar.close()
 
     # finish -------------------------------------------------------------------------------------
-    def finish(self) -> dict[str, Any]:
-        """Reconstruct, write, measure, then publish the ``ok`` record."""
+    def finish(self, finisher: Executor | None = None) -> dict[str, Any] | Future:
+        """Reconstruct (here: Griffin-Lim runs on the row's device), then write, measure and
+        publish the ``ok`` record — in ``finisher``'s thread when one is given (a future of the
+        record), else here. A failure at any of these steps becomes the row's failed record."""
         self.record.update(time_optimize_s=time.perf_counter() - self.t_optimize)
-        audio, log_spec = self.reconstruct()
-        self.write(audio)
-        self.measure(audio)
-        self.record.update(
-            status="ok",
-            output=str(self.results.output_path(self.spec.id).relative_to(self.results.root)),
-            trace=str(self.results.trace_path(self.spec.id).relative_to(self.results.root)),
-        )
-        return self._publish()
+        try:
+            audio, _ = self.reconstruct()
+        except Exception as exc:  # noqa: BLE001 - becomes the row's failed record
+            return self.fail(exc)
+        if finisher is None:
+            return self.complete(audio)
+        return finisher.submit(self.complete, audio)
+
+    def complete(self, audio: torch.Tensor) -> dict[str, Any]:
+        """Write, measure, then publish the ``ok`` record (a failure: the failed record)."""
+        try:
+            self.write(audio)
+            self.measure(audio)
+            self.record.update(
+                status="ok",
+                output=str(self.results.output_path(self.spec.id).relative_to(self.results.root)),
+                trace=str(self.results.trace_path(self.spec.id).relative_to(self.results.root)),
+            )
+            return self._publish()
+        except Exception as exc:  # noqa: BLE001 - becomes the row's failed record
+            return self.fail(exc)
 
     def reconstruct(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(audio, optimised log spectrogram): the best spectrogram's phase by Griffin-Lim."""

@@ -1,387 +1,31 @@
-"""Transfer stage: the spectrogram, the random-weight conv features, the losses and the optimisation.
+"""Transfer stage: the optimisation — a spectrogram whose features match the content's and whose
+Grams match the style's, iterated by L-BFGS (torch's, with its strong-Wolfe line search) or Adam(W).
 
-The math lives in small pure functions (``log_spectrogram``, ``random_filters``, ``features``,
-``gram``, ``content_loss``, ``style_loss``); ``StyleTransfer`` owns the optimisation state so a job
-can stop it between iterations, save it and resume it later.
+The features are features.py's, the losses losses.py's; ``StyleTransfer`` owns the optimisation
+state so a job can stop it between iterations, save it and resume it later, and ``optimise`` is
+the one loop that iterates it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
+
+from .features import Network, TransferError, features, match_length, use_precision
+from .losses import StyleTargets, content_loss, style_form_for, style_terms
 
 if TYPE_CHECKING:
     from .config import Params
-
-
-class TransferError(ValueError):
-    """Inputs that cannot be transferred with the given settings (e.g. shorter than the kernel)."""
-
-
-def pick_device(name: str) -> torch.device:
-    """Resolve the ``device`` hyperparameter: ``auto`` takes CUDA when present."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TransferError("device 'cuda' requested but no CUDA device is available")
-    return torch.device(name)
-
-
-def stft_frames(n_samples: int, hop_length: int) -> int:
-    """Frames of a centred STFT (``torch.stft(center=True)``): ``1 + n_samples // hop_length``."""
-    return 1 + n_samples // hop_length
-
-
-def check_length(n_samples: int, params: Params, what: str) -> None:
-    """Refuse audio too short for the STFT (reflect padding needs > n_fft/2 samples) or the kernel."""
-    n_fft, kernel = params.n_fft, params.kernel_size
-    frames = stft_frames(n_samples, params.hop_length)
-    if n_samples <= n_fft // 2 or frames < kernel:
-        raise TransferError(
-            f"{what} is {n_samples} samples ({frames} STFT frames) long, shorter than kernel_size "
-            f"{kernel} frames or n_fft/2: use longer audio or a smaller n_fft/kernel_size/hop_length"
-        )
-
-
-def log_spectrogram(audio: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
-    """The log-magnitude spectrogram every loss works on.
-
-    Parameters
-    ----------
-    audio : torch.Tensor, shape (samples,)
-        Mono signal, float, on the device to compute on.
-    n_fft : int
-        FFT size in samples (Hann window of the same length).
-    hop_length : int
-        Hop in samples; frames are centred (reflect padding of n_fft // 2).
-
-    Returns
-    -------
-    torch.Tensor, shape (n_fft // 2 + 1, 1 + samples // hop_length)
-        ``log1p(|STFT(audio)|)``, on ``audio``'s device.
-    """
-    window = torch.hann_window(n_fft, device=audio.device, dtype=audio.dtype)
-    spec = torch.stft(
-        audio, n_fft, hop_length=hop_length, window=window, center=True, return_complex=True
-    )
-    return torch.log1p(spec.abs())
-
-
-def random_filters(n_bins: int, n_filters: int, kernel_size: int, seed: int) -> torch.Tensor:
-    """The random conv network's weights, scaled as Ulyanov's reference.
-
-    Parameters
-    ----------
-    n_bins : int
-        Input channels: the spectrogram's frequency bins (n_fft // 2 + 1).
-    n_filters : int
-        Output channels (feature maps).
-    kernel_size : int
-        Width of each filter in STFT frames.
-    seed : int
-        Seeds the draw; drawn on the CPU so the same seed gives the same network on every device.
-
-    Returns
-    -------
-    torch.Tensor, shape (n_filters, n_bins, kernel_size), float32, on the CPU
-        Normal with std ``sqrt(2) * sqrt(2 / ((n_bins + n_filters) * kernel_size))``.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    std = math.sqrt(2.0) * math.sqrt(2.0 / ((n_bins + n_filters) * kernel_size))
-    return torch.randn(n_filters, n_bins, kernel_size, generator=generator) * std
-
-
-# The held-out network of the metrics: same shape, weights drawn from seed + this.
-HELDOUT_SEED_OFFSET = 1_000_003
-
-
-@dataclass(frozen=True)
-class Network:
-    """The random conv network a row's features come from: everything that decides its weights
-    and what it computes, and nothing else. Rows with equal ``key()`` can share one copy of the
-    weights (and one batched conv, see batched.py); a job builds it once per group of rows."""
-
-    n_bins: int
-    n_filters: int
-    kernel_size: int
-    seed: int
-    activation: str
-    precision: str
-
-    @classmethod
-    def of(cls, params: Params) -> Network:
-        """The network a row's hyperparameters describe."""
-        return cls(params.n_bins, params.n_filters, params.kernel_size, params.seed, params.activation,
-                   params.precision)
-
-    def key(self) -> tuple:
-        """Hashable identity: equal keys, equal weights and features."""
-        return (self.n_bins, self.n_filters, self.kernel_size, self.seed, self.activation, self.precision)
-
-    def heldout(self) -> Network:
-        """The same architecture with other weights, for metrics the optimisation never saw."""
-        return replace(self, seed=self.seed + HELDOUT_SEED_OFFSET)
-
-    def weights(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The conv weights, shape (n_filters, n_bins, kernel_size), float32 on ``device``; drawn
-        on the CPU (``random_filters``), so equal on every device."""
-        return random_filters(self.n_bins, self.n_filters, self.kernel_size, self.seed).to(device)
 
 
 # Loss terms (total, content, style) as tensors.
 LossTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 # One iteration of a loss trace: (iteration, total, content, style, evaluations in the iteration).
 TraceRow = tuple[int, float, float, float, int]
-
-ACTIVATIONS = {"relu": F.relu, "selu": F.selu}
-
-
-def _set_cuda_tf32(enabled: bool) -> None:
-    mode = "tf32" if enabled else "ieee"
-    if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9: per-backend fp32_precision
-        torch.backends.cudnn.conv.fp32_precision = mode
-        torch.backends.cuda.matmul.fp32_precision = mode
-    else:
-        torch.backends.cudnn.allow_tf32 = enabled
-        torch.backends.cuda.matmul.allow_tf32 = enabled
-
-
-def use_precision(precision: str, device: torch.device) -> None:
-    """Set the float32 arithmetic of convolutions and matmuls (the ``precision`` hyperparameter)
-    before computing features; set per evaluation because rows in one job may differ.
-
-    float32: IEEE float32 (on CUDA this must be asked for: cuDNN convolutions default to TF32);
-    tf32: TF32 tensor cores for conv and matmul on CUDA, the same as float32 on the CPU;
-    bf16: the conv in bfloat16 (see ``conv_features``), everything else IEEE float32.
-    The accuracy each costs is measured by ``python -m batch_ast.bench --only precision``."""
-    if device.type == "cuda":
-        _set_cuda_tf32(precision == "tf32")
-
-
-def conv_features(
-    spec: torch.Tensor, weight: torch.Tensor, activation: str, precision: str = "float32"
-) -> torch.Tensor:
-    """Features of a batch of spectrograms: ``activation(conv1d(spec, weight))``.
-
-    Parameters
-    ----------
-    spec : torch.Tensor, shape (batch, n_bins, frames)
-        Log spectrograms.
-    weight : torch.Tensor, shape (n_filters, n_bins, kernel_size)
-        The network (``Network.weights``), on ``spec``'s device.
-    activation : {"relu", "selu"}
-    precision : {"float32", "tf32", "bf16"}
-        bf16 runs only the conv under autocast: the Gram and the losses stay float32 (a bfloat16
-        Gram made L-BFGS stall far above the float32 loss: measured, benchmarks/RESULTS.md).
-
-    Returns
-    -------
-    torch.Tensor, shape (batch, n_filters, frames - kernel_size + 1), float32
-        VALID convolution over time, no bias.
-    """
-    if precision == "bf16":
-        with torch.autocast(spec.device.type, dtype=torch.bfloat16):
-            out = F.conv1d(spec, weight)
-        return ACTIVATIONS[activation](out.float())
-    return ACTIVATIONS[activation](F.conv1d(spec, weight))
-
-
-def features(
-    spec: torch.Tensor, weight: torch.Tensor, activation: str = "relu", precision: str = "float32"
-) -> torch.Tensor:
-    """Features of one spectrogram: ``conv_features`` without the batch axis.
-
-    Parameters
-    ----------
-    spec : torch.Tensor, shape (n_bins, frames)
-    weight : torch.Tensor, shape (n_filters, n_bins, kernel_size)
-    activation : {"relu", "selu"}
-        ReLU is Ulyanov's choice, SELU the student's and Tomczak et al.'s.
-    precision : {"float32", "tf32", "bf16"}
-
-    Returns
-    -------
-    torch.Tensor, shape (n_filters, frames - kernel_size + 1)
-    """
-    return conv_features(spec.unsqueeze(0), weight, activation, precision).squeeze(0)
-
-
-def match_length(spec: torch.Tensor, frames: int) -> torch.Tensor:
-    """Stretch or squeeze a spectrogram in time by linear interpolation.
-
-    Parameters
-    ----------
-    spec : torch.Tensor, shape (n_bins, T)
-    frames : int
-        Target length.
-
-    Returns
-    -------
-    torch.Tensor, shape (n_bins, frames)
-        ``spec`` itself when it already has ``frames`` frames.
-    """
-    if spec.shape[-1] == frames:
-        return spec
-    return F.interpolate(spec.unsqueeze(0), size=frames, mode="linear", align_corners=False).squeeze(0)
-
-
-def gram(feats: torch.Tensor) -> torch.Tensor:
-    """Gram matrix of features: what the style loss matches.
-
-    Parameters
-    ----------
-    feats : torch.Tensor, shape (n_filters, T)
-
-    Returns
-    -------
-    torch.Tensor, shape (n_filters, n_filters)
-        ``F Fᵀ / T``: normalised by frames, so it does not grow with the input's length.
-    """
-    return feats @ feats.T / feats.shape[-1]
-
-
-def content_loss(feats: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Content loss: squared feature distance per frame.
-
-    Parameters
-    ----------
-    feats, target : torch.Tensor, shape (n_filters, T)
-        The output's and the content's features.
-
-    Returns
-    -------
-    torch.Tensor, scalar
-        ``sum((F - Fc)²) / T``, so a weight means the same at any length (Ulyanov's reference uses
-        the plain sum; at its 430 frames, ALPHA=1e-2 equals 4.3 here).
-    """
-    return (feats - target).pow(2).sum() / feats.shape[-1]
-
-
-def style_loss(gram_matrix: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Style loss by its definition (the optimisation computes the same with ``style_terms``).
-
-    Parameters
-    ----------
-    gram_matrix, target : torch.Tensor, shape (n_filters, n_filters)
-        The output's and the style's Gram matrices (``gram``).
-
-    Returns
-    -------
-    torch.Tensor, scalar
-        ``sum((G - Gs)²)``, the squared Frobenius distance, as in Ulyanov's reference.
-    """
-    return (gram_matrix - target).pow(2).sum()
-
-
-# The style loss in two exact forms (written by hand: autograd of the definition runs two C×C×T
-# matmuls in the backward pass where one suffices, and no library has the T×T form).
-#
-# filters form: G = F Fᵀ / T (C×C), term_k = ‖G − G_k‖², dterm_k/dF = 4 (G − G_k) F / T.
-#   Work 2C²T forward + 2C²T backward.
-# frames form: ‖G − G_k‖² = ‖FᵀF‖²/T² − 2‖F_kᵀF‖²/(T·T_k) + ‖G_k‖², never forming a C×C matrix.
-#   Work 2CT(T + ΣT_k) forward + the same backward: cheaper when frames ≪ filters. The three terms
-#   nearly cancel near a good solution, so the T×T products and their norms are taken in float64
-#   (rounding relative to ‖G‖² instead of to the loss); the gradient,
-#   4 [F (FᵀF)/T − F_k (F_kᵀF)/T_k] / T, cancels only linearly, like the filters form, and stays float32.
-STYLE_FORMS = ("filters", "frames")
-FLOAT64_COST = 2.5  # float64 matmul time over float32 on the CPUs measured (bench section "gram")
-
-
-def style_form_for(n_filters: int, frames: int, target_frames: Sequence[int]) -> str:
-    """The cheaper exact form for these sizes, by arithmetic: the frames form pays float64 for its
-    forward products. (At 1024 filters and ~250 frames the two are close; measured in the bench.)"""
-    filters_work = 4 * n_filters * n_filters * frames
-    width = frames + sum(target_frames)
-    frames_work = 2 * n_filters * frames * width * (FLOAT64_COST + 1)
-    return "frames" if frames_work < filters_work else "filters"
-
-
-@dataclass(frozen=True)
-class StyleTargets:
-    """What the style loss needs of its K targets, in the row's form: their Grams (filters form),
-    or their features in float32 and float64 with the Grams' squared norms (frames form)."""
-
-    form: str
-    grams: tuple[torch.Tensor, ...] = ()
-    feats: tuple[torch.Tensor, ...] = ()
-    feats64: tuple[torch.Tensor, ...] = ()
-    sq_norms: torch.Tensor | None = None  # float64 (K,)
-
-    def __len__(self) -> int:
-        return len(self.grams or self.feats)
-
-    @classmethod
-    def of(cls, target_feats: Sequence[torch.Tensor], form: str) -> StyleTargets:
-        """Targets from the features (C, T_k) whose Grams the output should match."""
-        if form == "filters":
-            return cls(form, grams=tuple(gram(f) for f in target_feats))
-        feats64 = tuple(f.double() for f in target_feats)
-        # ‖F_kF_kᵀ‖² = ‖F_kᵀF_k‖²: the target's own T_k×T_k product, once
-        sq = torch.stack([(f.T @ f).square().sum() / f.shape[-1] ** 2 for f in feats64])
-        return cls(form, feats=tuple(target_feats), feats64=feats64, sq_norms=sq)
-
-
-class _FiltersStyleLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, feats: torch.Tensor, *grams: torch.Tensor) -> torch.Tensor:
-        diffs = [gram(feats) - g for g in grams]
-        ctx.save_for_backward(feats, *diffs)
-        return torch.stack([d.pow(2).sum() for d in diffs])
-
-    @staticmethod
-    def backward(ctx, grad_terms: torch.Tensor):
-        feats, *diffs = ctx.saved_tensors
-        combined = sum(w * d for w, d in zip(grad_terms, diffs, strict=True))  # Σ_k w_k (G − G_k), symmetric
-        return (4.0 / feats.shape[-1]) * (combined @ feats), *([None] * len(diffs))
-
-
-class _FramesStyleLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, feats: torch.Tensor, targets: StyleTargets) -> torch.Tensor:
-        frames = feats.shape[-1]
-        f64 = feats.double()
-        own = f64.T @ f64  # (T, T)
-        cross = [t.T @ f64 for t in targets.feats64]  # (T_k, T) each
-        terms = own.square().sum() / frames**2 + targets.sq_norms
-        terms = terms - 2 * torch.stack([c.square().sum() / (frames * c.shape[0]) for c in cross])
-        ctx.targets = targets
-        ctx.save_for_backward(feats, (own / frames).float(), *[(c / c.shape[0]).float() for c in cross])
-        # rounding can leave a tiny negative where the true distance is ~0
-        return terms.clamp_min(0.0).to(feats.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_terms: torch.Tensor):
-        feats, own, *cross = ctx.saved_tensors
-        # Σ_k w_k 4/T [F own − F_k cross_k] as one matmul: [F, F_1 … F_K] @ [Σw·own; −w_1·cross_1; …]
-        stacked = torch.cat([feats, *ctx.targets.feats], dim=1)
-        coefficients = torch.cat([grad_terms.sum() * own, *[-w * c for w, c in zip(grad_terms, cross, strict=True)]])
-        return (4.0 / feats.shape[-1]) * (stacked @ coefficients), None
-
-
-def style_terms(feats: torch.Tensor, targets: StyleTargets) -> torch.Tensor:
-    """The style loss against each of K targets, with the cheaper exact backward pass.
-
-    Parameters
-    ----------
-    feats : torch.Tensor, shape (n_filters, T)
-        The output's features (the gradient flows to them).
-    targets : StyleTargets
-        The K targets' statistics, in the filters or frames form (``StyleTargets.of``).
-
-    Returns
-    -------
-    torch.Tensor, shape (K,)
-        ``‖F Fᵀ/T − G_k‖²`` for each target k.
-    """
-    if targets.form == "frames":
-        return _FramesStyleLoss.apply(feats, targets)
-    return _FiltersStyleLoss.apply(feats, *targets.grams)
-
 
 def estimate_memory_bytes(n_bins: int, content_frames: int, style_frames: int, params: Params) -> int:
     """Rough peak memory of one transfer, to refuse inputs that cannot fit before allocating.
@@ -425,6 +69,37 @@ def evaluate_alone(transfer: StyleTransfer) -> LossTensors:
     total, c, s = transfer.loss_terms(transfer.x)
     total.backward()
     return total.detach(), c.detach(), s.detach()
+
+
+class LineSearchLBFGS(torch.optim.LBFGS):
+    """torch's L-BFGS (strong-Wolfe line search), telling after each ``step`` what it did without
+    comparing tensors: whether the iterate moved, and whether the line search's last evaluation
+    was at the point it accepted (then the next step's first evaluation can be answered from it).
+
+    Why this is exact: the line search evaluates at ``x0 + t_i d`` (``_directional_evaluate``)
+    and the step ends at ``x0 + t d`` computed the same way, where ``t`` is one of the ``t_i`` it
+    evaluated — the very object — or the start point's ``0``; so "the last ``t_i`` *is* ``t``"
+    means bitwise the same point, and ``t == 0`` (an int, never evaluated) or no line search at
+    all means the iterate did not move. tests/test_math.py checks this against whole-tensor
+    comparisons of the same runs."""
+
+    def step(self, closure):  # type: ignore[override]
+        self._searched: tuple[torch.Tensor, Any] | None = None
+        return super().step(closure)
+
+    def _directional_evaluate(self, closure, x, t, d):
+        self._searched = (d, t)
+        return super()._directional_evaluate(closure, x, t, d)
+
+    def outcome(self) -> tuple[bool, bool]:
+        """(moved, last evaluation is at the new point) for the step just taken."""
+        searched = getattr(self, "_searched", None)
+        if searched is None:  # returned before its line search: x unchanged, last evaluated there
+            return False, True
+        state = self.state[self._params[0]]
+        t = state["t"]
+        moved = isinstance(t, torch.Tensor) or t != 0  # a tensor t is an evaluated point, never x0
+        return moved, searched[0] is state["d"] and searched[1] is t
 
 
 class StyleTransfer:
@@ -487,16 +162,21 @@ class StyleTransfer:
             else None
         )
         self.iteration = 0
-        # (iteration, total, content, style, evaluations run in the iteration)
-        self.trace: list[TraceRow] = []
+        # (iteration, total, content, style, evaluations run in the iteration); the content and
+        # style of the latest iterations wait on the device in _unread until the trace is read.
+        self._trace: list[TraceRow] = []
+        self._unread: list[tuple[int, float, torch.Tensor, int]] = []
+        self.last_total = math.nan  # the latest iteration's total loss, on the host
         self.best_loss = math.inf
         self.best_x = self.x.detach().clone()
         self.stale = 0  # iterations without a relative improvement of min_delta
         self.stop_reason = ""
         self.evaluations = 0  # loss+gradient evaluations run (the cost of the row)
-        # The last evaluation (x, gradient, terms): torch's L-BFGS asks again for the point its
-        # line search just evaluated at the start of every step(); answering from here saves ~45 %.
-        self._last: tuple[torch.Tensor, torch.Tensor, LossTensors] | None = None
+        # The last evaluation (gradient, terms, total on the host), and whether it was at the point
+        # self.x now holds: torch's L-BFGS asks again, at the start of every step(), for the point
+        # its line search accepted; answering from here saves ~45 % of the evaluations.
+        self._last: tuple[torch.Tensor, LossTensors, float] | None = None
+        self._last_at_x = False
         # How the closure gets the loss and gradient at self.x: alone by default, or through a
         # batched evaluation shared with other rows (batched.py); either way self.x.grad is set.
         self.evaluate: Callable[[StyleTransfer], LossTensors] = evaluate_alone
@@ -507,7 +187,7 @@ class StyleTransfer:
             # One L-BFGS iteration per step() (max_iter=1) keeps iterations observable, stoppable and
             # checkpointable; the curvature history lives in the optimizer state across steps.
             # The strong-Wolfe line search is what makes torch's L-BFGS robust on this loss.
-            return torch.optim.LBFGS(
+            return LineSearchLBFGS(
                 [self.x],
                 lr=p.lr,
                 max_iter=1,
@@ -578,41 +258,59 @@ class StyleTransfer:
         c, s, c_b, *s_a = terms
         return total, (c if c_b is None else c + c_b), (s if not s_a else s + s_a[0])
 
-    def _evaluate_cached(self) -> LossTensors:
-        """Loss terms at ``self.x`` with ``self.x.grad`` set: from the last evaluation when ``x``
-        has not changed since (bit for bit), else evaluated (``self.evaluate``) and remembered."""
-        x = self.x.detach()
-        if self._last is not None and torch.equal(self._last[0], x):
-            self.x.grad = self._last[1].clone()
-            return self._last[2]
+    def _evaluate_cached(self, at_start: bool) -> tuple[LossTensors, float]:
+        """(loss terms, total on the host) at ``self.x`` with ``self.x.grad`` set: from the last
+        evaluation when it was at this very point (``at_start`` of a step that follows an
+        evaluation there), else evaluated (``self.evaluate``) and remembered."""
+        if at_start and self._last_at_x and self._last is not None:
+            grad, terms, total = self._last
+            self.x.grad = grad.clone()
+            return terms, total
         terms = self.evaluate(self)
+        total = terms[0].item()  # the one read-back an evaluation needs: the line search branches on it
         self.evaluations += 1
-        if isinstance(self.optimizer, torch.optim.LBFGS):  # only L-BFGS comes back to a point
-            self._last = (x.clone(), self.x.grad.detach().clone(), terms)
-        return terms
+        self._last_at_x = False  # a line-search point, until the step accepts it (see step)
+        if isinstance(self.optimizer, LineSearchLBFGS):  # only L-BFGS comes back to a point
+            self._last = (self.x.grad.detach().clone(), terms, total)
+        return terms, total
 
     @property
     def finished(self) -> bool:
         return bool(self.stop_reason)
 
+    @property
+    def trace(self) -> list[TraceRow]:
+        """The loss trace so far; reading it copies the waiting content/style values to the host
+        (one transfer for all of them, not two syncs per iteration)."""
+        if self._unread:
+            values = torch.stack([cs for _, _, cs, _ in self._unread]).tolist()
+            self._trace.extend((i, total, c, s, n) for (i, total, _, n), (c, s) in zip(self._unread, values, strict=True))
+            self._unread = []
+        return self._trace
+
     def step(self) -> bool:
-        """Run one iteration; record the loss at the iterate it started from. False when finished."""
+        """Run one iteration; record the loss at the iterate it started from. False when finished.
+
+        Host syncs per iteration: the total of each evaluation (torch's line search, the
+        scheduler and the stopping rule decide on it) and nothing else — whether the step moved
+        and whether its last evaluation is the new point are told by the line search's own
+        scalars (``LineSearchLBFGS``), not by comparing tensors."""
         if self.finished:
             return False
-        first: list[tuple[float, float, float]] = []
+        first: list[tuple[float, LossTensors]] = []
         evaluations_before = self.evaluations
 
-        def closure() -> torch.Tensor:
+        def closure() -> float:
             self.optimizer.zero_grad(set_to_none=True)
-            total, c, s = self._evaluate_cached()
+            terms, total = self._evaluate_cached(at_start=not first)
             if not first:
-                first.append((total.item(), c.item(), s.item()))
+                first.append((total, terms))
             return total
 
-        if isinstance(self.optimizer, torch.optim.LBFGS):
-            before = self.x.detach().clone()
+        if isinstance(self.optimizer, LineSearchLBFGS):
             self.optimizer.step(closure)
-            if torch.equal(before, self.x.detach()):
+            moved, self._last_at_x = self.optimizer.outcome()
+            if not moved:
                 # The line search found no step along the quasi-Newton direction (a stale curvature
                 # history on this quartic loss): restart L-BFGS from steepest descent, as scipy's
                 # L-BFGS-B does, instead of repeating the same failed step until early stopping.
@@ -620,8 +318,16 @@ class StyleTransfer:
         else:
             closure()
             self.optimizer.step()
-        total, c, s = first[0]
-        self.trace.append((self.iteration, total, c, s, self.evaluations - evaluations_before))
+        total, (_, c, s) = first[0]
+        self._unread.append((self.iteration, total, torch.stack([c, s]), self.evaluations - evaluations_before))
+        if len(self._unread) >= 256:
+            _ = self.trace  # bound the tensors waiting on the device
+        return self._stopping_rule(total)
+
+    def _stopping_rule(self, total: float) -> bool:
+        """Count the iteration whose start loss was ``total``: divergence, the scheduler, the best
+        iterate, early stopping and the iteration budget. False when the run is finished."""
+        self.last_total = total
         self.iteration += 1
         if not math.isfinite(total):
             self.stop_reason = "diverged"
@@ -642,14 +348,6 @@ class StyleTransfer:
         elif self.iteration >= self.params.iterations:
             self.stop_reason = "max_iterations"
         return not self.finished
-
-    def run(self, should_pause: Callable[[], bool] = lambda: False) -> bool:
-        """Iterate until finished (True) or until ``should_pause()`` says stop (False)."""
-        while not self.finished:
-            if should_pause():
-                return False
-            self.step()
-        return True
 
     def result(self) -> tuple[torch.Tensor, LossTerms]:
         """The best spectrogram seen (the final one may be worse after divergence) and its losses."""
@@ -676,8 +374,8 @@ class StyleTransfer:
             "stop_reason": self.stop_reason,
             "evaluations": self.evaluations,
             # the last evaluation, so a resumed row does not evaluate its point again
-            "last": None if self._last is None else
-            {"x": self._last[0].cpu(), "grad": self._last[1].cpu(), "terms": [t.item() for t in self._last[2]]},
+            "last": None if self._last is None or not self._last_at_x else
+            {"x": self.x.detach().cpu(), "grad": self._last[0].cpu(), "terms": [t.item() for t in self._last[1]]},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -689,12 +387,34 @@ class StyleTransfer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.iteration = state["iteration"]
         # checkpoints written before evaluations were counted: their iterations' counts are unknown
-        self.trace = [tuple(row) if len(row) == 5 else (*row, None) for row in state["trace"]]
+        self._trace = [tuple(row) if len(row) == 5 else (*row, None) for row in state["trace"]]
+        self._unread = []
+        self.last_total = self._trace[-1][1] if self._trace else math.nan
         self.best_loss = state["best_loss"]
         self.stale = state["stale"]
         self.stop_reason = state["stop_reason"]
         self.evaluations = state.get("evaluations", 0)
         last = state.get("last")
+        self._last, self._last_at_x = None, False
         if last is not None:
             terms = tuple(torch.tensor(v, device=self.device) for v in last["terms"])
-            self._last = (last["x"].to(self.device), last["grad"].to(self.device), terms)
+            self._last = (last["grad"].to(self.device), terms, float(last["terms"][0]))
+            # once per resume, not per iteration: is the saved evaluation at the resumed point?
+            self._last_at_x = torch.equal(last["x"].to(self.device), self.x.detach())
+
+
+def optimise(
+    transfer: StyleTransfer,
+    should_pause: Callable[[], bool] = lambda: False,
+    after_step: Callable[[StyleTransfer], None] | None = None,
+) -> bool:
+    """The optimisation loop (the only one: jobs, the bench and the tests all iterate through it).
+    Iterates until the transfer is finished (True) or ``should_pause()``, asked before every
+    iteration, says stop (False); ``after_step`` runs after each iteration (checkpoints, progress)."""
+    while not transfer.finished:
+        if should_pause():
+            return False
+        transfer.step()
+        if after_step is not None:
+            after_step(transfer)
+    return True

@@ -33,22 +33,18 @@ import numpy as np
 import torch
 
 from batch_ast.config import Params, load_config
-from batch_ast.phase import griffin_lim, spectral_convergence
-from batch_ast.transfer import (
+from batch_ast.features import Network, features, log_spectrogram, pick_device, use_precision
+from batch_ast.losses import (
     STYLE_FORMS,
-    Network,
     StyleTargets,
-    StyleTransfer,
     content_loss,
-    features,
     gram,
-    log_spectrogram,
-    pick_device,
     style_form_for,
     style_loss,
     style_terms,
-    use_precision,
 )
+from batch_ast.phase import griffin_lim, spectral_convergence
+from batch_ast.transfer import StyleTransfer, optimise
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -334,7 +330,7 @@ def bench_gl_curve(device: torch.device, presets: tuple[str, ...], transfer_iter
         content, style = (_signal(p.max_seconds, sr, i) for i in range(2))
         content_spec, style_spec = (log_spectrogram(_tensor(device, a), n_fft, hop) for a in (content, style))
         t = StyleTransfer(content_spec, style_spec, p, device)
-        t.run()
+        optimise(t)
         targets = {
             f"transfer output ({t.iteration} L-BFGS iterations)": magnitude_from_log(t.result()[0]),
             "recording": torch.expm1(content_spec),
@@ -523,7 +519,7 @@ def bench_whole_transfer(device: torch.device, seconds: float, sr: int, n_fft: i
     reached = False
     while not t.finished and time.perf_counter() - t0 < 3 * student_s:
         t.step()
-        if t.trace[-1][1] <= target:
+        if t.last_total <= target:
             reached = True
             break
     ours_s = time.perf_counter() - t0
@@ -555,8 +551,11 @@ def _speedup_row(section: str, case: str, reference_s: float, measured_s: float,
 
 def bench_precision(device: torch.device, seconds: float, sr: int, n_fft: int, hop: int, n_filters: int, iterations: int) -> list[Result]:
     """The accuracy check behind the ``precision`` setting: the same L-BFGS run in float32 and in
-    each reduced precision the device offers; speed, and the result's loss re-evaluated in IEEE
-    float32 against the float32 run's (the loss the reduced precision actually reached)."""
+    each reduced precision the device offers; speed, the result's loss re-evaluated in IEEE
+    float32 against the float32 run's (the loss the reduced precision actually reached), and the
+    held-out distances (a network the optimisation never saw, IEEE float32) of each result."""
+    from batch_ast.metrics import relative_feature_distance, relative_gram_distance
+
     c = log_spectrogram(_tensor(device, _signal(seconds, sr, 0)), n_fft, hop)
     s = log_spectrogram(_tensor(device, _signal(seconds, sr, 1)), n_fft, hop)
     base = dict(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_filters=n_filters, iterations=iterations,
@@ -569,22 +568,36 @@ def bench_precision(device: torch.device, seconds: float, sr: int, n_fft: int, h
         for _ in range(2):
             t = StyleTransfer(c, s, load_config().params({**base, "precision": precision}), device, judge.weight)
             t0 = time.perf_counter()
-            t.run()
+            optimise(t)
             _sync(device)
             best = min(best, time.perf_counter() - t0)
         x = t.result()[0]
         runs[precision] = (best, judge.loss_terms(x)[0].item(), x)
+    heldout = Network.of(judge.params).heldout().weights(device)
+    use_precision("float32", device)
+    with torch.no_grad():
+        target_c, target_s = features(c, heldout), features(s, heldout)
+
+        def distances(x: torch.Tensor) -> tuple[float, float]:
+            out = features(x, heldout)
+            return relative_feature_distance(out, target_c), relative_gram_distance(out, target_s)
+
+        held = {precision: distances(x) for precision, (_, _, x) in runs.items()}
     ref_s, ref_loss, ref_x = runs["float32"]
     rows = []
     for precision in precisions[1:]:
         sec, loss, x = runs[precision]
         diff = ((x - ref_x).norm() / ref_x.norm()).item()
+        (c_new, s_new), (c_ref, s_ref) = held[precision], held["float32"]
         rows.append(_speedup_row(
             "precision", f"{precision}: {iterations} L-BFGS iterations, {seconds:g} s @ {sr} Hz, {n_filters} filters",
             ref_s, sec, "than IEEE float32",
             f"float32 {ref_s:.2f} s, {precision} {sec:.2f} s; float32 loss of the {precision} result "
-            f"{loss:.5g} vs {ref_loss:.5g} ({loss / ref_loss - 1:+.2%}); spectrogram difference {diff:.1e} (relative)",
+            f"{loss:.5g} vs {ref_loss:.5g} ({loss / ref_loss - 1:+.2%}); held-out content distance {c_new:.4g} vs "
+            f"{c_ref:.4g} ({c_new / c_ref - 1:+.2%}), style distance {s_new:.4g} vs {s_ref:.4g} "
+            f"({s_new / s_ref - 1:+.2%}); spectrogram difference {diff:.1e} (relative)",
         ))
+        rows[-1].details.update(heldout_content=[c_new, c_ref], heldout_style=[s_new, s_ref])
     if device.type != "cuda":
         rows.append(Result(section="precision", case="tf32", value=1.0, unit="x", reference=ref_s, ratio=1.0, note="TF32 is a CUDA tensor-core mode: on the CPU, tf32 is float32"))
     return rows
@@ -611,12 +624,12 @@ def bench_batch(device: torch.device, seconds: float, sr: int, n_fft: int, hop: 
             alone = make(b)
             t0 = time.perf_counter()
             for t in alone:
-                t.run()
+                optimise(t)
             _sync(device)
             sequential = time.perf_counter() - t0
             together = make(b)
             t0 = time.perf_counter()
-            errors = run_together(together, lambda i, ts=together: ts[i].run(), lambda i: None)
+            errors = run_together(together, lambda i, ts=together: optimise(ts[i]), lambda i: None)
             _sync(device)
             batched = time.perf_counter() - t0
             assert not any(errors), errors
@@ -669,6 +682,155 @@ def bench_prefetch(device: torch.device, n_rows: int, iterations: int) -> Result
         f"inline {timings['inline']:.2f} s, overlapped {timings['overlapped']:.2f} s; "
         f"decoding+resampling itself: {decode:.2f} s for the {n_rows} rows",
     )
+
+
+HOST_READS = ("item", "tolist", "__float__", "__bool__", "__int__")  # a tensor's value to Python: a sync on CUDA
+
+
+@contextmanager
+def counting_host_reads() -> Iterator[dict[str, int]]:
+    """Count every tensor value read back to Python (the calls that are host syncs on CUDA:
+    ``HOST_READS`` and ``torch.equal``) while the block runs; on CUDA also the syncs themselves
+    (``torch.cuda.set_sync_debug_mode``)."""
+    import warnings
+
+    counts = {"reads": 0, "syncs": 0}
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def counted(name: str) -> Callable[..., Any]:
+        def read(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            counts["reads"] += 1
+            return originals[name](self, *args, **kwargs)
+        return read
+
+    real_equal = torch.equal
+
+    def equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+        counts["reads"] += 1
+        return real_equal(a, b)
+
+    with warnings.catch_warnings(record=True) as caught, mock.patch.multiple(
+            torch.Tensor, **{name: counted(name) for name in HOST_READS}), mock.patch.object(torch, "equal", equal):
+        warnings.simplefilter("always")
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield counts
+        finally:
+            if cuda:
+                torch.cuda.set_sync_debug_mode("default")
+        counts["syncs"] = sum("synchroniz" in str(w.message) for w in caught)
+
+
+def bench_syncs(device: torch.device, iterations: int) -> list[Result]:
+    """Host reads (and, on CUDA, host syncs) per L-BFGS iteration and per evaluation of the lean
+    loop against the loop before it (benchmarks/previous_loop.py), on the same row, in the same
+    run; the strong-Wolfe line search itself reads one loss per evaluation and a few scalars."""
+    from benchmarks.previous_loop import PreviousLoop
+
+    p = load_config().params({"preset": "quick", "iterations": iterations, "patience": 10**6, "device": device.type})
+    content = log_spectrogram(_tensor(device, _signal(4.0, p.sample_rate, 0)), p.n_fft, p.hop_length)
+    style = log_spectrogram(_tensor(device, _signal(4.0, p.sample_rate, 1)), p.n_fft, p.hop_length)
+    measured = {}
+    for name, cls in (("previous", PreviousLoop), ("lean", StyleTransfer)):
+        transfer = cls(content, style, p, device)
+        with counting_host_reads() as counts:
+            optimise(transfer)
+        _ = transfer.trace  # the block read of the trace, counted below as the lean loop's
+        measured[name] = (counts, transfer.iteration, transfer.evaluations)
+    rows = []
+    for key, what in (("reads", "tensor values read back to Python"), ("syncs", "CUDA host syncs")):
+        if key == "syncs" and device.type != "cuda":
+            continue
+        (old, old_it, old_ev), (new, new_it, new_ev) = measured["previous"], measured["lean"]
+        rows.append(Result("syncs", f"quick, {iterations} L-BFGS iterations: {what} per iteration",
+                           new[key] / new_it, f"{key} per iteration (lean loop)", old[key] / old_it,
+                           (new[key] / new_it) / (old[key] / old_it) if old[key] else None,
+                           note=f"previous loop {old[key]} over {old_it} iterations and {old_ev} evaluations; "
+                                f"lean {new[key]} over {new_it} and {new_ev}"))
+    return rows
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """One way of running a study's rows: the executor, local jobs at once (``--workers``), row
+    processes per job (``--processes-per-job``) and finishing in the background."""
+
+    label: str
+    executor: str = "local"
+    workers: int = 1
+    processes: int = 1
+    background: bool = False
+    rows_per_job: int | None = None  # None: the backend's default (on SLURM: one row per process)
+
+    def options(self) -> dict[str, Any]:
+        return {"workers": self.workers, "processes_per_job": self.processes, "finish_in_background": self.background,
+                "rows_per_job": self.rows_per_job}
+
+
+TODAY = Throughput("today: 1 worker, 1 process, finishing inline")
+
+
+def throughput_configs(quick: bool, slurm: bool) -> list[Throughput]:
+    """What the throughput section compares with ``TODAY`` (issue #24's list: local --workers 1/2/4,
+    processes per job 1/2/4, finishing overlap on/off; the same on SLURM when a cluster answers)."""
+    configs = [Throughput("finishing in the background", background=True),
+               Throughput("2 processes per job", processes=2), Throughput("2 local workers", workers=2)]
+    if not quick:
+        configs += [Throughput("2 processes per job, finishing in the background", processes=2, background=True),
+                    Throughput("4 processes per job", processes=4), Throughput("4 local workers", workers=4)]
+    if slurm:
+        configs += [Throughput(f"SLURM array, {k} process(es) per task", "slurm", processes=k) for k in (1, 2)]
+        if not quick:
+            configs += [Throughput("SLURM array, 4 processes per task", "slurm", processes=4),
+                        Throughput("SLURM array, 2 processes and 2 rows per task", "slurm", processes=2, rows_per_job=2),
+                        Throughput("SLURM array, 1 process and 4 rows per task", "slurm", rows_per_job=4)]
+    return configs
+
+
+def bench_throughput(device: torch.device, preset: str, n_rows: int, configs: list[Throughput],
+                     **overrides: Any) -> list[Result]:
+    """Rows per hour of whole rows through a real submission (``batch_ast.submit``, waited for:
+    job start-up, decoding, optimisation, Griffin-Lim, files, figures and metrics), each way of
+    running them against ``TODAY`` in the same run. The rows differ by seed only (as a study's
+    seeds do); each way gets a fresh results root and the same rows."""
+    import batch_ast
+    from batch_ast.backends import get_backend
+
+    if any(c.executor == "slurm" for c in configs) and not get_backend("slurm").available():
+        configs = [c for c in configs if c.executor != "slurm"]
+    rows: list[Result] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        settings = {"preset": preset, "device": device.type, **overrides}
+        manifest = folder / "rows.csv"
+        content, style = DEMO / "speech_gettysburg.wav", DEMO / "boogie_marabi.wav"
+        manifest.write_text(",".join(["content", "style", "seed", *settings]) + "\n" + "".join(
+            ",".join([str(content), str(style), str(seed), *map(str, settings.values())]) + "\n"
+            for seed in range(n_rows)))
+        state = folder / "state"
+        with mock.patch.dict(os.environ, {"BATCH_AST_STATE_DIR": str(state)}):
+            def rate(config: Throughput, attempt: int) -> float:
+                results = folder / f"{attempt}-{config.executor}-{config.workers}-{config.processes}-{config.background}-" \
+                                   f"{config.rows_per_job}"
+                t0 = time.time()
+                batch_ast.submit(manifest, results, config.executor, wait=True, site_profile=False, **config.options())
+                index = batch_ast.load_index(results)
+                assert (index["status"] == "ok").sum() == n_rows, index[["status", "error"]].to_string()
+                # until the last record was written (the wait itself polls once a second or slower)
+                last = max((results / "runs" / rid / "record.json").stat().st_mtime for rid in index["id"])
+                return 3600 * n_rows / (last - t0)
+
+            reference = rate(TODAY, 0)
+            rows.append(Result("throughput", f"{preset}: {TODAY.label}", reference, "rows per hour",
+                               note=f"{n_rows} rows, local executor, on {device.type}"))
+            for k, config in enumerate(configs, start=1):
+                value = rate(config, k)
+                rows.append(Result("throughput", f"{preset}: {config.label}", value, "rows per hour", reference,
+                                   value / reference, note=f"{n_rows} rows; against '{TODAY.label}' in the same run"))
+                print_table(rows[-1:])
+    return rows
 
 
 RHYTHM_LOSSES = {  # Tomczak et al.'s losses, A = content input, B = style input, equal weights (the
@@ -824,7 +986,7 @@ def bench_reference(device: torch.device) -> list[Result]:
     t0 = time.perf_counter()
     spec = lambda a: log_spectrogram(_tensor(device, a), p.n_fft, p.hop_length)  # noqa: E731
     t = StyleTransfer(spec(content), spec(style), p, device)
-    t.run()
+    optimise(t)
     x, _ = t.result()
     ours = griffin_lim(magnitude_from_log(x), p.n_fft, p.hop_length, n_iter=p.griffin_lim_iters,
                        seed=p.seed, length=len(content)).cpu().numpy()
@@ -975,6 +1137,16 @@ def _overhead(run: Run) -> list[Result]:
     return bench_overhead(300 * eval_s)
 
 
+def _throughput(run: Run) -> list[Result]:
+    from batch_ast.backends import get_backend
+
+    slurm = get_backend("slurm").available()
+    rows = bench_throughput(run.device, "quick", 4 if run.quick else 8, throughput_configs(run.quick, slurm))
+    if run.device.type == "cuda" and not run.quick:  # a CPU takes minutes per ulyanov-tf row
+        rows += bench_throughput(run.device, "ulyanov-tf", 16, throughput_configs(True, slurm))
+    return rows
+
+
 def _one(result: Result) -> list[Result]:
     return [result]
 
@@ -1008,6 +1180,8 @@ SECTIONS = (
     Section("overhead", _overhead),
     Section("memory", lambda r: bench_memory(r.device, [10, 60] if r.quick else [10, 60, 300])),
     Section("collect", lambda r: bench_collect(200 if r.quick else 5000)),  # the index: CPU work
+    Section("throughput", lambda r: _throughput(r), in_quick=False),
+    Section("syncs", lambda r: bench_syncs(r.device, 20 if r.quick else 100)),
 )
 SECTION_NAMES = [s.name for s in SECTIONS]
 

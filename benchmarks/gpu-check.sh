@@ -7,7 +7,10 @@
 #      tests use device auto, i.e. the GPU),
 #   3. runs the bench sections step, gl, transfer, batch, precision and rows on the device,
 #   4. runs a 16-row `quick` manifest through the local executor with --batch-rows 1 and 8 and
-#      prints rows per hour and peak device memory of each.
+#      prints rows per hour and peak device memory of each,
+#   5. runs the same rows with --processes-per-job 1, 2 and 4 (issue #24: several rows per
+#      allocation), and again with 2 and 4 under a CUDA MPS daemon that this script starts for the
+#      measurement and stops after it (only where nvidia-cuda-mps-control exists and no daemon runs).
 # Everything it prints is also written to files in OUTDIR (log, versions, pytest XML, bench JSON/CSV,
 # rows-per-hour table). It runs on the CPU too (DEVICE=cpu) so it can be tested without a GPU;
 # GPU_CHECK_QUICK=1 shrinks every step to a smoke test of the script itself.
@@ -90,7 +93,7 @@ check "tests"
 step "bench on $DEVICE"
 # GPU_CHECK_BENCH: the sections to run (empty: none, e.g. when rerunning only the tests)
 if [ "$QUICK" = 1 ]; then SECTIONS=(gl); BENCH_FLAGS=(--quick); else
-  read -r -a SECTIONS <<< "${GPU_CHECK_BENCH-step gl transfer batch precision rows}"; BENCH_FLAGS=(); fi
+  read -r -a SECTIONS <<< "${GPU_CHECK_BENCH-step gl transfer batch precision rows syncs}"; BENCH_FLAGS=(); fi
 if [ "${#SECTIONS[@]}" -gt 0 ]; then
   timeout "${GPU_CHECK_BENCH_TIMEOUT:-300}" "$PY" -m benchmarks.bench --device "$DEVICE" "${BENCH_FLAGS[@]}" \
     --only "${SECTIONS[@]}" --out "$OUT/bench"
@@ -152,6 +155,39 @@ print(f"--batch-rows {batch}: median seconds per stage by status and device\n{su
 EOF
 done
 cat "$OUT/rows-per-hour.csv"
+
+step "the same rows with --processes-per-job 1, 2, 4 (row processes sharing one job's device)"
+echo "processes_per_job,mps,rows,seconds,rows_per_hour" > "$OUT/allocation.csv"
+allocation() {  # K MPS(on|off)
+  local K=$1 MPS=$2 RES="$WORK/results-k$1-$2"
+  local START END
+  START=$(date +%s.%N)
+  timeout "${GPU_CHECK_ROWS_TIMEOUT:-300}" "${CLI[@]}" submit "$WORK/rows.csv" --results "$RES" --executor local \
+    --rows-per-job "$ROWS" --processes-per-job "$K" --quiet
+  check "submit --processes-per-job $K (MPS $MPS)"
+  END=$(date +%s.%N)
+  "$PY" - "$K" "$MPS" "$START" "$END" "$RES" >> "$OUT/allocation.csv" <<'EOF'
+import sys
+import batch_ast
+k, mps, start, end, res = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+ok = int((batch_ast.load_index(res)["status"] == "ok").sum())
+print(f"{k},{mps},{ok},{end - start:.1f},{3600 * ok / (end - start):.0f}")
+EOF
+}
+PROCESSES=(1 2 4); [ "$QUICK" = 1 ] && PROCESSES=(1 2)
+for K in "${PROCESSES[@]}"; do allocation "$K" off; done
+if [ "$DEVICE" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null && [ ! -e /tmp/nvidia-mps/control ]; then
+  export CUDA_MPS_PIPE_DIRECTORY="$WORK/mps-pipe" CUDA_MPS_LOG_DIRECTORY="$WORK/mps-log"
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d; then
+    for K in 2 4; do allocation "$K" on; done
+    echo quit | nvidia-cuda-mps-control
+  else
+    echo "MPS daemon did not start: MPS rows left out"
+  fi
+  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+fi
+cat "$OUT/allocation.csv"
 fi
 
 step "done: $failures step(s) failed; files in $OUT"

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Install (Debian slurm-wlm + munge), configure and start a single-node SLURM cluster on this
-# machine, as root. Idempotent: a cluster that already answers is left as it is.
+# machine, as root. Idempotent: a cluster that already answers is left as it is. The daemons it
+# starts are written to a marker ($STATE/started-by-start.sh): slurm/stop.sh stops those and
+# nothing else, and this script never kills a daemon it did not start.
 # Usage: sudo bash slurm/start.sh        Stop it with: sudo bash slurm/stop.sh
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 STATE="${BATCH_AST_SLURM_STATE:-/var/lib/batch-ast-slurm}"
 CONF_DIR=/etc/slurm
+MARK="$STATE/started-by-start.sh"
 
 if [ "$(id -u)" != 0 ]; then
   echo "slurm/start.sh: must run as root (it installs packages and starts daemons)" >&2
@@ -50,11 +53,24 @@ for f in slurm.conf gres.conf; do
 done
 cp "$HERE/cgroup.conf" "$CONF_DIR/cgroup.conf"
 
-pkill -x slurmd 2>/dev/null || true
-pkill -x slurmctld 2>/dev/null || true
-sleep 1
+# Daemons of an earlier run of this script (in the marker) are restarted; anyone else's are left
+# alone, and then this cluster cannot start beside them.
+ours() { [ -s "$MARK" ] && grep -Eo '[0-9]+' "$MARK" || true; }
+for pid in $(ours); do
+  case "$(cat "/proc/$pid/comm" 2>/dev/null)" in slurmctld|slurmd) kill "$pid" 2>/dev/null || true ;; esac
+done
+for _ in $(seq 1 20); do pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || break; sleep 0.5; done
+others="$( (pgrep -x slurmctld; pgrep -x slurmd) | tr '\n' ' ' || true)"
+if [ -n "${others// /}" ]; then
+  echo "slurm: SLURM daemons that slurm/start.sh did not start are running (pids $others); stop them" \
+       "or use their cluster" >&2
+  exit 1
+fi
+rm -f "$MARK"
 slurmctld -i            # -i: start even if saved state is unreadable; job ids continue from the saved state
 slurmd
+for _ in $(seq 1 20); do [ -s "$STATE/slurmctld.pid" ] && [ -s "$STATE/slurmd.pid" ] && break; sleep 0.5; done
+echo "slurmctld $(cat "$STATE/slurmctld.pid") slurmd $(cat "$STATE/slurmd.pid")" > "$MARK"
 for _ in $(seq 1 60); do
   if node_ready; then
     echo "slurm: up ($(sinfo -h -o '%P %N %T cpus=%c gres=%G'))"

@@ -24,7 +24,7 @@ from batch_ast.manifest import read_manifest
 from batch_ast.plan import make_plan
 from batch_ast.row import Paused
 from batch_ast.store import ResultsRoot
-from batch_ast.transfer import StyleTransfer, evaluate_alone
+from batch_ast.transfer import StyleTransfer, evaluate_alone, optimise
 
 from .conftest import TINY, device_under_test, tiny_columns, write_manifest
 from .test_math import spec_of
@@ -54,7 +54,7 @@ def run_in_threads(ts: list[StyleTransfer], timeout_s: float = 120) -> list:
     """run_together with a deadline, so a rendezvous that never completes fails instead of hanging."""
     box: dict = {}
     worker = threading.Thread(
-        target=lambda: box.update(errors=run_together(ts, lambda i: ts[i].run(), lambda i: None)), daemon=True
+        target=lambda: box.update(errors=run_together(ts, lambda i: optimise(ts[i]), lambda i: None)), daemon=True
     )
     worker.start()
     worker.join(timeout_s)
@@ -86,7 +86,7 @@ def test_rows_optimised_together_match_rows_run_alone(optimizer, iterations, rto
     p = params(optimizer=optimizer, iterations=iterations)
     alone, together = transfers(p), transfers(p)
     for t in alone:
-        t.run()
+        optimise(t)
     assert run_in_threads(together) == [None, None, None]
     for a, b in zip(alone, together, strict=True):
         assert b.iteration == a.iteration == iterations

@@ -20,10 +20,14 @@ def test_gpu_check_script_runs_on_the_cpu(tmp_path):
     )
     out = tmp_path / "out"
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    for name in ("gpu-check.log", "versions.txt", "pytest.xml", "bench.json", "bench.csv", "rows-per-hour.csv"):
+    for name in ("gpu-check.log", "versions.txt", "pytest.xml", "bench.json", "bench.csv", "rows-per-hour.csv",
+                 "allocation.csv"):
         assert (out / name).exists(), name
     assert "cuda available" in (out / "versions.txt").read_text()
     table = list(csv.DictReader((out / "rows-per-hour.csv").open()))
     assert [r["batch_rows"] for r in table] == ["1", "8"]
     assert all(int(r["rows"]) == 2 and float(r["rows_per_hour"]) > 0 for r in table)
+    allocation = list(csv.DictReader((out / "allocation.csv").open()))
+    assert [(r["processes_per_job"], r["mps"]) for r in allocation] == [("1", "off"), ("2", "off")]
+    assert all(int(r["rows"]) == 2 and float(r["rows_per_hour"]) > 0 for r in allocation)
     assert "0 step(s) failed" in (out / "gpu-check.log").read_text()

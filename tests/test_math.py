@@ -7,24 +7,23 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.optim.lbfgs as lbfgs_module
 
 from batch_ast.audio import load_audio
 from batch_ast.config import Params, load_config
-from batch_ast.phase import InverseSTFT, griffin_lim, magnitude_from_log, spectral_convergence
-from batch_ast.transfer import (
+from batch_ast.features import TransferError, features, log_spectrogram, random_filters
+from batch_ast.losses import (
     STYLE_FORMS,
     StyleTargets,
-    StyleTransfer,
-    TransferError,
     content_loss,
-    features,
     gram,
-    log_spectrogram,
-    random_filters,
     style_form_for,
     style_loss,
     style_terms,
 )
+from batch_ast.phase import InverseSTFT, griffin_lim, magnitude_from_log, spectral_convergence
+from batch_ast.transfer import StyleTransfer, optimise
+from benchmarks.previous_loop import PreviousLoop
 
 from .conftest import DEMO_AUDIO, TINY, device_under_test
 
@@ -74,7 +73,7 @@ def test_features_shape_and_seeded_weights():
 
 def run(p):
     t = StyleTransfer(spec_of("speech_gettysburg.wav", p), spec_of("boogie_marabi.wav", p), p, DEVICE)
-    t.run()
+    optimise(t)
     return t
 
 
@@ -101,12 +100,12 @@ def test_resume_from_state_reaches_the_same_spectrogram(tmp_path):
         full = run(p)
         content, style = spec_of("speech_gettysburg.wav", p), spec_of("boogie_marabi.wav", p)
         first = StyleTransfer(content, style, p, DEVICE)
-        first.run(should_pause=lambda t=first: t.iteration >= 7)
+        optimise(first, should_pause=lambda t=first: t.iteration >= 7)
         torch.save(first.state_dict(), tmp_path / "ckpt.pt")
         second = StyleTransfer(content, style, p, DEVICE)
         second.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=False))
         assert second.iteration == 7
-        second.run()
+        optimise(second)
         torch.testing.assert_close(second.result()[0], full.result()[0], rtol=1e-5, atol=1e-6)
         assert second.trace == full.trace
 
@@ -122,7 +121,7 @@ def test_silent_inputs_give_finite_results():
     p = params()
     silent = torch.zeros(p.n_fft // 2 + 1, 80, device=DEVICE)
     t = StyleTransfer(silent, silent, p, DEVICE)
-    t.run()
+    optimise(t)
     x, terms = t.result()
     assert all(math.isfinite(v) for v in (terms.total, terms.content, terms.style))
     audio = griffin_lim(magnitude_from_log(x), p.n_fft, p.hop_length, n_iter=4)
@@ -208,7 +207,7 @@ def test_beat_transfer_is_one_optimisation_over_the_whole_grid_input_and_resumes
     full, beats = beat_transfer(c_audio, s_audio, c, s, p, DEVICE)
     assert isinstance(full, BeatTransfer) and beats.grid == "style" and beats.segments >= 3
     assert beats.content.bpm > 0 and len(beats.style.frames) >= 2
-    full.run()
+    optimise(full)
     x, terms = full.result()
     assert x.shape == s.shape  # the style's whole length: pre-roll and tail included
     assert full.iteration == 6 and math.isfinite(terms.total) and full.stop_reason == "max_iterations"
@@ -217,11 +216,11 @@ def test_beat_transfer_is_one_optimisation_over_the_whole_grid_input_and_resumes
     assert all(a[1] == b[0] for a, b in zip(full.ranges, full.ranges[1:], strict=False))
     # interrupt, resume from the saved state: the same result
     part, _ = beat_transfer(c_audio, s_audio, c, s, p, DEVICE)
-    part.run(should_pause=lambda: part.iteration >= 3)
+    optimise(part, should_pause=lambda: part.iteration >= 3)
     torch.save(part.state_dict(), tmp_path / "ckpt.pt")
     resumed, _ = beat_transfer(c_audio, s_audio, c, s, p, DEVICE)
     resumed.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
-    resumed.run()
+    optimise(resumed)
     torch.testing.assert_close(resumed.result()[0], x)
     # on the content's grid the output is the content's length
     on_content, _ = beat_transfer(c_audio, s_audio, c, s, p.replace(beat_grid="content"), DEVICE)
@@ -341,22 +340,25 @@ def test_relative_loss_scale_makes_each_term_a_relative_error():
     assert balance(3.0, "absolute") == pytest.approx(balance(1.0, "absolute") / 9, rel=1e-2)
 
 
-def test_lbfgs_restarts_from_steepest_descent_when_its_line_search_finds_no_step():
+def test_lbfgs_restarts_from_steepest_descent_when_its_line_search_finds_no_step(monkeypatch):
     content, style = spec_of("speech_gettysburg.wav", params()), spec_of("boogie_marabi.wav", params())
     t = StyleTransfer(content, style, params(iterations=50, patience=1000), DEVICE)
     for _ in range(3):
         t.step()
     assert t.optimizer.state  # a curvature history exists
-    real_step = t.optimizer.step
+    real_search = lbfgs_module._strong_wolfe
 
-    def failed_line_search(closure):  # evaluates, finds no step: x stays where it was
-        closure()
+    def failed_line_search(obj_func, x, step, d, f, g, gtd, **_):  # evaluates, keeps the start point
+        obj_func(x, step, d)
+        return f, g, 0, 1
 
-    t.optimizer.step = failed_line_search
+    monkeypatch.setattr(lbfgs_module, "_strong_wolfe", failed_line_search)
+    before = t.x.detach().clone()
     t.step()
+    assert torch.equal(before, t.x.detach())
     assert not t.optimizer.state  # history dropped: the next step starts from steepest descent
-    t.optimizer.step = real_step
-    before, loss_before = t.x.detach().clone(), t.trace[-1][1]
+    monkeypatch.setattr(lbfgs_module, "_strong_wolfe", real_search)
+    loss_before = t.trace[-1][1]
     t.step()
     t.step()
     assert not torch.equal(before, t.x.detach()) and t.trace[-1][1] < loss_before
@@ -369,7 +371,7 @@ def test_reduced_precision_reaches_the_float32_loss_and_tf32_is_float32_on_cpu()
     runs = {}
     for precision in ("float32", "tf32", "bf16"):
         t = StyleTransfer(content, style, params(precision=precision, iterations=20, patience=1000), DEVICE)
-        t.run()
+        optimise(t)
         runs[precision] = t.result()[0]
     judge = StyleTransfer(content, style, params(), DEVICE)
     loss = {k: judge.loss_terms(x)[0].item() for k, x in runs.items()}
@@ -445,7 +447,7 @@ def test_transfer_uses_the_chosen_form_and_both_forms_end_alike():
         run_.style_targets = StyleTargets.of(
             [features(style.to(DEVICE), run_.weight)], form
         )
-        run_.run()
+        optimise(run_)
         finals[form] = run_.result()[1].total
     # the forms round differently and L-BFGS's line searches amplify it: 0.12 % measured on an H100,
     # 0.57 % (104.697 vs 105.298, the same in two runs) on another AMD EPYC (issue #26)
@@ -453,9 +455,38 @@ def test_transfer_uses_the_chosen_form_and_both_forms_end_alike():
 
 
 class _Uncached(StyleTransfer):
-    def _evaluate_cached(self):
+    def _evaluate_cached(self, at_start):
         self.evaluations += 1
-        return self.evaluate(self)
+        terms = self.evaluate(self)
+        return terms, terms[0].item()
+
+
+@pytest.mark.parametrize("over", [
+    dict(iterations=300, patience=1000),  # L-BFGS, filters form, long enough for line-search restarts
+    dict(iterations=40, patience=3, min_delta=1e-2),  # L-BFGS stopped early
+    dict(iterations=30, patience=1000, n_filters=512, max_seconds=1.0),  # L-BFGS, frames form
+    dict(optimizer="adamw", lr=0.05, iterations=30, patience=5),  # AdamW with its scheduler
+], ids=["lbfgs", "lbfgs-early-stop", "lbfgs-frames-form", "adamw"])
+def test_the_lean_loop_equals_the_previous_loop_bit_for_bit(over, monkeypatch):
+    """The lean loop (no whole-tensor comparisons, content/style read in blocks) takes the same
+    iterates as the previous loop on the CPU: the same trace, evaluation counts and restarts
+    included, and the same output, bit for bit; and it compares no tensors while it iterates."""
+    p = params(**over)
+    content, style = spec_of("speech_gettysburg.wav", p), spec_of("boogie_marabi.wav", p)
+    previous = PreviousLoop(content, style, p, DEVICE)
+    optimise(previous)
+    lean = StyleTransfer(content, style, p, DEVICE)
+    compared = []
+    real_equal = torch.equal
+    monkeypatch.setattr(torch, "equal", lambda a, b: compared.append(1) or real_equal(a, b))
+    optimise(lean)
+    monkeypatch.setattr(torch, "equal", real_equal)
+    assert compared == []
+    assert lean.trace == previous.trace
+    assert lean.stop_reason == previous.stop_reason and lean.evaluations == previous.evaluations
+    torch.testing.assert_close(lean.result()[0], previous.result()[0], rtol=0, atol=0)
+    if over.get("optimizer", "lbfgs") == "lbfgs" and over["iterations"] == 300:
+        assert getattr(previous, "restarts", 0) > 0, "the reference run should exercise a restart"
 
 
 def test_lbfgs_evaluation_cache_saves_evaluations_and_changes_nothing():
@@ -464,8 +495,8 @@ def test_lbfgs_evaluation_cache_saves_evaluations_and_changes_nothing():
     p = params(iterations=25, patience=1000)
     content, style = spec_of("speech_gettysburg.wav", p), spec_of("boogie_marabi.wav", p)
     cached, uncached = (cls(content, style, p, DEVICE) for cls in (StyleTransfer, _Uncached))
-    cached.run()
-    uncached.run()
+    optimise(cached)
+    optimise(uncached)
     assert [row[:4] for row in cached.trace] == [row[:4] for row in uncached.trace]
     torch.testing.assert_close(cached.result()[0], uncached.result()[0], rtol=0, atol=0)
     assert sum(row[4] for row in cached.trace) == cached.evaluations

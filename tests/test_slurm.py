@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,18 @@ def cluster():
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true but {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def cancel_own_jobs(private_state):
+    """After each test, cancel the jobs it left queued — its own only: those whose sbatch script
+    lies in this test's private state folder (the cluster may be shared with other work)."""
+    yield
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %o"], capture_output=True, text=True)
+    mine = [line.split()[0] for line in out.stdout.splitlines()
+            if len(line.split()) == 2 and line.split()[1].startswith(str(private_state) + os.sep)]
+    if mine:
+        subprocess.run(["scancel", *mine], capture_output=True)
 
 
 # Tests wait on states, not on a guess of machine speed: a wait fails when what it waits for can no
@@ -70,7 +83,8 @@ def iterations_per_second(audio_dir: Path, n_filters: int = 128) -> float:
 
     from batch_ast.audio import load_audio
     from batch_ast.config import load_config
-    from batch_ast.transfer import StyleTransfer, log_spectrogram
+    from batch_ast.features import log_spectrogram
+    from batch_ast.transfer import StyleTransfer
 
     p = load_config().params(TINY, n_filters=n_filters, iterations=10**6, patience=100000)
     specs = [
@@ -387,3 +401,38 @@ def test_a_swapped_submitted_pickle_is_refused_by_the_slurm_job(audio_dir, tmp_p
     assert set(batch_ast.load_index(results)["status"]) == {"lost"}
     pickle.loads(pickle.dumps(Payload(marker)))  # the payload is real: loading it does touch the marker
     assert marker.exists()
+
+
+def test_two_row_processes_per_array_task_pause_requeue_and_resume(audio_dir, tmp_path):
+    """--processes-per-job 2 --rows-per-job 2: each array task runs two rows in two processes that
+    share its CPUs. USR2 reaches every process of the step; the row processes ignore it, the job's
+    process has both checkpoint, the task requeues, and both rows resume to their full length."""
+    head, vals = tiny_columns(iterations=LONG, patience=100000, n_filters=128)
+    pairs = ["content.wav,style.wav", "content2.wav,style.wav", "style.wav,content.wav", "content2.wav,content.wav"]
+    m = write_manifest(audio_dir, [f"{p},{vals}" for p in pairs], header=f"content,style,{head}")
+    results = tmp_path / "results"
+    assert slurm_submit(m, results, "--processes-per-job", "2", "--rows-per-job", "2", "--checkpoint-every", "0.5") == 0
+    (sub,) = load_submissions(ResultsRoot(results))
+    assert [len(j["rows"]) for j in sub.jobs] == [2, 2]
+    root = ResultsRoot(results)
+    first = sub.jobs[0]
+    wait_for(lambda: all(root.checkpoint_path(r).exists() for r in first["rows"]), every_s=0.2, what="checkpoints",
+             jobs=first["job_id"])
+    signalled = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    subprocess.run(["scancel", "--signal=USR2", first["job_id"]], check=True)
+
+    def all_records():
+        records = [root.read_record(r) for j in sub.jobs for r in j["rows"]]
+        return records if all(records) else None
+
+    records = wait_for(all_records, what="the records", jobs=first["job_id"].split("_")[0])
+    assert [r["status"] for r in records] == ["ok"] * 4, [r.get("error") for r in records]
+    assert all(r["iterations_run"] == LONG for r in records)
+    # every row still running when the signal came paused and resumed (a faster one may have ended)
+    running = [r for r in records if r["id"] in first["rows"] and r["finished_at"] > signalled]
+    assert running and all(r["resumes"] >= 1 and r["resumed_from_iteration"] > 0 for r in running)
+    out = Path(first["log"]).with_name(Path(first["log"]).name.replace(".err", ".out")).read_text(errors="replace")
+    assert "[job] 2 row processes, 1 thread(s) each" in out and "[job] pausing" in out
+    log = Path(first["log"]).read_text(errors="replace")
+    assert len(set(re.findall(r"start \(manifest row \d+, pid (\d+)\)", log))) >= 2
+    assert "resource_tracker" not in log  # no helper process for the USR2 to kill
