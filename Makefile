@@ -23,10 +23,10 @@ demo: setup
 	$(VENV)/bin/batch-ast report results
 	$(PY) -c "import batch_ast; print(batch_ast.load_index('results')[['name','status','optimizer','iterations_run','final_total','output']].to_string())"
 
-# As root: starts the single-node SLURM cluster (slurm/start.sh) and installs Debian's chromium for
-# the browser test; elsewhere those tests skip with a reason (in CI they fail instead).
+# As root: starts the three-node SLURM test cluster (slurm/start.sh --nodes 3) and installs Debian's
+# chromium for the browser test; elsewhere those tests skip with a reason (in CI they fail instead).
 test: setup
-	if [ "$$(id -u)" = 0 ]; then bash slurm/start.sh; else echo "not root: SLURM tests will skip"; fi
+	if [ "$$(id -u)" = 0 ]; then bash slurm/start.sh --nodes 3; else echo "not root: SLURM tests will skip"; fi
 	if [ "$$(id -u)" = 0 ] && ! command -v chromium >/dev/null; then \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); fi

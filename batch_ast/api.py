@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import pandas as pd
 import submitit
 
-from .backends import EXECUTORS, Backend, choose_backend, get_backend
+from .backends import EXECUTORS, Backend, BackendError, choose_backend, get_backend
 from .claims import release_claims
 from .config import load_config
 from .dispatch import (
@@ -311,7 +311,9 @@ def prepare(
     plan = make_plan(rows, root, Path(manifest), force=opts.force, retry_failed=opts.retry_failed,
                      progress=progress, save_cache=not dry_run, hash_cache=state / HASH_CACHE)  # a dry run writes nothing
     every = DEFAULTS.checkpoint_every_s if opts.checkpoint_every_s is None else opts.checkpoint_every_s
-    run_options = replace(DEFAULTS, max_resumes=max_resumes, checkpoint_every_s=every)
+    limit_s, warning_s = backend.time_limit_warning(parameters)
+    run_options = replace(DEFAULTS, max_resumes=max_resumes, checkpoint_every_s=every, time_limit_s=limit_s,
+                          limit_warning_s=warning_s)
     return Prepared(
         plan=plan, results=root, manifest=Path(manifest), backend=backend, why=why, parameters=parameters,
         packing=packing,
@@ -368,6 +370,9 @@ def cancel(results: ResultsRoot, record: SubmissionRecord) -> list[str]:
     cancelled; returns the job ids (empty when nothing was queued or running). Only jobs that
     are provably the submission's are signalled (``Backend.cancel``)."""
     status = query_status(results, record)
+    if status.jobs_elsewhere:
+        raise BackendError(f"submission {record.submission_id} runs local jobs on host {status.jobs_elsewhere}: "
+                           "cancel it there")
     active = sorted({r.job_id for r in status.rows if r.state in ("pending", "running")})
     if not active:
         return []

@@ -43,6 +43,7 @@ class Backend:
     poll_interval_s: ClassVar[float] = 1.0  # how often --wait asks for states
     waits_by_default: ClassVar[bool] = True  # submit follows the rows unless --no-wait
     runs_in_process: ClassVar[bool] = False  # jobs run inside submit (results via job.result())
+    jobs_local_to_host: ClassVar[bool] = False  # its jobs are processes of the submitting host only
     job_id_pattern: ClassVar[re.Pattern[str]] = re.compile(r"DEBUG_[0-9]{1,30}")  # what its job ids look like
 
     def available(self) -> bool:
@@ -55,6 +56,12 @@ class Backend:
 
     def check_parameters(self, params: dict[str, Any]) -> None:
         """Refuse, before anything is submitted, parameters this executor cannot honour here."""
+
+    def time_limit_warning(self, params: dict[str, Any]) -> tuple[float, float]:
+        """(time limit, seconds before it that the warning signal comes) of a job with ``params``,
+        so that a job can tell a time-limit warning from a preemption; (0, 0) where this executor
+        sends no warning before a limit."""
+        return 0.0, 0.0
 
     def rows_per_job(self, n_rows: int, workers: int, processes: int = 1) -> int:
         """Rows packed into one job when the user does not say: split over ``workers`` processes
@@ -122,6 +129,10 @@ class SlurmBackend(Backend):
         executor.update_parameters(**{**SLURM_DEFAULTS, **params})
         return executor
 
+    def time_limit_warning(self, params: dict[str, Any]) -> tuple[float, float]:
+        merged = {**SLURM_DEFAULTS, **params}
+        return 60.0 * float(merged["timeout_min"]), float(merged["slurm_signal_delay_s"])
+
     def rows_per_job(self, n_rows: int, workers: int, processes: int = 1) -> int:
         """One row per array task: the scheduler spreads them. With K row processes per task, two
         rows per process: a process's start-up (Python, torch: ~3 s) is then paid once per two
@@ -163,6 +174,7 @@ class SlurmBackend(Backend):
 
 class LocalBackend(Backend):
     name = "local"
+    jobs_local_to_host = True
     job_id_pattern = re.compile(r"[0-9]{1,10}")
 
     def thread_share(self, workers: int) -> int | None:

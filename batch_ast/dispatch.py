@@ -8,6 +8,7 @@ backends.py. A profile's keys are mapped to submitit's parameter names here.
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -214,6 +215,9 @@ class SubmissionRecord:
     skipped: dict[str, str] = field(default_factory=dict)  # row id -> reason
     parameters: dict[str, Any] = field(default_factory=dict)
     cancelled: bool = False
+    # the host `submit` ran on ("": before 0.3): a local executor's jobs are its processes, which
+    # only that host can see or signal
+    host: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -262,9 +266,12 @@ class SubmissionRecord:
         cancelled = data.get("cancelled", False)
         if not isinstance(parameters, dict) or not isinstance(cancelled, bool):
             raise SubmissionError("parameters must be a mapping and cancelled true or false")
+        host = data.get("host", "")
+        if not isinstance(host, str) or len(host) > 300:
+            raise SubmissionError("host must be a host name")
         return cls(**texts, jobs=checked_jobs, rows=dict(rows), specs=dict(specs), skipped=dict(skipped),
                    parameters={k: v for k, v in parameters.items() if isinstance(v, (str, int, float, bool))},
-                   cancelled=cancelled)
+                   cancelled=cancelled, host=host)
 
     @property
     def array_job_id(self) -> str:
@@ -363,6 +370,7 @@ def submit(
         specs={s.id: {k: v for k, v in s.to_dict().items() if k != "resources"} for s in specs},
         skipped=dict(skipped or {}),
         parameters={k: v for k, v in params.items() if isinstance(v, (str, int, float, bool))},
+        host=socket.gethostname(),
     )
     save_submission(results, submission)
     return submission, all_jobs

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import signal
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -37,6 +38,10 @@ class RunOptions:
     submission_id: str = ""
     checkpoint_every_s: float = 300.0
     max_resumes: int = 10
+    # The job's time limit and how long before it the warning signal comes (0: not known), so that
+    # a warning far from the limit counts as a preemption, not as a time-limit requeue.
+    time_limit_s: float = 0.0
+    limit_warning_s: float = 0.0
 
 
 DEFAULTS = RunOptions()
@@ -204,6 +209,19 @@ def runs_on_gpu(spec: RowSpec) -> bool:
         return False
 
 
+LIMIT_SLACK_S = 120.0  # job start to this process's start, and SLURM's limit checks every ~30 s
+
+
+def is_time_limit_warning(elapsed_s: float, time_limit_s: float, warning_s: float) -> bool | None:
+    """Whether a warning signal ``elapsed_s`` into the job is the time limit's (it comes
+    ``warning_s`` before the limit) rather than a preemption; None when the limit is not known.
+    A preemption within the last ``warning_s`` + LIMIT_SLACK_S of the limit counts as the limit's
+    (the safe side: it spends one of the limit's requeues, as submitit would)."""
+    if time_limit_s <= 0:
+        return None
+    return elapsed_s >= time_limit_s - warning_s - LIMIT_SLACK_S
+
+
 class TransferJob(submitit.helpers.Checkpointable):
     """The callable submitit pickles: runs a pack of rows in order, skipping rows already finished.
 
@@ -263,6 +281,7 @@ class TransferJob(submitit.helpers.Checkpointable):
         """Replace submitit's preemption handler by one that only raises a flag; the loop checks
         the flag between iterations, saves the state, then calls submitit's handler to requeue."""
         self._pause_requested = False
+        self._started = time.monotonic()
         self._signal = preemption_signal()
         self._submitit_handler = signal.getsignal(self._signal)
         if not callable(self._submitit_handler):
@@ -282,6 +301,16 @@ class TransferJob(submitit.helpers.Checkpointable):
         handler = getattr(self, "_submitit_handler", None)
         if not callable(handler):
             return
+        judge = getattr(handler, "__self__", None)  # submitit's SignalHandler
+        elapsed = time.monotonic() - getattr(self, "_started", time.monotonic())
+        timed_out = is_time_limit_warning(elapsed, self.options.time_limit_s, self.options.limit_warning_s)
+        if judge is not None and hasattr(judge, "has_timed_out") and timed_out is not None:
+            # submitit counts a signal as a time-limit requeue from 10 minutes before the limit
+            # (from the start for limits up to 10 minutes): a preemption then used up
+            # max_num_timeout, and a packed job was refused its requeue, with no limit reached.
+            judge.has_timed_out = lambda: timed_out
+            print(f"batch-ast: warning signal after {elapsed:.0f} s of a {self.options.time_limit_s:.0f} s limit: "
+                  + ("the time limit" if timed_out else "a preemption (not a time-limit requeue)"), flush=True)
         try:
             handler(self._signal, None)  # checkpoints (requeue) and exits the process
         except submitit.core.utils.UncompletedJobError as exc:

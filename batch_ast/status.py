@@ -43,6 +43,7 @@ class SubmissionStatus:
     submission: SubmissionRecord
     rows: list[RowState] = field(default_factory=list)
     queue_known: bool = True  # False when the queue could not be asked
+    jobs_elsewhere: str = ""  # the host whose processes the jobs are, when that is not this one
 
     @property
     def counts(self) -> Counter:
@@ -149,10 +150,24 @@ def query_status(results: ResultsRoot, submission: SubmissionRecord) -> Submissi
     loaded = {rid: results.load_record(rid) for rid in submission.rows}
     records = {rid: record.to_dict() if record else {} for rid, (record, _) in loaded.items()}
     invalid = {rid: problem for rid, (record, problem) in loaded.items() if problem}
-    queue = get_backend(submission.executor).queue_states(unfinished_jobs(submission, records),
-                                                          submission.submitit_folder)
+    elsewhere = jobs_elsewhere(submission)
+    queue = None if elsewhere else get_backend(submission.executor).queue_states(
+        unfinished_jobs(submission, records), submission.submitit_folder)
     logs = {job["job_id"]: log for job in submission.jobs if (log := submission.job_log(results, job["job_id"]))}
-    return submission_status(submission, records, queue, logs, invalid)
+    status = submission_status(submission, records, queue, logs, invalid)
+    status.jobs_elsewhere = elsewhere
+    return status
+
+
+def jobs_elsewhere(submission: SubmissionRecord) -> str:
+    """The host whose processes a submission's jobs are, when this is another host ("" where
+    this host can see them: a queue, or local jobs started here). A local job's id is a pid of
+    the host that submitted it: asked here it would name another process, or none, and its rows
+    would read as lost, their claims as free, while they still run there."""
+    if get_backend(submission.executor).jobs_local_to_host and submission.host \
+            and submission.host != socket.gethostname():
+        return submission.host
+    return ""
 
 
 def all_status(results: ResultsRoot) -> list[SubmissionStatus]:
@@ -201,7 +216,10 @@ def format_status(status: SubmissionStatus, details: bool = True) -> str:
         f"created={s.created_at}",
         "  " + "  ".join(f"{state}={counts.get(state, 0)}" for state in STATES),
     ]
-    if not status.queue_known:
+    if status.jobs_elsewhere:
+        lines.append(f"  (its local jobs run on host {status.jobs_elsewhere}, which alone can see them; "
+                     "unfinished rows shown as pending)")
+    elif not status.queue_known:
         lines.append("  (the queue could not be asked; unfinished rows shown as pending)")
     job_rows = {rid: job["rows"] for job in s.jobs for rid in job["rows"]}
     if details:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Stop the single-node SLURM cluster that slurm/start.sh started, and only that: the daemons named
-# in its marker ($STATE/started-by-start.sh), after cancelling the jobs on that cluster (its own
-# controller's queue). A cluster someone else started is left running, their jobs untouched.
+# Stop the SLURM cluster that slurm/start.sh started, and only that: the daemons named in its marker
+# ($STATE/started-by-start.sh), after cancelling the jobs on that cluster (its own controller's
+# queue). A node's slurmd ends its namespace, and with it whatever still ran on that node. A cluster someone else started is left running, their jobs untouched.
 # munge is left running (harmless).
 set -uo pipefail
 STATE="${BATCH_AST_SLURM_STATE:-/var/lib/batch-ast-slurm}"
@@ -9,7 +9,7 @@ MARK="$STATE/started-by-start.sh"
 if [ "$(id -u)" != 0 ]; then echo "slurm/stop.sh: must run as root" >&2; exit 1; fi
 pids=()
 if [ -s "$MARK" ]; then
-  for pid in $(grep -Eo '[0-9]+' "$MARK"); do
+  for pid in $(grep -Ewo '[0-9]+' "$MARK"); do  # "n1" is a node, not a pid
     case "$(cat "/proc/$pid/comm" 2>/dev/null)" in slurmctld|slurmd) pids+=("$pid") ;; esac
   done
 fi

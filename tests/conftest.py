@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,3 +83,41 @@ def private_state(tmp_path_factory, monkeypatch):
     folder.chmod(0o700)
     monkeypatch.setenv("BATCH_AST_STATE_DIR", str(folder / "batch-ast"))
     return folder / "batch-ast"
+
+
+# The long rows of the SLURM tests (tests/test_slurm.py, tests/test_multinode.py).
+def long_rows(audio_dir: Path, n: int, iterations: int = 4000) -> Path:
+    head, vals = tiny_columns(iterations=iterations, patience=100000, n_filters=128)
+    return write_manifest(
+        audio_dir,
+        [f"content.wav,style.wav,{seed},{vals}" for seed in range(n)],
+        header=f"content,style,seed,{head}",
+        name="long.csv",
+    )
+
+
+LONG = 600  # iterations: ~20-40 s on 2 cores, long enough to interrupt, short enough for CI
+
+
+def uninterrupted_wav(folder: Path, iterations: int) -> numpy.ndarray:
+    """The output of the long row run without interruption (local executor), for comparisons."""
+    import soundfile as sf
+
+    import batch_ast
+    from batch_ast.cli import main
+
+    audio = folder / "audio"
+    audio.mkdir(parents=True)
+    for name, src in (("content.wav", "speech_gettysburg.wav"), ("style.wav", "boogie_marabi.wav")):
+        (audio / name).write_bytes((DEMO_AUDIO / src).read_bytes())
+    m = long_rows(audio, 1, iterations=iterations)
+    results = folder / "results"
+    assert main(["submit", str(m), "--results", str(results), "--executor", "local", "--quiet"]) == 0
+    (rel,) = batch_ast.load_index(results)["output"]
+    return sf.read(results / rel)[0]
+
+
+@pytest.fixture(scope="session")
+def reference_wav(tmp_path_factory) -> numpy.ndarray:
+    """The long row's uninterrupted output, computed once for every SLURM test that compares."""
+    return uninterrupted_wav(tmp_path_factory.mktemp("reference"), LONG)

@@ -16,8 +16,8 @@ from .conftest import REPO
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the cluster scripts run as root")
 
 
-def script(name: str, state, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(REPO / "slurm" / name)], capture_output=True, text=True, timeout=600,
+def script(name: str, state, args: tuple[str, ...] | list[str] = (), **env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "slurm" / name), *args], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "BATCH_AST_SLURM_STATE": str(state), **env})
 
 
@@ -26,7 +26,7 @@ def test_stop_stops_only_daemons_its_marker_names_and_that_are_slurm_daemons(tmp
     a pid that is gone: stop.sh kills nothing, cancels nothing, and says so."""
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     try:
-        (tmp_path / "started-by-start.sh").write_text(f"slurmctld {bystander.pid} slurmd 999999999\n")
+        (tmp_path / "started-by-start.sh").write_text(f"slurmctld {bystander.pid}\nslurmd n1 999999999\n")
         was_up = get_backend("slurm").available()
         done = script("stop.sh", tmp_path)
         assert done.returncode == 0, done.stderr
@@ -45,3 +45,10 @@ def test_start_leaves_a_cluster_that_already_answers_and_claims_nothing(tmp_path
     done = script("start.sh", tmp_path)
     assert done.returncode == 0 and "already running" in done.stdout, done.stdout + done.stderr
     assert not (tmp_path / "started-by-start.sh").exists()  # so stop.sh with this state stops nothing
+
+
+@pytest.mark.parametrize("nodes", ["0", "three", "100", ""])
+def test_start_refuses_a_bad_node_count_before_touching_anything(tmp_path, nodes):
+    done = script("start.sh", tmp_path, args=["--nodes", nodes])
+    assert done.returncode == 2 and "--nodes takes a number of nodes from 1 to 99" in done.stderr, done.stderr
+    assert not any(tmp_path.iterdir())  # no marker, no state

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -290,3 +291,70 @@ def test_every_preset_runs_from_a_manifest(preset, audio_dir, tmp_path):
     assert record["status"] == "ok", record["error"]
     assert record["params"]["preset"] == preset
     assert record["params"]["activation"] == load_config().presets[preset].get("activation", "relu")
+
+
+@pytest.mark.parametrize(("elapsed", "limit", "warning", "expected"), [
+    (30, 600, 60, False),      # a 10-minute job signalled after 30 s: preempted (submitit: "timed-out")
+    (539, 600, 60, True),      # the time limit's signal, 61 s early
+    (430, 600, 60, True),      # within the slack before the limit: counted as the limit's, the safe side
+    (2 * 3600, 3 * 3600, 60, False),  # 2 h into 3 h: preempted
+    (10, 60, 20, True),        # a 1-minute limit: every signal is the limit's
+    (30, 0, 0, None),          # no known limit (a job pickled by an older batch-ast): submitit judges
+])
+def test_a_warning_signal_is_the_time_limits_only_near_the_limit(elapsed, limit, warning, expected):
+    from batch_ast.job import is_time_limit_warning
+
+    assert is_time_limit_warning(elapsed, limit, warning) is expected
+
+
+class FakeSignalHandler:
+    """Stands in for submitit's SignalHandler: records what it was told about the time limit."""
+
+    def __init__(self):
+        self.judged = None
+
+    def has_timed_out(self) -> bool:
+        return True  # submitit's own rule for a limit of 10 minutes or less
+
+    def checkpoint_and_try_requeue(self, signum, frame=None):
+        self.judged = self.has_timed_out()
+
+
+@pytest.mark.parametrize(("limit", "expected"), [(600.0, False), (0.0, True)])
+def test_the_job_tells_submitit_whether_a_signal_was_the_time_limit(limit, expected, capsys):
+    """A preemption 0 s into a 10-minute job must not spend a time-limit requeue (issue #26: a
+    packed job preempted once per row was refused its requeue, as 'timed-out too many times');
+    where the limit is not known, submitit's own judgement stands."""
+    job = TransferJob(RunOptions(time_limit_s=limit, limit_warning_s=60.0))
+    handler = FakeSignalHandler()
+    job._submitit_handler, job._signal, job._started = handler.checkpoint_and_try_requeue, signal.SIGUSR2, time.monotonic()
+    job._hand_signal_to_submitit([])
+    assert handler.judged is expected
+    assert ("a preemption (not a time-limit requeue)" in capsys.readouterr().out) is (limit > 0)
+
+
+def test_a_local_submission_from_another_host_is_not_judged_here(audio_dir, tmp_path, capsys):
+    """A local job's id is a pid of the host that submitted it. Seen from another host (a shared
+    root), its unfinished rows are pending there, not lost here, and cancel says where to cancel.
+    (tests/test_multinode.py does the same across two nodes of the cluster.)"""
+    import json
+
+    from batch_ast.cli import main
+
+    head, vals = tiny_columns()
+    m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
+    results = tmp_path / "results"
+    assert main(["submit", str(m), "--results", str(results), "--executor", "local", "--quiet"]) == 0
+    root = ResultsRoot(results)
+    (path,) = root.submissions_dir.glob("*.json")
+    sub = json.loads(path.read_text())
+    assert sub["host"] == socket.gethostname()
+    root.record_path(next(iter(sub["rows"]))).unlink()  # as if the row were still running
+    capsys.readouterr()
+    assert main(["status", str(results)]) == 1 and "lost=1" in capsys.readouterr().out  # here: its job is gone
+    path.write_text(json.dumps({**sub, "host": "another-host"}))
+    assert main(["status", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "pending=1" in out and "its local jobs run on host another-host" in out
+    assert main(["cancel", str(results)]) == 2
+    assert "runs local jobs on host another-host: cancel it there" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Integration tests against the real single-node SLURM cluster started by slurm/start.sh.
+"""Integration tests against the real SLURM cluster started by slurm/start.sh (`make test` starts three nodes).
 
 They skip with a reason where no cluster answers, except in CI (CI=true), where that is a failure.
 """
@@ -22,7 +22,7 @@ from batch_ast.cli import main
 from batch_ast.dispatch import load_submissions
 from batch_ast.store import ResultsRoot
 
-from .conftest import TINY, tiny_columns, write_manifest
+from .conftest import LONG, TINY, long_rows, tiny_columns, uninterrupted_wav, write_manifest
 
 pytestmark = pytest.mark.slurm
 
@@ -189,16 +189,6 @@ def test_arrays_are_split_at_the_sites_max_array_size(audio_dir, tmp_path):
     assert len(index) == 3 and set(index["status"]) == {"ok"}
 
 
-def long_rows(audio_dir: Path, n: int, iterations: int = 4000) -> Path:
-    head, vals = tiny_columns(iterations=iterations, patience=100000, n_filters=128)
-    return write_manifest(
-        audio_dir,
-        [f"content.wav,style.wav,{seed},{vals}" for seed in range(n)],
-        header=f"content,style,seed,{head}",
-        name="long.csv",
-    )
-
-
 def test_detached_status_collect_while_running_and_cancel(audio_dir, tmp_path, capsys):
     m = long_rows(audio_dir, 3)
     results = tmp_path / "results"
@@ -247,29 +237,6 @@ def test_scancel_of_one_array_task_leaves_the_others(audio_dir, tmp_path, capsys
     assert "ok=2" in out and "lost=1" in out and victim in out
 
 
-LONG = 600  # iterations: ~20-40 s on 2 cores, long enough to interrupt, short enough for CI
-
-
-def uninterrupted_wav(folder: Path, iterations: int) -> np.ndarray:
-    """The output of the long row run without interruption (local executor), for comparisons."""
-    audio = folder / "audio"
-    audio.mkdir(parents=True)
-    from .conftest import DEMO_AUDIO
-
-    for name, src in (("content.wav", "speech_gettysburg.wav"), ("style.wav", "boogie_marabi.wav")):
-        (audio / name).write_bytes((DEMO_AUDIO / src).read_bytes())
-    m = long_rows(audio, 1, iterations=iterations)
-    results = folder / "results"
-    assert main(["submit", str(m), "--results", str(results), "--executor", "local", "--quiet"]) == 0
-    (rel,) = batch_ast.load_index(results)["output"]
-    return sf.read(results / rel)[0]
-
-
-@pytest.fixture(scope="module")
-def reference_wav(tmp_path_factory):
-    return uninterrupted_wav(tmp_path_factory.mktemp("reference"), LONG)
-
-
 def submit_long_row(audio_dir: Path, results: Path, *extra: str) -> tuple[str, str, Path]:
     m = long_rows(audio_dir, 1, iterations=LONG)
     assert slurm_submit(m, results, *extra) == 0
@@ -278,8 +245,14 @@ def submit_long_row(audio_dir: Path, results: Path, *extra: str) -> tuple[str, s
 
 
 def test_preemption_signal_checkpoints_requeues_and_resumes_to_the_same_result(audio_dir, tmp_path, reference_wav):
+    """USR2 long before the time limit: a preemption. With a 10-minute limit submitit would count
+    it as a time-limit requeue (it does so from 10 minutes before the limit, so from the start
+    here): the job tells it otherwise, and the requeue leaves the time-limit budget untouched."""
+    from submitit.core.utils import DelayedSubmission
+
     results = tmp_path / "results"
-    job_id, rid, _ = submit_long_row(audio_dir, results, "--checkpoint-every", "0.5")
+    job_id, rid, log = submit_long_row(audio_dir, results, "--checkpoint-every", "0.5", "--timeout-min", "10",
+                                       "--max-retries", "1")
     ckpt = ResultsRoot(results).checkpoint_path(rid)
     wait_for(ckpt.exists, every_s=0.2, what="a first checkpoint", jobs=job_id)
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # what SLURM sends before preemption
@@ -289,6 +262,10 @@ def test_preemption_signal_checkpoints_requeues_and_resumes_to_the_same_result(a
     assert record["slurm_restart_count"] >= 1
     assert not ckpt.exists()
     np.testing.assert_allclose(sf.read(results / record["output"])[0], reference_wav, atol=2e-3)
+    text = log.read_text(errors="replace")
+    assert "this job is preempted" in text and "this job is timed-out" not in text
+    (pickled,) = Path(log).parent.glob("*_submitted.pkl")  # one job, one pickle (rewritten at requeue)
+    assert DelayedSubmission.load(pickled)._timeout_countdown == 1  # max_retries: none spent
 
 
 def test_hard_requeue_resumes_from_the_periodic_checkpoint(audio_dir, tmp_path):
