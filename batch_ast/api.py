@@ -83,6 +83,15 @@ class Submission:
     def id(self) -> str:
         return self.record.submission_id if self.record else ""
 
+    def __repr__(self) -> str:
+        """One line, without asking the queue: the dataclass's own repr printed every job object,
+        whose repr asks SLURM accounting (sacct) for its state, and dumped the whole plan."""
+        if self.record is None:
+            return f"Submission(nothing submitted, root={str(self.results.root)!r}, in flight elsewhere={len(self.busy)})"
+        r = self.record
+        return (f"Submission(id={r.submission_id!r}, executor={r.executor!r}, rows={len(r.rows)}, jobs={len(r.jobs)}, "
+                f"job ids={r.array_job_id or '-'!r}, root={str(self.results.root)!r})")
+
     @property
     def backend(self) -> Backend | None:
         return get_backend(self.record.executor) if self.record else None

@@ -272,7 +272,8 @@ def choose_backend(requested: str) -> tuple[Backend, str]:
         return BACKENDS["local"], "auto: no SLURM cluster answers (sbatch/sinfo), using submitit's local executor"
     backend = get_backend(requested)
     if not backend.available():
-        raise BackendError(f"--executor {requested}: no SLURM controller answers (is sbatch on PATH? sinfo?)")
+        raise BackendError(f"--executor {requested}: no SLURM controller answers (is sbatch on PATH? sinfo?); "
+                           "--executor local runs the rows on this machine")
     return backend, f"--executor {requested}"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ from .job import DEFAULTS
 from .manifest import DEFAULT_MAX_ROWS, MAX_ROWS_ENV, ManifestError
 from .plan import chunk
 from .private import PrivateStateError
-from .status import SubmissionStatus, all_status, format_status
+from .status import SubmissionStatus, format_status, query_status
 from .store import ResultsError, ResultsRoot, describe_os_error, write_atomic
 from .study import StudyError
 
@@ -27,6 +28,15 @@ def _say(args: argparse.Namespace, message: str) -> None:
 
 
 PLAN_LINES = 200  # plan lines of each kind; the rest is counted, not listed
+
+
+def varying_params(specs: list, most: int = 6) -> list[str]:
+    """The hyperparameters whose values differ between ``specs`` (at most ``most``, in the
+    config's order): what tells a study's rows apart in the plan listing."""
+    if len(specs) < 2:
+        return []
+    names = [f.name for f in dataclasses.fields(specs[0].params)]
+    return [n for n in names if len({repr(getattr(s.params, n)) for s in specs}) > 1][:most]
 
 
 def _print_plan(prepared: api.Prepared) -> None:
@@ -41,14 +51,11 @@ def _print_plan(prepared: api.Prepared) -> None:
         f"{len(plan.failed_before)} failed before, {len(plan.duplicates)} duplicate(s)"
     )
     print(f"executor: {prepared.backend.name} ({prepared.why})")
+    shown = varying_params(plan.to_run) or ["optimizer", "iterations", "n_filters"]
     for spec in plan.to_run[:PLAN_LINES]:
-        p = spec.params
         label = f" {spec.name!r}" if spec.name else ""
-        print(
-            f"  run   row {spec.row}{label} [{spec.id}] {Path(spec.content).name} + "
-            f"{Path(spec.style).name}  optimizer={p.optimizer} iterations={p.iterations} "
-            f"n_filters={p.n_filters}"
-        )
+        settings = " ".join(f"{name}={getattr(spec.params, name)}" for name in shown)
+        print(f"  run   row {spec.row}{label} [{spec.id}] {Path(spec.content).name} + {Path(spec.style).name}  {settings}")
     if len(plan.to_run) > PLAN_LINES:
         print(f"  ... and {len(plan.to_run) - PLAN_LINES} more row(s) to run")
     for spec in plan.done[:PLAN_LINES]:
@@ -174,16 +181,18 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     results = ResultsRoot(args.results)
     results.require_results_root()
-    for problem in read_submissions(results)[1]:
+    submissions, problems = read_submissions(results)
+    for problem in problems:
         print(f"warning: {problem} (not a valid submission: ignored)")
-    statuses = all_status(results)
-    if not statuses:
+    if not submissions:
         print(f"no submissions under {results.root}")
         return 0
-    if not args.all:
-        statuses = statuses[-1:]
+    shown = submissions if args.all else submissions[-1:]
+    statuses = [query_status(results, s) for s in shown]  # the queue asked only for what is shown
     for status in statuses:
-        print(format_status(status))
+        print(format_status(status, every_failure=args.rows, results=results))
+    if len(submissions) > len(shown):
+        print(f"({len(submissions) - len(shown)} older submission(s) of this root not shown: status --all)")
     # like submit: 1 when any row shown failed or was lost, so scripts can branch on it
     return 1 if any(st.counts.get(k, 0) for st in statuses for k in ("failed", "lost", "invalid")) else 0
 
@@ -207,6 +216,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = write_report(args.results, args.output, metric=args.metric, top=args.top, ascending=not args.descending,
                         portable=args.portable)
     print(f"report: {path}")
+    from .index import load_index
+
+    unfinished = load_index(args.results)["status"].isin(["pending", "running"]).sum()
+    if unfinished:
+        print(f"note: {unfinished} row(s) are still pending or running, and the report shows them so: "
+              f"`batch-ast status {args.results}` follows them; run `report` again once they are done "
+              "(or submit with --wait, which returns when they are)")
     return 0
 
 
@@ -235,10 +251,27 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     except KeyError as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
         return 2
+    print(f"{args.metric} of the ok rows by {args.param} (--metric and --param choose others):")
     print(table.to_string())
     if args.output:
         print(f"plot: {plot_effect(table, args.param, args.metric, args.output)}")
     return 0
+
+
+def add_results_root(p: argparse.ArgumentParser) -> None:
+    """The results root, positional or as ``--results ROOT`` (as submit takes it): either form,
+    in every command that reads a root; ``resolve_results_root`` checks both were not given."""
+    p.add_argument("results", nargs="?", default=None, help="results root (default: results)")
+    p.add_argument("--results", dest="results_option", metavar="ROOT", help="the same, as an option")
+
+
+def resolve_results_root(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if "results_option" not in vars(args):
+        return  # submit (its --results has a default) and expand (no root)
+    option = vars(args).pop("results_option")
+    if option is not None and args.results is not None and option != args.results:
+        parser.error(f"two results roots ({args.results} and --results {option}): give one")
+    args.results = args.results or option or "results"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -306,8 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", help="rows pending/running/ok/failed per submission")
-    p.add_argument("results", nargs="?", default="results")
+    add_results_root(p)
     p.add_argument("--all", action="store_true", help="every submission, not only the latest")
+    p.add_argument("--rows", action="store_true",
+                   help="every failed, lost or invalid row with its log (default: one example of each kind)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("expand", help="write the manifest CSV of a study YAML (the rows `submit STUDY.yaml` runs)")
@@ -316,29 +351,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_expand)
 
     p = sub.add_parser("collect", help="gather records into index.parquet and traces.parquet")
-    p.add_argument("results", nargs="?", default="results")
+    add_results_root(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("report", help="write a static HTML page with figures and audio players")
-    p.add_argument("results", nargs="?", default="results")
+    add_results_root(p)
     p.add_argument("-o", "--output", help="HTML file (default: <results>/report.html); its data goes beside it")
     p.add_argument("--portable", action="store_true",
                    help="copy (or hard-link) the input audio beside the report, so a copied results folder still plays it")
-    p.add_argument("--metric", default="final_style", help="rank the best rows by this index column")
+    p.add_argument("--metric", default="final_style", help="rank the best rows by this index column (default: final_style)")
     p.add_argument("--descending", action="store_true", help="higher metric is better")
-    p.add_argument("--top", type=int, default=5, help="how many best rows to list")
+    p.add_argument("--top", type=int, default=5, help="how many best rows to list (default: 5)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("analyse", help="effect of a hyperparameter on a metric (table and plot)")
-    p.add_argument("results", nargs="?", default="results")
-    p.add_argument("--param", default="content_weight", help="index column to group by")
-    p.add_argument("--metric", default="style_distance_heldout", help="index column to summarise")
+    add_results_root(p)
+    p.add_argument("--param", default="content_weight", help="index column to group by (default: content_weight)")
+    p.add_argument("--metric", default="style_distance_heldout",
+                   help="numeric index column to summarise (default: style_distance_heldout)")
     p.add_argument("-o", "--output", help="write the plot to this PNG")
     p.set_defaults(func=cmd_analyse)
 
     p = sub.add_parser("cancel", help="cancel what is still queued or running")
-    p.add_argument("results", nargs="?", default="results")
+    add_results_root(p)
     p.add_argument("--submission", help="submission id (default: the latest)")
     p.set_defaults(func=cmd_cancel)
     return parser
@@ -351,7 +387,9 @@ USER_ERRORS = (BackendError, ConfigError, DispatchError, ManifestError, PrivateS
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done; 1 some rows failed or were lost; 2 the command could not run (the
     reason in one line on stderr: bad manifest or config, unusable results root, disk full...)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    resolve_results_root(parser, args)
     try:
         return args.func(args)
     except BrokenPipeError:

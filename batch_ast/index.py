@@ -23,7 +23,7 @@ import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 
 from .config import flatten_record
-from .record import columns, figures_missing, index_schema
+from .record import columns, error_type_of, figures_missing, index_schema
 from .store import (
     TMP_PREFIX,
     ResultsError,
@@ -185,7 +185,7 @@ def _collect_lock(results: ResultsRoot) -> Iterator[None]:
 
 def invalid_row(row_id: str, reason: str) -> dict:
     """The index row of a record that cannot be used: its row, with the reason."""
-    return {"id": row_id, "status": "invalid", "error": reason[:500], "retryable": False}
+    return {"id": row_id, "status": "invalid", "error": reason[:500], "error_type": "RecordError", "retryable": False}
 
 
 def _read_records(results: ResultsRoot, ids: list[str], report: CollectReport, progress: bool = False) -> list[dict]:
@@ -211,6 +211,9 @@ def _table(records: list[dict]) -> pa.Table:
         if name not in frame:
             frame[name] = None
     frame = frame[INDEX_SCHEMA.names]
+    untyped = (frame["status"] == "failed") & frame["error_type"].isna()  # records from before error_type
+    frame["error_type"] = frame["error_type"].astype(object)
+    frame.loc[untyped, "error_type"] = frame.loc[untyped, "error"].map(error_type_of)
     for name in ("started_at", "finished_at"):
         frame[name] = pd.to_datetime(frame[name], utc=True, errors="coerce", format="ISO8601").dt.floor("s")
     return pa.Table.from_pandas(frame, schema=INDEX_SCHEMA, preserve_index=False)
@@ -274,7 +277,7 @@ def _previous(results: ResultsRoot, unchanged: set[str]) -> tuple[list[dict], pa
     be read as this version's index (then every record is read again)."""
     try:
         with open_regular(results.index_path, results.root) as fh:
-            previous = pq.read_table(fh, schema=INDEX_SCHEMA).to_pandas(types_mapper=_NULLABLE_INTS.get)
+            previous = pq.read_table(fh, schema=INDEX_SCHEMA).to_pandas(types_mapper=_NULLABLE.get)
         with open_regular(results.traces_path, results.root) as fh:
             traces = pq.read_table(fh, schema=TRACES_SCHEMA)
     except (OSError, *_TABLE_ERRORS):
@@ -411,8 +414,8 @@ def load_index(root: str | os.PathLike[str] = "results") -> pd.DataFrame:
     pandas.DataFrame
         One row per submitted row, with the columns of ``INDEX_SCHEMA`` (from ``record.Record``):
         identity, status and error, every hyperparameter, losses, metrics, timings, environment.
-        Integers are nullable (``Int64``), few-valued text columns categorical, so hyperparameters
-        are ready for ``groupby``.
+        Integers and flags are nullable (``Int64``, ``boolean``), few-valued text columns
+        categorical, so hyperparameters are ready for ``groupby``.
 
     Raises
     ------
@@ -420,7 +423,7 @@ def load_index(root: str | os.PathLike[str] = "results") -> pd.DataFrame:
         No readable index (the message says to run ``batch-ast collect``).
     """
     results = _root_argument(root, "load_index")
-    frame = _read_parquet(results.index_path, root).to_pandas(types_mapper=_NULLABLE_INTS.get)
+    frame = _read_parquet(results.index_path, root).to_pandas(types_mapper=_NULLABLE.get)
     for name in CATEGORY_COLUMNS:
         if name in frame:
             frame[name] = frame[name].astype("category")
@@ -432,8 +435,9 @@ CATEGORY_COLUMNS = (
     "status", "optimizer", "activation", "rhythm", "beat_grid", "precision", "device", "preset",
     "stop_reason", "style_form", "device_used", "loss_scale",
 )
-# Integer columns stay integers where some rows have no value (a failed row has no iterations_run).
-_NULLABLE_INTS = {pa.int64(): pd.Int64Dtype()}
+# Integer and flag columns keep their type where some rows have no value (a failed row has no
+# iterations_run, a pending row no retryable): pandas' nullable Int64 and boolean, not float/object.
+_NULLABLE = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 
 def load_traces(root: str | os.PathLike[str] = "results", params: list[str] | tuple[str, ...] | None = None) -> pd.DataFrame:
@@ -458,7 +462,7 @@ def load_traces(root: str | os.PathLike[str] = "results", params: list[str] | tu
     if isinstance(params, str):
         raise TypeError(f"load_traces: params must be a list of column names, e.g. [{params!r}], not a string")
     results = _root_argument(root, "load_traces")
-    traces = _read_parquet(results.traces_path, root).to_pandas(types_mapper=_NULLABLE_INTS.get)
+    traces = _read_parquet(results.traces_path, root).to_pandas(types_mapper=_NULLABLE.get)
     if not params:
         return traces
     index = load_index(results).drop_duplicates("id")  # an index written by anyone: ids once each

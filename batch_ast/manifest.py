@@ -7,6 +7,7 @@ manifest in one pass instead of one error per submission.
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import os
 from dataclasses import dataclass, field
@@ -111,7 +112,7 @@ def _check_audio_path(path: Path, limit: int) -> tuple[str | None, int]:
 def read_manifest(path: str | Path, config: Config, max_rows: int | None = None) -> list[ManifestRow]:
     """Parse and validate a manifest (CSV, or a study YAML expanded by ``study.study_csv``); raise
     ManifestError listing all problems. A study's rows are numbered as in its expansion."""
-    from .study import StudyError, is_study, study_csv
+    from .study import StudyError, is_study, study_csv, study_problems
 
     path = Path(path)
     if is_study(path):
@@ -119,7 +120,11 @@ def read_manifest(path: str | Path, config: Config, max_rows: int | None = None)
             text = study_csv(path, max_rows=max_rows)
         except StudyError as exc:
             raise ManifestError(path, [str(exc).removeprefix(f"{path}: ")]) from None
-        return _parse_manifest(text, path, config, max_rows)
+        try:
+            return _parse_manifest(text, path, config, max_rows)
+        except ManifestError as exc:
+            total = max(0, sum(1 for _ in csv.reader(io.StringIO(text))) - 1)  # data rows of the expansion
+            raise ManifestError(path, study_problems(path, exc.problems, total)) from None
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -176,9 +181,11 @@ def _parse_manifest(text: str, path: Path, config: Config, cap: int | None = Non
     known = set(REQUIRED_COLUMNS) | set(OPTIONAL_COLUMNS) | set(PARAMS) | set(RESOURCE_COLUMNS)
     for col in columns:
         if col not in known:
+            close = difflib.get_close_matches(col, sorted(known), n=1)
+            guess = f"did you mean {close[0]!r}? " if close else ""
             problems.append(
                 f"header (line {header_line}): unknown column {col!r} "
-                f"(known: content, style, id, {', '.join([*PARAMS, *RESOURCE_COLUMNS])})"
+                f"({guess}known: content, style, id, {', '.join([*PARAMS, *RESOURCE_COLUMNS])})"
             )
     dupes = {c for c in columns if columns.count(c) > 1}
     if dupes:

@@ -63,6 +63,7 @@ class Record:
     row: int = _int()
     status: str = _text(default="running")  # running, ok, failed
     error: str = _text(default="")
+    error_type: str = _text()  # the exception's class, to count failures by kind
     retryable: bool = _column("flag", default=False)
     content: str = _text()
     style: str = _text()
@@ -189,6 +190,16 @@ class Record:
 
 class RecordError(ValueError):
     """A record file that is not a valid record (its reason names the field)."""
+
+
+_ERROR_CLASS = re.compile(r"([A-Za-z_][A-Za-z0-9_.]{0,99})(?::|$)")
+
+
+def error_type_of(error: str) -> str:
+    """The exception class an ``error`` text begins with (``RowRun.fail`` writes "Class: message"),
+    for records written before ``error_type`` existed; '' when it begins with none."""
+    match = _ERROR_CLASS.match(error or "")
+    return match.group(1) if match else ""
 
 
 MAX_TEXT = 1 << 16  # an error message with its traceback fits; a planted megabyte does not

@@ -23,6 +23,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .config import PARAMS
@@ -113,19 +114,32 @@ def _portable_copy(path: Path, sha: object, media_dir: Path, base: Path) -> Path
 
 
 def _downsampled_traces(root: Path, ids: set[str]) -> dict[str, list[list[float]]]:
-    """Per ok row, [iteration, total loss] at most TRACE_POINTS times (first and last kept)."""
+    """Per ok row, [iteration, total loss] at most TRACE_POINTS times (first and last kept).
+    Picked for every row at once (positions within each row's block), then split at the blocks'
+    starts: a groupby with a slice per row took 55 % of a 20,000-row report."""
     try:
         traces = load_traces(root)
     except ResultsError:
         return {}
     traces = traces[traces["id"].isin(ids)]
+    if traces.empty:
+        return {}
+    traces = traces.sort_values("id", kind="stable")  # each row's points together, in their order
+    by_row = traces.groupby("id", sort=False, observed=True)
+    position = by_row.cumcount().to_numpy()
+    size = by_row["iteration"].transform("size").to_numpy()
+    step = np.maximum(1, np.ceil(size / TRACE_POINTS).astype(np.int64))
+    total = traces["total"].to_numpy(dtype=np.float64, na_value=np.nan)
+    keep = ((position % step == 0) | (position == size - 1)) & np.isfinite(total)
+    row_ids = traces["id"].astype(str).to_numpy()[keep]
+    iterations = traces["iteration"].to_numpy(dtype=np.int64, na_value=-1)[keep].tolist()
+    totals = total[keep].tolist()
+    starts = np.flatnonzero(np.r_[True, row_ids[1:] != row_ids[:-1]]).tolist() if len(row_ids) else []
     out: dict[str, list[list[float]]] = {}
-    for rid, group in traces.groupby("id", sort=False):
-        n = len(group)
-        step = max(1, math.ceil(n / TRACE_POINTS))
-        picked = group.iloc[list(range(0, n, step)) + ([n - 1] if (n - 1) % step else [])]
-        out[str(rid)] = [[int(i), float(t)] for i, t in zip(picked["iteration"], picked["total"], strict=True)
-                         if math.isfinite(t)]
+    for start, end in zip(starts, [*starts[1:], len(row_ids)], strict=True):
+        out[row_ids[start]] = [list(pair) for pair in zip(iterations[start:end], totals[start:end], strict=True)]
+    for rid in set(traces["id"].astype(str)) - out.keys():  # no finite point at all
+        out[rid] = []
     return out
 
 

@@ -8,8 +8,10 @@ optimisation state is checkpointed at iteration boundaries, so a requeued job re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import stat
 import sys
 import time
@@ -36,6 +38,7 @@ from .job import DEFAULTS, Paused, RunOptions  # noqa: F401 - Paused: raised her
 from .metrics import output_metrics
 from .phase import griffin_lim, magnitude_from_log, spectral_convergence
 from .plan import RowSpec, file_sha256, result_params
+from .progress import Heartbeat, Progress
 from .record import Record, now_utc
 from .rhythm import BeatAlignment, beat_transfer, check_coverage
 from .store import ResultsRoot, move_aside, open_regular
@@ -434,6 +437,8 @@ class RowRun:
         every = self.options.checkpoint_every_s
         last_save = time.monotonic()
         bar = _iteration_bar(self.spec, self.transfer.iteration, self.spec.params.iterations, bar_position)
+        heartbeat = Heartbeat(self.transfer.iteration, self.spec.params.iterations, socket.gethostname(),
+                              self.options.submission_id)
 
         def after_step(transfer: StyleTransfer) -> None:
             nonlocal last_save
@@ -442,6 +447,8 @@ class RowRun:
             if every and time.monotonic() - last_save >= every:
                 self.save_checkpoint()
                 last_save = time.monotonic()
+            if (progress := heartbeat.beat(transfer.iteration, transfer.last_total)) is not None:
+                self.beat(progress, log=heartbeat.log_due())
 
         try:
             if not optimise(self.transfer, should_pause, after_step):
@@ -449,6 +456,16 @@ class RowRun:
                 raise Paused(f"row {self.spec.row} paused at iteration {self.transfer.iteration}")
         finally:
             bar.close()
+
+    def beat(self, progress: Progress, log: bool) -> None:
+        """Publish the row's heartbeat for `status` (and, with ``log``, a line in the job log, which
+        shows no progress bar). A heartbeat that cannot be written costs the row nothing."""
+        if log:
+            self.say(progress.describe())
+        try:
+            self.results.write_json(self.results.progress_path(self.spec.id), progress.to_json())
+        except OSError as exc:
+            self.say(f"warning: heartbeat not written ({exc})")
 
     # finish -------------------------------------------------------------------------------------
     def finish(self, finisher: Executor | None = None) -> dict[str, Any] | Future:
@@ -530,6 +547,7 @@ class RowRun:
         self.record.update(
             status="failed",
             error=f"{type(exc).__name__}: {exc}",
+            error_type=type(exc).__name__,
             retryable=not isinstance(exc, DETERMINISTIC_ERRORS),
             traceback="".join(traceback.format_exception(exc, limit=8)),
         )
@@ -542,6 +560,8 @@ class RowRun:
         self.results.write_json(self.results.record_path(self.spec.id), data)
         if record.status == "ok" or not record.retryable:
             self.ckpt_path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.results.progress_path(self.spec.id).unlink(missing_ok=True)  # no longer running
         release_claim(self.results, self.spec.id, self.options.submission_id)
         self.say(record.status + (f": {record.error.splitlines()[0][:300]}" if record.error else ""))
         return data

@@ -22,7 +22,7 @@ from .claims import Claim
 from .claims import claim_rows as _claim_rows
 from .config import flatten_record
 from .dispatch import SubmissionRecord, load_submissions
-from .record import Record, RecordError
+from .record import Record, RecordError, error_type_of
 from .store import ResultsRoot, open_regular
 
 STATES = ("pending", "running", "ok", "failed", "invalid", "cancelled", "lost", "skipped")
@@ -170,10 +170,6 @@ def jobs_elsewhere(submission: SubmissionRecord) -> str:
     return ""
 
 
-def all_status(results: ResultsRoot) -> list[SubmissionStatus]:
-    return [query_status(results, s) for s in load_submissions(results)]
-
-
 def spec_row(row_id: str, spec: dict, row: int) -> dict:
     """The index row of a submitted row without a record, from the submission's copy of its spec
     (checked like a record: the submission file is anyone's words)."""
@@ -208,11 +204,25 @@ def unrecorded_rows(results: ResultsRoot, recorded: set[str]) -> list[dict]:
     return rows
 
 
-def format_status(status: SubmissionStatus, details: bool = True) -> str:
+MAX_RUNNING_SHOWN = 10  # running rows listed with their progress; more are counted
+
+
+def failure_kind(row: RowState) -> str:
+    """What a failure is grouped by: the exception's class for a failed row, else its state."""
+    if row.state == "failed":
+        return error_type_of(row.error) or "failed"
+    return {"lost": "lost (its job left the queue without a record)", "invalid": "invalid record"}.get(row.state, row.state)
+
+
+def format_status(status: SubmissionStatus, details: bool = True, every_failure: bool = False,
+                  results: ResultsRoot | None = None) -> str:
+    """The submission's status: its counts; with ``details``, failures grouped by kind (a count
+    and one example each, with its log's path and tail; ``every_failure``: each row instead) and,
+    given ``results``, the running rows' progress from their heartbeats."""
     s = status.submission
     counts = status.counts
     lines = [
-        f"submission {s.submission_id}  executor={s.executor}  jobs={s.array_job_id or '-'}  "
+        f"submission {s.submission_id}  executor={s.executor}  job ids={s.array_job_id or '-'}  "
         f"created={s.created_at}",
         "  " + "  ".join(f"{state}={counts.get(state, 0)}" for state in STATES),
     ]
@@ -221,19 +231,52 @@ def format_status(status: SubmissionStatus, details: bool = True) -> str:
                      "unfinished rows shown as pending)")
     elif not status.queue_known:
         lines.append("  (the queue could not be asked; unfinished rows shown as pending)")
+    if not details:
+        return "\n".join(lines)
+    if results is not None:
+        lines += _running_lines(status, results)
     job_rows = {rid: job["rows"] for job in s.jobs for rid in job["rows"]}
-    if details:
-        for r in sorted(status.rows, key=lambda r: r.row):
-            if r.state in ("failed", "lost", "invalid"):
-                last = r.error.splitlines()[-1] if r.error else ""
-                lines.append(f"  row {r.row} [{r.id}] {r.state} job {r.job_id}: {last}")
-                if r.log:
-                    lines.append(f"    log: {r.log[0]}")
-                    shared = len(job_rows.get(r.id, ())) > 1
-                    tail = log_tail(r.log, 3, row_id=r.id if shared else "")
-                    if tail:
-                        lines.extend("    | " + t for t in tail.splitlines())
+    failures = sorted((r for r in status.rows if r.state in ("failed", "lost", "invalid")), key=lambda r: r.row)
+    groups: dict[str, list[RowState]] = {}
+    for r in failures:
+        groups.setdefault(failure_kind(r), []).append(r)
+    if groups and not every_failure:
+        lines.append("  failures by kind (one example each; status --rows lists every row):")
+    for kind, rows in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])):
+        if not every_failure:
+            lines.append(f"    {kind}: {len(rows)} row(s)")
+        indent = "    " if every_failure else "        "
+        for r in rows if every_failure else rows[:1]:
+            last = r.error.splitlines()[-1] if r.error else ""
+            lines.append(f"{'  ' if every_failure else '      e.g. '}row {r.row} [{r.id}] {r.state} job {r.job_id}: {last}")
+            if r.log:
+                lines.append(f"{indent}log: {r.log[0]}")
+                shared = len(job_rows.get(r.id, ())) > 1
+                tail = log_tail(r.log, 3, row_id=r.id if shared else "")
+                if tail:
+                    lines.extend(f"{indent}| " + t for t in tail.splitlines())
     return "\n".join(lines)
+
+
+def _running_lines(status: SubmissionStatus, results: ResultsRoot) -> list[str]:
+    """A line per running row with a heartbeat (at most MAX_RUNNING_SHOWN): iteration, loss, speed,
+    ETA and how old that news is; the rest of the running jobs' rows (waiting for their turn in a
+    packed job, or not yet at their first iteration) are counted."""
+    running = sorted((r for r in status.rows if r.state == "running"), key=lambda r: r.row)
+    now, lines, quiet = time.time(), [], 0
+    for r in running:
+        progress = results.load_progress(r.id)
+        if progress is None or progress.submission_id not in ("", status.submission.submission_id):
+            quiet += 1
+        elif len(lines) < MAX_RUNNING_SHOWN:
+            where = f" on {progress.host}" if progress.host else ""
+            lines.append(f"  running row {r.row} [{r.id}] job {r.job_id}{where}: {progress.describe(now)}")
+    shown_more = len(running) - quiet - len(lines)
+    if shown_more:
+        lines.append(f"  … and {shown_more} more row(s) optimising")
+    if quiet:
+        lines.append(f"  {quiet} row(s) of running jobs without progress yet (waiting in their job, or starting)")
+    return lines
 
 
 CLAIM_GRACE_S = 600  # a claim whose submission file never appeared is stale after this long

@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
+    from .progress import Progress
     from .record import Record
 
 RECORD = "record.json"
 OUTPUT_WAV = "output.wav"
 TRACE = "trace.parquet"
 CHECKPOINT = "checkpoint.pt"
+PROGRESS = "progress.json"  # a running row's heartbeat (progress.py)
 
 
 TMP_PREFIX = ".tmp-"
@@ -325,6 +327,19 @@ class ResultsRoot:
 
     def checkpoint_path(self, row_id: str) -> Path:
         return self.run_dir(row_id) / CHECKPOINT
+
+    def progress_path(self, row_id: str) -> Path:
+        return self.run_dir(row_id) / PROGRESS
+
+    def load_progress(self, row_id: str) -> Progress | None:
+        """The running row's last heartbeat, or None when it has none or it is not a valid one
+        (a stranger's file: read as a bounded regular file, then checked)."""
+        from .progress import MAX_PROGRESS_BYTES, Progress
+
+        try:
+            return Progress.from_json(read_json(self.progress_path(row_id), self.root, MAX_PROGRESS_BYTES))
+        except (OSError, ValueError):
+            return None
 
     @property
     def submitit_dir(self) -> Path:

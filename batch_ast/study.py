@@ -189,3 +189,47 @@ def study_csv(path: str | Path, relative_to: Path | None = None, max_rows: int |
             row["id"] = spreadsheet_safe(str(row["id"]))
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return out.getvalue()
+
+
+_ROW_PROBLEM = re.compile(r"row (\d+) \(line \d+\): (.*)", re.S)
+_COLUMN = re.compile(r"column '(\w+)'")
+# the study keys that set a manifest column, where the column's own name is not one
+_KEYS_OF_COLUMN = {"content": ("contents",), "style": ("styles",), "preset": ("presets", "preset"),
+                   "seed": ("seeds", "seed")}
+
+
+def study_problems(path: Path, problems: list[str], total: int) -> list[str]:
+    """A study's manifest problems in the study's terms: the same problem on many rows of the
+    expansion once, with the rows it hits and the line of the YAML key that caused it ("row 1
+    (line 2)" names a line of a CSV the user never saw)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        lines = []
+    grouped: dict[str, list[int]] = {}
+    for problem in problems:
+        match = _ROW_PROBLEM.fullmatch(problem)
+        if match is None:
+            grouped.setdefault(problem, [])
+        else:
+            grouped.setdefault(match.group(2), []).append(int(match.group(1)))
+    out = []
+    for message, rows in grouped.items():
+        if not rows:
+            out.append(message)
+            continue
+        column = _COLUMN.search(message)
+        where = _key_line(lines, _KEYS_OF_COLUMN.get(column.group(1), (column.group(1),))) if column else ""
+        hits = f"all {total} rows" if len(rows) == total else (
+            f"rows {', '.join(map(str, rows))} of {total}" if len(rows) <= 6
+            else f"{len(rows)} rows ({rows[0]}–{rows[-1]}) of {total}")
+        out.append(f"{message} ({where + '; ' if where else ''}{hits})")
+    return out
+
+
+def _key_line(lines: list[str], keys: tuple[str, ...]) -> str:
+    """'line N: <text>' of the first line that sets one of ``keys`` (top level, or in grid/set)."""
+    for number, text in enumerate(lines, 1):
+        if any(re.match(rf"\s*{re.escape(key)}\s*:", text) for key in keys):
+            return f"line {number}: {text.strip()[:80]}"
+    return ""

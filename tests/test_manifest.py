@@ -151,3 +151,17 @@ def test_version_and_module_entry_point():
 
     done = subprocess.run([sys.executable, "-m", "batch_ast", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == f"batch-ast {batch_ast.__version__}"
+
+
+def test_a_studys_bad_values_are_reported_once_at_their_yaml_line_with_the_rows_they_hit(audio_dir):
+    """Not "row 1 (line 2)" of an expansion the user never saw, twelve times over."""
+    study = audio_dir / "study.yaml"
+    study.write_text("contents: [content.wav, content2.wav]\nstyles: [style.wav]\npreset: quik\n"
+                     "grid:\n  content_weight: [0.1, -1, 10]\n")
+    with pytest.raises(ManifestError) as exc:
+        read_manifest(study, load_config())
+    assert exc.value.problems == [
+        "column 'preset': unknown preset 'quik' (known: quick, student-adamw, tomczak-dafx18, ulyanov-tf) "
+        "(line 3: preset: quik; all 6 rows)",
+        "column 'content_weight': must be a number >= 0, got '-1' (line 5: content_weight: [0.1, -1, 10]; rows 2, 5 of 6)",
+    ]

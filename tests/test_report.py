@@ -225,3 +225,30 @@ def test_analysis_groups_by_hyperparameter_and_plots(finished, tmp_path, capsys)
     # integers stay integers with a failed row among them; text settings are categoricals
     assert str(df["iterations_run"].dtype) == "Int64" and df["iterations_run"].isna().any()
     assert all(str(df[c].dtype) == "category" for c in ("optimizer", "activation", "precision", "style_form"))
+
+
+def test_traces_are_downsampled_per_row_with_first_and_last_points_kept(tmp_path, monkeypatch):
+    """The vectorised pick against its definition: every step-th point of each row's trace (step
+    = ceil(n / TRACE_POINTS)), the last one too, non-finite losses dropped; rows interleaved in
+    the traces file still come out whole and in order."""
+    import numpy as np
+    import pandas as pd
+
+    from batch_ast import report
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for k, n in enumerate([1, 2, TRACE_POINTS, TRACE_POINTS + 1, 3 * TRACE_POINTS + 7, 1000]):
+        total = rng.random(n)
+        total[rng.random(n) < 0.05] = np.nan
+        frames.append(pd.DataFrame({"id": f"{k:016x}", "iteration": np.arange(n), "total": total}))
+    traces = pd.concat(frames).sample(frac=1, random_state=1).sort_values("iteration", kind="stable")
+    monkeypatch.setattr(report, "load_traces", lambda root: traces)
+    got = report._downsampled_traces(tmp_path, {f"{k:016x}" for k in range(6)})
+    for frame in frames:
+        n, rid = len(frame), frame["id"].iloc[0]
+        step = max(1, -(-n // TRACE_POINTS))
+        positions = list(range(0, n, step)) + ([n - 1] if (n - 1) % step else [])
+        expected = [[i, t] for i, t in zip(frame["iteration"].iloc[positions], frame["total"].iloc[positions], strict=True)
+                    if np.isfinite(t)]
+        assert got[rid] == expected, rid

@@ -1,0 +1,125 @@
+"""A running row's heartbeat: ``runs/<id>/progress.json``, rewritten by the row at most every
+HEARTBEAT_EVERY_S, so that `status` can say where each running row is and when it will end — a
+SLURM job log shows no progress bar, and a row may optimise for many minutes.
+
+The job writes it (``Heartbeat``); status reads it back as a stranger's file (``Progress.from_json``:
+types and ranges checked, size bounded by the reader) and shows it. Nothing here knows SLURM or
+spectrograms.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+HEARTBEAT_EVERY_S = 30.0  # progress.json at most this often
+LOG_EVERY_S = 60.0  # a progress line in the job log at most this often
+MAX_PROGRESS_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a running row is: its iteration of how many, its latest loss, its speed since this
+    process took it up, and when it was written (time.time())."""
+
+    iteration: int
+    iterations: int
+    loss: float | None
+    iterations_per_s: float | None
+    updated: float
+    host: str = ""
+    submission_id: str = ""
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds to the last iteration at the current speed: an upper bound, as the stopping rule
+        may end the row sooner."""
+        if not self.iterations_per_s:
+            return None
+        return max(0, self.iterations - self.iteration) / self.iterations_per_s
+
+    def describe(self, now: float | None = None) -> str:
+        """One line: "iteration 1200/4000 (30%), loss 123.4, 35.1 it/s, ETA ≤ 1m20s" (+ its age)."""
+        share = f" ({100 * self.iteration / self.iterations:.0f}%)" if self.iterations else ""
+        parts = [f"iteration {self.iteration}/{self.iterations}{share}"]
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.4g}")
+        if self.iterations_per_s:
+            parts.append(f"{self.iterations_per_s:.3g} it/s")
+        if (eta := self.eta_s) is not None:
+            parts.append(f"ETA ≤ {duration(eta)}")
+        line = ", ".join(parts)
+        if now is not None:
+            line += f" ({duration(max(0.0, now - self.updated))} ago)"
+        return line
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Progress:
+        """A heartbeat read from the root; ValueError when it is not one (wrong types, negative
+        counts, a time or speed that is not a finite number)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"not a heartbeat (a {type(data).__name__})")
+        iteration, iterations = data.get("iteration"), data.get("iterations")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**40 for v in (iteration, iterations)):
+            raise ValueError("iteration and iterations must be counts")
+        numbers = {k: data.get(k) for k in ("loss", "iterations_per_s", "updated")}
+        for key, value in numbers.items():
+            if value is None and key != "updated":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{key} must be a finite number")
+        if numbers["iterations_per_s"] is not None and numbers["iterations_per_s"] < 0:
+            raise ValueError("iterations_per_s must not be negative")
+        host, submission = data.get("host", ""), data.get("submission_id", "")
+        if not isinstance(host, str) or not isinstance(submission, str) or len(host) > 300 or len(submission) > 200:
+            raise ValueError("host and submission_id must be short text")
+        return cls(iteration, iterations, numbers["loss"], numbers["iterations_per_s"], float(numbers["updated"]),
+                   host, submission)
+
+
+def duration(seconds: float) -> str:
+    """3s, 1m20s, 2h05m: short, for status lines."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Heartbeat:
+    """The job's side: ``beat(iteration, loss)`` after each iteration returns a ``Progress`` when
+    one is due (the first iteration, then every HEARTBEAT_EVERY_S), and ``log_due`` says whether
+    the job log should get a line (every LOG_EVERY_S). Speed counts only this process's iterations
+    (a resumed row's earlier ones ran elsewhere)."""
+
+    def __init__(self, start_iteration: int, iterations: int, host: str, submission_id: str,
+                 clock: Any = time.monotonic, wall: Any = time.time) -> None:
+        self.start_iteration, self.iterations = start_iteration, iterations
+        self.host, self.submission_id = host, submission_id
+        self.clock, self.wall = clock, wall
+        self.started = clock()
+        self.last_beat: float | None = None
+        self.last_log = self.started
+
+    def beat(self, iteration: int, loss: float) -> Progress | None:
+        now = self.clock()
+        if self.last_beat is not None and now - self.last_beat < HEARTBEAT_EVERY_S:
+            return None
+        self.last_beat = now
+        elapsed = now - self.started
+        rate = (iteration - self.start_iteration) / elapsed if elapsed > 0 else None
+        return Progress(iteration, self.iterations, loss if math.isfinite(loss) else None, rate, self.wall(),
+                        self.host, self.submission_id)
+
+    def log_due(self) -> bool:
+        now = self.clock()
+        if now - self.last_log < LOG_EVERY_S:
+            return False
+        self.last_log = now
+        return True

@@ -1,0 +1,204 @@
+"""What a researcher reads while and after a study runs: running rows' heartbeats, failures counted
+by kind, the error_type and retryable columns, and the CLI's small courtesies (issue #25)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pandas as pd
+import pytest
+
+import batch_ast
+from batch_ast.cli import main
+from batch_ast.dispatch import SubmissionRecord
+from batch_ast.progress import HEARTBEAT_EVERY_S, Heartbeat, Progress, duration
+from batch_ast.status import RowState, SubmissionStatus, format_status
+from batch_ast.store import ResultsRoot
+
+from .conftest import tiny_columns, write_manifest
+
+# --- the heartbeat -------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_heartbeat_comes_at_the_first_iteration_then_at_most_every_30_s_with_speed_and_eta():
+    clock = FakeClock()
+    beat = Heartbeat(start_iteration=200, iterations=1200, host="n2", submission_id="s", clock=clock, wall=lambda: 5.0)
+    clock.now += 2.0
+    first = beat.beat(210, 12.5)
+    assert first == Progress(210, 1200, 12.5, 5.0, 5.0, "n2", "s")  # speed of this process's iterations only
+    clock.now += HEARTBEAT_EVERY_S - 1
+    assert beat.beat(300, 11.0) is None  # too soon
+    clock.now += 1
+    second = beat.beat(350, float("nan"))
+    assert second is not None and second.loss is None and second.iterations_per_s == pytest.approx(150 / 32)
+    assert second.eta_s == pytest.approx(850 / (150 / 32))
+    assert not beat.log_due()  # a log line at most once a minute
+    clock.now += 60
+    assert beat.log_due() and not beat.log_due()
+
+
+def test_a_heartbeat_reads_as_one_line():
+    p = Progress(1200, 4000, 123.456, 35.0, 1000.0, "n2", "s")
+    assert p.describe() == "iteration 1200/4000 (30%), loss 123.5, 35 it/s, ETA ≤ 1m20s"
+    assert p.describe(now=1012.0).endswith("(12s ago)")
+    assert [duration(s) for s in (3, 80, 7500)] == ["3s", "1m20s", "2h05m"]
+
+
+@pytest.mark.parametrize("data", [
+    [1, 2], {"iteration": -1, "iterations": 10, "updated": 1.0}, {"iteration": True, "iterations": 10, "updated": 1.0},
+    {"iteration": 1, "iterations": 10}, {"iteration": 1, "iterations": 10, "updated": float("inf")},
+    {"iteration": 1, "iterations": 10, "updated": 1.0, "iterations_per_s": -3},
+    {"iteration": 1, "iterations": 10, "updated": 1.0, "loss": "low"},
+    {"iteration": 1, "iterations": 10, "updated": 1.0, "host": "x" * 400},
+])
+def test_a_planted_heartbeat_is_no_heartbeat(tmp_path, data):
+    root = ResultsRoot(tmp_path)
+    path = root.progress_path("0123456789abcdef")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(data))
+    assert root.load_progress("0123456789abcdef") is None
+    path.unlink()
+    path.symlink_to(tmp_path / "elsewhere.json")  # a link is never followed
+    (tmp_path / "elsewhere.json").write_text(json.dumps(Progress(1, 2, 1.0, 1.0, 1.0).to_json()))
+    assert root.load_progress("0123456789abcdef") is None
+
+
+def test_a_running_row_publishes_heartbeats_and_a_log_line_and_removes_them_when_done(
+        audio_dir, tmp_path, monkeypatch, capsys):
+    """Every iteration due (the intervals set to 0 here): the heartbeat file exists while the row
+    optimises, the job log gets progress lines, and the published row leaves no heartbeat."""
+    from batch_ast import progress as progress_module
+    from batch_ast.row import RowRun
+
+    monkeypatch.setattr(progress_module, "HEARTBEAT_EVERY_S", 0.0)
+    monkeypatch.setattr(progress_module, "LOG_EVERY_S", 0.0)
+    seen: list[Progress] = []
+    original = RowRun.beat
+
+    def spying_beat(self, progress, log):
+        original(self, progress, log)
+        found = self.results.load_progress(self.spec.id)
+        assert found == progress  # on disk, valid, as written
+        seen.append(found)
+
+    monkeypatch.setattr(RowRun, "beat", spying_beat)
+    head, vals = tiny_columns(iterations=12, patience=1000)
+    m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
+    results = tmp_path / "results"
+    assert main(["submit", str(m), "--results", str(results), "--executor", "debug", "--quiet"]) == 0
+    assert [p.iteration for p in seen] == list(range(1, 13)) and all(p.iterations == 12 for p in seen)
+    assert "iteration 12/12 (100%)" in capsys.readouterr().err
+    (rid,) = batch_ast.load_index(results)["id"]
+    assert not ResultsRoot(results).progress_path(rid).exists()
+
+
+# --- status --------------------------------------------------------------------------------------
+
+def fake_status(rows: list[RowState]) -> SubmissionStatus:
+    sub = SubmissionRecord("20261201T000000.000000-abcdef", "slurm", "2026-12-01T00:00:00+00:00", "m.csv", "/r", "",
+                           jobs=[{"job_id": "32_0", "rows": [r.id for r in rows], "log": ""}],
+                           rows={r.id: r.row for r in rows})
+    return SubmissionStatus(sub, rows)
+
+
+def test_status_counts_failures_by_kind_with_one_example_each_and_every_row_on_request():
+    rows = [RowState(f"{i:016x}", i, "failed", "32_0", error=f"AudioError: content file {i}.wav is empty")
+            for i in range(1, 121)]
+    rows += [RowState("f" * 16, 200, "failed", "32_0", error="FileNotFoundError: style x.wav"),
+             RowState("e" * 16, 201, "lost", "32_0"), RowState("d" * 16, 202, "ok", "32_0")]
+    text = format_status(fake_status(rows))
+    assert "job ids=32" in text and "jobs=" not in text
+    assert "    AudioError: 120 row(s)" in text and "FileNotFoundError: 1 row(s)" in text
+    assert "lost (its job left the queue without a record): 1 row(s)" in text
+    assert text.count("e.g. row") == 3 and "e.g. row 1 [0000000000000001]" in text  # the first of each kind
+    assert len(text.splitlines()) < 15  # not 4 lines per failure
+    every = format_status(fake_status(rows), every_failure=True)
+    assert every.count("] failed job 32_0") == 121 and every.count("] lost job") == 1
+
+
+def test_status_shows_each_running_row_where_it_is(tmp_path):
+    root = ResultsRoot(tmp_path)
+    rows = [RowState(f"{i:016x}", i, "running", "32_0") for i in range(1, 15)]
+    status = fake_status(rows)
+    for r in rows[:12]:
+        root.write_json(root.progress_path(r.id),
+                        Progress(100 * r.row, 4000, 1.5, 10.0, time.time(), "n2", status.submission.submission_id).to_json())
+    root.write_json(root.progress_path(rows[11].id), Progress(1, 4000, 1.5, 10.0, time.time(), "n2", "another").to_json())
+    text = format_status(status, results=root)
+    assert "running row 1 [0000000000000001] job 32_0 on n2: iteration 100/4000 (2%), loss 1.5, 10 it/s" in text
+    assert text.count("  running row") == 10 and "… and 1 more row(s) optimising" in text
+    assert "3 row(s) of running jobs without progress yet" in text  # two without, one of another submission
+
+
+def test_status_says_older_submissions_exist_and_takes_the_root_either_way(audio_dir, tmp_path, capsys):
+    head, vals = tiny_columns()
+    m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
+    results = tmp_path / "results"
+    for extra in ([], ["--force"]):
+        assert main(["submit", str(m), "--results", str(results), "--executor", "debug", "--quiet", *extra]) == 0
+    capsys.readouterr()
+    assert main(["status", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("submission ") == 1 and "1 older submission(s) of this root not shown: status --all" in out
+    assert main(["status", str(results), "--all"]) == 0
+    assert capsys.readouterr().out.count("submission ") == 2
+    for command in (["collect", "--quiet"], ["report"], ["analyse"], ["cancel"]):
+        assert main([command[0], "--results", str(results), *command[1:]]) == 0, command
+    with pytest.raises(SystemExit) as exc:
+        main(["status", str(results), "--results", str(tmp_path / "other")])
+    assert exc.value.code == 2 and "two results roots" in capsys.readouterr().err
+
+
+# --- the index's failure columns -----------------------------------------------------------------
+
+def test_error_type_and_a_boolean_retryable_in_the_index_also_for_records_written_before(audio_dir, tmp_path):
+    head, vals = tiny_columns()
+    (audio_dir / "empty.wav").write_bytes(b"")
+    m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}", f"empty.wav,style.wav,{vals}"],
+                       header=f"content,style,{head}")
+    results = tmp_path / "results"
+    assert main(["submit", str(m), "--results", str(results), "--executor", "debug", "--quiet"]) == 1
+    index = batch_ast.load_index(results).set_index("row")
+    assert index.loc[2, "error_type"] == "AudioError" and pd.isna(index.loc[1, "error_type"])
+    assert index["retryable"].dtype == "boolean"
+    root = ResultsRoot(results)
+    rid = index.loc[2, "id"]
+    record = json.loads(root.record_path(rid).read_text())
+    del record["error_type"]  # as batch-ast before 0.3 wrote it
+    root.record_path(rid).write_text(json.dumps(record))
+    batch_ast.collect(results)
+    assert batch_ast.load_index(results).set_index("row").loc[2, "error_type"] == "AudioError"
+
+
+# --- small courtesies ----------------------------------------------------------------------------
+
+def test_a_misspelt_column_gets_a_suggestion(audio_dir, tmp_path, capsys):
+    m = write_manifest(audio_dir, ["content.wav,style.wav"], header="contnet,style")
+    assert main(["submit", str(m), "--results", str(tmp_path / "r"), "--executor", "debug", "--dry-run"]) == 2
+    assert "unknown column 'contnet' (did you mean 'content'?" in capsys.readouterr().err
+
+
+def test_the_plan_lists_the_settings_that_vary(audio_dir, tmp_path, capsys):
+    head, vals = tiny_columns()
+    rows = [f"content.wav,style.wav,{cw},{vals}" for cw in (0.1, 1.0, 10.0)]
+    m = write_manifest(audio_dir, rows, header=f"content,style,content_weight,{head}")
+    assert main(["submit", str(m), "--results", str(tmp_path / "r"), "--executor", "debug", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "content_weight=0.1" in out and "content_weight=10.0" in out and "optimizer=" not in out
+
+
+def test_a_submission_shows_as_one_line(audio_dir, tmp_path):
+    head, vals = tiny_columns()
+    m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
+    sub = batch_ast.submit(m, tmp_path / "r", executor="debug")
+    text = repr(sub)
+    assert text.startswith("Submission(id=") and "executor='debug', rows=1, jobs=1" in text and len(text) < 300
