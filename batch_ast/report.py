@@ -157,6 +157,10 @@ def report_data(df: pd.DataFrame, root: Path, out_dir: Path, portable: bool = Fa
             input_urls[key] = _rel(linked, out_dir) if linked is not None and path.exists() else None
         return input_urls[key]
 
+    # a record's file fields name its own files, "runs/<id>/<file>" (Record.from_json checks), so
+    # their URLs are the root's, relative to the page, plus that: 60,000 relpath calls took 2 s
+    root_url = _rel(root, out_dir)
+    root_prefix = "" if root_url == "." else root_url + "/"
     rows = []
     for r in df.to_dict("records"):
         item: dict[str, Any] = {"id": r["id"], "name": _json_value(r.get("name"))}
@@ -166,7 +170,7 @@ def report_data(df: pd.DataFrame, root: Path, out_dir: Path, portable: bool = Fa
             item[f"{key}_url"] = input_url(path, r.get(f"{key}_sha256")) if path else None
         for key, column in (("output_url", "output"), ("spectrogram_url", "spectrogram_png"), ("loss_url", "loss_png")):
             value = r.get(column)
-            item[key] = _rel(root / str(value), out_dir) if not _missing(value) and value != "" else None
+            item[key] = root_prefix + urllib.parse.quote(str(value)) if not _missing(value) and value != "" else None
         for column in ("status", *params, *metrics, *DETAIL_COLUMNS, *LOUDNESS_COLUMNS, "preset"):
             if column in r:
                 item[column] = _json_value(r[column])
