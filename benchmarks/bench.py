@@ -1113,6 +1113,7 @@ class Run:
     quick: bool
     peak: float
     measured: dict[str, float] = field(default_factory=dict)
+    collect_rows: int | None = None  # the collect section's study size (default 200 quick, 5,000)
 
 
 def _step(run: Run) -> list[Result]:
@@ -1179,7 +1180,7 @@ SECTIONS = (
             in_quick=False),
     Section("overhead", _overhead),
     Section("memory", lambda r: bench_memory(r.device, [10, 60] if r.quick else [10, 60, 300])),
-    Section("collect", lambda r: bench_collect(200 if r.quick else 5000)),  # the index: CPU work
+    Section("collect", lambda r: bench_collect(r.collect_rows or (200 if r.quick else 5000))),  # the index: CPU work
     Section("throughput", lambda r: _throughput(r), in_quick=False),
     Section("syncs", lambda r: bench_syncs(r.device, 20 if r.quick else 100)),
 )
@@ -1194,6 +1195,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the torch sections run (auto: CUDA when present); librosa stays on the CPU")
     parser.add_argument("--only", nargs="*", choices=SECTION_NAMES)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "latest"), help="output path without suffix")
+    parser.add_argument("--collect-rows", type=int, metavar="N",
+                        help="rows of the study the collect section builds (default 200 with --quick, else 5000)")
     parser.add_argument("--_overhead", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1205,7 +1208,7 @@ def main(argv: list[str] | None = None) -> int:
         _memory_child(device, float(args._memory[0]), args._memory[1])
         return 0
     chosen = [s for s in SECTIONS if (s.name in args.only if args.only else s.in_quick or not args.quick)]
-    run = Run(device, args.quick, matmul_flops(device))
+    run = Run(device, args.quick, matmul_flops(device), collect_rows=args.collect_rows)
     print(f"float32 matmul reference: {run.peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} thread(s)", flush=True)
     rows: list[Result] = []
     for section in chosen:

@@ -72,3 +72,11 @@ def test_throughput_section_runs_rows_through_real_submissions(tmp_path):
                                   iterations=3, griffin_lim_iters=2, max_seconds=1.0)
     assert [r.case for r in rows] == [f"quick: {bench.TODAY.label}", "quick: 2 processes"]
     assert all(r.value > 0 for r in rows) and rows[1].ratio == rows[1].value / rows[0].value
+
+
+def test_the_collect_section_builds_the_study_size_asked_for(tmp_path):
+    out = tmp_path / "bench"
+    assert bench.main(["--only", "collect", "--collect-rows", "40", "--device", "cpu", "--out", str(out)]) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["section"] for r in rows] == ["collect"] * 3
+    assert all("40 rows" in r["case"] for r in rows) and all(r["ratio"] > 0 for r in rows)
