@@ -13,6 +13,7 @@ to the report, so the results folder can be copied to a laptop and still play it
 from __future__ import annotations
 
 import html
+import importlib.resources
 import json
 import math
 import os
@@ -42,7 +43,7 @@ from .store import (
 )
 
 # Always in the table; the hyperparameters that vary across rows and the metrics come after.
-FIXED_COLUMNS = ["status", "content_name", "style_name"]
+FIXED_COLUMNS = ["label", "status", "content_name", "style_name"]
 RESULT_COLUMNS = ["iterations_run", "final_total", "final_content", "final_style", "spectral_convergence", *METRIC_COLUMNS]
 # Shown in a row's details (not columns: they rarely decide anything across rows).
 DETAIL_COLUMNS = ["row", "submission_id", "stop_reason", "evaluations", "time_total_s", "device_used", "error",
@@ -70,6 +71,17 @@ def _json_value(value: object) -> Any:
 def _rel(target: str | os.PathLike, start: Path) -> str:
     """A relative URL: percent-encoded, so file names with #, ? or % still load."""
     return urllib.parse.quote(Path(os.path.relpath(Path(target), start)).as_posix())
+
+
+def row_label(row: dict[str, Any], params: list[str]) -> str:
+    """What the table's pinned first column calls a row: its manifest name, else its inputs' stems
+    and the values of the varying hyperparameters (what tells a study's rows apart)."""
+    name = _json_value(row.get("name"))
+    if name:
+        return str(name)
+    stems = "+".join(Path(str(row[k])).stem[:16] for k in ("content", "style") if not _missing(row.get(k)))
+    values = " ".join(f"{p}={_json_value(row.get(p))}" for p in params if not _missing(row.get(p)))
+    return f"{stems} {values}".strip() or str(row["id"])
 
 
 def varying_params(df: pd.DataFrame) -> list[str]:
@@ -163,7 +175,7 @@ def report_data(df: pd.DataFrame, root: Path, out_dir: Path, portable: bool = Fa
     root_prefix = "" if root_url == "." else root_url + "/"
     rows = []
     for r in df.to_dict("records"):
-        item: dict[str, Any] = {"id": r["id"], "name": _json_value(r.get("name"))}
+        item: dict[str, Any] = {"id": r["id"], "name": _json_value(r.get("name")), "label": row_label(r, params)}
         for key in ("content", "style"):
             path = Path(r[key]) if not _missing(r.get(key)) else None
             item[f"{key}_name"] = path.name if path else None
@@ -198,269 +210,26 @@ def _summary(df: pd.DataFrame, metric: str, top: int, ascending: bool) -> str:
     best = ""
     ok = df[df["status"] == "ok"] if len(df) else df
     if metric in df.columns and len(ok) and ok[metric].notna().any():
-        ranked = ok.sort_values(metric, ascending=ascending).head(top)
-        items = "".join(
-            f"<li><a href='#open={urllib.parse.quote(r.id)}'>{html.escape(r.name if not _missing(r.name) else r.id)}</a>: "
-            f"{getattr(r, metric):.4g}</li>"
-            for r in ranked.itertuples()
-        )
         order = "lowest" if ascending else "highest"
-        best = f"<h3>Best {top} by {html.escape(metric)} ({order})</h3><ol>{items}</ol>"
+        # losses of different presets are on different scales: ranked within each preset
+        presets = ok["preset"].astype(str).unique() if "preset" in ok and ok["preset"].nunique() > 1 else [None]
+        for preset in presets:
+            part = ok if preset is None else ok[ok["preset"].astype(str) == preset]
+            ranked = part[part[metric].notna()].sort_values(metric, ascending=ascending).head(top)
+            items = "".join(
+                f"<li><a href='#open={urllib.parse.quote(r.id)}'>{html.escape(r.name if not _missing(r.name) and r.name else r.id)}</a>: "
+                f"{getattr(r, metric):.4g}</li>"
+                for r in ranked.itertuples()
+            )
+            within = "" if preset is None else f", preset {html.escape(preset)}"
+            best += f"<h3>Best {top} by {html.escape(metric)} ({order}{within})</h3><ol>{items}</ol>"
     return f"<h2>Summary</h2><ul>{''.join(parts)}</ul>{best}"
 
 
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
-table { border-collapse: collapse; font-size: 0.85em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
-th { background: #eee; cursor: pointer; position: sticky; top: 0; white-space: nowrap; }
-td.text { text-align: left; } th.sorted-asc::after { content: ' \\25B2'; } th.sorted-desc::after { content: ' \\25BC'; }
-tr.failed td, tr.lost td, tr.cancelled td { background: #fde8e8; } tr.pending td, tr.running td { background: #f4f4f4; }
-tr.group td { background: #eef3fb; text-align: left; font-weight: 600; }
-tr.details td { text-align: left; background: #fcfcfc; }
-tr.row { cursor: pointer; } tr.row:hover td { background: #f6f9ff; }
-.controls { display: flex; gap: 1em; align-items: center; flex-wrap: wrap; margin: 0.5em 0; }
-#filter { width: 32em; padding: 0.3em; }
-.ab button { margin-right: 0.3em; } .ab button.on { font-weight: bold; background: #dde8ff; }
-.figures img { max-width: 48%; margin: 0.25em 0.5em 0.25em 0; vertical-align: top; }
-pre.error { background: #fde8e8; padding: 0.5em; white-space: pre-wrap; }
-#media-check.good { color: #176117; } #media-check.bad { color: #a01010; font-weight: bold; }
-.charts { display: flex; gap: 2em; flex-wrap: wrap; } .charts svg { border: 1px solid #ddd; background: #fff; }
-.muted { color: #777; }
-"""
-
-# Written by hand: no charting or table library may come from a CDN, and the page needs only a
-# paginated table, one player per opened row and two small SVG charts.
-SCRIPT = r"""
-const D = window.BATCH_AST, PAGE = 50;
-const S = { filter: '', sortKey: null, asc: true, page: 0, group: true, open: new Set(), ab: {}, selected: new Set() };
-const media = { tried: 0, broken: [] };
-const $ = id => document.getElementById(id);
-const esc = s => String(s).replace(/[&<>"']/g, c => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c]));
-const LABEL = { status: 'status', content_name: 'content', style_name: 'style', iterations_run: 'iterations',
-  final_total: 'total loss', final_content: 'content loss', final_style: 'style loss', spectral_convergence: 'spectral conv.' };
-function fmt(v) {
-  if (v === null || v === undefined || v === '') return '\u2014';
-  if (typeof v === 'number') return Number.isInteger(v) ? String(v) : (Math.abs(v) >= 1e4 || Math.abs(v) < 1e-3 ? v.toExponential(3) : String(parseFloat(v.toPrecision(4))));
-  return String(v);
-}
-function title(r) { return r.name || r.id; }
-// filter: space-separated terms; col=value, col!=value, col<number, col>number, or text found in
-// name, id, status, content, style or preset
-function parseTerms(text) {
-  return text.trim().split(/\s+/).filter(Boolean).map(t => {
-    const m = t.match(/^([A-Za-z_][\w]*)(!=|<=|>=|=|<|>)(.*)$/);
-    return m ? { col: m[1], op: m[2], val: m[3] } : { text: t.toLowerCase() };
-  });
-}
-function matches(r, terms) {
-  return terms.every(t => {
-    if (t.text !== undefined)
-      return ['name', 'id', 'status', 'content_name', 'style_name', 'preset'].some(k => r[k] && String(r[k]).toLowerCase().includes(t.text));
-    const v = r[t.col], n = parseFloat(t.val);
-    if (t.op === '=') return String(v) === t.val || (typeof v === 'number' && v === n);
-    if (t.op === '!=') return !(String(v) === t.val || (typeof v === 'number' && v === n));
-    if (typeof v !== 'number' || isNaN(n)) return false;
-    return t.op === '<' ? v < n : t.op === '>' ? v > n : t.op === '<=' ? v <= n : v >= n;
-  });
-}
-function visibleRows() {
-  const terms = parseTerms(S.filter);
-  let rows = D.rows.filter(r => matches(r, terms));
-  const cmp = (a, b) => {
-    if (!S.sortKey) return 0;
-    const x = a[S.sortKey], y = b[S.sortKey];
-    if (x === y) return 0; if (x === null || x === undefined) return 1; if (y === null || y === undefined) return -1;
-    return (x > y ? 1 : -1) * (S.asc ? 1 : -1);
-  };
-  rows = rows.map((r, i) => [r, i]).sort((a, b) => {
-    if (S.group) { const g = String(a[0].content_name).localeCompare(String(b[0].content_name)); if (g) return g; }
-    return cmp(a[0], b[0]) || a[1] - b[1];
-  }).map(p => p[0]);
-  return rows;
-}
-function track(el) {
-  media.tried += 1;
-  el.addEventListener('error', () => { media.broken.push(el.getAttribute('src')); showMedia(); }, { once: true });
-  showMedia();
-  return el;
-}
-function showMedia() {
-  const box = $('media-check');
-  box.dataset.tried = media.tried; box.dataset.broken = media.broken.length;
-  box.className = media.broken.length ? 'bad' : 'good';
-  box.textContent = media.tried === 0 ? 'no media loaded yet (players and figures load when a row is opened)'
-    : media.broken.length ? media.broken.length + ' of ' + media.tried + ' media files tried failed to load: ' + media.broken.join(', ')
-    : 'all ' + media.tried + ' media files tried load';
-}
-function gainFor(r, which) {
-  // loudness matching: every source plays at the level of the quietest (volume cannot exceed 1)
-  const levels = ['content', 'style', 'output'].map(k => r[k + '_rms_dbfs']).filter(v => typeof v === 'number');
-  const own = r[which + '_rms_dbfs'];
-  if (typeof own !== 'number' || !levels.length) return 1;
-  return Math.min(1, Math.pow(10, (Math.min(...levels) - own) / 20));
-}
-function switchAB(id, which) {
-  const r = D.rows.find(x => x.id === id), box = document.querySelector('[data-ab="' + CSS.escape(id) + '"]');
-  if (!r || !box || !r[which + '_url']) return;
-  const audio = box.querySelector('audio'), wasPlaying = !audio.paused, at = audio.currentTime;
-  S.ab[id] = which;
-  if (audio.dataset.which !== which) {
-    // a chosen source loads its header (to seek to the same position, and to show a broken file)
-    audio.preload = 'metadata'; audio.src = r[which + '_url']; audio.dataset.which = which; track(audio);
-    audio.addEventListener('loadedmetadata', () => { audio.currentTime = Math.min(at, audio.duration || at); if (wasPlaying) audio.play(); }, { once: true });
-  }
-  audio.volume = gainFor(r, which);
-  box.querySelectorAll('button').forEach(b => b.classList.toggle('on', b.dataset.which === which));
-  box.dataset.which = which; writeHash();
-}
-function details(r) {
-  const parts = ['<td colspan="' + (D.columns.length + 2) + '">'];
-  parts.push('<p><b>' + esc(title(r)) + '</b> <span class="muted">[' + esc(r.id) + '] manifest row ' + fmt(r.row) +
-             ' of submission ' + esc(r.submission_id || '\u2014') + '</span></p>');
-  const facts = D.params.map(p => p + ' ' + fmt(r[p])).concat(['stop: ' + fmt(r.stop_reason), 'evaluations ' + fmt(r.evaluations),
-    'wall ' + fmt(r.time_total_s) + ' s on ' + fmt(r.device_used)]);
-  parts.push('<p>' + esc(facts.join('; ')) + '</p>');
-  if (r.error) parts.push('<pre class="error">' + esc(r.error) + '</pre>');
-  if (r.figure_error) parts.push('<p>figures missing: ' + esc(r.figure_error) + ' (batch-ast collect redraws them)</p>');
-  const sources = ['content', 'style', 'output'].filter(k => r[k + '_url']);
-  if (sources.length) {
-    parts.push('<div class="ab" data-ab="' + esc(r.id) + '">' + sources.map(k =>
-      '<button data-which="' + k + '" onclick="switchAB(' + esc(JSON.stringify(r.id)) + ', \'' + k + '\')">' + k + '</button>').join('') +
-      ' <audio controls preload="none"></audio> <span class="muted">A/B: switching keeps the playback position; levels matched to the quietest</span></div>');
-  }
-  parts.push('<div class="figures">' + [['spectrogram_url', 'spectrograms'], ['loss_url', 'loss curve']].filter(([k]) => r[k])
-    .map(([k, alt]) => '<img loading="lazy" alt="' + alt + '" data-src="' + esc(r[k]) + '">').join('') + '</div>');
-  return parts.join('') + '</td>';
-}
-function render() {
-  const rows = visibleRows(), pages = Math.max(1, Math.ceil(rows.length / PAGE));
-  S.page = Math.min(S.page, pages - 1);
-  const shown = rows.slice(S.page * PAGE, (S.page + 1) * PAGE);
-  const head = '<tr><th title="select for the loss-curve overlay">\u2713</th><th data-k="#">#</th>' + D.columns.map(c =>
-    '<th data-k="' + c + '" class="' + (S.sortKey === c ? (S.asc ? 'sorted-asc' : 'sorted-desc') : '') + '">' + esc(LABEL[c] || c) + '</th>').join('') + '</tr>';
-  const body = []; let group = null;
-  const counts = {}; rows.forEach(r => { counts[r.content_name] = (counts[r.content_name] || 0) + 1; });
-  for (const r of shown) {
-    if (S.group && r.content_name !== group) {
-      group = r.content_name;
-      body.push('<tr class="group"><td colspan="' + (D.columns.length + 2) + '">content: ' + esc(group) + ' (' + counts[group] +
-        ' rows) <button onclick="playContent(this, ' + esc(JSON.stringify(r.id)) + ')">play content</button></td></tr>');
-    }
-    const cells = D.columns.map(c => '<td class="' + (typeof r[c] === 'number' ? '' : 'text') + '">' + esc(fmt(r[c])) + '</td>').join('');
-    body.push('<tr class="row ' + esc(r.status) + '" data-id="' + esc(r.id) + '"><td><input type="checkbox" ' +
-      (S.selected.has(r.id) ? 'checked' : '') + ' onclick="event.stopPropagation(); toggleSelect(this, ' + esc(JSON.stringify(r.id)) +
-      ')"></td><td>' + (D.rows.indexOf(r) + 1) + '</td>' + cells + '</tr>');
-    if (S.open.has(r.id)) body.push('<tr class="details" data-for="' + esc(r.id) + '">' + details(r) + '</tr>');
-  }
-  $('rows').innerHTML = '<thead>' + head + '</thead><tbody>' + body.join('') + '</tbody>';
-  $('count').textContent = rows.length + ' of ' + D.rows.length + ' rows; page ' + (S.page + 1) + ' of ' + pages;
-  $('count').dataset.matching = rows.length;
-  document.querySelectorAll('#rows img[data-src]').forEach(img => { img.src = img.dataset.src; track(img); });
-  for (const id of S.open) if (S.ab[id]) switchAB(id, S.ab[id]);
-  drawScatter(rows); drawCurves();
-}
-function playContent(button, id) {
-  const r = D.rows.find(x => x.id === id);
-  let a = button.nextElementSibling;
-  if (!a || a.tagName !== 'AUDIO') { a = document.createElement('audio'); a.controls = true; a.preload = 'none';
-    a.src = r.content_url; track(a); button.after(a); }
-  a.play();
-}
-function toggleSelect(box, id) { if (box.checked) S.selected.add(id); else S.selected.delete(id); drawCurves(); writeHash(); }
-function openRow(id, ab) {
-  const i = visibleRows().findIndex(r => r.id === id);
-  if (i < 0) return;
-  S.page = Math.floor(i / PAGE); S.open.add(id); if (ab) S.ab[id] = ab;
-  render(); writeHash();
-  const tr = document.querySelector('tr.details[data-for="' + CSS.escape(id) + '"]'); if (tr) tr.scrollIntoView();
-}
-function svg(w, h, inner) { return '<svg width="' + w + '" height="' + h + '" viewBox="0 0 ' + w + ' ' + h + '">' + inner + '</svg>'; }
-function scale(vals, lo, hi, log) {
-  const f = log ? v => Math.log10(v) : v => v, xs = vals.map(f).filter(isFinite);
-  let a = Math.min(...xs), b = Math.max(...xs); if (!(b > a)) { a -= 1; b += 1; }
-  const s = v => lo + (f(v) - a) / (b - a) * (hi - lo);
-  s.ends = log ? [10 ** a, 10 ** b] : [a, b];  // the values at lo and hi, for axis labels
-  return s;
-}
-function ticks(sx, sy, W, H) {
-  // the value range at each end of both axes
-  const t = (x, y, v, anchor) => '<text x="' + x + '" y="' + y + '" font-size="9" fill="#555" text-anchor="' + anchor + '">' + esc(fmt(v)) + '</text>';
-  return (sx ? t(40, H - 16, sx.ends[0], 'start') + t(W - 10, H - 16, sx.ends[1], 'end') : '') +
-         t(38, H - 30, sy.ends[0], 'end') + t(38, 24, sy.ends[1], 'end');
-}
-function drawScatter(rows) {
-  const x = $('sx').value, y = $('sy').value, W = 460, H = 300;
-  const pts = rows.filter(r => r.status === 'ok' && r[x] !== null && r[x] !== undefined && typeof r[y] === 'number');
-  if (!pts.length) { $('scatter').innerHTML = '<p class="muted">no ok rows with both values</p>'; return; }
-  const numeric = pts.every(r => typeof r[x] === 'number');
-  const cats = numeric ? [] : [...new Set(pts.map(r => String(r[x])))];
-  const sx = numeric ? scale(pts.map(r => r[x]), 40, W - 10) : v => 40 + (cats.indexOf(String(v)) + 0.5) / cats.length * (W - 50);
-  const sy = scale(pts.map(r => r[y]), H - 30, 10);
-  const dots = pts.map(r => '<circle cx="' + sx(r[x]).toFixed(1) + '" cy="' + sy(r[y]).toFixed(1) + '" r="3" fill="#3465a4" fill-opacity="0.6" ' +
-    'onclick="openRow(' + esc(JSON.stringify(r.id)) + ')"><title>' + esc(title(r) + ': ' + x + ' ' + fmt(r[x]) + ', ' + y + ' ' + fmt(r[y])) + '</title></circle>').join('');
-  const labels = (numeric ? [] : cats.map(c => '<text x="' + sx(c).toFixed(1) + '" y="' + (H - 12) + '" font-size="10" text-anchor="middle">' + esc(c) + '</text>')).join('');
-  $('scatter').innerHTML = svg(W, H, dots + labels + ticks(numeric ? sx : null, sy, W, H) + '<text x="' + (W / 2) + '" y="' + (H - 1) + '" font-size="11" text-anchor="middle">' + esc(x) +
-    '</text><text x="10" y="12" font-size="11">' + esc(y) + '</text>');
-}
-function drawCurves() {
-  const W = 460, H = 300, ids = [...S.selected].filter(id => D.traces[id]);
-  $('curves').dataset.curves = ids.length;
-  if (!ids.length) { $('curves').innerHTML = '<p class="muted">tick rows (\u2713) to overlay their loss curves</p>'; return; }
-  const all = ids.flatMap(id => D.traces[id]);
-  const sx = scale(all.map(p => p[0]), 40, W - 10), sy = scale(all.map(p => Math.max(p[1], 1e-12)), H - 20, 10, true);
-  const colours = ['#3465a4', '#cc0000', '#4e9a06', '#f57900', '#75507b', '#c4a000', '#06989a', '#555753'];
-  const lines = ids.map((id, i) => '<polyline fill="none" stroke-width="1.5" stroke="' + colours[i % colours.length] + '" points="' +
-    D.traces[id].map(p => sx(p[0]).toFixed(1) + ',' + sy(Math.max(p[1], 1e-12)).toFixed(1)).join(' ') + '"><title>' +
-    esc(title(D.rows.find(r => r.id === id))) + '</title></polyline>').join('');
-  const legend = ids.map((id, i) => '<text x="' + (W - 150) + '" y="' + (16 + 12 * i) + '" font-size="10" fill="' + colours[i % colours.length] + '">' +
-    esc(title(D.rows.find(r => r.id === id))).slice(0, 28) + '</text>').join('');
-  $('curves').innerHTML = svg(W, H, lines + legend + ticks(sx, sy, W, H) + '<text x="' + (W / 2) + '" y="' + (H - 4) + '" font-size="11" text-anchor="middle">iteration</text>' +
-    '<text x="10" y="12" font-size="11">total loss (log)</text>');
-}
-function writeHash() {
-  const h = new URLSearchParams();
-  if (S.filter) h.set('filter', S.filter); if (S.page) h.set('page', S.page + 1);
-  const open = [...S.open]; if (open.length) h.set('open', open.join(','));
-  const ab = open.filter(id => S.ab[id]).map(id => S.ab[id]); if (ab.length) h.set('ab', ab.join(','));
-  if (S.selected.size) h.set('select', [...S.selected].join(','));
-  history.replaceState(null, '', '#' + h.toString());
-}
-function readHash() {
-  const h = new URLSearchParams(location.hash.slice(1));
-  S.filter = h.get('filter') || ''; $('filter').value = S.filter;
-  S.page = Math.max(0, (parseInt(h.get('page')) || 1) - 1);
-  const open = (h.get('open') || '').split(',').filter(Boolean), ab = (h.get('ab') || '').split(',');
-  open.forEach((id, i) => { S.open.add(id); if (ab[i]) S.ab[id] = ab[i]; });
-  (h.get('select') || '').split(',').filter(Boolean).forEach(id => S.selected.add(id));
-  if (open.length) { const i = visibleRows().findIndex(r => r.id === open[0]); if (i >= 0) S.page = Math.floor(i / PAGE); }
-}
-window.addEventListener('DOMContentLoaded', () => {
-  const t0 = performance.now();
-  const axes = D.params.concat(D.metrics), ys = D.metrics;
-  $('sx').innerHTML = axes.map(c => '<option>' + esc(c) + '</option>').join('');
-  $('sy').innerHTML = ys.map(c => '<option>' + esc(c) + '</option>').join('');
-  if (D.params.length) $('sx').value = D.params[0];
-  if (ys.includes('style_distance_heldout')) $('sy').value = 'style_distance_heldout';
-  readHash(); showMedia(); render();
-  $('filter').addEventListener('input', e => { S.filter = e.target.value; S.page = 0; render(); writeHash(); });
-  $('group').addEventListener('change', e => { S.group = e.target.checked; render(); });
-  $('prev').onclick = () => { S.page = Math.max(0, S.page - 1); render(); writeHash(); };
-  $('next').onclick = () => { S.page += 1; render(); writeHash(); };
-  $('sx').onchange = $('sy').onchange = () => render();
-  $('rows').addEventListener('click', e => {
-    const th = e.target.closest('th[data-k]');
-    if (th && th.dataset.k !== '#') { S.asc = S.sortKey === th.dataset.k ? !S.asc : true; S.sortKey = th.dataset.k; render(); return; }
-    const tr = e.target.closest('tr.row');
-    if (tr && !e.target.closest('input, button, audio')) {
-      const id = tr.dataset.id; if (S.open.has(id)) S.open.delete(id); else S.open.add(id); render(); writeHash();
-    }
-  });
-  // links in the page (the summary's best rows) change the address: follow them
-  window.addEventListener('hashchange', () => { readHash(); render(); });
-  document.body.dataset.readyMs = Math.round(performance.now() - t0);
-});
-"""
+def _asset(name: str) -> str:
+    """The page's stylesheet or script, package data (batch_ast/report_assets/), inlined into
+    the page so that it needs nothing but its data file beside it."""
+    return (importlib.resources.files("batch_ast") / "report_assets" / name).read_text(encoding="utf-8")
 
 
 def write_report(
@@ -496,7 +265,8 @@ def write_report(
     payload = "window.BATCH_AST = " + json.dumps(data, separators=(",", ":"), allow_nan=False) + ";\n"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>batch-ast report: {html.escape(str(results.root))}</title>
-<style>{STYLE}</style><script src="{html.escape(_rel(data_path, out_dir))}"></script><script>{SCRIPT}</script></head>
+<style>{_asset("report.css")}</style><script src="{html.escape(_rel(data_path, out_dir))}"></script>
+<script>{_asset("report.js")}</script></head>
 <body><h1>batch-ast report</h1>
 <p>{len(df)} row(s) from <code>{html.escape(str(results.root))}</code>. Click a row to hear and see it (A/B player,
 figures); click a column header to sort; tick rows to overlay their loss curves.</p>
@@ -504,10 +274,17 @@ figures); click a column header to sort; tick rows to overlay their loss curves.
 {_summary(df, metric, top, ascending)}
 <h2>Rows</h2>
 <div class="controls">
-<input id="filter" placeholder="filter: text, or column=value, column&gt;number (e.g. status=ok content_weight&gt;1)">
-<label><input type="checkbox" id="group" checked> group by content</label>
-<button id="prev">&larr; previous</button><button id="next">next &rarr;</button><span id="count"></span>
+<input id="filter" placeholder="filter: text, or column=value, column=a,b, column&gt;number (e.g. status=ok content_weight&gt;1)">
+<span id="filter-problems" class="problems"></span>
 </div>
+<div class="controls">
+<label><input type="checkbox" id="group" checked> group by content</label>
+<label title="one row per group of rows with equal values of these columns: n and mean ± std of every metric over its ok rows">
+<input type="checkbox" id="agg"> aggregate by</label> <input id="aggby" size="40">
+<button id="prev">&larr; previous</button><button id="next">next &rarr;</button><span id="count"></span>
+<button id="export-csv">export CSV</button><button id="export-ids">export ids</button><span id="export-note" class="muted"></span>
+</div>
+<div id="only"></div>
 <table id="rows"></table>
 <h2>Compare</h2>
 <div class="controls">scatter: <select id="sx"></select> vs <select id="sy"></select></div>

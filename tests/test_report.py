@@ -59,7 +59,8 @@ def test_report_data_links_every_file_and_shows_what_varies(finished, tmp_path):
     assert "<audio" not in body and "<img" not in body  # media are made when a row is opened
     assert len(data["rows"]) == 3
     assert data["params"] == ["content_weight"]  # the only hyperparameter that differs
-    assert data["columns"][:4] == ["status", "content_name", "style_name", "content_weight"]
+    assert data["columns"][:5] == ["label", "status", "content_name", "style_name", "content_weight"]
+    assert [r["label"] for r in data["rows"]] == ["one", "two", "bad"]  # the manifest's names, pinned first
     assert "n_fft" not in data["columns"] and "style_distance_heldout" in data["metrics"]
     urls = []
     for row in data["rows"]:
@@ -252,3 +253,56 @@ def test_traces_are_downsampled_per_row_with_first_and_last_points_kept(tmp_path
         expected = [[i, t] for i, t in zip(frame["iteration"].iloc[positions], frame["total"].iloc[positions], strict=True)
                     if np.isfinite(t)]
         assert got[rid] == expected, rid
+
+
+@pytest.mark.browser
+def test_aggregation_filter_errors_pinned_names_and_a_deep_link_round_trip_in_headless_chromium(finished, tmp_path):
+    """A study of 300 rows whose copies differ in seed and content weight, with a spread in one
+    metric: the table aggregated over seeds shows one row per weight with n and mean ± std, the
+    scatter draws error bars; an unknown column and a bad comparison are said, not 0 rows in
+    silence; OR lists and spaces work; the page's address names the whole view and reloading it
+    gives the same view back."""
+    chromium_or_skip()
+    root = study_root(finished, tmp_path, 300)
+    for i, path in enumerate(sorted((root / "runs").glob("*/record.json"))):
+        record = json.loads(path.read_text())
+        if record["status"] == "ok":
+            record["style_distance_heldout"] = 0.3 + 0.01 * (i % 7)
+            path.write_text(json.dumps(record))
+    report = write_report(root)
+    data = report_payload(report)
+    ok = [r for r in data["rows"] if r["status"] == "ok"]
+    groups = {(r["content_name"], r["style_name"], r["content_weight"]) for r in data["rows"]}
+    assert data["params"] == ["content_weight", "seed"] and "label" in data["columns"]
+
+    view = "agg=1&x=content_weight&y=style_distance_heldout&sort=-style_distance_heldout"
+    dom = chromium(report.as_uri() + "#" + view, tmp_path / "p1")
+    assert attribute(dom, "count", "data-groups") == str(len(groups))
+    table = rows_table(dom)
+    assert table.count('<tr class="agg"') == len(groups) and "(mean ± std)" in table and "n (ok)" in table
+    assert 'class="sorted-desc"' in table
+    assert int(attribute(dom, "scatter", "data-bars")) >= 4  # the groups of many seeds, not the single rows
+    written = urllib.parse.parse_qs(re.search(r'data-view="#([^"]*)"', dom).group(1).replace("&amp;", "&"))
+    assert written["agg"] == ["1"] and written["sort"] == ["-style_distance_heldout"]
+    assert written["x"] == ["content_weight"] and written["y"] == ["style_distance_heldout"]
+    again = chromium(report.as_uri() + "#" + urllib.parse.urlencode({k: v[0] for k, v in written.items()}), tmp_path / "p2")
+    assert rows_table(again) == table  # the address is the view
+
+    dom = chromium(report.as_uri() + "#filter=" + urllib.parse.quote("cw=0.1 content_weight>x"), tmp_path / "p3")
+    assert attribute(dom, "filter-problems", "data-problems") == "2"
+    assert '"cw" is not a column' in dom and "compares numbers" in dom
+    dom = chromium(report.as_uri() + "#filter=" + urllib.parse.quote("content_weight = 0.5,4 status=ok"), tmp_path / "p4")
+    assert attribute(dom, "filter-problems", "data-problems") == "0"
+    expected = sum(1 for r in ok if r["content_weight"] in (0.5, 4))
+    assert attribute(dom, "count", "data-matching") == str(expected) and 0 < expected < len(ok)
+    table = rows_table(dom)
+    assert table.count('<td class="text pin">') == 50  # the pinned name column, on every row of the page
+    assert "<th data-k=\"iterations_run\"" in table and ">iterations run<" in table  # not "iterations" twice
+
+
+def test_the_report_script_and_style_are_package_data_inlined_into_the_page(finished):
+    from batch_ast.report import _asset
+
+    page = write_report(finished).read_text()
+    script, style = _asset("report.js"), _asset("report.css")
+    assert script in page and style in page and "</script" not in script.lower()

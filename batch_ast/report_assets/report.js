@@ -1,0 +1,384 @@
+const D = window.BATCH_AST, PAGE = 50;
+const S = { filter: '', sortKey: null, asc: true, page: 0, group: true, open: new Set(), ab: {}, selected: new Set(),
+  agg: false, aggBy: null };
+const media = { tried: 0, broken: [] };
+const $ = id => document.getElementById(id);
+const esc = s => String(s).replace(/[&<>"']/g, c => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c]));
+const LABEL = { label: 'name', status: 'status', content_name: 'content', style_name: 'style', iterations_run: 'iterations run',
+  final_total: 'total loss', final_content: 'content loss', final_style: 'style loss', spectral_convergence: 'spectral conv.' };
+function fmt(v) {
+  if (v === null || v === undefined || v === '') return '\u2014';
+  if (typeof v === 'number') return Number.isInteger(v) ? String(v) : (Math.abs(v) >= 1e4 || Math.abs(v) < 1e-3 ? v.toExponential(3) : String(parseFloat(v.toPrecision(4))));
+  return String(v);
+}
+function title(r) { return r.name || r.label || r.id; }
+// filter: space-separated terms; col=value (col=a,b: either), col!=value, col<number, col>number,
+// col<=number, col>=number (spaces around the operator allowed), or text found in name, id,
+// status, content, style, preset or error. A term naming no column is searched as text, and said.
+const TEXT_KEYS = ['label', 'name', 'id', 'status', 'content_name', 'style_name', 'preset', 'error'];
+const KNOWN = new Set(D.columns.concat(D.params, D.metrics, D.rows.slice(0, 200).flatMap(r => Object.keys(r))));
+function parseTerms(text) {
+  const problems = [];
+  const terms = text.replace(/\s*(!=|<=|>=|=|<|>)\s*/g, '$1').trim().split(/\s+/).filter(Boolean).map(t => {
+    const m = t.match(/^([A-Za-z_][\w]*)(!=|<=|>=|=|<|>)(.*)$/);
+    if (!m) return { text: t.toLowerCase() };
+    if (!KNOWN.has(m[1])) {
+      problems.push('"' + m[1] + '" is not a column: "' + t + '" searched as text');
+      return { text: t.toLowerCase() };
+    }
+    if (m[3] === '') { problems.push('"' + t + '": a value is missing after ' + m[2]); return null; }
+    const vals = m[2] === '=' || m[2] === '!=' ? m[3].split(',') : [m[3]];
+    if (!['=', '!='].includes(m[2]) && isNaN(parseFloat(m[3]))) {
+      problems.push('"' + t + '": ' + m[2] + ' compares numbers, and "' + m[3] + '" is not one'); return null;
+    }
+    return { col: m[1], op: m[2], vals: vals, n: vals.map(parseFloat) };
+  }).filter(Boolean);
+  return { terms, problems };
+}
+function equal(v, s, n) { return String(v) === s || (typeof v === 'number' && v === n); }
+function matches(r, terms) {
+  return terms.every(t => {
+    if (t.text !== undefined)
+      return TEXT_KEYS.some(k => r[k] && String(r[k]).toLowerCase().includes(t.text));
+    const v = r[t.col];
+    if (t.op === '=') return t.vals.some((s, i) => equal(v, s, t.n[i]));
+    if (t.op === '!=') return !t.vals.some((s, i) => equal(v, s, t.n[i]));
+    const n = t.n[0];
+    if (typeof v !== 'number') return false;
+    return t.op === '<' ? v < n : t.op === '>' ? v > n : t.op === '<=' ? v <= n : v >= n;
+  });
+}
+function visibleRows() {
+  const { terms, problems } = parseTerms(S.filter);
+  const box = $('filter-problems');
+  box.textContent = problems.join('; '); box.dataset.problems = problems.length;
+  let rows = D.rows.filter(r => matches(r, terms) && (!S.only || S.only.ids.has(r.id)));
+  const cmp = (a, b) => {
+    if (!S.sortKey) return 0;
+    const x = a[S.sortKey], y = b[S.sortKey];
+    if (x === y) return 0; if (x === null || x === undefined) return 1; if (y === null || y === undefined) return -1;
+    return (x > y ? 1 : -1) * (S.asc ? 1 : -1);
+  };
+  rows = rows.map((r, i) => [r, i]).sort((a, b) => {
+    if (S.group) { const g = String(a[0].content_name).localeCompare(String(b[0].content_name)); if (g) return g; }
+    return cmp(a[0], b[0]) || a[1] - b[1];
+  }).map(p => p[0]);
+  return rows;
+}
+function track(el) {
+  media.tried += 1;
+  el.addEventListener('error', () => { media.broken.push(el.getAttribute('src')); showMedia(); }, { once: true });
+  showMedia();
+  return el;
+}
+function showMedia() {
+  const box = $('media-check');
+  box.dataset.tried = media.tried; box.dataset.broken = media.broken.length;
+  box.className = media.broken.length ? 'bad' : 'good';
+  box.textContent = media.tried === 0 ? 'no media loaded yet (players and figures load when a row is opened)'
+    : media.broken.length ? media.broken.length + ' of ' + media.tried + ' media files tried failed to load: ' + media.broken.join(', ')
+    : 'all ' + media.tried + ' media files tried load';
+}
+function gainFor(r, which) {
+  // loudness matching: every source plays at the level of the quietest (volume cannot exceed 1)
+  const levels = ['content', 'style', 'output'].map(k => r[k + '_rms_dbfs']).filter(v => typeof v === 'number');
+  const own = r[which + '_rms_dbfs'];
+  if (typeof own !== 'number' || !levels.length) return 1;
+  return Math.min(1, Math.pow(10, (Math.min(...levels) - own) / 20));
+}
+function switchAB(id, which) {
+  const r = D.rows.find(x => x.id === id), box = document.querySelector('[data-ab="' + CSS.escape(id) + '"]');
+  if (!r || !box || !r[which + '_url']) return;
+  const audio = box.querySelector('audio'), wasPlaying = !audio.paused, at = audio.currentTime;
+  S.ab[id] = which;
+  if (audio.dataset.which !== which) {
+    // a chosen source loads its header (to seek to the same position, and to show a broken file)
+    audio.preload = 'metadata'; audio.src = r[which + '_url']; audio.dataset.which = which; track(audio);
+    audio.addEventListener('loadedmetadata', () => { audio.currentTime = Math.min(at, audio.duration || at); if (wasPlaying) audio.play(); }, { once: true });
+  }
+  audio.volume = gainFor(r, which);
+  box.querySelectorAll('button').forEach(b => b.classList.toggle('on', b.dataset.which === which));
+  box.dataset.which = which; writeHash();
+}
+function details(r) {
+  const parts = ['<td colspan="' + (D.columns.length + 2) + '">'];
+  parts.push('<p><b>' + esc(title(r)) + '</b> <span class="muted">[' + esc(r.id) + '] manifest row ' + fmt(r.row) +
+             ' of submission ' + esc(r.submission_id || '\u2014') + '</span></p>');
+  const facts = D.params.map(p => p + ' ' + fmt(r[p])).concat(['stop: ' + fmt(r.stop_reason), 'evaluations ' + fmt(r.evaluations),
+    'wall ' + fmt(r.time_total_s) + ' s on ' + fmt(r.device_used)]);
+  parts.push('<p>' + esc(facts.join('; ')) + '</p>');
+  const results = D.metrics.filter(m => r[m] !== null && r[m] !== undefined);
+  if (results.length) parts.push('<p class="metrics">' + results.map(m => esc(LABEL[m] || m) + ' <b>' + esc(fmt(r[m])) + '</b>').join(' \u00b7 ') + '</p>');
+  if (r.error) parts.push('<pre class="error">' + esc(r.error) + '</pre>');
+  if (r.figure_error) parts.push('<p>figures missing: ' + esc(r.figure_error) + ' (batch-ast collect redraws them)</p>');
+  const sources = ['content', 'style', 'output'].filter(k => r[k + '_url']);
+  if (sources.length) {
+    parts.push('<div class="ab" data-ab="' + esc(r.id) + '">' + sources.map(k =>
+      '<button data-which="' + k + '" onclick="switchAB(' + esc(JSON.stringify(r.id)) + ', \'' + k + '\')">' + k + '</button>').join('') +
+      ' <audio controls preload="none"></audio> <span class="muted">A/B: switching keeps the playback position; levels matched to the quietest</span></div>');
+  }
+  parts.push('<div class="figures">' + [['spectrogram_url', 'spectrograms'], ['loss_url', 'loss curve']].filter(([k]) => r[k])
+    .map(([k, alt]) => '<img loading="lazy" alt="' + alt + '" data-src="' + esc(r[k]) + '">').join('') + '</div>');
+  return parts.join('') + '</td>';
+}
+// Aggregation: rows that share the chosen parameters (default: every varying one but the seed,
+// and the inputs) become one row with n and mean ± std of each metric over their ok rows.
+function aggKeys() { return S.aggBy || ['content_name', 'style_name'].concat(D.params.filter(p => p !== 'seed')); }
+function aggregate(rows) {
+  const keys = aggKeys(), groups = new Map();
+  for (const r of rows) {
+    const k = JSON.stringify(keys.map(c => r[c] === undefined ? null : r[c]));
+    if (!groups.has(k)) groups.set(k, { key: k, rows: [], values: Object.fromEntries(keys.map(c => [c, r[c]])) });
+    groups.get(k).rows.push(r);
+  }
+  return [...groups.values()].map(g => {
+    const ok = g.rows.filter(r => r.status === 'ok'), out = { ...g.values, key: g.key, n: ok.length,
+      failed: g.rows.length - ok.length, ids: g.rows.map(r => r.id) };
+    for (const m of D.metrics) {
+      const xs = ok.map(r => r[m]).filter(v => typeof v === 'number');
+      const mean = xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null;
+      out[m] = mean;
+      out[m + '_sd'] = xs.length > 1 ? Math.sqrt(xs.reduce((a, b) => a + (b - mean) ** 2, 0) / (xs.length - 1)) : null;
+    }
+    return out;
+  });
+}
+function sortedGroups(rows) {
+  const groups = aggregate(rows), k = S.sortKey;
+  if (k) groups.sort((a, b) => {
+    const x = a[k], y = b[k];
+    if (x === y) return 0; if (x === null || x === undefined) return 1; if (y === null || y === undefined) return -1;
+    return (x > y ? 1 : -1) * (S.asc ? 1 : -1);
+  });
+  return groups;
+}
+function renderAggregated(rows) {
+  const keys = aggKeys(), groups = sortedGroups(rows), pages = Math.max(1, Math.ceil(groups.length / PAGE));
+  S.page = Math.min(S.page, pages - 1);
+  const cols = keys.concat(['n'], D.metrics);
+  const head = '<tr>' + cols.map(c => '<th data-k="' + esc(c) + '" class="' + (S.sortKey === c ? (S.asc ? 'sorted-asc' : 'sorted-desc') : '') +
+    (c === keys[0] ? ' pin' : '') + '">' + esc(c === 'n' ? 'n (ok)' : (LABEL[c] || c) + (D.metrics.includes(c) ? ' (mean ± std)' : '')) + '</th>').join('') + '</tr>';
+  const body = groups.slice(S.page * PAGE, (S.page + 1) * PAGE).map(g => '<tr class="agg" data-key="' + esc(g.key) + '">' +
+    cols.map(c => {
+      if (D.metrics.includes(c)) return '<td>' + esc(fmt(g[c])) + (g[c + '_sd'] !== null && g[c] !== null ? ' <span class="muted">± ' + esc(fmt(g[c + '_sd'])) + '</span>' : '') + '</td>';
+      if (c === 'n') return '<td>' + g.n + (g.failed ? ' <span class="muted">(+' + g.failed + ' not ok)</span>' : '') + '</td>';
+      return '<td class="text' + (c === keys[0] ? ' pin' : '') + '">' + esc(fmt(g[c])) + '</td>';
+    }).join('') + '</tr>');
+  $('rows').innerHTML = '<thead>' + head + '</thead><tbody>' + body.join('') + '</tbody>';
+  $('count').textContent = groups.length + ' groups of ' + rows.length + ' rows (by ' + keys.join(', ') + '); page ' + (S.page + 1) + ' of ' + pages;
+  $('count').dataset.matching = rows.length; $('count').dataset.groups = groups.length;
+  return groups;
+}
+function showGroup(key) {
+  const g = aggregate(visibleRows()).find(x => x.key === key);
+  if (!g) return;
+  S.only = { label: aggKeys().map(c => (LABEL[c] || c) + ' ' + fmt(g[c])).join(', '), ids: new Set(g.ids) };
+  S.agg = false; $('agg').checked = false; S.page = 0; render(); writeHash();
+}
+function clearGroup() { S.only = null; S.page = 0; render(); writeHash(); }
+function render() {
+  const only = $('only');
+  only.innerHTML = S.only ? 'only the rows of one group: ' + esc(S.only.label) + ' <button onclick="clearGroup()">show all</button>' : '';
+  if (S.agg) { const rows = visibleRows(); drawScatter(rows, renderAggregated(rows)); drawCurves(); return; }
+  const rows = visibleRows(), pages = Math.max(1, Math.ceil(rows.length / PAGE));
+  S.page = Math.min(S.page, pages - 1);
+  const shown = rows.slice(S.page * PAGE, (S.page + 1) * PAGE);
+  const head = '<tr><th title="select for the loss-curve overlay">\u2713</th><th data-k="#">#</th>' + D.columns.map(c =>
+    '<th data-k="' + c + '" class="' + (S.sortKey === c ? (S.asc ? 'sorted-asc' : 'sorted-desc') : '') + (c === 'label' ? ' pin' : '') + '">' +
+    esc(LABEL[c] || c) + '</th>').join('') + '</tr>';
+  const body = []; let group = null;
+  const counts = {}; rows.forEach(r => { counts[r.content_name] = (counts[r.content_name] || 0) + 1; });
+  for (const r of shown) {
+    if (S.group && r.content_name !== group) {
+      group = r.content_name;
+      body.push('<tr class="group"><td colspan="' + (D.columns.length + 2) + '">content: ' + esc(group) + ' (' + counts[group] +
+        ' rows) <button onclick="playContent(this, ' + esc(JSON.stringify(r.id)) + ')">play content</button></td></tr>');
+    }
+    const cells = D.columns.map(c => '<td class="' + (typeof r[c] === 'number' ? '' : 'text') + (c === 'label' ? ' pin' : '') + '">' + esc(fmt(r[c])) + '</td>').join('');
+    body.push('<tr class="row ' + esc(r.status) + '" data-id="' + esc(r.id) + '"><td><input type="checkbox" ' +
+      (S.selected.has(r.id) ? 'checked' : '') + ' onclick="event.stopPropagation(); toggleSelect(this, ' + esc(JSON.stringify(r.id)) +
+      ')"></td><td>' + (D.rows.indexOf(r) + 1) + '</td>' + cells + '</tr>');
+    if (S.open.has(r.id)) body.push('<tr class="details" data-for="' + esc(r.id) + '">' + details(r) + '</tr>');
+  }
+  $('rows').innerHTML = '<thead>' + head + '</thead><tbody>' + body.join('') + '</tbody>';
+  $('count').textContent = rows.length + ' of ' + D.rows.length + ' rows; page ' + (S.page + 1) + ' of ' + pages;
+  $('count').dataset.matching = rows.length;
+  document.querySelectorAll('#rows img[data-src]').forEach(img => { img.src = img.dataset.src; track(img); });
+  for (const id of S.open) if (S.ab[id]) switchAB(id, S.ab[id]);
+  drawScatter(rows, null); drawCurves();
+}
+function playContent(button, id) {
+  const r = D.rows.find(x => x.id === id);
+  let a = button.nextElementSibling;
+  if (!a || a.tagName !== 'AUDIO') { a = document.createElement('audio'); a.controls = true; a.preload = 'none';
+    a.src = r.content_url; track(a); button.after(a); }
+  a.play();
+}
+function toggleSelect(box, id) { if (box.checked) S.selected.add(id); else S.selected.delete(id); drawCurves(); writeHash(); }
+function defaultSource(id) {
+  const r = D.rows.find(x => x.id === id);
+  return r ? ['output', 'content', 'style'].find(k => r[k + '_url']) : undefined;
+}
+function openRow(id, ab) {
+  const i = visibleRows().findIndex(r => r.id === id);
+  if (i < 0) return;
+  S.page = Math.floor(i / PAGE); S.open.add(id); S.ab[id] = ab || S.ab[id] || defaultSource(id);
+  render(); writeHash();
+  const tr = document.querySelector('tr.details[data-for="' + CSS.escape(id) + '"]'); if (tr) tr.scrollIntoView();
+}
+function svg(w, h, inner) { return '<svg width="' + w + '" height="' + h + '" viewBox="0 0 ' + w + ' ' + h + '">' + inner + '</svg>'; }
+function scale(vals, lo, hi, log) {
+  const f = log ? v => Math.log10(v) : v => v, xs = vals.map(f).filter(isFinite);
+  let a = Math.min(...xs), b = Math.max(...xs); if (!(b > a)) { a -= 1; b += 1; }
+  const s = v => lo + (f(v) - a) / (b - a) * (hi - lo);
+  s.ends = log ? [10 ** a, 10 ** b] : [a, b];  // the values at lo and hi, for axis labels
+  return s;
+}
+function ticks(sx, sy, W, H) {
+  // the value range at each end of both axes
+  const t = (x, y, v, anchor) => '<text x="' + x + '" y="' + y + '" font-size="9" fill="#555" text-anchor="' + anchor + '">' + esc(fmt(v)) + '</text>';
+  return (sx ? t(40, H - 16, sx.ends[0], 'start') + t(W - 10, H - 16, sx.ends[1], 'end') : '') +
+         t(38, H - 30, sy.ends[0], 'end') + t(38, 24, sy.ends[1], 'end');
+}
+function drawScatter(rows, groups) {
+  // rows (ok ones), or with the table aggregated its groups: mean ± std as error bars
+  const x = $('sx').value, y = $('sy').value, W = 460, H = 300;
+  const has = p => p[x] !== null && p[x] !== undefined && typeof p[y] === 'number';
+  const pts = groups ? groups.filter(has) : rows.filter(r => r.status === 'ok' && has(r));
+  $('scatter').dataset.points = pts.length; $('scatter').dataset.bars = 0;
+  if (!pts.length) { $('scatter').innerHTML = '<p class="muted">no ok rows with both values</p>'; return; }
+  const numeric = pts.every(p => typeof p[x] === 'number');
+  const cats = numeric ? [] : [...new Set(pts.map(p => String(p[x])))];
+  // (a spread below float rounding of the mean is none: equal values are not drawn as a bar)
+  const sd = p => (groups && typeof p[y + '_sd'] === 'number' && p[y + '_sd'] > 1e-9 * Math.abs(p[y])) ? p[y + '_sd'] : 0;
+  const sx = numeric ? scale(pts.map(p => p[x]), 40, W - 10) : v => 40 + (cats.indexOf(String(v)) + 0.5) / cats.length * (W - 50);
+  const sy = scale(pts.flatMap(p => [p[y] - sd(p), p[y] + sd(p)]), H - 30, 10);
+  let bars = 0;
+  const marks = pts.map(p => {
+    const cx = sx(p[x]).toFixed(1), what = groups ? aggKeys().map(c => (LABEL[c] || c) + ' ' + fmt(p[c])).join(', ') + ' (n ' + p.n + ')' : title(p);
+    const click = groups ? 'showGroup(' + esc(JSON.stringify(p.key)) + ')' : 'openRow(' + esc(JSON.stringify(p.id)) + ')';
+    const bar = sd(p) ? (bars++, '<line class="bar" x1="' + cx + '" x2="' + cx + '" y1="' + sy(p[y] - sd(p)).toFixed(1) + '" y2="' +
+      sy(p[y] + sd(p)).toFixed(1) + '" stroke="#3465a4" stroke-opacity="0.6"/>') : '';
+    return bar + '<circle cx="' + cx + '" cy="' + sy(p[y]).toFixed(1) + '" r="' + (groups ? 4 : 3) + '" fill="#3465a4" fill-opacity="0.6" ' +
+      'onclick="' + click + '"><title>' + esc(what + ': ' + x + ' ' + fmt(p[x]) + ', ' + y + ' ' + fmt(p[y]) +
+      (sd(p) ? ' ± ' + fmt(sd(p)) : '')) + '</title></circle>';
+  }).join('');
+  $('scatter').dataset.bars = bars;
+  const labels = (numeric ? [] : cats.map(c => '<text x="' + sx(c).toFixed(1) + '" y="' + (H - 12) + '" font-size="10" text-anchor="middle">' + esc(c) + '</text>')).join('');
+  $('scatter').innerHTML = svg(W, H, marks + labels + ticks(numeric ? sx : null, sy, W, H) + '<text x="' + (W / 2) + '" y="' + (H - 1) + '" font-size="11" text-anchor="middle">' + esc(x) +
+    '</text><text x="10" y="12" font-size="11">' + esc(y) + (groups ? ' (mean ± std)' : '') + '</text>');
+}
+function drawCurves() {
+  const W = 460, H = 300, ids = [...S.selected].filter(id => D.traces[id]);
+  $('curves').dataset.curves = ids.length;
+  if (!ids.length) { $('curves').innerHTML = '<p class="muted">tick rows (\u2713) to overlay their loss curves</p>'; return; }
+  const all = ids.flatMap(id => D.traces[id]);
+  const sx = scale(all.map(p => p[0]), 40, W - 10), sy = scale(all.map(p => Math.max(p[1], 1e-12)), H - 20, 10, true);
+  const colours = ['#3465a4', '#cc0000', '#4e9a06', '#f57900', '#75507b', '#c4a000', '#06989a', '#555753'];
+  const lines = ids.map((id, i) => '<polyline fill="none" stroke-width="1.5" stroke="' + colours[i % colours.length] + '" points="' +
+    D.traces[id].map(p => sx(p[0]).toFixed(1) + ',' + sy(Math.max(p[1], 1e-12)).toFixed(1)).join(' ') + '"><title>' +
+    esc(title(D.rows.find(r => r.id === id))) + '</title></polyline>').join('');
+  const legend = ids.map((id, i) => '<text x="' + (W - 150) + '" y="' + (16 + 12 * i) + '" font-size="10" fill="' + colours[i % colours.length] + '">' +
+    esc(title(D.rows.find(r => r.id === id))).slice(0, 28) + '</text>').join('');
+  $('curves').innerHTML = svg(W, H, lines + legend + ticks(sx, sy, W, H) + '<text x="' + (W / 2) + '" y="' + (H - 4) + '" font-size="11" text-anchor="middle">iteration</text>' +
+    '<text x="10" y="12" font-size="11">total loss (log)</text>');
+}
+// the address holds the whole view: filter, page, open rows and their sources, ticked rows, sort,
+// grouping, aggregation and its keys, one group's rows, the scatter's axes
+function writeHash() {
+  const h = new URLSearchParams();
+  if (S.filter) h.set('filter', S.filter); if (S.page) h.set('page', S.page + 1);
+  const open = [...S.open]; if (open.length) h.set('open', open.join(','));
+  const ab = open.filter(id => S.ab[id]).map(id => S.ab[id]); if (ab.length) h.set('ab', ab.join(','));
+  if (S.selected.size) h.set('select', [...S.selected].join(','));
+  if (S.sortKey) h.set('sort', (S.asc ? '' : '-') + S.sortKey);
+  if (!S.group) h.set('group', '0');
+  if (S.agg) h.set('agg', '1');
+  if (S.aggBy) h.set('by', S.aggBy.join(','));
+  if (S.only) { h.set('only', [...S.only.ids].join(',')); h.set('onlylabel', S.only.label); }
+  h.set('x', $('sx').value); h.set('y', $('sy').value);
+  if (window.scrollY) h.set('scroll', Math.round(window.scrollY));
+  history.replaceState(null, '', '#' + h.toString());
+}
+function readHash() {
+  const h = new URLSearchParams(location.hash.slice(1));
+  S.filter = h.get('filter') || ''; $('filter').value = S.filter;
+  S.page = Math.max(0, (parseInt(h.get('page')) || 1) - 1);
+  const open = (h.get('open') || '').split(',').filter(Boolean), ab = (h.get('ab') || '').split(',');
+  open.forEach((id, i) => { S.open.add(id); S.ab[id] = ab[i] || S.ab[id] || defaultSource(id); });
+  (h.get('select') || '').split(',').filter(Boolean).forEach(id => S.selected.add(id));
+  const sort = h.get('sort') || '';
+  S.sortKey = sort.replace(/^-/, '') || null; S.asc = !sort.startsWith('-');
+  S.group = h.get('group') !== '0'; $('group').checked = S.group;
+  S.agg = h.get('agg') === '1'; $('agg').checked = S.agg;
+  const by = (h.get('by') || '').split(',').filter(c => KNOWN.has(c));
+  S.aggBy = by.length ? by : null; $('aggby').value = aggKeys().join(',');
+  const only = (h.get('only') || '').split(',').filter(Boolean);
+  S.only = only.length ? { label: h.get('onlylabel') || only.length + ' rows', ids: new Set(only) } : null;
+  for (const [key, box] of [['x', 'sx'], ['y', 'sy']]) {
+    const v = h.get(key); if (v && [...$(box).options].some(o => o.value === v)) $(box).value = v;
+  }
+  if (open.length && !h.get('page')) { const i = visibleRows().findIndex(r => r.id === open[0]); if (i >= 0) S.page = Math.floor(i / PAGE); }
+  S.scroll = parseInt(h.get('scroll')) || 0;
+}
+// the rows the table shows (every page), as CSV or as their ids
+function csvCell(v) {
+  let t = v === null || v === undefined ? '' : String(v);
+  if (typeof v !== 'number' && /^[=+\-@\t\r]/.test(t)) t = "'" + t;  // not a formula in a spreadsheet
+  return /[",\n\r]/.test(t) ? '"' + t.replace(/"/g, '""') + '"' : t;
+}
+function exportRows(what) {
+  const rows = visibleRows(), cols = ['id', 'name', 'content_name', 'style_name'].concat(D.columns.filter(c =>
+    !['label', 'content_name', 'style_name'].includes(c)));
+  const text = what === 'ids' ? rows.map(r => r.id).join('\n') + '\n'
+    : [cols.join(',')].concat(rows.map(r => cols.map(c => csvCell(r[c])).join(','))).join('\n') + '\n';
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(new Blob([text], { type: what === 'ids' ? 'text/plain' : 'text/csv' }));
+  a.download = what === 'ids' ? 'batch-ast-row-ids.txt' : 'batch-ast-rows.csv';
+  $('export-note').textContent = rows.length + ' rows exported as ' + a.download; $('export-note').dataset.rows = rows.length;
+  a.click();
+}
+window.addEventListener('DOMContentLoaded', () => {
+  const t0 = performance.now();
+  const axes = D.params.concat(D.metrics), ys = D.metrics;
+  $('sx').innerHTML = axes.map(c => '<option>' + esc(c) + '</option>').join('');
+  $('sy').innerHTML = ys.map(c => '<option>' + esc(c) + '</option>').join('');
+  if (D.params.length) $('sx').value = D.params[0];
+  if (ys.includes('style_distance_heldout')) $('sy').value = 'style_distance_heldout';
+  readHash(); showMedia(); render();
+  if (S.scroll) window.scrollTo(0, S.scroll);
+  let pending = null;  // the scroll position goes into the address, once scrolling stops
+  window.addEventListener('scroll', () => { clearTimeout(pending); pending = setTimeout(writeHash, 300); });
+  $('export-csv').onclick = () => exportRows('csv'); $('export-ids').onclick = () => exportRows('ids');
+  $('filter').addEventListener('input', e => { S.filter = e.target.value; S.page = 0; render(); writeHash(); });
+  $('group').addEventListener('change', e => { S.group = e.target.checked; render(); writeHash(); });
+  $('agg').addEventListener('change', e => { S.agg = e.target.checked; S.page = 0; render(); writeHash(); });
+  $('aggby').addEventListener('change', e => {
+    const by = e.target.value.split(/[\s,]+/).filter(c => KNOWN.has(c));
+    S.aggBy = by.length ? by : null; e.target.value = aggKeys().join(','); S.page = 0; render(); writeHash();
+  });
+  $('prev').onclick = () => { S.page = Math.max(0, S.page - 1); render(); writeHash(); };
+  $('next').onclick = () => { S.page += 1; render(); writeHash(); };
+  $('sx').onchange = $('sy').onchange = () => { render(); writeHash(); };
+  $('rows').addEventListener('click', e => {
+    const th = e.target.closest('th[data-k]');
+    if (th && th.dataset.k !== '#') {
+      S.asc = S.sortKey === th.dataset.k ? !S.asc : true; S.sortKey = th.dataset.k;
+      S.group = false; $('group').checked = false;  // a sort orders every row, not each content's
+      render(); writeHash(); return;
+    }
+    const agg = e.target.closest('tr.agg');
+    if (agg) { showGroup(agg.dataset.key); return; }
+    const tr = e.target.closest('tr.row');
+    if (tr && !e.target.closest('input, button, audio')) {
+      const id = tr.dataset.id;
+      if (S.open.has(id)) S.open.delete(id); else { S.open.add(id); S.ab[id] = S.ab[id] || defaultSource(id); }
+      render(); writeHash();
+    }
+  });
+  // links in the page (the summary's best rows) change the address: follow them
+  window.addEventListener('hashchange', () => { readHash(); render(); });
+  writeHash();  // the address now names the whole view, defaults included
+  document.body.dataset.view = location.hash;
+  document.body.dataset.readyMs = Math.round(performance.now() - t0);
+});
