@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -77,7 +78,9 @@ def restart_lost_nodes() -> None:
     done = subprocess.run(["bash", str(REPO / "slurm" / "start.sh"), "--nodes", str(len(NODES))],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert all(node_states().get(n) in ("idle", "mixed", "allocated") for n in NODES), node_states()
+    # start.sh saw them all up; a node may pass through "completing" as a job ends meanwhile
+    wait_for(lambda: all(node_states().get(n) in ("idle", "mixed", "allocated") for n in NODES),
+             what=f"three nodes up (now {node_states()})")
 
 
 def lose_node(node: str) -> None:
@@ -134,17 +137,25 @@ def running_on(array_id: str) -> str:
     return nodes[0]
 
 
-def test_a_lost_node_requeues_its_row_which_resumes_elsewhere_to_the_same_result(audio_dir, tmp_path, reference_wav):
-    """A long row's node dies (no warning signal) once the row has a checkpoint. SLURM requeues the
-    task; it runs on another node and resumes from the checkpoint to the result of an uninterrupted
-    run (same inputs, same threads), computed to completion once."""
+def long_row_checkpointed_on_a_node(audio_dir: Path, tmp_path: Path) -> tuple[Path, Path, Any, str, str]:
+    """(manifest, results root, submission, row id, node) of a long row submitted to the cluster,
+    once it runs on a node and has written a checkpoint (every 0.5 s)."""
     m = long_rows(audio_dir, 1, iterations=LONG)
     results = tmp_path / "results"
     assert slurm_submit(m, results, "--checkpoint-every", "0.5") == 0
     (sub,) = load_submissions(ResultsRoot(results))
-    root, rid = ResultsRoot(results), sub.jobs[0]["rows"][0]
+    rid = sub.jobs[0]["rows"][0]
     node = running_on(sub.array_job_id)
-    wait_for(root.checkpoint_path(rid).exists, every_s=0.2, what="a checkpoint", jobs=sub.array_job_id)
+    wait_for(ResultsRoot(results).checkpoint_path(rid).exists, every_s=0.2, what="a checkpoint", jobs=sub.array_job_id)
+    return m, results, sub, rid, node
+
+
+def test_a_lost_node_requeues_its_row_which_resumes_elsewhere_to_the_same_result(audio_dir, tmp_path, reference_wav):
+    """A long row's node dies (no warning signal) once the row has a checkpoint. SLURM requeues the
+    task; it runs on another node and resumes from the checkpoint to the result of an uninterrupted
+    run (same inputs, same threads), computed to completion once."""
+    _, results, sub, rid, node = long_row_checkpointed_on_a_node(audio_dir, tmp_path)
+    root = ResultsRoot(results)
     lose_node(node)
     record = wait_for(lambda: root.read_record(rid), what="the record", jobs=sub.array_job_id)
     assert record["status"] == "ok", record.get("error")
@@ -160,14 +171,9 @@ def test_claims_from_another_host_skip_a_row_in_flight_and_are_taken_over_when_n
     another node sees A's claim and skips the row. Then A's node dies and A is cancelled (reported
     lost): a third submit takes the claim over and resumes the row from its checkpoint, on a node
     that is still up, to the uninterrupted result."""
-    m = long_rows(audio_dir, 1, iterations=LONG)
-    results = tmp_path / "results"
-    assert slurm_submit(m, results, "--checkpoint-every", "0.5") == 0
-    (a,) = load_submissions(ResultsRoot(results))
-    root, rid = ResultsRoot(results), a.jobs[0]["rows"][0]
-    node = running_on(a.array_job_id)
+    m, results, a, rid, node = long_row_checkpointed_on_a_node(audio_dir, tmp_path)
+    root = ResultsRoot(results)
     other = next(n for n in NODES if n != node)
-    wait_for(root.checkpoint_path(rid).exists, every_s=0.2, what="a checkpoint", jobs=a.array_job_id)
 
     cli = Path(sys.executable).with_name("batch-ast")
     b = subprocess.run(["srun", "-w", other, "-c", "1", "-t", "10", "sh", "-c", f"hostname && {cli} submit {m} "
