@@ -306,3 +306,20 @@ def test_the_report_script_and_style_are_package_data_inlined_into_the_page(fini
     page = write_report(finished).read_text()
     script, style = _asset("report.js"), _asset("report.css")
     assert script in page and style in page and "</script" not in script.lower()
+
+
+@pytest.mark.browser
+def test_a_pinned_reference_row_plays_in_another_rows_player_in_headless_chromium(finished, tmp_path):
+    """Cross-row A/B: row "one" pinned as the reference; row "two" opened on the reference plays
+    one's output, and every source of two's player can be chosen beside it."""
+    chromium_or_skip()
+    report = write_report(finished)
+    rows = {r["name"]: r for r in report_payload(report)["rows"]}
+    one, two = rows["one"], rows["two"]
+    dom = chromium(report.as_uri() + f"#ref={one['id']}&open={two['id']}&ab=reference", tmp_path / "p")
+    details = re.search(r'<tr class="details".*?</tr>', rows_table(dom), re.S).group(0)
+    audio = re.search(r'<audio[^>]*src="([^"]*)"', details).group(1)
+    assert local_target(report, audio) == local_target(report, one["output_url"])  # one's output, in two's player
+    assert re.findall(r'<button data-which="(\w+)"', details) == ["content", "style", "output", "reference"]
+    assert "reference: one" in details and f'id="reference" data-id="{one["id"]}"' in dom
+    assert attribute(dom, "media-check", "data-broken") == "0"

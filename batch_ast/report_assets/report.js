@@ -79,21 +79,33 @@ function showMedia() {
     : media.broken.length ? media.broken.length + ' of ' + media.tried + ' media files tried failed to load: ' + media.broken.join(', ')
     : 'all ' + media.tried + ' media files tried load';
 }
+// Cross-row A/B: a pinned reference row's output is one more source of every opened row's player.
+function reference() { return S.ref ? D.rows.find(x => x.id === S.ref && x.output_url) : null; }
+function sourceOf(r, which) {
+  // [url, level in dBFS] of a row's source; 'reference' is the pinned row's output
+  if (which === 'reference') { const ref = reference(); return ref ? [ref.output_url, ref.output_rms_dbfs] : [null, null]; }
+  return [r[which + '_url'], r[which + '_rms_dbfs']];
+}
 function gainFor(r, which) {
   // loudness matching: every source plays at the level of the quietest (volume cannot exceed 1)
-  const levels = ['content', 'style', 'output'].map(k => r[k + '_rms_dbfs']).filter(v => typeof v === 'number');
-  const own = r[which + '_rms_dbfs'];
+  const levels = ['content', 'style', 'output', 'reference'].map(k => sourceOf(r, k)[1]).filter(v => typeof v === 'number');
+  const own = sourceOf(r, which)[1];
   if (typeof own !== 'number' || !levels.length) return 1;
   return Math.min(1, Math.pow(10, (Math.min(...levels) - own) / 20));
 }
+function pinReference(id) {
+  S.ref = S.ref === id ? null : id;
+  render(); writeHash();
+}
 function switchAB(id, which) {
   const r = D.rows.find(x => x.id === id), box = document.querySelector('[data-ab="' + CSS.escape(id) + '"]');
-  if (!r || !box || !r[which + '_url']) return;
+  const url = r ? sourceOf(r, which)[0] : null;
+  if (!r || !box || !url) return;
   const audio = box.querySelector('audio'), wasPlaying = !audio.paused, at = audio.currentTime;
   S.ab[id] = which;
-  if (audio.dataset.which !== which) {
+  if (audio.dataset.which !== which || audio.getAttribute('src') !== url) {
     // a chosen source loads its header (to seek to the same position, and to show a broken file)
-    audio.preload = 'metadata'; audio.src = r[which + '_url']; audio.dataset.which = which; track(audio);
+    audio.preload = 'metadata'; audio.src = url; audio.dataset.which = which; track(audio);
     audio.addEventListener('loadedmetadata', () => { audio.currentTime = Math.min(at, audio.duration || at); if (wasPlaying) audio.play(); }, { once: true });
   }
   audio.volume = gainFor(r, which);
@@ -111,12 +123,18 @@ function details(r) {
   if (results.length) parts.push('<p class="metrics">' + results.map(m => esc(LABEL[m] || m) + ' <b>' + esc(fmt(r[m])) + '</b>').join(' \u00b7 ') + '</p>');
   if (r.error) parts.push('<pre class="error">' + esc(r.error) + '</pre>');
   if (r.figure_error) parts.push('<p>figures missing: ' + esc(r.figure_error) + ' (batch-ast collect redraws them)</p>');
-  const sources = ['content', 'style', 'output'].filter(k => r[k + '_url']);
+  const ref = reference(), sources = ['content', 'style', 'output'].filter(k => r[k + '_url']);
+  if (ref && ref.id !== r.id) sources.push('reference');
   if (sources.length) {
+    const label = k => k === 'reference' ? 'reference: ' + esc(title(ref)) : k;
     parts.push('<div class="ab" data-ab="' + esc(r.id) + '">' + sources.map(k =>
-      '<button data-which="' + k + '" onclick="switchAB(' + esc(JSON.stringify(r.id)) + ', \'' + k + '\')">' + k + '</button>').join('') +
+      '<button data-which="' + k + '" onclick="switchAB(' + esc(JSON.stringify(r.id)) + ', \'' + k + '\')">' + label(k) + '</button>').join('') +
       ' <audio controls preload="none"></audio> <span class="muted">A/B: switching keeps the playback position; levels matched to the quietest</span></div>');
   }
+  if (r.output_url) parts.push('<p><button class="pin-ref" onclick="pinReference(' + esc(JSON.stringify(r.id)) + ')">' +
+    (S.ref === r.id ? 'unpin as the reference' : 'pin as the reference') + '</button> <span class="muted">' +
+    (S.ref === r.id ? 'every opened row can play this output at its own position' :
+     'then every opened row can switch to this output at the same position, level-matched') + '</span></p>');
   parts.push('<div class="figures">' + [['spectrogram_url', 'spectrograms'], ['loss_url', 'loss curve']].filter(([k]) => r[k])
     .map(([k, alt]) => '<img loading="lazy" alt="' + alt + '" data-src="' + esc(r[k]) + '">').join('') + '</div>');
   return parts.join('') + '</td>';
@@ -178,7 +196,10 @@ function showGroup(key) {
 function clearGroup() { S.only = null; S.page = 0; render(); writeHash(); }
 function render() {
   const only = $('only');
-  only.innerHTML = S.only ? 'only the rows of one group: ' + esc(S.only.label) + ' <button onclick="clearGroup()">show all</button>' : '';
+  const ref = reference();
+  only.innerHTML = (S.only ? '<div>only the rows of one group: ' + esc(S.only.label) + ' <button onclick="clearGroup()">show all</button></div>' : '') +
+    (ref ? '<div id="reference" data-id="' + esc(ref.id) + '">reference for A/B: ' + esc(title(ref)) +
+      ' <button onclick="pinReference(' + esc(JSON.stringify(ref.id)) + ')">unpin</button></div>' : '');
   if (S.agg) { const rows = visibleRows(); drawScatter(rows, renderAggregated(rows)); drawCurves(); return; }
   const rows = visibleRows(), pages = Math.max(1, Math.ceil(rows.length / PAGE));
   S.page = Math.min(S.page, pages - 1);
@@ -296,6 +317,7 @@ function writeHash() {
   if (S.agg) h.set('agg', '1');
   if (S.aggBy) h.set('by', S.aggBy.join(','));
   if (S.only) { h.set('only', [...S.only.ids].join(',')); h.set('onlylabel', S.only.label); }
+  if (S.ref) h.set('ref', S.ref);
   h.set('x', $('sx').value); h.set('y', $('sy').value);
   if (window.scrollY) h.set('scroll', Math.round(window.scrollY));
   history.replaceState(null, '', '#' + h.toString());
@@ -320,6 +342,7 @@ function readHash() {
   }
   if (open.length && !h.get('page')) { const i = visibleRows().findIndex(r => r.id === open[0]); if (i >= 0) S.page = Math.floor(i / PAGE); }
   S.scroll = parseInt(h.get('scroll')) || 0;
+  S.ref = h.get('ref') || null;
 }
 // the rows the table shows (every page), as CSV or as their ids
 function csvCell(v) {
