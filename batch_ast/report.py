@@ -265,8 +265,9 @@ def write_report(
     payload = "window.BATCH_AST = " + json.dumps(data, separators=(",", ":"), allow_nan=False) + ";\n"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>batch-ast report: {html.escape(str(results.root))}</title>
-<style>{_asset("report.css")}</style><script src="{html.escape(_rel(data_path, out_dir))}"></script>
-<script>{_asset("report.js")}</script></head>
+<style>{_asset("uPlot.min.css")}</style><style>{_asset("report.css")}</style>
+<script src="{html.escape(_rel(data_path, out_dir))}"></script>
+<script>{_asset("uPlot.iife.min.js")}</script><script>{_asset("report.js")}</script></head>
 <body><h1>batch-ast report</h1>
 <p>{len(df)} row(s) from <code>{html.escape(str(results.root))}</code>. Click a row to hear and see it (A/B player,
 figures); click a column header to sort; tick rows to overlay their loss curves.</p>
@@ -287,7 +288,10 @@ figures); click a column header to sort; tick rows to overlay their loss curves.
 <div id="only"></div>
 <table id="rows"></table>
 <h2>Compare</h2>
-<div class="controls">scatter: <select id="sx"></select> vs <select id="sy"></select></div>
+<div class="controls">scatter: <select id="sx"></select> vs <select id="sy"></select>
+x axis <select id="logx"><option value="auto">auto</option><option value="linear">linear</option><option value="log">log</option></select>
+colour by <select id="colour"></select>
+<span class="muted">(charts: uPlot, MIT, vendored in batch_ast/report_assets)</span></div>
 <div class="charts"><div id="scatter"></div><div id="curves"></div></div>
 </body></html>
 """

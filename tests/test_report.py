@@ -299,6 +299,19 @@ def test_aggregation_filter_errors_pinned_names_and_a_deep_link_round_trip_in_he
     assert table.count('<td class="text pin">') == 50  # the pinned name column, on every row of the page
     assert "<th data-k=\"iterations_run\"" in table and ">iterations run<" in table  # not "iterations" twice
 
+    # the charts: 20 ticked rows' curves on uPlot, coloured by a parameter, named in its legend; a
+    # scatter with ticks on both axes, its x axis logarithmic when asked (auto: over two decades)
+    ticked = [r["id"] for r in ok[:20]]
+    dom = chromium(report.as_uri() + "#" + urllib.parse.urlencode(
+        {"select": ",".join(ticked), "colour": "content_weight", "logx": "log"}), tmp_path / "p5")
+    assert attribute(dom, "curves", "data-curves") == "20" and 'class="uplot' in dom
+    assert dom.count('class="u-series') >= 21  # the x value and the 20 curves, by name
+    assert all(title in dom for title in {r["label"] for r in ok[:20]})
+    assert attribute(dom, "scatter", "data-logx") == "1" and "content_weight (log)" in dom
+    assert dom.count('class="tick"') >= 6
+    dom = chromium(report.as_uri(), tmp_path / "p6")
+    assert attribute(dom, "scatter", "data-logx") == "0"  # weights 0.5-4.3: not two decades
+
 
 def test_the_report_script_and_style_are_package_data_inlined_into_the_page(finished):
     from batch_ast.report import _asset

@@ -249,60 +249,110 @@ function openRow(id, ab) {
 }
 function svg(w, h, inner) { return '<svg width="' + w + '" height="' + h + '" viewBox="0 0 ' + w + ' ' + h + '">' + inner + '</svg>'; }
 function scale(vals, lo, hi, log) {
-  const f = log ? v => Math.log10(v) : v => v, xs = vals.map(f).filter(isFinite);
+  const f = log ? v => Math.log10(v) : v => v, xs = vals.filter(v => !log || v > 0).map(f).filter(isFinite);
   let a = Math.min(...xs), b = Math.max(...xs); if (!(b > a)) { a -= 1; b += 1; }
+  const pad = (b - a) * 0.04; a -= pad; b += pad;
   const s = v => lo + (f(v) - a) / (b - a) * (hi - lo);
-  s.ends = log ? [10 ** a, 10 ** b] : [a, b];  // the values at lo and hi, for axis labels
+  s.domain = log ? [10 ** a, 10 ** b] : [a, b]; s.log = !!log;
   return s;
 }
-function ticks(sx, sy, W, H) {
-  // the value range at each end of both axes
-  const t = (x, y, v, anchor) => '<text x="' + x + '" y="' + y + '" font-size="9" fill="#555" text-anchor="' + anchor + '">' + esc(fmt(v)) + '</text>';
-  return (sx ? t(40, H - 16, sx.ends[0], 'start') + t(W - 10, H - 16, sx.ends[1], 'end') : '') +
-         t(38, H - 30, sy.ends[0], 'end') + t(38, 24, sy.ends[1], 'end');
+function tickValues(s) {
+  // about five round values inside the axis: 1-2-5 steps, or decades on a log axis
+  const [a, b] = s.domain;
+  if (s.log) {
+    const out = [];
+    for (let e = Math.ceil(Math.log10(a)); e <= Math.floor(Math.log10(b)); e++) out.push(10 ** e);
+    return out.length >= 2 ? out : [a, b];
+  }
+  const raw = (b - a) / 5, mag = 10 ** Math.floor(Math.log10(raw)), step = [1, 2, 5, 10].map(m => m * mag).find(v => v >= raw);
+  const out = [];
+  for (let v = Math.ceil(a / step) * step; v <= b + step * 1e-9; v += step) out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+  return out;
 }
+function axes(sx, sy, W, H) {
+  // ticks with values on both axes (the x axis only when numeric)
+  const t = (x, y, v, anchor) => '<text class="tick" x="' + x.toFixed(1) + '" y="' + y.toFixed(1) + '" font-size="9" fill="#555" text-anchor="' + anchor + '">' + esc(fmt(v)) + '</text>';
+  const grid = (x1, y1, x2, y2) => '<line x1="' + x1.toFixed(1) + '" y1="' + y1.toFixed(1) + '" x2="' + x2.toFixed(1) + '" y2="' + y2.toFixed(1) + '" stroke="#eee"/>';
+  let out = '';
+  for (const v of tickValues(sy)) out += grid(44, sy(v), W - 10, sy(v)) + t(42, sy(v) + 3, v, 'end');
+  if (sx) for (const v of tickValues(sx)) out += grid(sx(v), 10, sx(v), H - 30) + t(sx(v), H - 18, v, 'middle');
+  return out;
+}
+const PALETTE = ['#3465a4', '#cc0000', '#4e9a06', '#f57900', '#75507b', '#c4a000', '#06989a', '#555753', '#a40000', '#204a87'];
+function colourer(rows) {
+  // colour by a parameter: categories from the palette, numbers along a blue-to-orange ramp (by rank)
+  const by = $('colour').value;
+  if (!by) return () => PALETTE[0];
+  const values = [...new Set(rows.map(r => r[by]).filter(v => v !== null && v !== undefined))];
+  if (values.every(v => typeof v === 'number') && values.length > PALETTE.length) {
+    values.sort((a, b) => a - b);
+    const rank = new Map(values.map((v, i) => [v, i / Math.max(1, values.length - 1)]));
+    return r => rank.has(r[by]) ? 'hsl(' + Math.round(220 - 190 * rank.get(r[by])) + ',70%,45%)' : '#999';
+  }
+  values.sort((a, b) => (a > b ? 1 : a < b ? -1 : 0));
+  const index = new Map(values.map((v, i) => [v, i]));
+  return r => index.has(r[by]) ? PALETTE[index.get(r[by]) % PALETTE.length] : '#999';
+}
+function useLogX(pts, x) {
+  // positive numbers spanning two decades or more (content weights 0.1..43): a log axis
+  const mode = $('logx').value;
+  if (mode !== 'auto') return mode === 'log' && pts.every(p => p[x] > 0);
+  const xs = pts.map(p => p[x]);
+  return xs.every(v => typeof v === 'number' && v > 0) && Math.max(...xs) / Math.min(...xs) >= 100;
+}
+let scatterKey = null;  // what the scatter last drew: a page change does not redraw it
 function drawScatter(rows, groups) {
   // rows (ok ones), or with the table aggregated its groups: mean ± std as error bars
-  const x = $('sx').value, y = $('sy').value, W = 460, H = 300;
+  const x = $('sx').value, y = $('sy').value, W = 480, H = 320;
+  const key = JSON.stringify([S.filter, S.agg, S.aggBy, S.only && [...S.only.ids], x, y, $('colour').value, $('logx').value, rows.length]);
+  if (key === scatterKey) return;
+  scatterKey = key;
   const has = p => p[x] !== null && p[x] !== undefined && typeof p[y] === 'number';
   const pts = groups ? groups.filter(has) : rows.filter(r => r.status === 'ok' && has(r));
   $('scatter').dataset.points = pts.length; $('scatter').dataset.bars = 0;
   if (!pts.length) { $('scatter').innerHTML = '<p class="muted">no ok rows with both values</p>'; return; }
-  const numeric = pts.every(p => typeof p[x] === 'number');
+  const numeric = pts.every(p => typeof p[x] === 'number'), logx = numeric && useLogX(pts, x);
   const cats = numeric ? [] : [...new Set(pts.map(p => String(p[x])))];
   // (a spread below float rounding of the mean is none: equal values are not drawn as a bar)
   const sd = p => (groups && typeof p[y + '_sd'] === 'number' && p[y + '_sd'] > 1e-9 * Math.abs(p[y])) ? p[y + '_sd'] : 0;
-  const sx = numeric ? scale(pts.map(p => p[x]), 40, W - 10) : v => 40 + (cats.indexOf(String(v)) + 0.5) / cats.length * (W - 50);
-  const sy = scale(pts.flatMap(p => [p[y] - sd(p), p[y] + sd(p)]), H - 30, 10);
+  const sx = numeric ? scale(pts.map(p => p[x]), 46, W - 12, logx) : v => 46 + (cats.indexOf(String(v)) + 0.5) / cats.length * (W - 58);
+  const sy = scale(pts.flatMap(p => [p[y] - sd(p), p[y] + sd(p)]), H - 32, 10);
+  const colour = colourer(pts);
   let bars = 0;
   const marks = pts.map(p => {
     const cx = sx(p[x]).toFixed(1), what = groups ? aggKeys().map(c => (LABEL[c] || c) + ' ' + fmt(p[c])).join(', ') + ' (n ' + p.n + ')' : title(p);
     const click = groups ? 'showGroup(' + esc(JSON.stringify(p.key)) + ')' : 'openRow(' + esc(JSON.stringify(p.id)) + ')';
     const bar = sd(p) ? (bars++, '<line class="bar" x1="' + cx + '" x2="' + cx + '" y1="' + sy(p[y] - sd(p)).toFixed(1) + '" y2="' +
-      sy(p[y] + sd(p)).toFixed(1) + '" stroke="#3465a4" stroke-opacity="0.6"/>') : '';
-    return bar + '<circle cx="' + cx + '" cy="' + sy(p[y]).toFixed(1) + '" r="' + (groups ? 4 : 3) + '" fill="#3465a4" fill-opacity="0.6" ' +
+      sy(p[y] + sd(p)).toFixed(1) + '" stroke="' + colour(p) + '" stroke-opacity="0.6"/>') : '';
+    return bar + '<circle cx="' + cx + '" cy="' + sy(p[y]).toFixed(1) + '" r="' + (groups ? 4 : 3) + '" fill="' + colour(p) + '" fill-opacity="0.65" ' +
       'onclick="' + click + '"><title>' + esc(what + ': ' + x + ' ' + fmt(p[x]) + ', ' + y + ' ' + fmt(p[y]) +
       (sd(p) ? ' ± ' + fmt(sd(p)) : '')) + '</title></circle>';
   }).join('');
-  $('scatter').dataset.bars = bars;
-  const labels = (numeric ? [] : cats.map(c => '<text x="' + sx(c).toFixed(1) + '" y="' + (H - 12) + '" font-size="10" text-anchor="middle">' + esc(c) + '</text>')).join('');
-  $('scatter').innerHTML = svg(W, H, marks + labels + ticks(numeric ? sx : null, sy, W, H) + '<text x="' + (W / 2) + '" y="' + (H - 1) + '" font-size="11" text-anchor="middle">' + esc(x) +
-    '</text><text x="10" y="12" font-size="11">' + esc(y) + (groups ? ' (mean ± std)' : '') + '</text>');
+  $('scatter').dataset.bars = bars; $('scatter').dataset.logx = logx ? 1 : 0;
+  const labels = (numeric ? [] : cats.map(c => '<text class="tick" x="' + sx(c).toFixed(1) + '" y="' + (H - 18) + '" font-size="10" text-anchor="middle">' + esc(c) + '</text>')).join('');
+  $('scatter').innerHTML = svg(W, H, axes(numeric ? sx : null, sy, W, H) + marks + labels + '<text x="' + (W / 2) + '" y="' + (H - 3) + '" font-size="11" text-anchor="middle">' +
+    esc(x) + (logx ? ' (log)' : '') + '</text><text x="46" y="9" font-size="11">' + esc(y) + (groups ? ' (mean ± std)' : '') + '</text>');
 }
+let curvesPlot = null;
 function drawCurves() {
-  const W = 460, H = 300, ids = [...S.selected].filter(id => D.traces[id]);
-  $('curves').dataset.curves = ids.length;
-  if (!ids.length) { $('curves').innerHTML = '<p class="muted">tick rows (\u2713) to overlay their loss curves</p>'; return; }
-  const all = ids.flatMap(id => D.traces[id]);
-  const sx = scale(all.map(p => p[0]), 40, W - 10), sy = scale(all.map(p => Math.max(p[1], 1e-12)), H - 20, 10, true);
-  const colours = ['#3465a4', '#cc0000', '#4e9a06', '#f57900', '#75507b', '#c4a000', '#06989a', '#555753'];
-  const lines = ids.map((id, i) => '<polyline fill="none" stroke-width="1.5" stroke="' + colours[i % colours.length] + '" points="' +
-    D.traces[id].map(p => sx(p[0]).toFixed(1) + ',' + sy(Math.max(p[1], 1e-12)).toFixed(1)).join(' ') + '"><title>' +
-    esc(title(D.rows.find(r => r.id === id))) + '</title></polyline>').join('');
-  const legend = ids.map((id, i) => '<text x="' + (W - 150) + '" y="' + (16 + 12 * i) + '" font-size="10" fill="' + colours[i % colours.length] + '">' +
-    esc(title(D.rows.find(r => r.id === id))).slice(0, 28) + '</text>').join('');
-  $('curves').innerHTML = svg(W, H, lines + legend + ticks(sx, sy, W, H) + '<text x="' + (W / 2) + '" y="' + (H - 4) + '" font-size="11" text-anchor="middle">iteration</text>' +
-    '<text x="10" y="12" font-size="11">total loss (log)</text>');
+  // the ticked rows' loss curves on uPlot (vendored): log y, hover names the curve under the
+  // cursor and its value, colours by the chosen parameter
+  const ids = [...S.selected].filter(id => D.traces[id]), box = $('curves');
+  box.dataset.curves = ids.length;
+  if (curvesPlot) { curvesPlot.destroy(); curvesPlot = null; }
+  if (!ids.length) { box.innerHTML = '<p class="muted">tick rows (\u2713) to overlay their loss curves</p>'; return; }
+  box.innerHTML = '';
+  const rows = ids.map(id => D.rows.find(r => r.id === id)), colour = colourer(rows);
+  const xs = [...new Set(ids.flatMap(id => D.traces[id].map(p => p[0])))].sort((a, b) => a - b);
+  const at = new Map(xs.map((v, i) => [v, i]));
+  const series = ids.map(id => { const ys = new Array(xs.length).fill(null); D.traces[id].forEach(p => { if (p[1] > 0) ys[at.get(p[0])] = p[1]; }); return ys; });
+  curvesPlot = new uPlot({
+    width: 560, height: 320, legend: { live: true }, cursor: { focus: { prox: 16 } }, focus: { alpha: 0.25 },
+    scales: { x: { time: false }, y: { distr: 3 } },
+    axes: [{ label: 'iteration' }, { label: 'total loss (log)', size: 60 }],
+    series: [{ label: 'iteration' }].concat(rows.map((r, i) => ({ label: title(r), stroke: colour(r), width: 1.5, spanGaps: true,
+      value: (u, v) => v === null ? '\u2014' : fmt(v) }))),
+  }, [xs].concat(series), box);
 }
 // the address holds the whole view: filter, page, open rows and their sources, ticked rows, sort,
 // grouping, aggregation and its keys, one group's rows, the scatter's axes
@@ -319,6 +369,8 @@ function writeHash() {
   if (S.only) { h.set('only', [...S.only.ids].join(',')); h.set('onlylabel', S.only.label); }
   if (S.ref) h.set('ref', S.ref);
   h.set('x', $('sx').value); h.set('y', $('sy').value);
+  if ($('colour').value) h.set('colour', $('colour').value);
+  if ($('logx').value !== 'auto') h.set('logx', $('logx').value);
   if (window.scrollY) h.set('scroll', Math.round(window.scrollY));
   history.replaceState(null, '', '#' + h.toString());
 }
@@ -337,7 +389,7 @@ function readHash() {
   S.aggBy = by.length ? by : null; $('aggby').value = aggKeys().join(',');
   const only = (h.get('only') || '').split(',').filter(Boolean);
   S.only = only.length ? { label: h.get('onlylabel') || only.length + ' rows', ids: new Set(only) } : null;
-  for (const [key, box] of [['x', 'sx'], ['y', 'sy']]) {
+  for (const [key, box] of [['x', 'sx'], ['y', 'sy'], ['colour', 'colour'], ['logx', 'logx']]) {
     const v = h.get(key); if (v && [...$(box).options].some(o => o.value === v)) $(box).value = v;
   }
   if (open.length && !h.get('page')) { const i = visibleRows().findIndex(r => r.id === open[0]); if (i >= 0) S.page = Math.floor(i / PAGE); }
@@ -363,10 +415,14 @@ function exportRows(what) {
 }
 window.addEventListener('DOMContentLoaded', () => {
   const t0 = performance.now();
-  const axes = D.params.concat(D.metrics), ys = D.metrics;
-  $('sx').innerHTML = axes.map(c => '<option>' + esc(c) + '</option>').join('');
+  const xChoices = D.params.concat(D.metrics), ys = D.metrics;
+  $('sx').innerHTML = xChoices.map(c => '<option>' + esc(c) + '</option>').join('');
+  $('colour').innerHTML = '<option value="">one colour</option>' + ['preset', 'content_name', 'style_name'].concat(D.params)
+    .filter((c, i, all) => all.indexOf(c) === i && D.rows.some(r => r[c] !== undefined)).map(c => '<option>' + esc(c) + '</option>').join('');
   $('sy').innerHTML = ys.map(c => '<option>' + esc(c) + '</option>').join('');
-  if (D.params.length) $('sx').value = D.params[0];
+  // a numeric hyperparameter by default (a preset column has one value once filtered)
+  const numericParam = D.params.find(p => D.rows.some(r => typeof r[p] === 'number') && p !== 'seed');
+  if (numericParam || D.params.length) $('sx').value = numericParam || D.params[0];
   if (ys.includes('style_distance_heldout')) $('sy').value = 'style_distance_heldout';
   readHash(); showMedia(); render();
   if (S.scroll) window.scrollTo(0, S.scroll);
@@ -382,7 +438,8 @@ window.addEventListener('DOMContentLoaded', () => {
   });
   $('prev').onclick = () => { S.page = Math.max(0, S.page - 1); render(); writeHash(); };
   $('next').onclick = () => { S.page += 1; render(); writeHash(); };
-  $('sx').onchange = $('sy').onchange = () => { render(); writeHash(); };
+  $('sx').onchange = $('sy').onchange = $('logx').onchange = () => { render(); writeHash(); };
+  $('colour').onchange = () => { render(); writeHash(); };
   $('rows').addEventListener('click', e => {
     const th = e.target.closest('th[data-k]');
     if (th && th.dataset.k !== '#') {
