@@ -30,6 +30,7 @@ import pandas as pd
 from .config import PARAMS
 from .index import METRIC_COLUMNS, load_index, load_traces
 from .plan import file_sha256
+from .record import ROW_FILES
 from .store import (
     SHA256,
     ResultsError,
@@ -125,7 +126,7 @@ def _portable_copy(path: Path, sha: object, media_dir: Path, base: Path) -> Path
     return target
 
 
-def _downsampled_traces(root: Path, ids: set[str]) -> dict[str, list[list[float]]]:
+def _downsampled_traces(root: Path, ids: set[str]) -> dict[str, dict[str, Any]]:
     """Per ok row, [iteration, total loss] at most TRACE_POINTS times (first and last kept).
     Picked for every row at once (positions within each row's block), then split at the blocks'
     starts: a groupby with a slice per row took 55 % of a 20,000-row report."""
@@ -147,12 +148,26 @@ def _downsampled_traces(root: Path, ids: set[str]) -> dict[str, list[list[float]
     iterations = traces["iteration"].to_numpy(dtype=np.int64, na_value=-1)[keep].tolist()
     totals = total[keep].tolist()
     starts = np.flatnonzero(np.r_[True, row_ids[1:] != row_ids[:-1]]).tolist() if len(row_ids) else []
-    out: dict[str, list[list[float]]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for start, end in zip(starts, [*starts[1:], len(row_ids)], strict=True):
-        out[row_ids[start]] = [list(pair) for pair in zip(iterations[start:end], totals[start:end], strict=True)]
+        out[row_ids[start]] = compact_trace(iterations[start:end], totals[start:end])
     for rid in set(traces["id"].astype(str)) - out.keys():  # no finite point at all
-        out[rid] = []
+        out[rid] = compact_trace([], [])
     return out
+
+
+def compact_trace(iterations: list[int], totals: list[float]) -> dict[str, Any]:
+    """A row's downsampled trace for the page: losses to 5 significant digits, and the iterations
+    as (first, step, last) where they are evenly spaced but for the last (as downsampling leaves
+    them), else listed. report.js's ``traceOf`` reads it back; the pairs took half a 20,000-row
+    data file."""
+    t = [float(f"{v:.5g}") for v in totals]
+    steps = {b - a for a, b in zip(iterations[:-2], iterations[1:-1], strict=False)}
+    if len(iterations) >= 2 and len(steps) <= 1:
+        step = steps.pop() if steps else iterations[1] - iterations[0]
+        if step > 0 and 0 < iterations[-1] - iterations[-2] <= step:
+            return {"a": iterations[0], "s": step, "l": iterations[-1], "t": t}
+    return {"i": list(iterations), "t": t}
 
 
 def report_data(df: pd.DataFrame, root: Path, out_dir: Path, portable: bool = False) -> dict[str, Any]:
@@ -169,33 +184,67 @@ def report_data(df: pd.DataFrame, root: Path, out_dir: Path, portable: bool = Fa
             input_urls[key] = _rel(linked, out_dir) if linked is not None and path.exists() else None
         return input_urls[key]
 
-    # a record's file fields name its own files, "runs/<id>/<file>" (Record.from_json checks), so
-    # their URLs are the root's, relative to the page, plus that: 60,000 relpath calls took 2 s
+    # A record's file fields name its own files, "runs/<id>/<file>" (Record.from_json checks): a row
+    # carries one bit per file and the page makes the URL (60,000 relpath calls took 2 s, and the
+    # URLs were a sixth of a 20,000-row data file). Inputs are few: a row carries their index.
     root_url = _rel(root, out_dir)
-    root_prefix = "" if root_url == "." else root_url + "/"
+    inputs: list[str | None] = []
+    input_index: dict[str | None, int] = {}
     rows = []
     for r in df.to_dict("records"):
         item: dict[str, Any] = {"id": r["id"], "name": _json_value(r.get("name")), "label": row_label(r, params)}
         for key in ("content", "style"):
             path = Path(r[key]) if not _missing(r.get(key)) else None
             item[f"{key}_name"] = path.name if path else None
-            item[f"{key}_url"] = input_url(path, r.get(f"{key}_sha256")) if path else None
-        for key, column in (("output_url", "output"), ("spectrogram_url", "spectrogram_png"), ("loss_url", "loss_png")):
-            value = r.get(column)
-            item[key] = root_prefix + urllib.parse.quote(str(value)) if not _missing(value) and value != "" else None
-        for column in ("status", *params, *metrics, *DETAIL_COLUMNS, *LOUDNESS_COLUMNS, "preset"):
+            url = input_url(path, r.get(f"{key}_sha256")) if path else None
+            item[key[0] + "i"] = input_index.setdefault(url, len(inputs))
+            if len(inputs) < len(input_index):
+                inputs.append(url)
+        item["f"] = sum(1 << bit for bit, (column, _) in enumerate(ROW_FILE_URLS.values())
+                        if not _missing(r.get(column)) and r.get(column) != "")
+        for column in ("status", *params, *DETAIL_COLUMNS, "preset"):
             if column in r:
                 item[column] = _json_value(r[column])
+        if item.get("error") == "":
+            item["error"] = None
+        item["time_total_s"] = _rounded(item.get("time_total_s"))
+        for column in (*metrics, *LOUDNESS_COLUMNS):
+            if column in r:
+                item[column] = _rounded(_json_value(r[column]))
         rows.append(item)
     ok_ids = {row["id"] for row in rows if row.get("status") == "ok"}
+    # Rows as arrays under one list of keys (trailing nulls dropped): the keys repeated in every
+    # row were half of a 20,000-row data file. report.js makes objects of them again.
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    packed = []
+    for row in rows:
+        values = [row.get(key) for key in keys]
+        while values and values[-1] is None:
+            values.pop()
+        packed.append(values)
     return {
         "root": str(root),
+        "root_prefix": "" if root_url == "." else root_url + "/",
+        "files": {key: [1 << bit, name] for bit, (key, (_, name)) in enumerate(ROW_FILE_URLS.items())},
+        "inputs": inputs,
         "columns": [*FIXED_COLUMNS, *params, *metrics],
         "params": params,
         "metrics": metrics,
-        "rows": rows,
+        "keys": keys,
+        "rows": packed,
         "traces": _downsampled_traces(root, ok_ids),
     }
+
+
+# The row files the page links, by the URL key its script fills in: (record field, file name).
+ROW_FILE_URLS = {"output_url": ("output", ROW_FILES["output"]),
+                 "spectrogram_url": ("spectrogram_png", ROW_FILES["spectrogram_png"]),
+                 "loss_url": ("loss_png", ROW_FILES["loss_png"])}
+
+
+def _rounded(value: Any) -> Any:
+    """A result shown to 6 significant digits (a float's 17 took a sixth of a study's data file)."""
+    return float(f"{value:.6g}") if isinstance(value, float) else value
 
 
 def _summary(df: pd.DataFrame, metric: str, top: int, ascending: bool) -> str:

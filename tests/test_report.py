@@ -42,10 +42,28 @@ def finished(tmp_path_factory):
     return results
 
 
+def trace_pairs(trace: dict) -> list[list[float]]:
+    """A compact trace of the data file as [iteration, loss] pairs (what report.js's traceOf does)."""
+    xs = trace.get("i")
+    if xs is None:
+        xs = list(range(trace["a"], trace["l"], trace["s"])) + [trace["l"]]
+    assert len(xs) == len(trace["t"]), trace
+    return [[x, t] for x, t in zip(xs, trace["t"], strict=True)]
+
+
 def report_payload(report: Path) -> dict:
-    """The rows the page draws, read back from its data file."""
+    """The rows the page draws, read back from its data file and expanded as report.js does:
+    rows from arrays, input URLs from their index, row file URLs from their bits, traces as pairs."""
     text = report.with_name(report.stem + ".data.js").read_text(encoding="utf-8")
-    return json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))
+    data = json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))
+    data["rows"] = [dict(zip(data["keys"], values + [None] * (len(data["keys"]) - len(values)), strict=True))
+                    for values in data["rows"]]
+    for row in data["rows"]:
+        row["content_url"], row["style_url"] = data["inputs"][row["ci"]], data["inputs"][row["si"]]
+        for key, (bit, name) in data["files"].items():
+            row[key] = f"{data['root_prefix']}runs/{row['id']}/{name}" if row["f"] & bit else None
+    data["traces"] = {rid: trace_pairs(t) for rid, t in data["traces"].items()}
+    return data
 
 
 def local_target(report: Path, url: str) -> Path:
@@ -245,13 +263,13 @@ def test_traces_are_downsampled_per_row_with_first_and_last_points_kept(tmp_path
         frames.append(pd.DataFrame({"id": f"{k:016x}", "iteration": np.arange(n), "total": total}))
     traces = pd.concat(frames).sample(frac=1, random_state=1).sort_values("iteration", kind="stable")
     monkeypatch.setattr(report, "load_traces", lambda root: traces)
-    got = report._downsampled_traces(tmp_path, {f"{k:016x}" for k in range(6)})
+    got = {rid: trace_pairs(t) for rid, t in report._downsampled_traces(tmp_path, {f"{k:016x}" for k in range(6)}).items()}
     for frame in frames:
         n, rid = len(frame), frame["id"].iloc[0]
         step = max(1, -(-n // TRACE_POINTS))
         positions = list(range(0, n, step)) + ([n - 1] if (n - 1) % step else [])
-        expected = [[i, t] for i, t in zip(frame["iteration"].iloc[positions], frame["total"].iloc[positions], strict=True)
-                    if np.isfinite(t)]
+        expected = [[i, float(f"{t:.5g}")] for i, t in zip(frame["iteration"].iloc[positions],
+                                                           frame["total"].iloc[positions], strict=True) if np.isfinite(t)]
         assert got[rid] == expected, rid
 
 
@@ -336,3 +354,14 @@ def test_a_pinned_reference_row_plays_in_another_rows_player_in_headless_chromiu
     assert re.findall(r'<button data-which="(\w+)"', details) == ["content", "style", "output", "reference"]
     assert "reference: one" in details and f'id="reference" data-id="{one["id"]}"' in dom
     assert attribute(dom, "media-check", "data-broken") == "0"
+
+
+@pytest.mark.parametrize("iterations", [[], [7], [0, 3], [0, 5, 10], [0, 5, 10, 12], [0, 5, 10, 19], [0, 5, 11, 15], [4, 2]])
+def test_a_compact_trace_reads_back_as_its_points(iterations):
+    from batch_ast.report import compact_trace
+
+    totals = [1234.5678 + k for k in range(len(iterations))]
+    packed = compact_trace(iterations, totals)
+    assert trace_pairs(packed) == [[i, float(f"{t:.5g}")] for i, t in zip(iterations, totals, strict=True)]
+    if iterations in ([0, 5, 10], [0, 5, 10, 12]):
+        assert "i" not in packed  # evenly spaced but for the last: three numbers, not a list

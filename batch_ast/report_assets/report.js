@@ -1,4 +1,18 @@
 const D = window.BATCH_AST, PAGE = 50;
+// The data file is compact (report.py): rows as arrays under D.keys, inputs by index, a row's
+// files as bits, traces as (first, step, last) iterations and their losses. Expanded here once.
+function traceOf(t) {
+  let xs = t.i;
+  if (!xs) { xs = []; for (let x = t.a; x < t.l; x += t.s) xs.push(x); xs.push(t.l); }
+  return xs.map((x, k) => [x, t.t[k]]);
+}
+D.rows = D.rows.map(values => Object.fromEntries(D.keys.map((key, i) => [key, values[i] ?? null])));
+for (const r of D.rows) {
+  r.content_url = D.inputs[r.ci] ?? null; r.style_url = D.inputs[r.si] ?? null;
+  for (const [key, [bit, name]] of Object.entries(D.files))
+    r[key] = r.f & bit ? D.root_prefix + 'runs/' + encodeURIComponent(r.id) + '/' + encodeURIComponent(name) : null;
+}
+for (const id of Object.keys(D.traces)) D.traces[id] = traceOf(D.traces[id]);
 const S = { filter: '', sortKey: null, asc: true, page: 0, group: true, open: new Set(), ab: {}, selected: new Set(),
   agg: false, aggBy: null };
 const media = { tried: 0, broken: [] };
