@@ -300,6 +300,10 @@ def test_aggregation_filter_errors_pinned_names_and_a_deep_link_round_trip_in_he
     assert table.count('<tr class="agg"') == len(groups) and "(mean ± std)" in table and "n (ok)" in table
     assert 'class="sorted-desc"' in table
     assert int(attribute(dom, "scatter", "data-bars")) >= 4  # the groups of many seeds, not the single rows
+    with_curves = {(r["content_name"], r["style_name"], r["content_weight"]) for r in ok}
+    assert attribute(dom, "curves", "data-mode") == "groups"  # each group's mean curve and ±std band
+    assert attribute(dom, "curves", "data-curves") == attribute(dom, "curves", "data-bands") == str(min(10, len(with_curves)))
+    assert "(mean of " in dom and 'class="uplot' in dom
     written = urllib.parse.parse_qs(re.search(r'data-view="#([^"]*)"', dom).group(1).replace("&amp;", "&"))
     assert written["agg"] == ["1"] and written["sort"] == ["-style_distance_heldout"]
     assert written["x"] == ["content_weight"] and written["y"] == ["style_distance_heldout"]

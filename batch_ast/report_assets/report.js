@@ -199,6 +199,7 @@ function renderAggregated(rows) {
   $('rows').innerHTML = '<thead>' + head + '</thead><tbody>' + body.join('') + '</tbody>';
   $('count').textContent = groups.length + ' groups of ' + rows.length + ' rows (by ' + keys.join(', ') + '); page ' + (S.page + 1) + ' of ' + pages;
   $('count').dataset.matching = rows.length; $('count').dataset.groups = groups.length;
+  S.pageGroups = groups.slice(S.page * PAGE, (S.page + 1) * PAGE);
   return groups;
 }
 function showGroup(key) {
@@ -348,24 +349,79 @@ function drawScatter(rows, groups) {
     esc(x) + (logx ? ' (log)' : '') + '</text><text x="46" y="9" font-size="11">' + esc(y) + (groups ? ' (mean ± std)' : '') + '</text>');
 }
 let curvesPlot = null;
+const MAX_GROUP_CURVES = 10;
+function alpha(colour, a) {
+  // the same colour, translucent (for a band): hex or hsl()
+  return colour.startsWith('hsl(') ? colour.replace('hsl(', 'hsla(').replace(')', ',' + a + ')')
+    : colour + Math.round(a * 255).toString(16).padStart(2, '0');
+}
+function logAt(trace, x) {
+  // log10 of a trace's loss at iteration x, linear between its points; null outside it
+  if (!trace.length || x < trace[0][0] || x > trace[trace.length - 1][0]) return null;
+  let k = 1;
+  while (k < trace.length && trace[k][0] < x) k++;
+  if (k >= trace.length) return Math.log10(trace[trace.length - 1][1]);
+  const [x0, y0] = trace[k - 1], [x1, y1] = trace[k], l0 = Math.log10(y0), l1 = Math.log10(y1);
+  return x1 === x0 ? l1 : l0 + (l1 - l0) * (x - x0) / (x1 - x0);
+}
+function groupCurves(groups) {
+  // each group's mean curve with a ±1 std band, in log10 of the loss (a geometric mean), on one
+  // grid of iterations; a point counts the rows that reached it
+  const traces = groups.map(g => g.ids.map(id => (D.traces[id] || []).filter(p => p[1] > 0)).filter(t => t.length));
+  const last = Math.max(0, ...traces.flat().map(t => t[t.length - 1][0]));
+  const xs = [...new Set(Array.from({ length: 60 }, (_, k) => Math.round(k * last / 59)))];
+  return { xs, curves: traces.map(members => {
+    const mean = [], lo = [], hi = [];
+    for (const x of xs) {
+      const ls = members.map(t => logAt(t, x)).filter(v => v !== null);
+      if (!ls.length) { mean.push(null); lo.push(null); hi.push(null); continue; }
+      const m = ls.reduce((a, b) => a + b, 0) / ls.length;
+      const sd = ls.length > 1 ? Math.sqrt(ls.reduce((a, b) => a + (b - m) ** 2, 0) / (ls.length - 1)) : 0;
+      mean.push(10 ** m); lo.push(10 ** (m - sd)); hi.push(10 ** (m + sd));
+    }
+    return { mean, lo, hi, n: members.length };
+  }) };
+}
 function drawCurves() {
-  // the ticked rows' loss curves on uPlot (vendored): log y, hover names the curve under the
-  // cursor and its value, colours by the chosen parameter
-  const ids = [...S.selected].filter(id => D.traces[id]), box = $('curves');
-  box.dataset.curves = ids.length;
+  // on uPlot (vendored): the ticked rows' loss curves, or with the table aggregated the mean curve
+  // and ±std band of the page's first groups; log y, a legend naming each curve with its value
+  // under the cursor, colours by the chosen parameter
+  const box = $('curves');
   if (curvesPlot) { curvesPlot.destroy(); curvesPlot = null; }
-  if (!ids.length) { box.innerHTML = '<p class="muted">tick rows (\u2713) to overlay their loss curves</p>'; return; }
+  box.dataset.bands = 0;
+  const common = { width: 560, height: 320, legend: { live: true }, cursor: { focus: { prox: 16 } }, focus: { alpha: 0.25 },
+    scales: { x: { time: false }, y: { distr: 3 } }, axes: [{ label: 'iteration' }, { label: 'total loss (log)', size: 60 }] };
+  const value = (u, v) => v === null ? '\u2014' : fmt(v);
+  if (S.agg) {
+    const groups = (S.pageGroups || []).slice(0, MAX_GROUP_CURVES).filter(g => g.ids.some(id => D.traces[id]));
+    box.dataset.mode = 'groups'; box.dataset.curves = groups.length;
+    if (!groups.length) { box.innerHTML = '<p class="muted">no group on this page has loss curves</p>'; return; }
+    box.innerHTML = '';
+    const { xs, curves } = groupCurves(groups), colour = colourer(groups);
+    const name = g => aggKeys().map(c => (LABEL[c] || c) + ' ' + fmt(g[c])).join(', ');
+    const series = [{ label: 'iteration' }], data = [xs], bands = [];
+    groups.forEach((g, i) => {
+      const c = colour(g), at = series.length;
+      series.push({ label: name(g) + ' (mean of ' + curves[i].n + ')', stroke: c, width: 2, spanGaps: true, value },
+                  { label: '+std', stroke: alpha(c, 0.3), width: 0.5, spanGaps: true, value },
+                  { label: '\u2212std', stroke: alpha(c, 0.3), width: 0.5, spanGaps: true, value });
+      data.push(curves[i].mean, curves[i].hi, curves[i].lo);
+      bands.push({ series: [at + 1, at + 2], fill: alpha(c, 0.15) });
+    });
+    box.dataset.bands = bands.length;
+    curvesPlot = new uPlot({ ...common, series, bands }, data, box);
+    return;
+  }
+  const ids = [...S.selected].filter(id => D.traces[id]);
+  box.dataset.mode = 'rows'; box.dataset.curves = ids.length;
+  if (!ids.length) { box.innerHTML = '<p class="muted">tick rows (\u2713) to overlay their loss curves; aggregate to see each group\'s mean curve</p>'; return; }
   box.innerHTML = '';
   const rows = ids.map(id => D.rows.find(r => r.id === id)), colour = colourer(rows);
   const xs = [...new Set(ids.flatMap(id => D.traces[id].map(p => p[0])))].sort((a, b) => a - b);
   const at = new Map(xs.map((v, i) => [v, i]));
   const series = ids.map(id => { const ys = new Array(xs.length).fill(null); D.traces[id].forEach(p => { if (p[1] > 0) ys[at.get(p[0])] = p[1]; }); return ys; });
-  curvesPlot = new uPlot({
-    width: 560, height: 320, legend: { live: true }, cursor: { focus: { prox: 16 } }, focus: { alpha: 0.25 },
-    scales: { x: { time: false }, y: { distr: 3 } },
-    axes: [{ label: 'iteration' }, { label: 'total loss (log)', size: 60 }],
-    series: [{ label: 'iteration' }].concat(rows.map((r, i) => ({ label: title(r), stroke: colour(r), width: 1.5, spanGaps: true,
-      value: (u, v) => v === null ? '\u2014' : fmt(v) }))),
+  curvesPlot = new uPlot({ ...common,
+    series: [{ label: 'iteration' }].concat(rows.map(r => ({ label: title(r), stroke: colour(r), width: 1.5, spanGaps: true, value }))),
   }, [xs].concat(series), box);
 }
 // the address holds the whole view: filter, page, open rows and their sources, ticked rows, sort,
