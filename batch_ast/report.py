@@ -334,6 +334,7 @@ figures); click a column header to sort; tick rows to overlay their loss curves.
 <button id="prev">&larr; previous</button><button id="next">next &rarr;</button><span id="count"></span>
 <button id="export-csv">export CSV</button><button id="export-ids">export ids</button><span id="export-note" class="muted"></span>
 </div>
+<details id="columns"><summary>columns</summary></details>
 <div id="only"></div>
 <table id="rows"></table>
 <h2>Compare</h2>
@@ -341,7 +342,7 @@ figures); click a column header to sort; tick rows to overlay their loss curves.
 x axis <select id="logx"><option value="auto">auto</option><option value="linear">linear</option><option value="log">log</option></select>
 colour by <select id="colour"></select>
 <span class="muted">(charts: uPlot, MIT, vendored in batch_ast/report_assets)</span></div>
-<div class="charts"><div id="scatter"></div><div id="curves"></div></div>
+<div class="charts"><div id="scatter"></div><div id="curves"></div><div id="parallel"></div></div>
 </body></html>
 """
     inside = results.root if out_dir == results.root or results.root in out_dir.parents else None

@@ -313,11 +313,14 @@ def test_aggregation_filter_errors_pinned_names_and_a_deep_link_round_trip_in_he
     dom = chromium(report.as_uri() + "#filter=" + urllib.parse.quote("cw=0.1 content_weight>x"), tmp_path / "p3")
     assert attribute(dom, "filter-problems", "data-problems") == "2"
     assert '"cw" is not a column' in dom and "compares numbers" in dom
-    dom = chromium(report.as_uri() + "#filter=" + urllib.parse.quote("content_weight = 0.5,4 status=ok"), tmp_path / "p4")
+    dom = chromium(report.as_uri() + "#filter=" + urllib.parse.quote("content_weight = 0.5,4 status=ok") + "&hide=final_total",
+                   tmp_path / "p4")
     assert attribute(dom, "filter-problems", "data-problems") == "0"
     expected = sum(1 for r in ok if r["content_weight"] in (0.5, 4))
     assert attribute(dom, "count", "data-matching") == str(expected) and 0 < expected < len(ok)
+    assert attribute(dom, "parallel", "data-lines") == str(expected)  # parallel coordinates of those rows
     table = rows_table(dom)
+    assert 'data-k="final_total"' not in table and 'data-k="final_style"' in table  # a column hidden by the chooser
     assert table.count('<td class="text pin">') == 50  # the pinned name column, on every row of the page
     assert "<th data-k=\"iterations_run\"" in table and ">iterations run<" in table  # not "iterations" twice
 

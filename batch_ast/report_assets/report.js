@@ -14,7 +14,8 @@ for (const r of D.rows) {
 }
 for (const id of Object.keys(D.traces)) D.traces[id] = traceOf(D.traces[id]);
 const S = { filter: '', sortKey: null, asc: true, page: 0, group: true, open: new Set(), ab: {}, selected: new Set(),
-  agg: false, aggBy: null };
+  agg: false, aggBy: null, hidden: new Set() };
+function shownColumns() { return D.columns.filter(c => c === 'label' || !S.hidden.has(c)); }
 const media = { tried: 0, broken: [] };
 const $ = id => document.getElementById(id);
 const esc = s => String(s).replace(/[&<>"']/g, c => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c]));
@@ -127,7 +128,7 @@ function switchAB(id, which) {
   box.dataset.which = which; writeHash();
 }
 function details(r) {
-  const parts = ['<td colspan="' + (D.columns.length + 2) + '">'];
+  const parts = ['<td colspan="' + (shownColumns().length + 2) + '">'];
   parts.push('<p><b>' + esc(title(r)) + '</b> <span class="muted">[' + esc(r.id) + '] manifest row ' + fmt(r.row) +
              ' of submission ' + esc(r.submission_id || '\u2014') + '</span></p>');
   const facts = D.params.map(p => p + ' ' + fmt(r[p])).concat(['stop: ' + fmt(r.stop_reason), 'evaluations ' + fmt(r.evaluations),
@@ -187,7 +188,7 @@ function sortedGroups(rows) {
 function renderAggregated(rows) {
   const keys = aggKeys(), groups = sortedGroups(rows), pages = Math.max(1, Math.ceil(groups.length / PAGE));
   S.page = Math.min(S.page, pages - 1);
-  const cols = keys.concat(['n'], D.metrics);
+  const cols = keys.concat(['n'], D.metrics.filter(m => !S.hidden.has(m)));
   const head = '<tr>' + cols.map(c => '<th data-k="' + esc(c) + '" class="' + (S.sortKey === c ? (S.asc ? 'sorted-asc' : 'sorted-desc') : '') +
     (c === keys[0] ? ' pin' : '') + '">' + esc(c === 'n' ? 'n (ok)' : (LABEL[c] || c) + (D.metrics.includes(c) ? ' (mean ± std)' : '')) + '</th>').join('') + '</tr>';
   const body = groups.slice(S.page * PAGE, (S.page + 1) * PAGE).map(g => '<tr class="agg" data-key="' + esc(g.key) + '">' +
@@ -219,7 +220,7 @@ function render() {
   const rows = visibleRows(), pages = Math.max(1, Math.ceil(rows.length / PAGE));
   S.page = Math.min(S.page, pages - 1);
   const shown = rows.slice(S.page * PAGE, (S.page + 1) * PAGE);
-  const head = '<tr><th title="select for the loss-curve overlay">\u2713</th><th data-k="#">#</th>' + D.columns.map(c =>
+  const head = '<tr><th title="select for the loss-curve overlay">\u2713</th><th data-k="#">#</th>' + shownColumns().map(c =>
     '<th data-k="' + c + '" class="' + (S.sortKey === c ? (S.asc ? 'sorted-asc' : 'sorted-desc') : '') + (c === 'label' ? ' pin' : '') + '">' +
     esc(LABEL[c] || c) + '</th>').join('') + '</tr>';
   const body = []; let group = null;
@@ -227,10 +228,10 @@ function render() {
   for (const r of shown) {
     if (S.group && r.content_name !== group) {
       group = r.content_name;
-      body.push('<tr class="group"><td colspan="' + (D.columns.length + 2) + '">content: ' + esc(group) + ' (' + counts[group] +
+      body.push('<tr class="group"><td colspan="' + (shownColumns().length + 2) + '">content: ' + esc(group) + ' (' + counts[group] +
         ' rows) <button onclick="playContent(this, ' + esc(JSON.stringify(r.id)) + ')">play content</button></td></tr>');
     }
-    const cells = D.columns.map(c => '<td class="' + (typeof r[c] === 'number' ? '' : 'text') + (c === 'label' ? ' pin' : '') + '">' + esc(fmt(r[c])) + '</td>').join('');
+    const cells = shownColumns().map(c => '<td class="' + (typeof r[c] === 'number' ? '' : 'text') + (c === 'label' ? ' pin' : '') + '">' + esc(fmt(r[c])) + '</td>').join('');
     body.push('<tr class="row ' + esc(r.status) + '" data-id="' + esc(r.id) + '"><td><input type="checkbox" ' +
       (S.selected.has(r.id) ? 'checked' : '') + ' onclick="event.stopPropagation(); toggleSelect(this, ' + esc(JSON.stringify(r.id)) +
       ')"></td><td>' + (D.rows.indexOf(r) + 1) + '</td>' + cells + '</tr>');
@@ -322,6 +323,7 @@ function drawScatter(rows, groups) {
   const key = JSON.stringify([S.filter, S.agg, S.aggBy, S.only && [...S.only.ids], x, y, $('colour').value, $('logx').value, rows.length]);
   if (key === scatterKey) return;
   scatterKey = key;
+  drawParallel(rows, groups);
   const has = p => p[x] !== null && p[x] !== undefined && typeof p[y] === 'number';
   const pts = groups ? groups.filter(has) : rows.filter(r => r.status === 'ok' && has(r));
   $('scatter').dataset.points = pts.length; $('scatter').dataset.bars = 0;
@@ -347,6 +349,40 @@ function drawScatter(rows, groups) {
   const labels = (numeric ? [] : cats.map(c => '<text class="tick" x="' + sx(c).toFixed(1) + '" y="' + (H - 18) + '" font-size="10" text-anchor="middle">' + esc(c) + '</text>')).join('');
   $('scatter').innerHTML = svg(W, H, axes(numeric ? sx : null, sy, W, H) + marks + labels + '<text x="' + (W / 2) + '" y="' + (H - 3) + '" font-size="11" text-anchor="middle">' +
     esc(x) + (logx ? ' (log)' : '') + '</text><text x="46" y="9" font-size="11">' + esc(y) + (groups ? ' (mean ± std)' : '') + '</text>');
+}
+const MAX_PARALLEL = 2000;
+function drawParallel(rows, groups) {
+  // parallel coordinates: one axis per varying hyperparameter (a log axis where it spans two
+  // decades), the scatter's metric last; a line per ok row (or group: its means), coloured as the
+  // charts are; at most MAX_PARALLEL lines
+  const y = $('sy').value, W = 560, H = 300, box = $('parallel');
+  const dims = D.params.filter(p => p !== 'seed').concat([y]);
+  const items = (groups || rows.filter(r => r.status === 'ok')).filter(p => dims.every(d => p[d] !== null && p[d] !== undefined));
+  box.dataset.lines = 0;
+  if (dims.length < 2 || !items.length) { box.innerHTML = '<p class="muted">parallel coordinates need a varying hyperparameter and ok rows</p>'; return; }
+  const shown = items.slice(0, MAX_PARALLEL), colour = colourer(shown);
+  const left = 50, gap = (W - left - 90) / (dims.length - 1);  // room at the right for the metric's name
+  const axis = dims.map((d, i) => {
+    const x = left + i * gap, vals = shown.map(p => p[d]);
+    if (vals.every(v => typeof v === 'number')) {
+      const log = vals.every(v => v > 0) && Math.max(...vals) / Math.min(...vals) >= 100;
+      return { d, x, s: scale(vals, H - 30, 20, log), log };
+    }
+    const cats = [...new Set(vals.map(String))].sort();
+    const s = v => 20 + (cats.indexOf(String(v)) + 0.5) / cats.length * (H - 50);
+    return { d, x, s, cats };
+  });
+  const lines = shown.map(p => '<polyline fill="none" stroke="' + colour(p) + '" stroke-opacity="0.45" points="' +
+    axis.map(a => a.x.toFixed(1) + ',' + a.s(p[a.d]).toFixed(1)).join(' ') + '"><title>' +
+    esc((groups ? aggKeys().map(c => fmt(p[c])).join(', ') : title(p)) + ': ' + y + ' ' + fmt(p[y])) + '</title></polyline>').join('');
+  const axes = axis.map(a => {
+    const t = (v, yy) => '<text class="tick" x="' + (a.x - 4).toFixed(1) + '" y="' + (yy + 3).toFixed(1) + '" font-size="9" fill="#555" text-anchor="end">' + esc(fmt(v)) + '</text>';
+    const marks = a.cats ? a.cats.map(c => t(c, a.s(c))).join('') : tickValues(a.s).map(v => t(v, a.s(v))).join('');
+    return '<line x1="' + a.x.toFixed(1) + '" x2="' + a.x.toFixed(1) + '" y1="20" y2="' + (H - 30) + '" stroke="#888"/>' + marks +
+      '<text x="' + a.x.toFixed(1) + '" y="' + (H - 12) + '" font-size="10" text-anchor="middle">' + esc(a.d) + (a.log ? ' (log)' : '') + '</text>';
+  }).join('');
+  box.dataset.lines = shown.length;
+  box.innerHTML = svg(W, H, lines + axes) + (items.length > shown.length ? '<p class="muted">the first ' + MAX_PARALLEL + ' of ' + items.length + ' lines</p>' : '');
 }
 let curvesPlot = null;
 const MAX_GROUP_CURVES = 10;
@@ -438,6 +474,7 @@ function writeHash() {
   if (S.aggBy) h.set('by', S.aggBy.join(','));
   if (S.only) { h.set('only', [...S.only.ids].join(',')); h.set('onlylabel', S.only.label); }
   if (S.ref) h.set('ref', S.ref);
+  if (S.hidden.size) h.set('hide', [...S.hidden].join(','));
   h.set('x', $('sx').value); h.set('y', $('sy').value);
   if ($('colour').value) h.set('colour', $('colour').value);
   if ($('logx').value !== 'auto') h.set('logx', $('logx').value);
@@ -465,6 +502,8 @@ function readHash() {
   if (open.length && !h.get('page')) { const i = visibleRows().findIndex(r => r.id === open[0]); if (i >= 0) S.page = Math.floor(i / PAGE); }
   S.scroll = parseInt(h.get('scroll')) || 0;
   S.ref = h.get('ref') || null;
+  S.hidden = new Set((h.get('hide') || '').split(',').filter(c => D.columns.includes(c) && c !== 'label'));
+  document.querySelectorAll('#columns input').forEach(box => { box.checked = !S.hidden.has(box.value); });
 }
 // the rows the table shows (every page), as CSV or as their ids
 function csvCell(v) {
@@ -494,6 +533,12 @@ window.addEventListener('DOMContentLoaded', () => {
   const numericParam = D.params.find(p => D.rows.some(r => typeof r[p] === 'number') && p !== 'seed');
   if (numericParam || D.params.length) $('sx').value = numericParam || D.params[0];
   if (ys.includes('style_distance_heldout')) $('sy').value = 'style_distance_heldout';
+  $('columns').insertAdjacentHTML('beforeend', D.columns.filter(c => c !== 'label').map(c =>
+    '<label><input type="checkbox" value="' + esc(c) + '" checked> ' + esc(LABEL[c] || c) + '</label>').join(' '));
+  $('columns').addEventListener('change', e => {
+    if (e.target.checked) S.hidden.delete(e.target.value); else S.hidden.add(e.target.value);
+    render(); writeHash();
+  });
   readHash(); showMedia(); render();
   if (S.scroll) window.scrollTo(0, S.scroll);
   let pending = null;  // the scroll position goes into the address, once scrolling stops
