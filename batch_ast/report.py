@@ -327,6 +327,7 @@ figures); click a column header to sort; tick rows to overlay their loss curves.
 <input id="filter" placeholder="filter: text, or column=value, column=a,b, column&gt;number (e.g. status=ok content_weight&gt;1)">
 <span id="filter-problems" class="problems"></span>
 </div>
+<details id="widgets"><summary>filter by column (writes into the filter box)</summary></details>
 <div class="controls">
 <label><input type="checkbox" id="group" checked> group by content</label>
 <label title="one row per group of rows with equal values of these columns: n and mean ± std of every metric over its ok rows">

@@ -321,6 +321,13 @@ def test_aggregation_filter_errors_pinned_names_and_a_deep_link_round_trip_in_he
     assert attribute(dom, "parallel", "data-lines") == str(expected)  # parallel coordinates of those rows
     table = rows_table(dom)
     assert 'data-k="final_total"' not in table and 'data-k="final_style"' in table  # a column hidden by the chooser
+    # the per-column widgets show what the filter says: checkboxes for few values, ranges for many
+    weights = re.search(r'<fieldset data-col="content_weight" data-kind="values">.*?</fieldset>', dom, re.S).group(0)
+    assert re.findall(r'value="([^"]*)" checked', weights) == ["0.5", "4"]
+    dom = chromium(report.as_uri() + "#filter=" + urllib.parse.quote("seed>=10 seed<=20"), tmp_path / "p7")
+    seeds = re.search(r'<fieldset data-col="seed" data-kind="range">.*?</fieldset>', dom, re.S).group(0)
+    assert 'value="10"' in seeds and 'value="20"' in seeds
+    assert attribute(dom, "count", "data-matching") == str(sum(1 for r in data["rows"] if 10 <= (r["seed"] or -1) <= 20))
     assert table.count('<td class="text pin">') == 50  # the pinned name column, on every row of the page
     assert "<th data-k=\"iterations_run\"" in table and ">iterations run<" in table  # not "iterations" twice
 

@@ -505,6 +505,49 @@ function readHash() {
   S.hidden = new Set((h.get('hide') || '').split(',').filter(c => D.columns.includes(c) && c !== 'label'));
   document.querySelectorAll('#columns input').forEach(box => { box.checked = !S.hidden.has(box.value); });
 }
+// Per-column widgets write terms into the filter text (the one language, and the address):
+// checkboxes for a column of few values (col=a,b), a range for a numeric one (col>=x col<=y).
+const WIDGET_COLUMNS = () => ['status', 'preset', 'content_name', 'style_name'].concat(D.params)
+  .filter((c, i, all) => all.indexOf(c) === i && D.rows.some(r => r[c] !== null && r[c] !== undefined));
+function widgetHtml(c) {
+  const values = [...new Set(D.rows.map(r => r[c]).filter(v => v !== null && v !== undefined))].sort((a, b) => (a > b ? 1 : a < b ? -1 : 0));
+  const name = esc(LABEL[c] || c);
+  if (values.length <= 12)
+    return '<fieldset data-col="' + esc(c) + '" data-kind="values"><legend>' + name + '</legend>' + values.map(v =>
+      '<label><input type="checkbox" value="' + esc(v) + '"> ' + esc(fmt(v)) + '</label>').join(' ') + '</fieldset>';
+  if (values.every(v => typeof v === 'number'))
+    return '<fieldset data-col="' + esc(c) + '" data-kind="range"><legend>' + name + '</legend><input type="number" step="any" placeholder="' +
+      esc(fmt(values[0])) + '" data-bound=">="> to <input type="number" step="any" placeholder="' + esc(fmt(values[values.length - 1])) + '" data-bound="<="></fieldset>';
+  return '';
+}
+function termsWithout(text, col) {
+  return text.replace(/\s*(!=|<=|>=|=|<|>)\s*/g, '$1').split(/\s+/).filter(t => t && !new RegExp('^' + col + '(!=|<=|>=|=|<|>)').test(t));
+}
+function applyWidget(set) {
+  const c = set.dataset.col, terms = termsWithout(S.filter, c);
+  if (set.dataset.kind === 'values') {
+    const on = [...set.querySelectorAll('input:checked')].map(i => i.value);
+    if (on.length) terms.push(c + '=' + on.join(','));
+  } else {
+    set.querySelectorAll('input').forEach(i => { if (i.value !== '') terms.push(c + i.dataset.bound + i.value); });
+  }
+  S.filter = terms.join(' '); $('filter').value = S.filter; S.page = 0; render(); writeHash();
+}
+function syncWidgets() {
+  // the widgets show what the filter text says of their columns
+  const { terms } = parseTerms(S.filter);
+  document.querySelectorAll('#widgets fieldset').forEach(set => {
+    const mine = terms.filter(t => t.col === set.dataset.col);
+    if (set.dataset.kind === 'values') {
+      const on = new Set(mine.filter(t => t.op === '=').flatMap(t => t.vals));
+      set.querySelectorAll('input').forEach(i => { i.checked = on.has(i.value); i.toggleAttribute('checked', i.checked); });
+    } else {
+      set.querySelectorAll('input').forEach(i => {
+        const t = mine.find(t => t.op === i.dataset.bound); i.value = t ? t.vals[0] : ''; i.setAttribute('value', i.value);
+      });
+    }
+  });
+}
 // the rows the table shows (every page), as CSV or as their ids
 function csvCell(v) {
   let t = v === null || v === undefined ? '' : String(v);
@@ -539,12 +582,14 @@ window.addEventListener('DOMContentLoaded', () => {
     if (e.target.checked) S.hidden.delete(e.target.value); else S.hidden.add(e.target.value);
     render(); writeHash();
   });
-  readHash(); showMedia(); render();
+  $('widgets').insertAdjacentHTML('beforeend', WIDGET_COLUMNS().map(widgetHtml).join(''));
+  $('widgets').addEventListener('change', e => { const set = e.target.closest('fieldset'); if (set) applyWidget(set); });
+  readHash(); showMedia(); render(); syncWidgets();
   if (S.scroll) window.scrollTo(0, S.scroll);
   let pending = null;  // the scroll position goes into the address, once scrolling stops
   window.addEventListener('scroll', () => { clearTimeout(pending); pending = setTimeout(writeHash, 300); });
   $('export-csv').onclick = () => exportRows('csv'); $('export-ids').onclick = () => exportRows('ids');
-  $('filter').addEventListener('input', e => { S.filter = e.target.value; S.page = 0; render(); writeHash(); });
+  $('filter').addEventListener('input', e => { S.filter = e.target.value; S.page = 0; render(); writeHash(); syncWidgets(); });
   $('group').addEventListener('change', e => { S.group = e.target.checked; render(); writeHash(); });
   $('agg').addEventListener('change', e => { S.agg = e.target.checked; S.page = 0; render(); writeHash(); });
   $('aggby').addEventListener('change', e => {
@@ -572,7 +617,7 @@ window.addEventListener('DOMContentLoaded', () => {
     }
   });
   // links in the page (the summary's best rows) change the address: follow them
-  window.addEventListener('hashchange', () => { readHash(); render(); });
+  window.addEventListener('hashchange', () => { readHash(); render(); syncWidgets(); });
   writeHash();  // the address now names the whole view, defaults included
   document.body.dataset.view = location.hash;
   document.body.dataset.readyMs = Math.round(performance.now() - t0);
