@@ -247,6 +247,24 @@ def _rounded(value: Any) -> Any:
     return float(f"{value:.6g}") if isinstance(value, float) else value
 
 
+def _failures(df: pd.DataFrame) -> str:
+    """Failed, lost and invalid rows by kind (the exception's class, else the state): a count and
+    one example each, linked to its row."""
+    bad = df[df["status"].astype(str).isin(["failed", "lost", "invalid"])] if len(df) else df
+    if not len(bad):
+        return ""
+    kinds = bad["error_type"].astype(object).where(bad["error_type"].notna() & (bad["error_type"] != ""),
+                                                   bad["status"].astype(str))
+    items = []
+    for kind, rows in sorted(bad.groupby(kinds, sort=False), key=lambda kv: (-len(kv[1]), str(kv[0]))):
+        first = rows.iloc[0]
+        error = str(first["error"]).splitlines()[0][:200] if not _missing(first["error"]) and first["error"] else ""
+        items.append(f"<li><b>{html.escape(str(kind))}</b>: {len(rows)} row(s), e.g. "
+                     f"<a href='#open={urllib.parse.quote(first['id'])}'>{html.escape(str(first['id']))}</a>"
+                     f"{': ' + html.escape(error) if error else ''}</li>")
+    return f"<li>failures by kind:<ul id='failures'>{''.join(items)}</ul></li>"
+
+
 def _summary(df: pd.DataFrame, metric: str, top: int, ascending: bool) -> str:
     counts = df["status"].value_counts().to_dict() if len(df) else {}
     parts = [f"<li>{html.escape(str(k))}: {v}</li>" for k, v in sorted(counts.items(), key=lambda kv: str(kv[0])) if v]
@@ -256,6 +274,7 @@ def _summary(df: pd.DataFrame, metric: str, top: int, ascending: bool) -> str:
     for device, seconds in dict(time_by_device).items():
         if device not in ("<NA>", "nan", "None"):
             parts.append(f"<li>{html.escape(device)} time: {seconds / 3600:.3f} h ({seconds:.1f} s)</li>")
+    parts.append(_failures(df))
     best = ""
     ok = df[df["status"] == "ok"] if len(df) else df
     if metric in df.columns and len(ok) and ok[metric].notna().any():
@@ -270,7 +289,8 @@ def _summary(df: pd.DataFrame, metric: str, top: int, ascending: bool) -> str:
                 f"{getattr(r, metric):.4g}</li>"
                 for r in ranked.itertuples()
             )
-            within = "" if preset is None else f", preset {html.escape(preset)}"
+            within = "" if preset is None else f", preset {html.escape(preset)}" if preset not in ("", "nan", "None") \
+                else ", no preset"
             best += f"<h3>Best {top} by {html.escape(metric)} ({order}{within})</h3><ol>{items}</ol>"
     return f"<h2>Summary</h2><ul>{''.join(parts)}</ul>{best}"
 

@@ -286,12 +286,18 @@ def test_aggregation_filter_errors_pinned_names_and_a_deep_link_round_trip_in_he
         record = json.loads(path.read_text())
         if record["status"] == "ok":
             record["style_distance_heldout"] = 0.3 + 0.01 * (i % 7)
+            if i % 2:  # two presets, whose losses are on different scales
+                record["params"]["preset"] = "ulyanov-tf"
+                record["final_style"] *= 1000
             path.write_text(json.dumps(record))
     report = write_report(root)
     data = report_payload(report)
     ok = [r for r in data["rows"] if r["status"] == "ok"]
-    groups = {(r["content_name"], r["style_name"], r["content_weight"]) for r in data["rows"]}
-    assert data["params"] == ["content_weight", "seed"] and "label" in data["columns"]
+    assert data["params"] == ["preset", "content_weight", "seed"] and "label" in data["columns"]
+    groups = {(r["content_name"], r["style_name"], r["preset"], r["content_weight"]) for r in data["rows"]}
+    page = report.read_text()  # the summary: best rows within each preset, failures by kind
+    assert "Best 5 by final_style (lowest, no preset)" in page and "(lowest, preset ulyanov-tf)" in page
+    assert re.search(r"<ul id='failures'><li><b>AudioError</b>: 1 row\(s\), e\.g\. <a href='#open=", page)
 
     view = "agg=1&x=content_weight&y=style_distance_heldout&sort=-style_distance_heldout"
     dom = chromium(report.as_uri() + "#" + view, tmp_path / "p1")
@@ -300,7 +306,7 @@ def test_aggregation_filter_errors_pinned_names_and_a_deep_link_round_trip_in_he
     assert table.count('<tr class="agg"') == len(groups) and "(mean ± std)" in table and "n (ok)" in table
     assert 'class="sorted-desc"' in table
     assert int(attribute(dom, "scatter", "data-bars")) >= 4  # the groups of many seeds, not the single rows
-    with_curves = {(r["content_name"], r["style_name"], r["content_weight"]) for r in ok}
+    with_curves = {(r["content_name"], r["style_name"], r["preset"], r["content_weight"]) for r in ok}
     assert attribute(dom, "curves", "data-mode") == "groups"  # each group's mean curve and ±std band
     assert attribute(dom, "curves", "data-curves") == attribute(dom, "curves", "data-bands") == str(min(10, len(with_curves)))
     assert "(mean of " in dom and 'class="uplot' in dom
@@ -335,7 +341,8 @@ def test_aggregation_filter_errors_pinned_names_and_a_deep_link_round_trip_in_he
     # scatter with ticks on both axes, its x axis logarithmic when asked (auto: over two decades)
     ticked = [r["id"] for r in ok[:20]]
     dom = chromium(report.as_uri() + "#" + urllib.parse.urlencode(
-        {"select": ",".join(ticked), "colour": "content_weight", "logx": "log"}), tmp_path / "p5")
+        {"select": ",".join(ticked), "colour": "content_weight", "logx": "log", "sort": "-final_style"}), tmp_path / "p5")
+    assert re.findall(r'<th data-k="(\w+)"', rows_table(dom))[:2] == ["label", "final_style"]  # the sorted column pinned
     assert attribute(dom, "curves", "data-curves") == "20" and 'class="uplot' in dom
     assert dom.count('class="u-series') >= 21  # the x value and the 20 curves, by name
     assert all(title in dom for title in {r["label"] for r in ok[:20]})

@@ -15,7 +15,12 @@ for (const r of D.rows) {
 for (const id of Object.keys(D.traces)) D.traces[id] = traceOf(D.traces[id]);
 const S = { filter: '', sortKey: null, asc: true, page: 0, group: true, open: new Set(), ab: {}, selected: new Set(),
   agg: false, aggBy: null, hidden: new Set() };
-function shownColumns() { return D.columns.filter(c => c === 'label' || !S.hidden.has(c)); }
+function shownColumns() {
+  // the name first, then the sorted column (pinned beside the name, however far right it sits), then the rest
+  const cols = D.columns.filter(c => c === 'label' || !S.hidden.has(c));
+  const k = S.sortKey;
+  return k && k !== 'label' && cols.includes(k) ? ['label', k].concat(cols.filter(c => c !== 'label' && c !== k)) : cols;
+}
 const media = { tried: 0, broken: [] };
 const $ = id => document.getElementById(id);
 const esc = s => String(s).replace(/[&<>"']/g, c => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c]));
