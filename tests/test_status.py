@@ -202,3 +202,24 @@ def test_a_submission_shows_as_one_line(audio_dir, tmp_path):
     sub = batch_ast.submit(m, tmp_path / "r", executor="debug")
     text = repr(sub)
     assert text.startswith("Submission(id=") and "executor='debug', rows=1, jobs=1" in text and len(text) < 300
+
+
+def test_executor_slurm_without_a_controller_points_to_the_local_executor(audio_dir, tmp_path, monkeypatch, capsys):
+    from batch_ast.backends import SlurmBackend
+
+    monkeypatch.setattr(SlurmBackend, "available", lambda self, *a, **k: False)
+    head, vals = tiny_columns()
+    m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
+    assert main(["submit", str(m), "--results", str(tmp_path / "r"), "--executor", "slurm"]) == 2
+    assert "no SLURM controller answers" in (err := capsys.readouterr().err) and "--executor local runs the rows" in err
+
+
+def test_analyse_names_the_metric_it_shows(audio_dir, tmp_path, capsys):
+    head, vals = tiny_columns()
+    m = write_manifest(audio_dir, [f"content.wav,style.wav,{cw},{vals}" for cw in (0.5, 2.0)],
+                       header=f"content,style,content_weight,{head}")
+    results = tmp_path / "results"
+    assert main(["submit", str(m), "--results", str(results), "--executor", "debug", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["analyse", str(results)]) == 0
+    assert capsys.readouterr().out.startswith("style_distance_heldout of the ok rows by content_weight")
