@@ -193,11 +193,24 @@ def test_claims_from_another_host_skip_a_row_in_flight_and_are_taken_over_when_n
     np.testing.assert_allclose(sf.read(results / record["output"])[0], reference_wav, atol=2e-3)
 
 
+def processes_naming(text: str) -> list[int]:
+    """Pids (as this machine sees them, every node's included) whose command line names ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode("utf-8", "replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
 def test_a_local_submission_on_another_host_is_running_there_not_lost(audio_dir, tmp_path, private_state, capsys):
     """`submit --executor local` run on n1 (inside a batch job there): its jobs are n1's processes.
     From this host, status must not call its rows lost (their pids mean nothing here), a second
     submit must skip them as in flight instead of computing them twice, and cancel must say where
-    to cancel."""
+    to cancel — and there, on n1, it cancels. (scancel of the batch job alone would leave the local
+    executor's processes running: orphaned to the node's init, they escape proctrack/linuxproc.)"""
     m = long_rows(audio_dir, 1, iterations=20 * LONG)
     results = tmp_path / "results"
     cli = Path(sys.executable).with_name("batch-ast")
@@ -205,8 +218,8 @@ def test_a_local_submission_on_another_host_is_running_there_not_lost(audio_dir,
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(f"#!/bin/sh\nexec {cli} submit {m} --results {results} --executor local --quiet\n")
     script.chmod(0o700)
-    done = subprocess.run(["sbatch", "--parsable", "-w", "n1", "-c", "2", "-o", str(tmp_path / "n1.out"), str(script)],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(["sbatch", "--parsable", "-w", "n1", "-c", "1", "-o", str(tmp_path / "n1.out"), str(script)],
+                          capture_output=True, text=True, check=True)  # one CPU: n1 keeps one for the cancel
     job = done.stdout.strip().split(";")[0]
     root = ResultsRoot(results)
     (a,) = wait_for(lambda: load_submissions(root), every_s=0.2, what="the local submission", jobs=job)
@@ -222,4 +235,8 @@ def test_a_local_submission_on_another_host_is_running_there_not_lost(audio_dir,
     assert len(load_submissions(root)) == 1 and root.read_record(rid) is None  # B submitted nothing
     assert main(["cancel", str(results)]) == 2
     assert "runs local jobs on host n1: cancel it there" in capsys.readouterr().err
-    subprocess.run(["scancel", job], check=True)
+    there = subprocess.run(["srun", "-w", "n1", "-c", "1", "-t", "10", str(cli), "cancel", "--results", str(results)],
+                           capture_output=True, text=True)
+    assert there.returncode == 0 and "cancelled 1 job(s)" in there.stdout, there.stdout + there.stderr
+    wait_for(lambda: not processes_naming(str(private_state)), what="the local job's processes gone", jobs=job)
+    wait_for(lambda: job not in squeue_ids(), what="the batch job ended (its submit saw the cancel)")
