@@ -37,9 +37,11 @@ function title(r) { return r.name || r.label || r.id; }
 // status, content, style, preset or error. A term naming no column is searched as text, and said.
 const TEXT_KEYS = ['label', 'name', 'id', 'status', 'content_name', 'style_name', 'preset', 'error'];
 const KNOWN = new Set(D.columns.concat(D.params, D.metrics, D.rows.slice(0, 200).flatMap(r => Object.keys(r))));
+const OPERATOR = /\s*(!=|<=|>=|=|<|>)\s*/g;
+function filterTokens(text) { return text.replace(OPERATOR, '$1').trim().split(/\s+/).filter(Boolean); }
 function parseTerms(text) {
   const problems = [];
-  const terms = text.replace(/\s*(!=|<=|>=|=|<|>)\s*/g, '$1').trim().split(/\s+/).filter(Boolean).map(t => {
+  const terms = filterTokens(text).map(t => {
     const m = t.match(/^([A-Za-z_][\w]*)(!=|<=|>=|=|<|>)(.*)$/);
     if (!m) return { text: t.toLowerCase() };
     if (!KNOWN.has(m[1])) {
@@ -68,20 +70,21 @@ function matches(r, terms) {
     return t.op === '<' ? v < n : t.op === '>' ? v > n : t.op === '<=' ? v <= n : v >= n;
   });
 }
+function bySortKey(a, b) {
+  // the chosen column's order (S.asc), missing values last; 0 when no column is chosen
+  if (!S.sortKey) return 0;
+  const x = a[S.sortKey], y = b[S.sortKey];
+  if (x === y) return 0; if (x === null || x === undefined) return 1; if (y === null || y === undefined) return -1;
+  return (x > y ? 1 : -1) * (S.asc ? 1 : -1);
+}
 function visibleRows() {
   const { terms, problems } = parseTerms(S.filter);
   const box = $('filter-problems');
   box.textContent = problems.join('; '); box.dataset.problems = problems.length;
   let rows = D.rows.filter(r => matches(r, terms) && (!S.only || S.only.ids.has(r.id)));
-  const cmp = (a, b) => {
-    if (!S.sortKey) return 0;
-    const x = a[S.sortKey], y = b[S.sortKey];
-    if (x === y) return 0; if (x === null || x === undefined) return 1; if (y === null || y === undefined) return -1;
-    return (x > y ? 1 : -1) * (S.asc ? 1 : -1);
-  };
   rows = rows.map((r, i) => [r, i]).sort((a, b) => {
     if (S.group) { const g = String(a[0].content_name).localeCompare(String(b[0].content_name)); if (g) return g; }
-    return cmp(a[0], b[0]) || a[1] - b[1];
+    return bySortKey(a[0], b[0]) || a[1] - b[1];
   }).map(p => p[0]);
   return rows;
 }
@@ -183,11 +186,7 @@ function aggregate(rows) {
 }
 function sortedGroups(rows) {
   const groups = aggregate(rows), k = S.sortKey;
-  if (k) groups.sort((a, b) => {
-    const x = a[k], y = b[k];
-    if (x === y) return 0; if (x === null || x === undefined) return 1; if (y === null || y === undefined) return -1;
-    return (x > y ? 1 : -1) * (S.asc ? 1 : -1);
-  });
+  if (k) groups.sort(bySortKey);
   return groups;
 }
 function renderAggregated(rows) {
@@ -221,8 +220,9 @@ function render() {
   only.innerHTML = (S.only ? '<div>only the rows of one group: ' + esc(S.only.label) + ' <button onclick="clearGroup()">show all</button></div>' : '') +
     (ref ? '<div id="reference" data-id="' + esc(ref.id) + '">reference for A/B: ' + esc(title(ref)) +
       ' <button onclick="pinReference(' + esc(JSON.stringify(ref.id)) + ')">unpin</button></div>' : '');
-  if (S.agg) { const rows = visibleRows(); drawScatter(rows, renderAggregated(rows)); drawCurves(); return; }
-  const rows = visibleRows(), pages = Math.max(1, Math.ceil(rows.length / PAGE));
+  const rows = visibleRows();
+  if (S.agg) { drawScatter(rows, renderAggregated(rows)); drawCurves(); return; }
+  const pages = Math.max(1, Math.ceil(rows.length / PAGE));
   S.page = Math.min(S.page, pages - 1);
   const shown = rows.slice(S.page * PAGE, (S.page + 1) * PAGE);
   const head = '<tr><th title="select for the loss-curve overlay">\u2713</th><th data-k="#">#</th>' + shownColumns().map(c =>
@@ -526,7 +526,7 @@ function widgetHtml(c) {
   return '';
 }
 function termsWithout(text, col) {
-  return text.replace(/\s*(!=|<=|>=|=|<|>)\s*/g, '$1').split(/\s+/).filter(t => t && !new RegExp('^' + col + '(!=|<=|>=|=|<|>)').test(t));
+  return filterTokens(text).filter(t => !new RegExp('^' + col + '(!=|<=|>=|=|<|>)').test(t));
 }
 function applyWidget(set) {
   const c = set.dataset.col, terms = termsWithout(S.filter, c);
