@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,7 +49,7 @@ from .manifest import read_manifest
 from .plan import HASH_CACHE, Plan, RowSpec, make_plan
 from .private import make_private_dir, state_dir
 from .status import SubmissionStatus, claim_rows, query_status, unrecorded_rows
-from .store import ResultsRoot
+from .store import ResultsRoot, check_shared_root
 
 FINISHED_STATES = ("ok", "failed", "invalid", "lost", "cancelled")
 
@@ -316,6 +317,8 @@ def prepare(
     root = ResultsRoot.of(results)
     if not dry_run:
         root.require_writable()  # before hashing thousands of files or submitting anything
+        if problem := check_shared_root(root.root):
+            warnings.warn(problem, stacklevel=2)
         make_private_dir(state, state)
     plan = make_plan(rows, root, Path(manifest), force=opts.force, retry_failed=opts.retry_failed,
                      progress=progress, save_cache=not dry_run, hash_cache=state / HASH_CACHE)  # a dry run writes nothing

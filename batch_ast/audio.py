@@ -95,6 +95,15 @@ def _read_mono_blocks(path: Path, max_seconds: float) -> tuple[np.ndarray, int]:
     return mono, native
 
 
+def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """soxr's high-quality resampler, called directly: what ``librosa.resample(res_type="soxr_hq")``
+    runs, without librosa, whose first use in a process with a cold numba cache (a new user, a
+    fresh node, a container) compiles for 20-30 s, and fails where no cache folder is writable."""
+    import soxr
+
+    return np.asarray(soxr.resample(audio, orig_sr, target_sr, quality="HQ"), dtype=audio.dtype)
+
+
 def load_audio(path: str | Path, sample_rate: int, max_seconds: float) -> np.ndarray:
     """Decode an audio file to a mono signal.
 
@@ -118,8 +127,6 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float) -> np.nda
     AudioError
         Missing, undecodable, empty or non-finite audio; the message names the file.
     """
-    import librosa  # deferred: librosa's import costs ~1 s and only jobs need it
-
     path = Path(path)
     _require_regular(path)
     try:
@@ -128,8 +135,10 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float) -> np.nda
             if probe_audio(path) is not None:
                 audio, native = _read_mono_blocks(path, max_seconds)
                 if native != sample_rate and audio.size:
-                    audio = librosa.resample(audio, orig_sr=native, target_sr=sample_rate, res_type="soxr_hq")
+                    audio = resample(audio, native, sample_rate)
             else:  # MP3 on old libsndfile, AAC...: librosa's audioread fallback
+                import librosa  # deferred: its first use compiles numba code (tens of seconds, cold)
+
                 audio, _ = librosa.load(path, sr=sample_rate, mono=True, duration=max_seconds)
     except FileNotFoundError:
         raise AudioError(f"{path}: file not found") from None

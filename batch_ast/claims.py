@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .store import ResultsRoot, move_aside, read_json, root_lock
+from .store import ResultsRoot, move_aside, read_json, root_lock, share_with_group_root
 
 CLAIM = "claim.json"
 CLAIMS_LOCK = ".claims.lock"
@@ -82,6 +82,7 @@ def try_claim(results: ResultsRoot, row_id: str, claim: Claim) -> bool:
         return False
     finally:
         os.close(dir_fd)
+    share_with_group_root(fd, results)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(asdict(claim), fh)
     return True

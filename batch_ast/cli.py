@@ -16,7 +16,7 @@ from .dispatch import DEFAULT_MAX_ARRAY_SIZE, DispatchError, read_submissions
 from .job import DEFAULTS
 from .manifest import DEFAULT_MAX_ROWS, MAX_ROWS_ENV, ManifestError
 from .plan import chunk
-from .private import PrivateStateError
+from .private import PrivateStateError, state_dir, use_private_caches
 from .status import SubmissionStatus, format_status, query_status
 from .store import ResultsError, ResultsRoot, describe_os_error, write_atomic
 from .study import StudyError
@@ -390,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     resolve_results_root(parser, args)
+    use_private_caches(state_dir())  # rows of the debug executor run in this process
     try:
         return args.func(args)
     except BrokenPipeError:

@@ -7,9 +7,11 @@ backends.py. A profile's keys are mapped to submitit's parameter names here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -319,6 +321,26 @@ def _group_by_resources(specs: list[RowSpec]) -> list[tuple[dict[str, Any], list
     return [(dict(key), rows) for key, rows in groups.items()]
 
 
+@contextlib.contextmanager
+def safe_job_start(private: Path) -> Iterator[None]:
+    """While jobs are handed to submitit: the working folder is the submission's private folder and
+    ``PYTHONSAFEPATH=1`` is set, both inherited by every process of the job (the local executor's
+    controller, sbatch's job script, the job, its row processes). ``python -m`` puts the working
+    folder first on ``sys.path``: a ``submitit/`` or ``batch_ast/`` planted where the user stands
+    (a shared results root) would otherwise be imported before the real one, as the user."""
+    cwd, old = os.getcwd(), os.environ.get("PYTHONSAFEPATH")
+    os.chdir(private)
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        if old is None:
+            os.environ.pop("PYTHONSAFEPATH", None)
+        else:
+            os.environ["PYTHONSAFEPATH"] = old
+
+
 def submit(
     specs: list[RowSpec],
     results: ResultsRoot,
@@ -352,7 +374,8 @@ def submit(
         for start in range(0, len(all_packs), array_size):
             packs = all_packs[start : start + array_size]
             payloads = [[s.to_dict() for s in pack] for pack in packs]
-            jobs = executor.map_array(job, payloads, [results] * len(payloads))
+            with safe_job_start(private):
+                jobs = executor.map_array(job, payloads, [results] * len(payloads))
             all_jobs.extend(jobs)
             job_entries.extend(
                 {"job_id": str(j.job_id), "rows": [s.id for s in pack], "log": str(j.paths.stderr)}

@@ -9,6 +9,7 @@ previous index, and a collect that finds nothing changed writes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -35,6 +36,7 @@ from .store import (
     read_json,
     root_lock,
     short_path,
+    write_atomic,
 )
 
 SCHEMA_VERSION = 1
@@ -125,29 +127,67 @@ def _valid_state(state: object) -> bool:
             and isinstance(outputs, list) and len(outputs) == 2 and all(map(_is_stamp, outputs)))
 
 
-def _read_state(results: ResultsRoot) -> dict | None:
-    """The last collect's state, if it is well formed and the index files are still the ones it wrote."""
+def _state_path(results: ResultsRoot) -> Path | None:
+    """Where this user keeps what their last collect of ``results`` read: in their private state
+    folder, never in the root, and with the digests of the index files it wrote. Anyone who can
+    write into a shared root could otherwise rewrite index.parquet and a cache whose stamps match,
+    and the owner's collect would keep the forgery. None when no private folder can be had (then
+    every collect reads every record)."""
+    from .private import PrivateStateError, make_private_dir, state_dir
+
+    path = results.collect_state_path
     try:
-        state = read_json(results.collect_state_path, results.root, MAX_STATE_BYTES)
+        make_private_dir(path.parent, state_dir())
+    except (PrivateStateError, OSError):
+        return None
+    return path
+
+
+def _digest(path: Path, root: Path) -> str:
+    """SHA-256 of a file of the root ('' when it cannot be read as a regular file)."""
+    digest = hashlib.sha256()
+    try:
+        with open_regular(path, root) as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return ""
+    return digest.hexdigest()
+
+
+def _read_state(results: ResultsRoot) -> dict | None:
+    """The last collect's state, if it is this user's own, well formed, and the index files are
+    still byte for byte the ones it wrote."""
+    path = _state_path(results)
+    if path is None:
+        return None
+    try:
+        state = read_json(path, None, MAX_STATE_BYTES)
     except (OSError, ValueError):
         return None
-    if not _valid_state(state):
+    if not _valid_state(state) or state.get("root") != str(results.root):
         return None
     if state.get("columns") != INDEX_SCHEMA.names:
         return None  # another batch-ast version wrote it: its rows may lack columns
     if state.get("outputs") != [_stat(results.index_path), _stat(results.traces_path)]:
         return None  # rewritten or removed since by someone else: trust nothing
+    if state.get("digests") != [_digest(results.index_path, results.root), _digest(results.traces_path, results.root)]:
+        return None  # same stamps, other bytes: a forgery
     return state
 
 
 def _write_state(results: ResultsRoot, sources: dict, pending: int, report: CollectReport) -> None:
+    path = _state_path(results)
+    if path is None:
+        return
     state = {
-        "version": STATE_VERSION, "columns": INDEX_SCHEMA.names, "sources": sources, "pending": pending,
-        "rows": report.rows,
-        "traces": report.traces, "outputs": [_stat(results.index_path), _stat(results.traces_path)],
+        "version": STATE_VERSION, "root": str(results.root), "columns": INDEX_SCHEMA.names, "sources": sources,
+        "pending": pending, "rows": report.rows, "traces": report.traces,
+        "outputs": [_stat(results.index_path), _stat(results.traces_path)],
+        "digests": [_digest(results.index_path, results.root), _digest(results.traces_path, results.root)],
     }
     try:
-        results.write(results.collect_state_path, lambda fh: fh.write(json.dumps(state).encode("utf-8")))
+        write_atomic(path, lambda fh: fh.write(json.dumps(state).encode("utf-8")))
     except OSError:
         pass  # only a cache: the next collect reads everything
 

@@ -59,16 +59,29 @@ def rms_dbfs(audio: np.ndarray) -> float:
     return 20 * math.log10(max(rms, 1e-10))
 
 
+def onset_strength(audio: np.ndarray, sample_rate: int, hop_length: int, n_fft: int) -> np.ndarray:
+    """``librosa.onset.onset_strength`` with its defaults (spectral flux of a 128-band log-mel
+    spectrogram, centred frames, lag 1), equal to it within float rounding (tests/test_math.py).
+    Written out because librosa's STFT and dB helpers compile numba code on first use: 20-30 s of
+    every cold job (a new user, a fresh node, a container), and an import error where no numba
+    cache folder is writable. Only the mel filterbank (no numba) is librosa's."""
+    import librosa.filters
+
+    window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
+    signal = torch.from_numpy(np.asarray(audio, dtype=np.float64))
+    spectrum = torch.stft(signal, n_fft, hop_length, window=window, center=True, pad_mode="constant",
+                          return_complex=True).abs().square().numpy()
+    mel = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, fmax=0.5 * sample_rate, dtype=np.float64) @ spectrum
+    db = 10.0 * np.log10(np.maximum(mel, 1e-10))
+    db = np.maximum(db, db.max() - 80.0)  # power_to_db's top_db
+    flux = np.maximum(0.0, db[:, 1:] - db[:, :-1]).mean(axis=0)
+    return np.pad(flux, (1 + n_fft // (2 * hop_length), 0))[: db.shape[1]]
+
+
 def onset_correlation(a: np.ndarray, b: np.ndarray, sample_rate: int, hop_length: int, n_fft: int) -> float:
-    """Pearson correlation of librosa onset-strength envelopes (rhythm similarity, -1..1)."""
-    import warnings
-
-    import librosa
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "n_fft too large" on sub-window clips: fine here
-        env_a = librosa.onset.onset_strength(y=a, sr=sample_rate, hop_length=hop_length, n_fft=n_fft)
-        env_b = librosa.onset.onset_strength(y=b, sr=sample_rate, hop_length=hop_length, n_fft=n_fft)
+    """Pearson correlation of onset-strength envelopes (rhythm similarity, -1..1)."""
+    env_a = onset_strength(a, sample_rate, hop_length, n_fft)
+    env_b = onset_strength(b, sample_rate, hop_length, n_fft)
     n = min(len(env_a), len(env_b))
     env_a, env_b = env_a[:n], env_b[:n]
     if n < 2 or env_a.std() == 0 or env_b.std() == 0:

@@ -57,33 +57,48 @@ def _problem(path: Path, st: os.stat_result, private: bool) -> str:
     return ""
 
 
+def _closed(st: os.stat_result) -> bool:
+    """A folder of this user's that nobody else may enter or list (no group/other bits, e.g.
+    0700): whatever lies below it is out of everyone else's reach, whatever its own mode."""
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+
 def check_private(path: Path, private_from: Path) -> None:
     """Raise PrivateStateError unless ``path`` (a folder or file) can be written by this user
-    alone: it and every folder from ``private_from`` down to it owned by the user and not
-    group/other-writable, no symlink among them, and every folder above ``private_from`` owned by
-    the user or root and, where others may write, sticky (as /tmp)."""
+    alone: it and every folder from ``private_from`` down to it owned by the user, no symlink among
+    them, and each either not group/other-writable or below a folder of the user's that nobody
+    else may enter (0700: what submitit creates at a group umask of 002 or 007 is then still
+    private); every folder above ``private_from`` owned by the user or root and, where others may
+    write, sticky (as /tmp)."""
     path, private_from = Path(os.path.abspath(path)), Path(os.path.abspath(private_from))
     try:
         path.relative_to(private_from)
     except ValueError:
         raise PrivateStateError(f"{path} is not inside the private folder {private_from}") from None
     chain = [path, *path.parents]
+    stats = []
     for item in chain:
         try:
-            st = os.lstat(item)
+            stats.append(os.lstat(item))
         except OSError as exc:
             raise PrivateStateError(f"{item}: {exc.strerror}") from None
+    closed_above = False  # walking down from /: a closed folder of the user's has been passed
+    for item, st in reversed(list(zip(chain, stats, strict=True))):
         private = item == private_from or private_from in item.parents
         if private and stat.S_ISLNK(st.st_mode):
             raise PrivateStateError(f"{item} is a symlink: refusing it for private state")
         if stat.S_ISLNK(st.st_mode):
             continue  # a link above the private folder (/home -> /data/home): its target is checked below
         problem = _problem(item, st, private)
+        if closed_above and problem.startswith("writable"):
+            problem = ""  # below a folder nobody else may enter: nobody else can reach it
         if problem:
             what = "pickle or folder" if private else "folder above the private state"
             raise PrivateStateError(
                 f"{item} ({what}) is {problem}: another user could replace the job's pickles, so batch-ast "
                 f"will not use it (chmod go-w it, or set ${STATE_ENV} / the profile's state_dir to a private folder)")
+        if _closed(st):
+            closed_above = True
 
 
 def make_private_dir(path: Path, private_from: Path) -> Path:
@@ -137,6 +152,22 @@ def is_private_submitit_folder(folder: str | os.PathLike[str], submission_id: st
     return True
 
 
+CACHE_ENV = {"NUMBA_CACHE_DIR": "numba", "MPLCONFIGDIR": "matplotlib"}
+
+
+def use_private_caches(state: Path) -> None:
+    """Point numba's and matplotlib's caches into ``<state>/cache/`` unless the user set them: with
+    a read-only install and a read-only HOME (a container) numba has nowhere else to write, and
+    ``import librosa`` itself fails; otherwise they would write into HOME, outside the results
+    root, the state folder and $TMPDIR. Call before librosa or matplotlib is imported."""
+    wanted = {env: state / "cache" / name for env, name in CACHE_ENV.items() if not os.environ.get(env)}
+    for env, folder in wanted.items():
+        try:
+            os.environ[env] = str(make_private_dir(folder, state))
+        except PrivateStateError:
+            pass  # the library's own default then; a state folder that is not private fails elsewhere
+
+
 def job_entry(argv: list[str]) -> None:
     """What a job runs instead of ``python -m submitit.core._submit FOLDER``: check that the
     job's folder and its submitted pickle are the user's alone, then let submitit load and run it."""
@@ -144,6 +175,7 @@ def job_entry(argv: list[str]) -> None:
     from submitit.core import submission, utils
 
     folder = argv[-1]
+    use_private_caches(Path(os.path.abspath(folder)).parents[2])  # <state>/submitit/<submission>/<job>
     environment = submitit.JobEnvironment()
     paths = utils.JobPaths(folder, job_id=environment.job_id, task_id=environment.global_rank)
     # an array's pickles are moved into their folders once sbatch has answered: a task may start

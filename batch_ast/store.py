@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
 import secrets
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,10 +51,81 @@ def current_umask() -> int:
     return mask
 
 
-def published_mode() -> int:
+def published_mode(shared: bool = False) -> int:
     """Mode of a published file: what ``open()`` would give (0666 less the umask), so colleagues
-    on a shared filesystem can read results wherever the user's umask lets them."""
-    return 0o666 & ~current_umask()
+    on a shared filesystem can read results wherever the user's umask lets them; in a group-shared
+    root (``group_shared``) also read and write for the group, whatever the umask."""
+    return (0o666 & ~current_umask()) | (0o660 if shared else 0)
+
+
+LOCK_WAIT_ENV = "BATCH_AST_LOCK_WAIT_S"
+LOCK_WAIT_S = 600.0  # a lock is held for a claim round or a collect: seconds to a minute at scale
+
+
+def group_shared(st: os.stat_result) -> bool:
+    """Whether a results root (its ``stat``) is a group's shared folder: writable by its group.
+    Then everything batch-ast creates in it is made group-writable and given the root's group, as
+    git does with ``core.sharedRepository=group``: a colleague's submit, collect or report must be
+    able to replace, lock and extend what this user wrote, whatever this user's umask."""
+    return stat.S_ISDIR(st.st_mode) and bool(st.st_mode & stat.S_IWGRP)
+
+
+def share_with_group(fd: int, root_st: os.stat_result, folder: bool = False) -> None:
+    """Give a file or folder that this user just created in a group-shared root the root's group
+    and group read/write (folders also the setgid bit, so what is created below inherits the
+    group). Best effort: a group this user is not in cannot be given (``check_shared_root`` says
+    so at submit)."""
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid():
+        return
+    with contextlib.suppress(OSError):
+        if st.st_gid != root_st.st_gid:
+            os.fchown(fd, -1, root_st.st_gid)
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) | (0o2770 if folder else 0o660))
+
+
+def share_with_group_root(fd: int, results: ResultsRoot) -> None:
+    """``share_with_group`` for a file just created in ``results`` where its root is group-shared."""
+    shared = _root_shared(results.root)
+    if shared is not None:
+        share_with_group(fd, shared)
+
+
+def make_root(root: Path) -> None:
+    """Create a results root (and missing parents) where it does not exist. A root made inside a
+    group-shared folder (a setgid project folder, ``chmod 2770``) is group-shared itself, whatever
+    the umask: the colleagues who can write the project folder can use the root made in it."""
+    if root.is_dir():
+        return
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(root, 0o777)
+    except FileExistsError:
+        return
+    with contextlib.suppress(OSError):
+        parent = os.stat(root.parent)
+        if group_shared(parent) and parent.st_mode & stat.S_ISGID:
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                share_with_group(fd, parent, folder=True)
+            finally:
+                os.close(fd)
+
+
+def check_shared_root(root: Path) -> str:
+    """'' when files this user creates in ``root`` will be usable by the root's group (or the root
+    is not group-shared); else one line saying what to change."""
+    try:
+        st = os.stat(root)
+    except OSError:
+        return ""
+    if not group_shared(st) or os.geteuid() == 0:
+        return ""
+    if st.st_gid not in os.getgroups() and st.st_gid != os.getegid():
+        return (f"{short_path(root)} is writable by group {st.st_gid}, which you are not in: files you create there "
+                "would not be writable by that group (ask to be added to it, or chgrp the root to your project group)")
+    return ""
 
 
 class UnsafeFileError(OSError):
@@ -82,8 +155,9 @@ def open_dir_fd(root: Path, parts: tuple[str, ...], create: bool) -> int:
     redirect a write or a read out of the root, even if it appears between a check and the use."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     if create:
-        root.mkdir(parents=True, exist_ok=True)  # the root itself is the user's own path
+        make_root(root)  # the root itself is the user's own path
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    root_st = os.fstat(fd)
     try:
         for i, part in enumerate(parts):
             try:
@@ -91,9 +165,13 @@ def open_dir_fd(root: Path, parts: tuple[str, ...], create: bool) -> int:
             except FileNotFoundError:
                 if not create:
                     raise
+                made = False
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(part, 0o777, dir_fd=fd)
+                    made = True
                 nxt = os.open(part, flags, dir_fd=fd)
+                if made and group_shared(root_st):
+                    share_with_group(nxt, root_st, folder=True)
             except (NotADirectoryError, OSError) as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise UnsafeFileError(root.joinpath(*parts[: i + 1]), "a symlink or not a folder") from None
@@ -104,6 +182,17 @@ def open_dir_fd(root: Path, parts: tuple[str, ...], create: bool) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _root_shared(root: Path | None) -> os.stat_result | None:
+    """The root's stat when it is group-shared (``group_shared``), else None."""
+    if root is None:
+        return None
+    try:
+        st = os.stat(root)
+    except OSError:
+        return None
+    return st if group_shared(st) else None
 
 
 def _dir_fd(target: Path, root: Path | None, create: bool) -> int:
@@ -124,6 +213,7 @@ def write_atomic(target: Path, writer: Callable[[BinaryIO], None], root: Path | 
     way. The file gets ``published_mode`` (0666 less the umask), like ``open()``."""
     target = Path(target)
     dir_fd = _dir_fd(target, Path(root) if root is not None else None, create=True)
+    shared = _root_shared(Path(root) if root is not None else None)
     name = ""
     try:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -133,6 +223,8 @@ def write_atomic(target: Path, writer: Callable[[BinaryIO], None], root: Path | 
             writer(fh)
             fh.flush()
             os.fchmod(fh.fileno(), published_mode())
+            if shared is not None:
+                share_with_group(fh.fileno(), shared)
         os.replace(name, target.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         name = ""
     except OSError as exc:
@@ -204,33 +296,69 @@ def _parse_json(target: Path, data: bytes, limit: int) -> Any:
         raise ValueError(f"not UTF-8 text ({exc.reason})") from None
 
 
-@contextmanager
-def root_lock(results: ResultsRoot, name: str) -> Iterator[None]:
-    """An exclusive flock on ``<root>/<name>`` (collect's and the claims' locks). The lock file is
-    opened without following a symlink: a planted link (dangling or not) is moved aside, never
-    used to create a file elsewhere."""
-    path = results.root / name
-    fd = -1
+def _lock_wait_s() -> float:
+    try:
+        value = float(os.environ.get(LOCK_WAIT_ENV, ""))
+    except ValueError:
+        return LOCK_WAIT_S
+    return value if value >= 0 else LOCK_WAIT_S
+
+
+def _open_lock_file(path: Path, shared: os.stat_result | None) -> int:
+    """The lock file's descriptor: read-write where this user may, else read-only (flock needs no
+    write access on a local filesystem, so a lock file a colleague created with a 022 umask still
+    works); created group-shared in a group-shared root. A symlink, folder or FIFO planted at its
+    name is moved aside, never followed or opened."""
+    base = os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     for _ in range(100):
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+            try:
+                fd = os.open(path, os.O_RDWR | base, 0o666)
+            except PermissionError:
+                fd = os.open(path, os.O_RDONLY | base, 0o666)
         except OSError as exc:
             if exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
                 raise
             _move_aside(path)
             continue
         if stat.S_ISREG(os.fstat(fd).st_mode):
-            break
+            if shared is not None:
+                share_with_group(fd, shared)
+            return fd
         os.close(fd)
-        fd = -1
         _move_aside(path)
-    if fd < 0:
-        raise UnsafeFileError(path, "cannot be made a lock file")
+    raise UnsafeFileError(path, "cannot be made a lock file")
+
+
+@contextmanager
+def root_lock(results: ResultsRoot, name: str, wait_s: float | None = None) -> Iterator[None]:
+    """An exclusive flock on ``<root>/<name>`` (collect's and the claims' locks), waited for at most
+    ``wait_s`` (default ``$BATCH_AST_LOCK_WAIT_S``, else 10 minutes): anyone who can read a lock
+    file can hold it for ever (a shared flock needs only read access), so a wait without a bound
+    could hang every member of a group. Past it, ``LockTimeout`` names the lock."""
+    path = results.root / name
+    fd = _open_lock_file(path, _root_shared(results.root))
+    wait_s = _lock_wait_s() if wait_s is None else wait_s
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        deadline, pause = time.monotonic() + wait_s, 0.05
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise LockTimeout(
+                        f"{short_path(path)}: held by another process for over {wait_s:g} s (another batch-ast "
+                        f"command, or anyone who can read the file: `fuser -v {short_path(path)}` shows who); "
+                        f"try again later, or remove the file if nobody should hold it") from None
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 2.0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
 
@@ -249,6 +377,10 @@ def move_aside(path: Path) -> Path:
 
 class ResultsError(RuntimeError):
     """A results root that cannot be used as asked: not writable, not a results root, no index."""
+
+
+class LockTimeout(ResultsError):
+    """A lock of the results root was held by someone else for longer than batch-ast waits."""
 
 
 def short_path(path: str | Path, limit: int = 160) -> str:
@@ -304,13 +436,19 @@ class ResultsRoot:
     def require_writable(self) -> None:
         """Create the root if needed and prove a file can be written there, before any work starts."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            make_root(self.root)
             fd, probe = tempfile.mkstemp(prefix=f"{TMP_PREFIX}probe.", dir=self.root)
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
+            hint = ""
+            with contextlib.suppress(OSError):
+                st = os.stat(self.root)
+                if st.st_uid != os.geteuid() and not group_shared(st):
+                    hint = (" (its owner can share it with the group: chmod -R g+w,g+s and chgrp -R to the project "
+                            "group; batch-ast then keeps it so)")
             raise ResultsError(
-                f"results root {short_path(self.root)} is not writable: {describe_os_error(exc)}"
+                f"results root {short_path(self.root)} is not writable: {describe_os_error(exc)}{hint}"
             ) from None
 
     def run_dir(self, row_id: str) -> Path:
@@ -352,8 +490,13 @@ class ResultsRoot:
 
     @property
     def collect_state_path(self) -> Path:
-        """What the last collect read (see index.collect): lets the next one read only changes."""
-        return self.root / ".cache" / "collect.json"
+        """What this user's last collect of the root read (see index.collect), so the next reads
+        only changes: in the user's private state folder, never in the root (anyone who can write
+        there could forge it along with the index)."""
+        from .private import state_dir  # no cycle: private imports nothing of the package
+
+        digest = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:40]
+        return state_dir() / "collect" / f"{digest}.json"
 
     @property
     def index_path(self) -> Path:
