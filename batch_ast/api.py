@@ -36,6 +36,7 @@ from .dispatch import (
     SubmissionRecord,
     find_profile,
     job_parameters,
+    latest_submission,
     load_profile,
     load_submissions,
     new_submission_id,
@@ -49,7 +50,7 @@ from .manifest import read_manifest
 from .plan import HASH_CACHE, Plan, RowSpec, make_plan
 from .private import make_private_dir, state_dir
 from .status import SubmissionStatus, claim_rows, query_status, unrecorded_rows
-from .store import ResultsRoot, check_shared_root
+from .store import ResultsRoot, check_shared_root, short_path
 
 FINISHED_STATES = ("ok", "failed", "invalid", "lost", "cancelled")
 
@@ -360,7 +361,11 @@ def find_submission(results: str | Path = "results", submission_id: str | None =
     """A recorded submission (the latest by default) as a ``Submission``; None if there is none."""
     root = ResultsRoot.of(results)
     root.require_results_root()
-    found = [s for s in load_submissions(root) if submission_id in (None, s.submission_id)]
+    submissions = load_submissions(root)
+    if submission_id is None:
+        latest = latest_submission(submissions)
+        return Submission(root, latest) if latest else None
+    found = [s for s in submissions if s.submission_id == submission_id]
     return Submission(root, found[-1]) if found else None
 
 
@@ -381,6 +386,9 @@ def cancel(results: ResultsRoot, record: SubmissionRecord) -> list[str]:
     """Cancel a recorded submission's queued and running jobs through its backend and mark it
     cancelled; returns the job ids (empty when nothing was queued or running). Only jobs that
     are provably the submission's are signalled (``Backend.cancel``)."""
+    if not record.mine:
+        raise BackendError(f"submission {record.submission_id} is not yours to cancel: its file or its submitit folder "
+                           f"({short_path(record.submitit_folder)}) is not your own")
     status = query_status(results, record)
     if status.jobs_elsewhere:
         raise BackendError(f"submission {record.submission_id} runs local jobs on host {status.jobs_elsewhere}: "

@@ -12,13 +12,13 @@ from pathlib import Path
 from . import api
 from .backends import EXECUTORS, BackendError
 from .config import ConfigError
-from .dispatch import DEFAULT_MAX_ARRAY_SIZE, DispatchError, read_submissions
+from .dispatch import DEFAULT_MAX_ARRAY_SIZE, DispatchError, latest_submission, read_submissions
 from .job import DEFAULTS
 from .manifest import DEFAULT_MAX_ROWS, MAX_ROWS_ENV, ManifestError
 from .plan import chunk
 from .private import PrivateStateError, state_dir, use_private_caches
 from .status import SubmissionStatus, format_status, query_status
-from .store import ResultsError, ResultsRoot, describe_os_error, write_atomic
+from .store import ResultsError, ResultsRoot, describe_os_error, inert, write_atomic
 from .study import StudyError
 
 
@@ -158,11 +158,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     final = submission.wait(progress)
     progress.bar.close()
     for error in submission.job_errors:
-        print(error, file=sys.stderr)
+        print(inert(error), file=sys.stderr)
     report = api.collect(results.root)
     print(format_status(final))
     for problem in report.skipped:
-        print(f"warning: {problem}", file=sys.stderr)
+        print(f"warning: {inert(problem)}", file=sys.stderr)
     print(f"index: {results.index_path} ({report.rows} rows); traces: {results.traces_path}")
     _report_failed_before(failed_lines)
     counts = final.counts
@@ -173,7 +173,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     results = ResultsRoot(args.results)
     report = api.collect(results, progress=not args.quiet)
     for problem in report.skipped:
-        print(f"warning: skipped {problem}", file=sys.stderr)
+        print(f"warning: skipped {inert(problem)}", file=sys.stderr)
     print(f"index: {results.index_path} ({report.rows} rows); traces: {results.traces_path} ({report.traces} points)")
     return 0
 
@@ -183,11 +183,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     results.require_results_root()
     submissions, problems = read_submissions(results)
     for problem in problems:
-        print(f"warning: {problem} (not a valid submission: ignored)")
+        print(f"warning: {inert(problem)} (not a valid submission: ignored)")
     if not submissions:
         print(f"no submissions under {results.root}")
         return 0
-    shown = submissions if args.all else submissions[-1:]
+    shown = submissions if args.all else [latest_submission(submissions) or submissions[-1]]
     statuses = [query_status(results, s) for s in shown]  # the queue asked only for what is shown
     for status in statuses:
         print(format_status(status, every_failure=args.rows, results=results))
@@ -401,10 +401,10 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return 128 + signal.SIGPIPE
     except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {inert(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        print(f"error: {inert(describe_os_error(exc))}", file=sys.stderr)
         return 2
 
 

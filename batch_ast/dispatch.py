@@ -22,6 +22,7 @@ import submitit
 from .backends import Backend
 from .config import ConfigError, read_config_file
 from .job import DEFAULTS, TransferJob
+from .manifest import MAX_ROWS_ENV, max_rows
 from .plan import RowSpec, chunk
 from .private import SUBMISSION_ID, state_dir, submitit_folder
 from .store import ROW_ID, ResultsRoot, describe_os_error, read_json, short_path
@@ -220,9 +221,30 @@ class SubmissionRecord:
     # the host `submit` ran on ("": before 0.3): a local executor's jobs are its processes, which
     # only that host can see or signal
     host: str = ""
+    # who owns the submission's file (read from the file system, never saved in it; -1: made by
+    # this process, not read)
+    owner_uid: int = field(default=-1, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "owner_uid"}
+
+    @property
+    def mine(self) -> bool:
+        """Whether this user submitted it: its file is the user's and its submitit folder is the
+        user's private folder of this submission (a file in a shared root is anyone's words)."""
+        from .private import is_private_submitit_folder
+
+        return self.owner_uid in (-1, os.geteuid()) and is_private_submitit_folder(self.submitit_folder, self.submission_id)
+
+    @property
+    def created_in_future(self) -> bool:
+        """Whether the id's time lies more than an hour ahead of this host's clock (planted, or a
+        clock far off): such a submission is never taken for the latest."""
+        try:
+            made = datetime.strptime(self.submission_id[:15], "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+        except ValueError:
+            return True
+        return (made - datetime.now(timezone.utc)).total_seconds() > 3600
 
     @classmethod
     def from_json(cls, data: Any, file_name: str = "") -> SubmissionRecord:
@@ -244,6 +266,9 @@ class SubmissionRecord:
         if backend is None:
             raise SubmissionError(f"unknown executor {texts['executor'][:40]!r}")
         rows, specs, skipped = (data.get(k, {}) for k in ("rows", "specs", "skipped"))
+        if isinstance(rows, dict) and len(rows) > max_rows():
+            raise SubmissionError(f"{len(rows)} rows, more than the {max_rows()} a submission may have "
+                                  f"(${MAX_ROWS_ENV} raises it)")
         if not isinstance(rows, dict) or not all(
                 ROW_ID.fullmatch(str(k)) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
                 for k, v in rows.items()):
@@ -405,7 +430,8 @@ def save_submission(results: ResultsRoot, submission: SubmissionRecord) -> Path:
     return path
 
 
-MAX_SUBMISSION_BYTES = 1 << 30  # ~1 KB a row: a million-row submission
+MAX_SUBMISSION_BYTES = 256 << 20  # ~1 KB a row: the 100,000 rows of the default row cap, and room
+MAX_SUBMISSIONS = 5000  # submission files read from one root, the newest; older ones are listed as not read
 
 
 def read_submissions(results: ResultsRoot) -> tuple[list[SubmissionRecord], list[str]]:
@@ -413,9 +439,16 @@ def read_submissions(results: ResultsRoot) -> tuple[list[SubmissionRecord], list
     A bad file is listed, never fatal: status shows it, the others are used."""
     out, problems = [], []
     folder = results.submissions_dir
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    if len(paths) > MAX_SUBMISSIONS:
+        problems.append(f"{short_path(folder)}: {len(paths)} submission files; only the newest {MAX_SUBMISSIONS} "
+                        "are read (move older ones elsewhere)")
+        paths = paths[-MAX_SUBMISSIONS:]
+    for path in paths:
         try:
-            out.append(SubmissionRecord.from_json(read_json(path, results.root, MAX_SUBMISSION_BYTES), path.name))
+            record = SubmissionRecord.from_json(read_json(path, results.root, MAX_SUBMISSION_BYTES), path.name)
+            record.owner_uid = os.lstat(path).st_uid
+            out.append(record)
         except FileNotFoundError:
             continue
         except OSError as exc:
@@ -423,6 +456,15 @@ def read_submissions(results: ResultsRoot) -> tuple[list[SubmissionRecord], list
         except ValueError as exc:  # SubmissionError, bad JSON
             problems.append(f"{path}: {exc}")
     return out, problems
+
+
+def latest_submission(submissions: list[SubmissionRecord]) -> SubmissionRecord | None:
+    """The submission that status, cancel and ``find_submission`` mean by default: this user's own
+    newest; where the user has none here (a colleague's root), the newest; never one dated in the
+    future (a planted id would stay "latest" for ever)."""
+    current = [s for s in submissions if not s.created_in_future]
+    mine = [s for s in current if s.mine]
+    return (mine or current or [None])[-1]
 
 
 def load_submissions(results: ResultsRoot) -> list[SubmissionRecord]:

@@ -74,6 +74,7 @@ class CollectReport:
 STATE_VERSION = 1
 MAX_STATE_BYTES = 256 << 20  # ~100 bytes a row: far above any real study
 MAX_TRACE_BYTES = 64 << 20  # a 100,000-iteration trace is ~4 MB
+MAX_TRACE_ROWS = 1_000_001  # a row per iteration (iterations <= 1,000,000) and the start
 FINISHED = ("ok", "failed", "invalid")  # statuses a record file decides (the others: the queue)
 # Callbacks the layers above pass in (api.collect): this module reads files and writes the index;
 # it neither asks a queue nor draws figures.
@@ -285,8 +286,16 @@ def _records_table(records: list[dict], report: CollectReport) -> pa.Table:
 
 
 def _read_trace(results: ResultsRoot, rid: str) -> pa.Table:
+    """A row's trace, its row count checked in the file's footer before anything is decoded: a
+    few hundred KB of run-length-encoded Parquet can hold tens of millions of rows (gigabytes once
+    read), so the byte cap alone bounds nothing."""
     with open_regular(results.trace_path(rid), results.root, MAX_TRACE_BYTES) as fh:
-        return pq.read_table(fh)
+        parquet = pq.ParquetFile(fh)
+        rows = parquet.metadata.num_rows
+        if rows > MAX_TRACE_ROWS:
+            raise ValueError(f"{rows} rows, more than the {MAX_TRACE_ROWS} a trace may have")
+        wanted = [name for name in TRACES_SCHEMA.names if name in parquet.schema_arrow.names]
+        return parquet.read(columns=wanted)  # never a planted file's thousand other columns
 
 
 def _traces_table(results: ResultsRoot, ok_ids: list[str], report: CollectReport,

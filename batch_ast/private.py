@@ -175,7 +175,9 @@ def job_entry(argv: list[str]) -> None:
     from submitit.core import submission, utils
 
     folder = argv[-1]
-    use_private_caches(Path(os.path.abspath(folder)).parents[2])  # <state>/submitit/<submission>/<job>
+    job_folder = Path(os.path.abspath(folder))
+    if job_folder.parent.parent.name == "submitit" and SUBMISSION_ID.fullmatch(job_folder.parent.name):
+        use_private_caches(job_folder.parents[2])  # <state>/submitit/<submission>/<job>
     environment = submitit.JobEnvironment()
     paths = utils.JobPaths(folder, job_id=environment.job_id, task_id=environment.global_rank)
     # an array's pickles are moved into their folders once sbatch has answered: a task may start

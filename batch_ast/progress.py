@@ -38,7 +38,8 @@ class Progress:
         may end the row sooner."""
         if not self.iterations_per_s:
             return None
-        return max(0, self.iterations - self.iteration) / self.iterations_per_s
+        eta = max(0, self.iterations - self.iteration) / self.iterations_per_s
+        return eta if math.isfinite(eta) else None  # a planted 5e-324 it/s
 
     def describe(self, now: float | None = None) -> str:
         """One line: "iteration 1200/4000 (30%), loss 123.4, 35.1 it/s, ETA ≤ 1m20s" (+ its age)."""
@@ -52,7 +53,8 @@ class Progress:
             parts.append(f"ETA ≤ {duration(eta)}")
         line = ", ".join(parts)
         if now is not None:
-            line += f" ({duration(max(0.0, now - self.updated))} ago)"
+            age = now - self.updated
+            line += f" ({duration(age)} ago)" if age > -60 else " (dated in the future: clock skew, or not a heartbeat)"
         return line
 
     def to_json(self) -> dict[str, Any]:
@@ -83,8 +85,10 @@ class Progress:
 
 
 def duration(seconds: float) -> str:
-    """3s, 1m20s, 2h05m: short, for status lines."""
-    seconds = int(round(seconds))
+    """3s, 1m20s, 2h05m: short, for status lines (any float: a planted one too)."""
+    if not math.isfinite(seconds) or seconds >= 100 * 86400:
+        return "over 100 days"
+    seconds = max(0, int(round(seconds)))
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:

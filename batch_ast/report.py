@@ -29,6 +29,7 @@ import pandas as pd
 
 from .config import PARAMS
 from .index import METRIC_COLUMNS, load_index, load_traces
+from .manifest import max_input_bytes
 from .plan import file_sha256
 from .record import ROW_FILES
 from .store import (
@@ -36,6 +37,8 @@ from .store import (
     ResultsError,
     ResultsRoot,
     describe_os_error,
+    inert,
+    move_aside,
     open_dir_fd,
     open_regular,
     parts_within,
@@ -103,7 +106,9 @@ def _portable_copy(path: Path, sha: object, media_dir: Path, base: Path) -> Path
     if _missing(sha) or not SHA256.fullmatch(str(sha)):
         return None
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode) or file_sha256(path) != sha:
+        st = os.stat(path)
+        # the size first: a sparse 30 GB "input" must not be hashed for minutes
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_input_bytes() or file_sha256(path) != sha:
             return None
     except OSError:
         return None
@@ -161,7 +166,7 @@ def compact_trace(iterations: list[int], totals: list[float]) -> dict[str, Any]:
     as (first, step, last) where they are evenly spaced but for the last (as downsampling leaves
     them), else listed. report.js's ``traceOf`` reads it back; the pairs took half a 20,000-row
     data file."""
-    t = [float(f"{v:.5g}") for v in totals]
+    t = [_round_finite(v, 5) for v in totals]
     steps = {b - a for a, b in zip(iterations[:-2], iterations[1:-1], strict=False)}
     if len(iterations) >= 2 and len(steps) <= 1:
         step = steps.pop() if steps else iterations[1] - iterations[0]
@@ -177,11 +182,21 @@ def report_data(df: pd.DataFrame, root: Path, out_dir: Path, portable: bool = Fa
     media_dir = out_dir / "report-inputs"
     input_urls: dict[tuple[str, object], str | None] = {}  # a study has few inputs and many rows
 
-    def input_url(path: Path, sha: object) -> str | None:
-        key = (str(path), None if _missing(sha) else sha)
+    me = os.geteuid()
+
+    def input_url(path: Path, sha: object, own: bool) -> str | None:
+        """Where the page finds an input. Only the inputs of this user's own records (their record
+        files are the user's) are looked at on disk: a record is anyone's words, and a URL given
+        or withheld by whether the path exists would tell everyone who reads the report's data
+        file whether, say, /root/.ssh/authorized_keys exists. A stranger's input is linked as
+        named, unlooked-at, and never copied into a portable report."""
+        key = (str(path), None if _missing(sha) else sha, own)
         if key not in input_urls:
-            linked = _portable_copy(path, sha, media_dir, out_dir) if portable else path
-            input_urls[key] = _rel(linked, out_dir) if linked is not None and path.exists() else None
+            if not own:
+                input_urls[key] = None if portable else _rel(path, out_dir)
+            else:
+                linked = _portable_copy(path, sha, media_dir, out_dir) if portable else path
+                input_urls[key] = _rel(linked, out_dir) if linked is not None and path.exists() else None
         return input_urls[key]
 
     # A record's file fields name its own files, "runs/<id>/<file>" (Record.from_json checks): a row
@@ -193,10 +208,11 @@ def report_data(df: pd.DataFrame, root: Path, out_dir: Path, portable: bool = Fa
     rows = []
     for r in df.to_dict("records"):
         item: dict[str, Any] = {"id": r["id"], "name": _json_value(r.get("name")), "label": row_label(r, params)}
+        own = not _missing(r.get("record_uid")) and int(r["record_uid"]) == me
         for key in ("content", "style"):
             path = Path(r[key]) if not _missing(r.get(key)) else None
             item[f"{key}_name"] = path.name if path else None
-            url = input_url(path, r.get(f"{key}_sha256")) if path else None
+            url = input_url(path, r.get(f"{key}_sha256"), own) if path else None
             item[key[0] + "i"] = input_index.setdefault(url, len(inputs))
             if len(inputs) < len(input_index):
                 inputs.append(url)
@@ -244,7 +260,14 @@ ROW_FILE_URLS = {"output_url": ("output", ROW_FILES["output"]),
 
 def _rounded(value: Any) -> Any:
     """A result shown to 6 significant digits (a float's 17 took a sixth of a study's data file)."""
-    return float(f"{value:.6g}") if isinstance(value, float) else value
+    return _round_finite(value, 6) if isinstance(value, float) else value
+
+
+def _round_finite(value: float, digits: int) -> float:
+    """``value`` to ``digits`` significant digits, never rounded up past the largest float (a
+    planted 1.797e308 would become inf, which JSON cannot carry: the whole report failed)."""
+    rounded = float(f"{value:.{digits}g}")
+    return rounded if math.isfinite(rounded) or not math.isfinite(value) else value
 
 
 def _failures(df: pd.DataFrame) -> str:
@@ -329,7 +352,14 @@ def write_report(
     out_dir = out.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     data_path = out.with_name(out.stem + ".data.js")
-    _check_data_file(data_path)
+    inside = results.root if out_dir == results.root or results.root in out_dir.parents else None
+    if inside is None:
+        _check_data_file(data_path)
+    else:  # the root is shared: whatever a colleague (or anyone) left at these names is moved aside
+        _make_way(data_path, folder=False, check_data=True)
+        _make_way(out, folder=False)
+        if portable:
+            _make_way(out_dir / "report-inputs", folder=True)
     data = report_data(df, results.root, out_dir, portable)
     payload = "window.BATCH_AST = " + json.dumps(data, separators=(",", ":"), allow_nan=False) + ";\n"
     page = f"""<!DOCTYPE html>
@@ -366,13 +396,34 @@ colour by <select id="colour"></select>
 <div class="charts"><div id="scatter"></div><div id="curves"></div><div id="parallel"></div></div>
 </body></html>
 """
-    inside = results.root if out_dir == results.root or results.root in out_dir.parents else None
     write_atomic(data_path, lambda fh: fh.write(payload.encode("utf-8")), inside)
     write_atomic(out, lambda fh: fh.write(page.encode("utf-8")), inside)
     return out
 
 
 DATA_PREFIX = "window.BATCH_AST = "
+
+
+def _make_way(path: Path, folder: bool, check_data: bool = False) -> None:
+    """In a results root: move aside (``<name>.bad``) whatever sits at ``path`` that the report
+    cannot write over or into — a symlink, a FIFO or device, a folder where a file goes (a file
+    where a folder goes), or with ``check_data`` a file that is not a report's data — so that a
+    planted file never stops the report. The moved file is kept, to be looked at."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    fits = stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)
+    if fits and check_data:
+        try:
+            with open_regular(path) as fh:
+                fits = fh.read(len(DATA_PREFIX)).decode("utf-8", "replace") == DATA_PREFIX
+        except OSError:
+            fits = False
+    if not fits:
+        bad = move_aside(path)
+        print(f"warning: {inert(short_path(path))} was not the report's own: moved aside to {inert(bad.name)}",
+              file=sys.stderr)
 
 
 def _check_data_file(path: Path) -> None:

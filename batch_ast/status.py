@@ -23,7 +23,7 @@ from .claims import claim_rows as _claim_rows
 from .config import flatten_record
 from .dispatch import SubmissionRecord, load_submissions
 from .record import Record, RecordError, error_type_of
-from .store import ResultsRoot, open_regular
+from .store import ResultsRoot, inert, open_regular
 
 STATES = ("pending", "running", "ok", "failed", "invalid", "cancelled", "lost", "skipped")
 
@@ -181,11 +181,16 @@ def spec_row(row_id: str, spec: dict, row: int) -> dict:
 
 def unrecorded_rows(results: ResultsRoot, recorded: set[str]) -> list[dict]:
     """Index rows for submitted rows that have no record: their settings from the submission that
-    last submitted them, their state (pending, running, lost, cancelled) from its queue."""
+    last submitted them, their state (pending, running, lost, cancelled) from its queue. Only rows
+    of this user's own submissions, or whose row folder exists (every submit makes it)."""
     latest: dict[str, SubmissionRecord] = {}
+    # a row that batch-ast submitted has a folder (its claim was made there): a submission file
+    # listing 150,000 rows that nobody ran must not put 150,000 phantom rows into the index
+    made = results.row_folders()
     for sub in load_submissions(results):  # oldest first: later submissions win
+        mine = sub.mine
         for rid in sub.rows:
-            if rid not in recorded:
+            if rid not in recorded and (mine or rid in made):
                 latest[rid] = sub
     rows = []
     for sub in {id(s): s for s in latest.values()}.values():
@@ -232,7 +237,7 @@ def format_status(status: SubmissionStatus, details: bool = True, every_failure:
     elif not status.queue_known:
         lines.append("  (the queue could not be asked; unfinished rows shown as pending)")
     if not details:
-        return "\n".join(lines)
+        return "\n".join(map(inert, lines))
     if results is not None:
         lines += _running_lines(status, results)
     job_rows = {rid: job["rows"] for job in s.jobs for rid in job["rows"]}
@@ -255,7 +260,7 @@ def format_status(status: SubmissionStatus, details: bool = True, every_failure:
                 tail = log_tail(r.log, 3, row_id=r.id if shared else "")
                 if tail:
                     lines.extend(f"{indent}| " + t for t in tail.splitlines())
-    return "\n".join(lines)
+    return "\n".join(map(inert, lines))  # every line carries words of the root
 
 
 def _running_lines(status: SubmissionStatus, results: ResultsRoot) -> list[str]:
@@ -280,24 +285,37 @@ def _running_lines(status: SubmissionStatus, results: ResultsRoot) -> list[str]:
 
 
 CLAIM_GRACE_S = 600  # a claim whose submission file never appeared is stale after this long
+# a claim whose queue this user cannot ask (a local submission of another host; no squeue here) is
+# believed this long after it was made: a row of such a submission still running after 12 hours is
+# computed again by a later submit, and a planted claim blocks its row for no longer
+CLAIM_UNVERIFIED_S = 12 * 3600
 
 
 def claim_liveness(results: ResultsRoot, force: bool = False) -> Callable[[str, Claim], bool]:
-    """The ``is_live(row_id, claim)`` that claims.claim_rows asks: a claim is live while the queue
-    shows its submission's job of that row pending or running. A claim whose submission file does
-    not exist (yet) is live only for CLAIM_GRACE_S after it was made (a time in the future is not
-    believed) and, on this host, only while its process lives; ``force`` takes over every claim
-    whose job the queue does not show. A planted claim thus blocks its row for minutes at most."""
+    """The ``is_live(row_id, claim)`` that claims.claim_rows asks. A claim is live while a queue
+    this user can ask shows its submission's job of that row pending or running. Where that queue
+    cannot be asked (another host's local jobs, no SLURM commands here), it is believed for
+    CLAIM_UNVERIFIED_S after it was made, and not at all with ``force``. A claim whose submission
+    file does not exist (yet) is live only for CLAIM_GRACE_S and, on this host, only while its
+    process lives; ``force`` takes it over. A time in the future is never believed. A planted claim
+    and submission thus block a row for hours at most, and ``--force`` takes it at once."""
     submissions = {s.submission_id: s for s in load_submissions(results)}
-    states: dict[str, dict[str, str]] = {}  # one queue query per submission, not per row
+    states: dict[str, SubmissionStatus] = {}  # one queue query per submission, not per row
+
+    def believed(claim: Claim, for_s: float) -> bool:
+        return not force and 0 <= time.time() - claim.created < for_s
 
     def is_live(row_id: str, claim: Claim) -> bool:
         sub = submissions.get(claim.submission_id)
         if sub is not None:
             if sub.submission_id not in states:
-                states[sub.submission_id] = {r.id: r.state for r in query_status(results, sub).rows}
-            return states[sub.submission_id].get(row_id, "") in ("pending", "running")
-        if force or not 0 <= time.time() - claim.created < CLAIM_GRACE_S:
+                states[sub.submission_id] = query_status(results, sub)
+            status = states[sub.submission_id]
+            state = next((r.state for r in status.rows if r.id == row_id), "")
+            if state not in ("pending", "running"):
+                return False
+            return (status.queue_known and not sub.created_in_future) or believed(claim, CLAIM_UNVERIFIED_S)
+        if not believed(claim, CLAIM_GRACE_S):
             return False
         return claim.host != socket.gethostname() or local_job_alive(str(claim.pid))
 

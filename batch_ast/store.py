@@ -371,7 +371,13 @@ def _move_aside(path: Path) -> None:
 def move_aside(path: Path) -> Path:
     """Rename a bad file of the root to ``<name>.bad`` (replacing an older one) and return that name."""
     bad = path.with_name(path.name + ".bad")
-    os.replace(path, bad)
+    try:
+        os.replace(path, bad)
+    except (IsADirectoryError, NotADirectoryError, OSError) as exc:
+        if exc.errno not in (errno.EISDIR, errno.ENOTDIR, errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        bad = path.with_name(f"{path.name}.bad-{secrets.token_hex(4)}")  # a folder is there already
+        os.rename(path, bad)
     return bad
 
 
@@ -387,6 +393,17 @@ def short_path(path: str | Path, limit: int = 160) -> str:
     """A path for an error message: whole when short, its two ends when absurdly long."""
     text = str(path)
     return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-limit // 2 :]} ({len(text)} characters)"
+
+
+def inert(text: object) -> str:
+    """``text`` safe to print on a terminal: control characters (escape sequences, carriage
+    returns, newlines), bidi overrides and zero-width characters shown as ``\\x1b``-style escapes.
+    Every string read from a results root (file names, hosts, log lines, errors) is printed so: it
+    cannot clear the screen, move the cursor or forge lines."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -513,6 +530,15 @@ class ResultsRoot:
         if not runs.is_dir():
             return []
         return sorted(path.parent.name for path in runs.glob(f"*/{RECORD}") if ROW_ID.fullmatch(path.parent.name))
+
+    def row_folders(self) -> set[str]:
+        """Names of the folders under runs/ that are row ids (with a record or not: a row in flight
+        has its claim there)."""
+        try:
+            with os.scandir(self.root / "runs") as entries:
+                return {e.name for e in entries if ROW_ID.fullmatch(e.name)}
+        except OSError:
+            return set()
 
     def load_record(self, row_id: str) -> tuple[Record | None, str]:
         """(the row's record, "") — or (None, why) when it is absent ("" then) or cannot be used:

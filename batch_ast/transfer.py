@@ -88,18 +88,30 @@ class LineSearchLBFGS(torch.optim.LBFGS):
         return super().step(closure)
 
     def _directional_evaluate(self, closure, x, t, d):
-        self._searched = (d, t)
+        self._searched = (d, t, x)  # x: the line search's copy of its start point
         return super()._directional_evaluate(closure, x, t, d)
 
-    def outcome(self) -> tuple[bool, bool]:
-        """(moved, last evaluation is at the new point) for the step just taken."""
+    def outcome(self, exact: bool = False) -> tuple[bool, bool]:
+        """(moved, last evaluation is at the new point) for the step just taken. With ``exact``
+        (the caller saw the last evaluation's total equal the start's to the bit), the iterate is
+        compared with the start and the last evaluated point: a stalled search whose every step
+        ``t*d`` falls below the ulp of ``x`` leaves ``x`` where it was although ``t`` is an
+        evaluated tensor (seen on an AMD EPYC from iteration 84 of a 300-iteration row). Only then:
+        two comparisons of the spectrogram, in an iteration that made no progress."""
         searched = getattr(self, "_searched", None)
         if searched is None:  # returned before its line search: x unchanged, last evaluated there
             return False, True
         state = self.state[self._params[0]]
         t = state["t"]
         moved = isinstance(t, torch.Tensor) or t != 0  # a tensor t is an evaluated point, never x0
-        return moved, searched[0] is state["d"] and searched[1] is t
+        at_last = searched[0] is state["d"] and searched[1] is t
+        if exact:
+            d, t_last, (start,) = searched
+            now = self._params[0].detach()
+            last = start.clone().add_(d.view_as(start), alpha=t_last)  # as _add_grad computes it
+            moved = bool((now != start).any())
+            at_last = bool((now == last).all())
+        return moved, at_last
 
 
 class StyleTransfer:
@@ -309,7 +321,9 @@ class StyleTransfer:
 
         if isinstance(self.optimizer, LineSearchLBFGS):
             self.optimizer.step(closure)
-            moved, self._last_at_x = self.optimizer.outcome()
+            # a last total bitwise the start's: maybe a stalled search (see LineSearchLBFGS.outcome)
+            stalled = self._last is not None and self._last[2] == first[0][0]
+            moved, self._last_at_x = self.optimizer.outcome(exact=stalled)
             if not moved:
                 # The line search found no step along the quasi-Newton direction (a stale curvature
                 # history on this quartic loss): restart L-BFGS from steepest descent, as scipy's

@@ -85,6 +85,19 @@ def private_state(tmp_path_factory, monkeypatch):
     return folder / "batch-ast"
 
 
+@pytest.fixture
+def reachable_tmp():
+    """A scratch folder that other users can reach (under the system's /tmp, mode 0755). pytest's
+    own tmp_path sits below a 0700 folder: nothing there is reachable by anyone else, so a check
+    for what other users could replace rightly passes there."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="batch-ast-test-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 # The long rows of the SLURM tests (tests/test_slurm.py, tests/test_multinode.py).
 def long_rows(audio_dir: Path, n: int, iterations: int = 4000) -> Path:
     head, vals = tiny_columns(iterations=iterations, patience=100000, n_filters=128)

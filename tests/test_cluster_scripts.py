@@ -13,7 +13,7 @@ from batch_ast.backends import get_backend
 
 from .conftest import REPO
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the cluster scripts run as root")
+pytestmark = [pytest.mark.root_only, pytest.mark.skipif(os.geteuid() != 0, reason="the cluster scripts run as root")]
 
 
 def script(name: str, state, args: tuple[str, ...] | list[str] = (), **env) -> subprocess.CompletedProcess:

@@ -163,8 +163,9 @@ def test_the_submitter_refuses_a_result_pickle_it_does_not_own(audio_dir, tmp_pa
     assert any("owned by uid" in e or "writable by group" in e for e in sub.job_errors), sub.job_errors
 
 
-def test_a_state_folder_others_may_write_is_refused_before_anything_is_submitted(audio_dir, tmp_path, monkeypatch, capsys):
-    shared = tmp_path / "shared-state"
+def test_a_state_folder_others_may_write_is_refused_before_anything_is_submitted(audio_dir, tmp_path, monkeypatch, capsys,
+                                                                                reachable_tmp):
+    shared = reachable_tmp / "shared-state"
     shared.mkdir()
     shared.chmod(0o777)  # no sticky bit: anyone may rename what is inside
     monkeypatch.setenv("BATCH_AST_STATE_DIR", str(shared / "batch-ast"))
@@ -176,11 +177,12 @@ def test_a_state_folder_others_may_write_is_refused_before_anything_is_submitted
     assert not (tmp_path / "r" / "submissions").exists()
 
 
-def test_check_job_files_refuses_links_and_foreign_folders(tmp_path):
+def test_check_job_files_refuses_links_and_foreign_folders(reachable_tmp):
+    tmp_path = reachable_tmp
     folder = tmp_path / "state" / "submitit" / PLANTED_SID / "123"
     folder.mkdir(parents=True, mode=0o700)
     for part in (tmp_path / "state", tmp_path / "state" / "submitit", folder.parent):
-        part.chmod(0o700)
+        part.chmod(0o755)
     pkl = folder / "123_submitted.pkl"
     pkl.write_bytes(b"x")
     check_job_files(folder, [pkl])  # the user's own: accepted
@@ -192,6 +194,8 @@ def test_check_job_files_refuses_links_and_foreign_folders(tmp_path):
     folder.chmod(0o770)
     with pytest.raises(PrivateStateError, match="writable by group"):
         check_job_files(folder, [])
+    folder.parent.chmod(0o700)  # what keeps everyone else out at a group umask: a closed folder above
+    check_job_files(folder, [])
 
 
 # --- 2. cancel signals only this submission's own controller ------------------------------------
@@ -487,9 +491,10 @@ def test_endless_job_is_still_cancelled_by_its_own_submitter(audio_dir, tmp_path
     assert sub.status().counts["cancelled"] == 1
 
 
-def test_the_job_entry_point_refuses_a_folder_others_may_write(tmp_path):
+def test_the_job_entry_point_refuses_a_folder_others_may_write(reachable_tmp):
     """``python -m batch_ast.job_entry FOLDER``, as submitit's command line runs it, on a job folder
     the group may write: it exits before submitit loads anything, without runpy's warning."""
+    tmp_path = reachable_tmp
     folder = tmp_path / "1"
     folder.mkdir()
     folder.chmod(0o770)

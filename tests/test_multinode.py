@@ -9,7 +9,6 @@ Like tests/test_slurm.py they skip where no such cluster answers, except in CI (
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -53,8 +52,9 @@ def three_nodes():
     """The cluster must be the three-node one this repository's script started (the tests kill
     its nodes): that is what `make test` starts, as root."""
     missing = None
-    if os.geteuid() != 0:
-        missing = "these tests kill and restart nodes: they run as root"
+    if os.geteuid() != 0 and not os.environ.get("BATCH_AST_TEST_ADMIN"):
+        missing = ("these tests kill and restart nodes: they run as root, or as the user of tests/as-user.sh "
+                   "(which may run tests/cluster-admin.sh through sudo)")
     elif set(node_states()) != set(NODES) or set(node_daemons()) != set(NODES):
         missing = "no three-node cluster of slurm/start.sh answers: run `sudo bash slurm/start.sh --nodes 3`"
     if missing:
@@ -73,10 +73,16 @@ def nodes_back():
         restart_lost_nodes()
 
 
+def admin(*args: str) -> subprocess.CompletedProcess:
+    """tests/cluster-admin.sh: as root directly, else through sudo (tests/as-user.sh allows exactly it)."""
+    script = os.environ.get("BATCH_AST_TEST_ADMIN") or str(REPO / "tests" / "cluster-admin.sh")
+    command = ["bash", script, *args] if os.geteuid() == 0 else ["sudo", "-n", script, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
 def restart_lost_nodes() -> None:
     """start.sh starts again the nodes of its cluster whose slurmd is gone, and resumes them."""
-    done = subprocess.run(["bash", str(REPO / "slurm" / "start.sh"), "--nodes", str(len(NODES))],
-                          capture_output=True, text=True, timeout=600)
+    done = admin("restart", str(len(NODES)))
     assert done.returncode == 0, done.stdout + done.stderr
     # start.sh saw them all up; a node may pass through "completing" as a job ends meanwhile
     wait_for(lambda: all(node_states().get(n) in ("idle", "mixed", "allocated") for n in NODES),
@@ -86,8 +92,8 @@ def restart_lost_nodes() -> None:
 def lose_node(node: str) -> None:
     """The node dies: its slurmd is killed, which ends its namespace and every process of its jobs
     (SIGKILL, no warning signal); the controller is told at once instead of after SlurmdTimeout."""
-    os.kill(node_daemons()[node], signal.SIGKILL)
-    subprocess.run(["scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=lost in a test"], check=True)
+    done = admin("lose-node", node)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def task_nodes(array_id: str) -> dict[str, str]:
