@@ -51,11 +51,11 @@ def current_umask() -> int:
     return mask
 
 
-def published_mode(shared: bool = False) -> int:
+def published_mode() -> int:
     """Mode of a published file: what ``open()`` would give (0666 less the umask), so colleagues
-    on a shared filesystem can read results wherever the user's umask lets them; in a group-shared
-    root (``group_shared``) also read and write for the group, whatever the umask."""
-    return (0o666 & ~current_umask()) | (0o660 if shared else 0)
+    on a shared filesystem can read results wherever the user's umask lets them (in a group-shared
+    root ``share_with_group`` adds the group's read and write)."""
+    return 0o666 & ~current_umask()
 
 
 LOCK_WAIT_ENV = "BATCH_AST_LOCK_WAIT_S"

@@ -1046,6 +1046,68 @@ def bench_overhead(realistic_job_s: float) -> list[Result]:
     return rows
 
 
+def _cold_child(out: str) -> None:
+    """Fresh process, as a job starts (caches pointed into the state folder, as job_entry does):
+    one `quick` row through the job's code, then its finishing times (metrics, figures)."""
+    from batch_ast.private import state_dir, use_private_caches
+
+    use_private_caches(state_dir())
+    from batch_ast.index import collect, load_index
+    from batch_ast.job import TransferJob
+    from batch_ast.manifest import read_manifest
+    from batch_ast.plan import make_plan
+    from batch_ast.store import ResultsRoot
+
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = Path(tmp) / "m.csv"
+        manifest.write_text(f"content,style,preset,iterations\n{DEMO / 'speech_gettysburg.wav'},"
+                            f"{DEMO / 'boogie_marabi.wav'},quick,20\n")
+        results = ResultsRoot(Path(tmp) / "results")
+        plan = make_plan(read_manifest(manifest, load_config()), results, manifest)
+        TransferJob()([s.to_dict() for s in plan.to_run], str(results.root))
+        collect(results.root)
+        df = load_index(results.root)
+    Path(out).write_text(json.dumps({"metrics": float(df["time_metrics_s"].sum()),
+                                     "figures": float(df["time_figures_s"].sum())}))
+
+
+def _librosa_onset_child(out: str) -> None:
+    """Fresh process: what the first ``librosa.onset.onset_strength`` costs (the metric's call before
+    #30), with the numba cache of the environment (the caller makes it empty)."""
+    t0 = time.perf_counter()
+    import librosa
+
+    librosa.onset.onset_strength(y=_signal(4, 16000), sr=16000, hop_length=256, n_fft=1024)
+    Path(out).write_text(json.dumps({"s": time.perf_counter() - t0}))
+
+
+def bench_cold() -> list[Result]:
+    """A row's finishing (metrics + figures) in a job with a cold HOME and state folder (a new user,
+    a fresh node, a container) against the same job again, warm, in the same run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        home, state = Path(tmp) / "home", Path(tmp) / "state"
+        home.mkdir()
+        state.mkdir(mode=0o700)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "NUMBA_", "MPLCONFIG"))}
+        env.update(HOME=str(home), BATCH_AST_STATE_DIR=str(state / "batch-ast"))
+        times = []
+        for child in ("--_cold", "--_cold", "--_onset"):
+            with tempfile.NamedTemporaryFile(suffix=".json") as fh:
+                if child == "--_onset":
+                    env["NUMBA_CACHE_DIR"] = str(Path(tmp) / "numba-cold")
+                subprocess.run([sys.executable, "-m", "benchmarks.bench", child, fh.name], check=True, cwd=REPO, env=env)
+                times.append(json.loads(Path(fh.name).read_text()))
+        written = sorted(str(p.relative_to(home)) for p in home.rglob("*"))
+    cold, warm = (t["metrics"] + t["figures"] for t in times[:2])
+    note = f"cold - warm = {cold - warm:+.2f} s (target <= 3 s); written into HOME: {written or 'nothing'}"
+    return [
+        Result("cold", "finishing, warm (2nd job, same state folder)", warm, "s", note="metrics + figures"),
+        Result("cold", "finishing, cold HOME and state folder", cold, "s", reference=warm, ratio=cold / warm, note=note),
+        Result("cold", "librosa.onset.onset_strength, first call, cold numba cache", times[2]["s"], "s",
+               note="what the onset metric cost a cold job before #30 (it no longer calls librosa's JIT code)"),
+    ]
+
+
 def _memory_child(device: torch.device, seconds: float, out: str) -> None:
     """Fresh process: peak RSS of building a default-settings transfer and one Adam step."""
     def status_mb(key: str) -> float:
@@ -1180,6 +1242,7 @@ SECTIONS = (
             in_quick=False),
     Section("overhead", _overhead),
     Section("memory", lambda r: bench_memory(r.device, [10, 60] if r.quick else [10, 60, 300])),
+    Section("cold", lambda r: bench_cold(), in_quick=False),
     Section("collect", lambda r: bench_collect(r.collect_rows or (200 if r.quick else 5000))),  # the index: CPU work
     Section("throughput", lambda r: _throughput(r), in_quick=False),
     Section("syncs", lambda r: bench_syncs(r.device, 20 if r.quick else 100)),
@@ -1199,7 +1262,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="rows of the study the collect section builds (default 200 with --quick, else 5000)")
     parser.add_argument("--_overhead", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--_cold", help=argparse.SUPPRESS)
+    parser.add_argument("--_onset", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args._cold or args._onset:  # before torch's device is picked: a fresh job's imports only
+        (_cold_child if args._cold else _librosa_onset_child)(args._cold or args._onset)
+        return 0
     device = pick_device(args.device)
     if args._overhead:
         _overhead_child(int(args._overhead[0]), args._overhead[1])

@@ -26,7 +26,7 @@ from batch_ast.plan import make_plan
 from batch_ast.record import Record, columns
 from batch_ast.store import ResultsRoot
 
-from .conftest import TINY, tiny_columns, write_manifest
+from .conftest import REPO, TINY, tiny_columns, write_manifest
 
 
 def tiny_manifest(folder, rows=("content.wav,style.wav",), **extra):
@@ -179,11 +179,14 @@ class CrashingJob(batch_ast.job.TransferJob):
         raise RuntimeError("node on fire")
 
 
-def test_debug_submissions_run_in_process_and_crashed_jobs_are_reported(audio_dir, tmp_path):
+def test_debug_submissions_run_in_process_and_crashed_jobs_are_reported(audio_dir, tmp_path, monkeypatch):
     m = tiny_manifest(audio_dir, ["content.wav,style.wav"], iterations=2)
     sub = batch_ast.submit(m, tmp_path / "results", executor="debug", wait=True)
     assert sub.status().counts["ok"] == 1 and sub.job_errors == []
     prepared = batch_ast.prepare(m, tmp_path / "results", executor="local", force=True)
+    # jobs start in their private folder with a safe path: the test's own class is found the way a
+    # user's would be, through PYTHONPATH
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
     prepared.job = CrashingJob()
     broken = prepared.launch()
     final = broken.wait(poll_s=0.2)

@@ -53,7 +53,8 @@ def test_rhythm_measures_and_alignment_are_independent_of_the_loss():
 def test_sections_form_one_table_and_quick_leaves_out_the_long_checks():
     names = [s.name for s in bench.SECTIONS]
     assert len(names) == len(set(names)) and "step" in names and "collect" in names
-    assert {s.name for s in bench.SECTIONS if not s.in_quick} == {"compile", "reference", "stopping", "rhythm", "throughput"}
+    assert {s.name for s in bench.SECTIONS if not s.in_quick} == {"compile", "reference", "stopping", "rhythm", "throughput",
+                                                                 "cold"}
     row = bench.Result("gl", "case", 2.0, "x", reference=1.0, ratio=2.0, details={"curve": {"16": 0.3}})
     assert row.to_dict() == {"section": "gl", "case": "case", "value": 2.0, "unit": "x", "reference": 1.0,
                              "ratio": 2.0, "note": "", "curve": {"16": 0.3}}

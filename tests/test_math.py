@@ -547,3 +547,29 @@ def test_tempo_octave_error_is_corrected_towards_the_input_nearer_120_bpm(monkey
     calls.clear()
     _, _, warnings = rhythm.consistent_grids(content, style, 22050, 512, bpm=120.0)
     assert warnings == [] and calls == [120.0, 120.0]
+
+
+@pytest.mark.parametrize("sample_rate,n_fft,hop,samples", [
+    (16000, 1024, 256, 48000), (8000, 256, 64, 600), (22050, 2048, 512, 100), (8000, 256, 64, 12000),
+])
+def test_onset_strength_equals_librosas_and_resampling_equals_librosas_soxr_hq(sample_rate, n_fft, hop, samples):
+    """The onset metric and the resampler call torch/soxr directly (librosa's own calls compile
+    numba code for 20-30 s in a cold job): the same numbers as librosa's, within float rounding."""
+    import warnings
+
+    import librosa
+
+    from batch_ast.audio import resample
+    from batch_ast.metrics import onset_strength
+
+    audio = load_audio(DEMO_AUDIO / "speech_gettysburg.wav", sample_rate, 3.0)[:samples]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # n_fft larger than a tiny clip
+        theirs = librosa.onset.onset_strength(y=audio, sr=sample_rate, hop_length=hop, n_fft=n_fft)
+    ours = onset_strength(audio, sample_rate, hop, n_fft)
+    assert ours.shape == theirs.shape
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(theirs).max())))
+    resampled = resample(audio, sample_rate, 11025)
+    assert resampled.dtype == audio.dtype
+    np.testing.assert_array_equal(resampled, librosa.resample(audio, orig_sr=sample_rate, target_sr=11025,
+                                                              res_type="soxr_hq"))
