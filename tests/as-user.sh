@@ -43,7 +43,7 @@ if ! runuser -u "$USER_A" -- test -r "$REPO/pyproject.toml" || ! runuser -u "$US
 fi
 PY="$ROOT_PY"
 if [ "$SRC" != "$REPO" ] || ! runuser -u "$USER_A" -- "$ROOT_PY" -c "import batch_ast, torch" >/dev/null 2>&1; then
-  VENV="$WORK/venv"
+  VENV="$WORK/venv-$(printf %s "$SRC" | sha1sum | cut -c1-12)"  # one per checkout: it installs that one, editable
   BASE=/usr/bin/python3
   [ -x "$BASE" ] || BASE="$(command -v python3)"
   if [ ! -x "$VENV/bin/python" ] || [ "$SRC/pyproject.toml" -nt "$VENV/.installed" ] || \
