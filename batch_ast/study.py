@@ -161,13 +161,15 @@ def study_rows(path: str | Path, cap: int | None = None) -> list[dict[str, Any]]
     return rows
 
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# =, +, -, @ (or their full-width forms) first, after any spaces, line breaks, zero-width or bidi
+# characters that would hide them; or a tab or line break first (report.js's FORMULA is the same)
+FORMULA = re.compile("^[\\s\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]*[=+\\-@\uff1d\uff0b\uff0d\uff20]|^[\t\r\n]")
 
 
 def spreadsheet_safe(label: str) -> str:
     """A label a spreadsheet will not run as a formula (OWASP's CSV-injection advice): one that
-    starts like a formula gets a leading apostrophe."""
-    return "'" + label if label.startswith(FORMULA_STARTS) else label
+    starts like a formula, also behind spaces or invisible characters, gets a leading apostrophe."""
+    return "'" + label if FORMULA.match(label) else label
 
 
 def study_csv(path: str | Path, relative_to: Path | None = None, max_rows: int | None = None,

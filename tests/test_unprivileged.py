@@ -469,3 +469,27 @@ def test_two_users_of_one_group_share_a_setgid_root_on_the_cluster(reachable_tmp
     assert refused.returncode == 2 and "not yours" in refused.stderr
     mine = next(s for s, uid in owners.items() if uid == os.geteuid())
     assert run_cli("cancel", str(root), "--submission", mine, env=env_a).returncode == 0
+
+
+HIDDEN_FORMULAS = ["=1+1", " =1", "\n=cmd", "\u200b=x", "\u202e+x", "\uff1dSUM(A1)", "\t@x", "-2"]
+PLAIN = ["abc", "a=b", " ok", "x-1"]
+
+
+def test_held_spreadsheet_cells_behind_spaces_or_invisible_characters_are_quoted():
+    from batch_ast.study import spreadsheet_safe
+
+    assert all(spreadsheet_safe(t) == "'" + t for t in HIDDEN_FORMULAS)
+    assert all(spreadsheet_safe(t) == t for t in PLAIN)
+
+
+@pytest.mark.skipif(NODE is None and os.environ.get("CI") != "true", reason="node is not installed")
+def test_held_the_reports_csv_export_quotes_the_same_cells():
+    script = (REPO / "batch_ast" / "report_assets" / "report.js").read_text()
+    start = script.index("const FORMULA")
+    end = script.index("function exportRows")
+    code = script[start:end] + f"console.log(JSON.stringify({json.dumps(HIDDEN_FORMULAS + PLAIN)}.map(csvCell)));"
+    done = subprocess.run([NODE or "node", "-e", code], capture_output=True, text=True, timeout=3600)
+    assert done.returncode == 0, done.stderr
+    cells = json.loads(done.stdout)
+    quoted = [c.strip('"').startswith("'") for c in cells]
+    assert quoted == [True] * len(HIDDEN_FORMULAS) + [False] * len(PLAIN), cells

@@ -567,9 +567,12 @@ function syncWidgets() {
   });
 }
 // the rows the table shows (every page), as CSV or as their ids
+// What a spreadsheet may run as a formula: =, +, -, @ (or their full-width forms) first, after any
+// spaces, line breaks, zero-width or bidi characters that hide them; or a tab or line break first.
+const FORMULA = /^[\s\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]*[=+\-@\uFF1D\uFF0B\uFF0D\uFF20]|^[\t\r\n]/;
 function csvCell(v) {
   let t = v === null || v === undefined ? '' : String(v);
-  if (typeof v !== 'number' && /^[=+\-@\t\r]/.test(t)) t = "'" + t;  // not a formula in a spreadsheet
+  if (typeof v !== 'number' && FORMULA.test(t)) t = "'" + t;  // not a formula in a spreadsheet
   return /[",\n\r]/.test(t) ? '"' + t.replace(/"/g, '""') + '"' : t;
 }
 function exportRows(what) {
