@@ -7,6 +7,7 @@ import dataclasses
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 from . import api
@@ -384,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = (BackendError, ConfigError, DispatchError, ManifestError, PrivateStateError, ResultsError, StudyError)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the CLI prints everything it has to say: one line (not Python's two, with a path)."""
+    return f"warning: {inert(message)}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done; 1 some rows failed or were lost; 2 the command could not run (the
     reason in one line on stderr: bad manifest or config, unusable results root, disk full...)."""
@@ -391,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     resolve_results_root(parser, args)
     use_private_caches(state_dir())  # rows of the debug executor run in this process
+    warnings.formatwarning = _one_line_warning
     try:
         return args.func(args)
     except BrokenPipeError:

@@ -493,3 +493,18 @@ def test_held_the_reports_csv_export_quotes_the_same_cells():
     cells = json.loads(done.stdout)
     quoted = [c.strip('"').startswith("'") for c in cells]
     assert quoted == [True] * len(HIDDEN_FORMULAS) + [False] * len(PLAIN), cells
+
+
+def test_a_root_shared_with_a_group_one_is_not_in_is_named_at_submit(reachable_tmp, monkeypatch):
+    """Files this user makes there could not be given the root's group: one line says what to do."""
+    root = reachable_tmp / "r"
+    root.mkdir()
+    root.chmod(0o2775)
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)  # not root, in no group of the root's
+    monkeypatch.setattr(os, "getgroups", lambda: [4242])
+    monkeypatch.setattr(os, "getegid", lambda: 4242)
+    from batch_ast.store import check_shared_root
+
+    assert "which you are not in" in check_shared_root(root)
+    monkeypatch.setattr(os, "getgroups", lambda: [root.stat().st_gid])
+    assert check_shared_root(root) == ""
