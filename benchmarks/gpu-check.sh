@@ -54,7 +54,11 @@ else
     # no torch on this machine: the small CPU wheel (on a GPU machine this means the check is moot)
     "$PY" -m pip install -q torch==2.13.0
   fi
-  "$PY" -m pip install -q -e '.[test]'
+  # installed already from this very checkout (a venv the user may not write: the test suite's)
+  if ! "$PY" -c "import sys, pathlib, batch_ast, pytest
+sys.exit(pathlib.Path(batch_ast.__file__).resolve().parents[1] != pathlib.Path.cwd().resolve())" 2>/dev/null; then
+    "$PY" -m pip install -q -e '.[test]'
+  fi
 fi
 check "install"
 CLI=("$PY" -m batch_ast)

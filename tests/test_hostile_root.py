@@ -105,16 +105,13 @@ def test_submitit_pickles_never_appear_in_the_shared_root_and_a_watcher_there_ru
 
 def _swap_when_it_appears(path_glob, folder: Path, marker: Path, stop: threading.Event, swapped: list) -> None:
     """A watcher that replaces the first file matching ``path_glob`` under ``folder`` by a payload
-    that another user owns (root can chown) or, failing that, that the group can write."""
+    that another user owns (as root, who can chown)."""
     while not stop.is_set():
         for pkl in folder.rglob(path_glob):
             tmp = pkl.with_name(".planted")
             with tmp.open("wb") as fh:
                 pickle.dump(Payload(marker), fh)
-            try:
-                os.chown(tmp, 65534, 65534)
-            except PermissionError:
-                tmp.chmod(0o666)
+            os.chown(tmp, 65534, 65534)
             os.replace(tmp, pkl)
             swapped.append(pkl)
             return
@@ -145,6 +142,9 @@ def local_submit(m: Path, results: Path):
     return batch_ast.submit(m, results, executor="local", wait=True)
 
 
+# Another user's file in the user's 0700 state folder: only root can make one (chown); an unprivileged
+# user's own group-writable file there is private (nobody else can reach it), so these run as root.
+@pytest.mark.root_only
 def test_a_job_refuses_a_submitted_pickle_it_does_not_own(audio_dir, tmp_path, private_state):
     """Even in the private folder (a misconfigured state dir), a submitted pickle swapped the
     moment it appears, for one another user owns or the group may write, is refused unread."""
@@ -156,6 +156,7 @@ def test_a_job_refuses_a_submitted_pickle_it_does_not_own(audio_dir, tmp_path, p
     assert sub.status().counts["lost"] == 1
 
 
+@pytest.mark.root_only
 def test_the_submitter_refuses_a_result_pickle_it_does_not_own(audio_dir, tmp_path, private_state):
     sub, swapped, marker = submit_under_a_swapping_watcher("*_result.pkl", private_state, audio_dir, tmp_path,
                                                            local_submit)

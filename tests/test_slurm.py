@@ -360,6 +360,7 @@ def test_batched_rows_in_one_array_task_checkpoint_requeue_and_resume(audio_dir,
     assert not any(root.checkpoint_path(r).exists() for r in job["rows"])
 
 
+@pytest.mark.root_only  # the payload is another user's file: only root can chown one (test_hostile_root says why)
 def test_a_swapped_submitted_pickle_is_refused_by_the_slurm_job(audio_dir, tmp_path, private_state):
     """Issue #23 on the cluster: during the pending time an attacker swaps the array task's
     ``_submitted.pkl`` for a payload they own; the job refuses it unread and the row is lost."""
