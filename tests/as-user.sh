@@ -86,4 +86,4 @@ ENVS=(HOME="$(getent passwd "$USER_A" | cut -d: -f6)" PATH="/usr/local/bin:/usr/
 for name in $KEEP; do [ -n "${!name:-}" ] && ENVS+=("$name=${!name}"); done
 cd /
 exec runuser -u "$USER_A" -- env -i "${ENVS[@]}" bash -c \
-  'umask 002; cd "$0" && exec "$1" -m pytest -ra -p no:cacheprovider -m "not root_only" "${@:2}"' "$SRC" "$PY" "$@"
+  'umask 002; cd "$0" && exec "$1" -m pytest -ra --durations=12 -p no:cacheprovider -m "not root_only" "${@:2}"' "$SRC" "$PY" "$@"

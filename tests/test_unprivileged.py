@@ -426,8 +426,8 @@ def test_two_users_of_one_group_share_a_setgid_root_on_the_cluster(reachable_tmp
     inputs.mkdir()
     for name, src in (("content.wav", "speech_gettysburg.wav"), ("style.wav", "boogie_marabi.wav")):
         shutil.copy(DEMO_AUDIO / src, inputs / name)
-    m_a = one_row(inputs, "a.csv", seeds=(0, 1, 2, 3), iterations=200, patience=100000)
-    m_b = one_row(inputs, "b.csv", seeds=(2, 3, 4, 5), iterations=200, patience=100000)
+    m_a = one_row(inputs, "a.csv", seeds=(0, 1, 2, 3), iterations=60, patience=100000)
+    m_b = one_row(inputs, "b.csv", seeds=(2, 3, 4, 5), iterations=60, patience=100000)
     for path in (inputs, *inputs.iterdir()):
         path.chmod(0o755 if path.is_dir() else 0o644)
     project = shared_folder(reachable_tmp)
