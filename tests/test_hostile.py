@@ -324,29 +324,19 @@ def as_nobody(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, cwd="/", timeout=300)
 
 
-@pytest.fixture
-def shared_dir():
-    """A folder other users can traverse (pytest's own tmp folders are 0700), removed afterwards."""
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp(prefix="batch-ast-shared-", dir="/tmp"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
+@pytest.mark.root_only  # acts as user nobody through setpriv
 @pytest.mark.skipif(not nobody_can_run_python(), reason="needs root and setpriv to act as a second user")
-def test_a_second_user_reads_results_and_meets_clear_errors(audio_dir, shared_dir):
+def test_a_second_user_reads_results_and_meets_clear_errors(audio_dir, reachable_tmp):
     """A colleague (user nobody) on the same filesystem: can read everything published under a 022
     umask; cannot write into the root, and is told so in one line; meets a folder they cannot enter."""
-    audio = shared_dir / "audio"
+    audio = reachable_tmp / "audio"
     shutil.copytree(audio_dir, audio)
     for path in [audio, *audio.iterdir()]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     head, vals = tiny_columns()
     m = write_manifest(audio, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
     m.chmod(0o644)
-    results = shared_dir / "results"
+    results = reachable_tmp / "results"
     old = os.umask(0o022)
     try:
         assert cli("submit", str(m), "--results", str(results), "--executor", "debug", "--quiet") == 0
@@ -360,16 +350,16 @@ def test_a_second_user_reads_results_and_meets_clear_errors(audio_dir, shared_di
     done = as_nobody("submit", str(m), "--results", str(results), "--force", "--executor", "local")
     assert done.returncode == 2 and "is not writable: " in done.stderr and "Permission denied" in done.stderr
     assert "Traceback" not in done.stderr
-    done = as_nobody("report", str(results), "-o", str(shared_dir / "nobody-report.html"))
+    done = as_nobody("report", str(results), "-o", str(reachable_tmp / "nobody-report.html"))
     assert "Traceback" not in done.stderr and done.returncode in (0, 2), done.stderr
     assert done.returncode == 2 or "using the existing index" in done.stderr
-    closed = shared_dir / "closed"
+    closed = reachable_tmp / "closed"
     closed.mkdir(mode=0o700)
     shutil.copy(audio / "content.wav", closed / "content.wav")
     m2 = audio / "m2.csv"
     m2.write_text(f"content,style\n{closed / 'content.wav'},style.wav\n")
     m2.chmod(0o644)
-    done = as_nobody("submit", str(m2), "--results", str(shared_dir / "r2"), "--dry-run")
+    done = as_nobody("submit", str(m2), "--results", str(reachable_tmp / "r2"), "--dry-run")
     assert done.returncode == 2 and "row 1 (line 2): column 'content'" in done.stderr
     assert "Permission denied" in done.stderr and "Traceback" not in done.stderr
 
