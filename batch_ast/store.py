@@ -346,14 +346,19 @@ def root_lock(results: ResultsRoot, name: str, wait_s: float | None = None) -> I
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise LockTimeout(
-                        f"{short_path(path)}: held by another process for over {wait_s:g} s (another batch-ast "
-                        f"command, or anyone who can read the file: `fuser -v {short_path(path)}` shows who); "
-                        f"try again later, or remove the file if nobody should hold it") from None
-                time.sleep(min(pause, left))
-                pause = min(pause * 2, 2.0)
+                pass
+            except OSError as exc:  # EBADF: NFS emulates flock with POSIX locks, which need write access
+                raise LockTimeout(
+                    f"{short_path(path)}: cannot be locked ({exc.strerror}); where flock needs write access (NFS), "
+                    "the lock file must be writable by you: its owner can chmod g+w it") from None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LockTimeout(
+                    f"{short_path(path)}: held by another process for over {wait_s:g} s (another batch-ast "
+                    f"command, or anyone who can read the file: `fuser -v {short_path(path)}` shows who); "
+                    f"try again later, or remove the file if nobody should hold it")
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 2.0)
         try:
             yield
         finally:

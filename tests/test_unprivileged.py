@@ -508,3 +508,21 @@ def test_a_root_shared_with_a_group_one_is_not_in_is_named_at_submit(reachable_t
     assert "which you are not in" in check_shared_root(root)
     monkeypatch.setattr(os, "getgroups", lambda: [root.stat().st_gid])
     assert check_shared_root(root) == ""
+
+
+def test_a_lock_that_cannot_be_taken_at_all_is_named(tmp_path, monkeypatch):
+    """NFS emulates flock with POSIX locks, which need a descriptor open for writing: a lock file
+    another user made 0644 then gives EBADF, said in one line naming the file."""
+    import batch_ast.store
+
+    real = fcntl.flock
+
+    def nfs_flock(fd, operation):
+        if operation & fcntl.LOCK_EX:
+            raise OSError(9, "Bad file descriptor")
+        return real(fd, operation)
+
+    monkeypatch.setattr(batch_ast.store.fcntl, "flock", nfs_flock)
+    with pytest.raises(batch_ast.store.LockTimeout, match=r"\.claims\.lock: cannot be locked .*chmod g\+w"), \
+            root_lock(ResultsRoot(tmp_path), ".claims.lock", wait_s=0):
+        pass
