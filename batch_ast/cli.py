@@ -396,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     resolve_results_root(parser, args)
-    use_private_caches(state_dir())  # rows of the debug executor run in this process
+    if state_dir().is_dir():  # rows of the debug executor run in this process; HOME is not written to
+        use_private_caches(state_dir())
     warnings.formatwarning = _one_line_warning
     try:
         return args.func(args)
