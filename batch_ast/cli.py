@@ -396,8 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     resolve_results_root(parser, args)
-    if state_dir().is_dir():  # rows of the debug executor run in this process; HOME is not written to
-        use_private_caches(state_dir())
+    state = state_dir()
+    if state.is_dir():  # rows of the debug executor run in this process; HOME is not written to
+        use_private_caches(state)
     warnings.formatwarning = _one_line_warning
     try:
         return args.func(args)

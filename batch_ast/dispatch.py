@@ -24,7 +24,7 @@ from .config import ConfigError, read_config_file
 from .job import DEFAULTS, TransferJob
 from .manifest import MAX_ROWS_ENV, max_rows
 from .plan import RowSpec, chunk
-from .private import SUBMISSION_ID, state_dir, submitit_folder
+from .private import SUBMISSION_ID, is_private_submitit_folder, state_dir, submitit_folder
 from .store import ROW_ID, ResultsRoot, describe_os_error, read_json, short_path
 
 # Profile keys users write -> submitit parameter names.
@@ -232,8 +232,6 @@ class SubmissionRecord:
     def mine(self) -> bool:
         """Whether this user submitted it: its file is the user's and its submitit folder is the
         user's private folder of this submission (a file in a shared root is anyone's words)."""
-        from .private import is_private_submitit_folder
-
         return self.owner_uid in (-1, os.geteuid()) and is_private_submitit_folder(self.submitit_folder, self.submission_id)
 
     @property
@@ -312,8 +310,6 @@ class SubmissionRecord:
         submission would make status read, and the index publish, any file the user can read."""
         if not any(job["job_id"] == job_id for job in self.jobs):
             return None
-        from .private import is_private_submitit_folder
-
         folder = Path(self.submitit_folder)
         legacy = results.submitit_dir
         if folder == legacy:

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .config import flatten_record
+from .private import PrivateStateError, make_private_dir, state_dir
 from .record import columns, error_type_of, figures_missing, index_schema
 from .store import (
     RECORD,
@@ -134,8 +135,6 @@ def _state_path(results: ResultsRoot) -> Path | None:
     write into a shared root could otherwise rewrite index.parquet and a cache whose stamps match,
     and the owner's collect would keep the forgery. None when no private folder can be had (then
     every collect reads every record)."""
-    from .private import PrivateStateError, make_private_dir, state_dir
-
     path = results.collect_state_path
     try:
         make_private_dir(path.parent, state_dir())

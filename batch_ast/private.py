@@ -75,15 +75,12 @@ def check_private(path: Path, private_from: Path) -> None:
         path.relative_to(private_from)
     except ValueError:
         raise PrivateStateError(f"{path} is not inside the private folder {private_from}") from None
-    chain = [path, *path.parents]
-    stats = []
-    for item in chain:
+    closed_above = False  # walking down from /: a closed folder of the user's has been passed
+    for item in reversed([path, *path.parents]):
         try:
-            stats.append(os.lstat(item))
+            st = os.lstat(item)
         except OSError as exc:
             raise PrivateStateError(f"{item}: {exc.strerror}") from None
-    closed_above = False  # walking down from /: a closed folder of the user's has been passed
-    for item, st in reversed(list(zip(chain, stats, strict=True))):
         private = item == private_from or private_from in item.parents
         if private and stat.S_ISLNK(st.st_mode):
             raise PrivateStateError(f"{item} is a symlink: refusing it for private state")

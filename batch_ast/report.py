@@ -404,6 +404,12 @@ colour by <select id="colour"></select>
 DATA_PREFIX = "window.BATCH_AST = "
 
 
+def _is_report_data(path: Path) -> bool:
+    """Whether ``path`` is a regular file that starts as a report's data file (OSError as raised)."""
+    with open_regular(path) as fh:
+        return fh.read(len(DATA_PREFIX)).decode("utf-8", "replace") == DATA_PREFIX
+
+
 def _make_way(path: Path, folder: bool, check_data: bool = False) -> None:
     """In a results root: move aside (``<name>.bad``) whatever sits at ``path`` that the report
     cannot write over or into — a symlink, a FIFO or device, a folder where a file goes (a file
@@ -416,8 +422,7 @@ def _make_way(path: Path, folder: bool, check_data: bool = False) -> None:
     fits = stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)
     if fits and check_data:
         try:
-            with open_regular(path) as fh:
-                fits = fh.read(len(DATA_PREFIX)).decode("utf-8", "replace") == DATA_PREFIX
+            fits = _is_report_data(path)
         except OSError:
             fits = False
     if not fits:
@@ -430,13 +435,12 @@ def _check_data_file(path: Path) -> None:
     """Refuse to replace a ``<report>.data.js`` that a report did not write (``-o notes.html``
     beside someone's ``notes.data.js``): the report's data goes beside the page, by that name."""
     try:
-        with open_regular(path) as fh:
-            head = fh.read(len(DATA_PREFIX)).decode("utf-8", "replace")
+        ours = _is_report_data(path)
     except FileNotFoundError:
         return
     except OSError as exc:
         raise ResultsError(f"{short_path(path)}: {describe_os_error(exc)}: the report's data file would replace it; "
                            "choose another -o") from None
-    if head != DATA_PREFIX:
+    if not ours:
         raise ResultsError(f"{short_path(path)} exists and is not a batch-ast report's data: the report for "
                            f"{path.with_suffix('').with_suffix('.html').name} would replace it; choose another -o")

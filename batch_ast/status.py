@@ -300,7 +300,8 @@ def claim_liveness(results: ResultsRoot, force: bool = False) -> Callable[[str, 
     process lives; ``force`` takes it over. A time in the future is never believed. A planted claim
     and submission thus block a row for hours at most, and ``--force`` takes it at once."""
     submissions = {s.submission_id: s for s in load_submissions(results)}
-    states: dict[str, SubmissionStatus] = {}  # one queue query per submission, not per row
+    # one queue query per submission, not per row: (its status, {row id: state})
+    states: dict[str, tuple[SubmissionStatus, dict[str, str]]] = {}
 
     def believed(claim: Claim, for_s: float) -> bool:
         return not force and 0 <= time.time() - claim.created < for_s
@@ -309,10 +310,10 @@ def claim_liveness(results: ResultsRoot, force: bool = False) -> Callable[[str, 
         sub = submissions.get(claim.submission_id)
         if sub is not None:
             if sub.submission_id not in states:
-                states[sub.submission_id] = query_status(results, sub)
-            status = states[sub.submission_id]
-            state = next((r.state for r in status.rows if r.id == row_id), "")
-            if state not in ("pending", "running"):
+                status = query_status(results, sub)
+                states[sub.submission_id] = status, {r.id: r.state for r in status.rows}
+            status, by_row = states[sub.submission_id]
+            if by_row.get(row_id, "") not in ("pending", "running"):
                 return False
             return (status.queue_known and not sub.created_in_future) or believed(claim, CLAIM_UNVERIFIED_S)
         if not believed(claim, CLAIM_GRACE_S):

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from .private import state_dir
+
 if TYPE_CHECKING:
     from .progress import Progress
     from .record import Record
@@ -367,10 +369,13 @@ def root_lock(results: ResultsRoot, name: str, wait_s: float | None = None) -> I
         os.close(fd)
 
 
-def _move_aside(path: Path) -> None:
-    """Rename a planted file or link out of the way (``<name>.bad-<random>``), keeping it to look at."""
+def _move_aside(path: Path) -> Path:
+    """Rename a planted file or link out of the way (``<name>.bad-<random>``), keeping it to look at;
+    returns the new name."""
+    bad = path.with_name(f"{path.name}.bad-{secrets.token_hex(4)}")
     with contextlib.suppress(FileNotFoundError):
-        os.rename(path, path.with_name(f"{path.name}.bad-{secrets.token_hex(4)}"))
+        os.rename(path, bad)
+    return bad
 
 
 def move_aside(path: Path) -> Path:
@@ -381,8 +386,7 @@ def move_aside(path: Path) -> Path:
     except (IsADirectoryError, NotADirectoryError, OSError) as exc:
         if exc.errno not in (errno.EISDIR, errno.ENOTDIR, errno.ENOTEMPTY, errno.EEXIST):
             raise
-        bad = path.with_name(f"{path.name}.bad-{secrets.token_hex(4)}")  # a folder is there already
-        os.rename(path, bad)
+        return _move_aside(path)  # a folder is there already
     return bad
 
 
@@ -515,8 +519,6 @@ class ResultsRoot:
         """What this user's last collect of the root read (see index.collect), so the next reads
         only changes: in the user's private state folder, never in the root (anyone who can write
         there could forge it along with the index)."""
-        from .private import state_dir  # no cycle: private imports nothing of the package
-
         digest = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:40]
         return state_dir() / "collect" / f"{digest}.json"
 
