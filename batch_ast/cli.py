@@ -397,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     resolve_results_root(parser, args)
     state = state_dir()
-    if state.is_dir():  # rows of the debug executor run in this process; HOME is not written to
+    if os.path.isdir(state):  # rows of the debug executor run in this process; HOME is not written to (and
+        # a state folder this user may not enter, e.g. another's $BATCH_AST_STATE_DIR, is no error here)
         use_private_caches(state)
     warnings.formatwarning = _one_line_warning
     try:
