@@ -8,7 +8,7 @@ on a GPU they share the device (through MPS when the site runs its daemon: every
 joins it by itself; we only detect it and say so, never start it).
 
 What stays as with one process: every row is prepared, optimised, checkpointed, finished and
-published by ``job.run_groups`` exactly as in a single-process job, so a row's result equals a run
+published by ``loop.run_groups`` exactly as in a single-process job, so a row's result equals a run
 of it alone with the same device and thread count. A preemption signal reaches the job's process
 (the workers ignore it); it asks every worker to checkpoint at its next iteration boundary, waits
 for them, then hands the paused rows to submitit for the requeue. A worker that dies (killed by
@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from .backends import job_threads, preemption_signal
-from .job import Paused, RunOptions, run_groups, run_in_this_process, summary
 from .plan import RowSpec
+from .runopts import Paused, RunOptions, summary
 from .store import ResultsRoot
 
 POLL_S = 1.0  # how often an idle worker checks that its job's process still lives
@@ -68,7 +68,9 @@ def mps_pipe_directory() -> Path | None:
 def _worker(conn: Connection, root: str, options: dict[str, Any], threads: int, parent: int) -> None:
     """A row process: runs the groups it is sent until told to stop or its job's process is gone.
     A pause comes as a message on the same pipe, polled at every iteration boundary."""
-    import torch
+    import torch  # import cost: torch in the row process only, never in the job's process
+
+    from .loop import run_groups  # import cost: torch (the row machinery), as above
 
     # The scheduler signals every process of the job: only the job's process decides (it asks us
     # through ``pause``); a cancel ends us with SIGKILL after the job's process, as before.
@@ -127,7 +129,7 @@ class RowProcesses:
 
     def run(self, groups: list[list[RowSpec]], should_pause: Any) -> list[dict[str, str]]:
         """Run every group in the worker processes; the rows' summaries in the order they ended.
-        Raises ``job.Paused`` after every worker has paused or finished when ``should_pause()``
+        Raises ``runopts.Paused`` after every worker has paused or finished when ``should_pause()``
         said so (the rows not started are left for the requeued job)."""
         mps = mps_pipe_directory()
         print(f"[job] {self.processes} row processes, {self.threads} thread(s) each"
@@ -153,6 +155,8 @@ class RowProcesses:
                         print(f"[job] warning: {exc}", flush=True)
                         break
                 if todo and not workers:  # not one process would start: run the rows here instead
+                    from .loop import run_in_this_process  # import cost: torch, only in this fallback
+
                     summaries += run_in_this_process([groups[i] for i in todo], self.results, should_pause,
                                                      self.options, self.finish_in_background, self.job_threads)
                     todo.clear()
@@ -173,7 +177,7 @@ class RowProcesses:
         finally:
             self._stop(workers)
         if paused or left:
-            from .row import RowRun  # (torch: only now, to fail rows a refused requeue leaves)
+            from .row import RowRun  # import cost: torch, only to fail rows a refused requeue leaves
 
             by_id = {s.id: s for g in groups for s in g}
             runs = [RowRun(by_id[i], self.results, self.options) for i in paused]
@@ -237,7 +241,7 @@ class RowProcesses:
         worker.unit = None
 
     def _died(self, worker: _Worker, group: list[RowSpec]) -> list[dict[str, str]]:
-        from .row import RowRun
+        from .row import RowRun  # import cost: torch, only to fail the rows of a process that died
 
         code = worker.process.exitcode
         how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit status {code}"

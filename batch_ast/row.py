@@ -34,24 +34,19 @@ from .claims import release_claim
 from .config import Params
 from .features import TransferError, check_length, log_spectrogram, pick_device, stft_frames
 from .figures import loss_figure, spectrogram_figure
-from .job import DEFAULTS, Paused, RunOptions  # noqa: F401 - Paused: raised here, re-exported
 from .metrics import output_metrics
 from .phase import griffin_lim, magnitude_from_log, spectral_convergence
 from .plan import RowSpec, file_sha256, result_params
 from .progress import Heartbeat, Progress
 from .record import Record, now_utc
 from .rhythm import BeatAlignment, beat_transfer, check_coverage
+from .runopts import DEFAULTS, Paused, RunOptions
 from .store import ResultsRoot, move_aside, open_regular
 from .transfer import StyleTransfer, estimate_memory_bytes, optimise
 
 TRACE_COLUMNS = ("iteration", "total", "content", "style", "evaluations")
 SILENCE_DBFS = -90.0  # an input whose peak is below this carries no content or style to transfer
 CHECKPOINT_FORMAT = 1
-
-
-class TimeLimitError(RuntimeError):
-    """The row hit its job's time limit more often than requeues allow (retryable: resumes from its
-    checkpoint with --retry-failed, ideally with a larger timeout_min)."""
 
 
 class DivergedError(ValueError):

@@ -351,7 +351,7 @@ def bench_gl_curve(device: torch.device, presets: tuple[str, ...], transfer_iter
 def _row_record(device: torch.device, content: Path, style: Path, preset: str, folder: Path, **overrides: Any) -> dict:
     """One manifest row run by the real job code (decode, optimise, Griffin-Lim, files, figures,
     metrics), its record returned."""
-    from batch_ast.job import run_row
+    from batch_ast.loop import run_row
     from batch_ast.manifest import read_manifest
     from batch_ast.plan import make_plan
     from batch_ast.store import ResultsRoot
@@ -646,7 +646,8 @@ def bench_batch(device: torch.device, seconds: float, sr: int, n_fft: int, hop: 
 def bench_prefetch(device: torch.device, n_rows: int, iterations: int) -> Result:
     """A pack of rows from MP3 (decoded and resampled to 22.05 kHz): the job, which decodes the next
     row while this one runs, against the same rows run one after the other with decoding inline."""
-    from batch_ast.job import TransferJob, run_row
+    from batch_ast.job import TransferJob
+    from batch_ast.loop import run_row
     from batch_ast.manifest import read_manifest
     from batch_ast.plan import make_plan
     from batch_ast.store import ResultsRoot

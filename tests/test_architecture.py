@@ -20,7 +20,7 @@ from batch_ast.backends import job_environment, preemption_signal
 from batch_ast.config import PARAMS, ConfigError, Params, load_config
 from batch_ast.features import Network, random_filters
 from batch_ast.index import INDEX_SCHEMA, METRIC_COLUMNS
-from batch_ast.job import run_row, run_rows
+from batch_ast.loop import run_row, run_rows
 from batch_ast.manifest import read_manifest
 from batch_ast.plan import make_plan
 from batch_ast.record import Record, columns

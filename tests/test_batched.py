@@ -14,15 +14,15 @@ import torch
 
 import batch_ast
 import batch_ast.dispatch
-import batch_ast.job as job_module
-import batch_ast.row as row_module
+import batch_ast.loop as loop_module
 from batch_ast.batched import evaluate_together, group_for_batching, group_key, run_together
 from batch_ast.cli import main
 from batch_ast.config import Params, load_config
-from batch_ast.job import TransferJob, run_rows
+from batch_ast.job import TransferJob
+from batch_ast.loop import run_rows
 from batch_ast.manifest import read_manifest
 from batch_ast.plan import make_plan
-from batch_ast.row import Paused
+from batch_ast.runopts import Paused
 from batch_ast.store import ResultsRoot
 from batch_ast.transfer import StyleTransfer, evaluate_alone, optimise
 
@@ -168,7 +168,7 @@ def test_next_rows_are_decoded_while_the_current_ones_run(audio_dir, tmp_path, m
     results = ResultsRoot(tmp_path / "results")
     specs = job_rows(audio_dir, results, ["content.wav,style.wav", "content2.wav,style.wav"], iterations=30)
     events: list[tuple[str, int, float]] = []
-    real_load, real_run = row_module.load_inputs, job_module.run_rows
+    real_load, real_run = loop_module.load_inputs, loop_module.run_rows
 
     def load(spec):
         events.append(("decode", spec.row, time.monotonic()))
@@ -179,8 +179,8 @@ def test_next_rows_are_decoded_while_the_current_ones_run(audio_dir, tmp_path, m
         events.append(("ran", group[0].row, time.monotonic()))
         return out
 
-    monkeypatch.setattr(row_module, "load_inputs", load)
-    monkeypatch.setattr(job_module, "run_rows", run)
+    monkeypatch.setattr(loop_module, "load_inputs", load)
+    monkeypatch.setattr(loop_module, "run_rows", run)
     TransferJob()([s.to_dict() for s in specs], str(results.root))
     when = {(what, row): t for what, row, t in events}
     assert when[("decode", 2)] < when[("ran", 1)]  # row 2 decoded before row 1 was done

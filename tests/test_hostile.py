@@ -27,7 +27,8 @@ from batch_ast.claims import claim_path
 from batch_ast.cli import main
 from batch_ast.config import ConfigError, coerce, load_config
 from batch_ast.dispatch import load_submissions, submit
-from batch_ast.job import TransferJob, run_row
+from batch_ast.job import TransferJob
+from batch_ast.loop import run_row
 from batch_ast.manifest import read_manifest
 from batch_ast.plan import make_plan, row_id
 from batch_ast.row import load_inputs
@@ -93,7 +94,7 @@ def test_a_planted_or_bad_checkpoint_is_moved_aside_and_the_row_starts_afresh(ki
 
 
 def test_a_genuine_checkpoint_still_resumes(audio_dir, tmp_path):
-    from batch_ast.row import Paused
+    from batch_ast.runopts import Paused
 
     results = ResultsRoot(tmp_path / "results")
     spec, _ = plan_one(audio_dir, results, iterations=30, patience=1000)

@@ -24,10 +24,11 @@ import torch
 
 import batch_ast
 import batch_ast.record
+import batch_ast.runopts
 from batch_ast.claims import claim_path
 from batch_ast.cli import main
 from batch_ast.dispatch import load_submissions, read_submissions
-from batch_ast.job import run_row
+from batch_ast.loop import run_row
 from batch_ast.private import PrivateStateError, check_job_files
 from batch_ast.store import ResultsRoot
 
@@ -338,7 +339,7 @@ def test_a_live_looking_claim_blocks_until_force_takes_it_over(audio_dir, tmp_pa
 
 @pytest.mark.parametrize("tamper", ["iteration", "trace", "x", "last"])
 def test_a_checkpoint_with_wrong_types_is_moved_aside(tamper, audio_dir, tmp_path):
-    from batch_ast.row import Paused
+    from batch_ast.runopts import Paused
 
     results = ResultsRoot(tmp_path / "results")
     spec, _ = plan_one(audio_dir, results, iterations=30, patience=1000)
@@ -351,7 +352,7 @@ def test_a_checkpoint_with_wrong_types_is_moved_aside(tamper, audio_dir, tmp_pat
                   "x": {"x": torch.zeros(3)}, "last": {"last": {"x": 1}}}[tamper])
     torch.save(state, ckpt)
     for _ in range(2):  # and again: a moved-aside checkpoint does not fail the row next time
-        record = run_row(spec, results, options=batch_ast.job.RunOptions(submission_id="s"))
+        record = run_row(spec, results, options=batch_ast.runopts.RunOptions(submission_id="s"))
         assert record["status"] == "ok", record["error"]
     assert "checkpoint.pt.bad" in results.read_record(spec.id).get("checkpoint_error", "") or \
         ckpt.with_name("checkpoint.pt.bad").exists()

@@ -21,10 +21,12 @@ from batch_ast.backends import get_backend
 from batch_ast.cli import main
 from batch_ast.config import load_config
 from batch_ast.dispatch import DispatchError, job_parameters, load_profile, submit
-from batch_ast.job import RunOptions, TransferJob, run_groups, run_rows
+from batch_ast.job import TransferJob
+from batch_ast.loop import run_groups, run_rows
 from batch_ast.manifest import read_manifest
 from batch_ast.plan import make_plan
 from batch_ast.pool import mps_pipe_directory, threads_per_process
+from batch_ast.runopts import RunOptions
 from batch_ast.store import ResultsRoot
 
 from .conftest import tiny_columns, write_manifest
@@ -109,7 +111,7 @@ def test_finishing_in_the_background_changes_no_result_and_a_failure_there_costs
 def test_a_pause_waits_for_the_rows_being_finished(audio_dir, tmp_path):
     """Row 1 is being finished in the background when row 2 pauses at its first iteration: row
     1's record is published before the pause goes on to submitit, row 2 keeps its checkpoint."""
-    from batch_ast.row import Paused
+    from batch_ast.runopts import Paused
 
     results = ResultsRoot(tmp_path / "results")
     first, second = plan(audio_dir, results, range(2), iterations=20, patience=100000)
@@ -268,8 +270,8 @@ def test_local_workers_share_the_cores_instead_of_each_taking_all(audio_dir, tmp
 def test_a_pause_before_any_row_started_still_requeues_the_job(audio_dir, tmp_path):
     """The preemption signal came while the row processes were starting: no row ran, so none
     paused, but the job must still requeue (Paused) rather than end with its rows never run."""
-    from batch_ast.job import Paused
     from batch_ast.pool import RowProcesses
+    from batch_ast.runopts import Paused
 
     results = ResultsRoot(tmp_path / "results")
     specs = plan(audio_dir, results, range(2), iterations=3)
@@ -279,13 +281,13 @@ def test_a_pause_before_any_row_started_still_requeues_the_job(audio_dir, tmp_pa
 
 
 def test_finishing_overlap_is_auto_on_a_gpu_and_never_with_a_tf32_row(audio_dir, tmp_path, monkeypatch):
-    from batch_ast import job as job_module
+    from batch_ast import loop as loop_module
 
     specs = plan(audio_dir, ResultsRoot(tmp_path / "r"), range(2), iterations=3)
     tf32 = plan(audio_dir, ResultsRoot(tmp_path / "r"), range(1), iterations=3, precision="tf32")
-    assert job_module.finishing_overlap(True, specs) and not job_module.finishing_overlap(False, specs)
-    assert not job_module.finishing_overlap(True, specs + tf32) and not job_module.finishing_overlap(True, [])
-    monkeypatch.setattr(job_module, "runs_on_gpu", lambda spec: True)
-    assert job_module.finishing_overlap(None, specs)
-    monkeypatch.setattr(job_module, "runs_on_gpu", lambda spec: False)
-    assert not job_module.finishing_overlap(None, specs)
+    assert loop_module.finishing_overlap(True, specs) and not loop_module.finishing_overlap(False, specs)
+    assert not loop_module.finishing_overlap(True, specs + tf32) and not loop_module.finishing_overlap(True, [])
+    monkeypatch.setattr(loop_module, "runs_on_gpu", lambda spec: True)
+    assert loop_module.finishing_overlap(None, specs)
+    monkeypatch.setattr(loop_module, "runs_on_gpu", lambda spec: False)
+    assert not loop_module.finishing_overlap(None, specs)

@@ -23,10 +23,11 @@ from batch_ast import index as index_module
 from batch_ast.backends import get_backend
 from batch_ast.config import load_config
 from batch_ast.dispatch import submit
-from batch_ast.job import RunOptions, TransferJob, run_row
+from batch_ast.job import TransferJob
+from batch_ast.loop import run_row
 from batch_ast.manifest import read_manifest
 from batch_ast.plan import make_plan
-from batch_ast.row import Paused
+from batch_ast.runopts import Paused, RunOptions
 from batch_ast.store import ResultsRoot
 
 from .conftest import TINY, tiny_columns, write_manifest
