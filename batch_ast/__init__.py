@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.3.0"
+from .version import VERSION as __version__
 
 # The API's names, imported when first used (PEP 562): a job's process (``python -m
 # batch_ast.job_entry``, and every row process it starts) imports this package first and needs

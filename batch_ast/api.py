@@ -46,11 +46,13 @@ from .dispatch import submit as dispatch_submit
 from .index import CollectReport, load_index
 from .index import collect as collect_files
 from .job import DEFAULTS, TransferJob
-from .manifest import read_manifest
 from .plan import HASH_CACHE, Plan, RowSpec, make_plan
 from .private import make_private_dir, state_dir
+from .record import record_dict
 from .status import SubmissionStatus, claim_rows, query_status, unrecorded_rows
-from .store import ResultsRoot, check_shared_root, short_path
+from .store import ResultsRoot, check_shared_root
+from .study import load_rows
+from .text import short_path
 
 FINISHED_STATES = ("ok", "failed", "invalid", "lost", "cancelled")
 
@@ -185,7 +187,7 @@ class Prepared:
     def failed_before(self) -> list[tuple[RowSpec, dict[str, Any]]]:
         """Rows of the manifest that failed in an earlier submission and are not rerun, with
         their records."""
-        return [(spec, self.results.read_record(spec.id) or {}) for spec in self.plan.failed_before]
+        return [(spec, record_dict(self.results, spec.id) or {}) for spec in self.plan.failed_before]
 
     def launch(self) -> Submission:
         """Claim the rows (rows in flight in another submission are skipped) and submit the rest."""
@@ -303,7 +305,7 @@ def prepare(
     if executor != "auto":
         get_backend(executor)  # a bad name is refused before any file is read
     cfg = load_config(config)
-    rows = read_manifest(manifest, cfg, max_rows=opts.max_rows)
+    rows = load_rows(manifest, cfg, max_rows=opts.max_rows)
     profile_path, source = find_profile(profile, site_defaults=site_profile)
     profile_values = load_profile(profile_path)
     parameters, packing, max_resumes = job_parameters(

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .store import ResultsRoot, move_aside, read_json, root_lock, share_with_group_root
+from .store import ResultsRoot, load_json, move_aside, root_lock, share_with_group_root
 
 CLAIM = "claim.json"
 CLAIMS_LOCK = ".claims.lock"
@@ -64,7 +64,7 @@ def claim_path(results: ResultsRoot, row_id: str):
 def read_claim(results: ResultsRoot, row_id: str) -> tuple[bool, Claim | None]:
     """(a claim file exists, the claim — None when that file is not a valid claim)."""
     try:
-        return True, Claim.from_json(read_json(claim_path(results, row_id), results.root, MAX_CLAIM_BYTES))
+        return True, Claim.from_json(load_json(claim_path(results, row_id), results.root, MAX_CLAIM_BYTES))
     except FileNotFoundError:
         return False, None
     except (OSError, ValueError):

@@ -19,8 +19,10 @@ from .manifest import DEFAULT_MAX_ROWS, MAX_ROWS_ENV, ManifestError
 from .plan import chunk
 from .private import PrivateStateError, state_dir, use_private_caches
 from .status import SubmissionStatus, format_status, query_status
-from .store import ResultsError, ResultsRoot, describe_os_error, inert, write_atomic
+from .store import ResultsError, ResultsRoot, write_atomic
 from .study import StudyError
+from .text import describe_os_error, inert
+from .version import VERSION
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
@@ -280,9 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="batch-ast",
         description="Batch neural audio style transfer on SLURM clusters or a laptop.",
     )
-    from . import __version__
 
-    parser.add_argument("--version", action="version", version=f"batch-ast {__version__}")
+    parser.add_argument("--version", action="version", version=f"batch-ast {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .store import short_path
+from .text import short_path
 
 OPTIMIZERS = ("lbfgs", "adam", "adamw")
 ACTIVATIONS = ("relu", "selu")

@@ -25,7 +25,8 @@ from .job import DEFAULTS, TransferJob
 from .manifest import MAX_ROWS_ENV, max_rows
 from .plan import RowSpec, chunk
 from .private import SUBMISSION_ID, is_private_submitit_folder, state_dir, submitit_folder
-from .store import ROW_ID, ResultsRoot, describe_os_error, read_json, short_path
+from .store import ROW_ID, ResultsRoot, load_json
+from .text import describe_os_error, short_path
 
 # Profile keys users write -> submitit parameter names.
 PROFILE_KEYS = {
@@ -442,7 +443,7 @@ def read_submissions(results: ResultsRoot) -> tuple[list[SubmissionRecord], list
         paths = paths[-MAX_SUBMISSIONS:]
     for path in paths:
         try:
-            record = SubmissionRecord.from_json(read_json(path, results.root, MAX_SUBMISSION_BYTES), path.name)
+            record = SubmissionRecord.from_json(load_json(path, results.root, MAX_SUBMISSION_BYTES), path.name)
             record.owner_uid = os.lstat(path).st_uid
             out.append(record)
         except FileNotFoundError:

@@ -25,20 +25,19 @@ import pyarrow.parquet as pq
 
 from .config import flatten_record
 from .private import PrivateStateError, make_private_dir, state_dir
-from .record import columns, error_type_of, figures_missing, index_schema
+from .record import columns, error_type_of, figures_missing, index_schema, read_record, record_dict
 from .store import (
     RECORD,
     TMP_PREFIX,
     TRACE,
     ResultsError,
     ResultsRoot,
-    describe_os_error,
+    load_json,
     open_regular,
-    read_json,
     root_lock,
-    short_path,
     write_atomic,
 )
+from .text import describe_os_error, short_path
 
 SCHEMA_VERSION = 1
 
@@ -162,7 +161,7 @@ def _read_state(results: ResultsRoot) -> dict | None:
     if path is None:
         return None
     try:
-        state = read_json(path, None, MAX_STATE_BYTES)
+        state = load_json(path, None, MAX_STATE_BYTES)
     except (OSError, ValueError):
         return None
     if not _valid_state(state) or state.get("root") != str(results.root):
@@ -238,7 +237,7 @@ def _read_records(results: ResultsRoot, ids: list[str], report: CollectReport, p
     # A bar only where someone watches (a TTY) and there is enough to wait for.
     show = progress and len(ids) >= 200 and sys.stderr.isatty()
     for rid in tqdm(ids, desc="records", unit="file", disable=not show):
-        record, problem = results.load_record(rid)
+        record, problem = read_record(results, rid)
         if record is None:
             if problem:  # gone since listed: nothing to say
                 report.skipped.append(f"{problem} (indexed as invalid)")
@@ -424,7 +423,7 @@ def _repair_figures(results: ResultsRoot, records: list[dict], report: CollectRe
         if not figures_missing(results.root, record):
             continue
         try:
-            raw = results.read_record(record["id"])
+            raw = record_dict(results, record["id"])
             if raw is None:
                 continue
             fresh = repair(results, raw)

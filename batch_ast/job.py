@@ -22,6 +22,7 @@ import submitit
 from .backends import preemption_signal
 from .plan import RowSpec
 from .pool import RowProcesses
+from .record import record_dict
 from .runopts import DEFAULTS, Paused, RunOptions, TimeLimitError
 from .store import ResultsRoot
 
@@ -80,7 +81,7 @@ class TransferJob(submitit.helpers.Checkpointable):
         self._install_deferred_signal_handler()
         rows = [RowSpec.from_dict(raw) for raw in specs]
         finished = {s.id: {"id": s.id, "status": "ok", "error": ""} for s in rows
-                    if self._already_done(results.read_record(s.id))}
+                    if self._already_done(record_dict(results, s.id))}
         todo = [s for s in rows if s.id not in finished]
         groups = [[todo[i] for i in g] for g in group_for_batching([s.params for s in todo], self.batch_rows)]
         should_pause = lambda: self._pause_requested  # noqa: E731 - read at every iteration boundary

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PARAMS, Config, ConfigError, Params, coerce, exact_int
-from .store import short_path
+from .text import short_path
 
 REQUIRED_COLUMNS = ("content", "style")
 OPTIONAL_COLUMNS = ("id",)
@@ -109,22 +109,10 @@ def _check_audio_path(path: Path, limit: int) -> tuple[str | None, int]:
     return None, size
 
 
-def read_manifest(path: str | Path, config: Config, max_rows: int | None = None) -> list[ManifestRow]:
-    """Parse and validate a manifest (CSV, or a study YAML expanded by ``study.study_csv``); raise
-    ManifestError listing all problems. A study's rows are numbered as in its expansion."""
-    from .study import StudyError, is_study, study_csv, study_problems
-
+def load_manifest(path: str | Path, config: Config, max_rows: int | None = None) -> list[ManifestRow]:
+    """Parse and validate a manifest CSV; raise ManifestError listing all problems. A study YAML
+    is ``study.load_rows``'s: it expands to this CSV form and then comes here."""
     path = Path(path)
-    if is_study(path):
-        try:
-            text = study_csv(path, max_rows=max_rows)
-        except StudyError as exc:
-            raise ManifestError(path, [str(exc).removeprefix(f"{path}: ")]) from None
-        try:
-            return _parse_manifest(text, path, config, max_rows)
-        except ManifestError as exc:
-            total = max(0, sum(1 for _ in csv.reader(io.StringIO(text))) - 1)  # data rows of the expansion
-            raise ManifestError(path, study_problems(path, exc.problems, total)) from None
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -133,7 +121,7 @@ def read_manifest(path: str | Path, config: Config, max_rows: int | None = None)
         text = raw.decode("utf-8-sig")  # tolerate the BOM that spreadsheet programs write
     except UnicodeDecodeError as exc:
         raise ManifestError(path, [f"not UTF-8 text: {exc}"]) from None
-    return _parse_manifest(text, path, config, max_rows)
+    return parse_manifest(text, path, config, max_rows)
 
 
 DEFAULT_MAX_ROWS = 100_000
@@ -155,7 +143,7 @@ def too_many_rows(count: int | str, limit: int) -> str:
             f"${MAX_ROWS_ENV} raises it; or split the study)")
 
 
-def _parse_manifest(text: str, path: Path, config: Config, cap: int | None = None) -> list[ManifestRow]:
+def parse_manifest(text: str, path: Path, config: Config, cap: int | None = None) -> list[ManifestRow]:
     reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
     limit = max_rows(cap)
     records = []

@@ -16,7 +16,8 @@ from typing import Any
 
 from .config import ID_NEUTRAL, NOT_IN_ID, Params
 from .manifest import ManifestRow
-from .store import SHA256, ResultsRoot, read_json, write_json_atomic
+from .record import record_dict
+from .store import SHA256, ResultsRoot, load_json, write_json_atomic
 
 ID_LENGTH = 16
 
@@ -48,7 +49,7 @@ class HashCache:
         self.dirty = False
         if path is not None:
             try:
-                data = read_json(path, None, MAX_HASH_CACHE_BYTES)
+                data = load_json(path, None, MAX_HASH_CACHE_BYTES)
                 files = data.get("files") if isinstance(data, dict) and data.get("version") == HASH_CACHE_VERSION else None
                 if isinstance(files, dict):
                     self.entries = {k: v for k, v in files.items() if _valid_entry(v)}
@@ -234,7 +235,7 @@ def make_plan(
             manifest=manifest_path,
             resources=dict(mrow.resources),
         )
-        record = results.read_record(rid) if rid in recorded else None
+        record = record_dict(results, rid) if rid in recorded else None
         status = record.get("status") if record else None
         if not force and status == "ok":
             done.append(spec)

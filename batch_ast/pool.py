@@ -34,6 +34,7 @@ from typing import Any
 
 from .backends import job_threads, preemption_signal
 from .plan import RowSpec
+from .record import record_dict
 from .runopts import Paused, RunOptions, summary
 from .store import ResultsRoot
 
@@ -219,7 +220,7 @@ class RowProcesses:
         worker.conn.send(("run", unit, [s.to_dict() for s in groups[unit]]))
 
     def _finished_at(self, row_id: str) -> str:
-        record = self.results.read_record(row_id)
+        record = record_dict(self.results, row_id)
         return str(record.get("finished_at", "")) if record else ""
 
     def _collect(self, worker: _Worker, groups: list[list[RowSpec]], summaries: list[dict[str, str]],

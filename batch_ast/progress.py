@@ -14,6 +14,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .store import ResultsRoot, load_json
+
 HEARTBEAT_EVERY_S = 30.0  # progress.json at most this often
 LOG_EVERY_S = 60.0  # a progress line in the job log at most this often
 MAX_PROGRESS_BYTES = 4096
@@ -127,3 +129,12 @@ class Heartbeat:
             return False
         self.last_log = now
         return True
+
+
+def read_progress(results: ResultsRoot, row_id: str) -> Progress | None:
+    """The running row's last heartbeat, or None when it has none or it is not a valid one
+    (a stranger's file: read as a bounded regular file, then checked)."""
+    try:
+        return Progress.from_json(load_json(results.progress_path(row_id), results.root, MAX_PROGRESS_BYTES))
+    except (OSError, ValueError):
+        return None

@@ -12,6 +12,7 @@ ignored; fields older versions did not write stay None.
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import socket
@@ -23,6 +24,9 @@ from typing import Any
 import pyarrow as pa
 
 from .config import PARAMS
+from .store import ResultsRoot, open_regular, parse_json
+from .text import describe_os_error
+from .version import VERSION
 
 # What each field becomes in the index: an Arrow type, or None for record-only fields (long text,
 # lists, nested data). "metric" fields are the objective measures of an output (metrics.py).
@@ -143,11 +147,9 @@ class Record:
     def start(cls, spec: dict[str, Any], submission_id: str, environment: dict[str, Any]) -> Record:
         """A running row's record: its spec (``RowSpec.to_dict()``), this process's versions and
         the job environment (``backends.job_environment``)."""
-        import torch
+        import torch  # import cost: a record is read (status, collect) far more often than started
 
-        from . import __version__
-
-        record = cls(submission_id=submission_id, started_at=now_utc(), batch_ast_version=__version__,
+        record = cls(submission_id=submission_id, started_at=now_utc(), batch_ast_version=VERSION,
                      torch_version=torch.__version__, python_version=platform.python_version(),
                      # results are bit-identical only at equal device and thread count
                      torch_threads=torch.get_num_threads(), hostname=socket.gethostname())
@@ -308,3 +310,34 @@ def figures_missing(root: Path, record: dict[str, Any]) -> bool:
         return True
     return any(not record.get(key) or not (root / record[key]).exists()
                for key in ("spectrogram_png", "loss_png"))
+
+
+MAX_RECORD_BYTES = 1 << 20  # a record is a few KB; a beat-segmented one with 10,000 beats ~200 KB
+
+
+def read_record(results: ResultsRoot, row_id: str) -> tuple[Record | None, str]:
+    """(the row's record, "") — or (None, why) when it is absent ("" then) or cannot be used:
+    a symlink, not a regular file, over MAX_RECORD_BYTES, not JSON, or not a valid record
+    (``Record.from_json``). Everything read from a shared root is a stranger's until checked."""
+    path = results.record_path(row_id)
+    try:
+        with open_regular(path, results.root, MAX_RECORD_BYTES) as fh:
+            uid = os.fstat(fh.fileno()).st_uid
+            data = parse_json(path, fh.read(MAX_RECORD_BYTES + 1), MAX_RECORD_BYTES)
+    except FileNotFoundError:
+        return None, ""
+    except (OSError, ValueError) as exc:
+        return None, describe_os_error(exc) if isinstance(exc, OSError) else f"{path}: {exc}"
+    try:
+        record = Record.from_json(data, row_id)
+    except RecordError as exc:
+        return None, f"{path}: {exc}"
+    record.record_uid = uid
+    return record, ""
+
+
+def record_dict(results: ResultsRoot, row_id: str) -> dict[str, Any] | None:
+    """The row's validated record as a dict, or None when absent or unusable (``read_record``
+    says why: a reader never trusts a bad file)."""
+    record, _ = read_record(results, row_id)
+    return record.to_dict() if record is not None else None

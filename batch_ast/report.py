@@ -36,15 +36,13 @@ from .store import (
     SHA256,
     ResultsError,
     ResultsRoot,
-    describe_os_error,
-    inert,
     move_aside,
     open_dir_fd,
     open_regular,
     parts_within,
-    short_path,
     write_atomic,
 )
+from .text import describe_os_error, inert, short_path
 
 # Always in the table; the hyperparameters that vary across rows and the metrics come after.
 FIXED_COLUMNS = ["label", "status", "content_name", "style_name"]

@@ -22,8 +22,10 @@ from .claims import Claim
 from .claims import claim_rows as _claim_rows
 from .config import flatten_record
 from .dispatch import SubmissionRecord, load_submissions
-from .record import Record, RecordError, error_type_of
-from .store import ResultsRoot, inert, open_regular
+from .progress import read_progress
+from .record import Record, RecordError, error_type_of, read_record
+from .store import ResultsRoot, open_regular
+from .text import inert
 
 STATES = ("pending", "running", "ok", "failed", "invalid", "cancelled", "lost", "skipped")
 
@@ -147,7 +149,7 @@ def submission_status(
 
 def query_status(results: ResultsRoot, submission: SubmissionRecord) -> SubmissionStatus:
     """``submission_status`` from the records on disk and ONE query of the submission's queue."""
-    loaded = {rid: results.load_record(rid) for rid in submission.rows}
+    loaded = {rid: read_record(results, rid) for rid in submission.rows}
     records = {rid: record.to_dict() if record else {} for rid, (record, _) in loaded.items()}
     invalid = {rid: problem for rid, (record, problem) in loaded.items() if problem}
     elsewhere = jobs_elsewhere(submission)
@@ -270,7 +272,7 @@ def _running_lines(status: SubmissionStatus, results: ResultsRoot) -> list[str]:
     running = sorted((r for r in status.rows if r.state == "running"), key=lambda r: r.row)
     now, lines, quiet = time.time(), [], 0
     for r in running:
-        progress = results.load_progress(r.id)
+        progress = read_progress(results, r.id)
         if progress is None or progress.submission_id not in ("", status.submission.submission_id):
             quiet += 1
         elif len(lines) < MAX_RUNNING_SHOWN:

@@ -21,13 +21,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from .private import state_dir
-
-if TYPE_CHECKING:
-    from .progress import Progress
-    from .record import Record
+from .text import describe_os_error, short_path
 
 RECORD = "record.json"
 OUTPUT_WAV = "output.wav"
@@ -274,20 +271,20 @@ def open_regular(target: Path, root: Path | None = None, limit: int | None = Non
     return os.fdopen(fd, "rb")
 
 
-def read_regular(target: Path, root: Path | None = None, limit: int | None = None) -> bytes:
+def load_regular(target: Path, root: Path | None = None, limit: int | None = None) -> bytes:
     """The bytes of ``open_regular(target, root, limit)`` (never more than ``limit``: a file that
     grows while read is cut, and then fails to parse)."""
     with open_regular(target, root, limit) as fh:
         return fh.read() if limit is None else fh.read(limit + 1)
 
 
-def read_json(target: Path, root: Path | None, limit: int) -> Any:
+def load_json(target: Path, root: Path | None, limit: int) -> Any:
     """JSON from a file of the root (``read_regular``), ValueError for text that is not JSON or
     nests deeper than Python's parser can follow."""
-    return _parse_json(target, read_regular(target, root, limit), limit)
+    return parse_json(target, load_regular(target, root, limit), limit)
 
 
-def _parse_json(target: Path, data: bytes, limit: int) -> Any:
+def parse_json(target: Path, data: bytes, limit: int) -> Any:
     if len(data) > limit:
         raise UnsafeFileError(target, f"more than the {limit} bytes such a file may have")
     try:
@@ -398,29 +395,6 @@ class LockTimeout(ResultsError):
     """A lock of the results root was held by someone else for longer than batch-ast waits."""
 
 
-def short_path(path: str | Path, limit: int = 160) -> str:
-    """A path for an error message: whole when short, its two ends when absurdly long."""
-    text = str(path)
-    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-limit // 2 :]} ({len(text)} characters)"
-
-
-def inert(text: object) -> str:
-    """``text`` safe to print on a terminal: control characters (escape sequences, carriage
-    returns, newlines), bidi overrides and zero-width characters shown as ``\\x1b``-style escapes.
-    Every string read from a results root (file names, hosts, log lines, errors) is printed so: it
-    cannot clear the screen, move the cursor or forge lines."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def describe_os_error(exc: OSError) -> str:
-    """One line for an OSError: the file (shortened) and the system's reason."""
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    return f"{short_path(exc.filename)}: {reason}" if exc.filename else reason
-
-
 class ResultsRoot:
     """Paths inside a results root folder. Made once from the user's path and passed down as it
     is (to the job too: it pickles); path-like, so ``open``/``Path`` take it."""
@@ -495,16 +469,6 @@ class ResultsRoot:
     def progress_path(self, row_id: str) -> Path:
         return self.run_dir(row_id) / PROGRESS
 
-    def load_progress(self, row_id: str) -> Progress | None:
-        """The running row's last heartbeat, or None when it has none or it is not a valid one
-        (a stranger's file: read as a bounded regular file, then checked)."""
-        from .progress import MAX_PROGRESS_BYTES, Progress
-
-        try:
-            return Progress.from_json(read_json(self.progress_path(row_id), self.root, MAX_PROGRESS_BYTES))
-        except (OSError, ValueError):
-            return None
-
     @property
     def submitit_dir(self) -> Path:
         """Where versions before 0.2 kept submitit's files (now in the user's private state)."""
@@ -547,35 +511,6 @@ class ResultsRoot:
         except OSError:
             return set()
 
-    def load_record(self, row_id: str) -> tuple[Record | None, str]:
-        """(the row's record, "") — or (None, why) when it is absent ("" then) or cannot be used:
-        a symlink, not a regular file, over MAX_RECORD_BYTES, not JSON, or not a valid record
-        (``Record.from_json``). Everything read from a shared root is a stranger's until checked."""
-        from .record import Record, RecordError
-
-        path = self.record_path(row_id)
-        try:
-            with open_regular(path, self.root, MAX_RECORD_BYTES) as fh:
-                uid = os.fstat(fh.fileno()).st_uid
-                data = _parse_json(path, fh.read(MAX_RECORD_BYTES + 1), MAX_RECORD_BYTES)
-        except FileNotFoundError:
-            return None, ""
-        except (OSError, ValueError) as exc:
-            reason = describe_os_error(exc) if isinstance(exc, OSError) else f"{path}: {exc}"
-            return None, reason
-        try:
-            record = Record.from_json(data, row_id)
-            record.record_uid = uid
-            return record, ""
-        except RecordError as exc:
-            return None, f"{path}: {exc}"
-
-    def read_record(self, row_id: str) -> dict[str, Any] | None:
-        """The row's validated record as a dict, or None when absent or unusable (see
-        ``load_record``: a reader never trusts a bad file)."""
-        record, _ = self.load_record(row_id)
-        return record.to_dict() if record is not None else None
-
     def row_dir_fd(self, row_id: str) -> int:
         """A descriptor of the row's folder, created if missing. Something planted at its name (a
         symlink, a file) is moved aside to ``<id>.bad-<random>`` first: the row's folder is the
@@ -602,4 +537,3 @@ class ResultsRoot:
 # part of a path.
 ROW_ID = re.compile(r"[0-9a-f]{16}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
-MAX_RECORD_BYTES = 1 << 20  # a record is a few KB; a beat-segmented one with 10,000 beats ~200 KB

@@ -27,8 +27,16 @@ import string
 from pathlib import Path
 from typing import Any
 
-from .config import PARAMS, ConfigError, read_config_file
-from .manifest import RESOURCE_COLUMNS, max_rows, too_many_rows
+from .config import PARAMS, Config, ConfigError, read_config_file
+from .manifest import (
+    RESOURCE_COLUMNS,
+    ManifestError,
+    ManifestRow,
+    load_manifest,
+    max_rows,
+    parse_manifest,
+    too_many_rows,
+)
 
 STUDY_SUFFIXES = (".yaml", ".yml")
 STUDY_KEYS = ("contents", "styles", "pair", "preset", "presets", "seed", "seeds", "grid", "set", "name")
@@ -235,3 +243,20 @@ def _key_line(lines: list[str], keys: tuple[str, ...]) -> str:
         if any(re.match(rf"\s*{re.escape(key)}\s*:", text) for key in keys):
             return f"line {number}: {text.strip()[:80]}"
     return ""
+
+
+def load_rows(path: str | Path, config: Config, max_rows: int | None = None) -> list[ManifestRow]:
+    """The validated rows of a manifest CSV or of a study YAML (expanded by ``study_csv``, its rows
+    numbered as in the expansion); raise ManifestError listing all problems."""
+    path = Path(path)
+    if not is_study(path):
+        return load_manifest(path, config, max_rows)
+    try:
+        text = study_csv(path, max_rows=max_rows)
+    except StudyError as exc:
+        raise ManifestError(path, [str(exc).removeprefix(f"{path}: ")]) from None
+    try:
+        return parse_manifest(text, path, config, max_rows)
+    except ManifestError as exc:
+        total = max(0, sum(1 for _ in csv.reader(io.StringIO(text))) - 1)  # data rows of the expansion
+        raise ManifestError(path, study_problems(path, exc.problems, total)) from None

@@ -44,6 +44,7 @@ from batch_ast.losses import (
     style_terms,
 )
 from batch_ast.phase import griffin_lim, spectral_convergence
+from batch_ast.record import record_dict
 from batch_ast.transfer import StyleTransfer, optimise
 
 REPO = Path(__file__).resolve().parents[1]
@@ -352,7 +353,7 @@ def _row_record(device: torch.device, content: Path, style: Path, preset: str, f
     """One manifest row run by the real job code (decode, optimise, Griffin-Lim, files, figures,
     metrics), its record returned."""
     from batch_ast.loop import run_row
-    from batch_ast.manifest import read_manifest
+    from batch_ast.manifest import load_manifest
     from batch_ast.plan import make_plan
     from batch_ast.store import ResultsRoot
 
@@ -362,7 +363,7 @@ def _row_record(device: torch.device, content: Path, style: Path, preset: str, f
     manifest.write_text(",".join(["content", "style", *settings]) + "\n"
                         + ",".join([str(content), str(style), *map(str, settings.values())]) + "\n")
     results = ResultsRoot(folder / "results")
-    (spec,) = make_plan(read_manifest(manifest, load_config()), results, manifest).to_run
+    (spec,) = make_plan(load_manifest(manifest, load_config()), results, manifest).to_run
     record = run_row(spec, results)
     assert record["status"] == "ok", record.get("error")
     return record
@@ -648,7 +649,7 @@ def bench_prefetch(device: torch.device, n_rows: int, iterations: int) -> Result
     row while this one runs, against the same rows run one after the other with decoding inline."""
     from batch_ast.job import TransferJob
     from batch_ast.loop import run_row
-    from batch_ast.manifest import read_manifest
+    from batch_ast.manifest import load_manifest
     from batch_ast.plan import make_plan
     from batch_ast.store import ResultsRoot
 
@@ -665,7 +666,7 @@ def bench_prefetch(device: torch.device, n_rows: int, iterations: int) -> Result
             manifest.write_text("content,style,preset,iterations,patience,device\n"
                                 + "\n".join(f"{c},{s},{settings}" for c, s in rows) + "\n")
             results = ResultsRoot(Path(tmp) / str(attempt))
-            specs = make_plan(read_manifest(manifest, load_config()), results, manifest).to_run
+            specs = make_plan(load_manifest(manifest, load_config()), results, manifest).to_run
             t0 = time.perf_counter()
             if mode == "overlapped":
                 TransferJob()([s.to_dict() for s in specs], str(results.root))
@@ -674,7 +675,7 @@ def bench_prefetch(device: torch.device, n_rows: int, iterations: int) -> Result
                     run_row(spec, results)
             if mode != "warm-up":
                 timings[mode] = min(timings[mode], time.perf_counter() - t0)
-            records = [results.read_record(s.id) for s in specs]
+            records = [record_dict(results, s.id) for s in specs]
             assert all(r and r["status"] == "ok" for r in records), [r and r["error"] for r in records]
             decode = sum(r["time_load_s"] for r in records)
     return _speedup_row(
@@ -1006,7 +1007,7 @@ def _overhead_child(n_pairs: int, out: str) -> None:
     """Runs in a fresh process (imports included): n_pairs rows packed in one job, tiny optimisation."""
     t0 = time.perf_counter()
     from batch_ast.job import TransferJob
-    from batch_ast.manifest import read_manifest
+    from batch_ast.manifest import load_manifest
     from batch_ast.plan import make_plan
     from batch_ast.store import ResultsRoot
 
@@ -1017,7 +1018,7 @@ def _overhead_child(n_pairs: int, out: str) -> None:
         manifest.write_text("content,style,seed\n" + "\n".join(rows) + "\n")
         cfg = load_config()
         results = ResultsRoot(tmp_path / "results")
-        plan = make_plan(read_manifest(manifest, cfg), results, manifest)
+        plan = make_plan(load_manifest(manifest, cfg), results, manifest)
         specs = [
             s.to_dict() | {"params": s.params.replace(iterations=1, griffin_lim_iters=1).to_dict()}
             for s in plan.to_run
@@ -1055,7 +1056,7 @@ def _cold_child(out: str) -> None:
     use_private_caches(state_dir())
     from batch_ast.index import collect, load_index
     from batch_ast.job import TransferJob
-    from batch_ast.manifest import read_manifest
+    from batch_ast.manifest import load_manifest
     from batch_ast.plan import make_plan
     from batch_ast.store import ResultsRoot
 
@@ -1064,7 +1065,7 @@ def _cold_child(out: str) -> None:
         manifest.write_text(f"content,style,preset,iterations\n{DEMO / 'speech_gettysburg.wav'},"
                             f"{DEMO / 'boogie_marabi.wav'},quick,20\n")
         results = ResultsRoot(Path(tmp) / "results")
-        plan = make_plan(read_manifest(manifest, load_config()), results, manifest)
+        plan = make_plan(load_manifest(manifest, load_config()), results, manifest)
         TransferJob()([s.to_dict() for s in plan.to_run], str(results.root))
         collect(results.root)
         df = load_index(results.root)

@@ -21,7 +21,7 @@ from batch_ast.config import PARAMS, ConfigError, Params, load_config
 from batch_ast.features import Network, random_filters
 from batch_ast.index import INDEX_SCHEMA, METRIC_COLUMNS
 from batch_ast.loop import run_row, run_rows
-from batch_ast.manifest import read_manifest
+from batch_ast.manifest import load_manifest
 from batch_ast.plan import make_plan
 from batch_ast.record import Record, columns
 from batch_ast.store import ResultsRoot
@@ -67,7 +67,7 @@ def test_a_network_is_what_decides_the_weights_and_nothing_else():
 def test_the_job_builds_a_groups_network_once_and_hands_it_to_every_row(audio_dir, tmp_path, monkeypatch):
     results = ResultsRoot(tmp_path / "results")
     m = tiny_manifest(audio_dir, ["content.wav,style.wav", "content2.wav,style.wav"], iterations=3)
-    specs = make_plan(read_manifest(m, load_config()), results, m).to_run
+    specs = make_plan(load_manifest(m, load_config()), results, m).to_run
     built = []
     real = Network.weights
 
@@ -87,7 +87,7 @@ def test_a_row_over_its_memory_budget_is_refused_before_the_network_is_built(aud
     """The budget exists to refuse a row before allocating it: the network is its largest tensor."""
     results = ResultsRoot(tmp_path / "results")
     m = tiny_manifest(audio_dir, ["content.wav,style.wav"], max_memory_gb=0.0001)
-    (spec,) = make_plan(read_manifest(m, load_config()), results, m).to_run
+    (spec,) = make_plan(load_manifest(m, load_config()), results, m).to_run
     built = []
     monkeypatch.setattr(features_module.Network, "weights", lambda self, device="cpu": built.append(self))
     record = run_row(spec, results)
@@ -122,7 +122,7 @@ def test_every_key_a_real_row_writes_is_a_declared_record_field(audio_dir, tmp_p
     """A key the job writes but Record does not declare would be dropped on its way to the index."""
     results = ResultsRoot(tmp_path / "results")
     m = tiny_manifest(audio_dir, ["content.wav,style.wav"], iterations=2)
-    (spec,) = make_plan(read_manifest(m, load_config()), results, m).to_run
+    (spec,) = make_plan(load_manifest(m, load_config()), results, m).to_run
     ok = run_row(spec, results)
     failing = dataclasses.replace(spec, id="f" * 16, content=str(audio_dir / "gone.wav"))
     failed = run_row(failing, results)

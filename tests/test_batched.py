@@ -20,8 +20,9 @@ from batch_ast.cli import main
 from batch_ast.config import Params, load_config
 from batch_ast.job import TransferJob
 from batch_ast.loop import run_rows
-from batch_ast.manifest import read_manifest
+from batch_ast.manifest import load_manifest
 from batch_ast.plan import make_plan
+from batch_ast.record import record_dict
 from batch_ast.runopts import Paused
 from batch_ast.store import ResultsRoot
 from batch_ast.transfer import StyleTransfer, evaluate_alone, optimise
@@ -131,7 +132,7 @@ def test_grouping_keeps_order_size_and_network():
 def job_rows(folder: Path, results: ResultsRoot, rows: list[str], **extra):
     head, vals = tiny_columns(**{"patience": 10_000, **extra})
     m = write_manifest(folder, [f"{r},{vals}" for r in rows], header=f"content,style,{head}")
-    return make_plan(read_manifest(m, load_config()), results, m).to_run
+    return make_plan(load_manifest(m, load_config()), results, m).to_run
 
 
 def test_job_batches_rows_and_a_bad_row_fails_alone(audio_dir, tmp_path):
@@ -145,7 +146,7 @@ def test_job_batches_rows_and_a_bad_row_fails_alone(audio_dir, tmp_path):
         assert [s["id"] for s in summary] == [s.id for s in specs]  # manifest order kept
         assert [s["status"] for s in summary] == ["ok", "failed", "ok", "ok"]
         assert "broken.wav" in summary[1]["error"]
-        finals[batch] = [results.read_record(s.id)["final_total"] for s in specs if s.row != 2]
+        finals[batch] = [record_dict(results, s.id)["final_total"] for s in specs if s.row != 2]
     assert finals[4] == pytest.approx(finals[1], rel=1e-3)
 
 
@@ -156,7 +157,7 @@ def test_batched_rows_pause_together_and_resume_to_the_end(audio_dir, tmp_path):
     with pytest.raises(Paused):
         run_rows(specs, results, should_pause=lambda: next(calls) >= 10)
     assert all(results.checkpoint_path(s.id).exists() for s in specs)
-    assert all(results.read_record(s.id) is None for s in specs)
+    assert all(record_dict(results, s.id) is None for s in specs)
     records = run_rows(specs, results)
     assert [r["status"] for r in records] == ["ok", "ok"], [r["error"] for r in records]
     assert all(r["resumes"] == 1 and r["resumed_from_iteration"] > 0 for r in records)
@@ -184,7 +185,7 @@ def test_next_rows_are_decoded_while_the_current_ones_run(audio_dir, tmp_path, m
     TransferJob()([s.to_dict() for s in specs], str(results.root))
     when = {(what, row): t for what, row, t in events}
     assert when[("decode", 2)] < when[("ran", 1)]  # row 2 decoded before row 1 was done
-    assert all(results.read_record(s.id)["status"] == "ok" for s in specs)
+    assert all(record_dict(results, s.id)["status"] == "ok" for s in specs)
 
 
 def test_batch_rows_option_is_validated_and_reaches_the_job(audio_dir, tmp_path, capsys):

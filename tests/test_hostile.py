@@ -29,7 +29,7 @@ from batch_ast.config import ConfigError, coerce, load_config
 from batch_ast.dispatch import load_submissions, submit
 from batch_ast.job import TransferJob
 from batch_ast.loop import run_row
-from batch_ast.manifest import read_manifest
+from batch_ast.manifest import load_manifest
 from batch_ast.plan import make_plan, row_id
 from batch_ast.row import load_inputs
 from batch_ast.status import claim_rows, log_tail
@@ -41,7 +41,7 @@ from .conftest import REPO, tiny_columns, write_manifest
 def plan_one(folder: Path, results: ResultsRoot, content="content.wav", style="style.wav", **extra):
     head, vals = tiny_columns(**extra)
     m = write_manifest(folder, [f"{content},{style},{vals}"], header=f"content,style,{head}")
-    (spec,) = make_plan(read_manifest(m, load_config()), results, m).to_run
+    (spec,) = make_plan(load_manifest(m, load_config()), results, m).to_run
     return spec, m
 
 
@@ -178,10 +178,10 @@ def test_the_hash_cache_skips_rereading_unchanged_inputs(audio_dir, tmp_path, mo
 
     with monkeypatch.context() as patch:
         patch.setattr(plan_module, "file_sha256", no_reading)
-        (again,) = make_plan(read_manifest(m, load_config()), results, m).to_run
+        (again,) = make_plan(load_manifest(m, load_config()), results, m).to_run
     assert again.id == spec.id
     sf.write(audio_dir / "style.wav", np.zeros(8000, dtype=np.float32) + 0.1, 8000)  # changed file
-    (changed,) = make_plan(read_manifest(m, load_config()), results, m).to_run
+    (changed,) = make_plan(load_manifest(m, load_config()), results, m).to_run
     assert changed.id != spec.id
 
 
@@ -387,7 +387,7 @@ def test_a_diverged_row_fails_and_leaves_no_output(audio_dir, tmp_path):
     assert record["stop_reason"] == "diverged" and "non-finite" in record["error"]
     run_dir = results.run_dir(spec.id)
     assert not list(run_dir.glob("*.wav")) and not list(run_dir.glob("*.png"))
-    plan = make_plan(read_manifest(m, load_config()), results, m, retry_failed=True)
+    plan = make_plan(load_manifest(m, load_config()), results, m, retry_failed=True)
     assert not plan.to_run  # --retry-failed does not rerun it forever
 
 
@@ -520,7 +520,7 @@ def test_large_seeds_are_exact_integers(audio_dir, tmp_path):
 def test_the_index_lists_rows_without_records_and_stale_temp_files_go(audio_dir, tmp_path):
     m = endless_manifest(audio_dir, ("content.wav", "content2.wav"))
     results = ResultsRoot(tmp_path / "results")
-    specs = make_plan(read_manifest(m, load_config()), results, m).to_run
+    specs = make_plan(load_manifest(m, load_config()), results, m).to_run
     submission, (job,) = submit(specs, results, get_backend("local"), m, rows_per_job=2, job=TransferJob())
     try:
         (results.root / ".tmp-index.parquet.abandoned").write_bytes(b"half")

@@ -30,6 +30,7 @@ from batch_ast.cli import main
 from batch_ast.dispatch import load_submissions, read_submissions
 from batch_ast.loop import run_row
 from batch_ast.private import PrivateStateError, check_job_files
+from batch_ast.record import record_dict
 from batch_ast.store import ResultsRoot
 
 from .conftest import tiny_columns, write_manifest
@@ -256,7 +257,7 @@ def test_a_planted_submission_does_not_leak_a_secret_file_into_the_index(how, au
 
 def test_portable_report_copies_only_inputs_whose_bytes_match_their_hash(audio_dir, tmp_path):
     results, rid = ok_root(audio_dir, tmp_path)
-    record = results.read_record(rid)
+    record = record_dict(results, rid)
     evil = dict(record, content_sha256="../../../x-evil.sh")
     results.write_json(results.record_path(rid), evil)
     other = "0123456789abcdef"
@@ -281,7 +282,7 @@ def test_planted_links_in_the_root_are_never_followed_to_write(audio_dir, tmp_pa
     (results.root / ".collect.lock").symlink_to(outside / "created-by-collect")
     (results.root / ".claims.lock").symlink_to(outside / "created-by-submit")
     (results.root / "runs" / "aaaaaaaaaaaaaaaa").symlink_to(outside)
-    results.write_json(results.record_path(rid), dict(results.read_record(rid), figure_error="x"))
+    results.write_json(results.record_path(rid), dict(record_dict(results, rid), figure_error="x"))
     assert batch_ast.collect(results.root).rows == 1
     assert cli("report", str(results.root), "--portable") == 0  # the link moved aside, never followed (H12)
     assert "moved aside" in capsys.readouterr().err and (results.root / "report-inputs.bad").is_symlink()
@@ -354,7 +355,7 @@ def test_a_checkpoint_with_wrong_types_is_moved_aside(tamper, audio_dir, tmp_pat
     for _ in range(2):  # and again: a moved-aside checkpoint does not fail the row next time
         record = run_row(spec, results, options=batch_ast.runopts.RunOptions(submission_id="s"))
         assert record["status"] == "ok", record["error"]
-    assert "checkpoint.pt.bad" in results.read_record(spec.id).get("checkpoint_error", "") or \
+    assert "checkpoint.pt.bad" in record_dict(results, spec.id).get("checkpoint_error", "") or \
         ckpt.with_name("checkpoint.pt.bad").exists()
 
 
@@ -401,7 +402,7 @@ BAD_RECORDS = {
 
 def test_bad_records_become_invalid_rows_and_the_others_are_indexed(audio_dir, tmp_path, capsys):
     results, rid = ok_root(audio_dir, tmp_path)
-    good = results.read_record(rid)
+    good = record_dict(results, rid)
     planted = {}
     for i, (name, change) in enumerate(BAD_RECORDS.items()):
         bad_id = f"{i:016x}"
@@ -439,7 +440,7 @@ def test_a_record_whose_input_is_a_fifo_does_not_hang_collect(audio_dir, tmp_pat
     results, rid = ok_root(audio_dir, tmp_path)
     fifo = tmp_path / "fifo.wav"
     os.mkfifo(fifo)
-    record = dict(results.read_record(rid), content=str(fifo), figure_error="missing")
+    record = dict(record_dict(results, rid), content=str(fifo), figure_error="missing")
     results.write_json(results.record_path(rid), record)
     report = batch_ast.collect(results.root)  # figures are redrawn from the inputs: not from a FIFO
     assert any("not a regular file" in s for s in report.skipped)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from batch_ast.config import ConfigError, load_config
-from batch_ast.manifest import ManifestError, read_manifest
+from batch_ast.manifest import ManifestError, load_manifest
+from batch_ast.study import load_rows
 
 from .conftest import write_manifest
 
@@ -19,7 +20,7 @@ def config():
 
 def problems(path: Path, config) -> list[str]:
     with pytest.raises(ManifestError) as info:
-        read_manifest(path, config)
+        load_manifest(path, config)
     return info.value.problems
 
 
@@ -29,7 +30,7 @@ def test_valid_manifest_resolves_paths_presets_and_overrides(audio_dir, config):
         ["content.wav,style.wav,,", f"{audio_dir / 'content2.wav'},style.wav,quick,0.5"],
         header="content,style,preset,lr",
     )
-    rows = read_manifest(m, config)
+    rows = load_manifest(m, config)
     assert [r.row for r in rows] == [1, 2]
     assert rows[0].content == audio_dir / "content.wav"
     assert rows[0].params.n_filters == config.defaults["n_filters"]
@@ -40,7 +41,7 @@ def test_valid_manifest_resolves_paths_presets_and_overrides(audio_dir, config):
 def test_bom_whitespace_and_case_are_tolerated(audio_dir, config):
     m = audio_dir / "bom.csv"
     m.write_text("\ufeff Content , STYLE ,id\n content.wav , style.wav , a b \n", encoding="utf-8")
-    (row,) = read_manifest(m, config)
+    (row,) = load_manifest(m, config)
     assert row.name == "a b" and row.style == audio_dir / "style.wav"
 
 
@@ -125,7 +126,7 @@ def test_resource_columns_are_parsed_and_not_hyperparameters(audio_dir, config):
     found = problems(m, config)
     assert found == ["row 2 (line 3): column 'timeout_min': expected an integer >= 1, got 'x'"]
     m = write_manifest(audio_dir, ["content.wav,style.wav,30,1,", "content.wav,style.wav,,,4.5"], header="content,style,timeout_min,gpus,mem_gb")
-    rows = read_manifest(m, config)
+    rows = load_manifest(m, config)
     assert rows[0].resources == {"timeout_min": 30, "gpus": 1} and rows[1].resources == {"mem_gb": 4.5}
     assert "gpus" not in rows[0].params.to_dict()
 
@@ -136,7 +137,7 @@ def test_bundled_manifests_are_valid_and_keep_their_row_ids(config, tmp_path, ca
     from batch_ast.cli import main
 
     repo = Path(__file__).resolve().parents[1]
-    pairs = read_manifest(repo / "manifests" / "pairs.csv", config)
+    pairs = load_manifest(repo / "manifests" / "pairs.csv", config)
     assert len(pairs) == 7 and {r.params.preset for r in pairs} == {"quick"}
     assert main(["submit", str(repo / "manifests" / "pairs.csv"), "--dry-run", "--results", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
@@ -159,7 +160,7 @@ def test_a_studys_bad_values_are_reported_once_at_their_yaml_line_with_the_rows_
     study.write_text("contents: [content.wav, content2.wav]\nstyles: [style.wav]\npreset: quik\n"
                      "grid:\n  content_weight: [0.1, -1, 10]\n")
     with pytest.raises(ManifestError) as exc:
-        read_manifest(study, load_config())
+        load_rows(study, load_config())
     assert exc.value.problems == [
         "column 'preset': unknown preset 'quik' (known: quick, student-adamw, tomczak-dafx18, ulyanov-tf) "
         "(line 3: preset: quik; all 6 rows)",

@@ -21,6 +21,7 @@ import soundfile as sf
 import batch_ast
 from batch_ast.cli import main
 from batch_ast.dispatch import load_submissions
+from batch_ast.record import record_dict
 from batch_ast.store import ResultsRoot
 
 from .conftest import LONG, REPO, long_rows, tiny_columns, write_manifest
@@ -163,7 +164,7 @@ def test_a_lost_node_requeues_its_row_which_resumes_elsewhere_to_the_same_result
     _, results, sub, rid, node = long_row_checkpointed_on_a_node(audio_dir, tmp_path)
     root = ResultsRoot(results)
     lose_node(node)
-    record = wait_for(lambda: root.read_record(rid), what="the record", jobs=sub.array_job_id)
+    record = wait_for(lambda: record_dict(root, rid), what="the record", jobs=sub.array_job_id)
     assert record["status"] == "ok", record.get("error")
     assert record["hostname"] in NODES and record["hostname"] != node and record["slurm_restart_count"] >= 1
     assert record["resumed_from_iteration"] > 0 and record["iterations_run"] == LONG
@@ -193,7 +194,7 @@ def test_claims_from_another_host_skip_a_row_in_flight_and_are_taken_over_when_n
     subprocess.run(["scancel", a.array_job_id], check=True)
     wait_for(lambda: not any(i.split("_")[0] == a.array_job_id for i in squeue_ids()), what="A out of the queue")
     assert slurm_submit(m, results, "--wait") == 0  # C takes the claim over
-    record = root.read_record(rid)
+    record = record_dict(root, rid)
     assert record["status"] == "ok" and record["submission_id"] != a.submission_id, record.get("error")
     assert record["hostname"] in NODES and record["hostname"] != node and record["resumed_from_iteration"] > 0
     np.testing.assert_allclose(sf.read(results / record["output"])[0], reference_wav, atol=2e-3)
@@ -238,7 +239,7 @@ def test_a_local_submission_on_another_host_is_running_there_not_lost(audio_dir,
     assert "pending=1" in out and "lost=" in out and "lost=0" in out
     assert "its local jobs run on host n1" in out
     assert slurm_submit(m, results, "--no-wait") == 0  # B, from this host
-    assert len(load_submissions(root)) == 1 and root.read_record(rid) is None  # B submitted nothing
+    assert len(load_submissions(root)) == 1 and record_dict(root, rid) is None  # B submitted nothing
     assert main(["cancel", str(results)]) == 2
     assert "runs local jobs on host n1: cancel it there" in capsys.readouterr().err
     there = subprocess.run(["srun", "-w", "n1", "-c", "1", "-t", "10", str(cli), "cancel", "--results", str(results)],

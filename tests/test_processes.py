@@ -23,9 +23,10 @@ from batch_ast.config import load_config
 from batch_ast.dispatch import DispatchError, job_parameters, load_profile, submit
 from batch_ast.job import TransferJob
 from batch_ast.loop import run_groups, run_rows
-from batch_ast.manifest import read_manifest
+from batch_ast.manifest import load_manifest
 from batch_ast.plan import make_plan
 from batch_ast.pool import mps_pipe_directory, threads_per_process
+from batch_ast.record import record_dict
 from batch_ast.runopts import RunOptions
 from batch_ast.store import ResultsRoot
 
@@ -37,7 +38,7 @@ HOUR = 3600  # safety bound of every wait on a state (a loaded machine is slow, 
 def plan(folder: Path, results: ResultsRoot, seeds: range, **extra):
     head, vals = tiny_columns(**extra)
     m = write_manifest(folder, [f"content.wav,style.wav,{vals},{s}" for s in seeds], header=f"content,style,{head},seed")
-    return make_plan(read_manifest(m, load_config()), results, m).to_run
+    return make_plan(load_manifest(m, load_config()), results, m).to_run
 
 
 def wait_for(condition, what: str, while_alive=lambda: True) -> None:
@@ -69,7 +70,7 @@ def test_rows_in_two_processes_equal_the_same_rows_run_alone(audio_dir, tmp_path
     capfd.readouterr()
     summaries = TransferJob(processes=2)([s.to_dict() for s in specs], pooled_root)
     assert [s["status"] for s in summaries] == ["ok"] * 4 and {s["id"] for s in summaries} == {s.id for s in specs}
-    pooled = [pooled_root.read_record(s.id) for s in specs]
+    pooled = [record_dict(pooled_root, s.id) for s in specs]
     assert outputs(pooled_root, pooled) == outputs(alone_root, alone)  # bit for bit: same device, same threads
     log = capfd.readouterr()
     assert "[job] 2 row processes, 1 thread(s) each" in log.out
@@ -88,7 +89,7 @@ def test_finishing_in_the_background_changes_no_result_and_a_failure_there_costs
     assert here == background and [s["status"] for s in here] == ["ok"] * 3
     timing = {k for k in roots[0].read_record(specs[0].id) if k.startswith("time_") or k.endswith("_at")}
     for spec in specs:
-        a, b = (root.read_record(spec.id) for root in roots)
+        a, b = (record_dict(root, spec.id) for root in roots)
         assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
         assert (roots[0].root / a["output"]).read_bytes() == (roots[1].root / b["output"]).read_bytes()
 
@@ -105,7 +106,7 @@ def test_finishing_in_the_background_changes_no_result_and_a_failure_there_costs
     third = ResultsRoot(tmp_path / "third")
     out = run_groups([[s] for s in specs], third, lambda: False, RunOptions(), finish_in_background=True)
     assert [s["status"] for s in out] == ["ok", "failed", "ok"]
-    assert "metrics broke" in third.read_record(specs[1].id)["error"]
+    assert "metrics broke" in record_dict(third, specs[1].id)["error"]
 
 
 def test_a_pause_waits_for_the_rows_being_finished(audio_dir, tmp_path):
@@ -119,8 +120,8 @@ def test_a_pause_waits_for_the_rows_being_finished(audio_dir, tmp_path):
     with pytest.raises(Paused) as paused:
         run_groups([[first], [second]], results, second_prepared, RunOptions(), finish_in_background=True)
     assert [r.spec.id for r in paused.value.runs] == [second.id]
-    assert results.read_record(first.id)["status"] == "ok"
-    assert results.checkpoint_path(second.id).exists() and results.read_record(second.id) is None
+    assert record_dict(results, first.id)["status"] == "ok"
+    assert results.checkpoint_path(second.id).exists() and record_dict(results, second.id) is None
 
 
 def local_job_log(job) -> Path:
@@ -149,7 +150,7 @@ def test_a_killed_row_process_costs_only_its_row_and_retry_resumes_it(audio_dir,
     summaries = local_job.result()
     by_id = {s["id"]: s for s in summaries}
     assert [by_id[s.id]["status"] for s in specs] == ["ok"] * 4
-    record = results.read_record(victim.id)
+    record = record_dict(results, victim.id)
     assert record["status"] == "failed" and record["retryable"]
     assert "WorkerDiedError" in record["error"] and "SIGKILL" in record["error"]
     assert results.checkpoint_path(victim.id).exists()
@@ -170,7 +171,7 @@ def test_a_preempted_job_pauses_every_row_process_and_resumes_them(audio_dir, tm
     for pid in children.stdout.split():
         os.kill(int(pid), signal.SIGUSR2)
     local_job.result()
-    records = [results.read_record(s.id) for s in specs]
+    records = [record_dict(results, s.id) for s in specs]
     assert all(r["status"] == "ok" and r["iterations_run"] == 1000 for r in records)
     assert not any(results.checkpoint_path(s.id).exists() for s in specs)
     # every row still running when the signal came paused and resumed (on a loaded machine the
@@ -264,7 +265,7 @@ def test_local_workers_share_the_cores_instead_of_each_taking_all(audio_dir, tmp
     finally:
         torch.set_num_threads(before)
     assert [r["status"] for r in records] == ["ok", "ok"]
-    assert {ResultsRoot(tmp_path / "r").read_record(s.id)["torch_threads"] for s in prepared.plan.to_run} == {1}
+    assert {record_dict(ResultsRoot(tmp_path / "r"), s.id)["torch_threads"] for s in prepared.plan.to_run} == {1}
 
 
 def test_a_pause_before_any_row_started_still_requeues_the_job(audio_dir, tmp_path):
@@ -277,7 +278,7 @@ def test_a_pause_before_any_row_started_still_requeues_the_job(audio_dir, tmp_pa
     specs = plan(audio_dir, results, range(2), iterations=3)
     with pytest.raises(Paused, match="0 row\\(s\\) paused .* 2 group\\(s\\) not started") as paused:
         RowProcesses(2, results, RunOptions()).run([[s] for s in specs], lambda: True)
-    assert paused.value.runs == [] and all(results.read_record(s.id) is None for s in specs)
+    assert paused.value.runs == [] and all(record_dict(results, s.id) is None for s in specs)
 
 
 def test_finishing_overlap_is_auto_on_a_gpu_and_never_with_a_tf32_row(audio_dir, tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ from batch_ast.config import load_config
 from batch_ast.dispatch import submit
 from batch_ast.job import TransferJob
 from batch_ast.loop import run_row
-from batch_ast.manifest import read_manifest
+from batch_ast.manifest import load_manifest
 from batch_ast.plan import make_plan
 from batch_ast.runopts import Paused, RunOptions
 from batch_ast.store import ResultsRoot
@@ -36,7 +36,7 @@ from .conftest import TINY, tiny_columns, write_manifest
 def plan_rows(folder: Path, rows: list[str], results: ResultsRoot, **extra):
     head, vals = tiny_columns(**extra)
     m = write_manifest(folder, [f"{r},{vals}" for r in rows], header=f"content,style,{head}")
-    return make_plan(read_manifest(m, load_config()), results, m).to_run
+    return make_plan(load_manifest(m, load_config()), results, m).to_run
 
 
 def run_one(folder: Path, content: str, style: str, tmp_path: Path, **extra) -> dict:
@@ -120,7 +120,7 @@ def test_transient_failure_is_retryable(audio_dir, tmp_path, monkeypatch):
     record = run_one(audio_dir, "content.wav", "style.wav", tmp_path)
     assert record["status"] == "failed" and record["retryable"]
     plan = make_plan(
-        read_manifest(audio_dir / "m.csv", load_config()), ResultsRoot(tmp_path / "results"), audio_dir / "m.csv",
+        load_manifest(audio_dir / "m.csv", load_config()), ResultsRoot(tmp_path / "results"), audio_dir / "m.csv",
         retry_failed=True,
     )
     assert len(plan.to_run) == 1  # --retry-failed picks transient failures up again

@@ -20,6 +20,7 @@ import batch_ast
 from batch_ast.backends import get_backend
 from batch_ast.cli import main
 from batch_ast.dispatch import load_submissions
+from batch_ast.record import record_dict
 from batch_ast.store import ResultsRoot
 
 from .conftest import LONG, TINY, long_rows, tiny_columns, uninterrupted_wav, write_manifest
@@ -256,7 +257,7 @@ def test_preemption_signal_checkpoints_requeues_and_resumes_to_the_same_result(a
     ckpt = ResultsRoot(results).checkpoint_path(rid)
     wait_for(ckpt.exists, every_s=0.2, what="a first checkpoint", jobs=job_id)
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # what SLURM sends before preemption
-    record = wait_for(lambda: ResultsRoot(results).read_record(rid), what="the record", jobs=job_id)
+    record = wait_for(lambda: record_dict(ResultsRoot(results), rid), what="the record", jobs=job_id)
     assert record["status"] == "ok", record.get("error")
     assert record["resumes"] >= 1 and record["resumed_from_iteration"] > 0
     assert record["slurm_restart_count"] >= 1
@@ -279,7 +280,7 @@ def test_hard_requeue_resumes_from_the_periodic_checkpoint(audio_dir, tmp_path):
     job_id, rid = sub.jobs[0]["job_id"], sub.jobs[0]["rows"][0]
     wait_for(ResultsRoot(results).checkpoint_path(rid).exists, every_s=0.2, what="a first checkpoint", jobs=job_id)
     subprocess.run(["scontrol", "requeue", job_id], check=True)
-    record = wait_for(lambda: ResultsRoot(results).read_record(rid), what="the record", jobs=job_id)
+    record = wait_for(lambda: record_dict(ResultsRoot(results), rid), what="the record", jobs=job_id)
     assert record["status"] == "ok", record.get("error")
     assert record["slurm_restart_count"] >= 1 and record["resumed_from_iteration"] > 0
     assert record["iterations_run"] == 4 * LONG
@@ -304,7 +305,7 @@ def test_timeout_triggers_checkpoint_requeue_and_resume(audio_dir, tmp_path):
     assert slurm_submit(m, results, "--profile", str(profile), "--checkpoint-every", "10") == 0
     (sub,) = load_submissions(ResultsRoot(results))
     rid, log = sub.jobs[0]["rows"][0], Path(sub.jobs[0]["log"])
-    record = wait_for(lambda: ResultsRoot(results).read_record(rid), what="the record", jobs=sub.jobs[0]["job_id"])
+    record = wait_for(lambda: record_dict(ResultsRoot(results), rid), what="the record", jobs=sub.jobs[0]["job_id"])
     assert record["status"] == "ok", record.get("error")
     assert record["iterations_run"] == iterations
     if "timed-out" in log.read_text():  # it ran past a limit at least once (the usual case)
@@ -322,7 +323,7 @@ def test_a_row_out_of_timeout_requeues_gets_a_failed_record(audio_dir, tmp_path,
     assert slurm_submit(m, results, "--profile", str(profile), "--max-retries", "0", "--checkpoint-every", "10") == 0
     (sub,) = load_submissions(ResultsRoot(results))
     rid = sub.jobs[0]["rows"][0]
-    record = wait_for(lambda: ResultsRoot(results).read_record(rid), what="the record", jobs=sub.jobs[0]["job_id"])
+    record = wait_for(lambda: record_dict(ResultsRoot(results), rid), what="the record", jobs=sub.jobs[0]["job_id"])
     assert record["status"] == "failed" and record["retryable"]
     assert "time limit reached more often than max_retries=0" in record["error"]
     assert "raise timeout_min or --max-retries" in record["error"]
@@ -349,7 +350,7 @@ def test_batched_rows_in_one_array_task_checkpoint_requeue_and_resume(audio_dir,
     subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True)
 
     def all_records():
-        records = [root.read_record(r) for r in job["rows"]]
+        records = [record_dict(root, r) for r in job["rows"]]
         return records if all(records) else None
 
     records = wait_for(all_records, what="the records", jobs=job["job_id"])
@@ -400,7 +401,7 @@ def test_two_row_processes_per_array_task_pause_requeue_and_resume(audio_dir, tm
     subprocess.run(["scancel", "--signal=USR2", first["job_id"]], check=True)
 
     def all_records():
-        records = [root.read_record(r) for j in sub.jobs for r in j["rows"]]
+        records = [record_dict(root, r) for j in sub.jobs for r in j["rows"]]
         return records if all(records) else None
 
     records = wait_for(all_records, what="the records", jobs=first["job_id"].split("_")[0])

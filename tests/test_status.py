@@ -12,7 +12,7 @@ import pytest
 import batch_ast
 from batch_ast.cli import main
 from batch_ast.dispatch import SubmissionRecord
-from batch_ast.progress import HEARTBEAT_EVERY_S, Heartbeat, Progress, duration
+from batch_ast.progress import HEARTBEAT_EVERY_S, Heartbeat, Progress, duration, read_progress
 from batch_ast.status import RowState, SubmissionStatus, format_status
 from batch_ast.store import ResultsRoot
 
@@ -65,11 +65,11 @@ def test_a_planted_heartbeat_is_no_heartbeat(tmp_path, data):
     path = root.progress_path("0123456789abcdef")
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(data))
-    assert root.load_progress("0123456789abcdef") is None
+    assert read_progress(root, "0123456789abcdef") is None
     path.unlink()
     path.symlink_to(tmp_path / "elsewhere.json")  # a link is never followed
     (tmp_path / "elsewhere.json").write_text(json.dumps(Progress(1, 2, 1.0, 1.0, 1.0).to_json()))
-    assert root.load_progress("0123456789abcdef") is None
+    assert read_progress(root, "0123456789abcdef") is None
 
 
 def test_a_running_row_publishes_heartbeats_and_a_log_line_and_removes_them_when_done(
@@ -86,7 +86,7 @@ def test_a_running_row_publishes_heartbeats_and_a_log_line_and_removes_them_when
 
     def spying_beat(self, progress, log):
         original(self, progress, log)
-        found = self.results.load_progress(self.spec.id)
+        found = read_progress(self.results, self.spec.id)
         assert found == progress  # on disk, valid, as written
         seen.append(found)
 

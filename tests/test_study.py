@@ -11,10 +11,10 @@ import pytest
 
 from batch_ast.cli import main
 from batch_ast.config import load_config
-from batch_ast.manifest import ManifestError, read_manifest
+from batch_ast.manifest import ManifestError
 from batch_ast.plan import make_plan
 from batch_ast.store import ResultsRoot
-from batch_ast.study import StudyError, study_csv, study_rows
+from batch_ast.study import StudyError, load_rows, study_csv, study_rows
 
 from .conftest import REPO, write_manifest
 
@@ -26,7 +26,7 @@ def write_study(folder: Path, text: str, name: str = "study.yaml") -> Path:
 
 
 def planned_ids(manifest: Path, results: Path) -> list[str]:
-    plan = make_plan(read_manifest(manifest, load_config()), ResultsRoot(results), manifest)
+    plan = make_plan(load_rows(manifest, load_config()), ResultsRoot(results), manifest)
     return [spec.id for spec in plan.to_run]
 
 
@@ -92,7 +92,7 @@ def test_bad_studies_say_what_is_wrong(audio_dir, text, message):
 def test_submit_takes_a_study_and_reports_its_rows_problems_like_a_manifest(audio_dir, tmp_path, capsys):
     study = write_study(audio_dir, "contents: [content.wav, missing.wav]\nstyles: style.wav\ngrid: {lr: [1, -2]}\n")
     with pytest.raises(ManifestError) as caught:
-        read_manifest(study, load_config())
+        load_rows(study, load_config())
     text = str(caught.value)
     assert "study.yaml" in text and "missing.wav" in text and "'lr'" in text
     assert main(["submit", str(study), "--results", str(tmp_path / "r"), "--dry-run"]) == 2
