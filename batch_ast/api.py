@@ -47,7 +47,7 @@ from .index import CollectReport, load_index
 from .index import collect as collect_files
 from .job import DEFAULTS, TransferJob
 from .plan import HASH_CACHE, Plan, RowSpec, make_plan
-from .private import make_private_dir, state_dir
+from .private import check_job_files, make_private_dir, state_dir
 from .record import record_dict
 from .status import SubmissionStatus, claim_rows, query_status, unrecorded_rows
 from .store import ResultsRoot, check_shared_root
@@ -136,8 +136,6 @@ class Submission:
         return status
 
     def _collect_job_errors(self) -> None:
-        from .private import check_job_files
-
         errors = []
         for job in self.jobs:  # per-row errors are in the records; these are whole-job crashes
             try:
@@ -379,7 +377,7 @@ def collect(root: str | Path = "results", progress: bool = False) -> CollectRepo
 
 
 def _redraw_figures(results: ResultsRoot, record: dict[str, Any]) -> dict[str, Any]:
-    from .row import regenerate_figures  # torch and matplotlib: only when a row needs them
+    from .row import regenerate_figures  # import cost: torch and matplotlib, only when a figure is redrawn
 
     return regenerate_figures(results, record)
 

@@ -11,16 +11,19 @@ import warnings
 from pathlib import Path
 
 from . import api
+from .analysis import hyperparameter_effect, plot_effect
 from .backends import EXECUTORS, BackendError
 from .config import ConfigError
 from .dispatch import DEFAULT_MAX_ARRAY_SIZE, DispatchError, latest_submission, read_submissions
+from .index import load_index
 from .job import DEFAULTS
 from .manifest import DEFAULT_MAX_ROWS, MAX_ROWS_ENV, ManifestError
 from .plan import chunk
 from .private import PrivateStateError, state_dir, use_private_caches
+from .report import write_report
 from .status import SubmissionStatus, format_status, query_status
 from .store import ResultsError, ResultsRoot, write_atomic
-from .study import StudyError
+from .study import StudyError, study_csv
 from .text import describe_os_error, inert
 from .version import VERSION
 
@@ -214,13 +217,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
-
     path = write_report(args.results, args.output, metric=args.metric, top=args.top, ascending=not args.descending,
                         portable=args.portable)
     print(f"report: {path}")
-    from .index import load_index
-
     unfinished = load_index(args.results)["status"].isin(["pending", "running"]).sum()
     if unfinished:
         print(f"note: {unfinished} row(s) are still pending or running, and the report shows them so: "
@@ -231,8 +230,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_expand(args: argparse.Namespace) -> int:
     """Write a study's manifest: the CSV that `submit STUDY.yaml` runs, row for row."""
-    from .study import study_csv
-
     if args.output:
         out = Path(args.output)
         text = study_csv(args.study, relative_to=out.resolve().parent, for_spreadsheets=True)
@@ -244,9 +241,6 @@ def cmd_expand(args: argparse.Namespace) -> int:
 
 
 def cmd_analyse(args: argparse.Namespace) -> int:
-    from .analysis import hyperparameter_effect, plot_effect
-    from .index import load_index
-
     ResultsRoot(args.results).require_results_root()
     df = load_index(args.results)
     try:

@@ -19,7 +19,7 @@ from typing import Any
 
 import submitit
 
-from .backends import Backend
+from .backends import BACKENDS, Backend
 from .config import ConfigError, read_config_file
 from .job import DEFAULTS, TransferJob
 from .manifest import MAX_ROWS_ENV, max_rows
@@ -250,8 +250,6 @@ class SubmissionRecord:
         """A submission read from the root, every field checked (``SubmissionError`` says which):
         its id (the file's name), a known executor, job ids of that executor's form, row ids,
         jobs that run only the submission's rows. A submission file is anyone's words."""
-        from .backends import BACKENDS
-
         if not isinstance(data, dict):
             raise SubmissionError(f"not a submission (a JSON {type(data).__name__})")
         texts = {k: data.get(k) for k in ("submission_id", "executor", "created_at", "manifest", "root", "submitit_folder")}

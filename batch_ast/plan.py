@@ -16,6 +16,7 @@ from typing import Any
 
 from .config import ID_NEUTRAL, NOT_IN_ID, Params
 from .manifest import ManifestRow
+from .private import make_private_dir, state_dir
 from .record import record_dict
 from .store import SHA256, ResultsRoot, load_json, write_json_atomic
 
@@ -204,8 +205,6 @@ def make_plan(
     duplicates: list[tuple[int, int]] = []
     first_row_of: dict[str, int] = {}
     if hash_cache is None and use_cache:
-        from .private import make_private_dir, state_dir
-
         state = state_dir()
         if save_cache:
             make_private_dir(state, state)

@@ -23,7 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .config import PARAMS
+from .config import PARAMS, ConfigError, Params
 from .store import ResultsRoot, open_regular, parse_json
 from .text import describe_os_error
 from .version import VERSION
@@ -230,8 +230,6 @@ def _number(value: Any) -> float:
 def _checked(name: str, kind: str | None, value: Any, row_id: str) -> Any:
     """One field's value if it fits its kind (see ``Record``), else TypeError/ValueError."""
     if kind == "params":
-        from .config import ConfigError, Params
-
         if not isinstance(value, dict):
             raise TypeError(f"expected a mapping of hyperparameters, not {_shown(value)}")
         try:

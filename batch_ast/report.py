@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .api import collect
 from .config import PARAMS
 from .index import METRIC_COLUMNS, load_index, load_traces
 from .manifest import max_input_bytes
@@ -335,8 +336,6 @@ def write_report(
     results = ResultsRoot.of(root)
     results.require_results_root()
     try:
-        from .api import collect
-
         collect(results.root)
     except (ResultsError, OSError) as exc:  # a read-only root: report what was collected before
         if not results.index_path.exists():
