@@ -15,8 +15,16 @@ from .version import VERSION as __version__
 # batch_ast.job_entry``, and every row process it starts) imports this package first and needs
 # none of them; importing pandas for them cost each array task ~0.45 s before its first row.
 _LAZY = {
-    "Prepared": "api", "Submission": "api", "collect": "api", "find_submission": "api", "prepare": "api",
-    "submit": "api", "Params": "config", "load_index": "index", "load_traces": "index", "ResultsError": "store",
+    "Prepared": "api",
+    "Submission": "api",
+    "collect": "api",
+    "find_submission": "api",
+    "prepare": "api",
+    "submit": "api",
+    "Params": "config",
+    "load_index": "index",
+    "load_traces": "index",
+    "ResultsError": "store",
 }
 
 if TYPE_CHECKING:

@@ -91,10 +91,14 @@ class Submission:
         """One line, without asking the queue: the dataclass's own repr printed every job object,
         whose repr asks SLURM accounting (sacct) for its state, and dumped the whole plan."""
         if self.record is None:
-            return f"Submission(nothing submitted, root={str(self.results.root)!r}, in flight elsewhere={len(self.busy)})"
+            root, busy = str(self.results.root), len(self.busy)
+            return f"Submission(nothing submitted, root={root!r}, in flight elsewhere={busy})"
         r = self.record
-        return (f"Submission(id={r.submission_id!r}, executor={r.executor!r}, rows={len(r.rows)}, jobs={len(r.jobs)}, "
-                f"job ids={r.array_job_id or '-'!r}, root={str(self.results.root)!r})")
+        return (
+            f"Submission(id={r.submission_id!r}, executor={r.executor!r}, rows={len(r.rows)}, "
+            f"jobs={len(r.jobs)}, "
+            f"job ids={r.array_job_id or '-'!r}, root={str(self.results.root)!r})"
+        )
 
     @property
     def backend(self) -> Backend | None:
@@ -148,7 +152,9 @@ class Submission:
                     check_job_files(job.paths.folder, [job.paths.result_pickle])
                 job.result()
             except Exception as exc:  # noqa: BLE001 - reported, the batch goes on
-                errors.append(f"job {job.job_id} ended abnormally: {error_line(exc)} (log: {job.paths.stderr})")
+                errors.append(
+                    f"job {job.job_id} ended abnormally: {error_line(exc)} (log: {job.paths.stderr})"
+                )
         self.job_errors = errors
 
     def cancel(self) -> list[str]:
@@ -199,8 +205,17 @@ class Prepared:
         skipped.update(busy)
         try:
             record, jobs = dispatch_submit(
-                to_run, self.results, self.backend, self.manifest, self.rows_per_job, self.parameters, skipped,
-                self.job, self.packing.max_array_size, submission_id=submission_id, state=self.state,
+                to_run,
+                self.results,
+                self.backend,
+                self.manifest,
+                self.rows_per_job,
+                self.parameters,
+                skipped,
+                self.job,
+                self.packing.max_array_size,
+                submission_id=submission_id,
+                state=self.state,
             )
         except BaseException:
             release_claims(self.results, to_run, submission_id)
@@ -231,8 +246,16 @@ class SubmitOptions:
 
     # the integer options and their smallest values
     _INTS: ClassVar[dict[str, int]] = {
-        "rows_per_job": 1, "batch_rows": 1, "processes_per_job": 1, "max_array_size": 1, "workers": 1, "timeout_min": 1, "gpus": 0,
-        "array_parallelism": 1, "max_retries": 0, "max_rows": 1,
+        "rows_per_job": 1,
+        "batch_rows": 1,
+        "processes_per_job": 1,
+        "max_array_size": 1,
+        "workers": 1,
+        "timeout_min": 1,
+        "gpus": 0,
+        "array_parallelism": 1,
+        "max_retries": 0,
+        "max_rows": 1,
     }
 
     def check(self) -> SubmitOptions:
@@ -242,7 +265,9 @@ class SubmitOptions:
             if not isinstance(getattr(self, name), bool):
                 bad.append(f"{name} must be True or False, not {_shown(getattr(self, name))}")
         if self.finish_in_background is not None and not isinstance(self.finish_in_background, bool):
-            bad.append(f"finish_in_background must be True, False or None, not {_shown(self.finish_in_background)}")
+            bad.append(
+                f"finish_in_background must be True, False or None, not {_shown(self.finish_in_background)}"
+            )
         for name, low in self._INTS.items():
             value = getattr(self, name)
             if value is None:
@@ -298,7 +323,9 @@ def prepare(
         raise TypeError(f"executor must be one of {', '.join(EXECUTORS)}, not {type(executor).__name__}")
     unknown = sorted(set(option_values) - set(SubmitOptions.__dataclass_fields__))
     if unknown:
-        raise TypeError(f"unknown option(s) {unknown}; options are: {', '.join(SubmitOptions.__dataclass_fields__)}")
+        raise TypeError(
+            f"unknown option(s) {unknown}; options are: {', '.join(SubmitOptions.__dataclass_fields__)}"
+        )
     opts = replace(options or SubmitOptions(), **option_values).check()
     if executor != "auto":
         get_backend(executor)  # a bad name is refused before any file is read
@@ -321,20 +348,41 @@ def prepare(
         if problem := check_shared_root(root.root):
             warnings.warn(problem, stacklevel=2)
         make_private_dir(state, state)
-    plan = make_plan(rows, root, Path(manifest), force=opts.force, retry_failed=opts.retry_failed,
-                     progress=progress, save_cache=not dry_run, hash_cache=state / HASH_CACHE)  # a dry run writes nothing
+    plan = make_plan(
+        rows,
+        root,
+        Path(manifest),
+        force=opts.force,
+        retry_failed=opts.retry_failed,
+        progress=progress,
+        save_cache=not dry_run,
+        hash_cache=state / HASH_CACHE,
+    )  # a dry run writes nothing
     every = DEFAULTS.checkpoint_every_s if opts.checkpoint_every_s is None else opts.checkpoint_every_s
     limit_s, warning_s = backend.time_limit_warning(parameters)
     run_options = replace(DEFAULTS, max_resumes=max_resumes, checkpoint_every_s=every, time_limit_s=limit_s,
                           limit_warning_s=warning_s)
     return Prepared(
-        plan=plan, results=root, manifest=Path(manifest), backend=backend, why=why, parameters=parameters,
+        plan=plan,
+        results=root,
+        manifest=Path(manifest),
+        backend=backend,
+        why=why,
+        parameters=parameters,
         packing=packing,
-        rows_per_job=packing.rows_per_job or backend.rows_per_job(len(plan.to_run), opts.workers, packing.processes_per_job),
-        job=TransferJob(run_options, force=opts.force, batch_rows=packing.batch_rows,
-                        processes=packing.processes_per_job, finish_in_background=packing.finish_in_background,
-                        threads=backend.thread_share(opts.workers)),
-        profile=profile_path, profile_source=source, state=state,
+        rows_per_job=packing.rows_per_job
+        or backend.rows_per_job(len(plan.to_run), opts.workers, packing.processes_per_job),
+        job=TransferJob(
+            run_options,
+            force=opts.force,
+            batch_rows=packing.batch_rows,
+            processes=packing.processes_per_job,
+            finish_in_background=packing.finish_in_background,
+            threads=backend.thread_share(opts.workers),
+        ),
+        profile=profile_path,
+        profile_source=source,
+        state=state,
     )
 
 
@@ -348,8 +396,8 @@ def submit(
 ) -> Submission:
     """Validate, plan and submit a manifest CSV or a study YAML; with ``wait=True`` block until
     every row has finished and collect the index. ``options`` are ``prepare``'s (``config``,
-    ``force``, ``retry_failed``, ``rows_per_job``, ``batch_rows``, ``processes_per_job``, ``timeout_min``, ``gpus``..., or
-    ``options=SubmitOptions(...)``)."""
+    ``force``, ``retry_failed``, ``rows_per_job``, ``batch_rows``, ``processes_per_job``,
+    ``timeout_min``, ``gpus``..., or ``options=SubmitOptions(...)``)."""
     submission = prepare(manifest, results, executor, profile, **options).launch()
     if wait:
         submission.wait()
@@ -387,12 +435,16 @@ def cancel(results: ResultsRoot, record: SubmissionRecord) -> list[str]:
     cancelled; returns the job ids (empty when nothing was queued or running). Only jobs that
     are provably the submission's are signalled (``Backend.cancel``)."""
     if not record.mine:
-        raise BackendError(f"submission {record.submission_id} is not yours to cancel: its file or its submitit folder "
-                           f"({short_path(record.submitit_folder)}) is not your own")
+        raise BackendError(
+            f"submission {record.submission_id} is not yours to cancel: its file or its submitit folder "
+            f"({short_path(record.submitit_folder)}) is not your own"
+        )
     status = query_status(results, record)
     if status.jobs_elsewhere:
-        raise BackendError(f"submission {record.submission_id} runs local jobs on host {status.jobs_elsewhere}: "
-                           "cancel it there")
+        raise BackendError(
+            f"submission {record.submission_id} runs local jobs on host {status.jobs_elsewhere}: "
+            "cancel it there"
+        )
     active = sorted({r.job_id for r in status.rows if r.state in ("pending", "running")})
     if not active:
         return []

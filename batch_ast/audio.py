@@ -83,7 +83,11 @@ def _read_mono_blocks(path: Path, max_seconds: float) -> tuple[np.ndarray, int]:
     never sits in memory with all its channels (librosa.load decodes every channel first)."""
     with sf.SoundFile(str(path)) as fh:
         native = fh.samplerate
-        wanted = min(fh.frames, math.ceil(max_seconds * native)) if fh.frames > 0 else math.ceil(max_seconds * native)
+        wanted = (
+            min(fh.frames, math.ceil(max_seconds * native))
+            if fh.frames > 0
+            else math.ceil(max_seconds * native)
+        )
         parts, got = [], 0
         while got < wanted:
             block = fh.read(min(BLOCK_FRAMES, wanted - got), dtype="float32", always_2d=True)
@@ -144,7 +148,9 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float) -> np.nda
         raise AudioError(f"{path}: file not found") from None
     except Exception as exc:  # decoders raise many unrelated types for corrupt data
         if type(exc).__name__ == "NoBackendError" or not str(exc).strip():
-            raise AudioError(f"{path}: cannot decode audio: no decoder recognises it (corrupt, or not audio)") from None
+            raise AudioError(
+                f"{path}: cannot decode audio: no decoder recognises it (corrupt, or not audio)"
+            ) from None
         raise AudioError(f"{path}: cannot decode audio: {type(exc).__name__}: {str(exc)[:300]}") from None
     if audio.size == 0:
         raise AudioError(f"{path}: audio has no samples (zero length)")

@@ -112,7 +112,9 @@ class SlurmBackend(Backend):
         if not (shutil.which("sbatch") and shutil.which("sinfo")):
             return False
         try:
-            done = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=timeout_s)
+            done = subprocess.run(
+                ["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=timeout_s
+            )
         except (OSError, subprocess.TimeoutExpired):
             return False
         return done.returncode == 0 and bool(done.stdout.strip())
@@ -125,7 +127,8 @@ class SlurmBackend(Backend):
         if (python := params.pop("python", None)) is not None:
             ctor["slurm_python"] = python
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm", **ctor)
-        executor._executor.__class__ = GuardedSlurmExecutor  # AutoExecutor builds it; only the command differs
+        # AutoExecutor builds it; only the command differs
+        executor._executor.__class__ = GuardedSlurmExecutor
         executor.update_parameters(**{**SLURM_DEFAULTS, **params})
         return executor
 
@@ -146,8 +149,11 @@ class SlurmBackend(Backend):
         raw = squeue_states([j for j in job_ids if self.job_id_pattern.fullmatch(j)])
         if raw is None:
             return None
-        return {jid: "pending" if state in SLURM_PENDING else "running" for jid, (state, command) in raw.items()
-                if _inside(command, folder)}
+        return {
+            jid: "pending" if state in SLURM_PENDING else "running"
+            for jid, (state, command) in raw.items()
+            if _inside(command, folder)
+        }
 
     def cancel(self, job_ids: Sequence[str], folder: str = "") -> None:
         mine = sorted(set(self.queue_states(job_ids, folder) or {}))
@@ -186,7 +192,10 @@ class LocalBackend(Backend):
     def make_executor(self, folder: Path, params: dict[str, Any]) -> submitit.Executor:
         # submitit's LocalExecutor itself, not through AutoExecutor: only it takes ``visible_gpus``
         params = dict(params)
-        ctor = {"max_num_timeout": params.pop("slurm_max_num_timeout", None), "python": params.pop("python", None)}
+        ctor = {
+            "max_num_timeout": params.pop("slurm_max_num_timeout", None),
+            "python": params.pop("python", None),
+        }
         local = {k: v for k, v in params.items() if not k.startswith("slurm_")}
         if "gpus_per_node" not in local:
             local.update(local_gpu_passthrough(os.environ.get("CUDA_VISIBLE_DEVICES")))
@@ -205,8 +214,10 @@ class LocalBackend(Backend):
         except (ValueError, IndexError):
             program = ""
         if not program or not shutil.which(program):
-            raise BackendError(f"profile python {str(python)[:80]!r}: {program[:80] or 'nothing'} is not a program "
-                               "this machine can start")
+            raise BackendError(
+                f"profile python {str(python)[:80]!r}: {program[:80] or 'nothing'} is not a program "
+                "this machine can start"
+            )
 
     def queue_states(self, job_ids: Sequence[str], folder: str = "") -> dict[str, str] | None:
         """A local job's id is its controller's pid: running while that process lives and is
@@ -269,11 +280,15 @@ def choose_backend(requested: str) -> tuple[Backend, str]:
     if requested == "auto":
         if BACKENDS["slurm"].available():
             return BACKENDS["slurm"], "auto: sbatch found and the SLURM controller answers"
-        return BACKENDS["local"], "auto: no SLURM cluster answers (sbatch/sinfo), using submitit's local executor"
+        return BACKENDS[
+            "local"
+        ], "auto: no SLURM cluster answers (sbatch/sinfo), using submitit's local executor"
     backend = get_backend(requested)
     if not backend.available():
-        raise BackendError(f"--executor {requested}: no SLURM controller answers (is sbatch on PATH? sinfo?); "
-                           "--executor local runs the rows on this machine")
+        raise BackendError(
+            f"--executor {requested}: no SLURM controller answers (is sbatch on PATH? sinfo?); "
+            "--executor local runs the rows on this machine"
+        )
     return backend, f"--executor {requested}"
 
 
@@ -359,7 +374,10 @@ def squeue_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
     base = sorted({j.split("_")[0] for j in job_ids})
     try:
         done = subprocess.run(
-            ["squeue", "-h", "-r", "-j", ",".join(base), "-o", "%i|%T|%o"], capture_output=True, text=True, timeout=30,
+            ["squeue", "-h", "-r", "-j", ",".join(base), "-o", "%i|%T|%o"],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

@@ -77,7 +77,9 @@ def try_claim(results: ResultsRoot, row_id: str, claim: Claim) -> bool:
 
     dir_fd = results.row_dir_fd(row_id)
     try:
-        fd = os.open(CLAIM, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
+        fd = os.open(
+            CLAIM, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=dir_fd
+        )
     except FileExistsError:
         return False
     finally:

@@ -61,7 +61,10 @@ def _print_plan(prepared: api.Prepared) -> None:
     for spec in plan.to_run[:PLAN_LINES]:
         label = f" {spec.name!r}" if spec.name else ""
         settings = " ".join(f"{name}={getattr(spec.params, name)}" for name in shown)
-        print(f"  run   row {spec.row}{label} [{spec.id}] {Path(spec.content).name} + {Path(spec.style).name}  {settings}")
+        print(
+            f"  run   row {spec.row}{label} [{spec.id}] {Path(spec.content).name} + {Path(spec.style).name}  "
+            f"{settings}"
+        )
     if len(plan.to_run) > PLAN_LINES:
         print(f"  ... and {len(plan.to_run) - PLAN_LINES} more row(s) to run")
     for spec in plan.done[:PLAN_LINES]:
@@ -105,7 +108,11 @@ def _failed_before_lines(prepared: api.Prepared) -> list[str]:
     lines = []
     for spec, record in prepared.failed_before():
         error = str(record.get("error", "")).splitlines()[0][:200] if record.get("error") else ""
-        again = "--retry-failed reruns it" if record.get("retryable") else "--force reruns it (it failed on its inputs or settings)"
+        again = (
+            "--retry-failed reruns it"
+            if record.get("retryable")
+            else "--force reruns it (it failed on its inputs or settings)"
+        )
         lines.append(f"  row {spec.row} [{spec.id}] failed before: {error} ({again})")
     return lines
 
@@ -119,11 +126,20 @@ def _report_failed_before(lines: list[str]) -> None:
 def submit_options(args: argparse.Namespace) -> api.SubmitOptions:
     """The submit command's options as the API's ``SubmitOptions`` (one list, one check)."""
     return api.SubmitOptions(
-        force=args.force, retry_failed=args.retry_failed, rows_per_job=args.rows_per_job,
-        batch_rows=args.batch_rows, processes_per_job=args.processes_per_job,
-        finish_in_background=args.finish_in_background, max_array_size=args.max_array_size, workers=args.workers,
-        timeout_min=args.timeout_min, gpus=args.gpus, array_parallelism=args.array_parallelism,
-        max_retries=args.max_retries, checkpoint_every_s=args.checkpoint_every, max_rows=args.max_rows,
+        force=args.force,
+        retry_failed=args.retry_failed,
+        rows_per_job=args.rows_per_job,
+        batch_rows=args.batch_rows,
+        processes_per_job=args.processes_per_job,
+        finish_in_background=args.finish_in_background,
+        max_array_size=args.max_array_size,
+        workers=args.workers,
+        timeout_min=args.timeout_min,
+        gpus=args.gpus,
+        array_parallelism=args.array_parallelism,
+        max_retries=args.max_retries,
+        checkpoint_every_s=args.checkpoint_every,
+        max_rows=args.max_rows,
     )
 
 
@@ -134,7 +150,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     if prepared.profile is not None and prepared.profile_source != "--profile":
-        print(f"profile: {prepared.profile} ({prepared.profile_source}; --no-profile ignores it)", file=sys.stderr)
+        print(
+            f"profile: {prepared.profile} ({prepared.profile_source}; --no-profile ignores it)",
+            file=sys.stderr,
+        )
     if not args.quiet or args.dry_run:
         _print_plan(prepared)
     failed_lines = _failed_before_lines(prepared)
@@ -153,12 +172,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 1 if failed_lines else 0
     print(
         f"submitted {len(submission.record.rows)} row(s) as {len(submission.jobs)} job(s): "
-        f"{submission.record.array_job_id} (submission {submission.id}; logs in {submission.record.submitit_folder})",
+        f"{submission.record.array_job_id} (submission {submission.id}; logs in "
+        f"{submission.record.submitit_folder})",
         flush=True,
     )
     wait = args.wait if args.wait is not None else prepared.backend.waits_by_default
     if not wait:
-        print(f"follow with: batch-ast status {args.results}   collect with: batch-ast collect {args.results}")
+        print(
+            f"follow with: batch-ast status {args.results}   collect with: batch-ast collect {args.results}"
+        )
         return 0
     progress = _Progress(len(submission.record.rows), args.quiet)
     final = submission.wait(progress)
@@ -180,7 +202,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
     report = api.collect(results, progress=not args.quiet)
     for problem in report.skipped:
         print(f"warning: skipped {inert(problem)}", file=sys.stderr)
-    print(f"index: {results.index_path} ({report.rows} rows); traces: {results.traces_path} ({report.traces} points)")
+    print(
+        f"index: {results.index_path} ({report.rows} rows); traces: {results.traces_path} ({report.traces} "
+        "points)"
+    )
     return 0
 
 
@@ -217,8 +242,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    path = write_report(args.results, args.output, metric=args.metric, top=args.top, ascending=not args.descending,
-                        portable=args.portable)
+    path = write_report(
+        args.results,
+        args.output,
+        metric=args.metric,
+        top=args.top,
+        ascending=not args.descending,
+        portable=args.portable,
+    )
     print(f"report: {path}")
     unfinished = load_index(args.results)["status"].isin(["pending", "running"]).sum()
     if unfinished:
@@ -294,35 +325,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="results root (default: results)")
     p.add_argument("--config", help="YAML overriding the default hyperparameters/presets")
     p.add_argument("--executor", choices=EXECUTORS, default="auto", help="default: auto")
-    p.add_argument("--profile", help="cluster profile YAML (see slurm/profile.example.yaml); default: the file "
-                                     "named by $BATCH_AST_PROFILE, else ~/.config/batch-ast/profile.yaml if present")
-    p.add_argument("--no-profile", action="store_true", help="use no default profile (only --profile, if given)")
+    p.add_argument(
+        "--profile",
+        help="cluster profile YAML (see slurm/profile.example.yaml); default: the file "
+        "named by $BATCH_AST_PROFILE, else ~/.config/batch-ast/profile.yaml if present",
+    )
+    p.add_argument(
+        "--no-profile", action="store_true", help="use no default profile (only --profile, if given)"
+    )
     p.add_argument("--rows-per-job", type=int, help="pack N rows into one job/array task")
     p.add_argument("--batch-rows", type=int, metavar="N",
                    help="optimise up to N rows of a job that share a network together, one batched conv "
                         "(keeps a GPU busy; default 1)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="local executor: jobs run at once on this machine, each with its share of the rows (default 1)")
-    p.add_argument("--processes-per-job", type=int, metavar="K",
-                   help="row processes sharing each job's allocation (its CPUs, split K ways, or its GPU); on "
-                        "SLURM an array task then takes 2K rows unless --rows-per-job says otherwise (default 1)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local executor: jobs run at once on this machine, each with its share of the rows (default 1)",
+    )
+    p.add_argument(
+        "--processes-per-job",
+        type=int,
+        metavar="K",
+        help="row processes sharing each job's allocation (its CPUs, split K ways, or its GPU); on "
+        "SLURM an array task then takes 2K rows unless --rows-per-job says otherwise (default 1)",
+    )
     finish = p.add_mutually_exclusive_group()
-    finish.add_argument("--finish-in-background", dest="finish_in_background", action="store_true", default=None,
-                        help="write a row's files, figures and metrics while the next row optimises "
-                             "(default: on where rows run on a GPU; never in row processes or with a tf32 row)")
+    finish.add_argument(
+        "--finish-in-background",
+        dest="finish_in_background",
+        action="store_true",
+        default=None,
+        help="write a row's files, figures and metrics while the next row optimises "
+        "(default: on where rows run on a GPU; never in row processes or with a tf32 row)",
+    )
     finish.add_argument("--no-finish-in-background", dest="finish_in_background", action="store_false")
     p.add_argument("--array-parallelism", type=int, help="SLURM: at most N array tasks at once")
-    p.add_argument("--max-array-size", type=int,
-                   help=f"SLURM: split into arrays of at most N tasks (site MaxArraySize; default {DEFAULT_MAX_ARRAY_SIZE})")
+    p.add_argument(
+        "--max-array-size",
+        type=int,
+        help="SLURM: split into arrays of at most N tasks (site MaxArraySize; default "
+             f"{DEFAULT_MAX_ARRAY_SIZE})",
+    )
     p.add_argument("--timeout-min", type=int, help="time limit per job in minutes")
     p.add_argument("--gpus", type=int, help="GPUs per job (SLURM gpus_per_node)")
-    p.add_argument("--checkpoint-every", type=float, default=DEFAULTS.checkpoint_every_s, metavar="SECONDS",
-                   help=f"save each row's optimisation state this often (default {DEFAULTS.checkpoint_every_s:g})")
-    p.add_argument("--max-retries", type=int,
-                   help=f"resume a row at most N times after timeouts, preemption or requeues; also submitit's "
-                        f"cap on time-limit requeues (slurm max_num_timeout) (default {DEFAULTS.max_resumes})")
-    p.add_argument("--max-rows", type=int, metavar="N",
-                   help=f"refuse a manifest or study of more than N rows (default {DEFAULT_MAX_ROWS}, or ${MAX_ROWS_ENV})")
+    p.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=DEFAULTS.checkpoint_every_s,
+        metavar="SECONDS",
+        help=f"save each row's optimisation state this often (default {DEFAULTS.checkpoint_every_s:g})",
+    )
+    p.add_argument(
+        "--max-retries",
+        type=int,
+        help=f"resume a row at most N times after timeouts, preemption or requeues; also submitit's "
+        f"cap on time-limit requeues (slurm max_num_timeout) (default {DEFAULTS.max_resumes})",
+    )
+    p.add_argument(
+        "--max-rows",
+        type=int,
+        metavar="N",
+        help=f"refuse a manifest or study of more than N rows (default {DEFAULT_MAX_ROWS}, or "
+             f"${MAX_ROWS_ENV})",
+    )
     p.add_argument("--dry-run", action="store_true", help="show the plan and exit")
     p.add_argument("--force", action="store_true", help="redo rows that are already done")
     p.add_argument("--retry-failed", action="store_true", help="rerun rows whose record says failed")
@@ -341,9 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every failed, lost or invalid row with its log (default: one example of each kind)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("expand", help="write the manifest CSV of a study YAML (the rows `submit STUDY.yaml` runs)")
+    p = sub.add_parser(
+        "expand", help="write the manifest CSV of a study YAML (the rows `submit STUDY.yaml` runs)"
+    )
     p.add_argument("study", help="study YAML: contents, styles, pair, presets, seeds, grid, set, name")
-    p.add_argument("-o", "--output", help="CSV to write (input paths relative to it); default: standard output")
+    p.add_argument(
+        "-o", "--output", help="CSV to write (input paths relative to it); default: standard output"
+    )
     p.set_defaults(func=cmd_expand)
 
     p = sub.add_parser("collect", help="gather records into index.parquet and traces.parquet")
@@ -353,17 +423,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write a static HTML page with figures and audio players")
     add_results_root(p)
-    p.add_argument("-o", "--output", help="HTML file (default: <results>/report.html); its data goes beside it")
-    p.add_argument("--portable", action="store_true",
-                   help="copy (or hard-link) the input audio beside the report, so a copied results folder still plays it")
-    p.add_argument("--metric", default="final_style", help="rank the best rows by this index column (default: final_style)")
+    p.add_argument(
+        "-o", "--output", help="HTML file (default: <results>/report.html); its data goes beside it"
+    )
+    p.add_argument(
+        "--portable",
+        action="store_true",
+        help="copy (or hard-link) the input audio beside the report, so a copied results folder still plays "
+             "it",
+    )
+    p.add_argument(
+        "--metric",
+        default="final_style",
+        help="rank the best rows by this index column (default: final_style)",
+    )
     p.add_argument("--descending", action="store_true", help="higher metric is better")
     p.add_argument("--top", type=int, default=5, help="how many best rows to list (default: 5)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("analyse", help="effect of a hyperparameter on a metric (table and plot)")
     add_results_root(p)
-    p.add_argument("--param", default="content_weight", help="index column to group by (default: content_weight)")
+    p.add_argument(
+        "--param", default="content_weight", help="index column to group by (default: content_weight)"
+    )
     p.add_argument("--metric", default="style_distance_heldout",
                    help="numeric index column to summarise (default: style_distance_heldout)")
     p.add_argument("-o", "--output", help="write the plot to this PNG")
@@ -377,7 +459,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Problems with what the user gave (files, settings, folders): one line on stderr, exit 2.
-USER_ERRORS = (BackendError, ConfigError, DispatchError, ManifestError, PrivateStateError, ResultsError, StudyError)
+USER_ERRORS = (
+    BackendError,
+    ConfigError,
+    DispatchError,
+    ManifestError,
+    PrivateStateError,
+    ResultsError,
+    StudyError,
+)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

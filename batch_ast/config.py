@@ -258,7 +258,9 @@ def read_yaml_mapping(text: str, source: str) -> dict[str, Any]:
     """Parse YAML safely (no tags, no aliases, at most MAX_CONFIG_BYTES); None/empty is {};
     anything but a mapping is a ConfigError."""
     if len(text) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{source}: {len(text)} characters, more than the {MAX_CONFIG_BYTES} a config may have")
+        raise ConfigError(
+            f"{source}: {len(text)} characters, more than the {MAX_CONFIG_BYTES} a config may have"
+        )
     try:
         data = yaml.load(text, Loader=_NoAliasSafeLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -280,7 +282,9 @@ def read_config_file(path: str | Path, what: str) -> dict[str, Any]:
     try:
         size = path.stat().st_size
         if size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{shown_path}: {size} bytes, more than the {MAX_CONFIG_BYTES} a {what} may have")
+            raise ConfigError(
+                f"{shown_path}: {size} bytes, more than the {MAX_CONFIG_BYTES} a {what} may have"
+            )
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{shown_path}: cannot read {what}: {exc.strerror or exc}") from None

@@ -54,8 +54,14 @@ PROFILE_KEYS = {
 }
 PROFILE_ENV = "BATCH_AST_PROFILE"
 # Profile keys batch-ast handles itself (not submitit parameters).
-NON_SUBMITIT_KEYS = ("rows_per_job", "max_array_size", "batch_rows", "processes_per_job", "finish_in_background",
-                     "state_dir")
+NON_SUBMITIT_KEYS = (
+    "rows_per_job",
+    "max_array_size",
+    "batch_rows",
+    "processes_per_job",
+    "finish_in_background",
+    "state_dir",
+)
 # Many sites cap job arrays (MaxArraySize, often 1001); submitit does not split: we do.
 DEFAULT_MAX_ARRAY_SIZE = 1000
 
@@ -82,7 +88,10 @@ def find_profile(explicit: str | Path | None, site_defaults: bool = True) -> tup
     if named:
         path = Path(named).expanduser()
         if not path.is_file():
-            raise DispatchError(f"${PROFILE_ENV} names {short_path(named)!r}, which is not a file (unset it or use --no-profile)")
+            raise DispatchError(
+                f"${PROFILE_ENV} names {short_path(named)!r}, which is not a file (unset it or use "
+                "--no-profile)"
+            )
         return path, f"${PROFILE_ENV}"
     path = user_profile_path()
     try:
@@ -104,16 +113,29 @@ def load_profile(path: str | Path | None) -> dict[str, Any]:
     if unknown:
         raise DispatchError(f"{short_path(path)}: unknown profile key(s) {[k[:40] for k in unknown[:20]]}; "
                             f"known: {sorted([*PROFILE_KEYS, *NON_SUBMITIT_KEYS])}")
-    bad = [problem for key, value in data.items() if value is not None and (problem := profile_value_problem(key, value))]
+    bad = [
+        problem
+        for key, value in data.items()
+        if value is not None and (problem := profile_value_problem(key, value))
+    ]
     if bad:
         raise DispatchError(f"{short_path(path)}: " + "; ".join(bad))
     return {PROFILE_KEYS.get(k, k): v for k, v in data.items() if v is not None}
 
 
 # Profile keys by the kind of value they take (everything else is text).
-_PROFILE_INTS = {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 1, "array_parallelism": 1, "signal_delay_s": 0,
-                 "max_num_timeout": 0, "rows_per_job": 1, "max_array_size": 1, "batch_rows": 1,
-                 "processes_per_job": 1}
+_PROFILE_INTS = {
+    "gpus_per_node": 0,
+    "cpus_per_task": 1,
+    "timeout_min": 1,
+    "array_parallelism": 1,
+    "signal_delay_s": 0,
+    "max_num_timeout": 0,
+    "rows_per_job": 1,
+    "max_array_size": 1,
+    "batch_rows": 1,
+    "processes_per_job": 1,
+}
 
 
 def profile_value_problem(key: str, value: Any) -> str:
@@ -134,8 +156,9 @@ def profile_value_problem(key: str, value: Any) -> str:
         if not isinstance(value, list) or not all(isinstance(line, str) for line in value):
             return "setup must be a list of shell lines"
     elif key == "additional_parameters":
-        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float, bool))
-                                                  for k, v in value.items()):
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, (str, int, float, bool)) for k, v in value.items()
+        ):
             return "additional_parameters must be a mapping of sbatch option to value"
     elif not isinstance(value, str) or not value.strip():
         return f"{key} must be text, not {shown!r}"
@@ -176,7 +199,9 @@ def job_parameters(
     packing = {key: value if value is not None else params.get(key)
                for key, value in (("rows_per_job", rows_per_job), ("max_array_size", max_array_size),
                                   ("batch_rows", batch_rows), ("processes_per_job", processes_per_job))}
-    background = finish_in_background if finish_in_background is not None else params.get("finish_in_background")
+    background = (
+        finish_in_background if finish_in_background is not None else params.get("finish_in_background")
+    )
     for key in NON_SUBMITIT_KEYS:
         params.pop(key, None)
     bad = [f"{k} must be an integer >= 1, not {v!r}" for k, v in packing.items()
@@ -233,7 +258,9 @@ class SubmissionRecord:
     def mine(self) -> bool:
         """Whether this user submitted it: its file is the user's and its submitit folder is the
         user's private folder of this submission (a file in a shared root is anyone's words)."""
-        return self.owner_uid in (-1, os.geteuid()) and is_private_submitit_folder(self.submitit_folder, self.submission_id)
+        return self.owner_uid in (-1, os.geteuid()) and is_private_submitit_folder(
+            self.submitit_folder, self.submission_id
+        )
 
     @property
     def created_in_future(self) -> bool:
@@ -252,7 +279,10 @@ class SubmissionRecord:
         jobs that run only the submission's rows. A submission file is anyone's words."""
         if not isinstance(data, dict):
             raise SubmissionError(f"not a submission (a JSON {type(data).__name__})")
-        texts = {k: data.get(k) for k in ("submission_id", "executor", "created_at", "manifest", "root", "submitit_folder")}
+        texts = {
+            k: data.get(k)
+            for k in ("submission_id", "executor", "created_at", "manifest", "root", "submitit_folder")
+        }
         bad = [k for k, v in texts.items() if not isinstance(v, str) or len(v) > 4096]
         if bad:
             raise SubmissionError(f"{', '.join(bad)} must be text")
@@ -273,7 +303,9 @@ class SubmissionRecord:
         if not isinstance(skipped, dict) or not all(ROW_ID.fullmatch(str(k)) and isinstance(v, str)
                                                     for k, v in skipped.items()):
             raise SubmissionError("skipped must map row ids to reasons")
-        if not isinstance(specs, dict) or not all(k in rows and isinstance(v, dict) for k, v in specs.items()):
+        if not isinstance(specs, dict) or not all(
+            k in rows and isinstance(v, dict) for k, v in specs.items()
+        ):
             raise SubmissionError("specs must map the submission's row ids to row settings")
         jobs = data.get("jobs", [])
         if not isinstance(jobs, list):
@@ -283,9 +315,13 @@ class SubmissionRecord:
             if not isinstance(job, dict) or not isinstance(job.get("job_id"), str) \
                     or not backend.job_id_pattern.fullmatch(job["job_id"]):
                 raise SubmissionError(f"a job without a valid {backend.name} job id")
-            if not isinstance(job.get("rows"), list) or not all(isinstance(r, str) and r in rows for r in job["rows"]):
+            if not isinstance(job.get("rows"), list) or not all(
+                isinstance(r, str) and r in rows for r in job["rows"]
+            ):
                 raise SubmissionError(f"job {job['job_id']} must list rows of the submission")
-            checked_jobs.append({"job_id": job["job_id"], "rows": list(job["rows"]), "log": str(job.get("log", ""))})
+            checked_jobs.append(
+                {"job_id": job["job_id"], "rows": list(job["rows"]), "log": str(job.get("log", ""))}
+            )
         parameters = data.get("parameters", {})
         cancelled = data.get("cancelled", False)
         if not isinstance(parameters, dict) or not isinstance(cancelled, bool):
@@ -330,7 +366,12 @@ def new_submission_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%f") + "-" + uuid.uuid4().hex[:6]
 
 
-RESOURCE_TO_PARAM = {"timeout_min": "timeout_min", "gpus": "gpus_per_node", "mem_gb": "mem_gb", "cpus": "cpus_per_task"}
+RESOURCE_TO_PARAM = {
+    "timeout_min": "timeout_min",
+    "gpus": "gpus_per_node",
+    "mem_gb": "mem_gb",
+    "cpus": "cpus_per_task",
+}
 
 
 def _group_by_resources(specs: list[RowSpec]) -> list[tuple[dict[str, Any], list[RowSpec]]]:
@@ -436,12 +477,16 @@ def read_submissions(results: ResultsRoot) -> tuple[list[SubmissionRecord], list
     folder = results.submissions_dir
     paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
     if len(paths) > MAX_SUBMISSIONS:
-        problems.append(f"{short_path(folder)}: {len(paths)} submission files; only the newest {MAX_SUBMISSIONS} "
-                        "are read (move older ones elsewhere)")
+        problems.append(
+            f"{short_path(folder)}: {len(paths)} submission files; only the newest {MAX_SUBMISSIONS} "
+            "are read (move older ones elsewhere)"
+        )
         paths = paths[-MAX_SUBMISSIONS:]
     for path in paths:
         try:
-            record = SubmissionRecord.from_json(load_json(path, results.root, MAX_SUBMISSION_BYTES), path.name)
+            record = SubmissionRecord.from_json(
+                load_json(path, results.root, MAX_SUBMISSION_BYTES), path.name
+            )
             record.owner_uid = os.lstat(path).st_uid
             out.append(record)
         except FileNotFoundError:

@@ -170,7 +170,10 @@ def _read_state(results: ResultsRoot) -> dict | None:
         return None  # another batch-ast version wrote it: its rows may lack columns
     if state.get("outputs") != [_stat(results.index_path), _stat(results.traces_path)]:
         return None  # rewritten or removed since by someone else: trust nothing
-    if state.get("digests") != [_digest(results.index_path, results.root), _digest(results.traces_path, results.root)]:
+    if state.get("digests") != [
+        _digest(results.index_path, results.root),
+        _digest(results.traces_path, results.root),
+    ]:
         return None  # same stamps, other bytes: a forgery
     return state
 
@@ -180,8 +183,13 @@ def _write_state(results: ResultsRoot, sources: dict, pending: int, report: Coll
     if path is None:
         return
     state = {
-        "version": STATE_VERSION, "root": str(results.root), "columns": INDEX_SCHEMA.names, "sources": sources,
-        "pending": pending, "rows": report.rows, "traces": report.traces,
+        "version": STATE_VERSION,
+        "root": str(results.root),
+        "columns": INDEX_SCHEMA.names,
+        "sources": sources,
+        "pending": pending,
+        "rows": report.rows,
+        "traces": report.traces,
         "outputs": [_stat(results.index_path), _stat(results.traces_path)],
         "digests": [_digest(results.index_path, results.root), _digest(results.traces_path, results.root)],
     }
@@ -197,8 +205,11 @@ def _unchanged_rows(state: dict | None, sources: dict) -> set[str]:
         return set()
     old = state["sources"]
     return {
-        rid for rid, stat in sources["records"].items()
-        if stat is not None and old["records"].get(rid) == stat and old["traces"].get(rid) == sources["traces"][rid]
+        rid
+        for rid, stat in sources["records"].items()
+        if stat is not None
+        and old["records"].get(rid) == stat
+        and old["traces"].get(rid) == sources["traces"][rid]
     }
 
 
@@ -227,10 +238,18 @@ def _collect_lock(results: ResultsRoot) -> Iterator[None]:
 
 def invalid_row(row_id: str, reason: str) -> dict:
     """The index row of a record that cannot be used: its row, with the reason."""
-    return {"id": row_id, "status": "invalid", "error": reason[:500], "error_type": "RecordError", "retryable": False}
+    return {
+        "id": row_id,
+        "status": "invalid",
+        "error": reason[:500],
+        "error_type": "RecordError",
+        "retryable": False,
+    }
 
 
-def _read_records(results: ResultsRoot, ids: list[str], report: CollectReport, progress: bool = False) -> list[dict]:
+def _read_records(
+    results: ResultsRoot, ids: list[str], report: CollectReport, progress: bool = False
+) -> list[dict]:
     from tqdm import tqdm
 
     records = []
@@ -313,7 +332,9 @@ def _traces_table(results: ResultsRoot, ok_ids: list[str], report: CollectReport
             table = table.append_column("id", pa.array([rid] * table.num_rows, pa.string()))
             for name in TRACES_SCHEMA.names:  # traces written before a column existed
                 if name not in table.column_names:
-                    table = table.append_column(name, pa.nulls(table.num_rows, TRACES_SCHEMA.field(name).type))
+                    table = table.append_column(
+                        name, pa.nulls(table.num_rows, TRACES_SCHEMA.field(name).type)
+                    )
             tables.append(table.select(TRACES_SCHEMA.names).cast(TRACES_SCHEMA))
         except (OSError, *_TABLE_ERRORS, KeyError) as exc:
             report.skipped.append(f"{results.trace_path(rid)}: unreadable trace ({str(exc)[:200]})")
@@ -398,9 +419,13 @@ def collect(root: str | os.PathLike[str], progress: bool = False, unrecorded: Un
         if repair_figures is not None:
             _repair_figures(results, records, report, repair_figures)
         recorded = {r["id"] for r in records}
-        pending = [r for r in (unrecorded(results, recorded) if unrecorded else []) if r["id"] not in recorded]
+        pending = [
+            r for r in (unrecorded(results, recorded) if unrecorded else []) if r["id"] not in recorded
+        ]
         records += pending
-        records.sort(key=lambda r: (str(r.get("submission_id") or ""), _row_number(r.get("row")), str(r["id"])))
+        records.sort(
+            key=lambda r: (str(r.get("submission_id") or ""), _row_number(r.get("row")), str(r["id"]))
+        )
         index = _records_table(records, report) if records else INDEX_SCHEMA.empty_table()
         report.invalid = sum(r.get("status") == "invalid" for r in records)
         ok_ids = [r["id"] for r in records if r.get("status") == "ok"]
@@ -409,7 +434,9 @@ def collect(root: str | os.PathLike[str], progress: bool = False, unrecorded: Un
         results.write(results.traces_path, lambda fh: pq.write_table(traces, fh))
         report.rows, report.traces = index.num_rows, traces.num_rows
         # rows still waiting for the queue make the next collect look again, even if no file changed
-        _write_state(results, sources, sum(r.get("status") in ("pending", "running") for r in pending), report)
+        _write_state(
+            results, sources, sum(r.get("status") in ("pending", "running") for r in pending), report
+        )
     return report
 
 
@@ -417,7 +444,9 @@ def _row_number(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _repair_figures(results: ResultsRoot, records: list[dict], report: CollectReport, repair: FigureRepair) -> None:
+def _repair_figures(
+    results: ResultsRoot, records: list[dict], report: CollectReport, repair: FigureRepair
+) -> None:
     """Redraw the figures of ok rows that have none (a full disk when the job wrote them)."""
     for i, record in enumerate(records):
         if not figures_missing(results.root, record):
@@ -428,7 +457,9 @@ def _repair_figures(results: ResultsRoot, records: list[dict], report: CollectRe
                 continue
             fresh = repair(results, raw)
         except Exception as exc:  # noqa: BLE001 - the row stays as it was, with its figure_error
-            report.skipped.append(f"{results.run_dir(record['id'])}: figures not regenerated ({type(exc).__name__}: {exc})")
+            report.skipped.append(
+                f"{results.run_dir(record['id'])}: figures not regenerated ({type(exc).__name__}: {exc})"
+            )
             continue
         records[i] = flatten_record(fresh)
         report.figures_regenerated += 1
@@ -439,19 +470,24 @@ def _root_argument(root: object, function: str) -> ResultsRoot:
     if isinstance(root, ResultsRoot):
         return root
     if not isinstance(root, (str, os.PathLike)) or (isinstance(root, str) and not root):
-        raise TypeError(f"{function}: root must be a results folder (a str or path), not {type(root).__name__}")
+        raise TypeError(
+            f"{function}: root must be a results folder (a str or path), not {type(root).__name__}"
+        )
     return ResultsRoot(root)
 
 
 def _read_parquet(path: Path, root: str | os.PathLike[str]) -> pa.Table:
     if not os.path.lexists(path):
-        raise ResultsError(f"no {path.name} under {short_path(root)}: run `batch-ast collect {short_path(root)}` first")
+        raise ResultsError(
+            f"no {path.name} under {short_path(root)}: run `batch-ast collect {short_path(root)}` first"
+        )
     try:
         with open_regular(path) as fh:  # never a FIFO or device; the index may be a user's own link
             return pq.read_table(fh)
     except (OSError, pa.ArrowException) as exc:
         raise ResultsError(
-            f"{short_path(path)} cannot be read ({str(exc)[:200]}): run `batch-ast collect {short_path(root)}` "
+            f"{short_path(path)} cannot be read ({str(exc)[:200]}): run `batch-ast collect "
+            f"{short_path(root)}` "
             "to rebuild it from the records"
         ) from None
 
@@ -495,7 +531,9 @@ CATEGORY_COLUMNS = (
 _NULLABLE = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 
-def load_traces(root: str | os.PathLike[str] = "results", params: list[str] | tuple[str, ...] | None = None) -> pd.DataFrame:
+def load_traces(
+    root: str | os.PathLike[str] = "results", params: list[str] | tuple[str, ...] | None = None
+) -> pd.DataFrame:
     """Loss traces in long format, one row per iteration of each ok row.
 
     Parameters
@@ -515,7 +553,9 @@ def load_traces(root: str | os.PathLike[str] = "results", params: list[str] | tu
         nullable), then the requested ``params``.
     """
     if isinstance(params, str):
-        raise TypeError(f"load_traces: params must be a list of column names, e.g. [{params!r}], not a string")
+        raise TypeError(
+            f"load_traces: params must be a list of column names, e.g. [{params!r}], not a string"
+        )
     results = _root_argument(root, "load_traces")
     traces = _read_parquet(results.traces_path, root).to_pandas(types_mapper=_NULLABLE.get)
     if not params:
@@ -523,6 +563,8 @@ def load_traces(root: str | os.PathLike[str] = "results", params: list[str] | tu
     index = load_index(results).drop_duplicates("id")  # an index written by anyone: ids once each
     unknown = [name for name in params if name not in index.columns]
     if unknown:
-        raise KeyError(f"no index column {', '.join(map(repr, unknown))}; columns are: {', '.join(index.columns)}")
+        raise KeyError(
+            f"no index column {', '.join(map(repr, unknown))}; columns are: {', '.join(index.columns)}"
+        )
     wanted = [name for name in dict.fromkeys(params) if name != "id"]
     return traces.merge(index[["id", *wanted]], on="id", how="left", validate="many_to_one")

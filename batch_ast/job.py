@@ -54,14 +54,23 @@ class TransferJob(submitit.helpers.Checkpointable):
     consistent.
     """
 
-    def __init__(self, options: RunOptions | None = None, force: bool = False, batch_rows: int = 1,
-                 processes: int = 1, finish_in_background: bool | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        options: RunOptions | None = None,
+        force: bool = False,
+        batch_rows: int = 1,
+        processes: int = 1,
+        finish_in_background: bool | None = None,
+        threads: int | None = None,
+    ) -> None:
         self.options = options or DEFAULTS
         self.force = force  # redo rows finished by earlier submissions
         self.batch_rows = batch_rows  # rows of a pack optimised together (batched.py)
         self.processes = processes  # row processes sharing the job's CPUs/GPU (pool.py)
-        self.finish_in_background = finish_in_background  # finish a row while the next optimises (None: on a GPU)
-        self.threads = threads  # the job's share of the machine's CPUs (local workers), unless the scheduler says
+        # finish a row while the next optimises (None: where the rows run on a GPU)
+        self.finish_in_background = finish_in_background
+        # the job's share of the machine's CPUs (local workers), unless the scheduler says
+        self.threads = threads
         self._pause_requested = False
 
     def for_submission(self, submission_id: str) -> TransferJob:
@@ -87,13 +96,16 @@ class TransferJob(submitit.helpers.Checkpointable):
         should_pause = lambda: self._pause_requested  # noqa: E731 - read at every iteration boundary
         try:
             if self.processes > 1 and len(groups) > 1:  # this process only hands groups out: no torch here
-                pool = RowProcesses(self.processes, results, self.options, self.finish_in_background, self.threads)
+                pool = RowProcesses(
+                    self.processes, results, self.options, self.finish_in_background, self.threads
+                )
                 summaries = pool.run(groups, should_pause)
             else:
                 from .loop import run_in_this_process  # import cost: torch, paid only by a running job
 
-                summaries = run_in_this_process(groups, results, should_pause, self.options, self.finish_in_background,
-                                                self.threads)
+                summaries = run_in_this_process(
+                    groups, results, should_pause, self.options, self.finish_in_background, self.threads
+                )
         except Paused as paused:
             self._hand_signal_to_submitit(paused.runs)
             raise
@@ -130,8 +142,12 @@ class TransferJob(submitit.helpers.Checkpointable):
             # (from the start for limits up to 10 minutes): a preemption then used up
             # max_num_timeout, and a packed job was refused its requeue, with no limit reached.
             judge.has_timed_out = lambda: timed_out
-            print(f"batch-ast: warning signal after {elapsed:.0f} s of a {self.options.time_limit_s:.0f} s limit: "
-                  + ("the time limit" if timed_out else "a preemption (not a time-limit requeue)"), flush=True)
+            print(
+                f"batch-ast: warning signal after {elapsed:.0f} s of a {self.options.time_limit_s:.0f} s "
+                "limit: "
+                + ("the time limit" if timed_out else "a preemption (not a time-limit requeue)"),
+                flush=True,
+            )
         try:
             handler(self._signal, None)  # checkpoints (requeue) and exits the process
         except submitit.core.utils.UncompletedJobError as exc:

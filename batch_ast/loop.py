@@ -88,8 +88,11 @@ def run_rows(
         if exc is not None and not isinstance(exc, Paused):
             records[ready[k]] = runs[ready[k]].fail(exc)
     if paused:
-        raise Paused(str(paused[0]), [runs[ready[k]] for k, exc in enumerate(errors) if isinstance(exc, Paused)],
-                     [r for r in records if isinstance(r, Future)])
+        raise Paused(
+            str(paused[0]),
+            [runs[ready[k]] for k, exc in enumerate(errors) if isinstance(exc, Paused)],
+            [r for r in records if isinstance(r, Future)],
+        )
     return [r for r in records if r is not None]
 
 
@@ -133,8 +136,14 @@ def run_row(spec: RowSpec, results: ResultsRoot, should_pause: Callable[[], bool
     return run_rows([spec], results, should_pause, options)[0]
 
 
-def run_in_this_process(groups: list[list[RowSpec]], results: ResultsRoot, should_pause: Callable[[], bool],
-                        options: RunOptions, finish_in_background: bool | None, threads: int | None) -> list[dict[str, str]]:
+def run_in_this_process(
+    groups: list[list[RowSpec]],
+    results: ResultsRoot,
+    should_pause: Callable[[], bool],
+    options: RunOptions,
+    finish_in_background: bool | None,
+    threads: int | None,
+) -> list[dict[str, str]]:
     """A job's groups run here, one process: torch gets the job's threads (``configure_threads``)
     and rows finish in the background where ``finishing_overlap`` says. What a single-process
     job does, and a job whose row processes would not start."""

@@ -141,7 +141,9 @@ class _FramesStyleLoss(torch.autograd.Function):
         feats, own, *cross = ctx.saved_tensors
         # Σ_k w_k 4/T [F own − F_k cross_k] as one matmul: [F, F_1 … F_K] @ [Σw·own; −w_1·cross_1; …]
         stacked = torch.cat([feats, *ctx.targets.feats], dim=1)
-        coefficients = torch.cat([grad_terms.sum() * own, *[-w * c for w, c in zip(grad_terms, cross, strict=True)]])
+        coefficients = torch.cat(
+            [grad_terms.sum() * own, *[-w * c for w, c in zip(grad_terms, cross, strict=True)]]
+        )
         return (4.0 / feats.shape[-1]) * (stacked @ coefficients), None
 
 

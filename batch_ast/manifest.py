@@ -242,9 +242,11 @@ def parse_manifest(text: str, path: Path, config: Config, cap: int | None = None
         problems.append("manifest has a header but no rows")
     total = sum(size for _, size in checked.values())
     if total > max_total_input_bytes():
-        problems.append(f"its {len(checked)} distinct input files hold {total / 2**30:.1f} GiB together, above the "
-                        f"{max_total_input_bytes() / 2**30:.0f} GiB one submission may read "
-                        f"(set {MAX_TOTAL_INPUT_ENV} to raise it, or split the manifest)")
+        problems.append(
+            f"its {len(checked)} distinct input files hold {total / 2**30:.1f} GiB together, above the "
+            f"{max_total_input_bytes() / 2**30:.0f} GiB one submission may read "
+            f"(set {MAX_TOTAL_INPUT_ENV} to raise it, or split the manifest)"
+        )
     if problems:
         raise ManifestError(path, problems)
     return rows

@@ -71,7 +71,9 @@ def onset_strength(audio: np.ndarray, sample_rate: int, hop_length: int, n_fft: 
     signal = torch.from_numpy(np.asarray(audio, dtype=np.float64))
     spectrum = torch.stft(signal, n_fft, hop_length, window=window, center=True, pad_mode="constant",
                           return_complex=True).abs().square().numpy()
-    mel = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, fmax=0.5 * sample_rate, dtype=np.float64) @ spectrum
+    mel = (
+        librosa.filters.mel(sr=sample_rate, n_fft=n_fft, fmax=0.5 * sample_rate, dtype=np.float64) @ spectrum
+    )
     db = 10.0 * np.log10(np.maximum(mel, 1e-10))
     db = np.maximum(db, db.max() - 80.0)  # power_to_db's top_db
     flux = np.maximum(0.0, db[:, 1:] - db[:, :-1]).mean(axis=0)
@@ -114,10 +116,14 @@ def output_metrics(
         for suffix, net in (("", weight if weight is not None else network.weights(device)),
                             ("_heldout", network.heldout().weights(device))):
             feats = {k: features(v, net, params.activation) for k, v in specs.items()}
-            metrics[f"content_distance{suffix}"] = relative_feature_distance(feats["output"], feats["content"])
+            metrics[f"content_distance{suffix}"] = relative_feature_distance(
+                feats["output"], feats["content"]
+            )
             metrics[f"style_distance{suffix}"] = relative_gram_distance(feats["output"], feats["style"])
             # The same measures for the untouched content: where a transfer starts from.
-            metrics[f"style_distance{suffix}_of_content"] = relative_gram_distance(feats["content"], feats["style"])
+            metrics[f"style_distance{suffix}_of_content"] = relative_gram_distance(
+                feats["content"], feats["style"]
+            )
     metrics["lsd_to_content_db"] = log_spectral_distance(tensors["output"], tensors["content"], n_fft, hop)
     sr = params.sample_rate
     metrics["onset_corr_content"] = onset_correlation(output, content, sr, hop, n_fft)

@@ -43,7 +43,9 @@ class InverseSTFT:
     the CPU: ``python -m benchmarks.bench --only gl``). Other shapes use torch.istft itself.
     Equal to torch.istft(center=True) up to float rounding (tests/test_math.py)."""
 
-    def __init__(self, n_fft: int, hop_length: int, frames: int, window: torch.Tensor, length: int | None = None):
+    def __init__(
+        self, n_fft: int, hop_length: int, frames: int, window: torch.Tensor, length: int | None = None
+    ):
         self.n_fft, self.hop, self.frames, self.window = n_fft, hop_length, frames, window
         full = n_fft + hop_length * (frames - 1)
         self.length = full - n_fft if length is None else length  # torch.istft's default when None

@@ -51,7 +51,11 @@ class HashCache:
         if path is not None:
             try:
                 data = load_json(path, None, MAX_HASH_CACHE_BYTES)
-                files = data.get("files") if isinstance(data, dict) and data.get("version") == HASH_CACHE_VERSION else None
+                files = (
+                    data.get("files")
+                    if isinstance(data, dict) and data.get("version") == HASH_CACHE_VERSION
+                    else None
+                )
                 if isinstance(files, dict):
                     self.entries = {k: v for k, v in files.items() if _valid_entry(v)}
             except (OSError, ValueError):
@@ -93,7 +97,9 @@ def file_sha256(path: Path, on_bytes: Any = None) -> str:
     return digest.hexdigest()
 
 
-def hash_inputs(paths: list[Path], cache: HashCache, progress: bool = False, save: bool = True) -> dict[Path, str]:
+def hash_inputs(
+    paths: list[Path], cache: HashCache, progress: bool = False, save: bool = True
+) -> dict[Path, str]:
     """Hash every distinct input once, from the cache where it is still valid, with a progress bar
     (bytes) on a terminal when there is much to read."""
     from tqdm import tqdm

@@ -158,8 +158,14 @@ class RowProcesses:
                 if todo and not workers:  # not one process would start: run the rows here instead
                     from .loop import run_in_this_process  # import cost: torch, only in this fallback
 
-                    summaries += run_in_this_process([groups[i] for i in todo], self.results, should_pause,
-                                                     self.options, self.finish_in_background, self.job_threads)
+                    summaries += run_in_this_process(
+                        [groups[i] for i in todo],
+                        self.results,
+                        should_pause,
+                        self.options,
+                        self.finish_in_background,
+                        self.job_threads,
+                    )
                     todo.clear()
                     break
                 for worker in workers:
@@ -245,13 +251,19 @@ class RowProcesses:
         from .row import RowRun  # import cost: torch, only to fail the rows of a process that died
 
         code = worker.process.exitcode
-        how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit status {code}"
+        how = (
+            f"killed by {signal.Signals(-code).name}"
+            if code is not None and code < 0
+            else f"exit status {code}"
+        )
         out = []
         for spec in group:
             if self._finished_at(spec.id) != worker.before.get(spec.id, ""):
                 continue  # published before the process died
-            error = WorkerDiedError(f"the process running this row died ({how}; out of memory?); its checkpoint "
-                                    "stays, --retry-failed resumes it")
+            error = WorkerDiedError(
+                f"the process running this row died ({how}; out of memory?); its checkpoint "
+                "stays, --retry-failed resumes it"
+            )
             out.append(summary(RowRun(spec, self.results, self.options).fail(error)))
         return out
 

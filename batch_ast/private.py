@@ -5,9 +5,9 @@ A results root is often a group-writable project folder, and a pickle is code: w
 ``<job>_submitted.pkl`` or ``<job>_0_result.pkl`` runs what they like as the submitter. So submitit
 writes into ``<state dir>/submitit/<submission id>/``, a folder only the user can write (0700),
 and both ends check before anything is unpickled: the job (``job_entry``, run by
-``python -m batch_ast.job_entry`` in place of ``python -m submitit.core._submit``) and the submitter (``check_job_files`` before
-``job.result()``). A folder or pickle that another user could write, or that another user owns,
-is refused.
+``python -m batch_ast.job_entry`` in place of ``python -m submitit.core._submit``) and the
+submitter (``check_job_files`` before ``job.result()``). A folder or pickle that another user
+could write, or that another user owns, is refused.
 
 The state dir is ``$BATCH_AST_STATE_DIR``, else ``$XDG_STATE_HOME/batch-ast``, else
 ``~/.local/state/batch-ast``; a profile's ``state_dir`` key moves it (jobs must see it: on a
@@ -93,7 +93,9 @@ def check_private(path: Path, private_from: Path) -> None:
             what = "pickle or folder" if private else "folder above the private state"
             raise PrivateStateError(
                 f"{item} ({what}) is {problem}: another user could replace the job's pickles, so batch-ast "
-                f"will not use it (chmod go-w it, or set ${STATE_ENV} / the profile's state_dir to a private folder)")
+                f"will not use it (chmod go-w it, or set ${STATE_ENV} / the profile's state_dir to a private "
+                "folder)"
+            )
         if _closed(st):
             closed_above = True
 
@@ -111,8 +113,10 @@ def make_private_dir(path: Path, private_from: Path) -> Path:
             os.umask(old)
     except OSError as exc:
         raise PrivateStateError(
-            f"cannot create the private state folder {path}: {exc.strerror} (set ${STATE_ENV} or the profile's "
-            "state_dir to a folder of yours)") from None
+            f"cannot create the private state folder {path}: {exc.strerror} (set ${STATE_ENV} or the "
+            "profile's "
+            "state_dir to a folder of yours)"
+        ) from None
     check_private(path, private_from)
     return path
 
@@ -140,7 +144,11 @@ def is_private_submitit_folder(folder: str | os.PathLike[str], submission_id: st
     folder of that submission: its name is the id, it sits in a ``submitit`` folder, and
     ``check_private`` passes from its grandparent down."""
     path = Path(os.path.abspath(folder))
-    if path.name != submission_id or path.parent.name != "submitit" or not SUBMISSION_ID.fullmatch(submission_id):
+    if (
+        path.name != submission_id
+        or path.parent.name != "submitit"
+        or not SUBMISSION_ID.fullmatch(submission_id)
+    ):
         return False
     try:
         check_private(path, path.parent.parent)

@@ -56,7 +56,11 @@ class Progress:
         line = ", ".join(parts)
         if now is not None:
             age = now - self.updated
-            line += f" ({duration(age)} ago)" if age > -60 else " (dated in the future: clock skew, or not a heartbeat)"
+            line += (
+                f" ({duration(age)} ago)"
+                if age > -60
+                else " (dated in the future: clock skew, or not a heartbeat)"
+            )
         return line
 
     def to_json(self) -> dict[str, Any]:
@@ -69,7 +73,9 @@ class Progress:
         if not isinstance(data, dict):
             raise ValueError(f"not a heartbeat (a {type(data).__name__})")
         iteration, iterations = data.get("iteration"), data.get("iterations")
-        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**40 for v in (iteration, iterations)):
+        if not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**40 for v in (iteration, iterations)
+        ):
             raise ValueError("iteration and iterations must be counts")
         numbers = {k: data.get(k) for k in ("loss", "iterations_per_s", "updated")}
         for key, value in numbers.items():
@@ -80,10 +86,22 @@ class Progress:
         if numbers["iterations_per_s"] is not None and numbers["iterations_per_s"] < 0:
             raise ValueError("iterations_per_s must not be negative")
         host, submission = data.get("host", ""), data.get("submission_id", "")
-        if not isinstance(host, str) or not isinstance(submission, str) or len(host) > 300 or len(submission) > 200:
+        if (
+            not isinstance(host, str)
+            or not isinstance(submission, str)
+            or len(host) > 300
+            or len(submission) > 200
+        ):
             raise ValueError("host and submission_id must be short text")
-        return cls(iteration, iterations, numbers["loss"], numbers["iterations_per_s"], float(numbers["updated"]),
-                   host, submission)
+        return cls(
+            iteration,
+            iterations,
+            numbers["loss"],
+            numbers["iterations_per_s"],
+            float(numbers["updated"]),
+            host,
+            submission,
+        )
 
 
 def duration(seconds: float) -> str:

@@ -251,7 +251,9 @@ def _checked(name: str, kind: str | None, value: Any, row_id: str) -> Any:
         elif name in ("content_sha256", "style_sha256") and not _HEX64.fullmatch(value):
             raise ValueError(f"not a SHA-256 (64 hex digits): {_shown(value)}")
         elif name in ROW_FILES and value != f"runs/{row_id}/{ROW_FILES[name]}":
-            raise ValueError(f"must name the row's own file runs/{row_id}/{ROW_FILES[name]}, not {_shown(value)}")
+            raise ValueError(
+                f"must name the row's own file runs/{row_id}/{ROW_FILES[name]}, not {_shown(value)}"
+            )
         elif name == "submission_id" and not _SUBMISSION_ID.fullmatch(value):
             raise ValueError(f"not a submission id: {_shown(value)}")
         return value

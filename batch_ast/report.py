@@ -47,10 +47,28 @@ from .text import describe_os_error, inert, short_path
 
 # Always in the table; the hyperparameters that vary across rows and the metrics come after.
 FIXED_COLUMNS = ["label", "status", "content_name", "style_name"]
-RESULT_COLUMNS = ["iterations_run", "final_total", "final_content", "final_style", "spectral_convergence", *METRIC_COLUMNS]
+RESULT_COLUMNS = [
+    "iterations_run",
+    "final_total",
+    "final_content",
+    "final_style",
+    "spectral_convergence",
+    *METRIC_COLUMNS,
+]
 # Shown in a row's details (not columns: they rarely decide anything across rows).
-DETAIL_COLUMNS = ["row", "submission_id", "stop_reason", "evaluations", "time_total_s", "device_used", "error",
-                  "figure_error", "warning", "content_bpm", "style_bpm"]
+DETAIL_COLUMNS = [
+    "row",
+    "submission_id",
+    "stop_reason",
+    "evaluations",
+    "time_total_s",
+    "device_used",
+    "error",
+    "figure_error",
+    "warning",
+    "content_bpm",
+    "style_bpm",
+]
 LOUDNESS_COLUMNS = ["content_rms_dbfs", "style_rms_dbfs", "output_rms_dbfs"]
 TRACE_POINTS = 60  # per row: enough for an overlaid curve, small enough for 5,000 rows
 
@@ -206,7 +224,11 @@ def report_data(df: pd.DataFrame, root: Path, out_dir: Path, portable: bool = Fa
     input_index: dict[str | None, int] = {}
     rows = []
     for r in df.to_dict("records"):
-        item: dict[str, Any] = {"id": r["id"], "name": _json_value(r.get("name")), "label": row_label(r, params)}
+        item: dict[str, Any] = {
+            "id": r["id"],
+            "name": _json_value(r.get("name")),
+            "label": row_label(r, params),
+        }
         own = not _missing(r.get("record_uid")) and int(r["record_uid"]) == me
         for key in ("content", "style"):
             path = Path(r[key]) if not _missing(r.get(key)) else None
@@ -280,7 +302,11 @@ def _failures(df: pd.DataFrame) -> str:
     items = []
     for kind, rows in sorted(bad.groupby(kinds, sort=False), key=lambda kv: (-len(kv[1]), str(kv[0]))):
         first = rows.iloc[0]
-        error = str(first["error"]).splitlines()[0][:200] if not _missing(first["error"]) and first["error"] else ""
+        error = (
+            str(first["error"]).splitlines()[0][:200]
+            if not _missing(first["error"]) and first["error"]
+            else ""
+        )
         items.append(f"<li><b>{html.escape(str(kind))}</b>: {len(rows)} row(s), e.g. "
                      f"<a href='#open={urllib.parse.quote(first['id'])}'>{html.escape(str(first['id']))}</a>"
                      f"{': ' + html.escape(error) if error else ''}</li>")
@@ -289,7 +315,11 @@ def _failures(df: pd.DataFrame) -> str:
 
 def _summary(df: pd.DataFrame, metric: str, top: int, ascending: bool) -> str:
     counts = df["status"].value_counts().to_dict() if len(df) else {}
-    parts = [f"<li>{html.escape(str(k))}: {v}</li>" for k, v in sorted(counts.items(), key=lambda kv: str(kv[0])) if v]
+    parts = [
+        f"<li>{html.escape(str(k))}: {v}</li>"
+        for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))
+        if v
+    ]
     time_by_device = (
         df.groupby(df["device_used"].astype(str), observed=True)["time_total_s"].sum() if len(df) else {}
     )
@@ -302,17 +332,25 @@ def _summary(df: pd.DataFrame, metric: str, top: int, ascending: bool) -> str:
     if metric in df.columns and len(ok) and ok[metric].notna().any():
         order = "lowest" if ascending else "highest"
         # losses of different presets are on different scales: ranked within each preset
-        presets = ok["preset"].astype(str).unique() if "preset" in ok and ok["preset"].nunique() > 1 else [None]
+        presets = (
+            ok["preset"].astype(str).unique() if "preset" in ok and ok["preset"].nunique() > 1 else [None]
+        )
         for preset in presets:
             part = ok if preset is None else ok[ok["preset"].astype(str) == preset]
             ranked = part[part[metric].notna()].sort_values(metric, ascending=ascending).head(top)
             items = "".join(
-                f"<li><a href='#open={urllib.parse.quote(r.id)}'>{html.escape(r.name if not _missing(r.name) and r.name else r.id)}</a>: "
+                f"<li><a href='#open={urllib.parse.quote(r.id)}'>"
+                f"{html.escape(r.name if not _missing(r.name) and r.name else r.id)}</a>: "
                 f"{getattr(r, metric):.4g}</li>"
                 for r in ranked.itertuples()
             )
-            within = "" if preset is None else f", preset {html.escape(preset)}" if preset not in ("", "nan", "None") \
+            within = (
+                ""
+                if preset is None
+                else f", preset {html.escape(preset)}"
+                if preset not in ("", "nan", "None")
                 else ", no preset"
+            )
             best += f"<h3>Best {top} by {html.escape(metric)} ({order}{within})</h3><ol>{items}</ol>"
     return f"<h2>Summary</h2><ul>{''.join(parts)}</ul>{best}"
 
@@ -342,9 +380,15 @@ def write_report(
             raise
         print(f"warning: could not re-collect ({exc}); using the existing index", file=sys.stderr)
     df = load_index(results.root)
-    if metric not in df.columns or not pd.api.types.is_numeric_dtype(df[metric]) or pd.api.types.is_bool_dtype(df[metric]):
+    if (
+        metric not in df.columns
+        or not pd.api.types.is_numeric_dtype(df[metric])
+        or pd.api.types.is_bool_dtype(df[metric])
+    ):
         numeric = [c for c in df.columns if pd.api.types.is_float_dtype(df[c])]
-        raise ResultsError(f"--metric {metric!r} is not a numeric index column (numeric: {', '.join(numeric)})")
+        raise ResultsError(
+            f"--metric {metric!r} is not a numeric index column (numeric: {', '.join(numeric)})"
+        )
     out = (Path(output) if output else results.root / "report.html").resolve()
     out_dir = out.parent
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -365,29 +409,35 @@ def write_report(
 <script src="{html.escape(_rel(data_path, out_dir))}"></script>
 <script>{_asset("uPlot.iife.min.js")}</script><script>{_asset("report.js")}</script></head>
 <body><h1>batch-ast report</h1>
-<p>{len(df)} row(s) from <code>{html.escape(str(results.root))}</code>. Click a row to hear and see it (A/B player,
+<p>{len(df)} row(s) from <code>{html.escape(str(results.root))}</code>.
+Click a row to hear and see it (A/B player,
 figures); click a column header to sort; tick rows to overlay their loss curves.</p>
 <p id="media-check">checking media files…</p>
 {_summary(df, metric, top, ascending)}
 <h2>Rows</h2>
 <div class="controls">
-<input id="filter" placeholder="filter: text, or column=value, column=a,b, column&gt;number (e.g. status=ok content_weight&gt;1)">
+<input id="filter"
+ placeholder="filter: text, or column=value, column=a,b, column&gt;number, e.g. status=ok content_weight&gt;1"
+>
 <span id="filter-problems" class="problems"></span>
 </div>
 <details id="widgets"><summary>filter by column (writes into the filter box)</summary></details>
 <div class="controls">
 <label><input type="checkbox" id="group" checked> group by content</label>
-<label title="one row per group of rows with equal values of these columns: n and mean ± std of every metric over its ok rows">
+<label title="one row per group of rows with equal values of these columns:
+ n and mean ± std of every metric over its ok rows">
 <input type="checkbox" id="agg"> aggregate by</label> <input id="aggby" size="40">
 <button id="prev">&larr; previous</button><button id="next">next &rarr;</button><span id="count"></span>
-<button id="export-csv">export CSV</button><button id="export-ids">export ids</button><span id="export-note" class="muted"></span>
+<button id="export-csv">export CSV</button><button id="export-ids">export ids</button>
+<span id="export-note" class="muted"></span>
 </div>
 <details id="columns"><summary>columns</summary></details>
 <div id="only"></div>
 <table id="rows"></table>
 <h2>Compare</h2>
 <div class="controls">scatter: <select id="sx"></select> vs <select id="sy"></select>
-x axis <select id="logx"><option value="auto">auto</option><option value="linear">linear</option><option value="log">log</option></select>
+x axis <select id="logx"><option value="auto">auto</option><option value="linear">linear</option>
+<option value="log">log</option></select>
 colour by <select id="colour"></select>
 <span class="muted">(charts: uPlot, MIT, vendored in batch_ast/report_assets)</span></div>
 <div class="charts"><div id="scatter"></div><div id="curves"></div><div id="parallel"></div></div>
@@ -424,8 +474,10 @@ def _make_way(path: Path, folder: bool, check_data: bool = False) -> None:
             fits = False
     if not fits:
         bad = move_aside(path)
-        print(f"warning: {inert(short_path(path))} was not the report's own: moved aside to {inert(bad.name)}",
-              file=sys.stderr)
+        print(
+            f"warning: {inert(short_path(path))} was not the report's own: moved aside to {inert(bad.name)}",
+            file=sys.stderr,
+        )
 
 
 def _check_data_file(path: Path) -> None:
@@ -436,8 +488,12 @@ def _check_data_file(path: Path) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise ResultsError(f"{short_path(path)}: {describe_os_error(exc)}: the report's data file would replace it; "
-                           "choose another -o") from None
+        raise ResultsError(
+            f"{short_path(path)}: {describe_os_error(exc)}: the report's data file would replace it; "
+            "choose another -o"
+        ) from None
     if not ours:
-        raise ResultsError(f"{short_path(path)} exists and is not a batch-ast report's data: the report for "
-                           f"{path.with_suffix('').with_suffix('.html').name} would replace it; choose another -o")
+        raise ResultsError(
+            f"{short_path(path)} exists and is not a batch-ast report's data: the report for "
+            f"{path.with_suffix('').with_suffix('.html').name} would replace it; choose another -o"
+        )

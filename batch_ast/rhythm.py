@@ -138,7 +138,9 @@ def pairing_offset(grid_beats: np.ndarray, other_beats: np.ndarray) -> int:
     return round(grid_beats[0] / beat_period(grid_beats) - other_beats[0] / beat_period(other_beats))
 
 
-def time_warp(grid_beats: tuple[float, ...], other_beats: tuple[float, ...], grid_frames: int, other_frames: int) -> np.ndarray:
+def time_warp(
+    grid_beats: tuple[float, ...], other_beats: tuple[float, ...], grid_frames: int, other_frames: int
+) -> np.ndarray:
     """For each of the grid's frames, the (fractional) frame of the other input that plays there:
     piecewise linear through the paired beats (``pairing_offset``), so every beat segment of the
     other is stretched onto its partner; before the first and after the last pair it runs on at
@@ -148,8 +150,13 @@ def time_warp(grid_beats: tuple[float, ...], other_beats: tuple[float, ...], gri
     grid_period, other_period = beat_period(grid), beat_period(other)
     j = np.arange(len(grid)) + pairing_offset(grid, other)
     partner = np.where(  # the other's beat j, numbered on past both its ends by its period
-        j < 0, other[0] + j * other_period,
-        np.where(j >= len(other), other[-1] + (j - len(other) + 1) * other_period, other[np.clip(j, 0, len(other) - 1)]),
+        j < 0,
+        other[0] + j * other_period,
+        np.where(
+            j >= len(other),
+            other[-1] + (j - len(other) + 1) * other_period,
+            other[np.clip(j, 0, len(other) - 1)],
+        ),
     )
     t = np.arange(grid_frames, dtype=float)
     ratio = other_period / grid_period
@@ -173,7 +180,9 @@ def warp_to_grid(other: torch.Tensor, position: np.ndarray) -> torch.Tensor:
     return other[:, low] * (1 - frac) + other[:, high] * frac
 
 
-def feature_ranges(bounds: list[int], n_frames: int, kernel_size: int, min_frames: int = 2) -> list[tuple[int, int]]:
+def feature_ranges(
+    bounds: list[int], n_frames: int, kernel_size: int, min_frames: int = 2
+) -> list[tuple[int, int]]:
     """Segment borders in frames -> ranges of VALID-conv feature frames, tiling [0, n_frames - k + 1).
 
     Feature t sees frames t … t + k − 1; it belongs to the segment holding its centre frame. A range
@@ -245,9 +254,12 @@ class BeatTransfer(StyleTransfer):
         return torch.stack([content_loss(feats[:, a:b], target[:, a:b]) for a, b in self.ranges]).sum()
 
     def _style_terms(self, feats: torch.Tensor) -> torch.Tensor:
-        return torch.stack([
-            style_terms(feats[:, a:b], targets) for (a, b), targets in zip(self.ranges, self.segment_targets, strict=True)
-        ]).sum(dim=0)
+        return torch.stack(
+            [
+                style_terms(feats[:, a:b], targets)
+                for (a, b), targets in zip(self.ranges, self.segment_targets, strict=True)
+            ]
+        ).sum(dim=0)
 
 
 def beat_transfer(
@@ -266,7 +278,8 @@ def beat_transfer(
     for name, grid in (("content", content_grid), ("style", style_grid)):
         if len(grid.frames) < 2:
             raise TransferError(
-                f"rhythm=beats: fewer than two beats found in the {name} input; set the bpm column or use rhythm=none"
+                f"rhythm=beats: fewer than two beats found in the {name} input; set the bpm column or use "
+                "rhythm=none"
             )
     if p.beat_grid == "style":
         grid, n_frames = style_grid, style_spec.shape[-1]
@@ -276,7 +289,9 @@ def beat_transfer(
         grid, n_frames = content_grid, content_spec.shape[-1]
         warp = time_warp(content_grid.frames, style_grid.frames, n_frames, style_spec.shape[-1])
         style_spec = warp_to_grid(style_spec, warp)
-    ranges = feature_ranges(segment_bounds(grid.frames, n_frames, p.beats_per_segment), n_frames, p.kernel_size)
+    ranges = feature_ranges(
+        segment_bounds(grid.frames, n_frames, p.beats_per_segment), n_frames, p.kernel_size
+    )
     alignment = BeatAlignment(content_grid, style_grid, p.beat_grid, len(ranges), warnings)
     return BeatTransfer(content_spec, style_spec, ranges, p, device, weight), alignment
 

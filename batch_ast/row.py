@@ -71,8 +71,15 @@ class InputChangedError(ValueError):
 
 
 # Failures that come from the inputs or settings: retrying cannot help, so --retry-failed skips them.
-DETERMINISTIC_ERRORS = (AudioError, TransferError, ResumeLimitError, MemoryBudgetError, DivergedError, SilentInputError,
-                        InputChangedError)
+DETERMINISTIC_ERRORS = (
+    AudioError,
+    TransferError,
+    ResumeLimitError,
+    MemoryBudgetError,
+    DivergedError,
+    SilentInputError,
+    InputChangedError,
+)
 
 
 @dataclass
@@ -84,7 +91,9 @@ class Inputs:
     seconds: float  # decode and resample time
 
 
-def check_memory_budget(params: Params, content_samples: int, style_samples: int, decode_bytes: int = 0) -> None:
+def check_memory_budget(
+    params: Params, content_samples: int, style_samples: int, decode_bytes: int = 0
+) -> None:
     """Refuse a row whose estimated peak memory is above its max_memory_gb, before allocating it."""
     hop = params.hop_length
     need = decode_bytes + estimate_memory_bytes(
@@ -114,8 +123,10 @@ def verify_input(path: str, expected: str, what: str) -> None:
         _VERIFIED[key] = file_sha256(Path(path))
     if _VERIFIED[key] != expected:
         raise InputChangedError(
-            f"{what} input {path} changed since it was submitted: its SHA-256 is now {_VERIFIED[key]}, the row "
-            f"was planned with {expected} (submit the manifest again to run the file as it is now)")
+            f"{what} input {path} changed since it was submitted: its SHA-256 is now {_VERIFIED[key]}, the "
+            "row "
+            f"was planned with {expected} (submit the manifest again to run the file as it is now)"
+        )
 
 
 def load_inputs(spec: RowSpec) -> Inputs:
@@ -163,7 +174,9 @@ def checkpoint_identity(spec: RowSpec) -> dict[str, Any]:
     }
 
 
-def load_checkpoint(path: Path, spec: RowSpec, device: Any, root: Path | None = None) -> tuple[dict[str, Any] | None, str]:
+def load_checkpoint(
+    path: Path, spec: RowSpec, device: Any, root: Path | None = None
+) -> tuple[dict[str, Any] | None, str]:
     """(state, "") for a checkpoint that is plain data and belongs to ``spec``, else (None, why).
 
     ``weights_only=True``: torch's restricted unpickler accepts tensors, numbers, strings, lists,
@@ -182,7 +195,12 @@ def load_checkpoint(path: Path, spec: RowSpec, device: Any, root: Path | None = 
     if state.get("settings") != expected["settings"] or state.get("format") != CHECKPOINT_FORMAT:
         return None, "was written with other settings or by another version"
     resumes, sid = state.get("resumes", 0), state.get("submission_id", "")
-    if isinstance(resumes, bool) or not isinstance(resumes, int) or not 0 <= resumes < 2**31 or not isinstance(sid, str):
+    if (
+        isinstance(resumes, bool)
+        or not isinstance(resumes, int)
+        or not 0 <= resumes < 2**31
+        or not isinstance(sid, str)
+    ):
         return None, "has a resume count or submission id of the wrong type"
     return state, ""
 
@@ -209,7 +227,9 @@ def checkpoint_shape_problem(state: dict[str, Any], fresh: dict[str, Any], where
             if problem:
                 return problem
         elif isinstance(want, (list, tuple)):
-            if not isinstance(got, (list, tuple)) or not (not want or all(_same_kind(g, want[0]) for g in got)):
+            if not isinstance(got, (list, tuple)) or not (
+                not want or all(_same_kind(g, want[0]) for g in got)
+            ):
                 return f"{name} is not a list like a fresh run's"
         elif want is not None and not _same_kind(got, want):
             return f"{name} is a {type(got).__name__}, not a {type(want).__name__}"
@@ -230,8 +250,10 @@ def _history_problem(state: dict[str, Any], x: torch.Tensor) -> str:
     last = state["last"]
     if last is None:
         return ""
-    if not isinstance(last, dict) or not all(isinstance(last.get(k), torch.Tensor) and last[k].shape == x.shape
-                                             and last[k].dtype == x.dtype for k in ("x", "grad")):
+    if not isinstance(last, dict) or not all(
+        isinstance(last.get(k), torch.Tensor) and last[k].shape == x.shape and last[k].dtype == x.dtype
+        for k in ("x", "grad")
+    ):
         return "last is not an evaluation of this row's spectrogram"
     terms = last.get("terms")
     if not isinstance(terms, list) or not all(map(_is_number, terms)):
@@ -260,7 +282,9 @@ def write_trace(results: ResultsRoot, path: Path, trace: list[tuple]) -> None:
     results.write(path, lambda fh: frame.to_parquet(fh, index=False))
 
 
-def beat_lines(grid: str, content: list[float] | None, style: list[float] | None) -> dict[str, list[float]] | None:
+def beat_lines(
+    grid: str, content: list[float] | None, style: list[float] | None
+) -> dict[str, list[float]] | None:
     """Beat times (s) per figure panel of a beat-segmented row (None for other rows): the output
     follows its ``grid`` input's beats."""
     if content is None or style is None:
@@ -293,7 +317,9 @@ def regenerate_figures(results: ResultsRoot, record: dict[str, Any]) -> dict[str
     spec = RowSpec.from_dict(record)
     p = spec.params
     specs = [
-        log_spectrogram(torch.from_numpy(load_audio(path, p.sample_rate, p.max_seconds)), p.n_fft, p.hop_length)
+        log_spectrogram(
+            torch.from_numpy(load_audio(path, p.sample_rate, p.max_seconds)), p.n_fft, p.hop_length
+        )
         for path in (spec.content, spec.style, results.output_path(spec.id))
     ]
     frame = pd.read_parquet(results.run_dir(spec.id) / "trace.parquet")[list(TRACE_COLUMNS[:4])]
@@ -365,8 +391,11 @@ class RowRun:
         p = self.spec.params
         self.inputs = inputs.result() if inputs is not None else load_inputs(self.spec)
         content, style = self.inputs.content, self.inputs.style
-        self.record.update(content_seconds=len(content) / p.sample_rate, style_seconds=len(style) / p.sample_rate,
-                           time_load_s=self.inputs.seconds)
+        self.record.update(
+            content_seconds=len(content) / p.sample_rate,
+            style_seconds=len(style) / p.sample_rate,
+            time_load_s=self.inputs.seconds,
+        )
         check_length(len(content), p, "content")
         check_length(len(style), p, "style")
         check_memory_budget(p, len(content), len(style))  # the headers may have been unreadable
@@ -405,7 +434,9 @@ class RowRun:
                 self.transfer, _ = make_transfer(self.inputs, self.specs, self.spec.params, self.weight)
         if problem:
             bad = move_aside(self.ckpt_path)
-            self.record.update(checkpoint_error=f"{self.ckpt_path}: {problem}; moved to {bad.name}, row restarted")
+            self.record.update(
+                checkpoint_error=f"{self.ckpt_path}: {problem}; moved to {bad.name}, row restarted"
+            )
             self.say(f"warning: {self.record.checkpoint_error}")
             return
         # Resumes count within one submission: a new submission (--retry-failed) starts afresh.
@@ -413,7 +444,8 @@ class RowRun:
         self.resumes = (int(state.get("resumes", 0)) if same_submission else 0) + 1
         if self.resumes > self.options.max_resumes:
             raise ResumeLimitError(
-                f"interrupted {self.resumes} times, more than max_retries={self.options.max_resumes}: giving up"
+                f"interrupted {self.resumes} times, more than max_retries={self.options.max_resumes}: giving "
+                "up"
             )
 
     def save_checkpoint(self) -> None:
@@ -507,7 +539,9 @@ class RowRun:
             magnitude = magnitude_from_log(log_spec)
             audio = griffin_lim(magnitude, p.n_fft, p.hop_length, n_iter=p.griffin_lim_iters,
                                 momentum=p.griffin_lim_momentum, seed=p.seed, length=self._output_samples())
-            self.record.update(spectral_convergence=spectral_convergence(magnitude, audio, p.n_fft, p.hop_length))
+            self.record.update(
+                spectral_convergence=spectral_convergence(magnitude, audio, p.n_fft, p.hop_length)
+            )
         return audio, log_spec
 
     def write(self, audio: torch.Tensor) -> None:
@@ -521,15 +555,24 @@ class RowRun:
         with self.timed("time_figures_s"):
             output_spec = log_spectrogram(audio, p.n_fft, p.hop_length)
             beats = beat_lines(p.beat_grid, self.record.content_beat_times, self.record.style_beat_times)
-            self.record.update(**write_figures(spec, results, *self.specs, output_spec, self.transfer.trace, beats))
+            self.record.update(
+                **write_figures(spec, results, *self.specs, output_spec, self.transfer.trace, beats)
+            )
 
     def measure(self, audio: torch.Tensor) -> None:
         """The objective metrics of the written audio (its gain applied), on the row's network."""
         with self.timed("time_metrics_s"):
-            self.record.update(**output_metrics(
-                self.output * self.record.output_gain, self.inputs.content, self.inputs.style, self.spec.params,
-                audio.device, input_specs=self.specs, weight=self.weight,
-            ))
+            self.record.update(
+                **output_metrics(
+                    self.output * self.record.output_gain,
+                    self.inputs.content,
+                    self.inputs.style,
+                    self.spec.params,
+                    audio.device,
+                    input_specs=self.specs,
+                    weight=self.weight,
+                )
+            )
 
     def _output_samples(self) -> int:
         """The output is as long as the content, or a beat-segmented one as its grid input."""

@@ -141,7 +141,9 @@ def submission_status(
             status.rows.append(RowState(rid, row, "cancelled", job_id, log))
         else:
             shared = len(job.get("rows", ())) > 1
-            status.rows.append(RowState(rid, row, "lost", job_id, log, log_tail(log, row_id=rid if shared else "")))
+            status.rows.append(
+                RowState(rid, row, "lost", job_id, log, log_tail(log, row_id=rid if shared else ""))
+            )
     for rid, reason in submission.skipped.items():
         status.rows.append(RowState(rid, 0, "skipped", error=reason))
     return status
@@ -155,7 +157,9 @@ def query_status(results: ResultsRoot, submission: SubmissionRecord) -> Submissi
     elsewhere = jobs_elsewhere(submission)
     queue = None if elsewhere else get_backend(submission.executor).queue_states(
         unfinished_jobs(submission, records), submission.submitit_folder)
-    logs = {job["job_id"]: log for job in submission.jobs if (log := submission.job_log(results, job["job_id"]))}
+    logs = {
+        job["job_id"]: log for job in submission.jobs if (log := submission.job_log(results, job["job_id"]))
+    }
     status = submission_status(submission, records, queue, logs, invalid)
     status.jobs_elsewhere = elsewhere
     return status
@@ -218,7 +222,9 @@ def failure_kind(row: RowState) -> str:
     """What a failure is grouped by: the exception's class for a failed row, else its state."""
     if row.state == "failed":
         return error_type_of(row.error) or "failed"
-    return {"lost": "lost (its job left the queue without a record)", "invalid": "invalid record"}.get(row.state, row.state)
+    return {"lost": "lost (its job left the queue without a record)", "invalid": "invalid record"}.get(
+        row.state, row.state
+    )
 
 
 def format_status(status: SubmissionStatus, details: bool = True, every_failure: bool = False,
@@ -243,7 +249,9 @@ def format_status(status: SubmissionStatus, details: bool = True, every_failure:
     if results is not None:
         lines += _running_lines(status, results)
     job_rows = {rid: job["rows"] for job in s.jobs for rid in job["rows"]}
-    failures = sorted((r for r in status.rows if r.state in ("failed", "lost", "invalid")), key=lambda r: r.row)
+    failures = sorted(
+        (r for r in status.rows if r.state in ("failed", "lost", "invalid")), key=lambda r: r.row
+    )
     groups: dict[str, list[RowState]] = {}
     for r in failures:
         groups.setdefault(failure_kind(r), []).append(r)
@@ -255,7 +263,10 @@ def format_status(status: SubmissionStatus, details: bool = True, every_failure:
         indent = "    " if every_failure else "        "
         for r in rows if every_failure else rows[:1]:
             last = r.error.splitlines()[-1] if r.error else ""
-            lines.append(f"{'  ' if every_failure else '      e.g. '}row {r.row} [{r.id}] {r.state} job {r.job_id}: {last}")
+            lines.append(
+                f"{'  ' if every_failure else '      e.g. '}row {r.row} [{r.id}] {r.state} job {r.job_id}: "
+                f"{last}"
+            )
             if r.log:
                 lines.append(f"{indent}log: {r.log[0]}")
                 shared = len(job_rows.get(r.id, ())) > 1
@@ -282,7 +293,9 @@ def _running_lines(status: SubmissionStatus, results: ResultsRoot) -> list[str]:
     if shown_more:
         lines.append(f"  … and {shown_more} more row(s) optimising")
     if quiet:
-        lines.append(f"  {quiet} row(s) of running jobs without progress yet (waiting in their job, or starting)")
+        lines.append(
+            f"  {quiet} row(s) of running jobs without progress yet (waiting in their job, or starting)"
+        )
     return lines
 
 
@@ -325,6 +338,8 @@ def claim_liveness(results: ResultsRoot, force: bool = False) -> Callable[[str, 
     return is_live
 
 
-def claim_rows(results: ResultsRoot, specs: list, submission_id: str, force: bool = False) -> tuple[list, dict[str, str]]:
+def claim_rows(
+    results: ResultsRoot, specs: list, submission_id: str, force: bool = False
+) -> tuple[list, dict[str, str]]:
     """Claim every row for ``submission_id`` (claims.claim_rows with the queue's liveness)."""
     return _claim_rows(results, specs, submission_id, claim_liveness(results, force))

@@ -122,8 +122,12 @@ def check_shared_root(root: Path) -> str:
     if not group_shared(st) or os.geteuid() == 0:
         return ""
     if st.st_gid not in os.getgroups() and st.st_gid != os.getegid():
-        return (f"{short_path(root)} is writable by group {st.st_gid}, which you are not in: files you create there "
-                "would not be writable by that group (ask to be added to it, or chgrp the root to your project group)")
+        return (
+            f"{short_path(root)} is writable by group {st.st_gid}, which you are not in: files you create "
+            "there "
+            "would not be writable by that group (ask to be added to it, or chgrp the root to your project "
+            "group)"
+        )
     return ""
 
 
@@ -173,7 +177,9 @@ def open_dir_fd(root: Path, parts: tuple[str, ...], create: bool) -> int:
                     share_with_group(nxt, root_st, folder=True)
             except (NotADirectoryError, OSError) as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise UnsafeFileError(root.joinpath(*parts[: i + 1]), "a symlink or not a folder") from None
+                    raise UnsafeFileError(
+                        root.joinpath(*parts[: i + 1]), "a symlink or not a folder"
+                    ) from None
                 raise
             os.close(fd)
             fd = nxt
@@ -250,7 +256,9 @@ def open_regular(target: Path, root: Path | None = None, limit: int | None = Non
     dir_fd = _dir_fd(target, Path(root) if root is not None else None, create=False)
     try:
         try:
-            fd = os.open(target.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            fd = os.open(
+                target.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+            )
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise UnsafeFileError(target, "a symlink (not followed)") from None
@@ -348,8 +356,10 @@ def root_lock(results: ResultsRoot, name: str, wait_s: float | None = None) -> I
                 pass
             except OSError as exc:  # EBADF: NFS emulates flock with POSIX locks, which need write access
                 raise LockTimeout(
-                    f"{short_path(path)}: cannot be locked ({exc.strerror}); where flock needs write access (NFS), "
-                    "the lock file must be writable by you: its owner can chmod g+w it") from None
+                    f"{short_path(path)}: cannot be locked ({exc.strerror}); where flock needs write access "
+                    "(NFS), "
+                    "the lock file must be writable by you: its owner can chmod g+w it"
+                ) from None
             left = deadline - time.monotonic()
             if left <= 0:
                 raise LockTimeout(
@@ -421,7 +431,9 @@ class ResultsRoot:
 
     def is_results_root(self) -> bool:
         """True when a submission or a run has been made here (what status/collect/report need)."""
-        return any((self.root / name).is_dir() for name in ("runs", "submissions")) or self.index_path.exists()
+        return (
+            any((self.root / name).is_dir() for name in ("runs", "submissions")) or self.index_path.exists()
+        )
 
     def require_results_root(self) -> None:
         """Refuse a folder that is not a results root (a typo must not silently make a new one)."""
@@ -430,7 +442,11 @@ class ResultsRoot:
         except OSError as exc:
             raise ResultsError(f"{short_path(self.root)}: cannot read: {describe_os_error(exc)}") from None
         if not ok:
-            what = "does not exist" if not self.root.exists() else "is not a batch-ast results root (no runs/, submissions/ or index.parquet)"
+            what = (
+                "does not exist"
+                if not self.root.exists()
+                else "is not a batch-ast results root (no runs/, submissions/ or index.parquet)"
+            )
             raise ResultsError(f"{short_path(self.root)} {what}")
 
     def require_writable(self) -> None:
@@ -445,8 +461,11 @@ class ResultsRoot:
             with contextlib.suppress(OSError):
                 st = os.stat(self.root)
                 if st.st_uid != os.geteuid() and not group_shared(st):
-                    hint = (" (its owner can share it with the group: chmod -R g+w,g+s and chgrp -R to the project "
-                            "group; batch-ast then keeps it so)")
+                    hint = (
+                        " (its owner can share it with the group: chmod -R g+w,g+s and chgrp -R to the "
+                        "project "
+                        "group; batch-ast then keeps it so)"
+                    )
             raise ResultsError(
                 f"results root {short_path(self.root)} is not writable: {describe_os_error(exc)}{hint}"
             ) from None
@@ -500,7 +519,9 @@ class ResultsRoot:
         runs = self.root / "runs"
         if not runs.is_dir():
             return []
-        return sorted(path.parent.name for path in runs.glob(f"*/{RECORD}") if ROW_ID.fullmatch(path.parent.name))
+        return sorted(
+            path.parent.name for path in runs.glob(f"*/{RECORD}") if ROW_ID.fullmatch(path.parent.name)
+        )
 
     def row_folders(self) -> set[str]:
         """Names of the folders under runs/ that are row ids (with a record or not: a row in flight

@@ -93,7 +93,9 @@ def _check_template(template: Any, source: Path) -> None:
         raise StudyError(f"{source}: name: {template[:80]!r} is not a template ({exc})") from None
     for spec in specs:
         if any(int(n) > MAX_NAME for n in re.findall(r"\d+", spec)):
-            raise StudyError(f"{source}: name: a field width or precision above {MAX_NAME} in {template[:80]!r}")
+            raise StudyError(
+                f"{source}: name: a field width or precision above {MAX_NAME} in {template[:80]!r}"
+            )
 
 
 def study_rows(path: str | Path, cap: int | None = None) -> list[dict[str, Any]]:
@@ -106,7 +108,9 @@ def study_rows(path: str | Path, cap: int | None = None) -> list[dict[str, Any]]
         raise StudyError(str(exc)) from None
     unknown = [k for k in spec if k not in STUDY_KEYS]
     if unknown:
-        raise StudyError(f"{source}: unknown key(s) {', '.join(map(repr, unknown))} (known: {', '.join(STUDY_KEYS)})")
+        raise StudyError(
+            f"{source}: unknown key(s) {', '.join(map(repr, unknown))} (known: {', '.join(STUDY_KEYS)})"
+        )
     for key in ("contents", "styles"):
         if key not in spec:
             raise StudyError(f"{source}: missing {key!r} (a path, a glob, or a list of them)")
@@ -117,8 +121,14 @@ def study_rows(path: str | Path, cap: int | None = None) -> list[dict[str, Any]]
     if pairing not in PAIRINGS:
         raise StudyError(f"{source}: 'pair' must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
     if pairing == "zip" and len(contents) != len(styles):
-        raise StudyError(f"{source}: pair: zip needs as many contents as styles, got {len(contents)} and {len(styles)}")
-    pairs = list(zip(contents, styles, strict=True)) if pairing == "zip" else list(itertools.product(contents, styles))
+        raise StudyError(
+            f"{source}: pair: zip needs as many contents as styles, got {len(contents)} and {len(styles)}"
+        )
+    pairs = (
+        list(zip(contents, styles, strict=True))
+        if pairing == "zip"
+        else list(itertools.product(contents, styles))
+    )
 
     axes: dict[str, list[Any]] = {}
     for single, plural, column in (("preset", "presets", "preset"), ("seed", "seeds", "seed")):
@@ -141,7 +151,9 @@ def study_rows(path: str | Path, cap: int | None = None) -> list[dict[str, Any]]
         axes[name] = _as_list(values, f"grid: {name}", source)
     for name, value in fixed.items():
         if isinstance(value, (list, dict)) or value is None:
-            raise StudyError(f"{source}: set: {name!r} takes one value (use grid: for several), got {value!r}")
+            raise StudyError(
+                f"{source}: set: {name!r} takes one value (use grid: for several), got {value!r}"
+            )
         if name in grid:
             raise StudyError(f"{source}: {name!r} is in both grid and set")
 
@@ -171,7 +183,9 @@ def study_rows(path: str | Path, cap: int | None = None) -> list[dict[str, Any]]
 
 # =, +, -, @ (or their full-width forms) first, after any spaces, line breaks, zero-width or bidi
 # characters that would hide them; or a tab or line break first (report.js's FORMULA is the same)
-FORMULA = re.compile("^[\\s\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]*[=+\\-@\uff1d\uff0b\uff0d\uff20]|^[\t\r\n]")
+FORMULA = re.compile(
+    "^[\\s\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]*[=+\\-@\uff1d\uff0b\uff0d\uff20]|^[\t\r\n]"
+)
 
 
 def spreadsheet_safe(label: str) -> str:

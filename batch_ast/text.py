@@ -12,7 +12,11 @@ from pathlib import Path
 def short_path(path: str | Path, limit: int = 160) -> str:
     """A path for an error message: whole when short, its two ends when absurdly long."""
     text = str(path)
-    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-limit // 2 :]} ({len(text)} characters)"
+    return (
+        text
+        if len(text) <= limit
+        else f"{text[: limit // 2]}...{text[-limit // 2 :]} ({len(text)} characters)"
+    )
 
 
 def inert(text: object) -> str:

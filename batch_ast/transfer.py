@@ -156,7 +156,9 @@ class StyleTransfer:
                 if params.content_weight_style > 0 else None
             )
             # The Gram targets: the style input's (delta), then the content input's (gamma).
-            self._set_style_targets([style_feats] + ([content_feats] if params.style_weight_content > 0 else []))
+            self._set_style_targets(
+                [style_feats] + ([content_feats] if params.style_weight_content > 0 else [])
+            )
         self.term_scales = self._term_scales()
         generator = torch.Generator().manual_seed(params.seed + 1)
         init = torch.randn(content_spec.shape, generator=generator) * 1e-3
@@ -236,7 +238,11 @@ class StyleTransfer:
         """Unweighted terms in ``_weights`` order: c(content input), s(style input), c(style input)
         (None when unused), s(content input) (absent when unused)."""
         styles = self._style_terms(feats)
-        c_b = self._content_term(feats, self.content_target_style) if self.content_target_style is not None else None
+        c_b = (
+            self._content_term(feats, self.content_target_style)
+            if self.content_target_style is not None
+            else None
+        )
         return [self._content_term(feats, self.content_target), styles[0], c_b, *styles[1:]]
 
     def _weights(self) -> tuple[float, float, float, float]:
@@ -254,7 +260,9 @@ class StyleTransfer:
         if self.params.loss_scale == "absolute":
             return [1.0] * 4
         with torch.no_grad():
-            values = [float(t) if t is not None else 0.0 for t in self._terms(torch.zeros_like(self.content_target))]
+            values = [
+                float(t) if t is not None else 0.0 for t in self._terms(torch.zeros_like(self.content_target))
+            ]
         in_use = [v for v, w in zip(values, self._weights(), strict=False) if w > 0 and v > 0]
         reference = max(in_use, default=1.0)
         return [reference / v if v > 0 else 1.0 for v in values]  # a silent target stays unscaled
@@ -265,8 +273,11 @@ class StyleTransfer:
         ``term_scales`` entry (1 on the absolute scale); the content and style terms returned are
         the unweighted, unscaled sums of the terms in use."""
         terms = self._terms(feats)
-        total = sum(w * scale * t for w, scale, t in zip(self._weights(), self.term_scales, terms, strict=False)
-                    if t is not None)
+        total = sum(
+            w * scale * t
+            for w, scale, t in zip(self._weights(), self.term_scales, terms, strict=False)
+            if t is not None
+        )
         c, s, c_b, *s_a = terms
         return total, (c if c_b is None else c + c_b), (s if not s_a else s + s_a[0])
 
@@ -296,7 +307,9 @@ class StyleTransfer:
         (one transfer for all of them, not two syncs per iteration)."""
         if self._unread:
             values = torch.stack([cs for _, _, cs, _ in self._unread]).tolist()
-            self._trace.extend((i, total, c, s, n) for (i, total, _, n), (c, s) in zip(self._unread, values, strict=True))
+            self._trace.extend(
+                (i, total, c, s, n) for (i, total, _, n), (c, s) in zip(self._unread, values, strict=True)
+            )
             self._unread = []
         return self._trace
 
@@ -333,7 +346,9 @@ class StyleTransfer:
             closure()
             self.optimizer.step()
         total, (_, c, s) = first[0]
-        self._unread.append((self.iteration, total, torch.stack([c, s]), self.evaluations - evaluations_before))
+        self._unread.append(
+            (self.iteration, total, torch.stack([c, s]), self.evaluations - evaluations_before)
+        )
         if len(self._unread) >= 256:
             _ = self.trace  # bound the tensors waiting on the device
         return self._stopping_rule(total)
@@ -388,8 +403,13 @@ class StyleTransfer:
             "stop_reason": self.stop_reason,
             "evaluations": self.evaluations,
             # the last evaluation, so a resumed row does not evaluate its point again
-            "last": None if self._last is None or not self._last_at_x else
-            {"x": self.x.detach().cpu(), "grad": self._last[0].cpu(), "terms": [t.item() for t in self._last[1]]},
+            "last": None
+            if self._last is None or not self._last_at_x
+            else {
+                "x": self.x.detach().cpu(),
+                "grad": self._last[0].cpu(),
+                "terms": [t.item() for t in self._last[1]],
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

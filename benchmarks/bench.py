@@ -108,7 +108,9 @@ def _signal(seconds: float, sample_rate: int, seed: int = 0) -> np.ndarray:
     return np.tile(clip, reps)[: int(seconds * sample_rate)].astype(np.float32)
 
 
-def matmul_flops(device: torch.device, sizes: tuple[int, ...] = (1024, 2048, 4096), precision: str = "float32") -> float:
+def matmul_flops(
+    device: torch.device, sizes: tuple[int, ...] = (1024, 2048, 4096), precision: str = "float32"
+) -> float:
     """The machine's own float32 matmul rate (FLOP/s): the best over square sizes, best of 5 each.
     The physical reference for the optimisation step. On CUDA, ``precision`` picks IEEE float32
     or TF32 tensor cores (the setting is global, so it is set here each time)."""
@@ -137,14 +139,31 @@ def step_flops(n_bins: int, frames: int, n_filters: int, kernel: int, style_form
     return 2 * conv + style
 
 
-def bench_step(device: torch.device, name: str, seconds: float, sr: int, n_fft: int, hop: int, n_filters: int, peak: float,
-               precision: str = "float32") -> Result:
+def bench_step(
+    device: torch.device,
+    name: str,
+    seconds: float,
+    sr: int,
+    n_fft: int,
+    hop: int,
+    n_filters: int,
+    peak: float,
+    precision: str = "float32",
+) -> Result:
     """Achieved FLOP/s of one loss+gradient evaluation, counted as the minimal work of the form the
     row uses, over the matmul rate of the same precision measured right around it (the best of the
     run's first reference, one just before and one just after: the least disturbed)."""
     p = load_config().params(
-        dict(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_filters=n_filters, kernel_size=11, optimizer="adam", lr=0.1,
-             precision=precision)
+        dict(
+            sample_rate=sr,
+            n_fft=n_fft,
+            hop_length=hop,
+            n_filters=n_filters,
+            kernel_size=11,
+            optimizer="adam",
+            lr=0.1,
+            precision=precision,
+        )
     )
     c = log_spectrogram(_tensor(device, _signal(seconds, sr, 0)), n_fft, hop)
     s = log_spectrogram(_tensor(device, _signal(seconds, sr, 1)), n_fft, hop)
@@ -160,9 +179,18 @@ def bench_step(device: torch.device, name: str, seconds: float, sr: int, n_fft: 
     flops = step_flops(c.shape[0], c.shape[1], n_filters, 11, t.style_form, s.shape[1])
     if precision != "float32":
         name += f", precision {precision}"
-    return Result(section="step", case=name, value=flops / sec / 1e9, unit="GFLOP/s (minimal work)", reference=peak / 1e9, ratio=flops / sec / peak, note=f"{c.shape[0]} bins x {c.shape[1]} frames, {n_filters} filters, style loss in the {t.style_form} "
+    return Result(
+        section="step",
+        case=name,
+        value=flops / sec / 1e9,
+        unit="GFLOP/s (minimal work)",
+        reference=peak / 1e9,
+        ratio=flops / sec / peak,
+        note=f"{c.shape[0]} bins x {c.shape[1]} frames, {n_filters} filters, style loss in the "
+             f"{t.style_form} "
         f"form; {sec * 1000:.0f} ms per evaluation, minimal {flops / 1e9:.1f} GFLOP; "
-        f"reference: best torch {'TF32' if precision == 'tf32' else 'float32'} square matmul (1024-4096)")
+        f"reference: best torch {'TF32' if precision == 'tf32' else 'float32'} square matmul (1024-4096)",
+    )
 
 
 def _legacy_loss_terms_from(self: StyleTransfer, feats: torch.Tensor):
@@ -248,16 +276,25 @@ def bench_gram(device: torch.device, peak: float) -> list[Result]:
             f"{((values[form][1] - ref_grad).norm() / ref_grad.norm()).item():.1e}"
             for form in STYLE_FORMS
         )
-        rows.append(_speedup_row(
-            "gram", f"{name} ({n_filters} filters x {frames} frames)", timings["legacy"], timings[chosen],
-            "than main's autograd Gram",
-            f"main {timings['legacy'] * 1000:.1f} ms, filters form {timings['filters'] * 1000:.1f} ms, frames form "
-            f"{timings['frames'] * 1000:.1f} ms; chosen by size: {chosen}; relative difference to main: {agree}",
-        ))
+        rows.append(
+            _speedup_row(
+                "gram",
+                f"{name} ({n_filters} filters x {frames} frames)",
+                timings["legacy"],
+                timings[chosen],
+                "than main's autograd Gram",
+                f"main {timings['legacy'] * 1000:.1f} ms, filters form {timings['filters'] * 1000:.1f} ms, "
+                "frames form "
+                f"{timings['frames'] * 1000:.1f} ms; chosen by size: {chosen}; relative difference to main: "
+                f"{agree}",
+            )
+        )
     return rows
 
 
-def bench_compile(device: torch.device, seconds: float, sr: int, n_fft: int, hop: int, n_filters: int) -> Result:
+def bench_compile(
+    device: torch.device, seconds: float, sr: int, n_fft: int, hop: int, n_filters: int
+) -> Result:
     """Does torch.compile speed up one loss+gradient evaluation? (Kept out of the product unless it does.)"""
     p = load_config().params(dict(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_filters=n_filters,
                                    optimizer="adam", lr=0.1))
@@ -280,12 +317,30 @@ def bench_compile(device: torch.device, seconds: float, sr: int, n_fft: int, hop
         compile_s = time.perf_counter() - t0
         fast = _timeit(device, evaluation(compiled), repeat=5)
     except Exception as exc:  # noqa: BLE001 - a missing compiler is a result too
-        return Result(section="compile", case=f"{seconds:g} s, {n_filters} filters", value=0.0, unit="x speed-up", reference=eager, ratio=0.0, note=f"torch.compile failed: {type(exc).__name__}")
-    return Result(section="compile", case=f"{seconds:g} s @ {sr} Hz, {n_filters} filters", value=eager / fast, unit="x speed-up of torch.compile", reference=eager, ratio=eager / fast, note=f"eager {eager * 1000:.1f} ms vs compiled {fast * 1000:.1f} ms per evaluation; "
-        f"first call (compilation) {compile_s:.1f} s")
+        return Result(
+            section="compile",
+            case=f"{seconds:g} s, {n_filters} filters",
+            value=0.0,
+            unit="x speed-up",
+            reference=eager,
+            ratio=0.0,
+            note=f"torch.compile failed: {type(exc).__name__}",
+        )
+    return Result(
+        section="compile",
+        case=f"{seconds:g} s @ {sr} Hz, {n_filters} filters",
+        value=eager / fast,
+        unit="x speed-up of torch.compile",
+        reference=eager,
+        ratio=eager / fast,
+        note=f"eager {eager * 1000:.1f} ms vs compiled {fast * 1000:.1f} ms per evaluation; "
+        f"first call (compilation) {compile_s:.1f} s",
+    )
 
 
-def bench_griffin_lim(device: torch.device, seconds: float, sr: int, n_fft: int, hop: int, n_iter: int) -> list[Result]:
+def bench_griffin_lim(
+    device: torch.device, seconds: float, sr: int, n_fft: int, hop: int, n_iter: int
+) -> list[Result]:
     import librosa
 
     audio = _signal(seconds, sr)
@@ -297,21 +352,49 @@ def bench_griffin_lim(device: torch.device, seconds: float, sr: int, n_fft: int,
 
     ours_s = _timeit(device, ours, repeat=2)
     torch_istft_s = _timeit(device, lambda: ours("torch"), repeat=2)
-    theirs_s = _timeit(device,
-        lambda: librosa.griffinlim(mag, n_iter=n_iter, hop_length=hop, n_fft=n_fft, length=len(audio), random_state=0),
+    theirs_s = _timeit(
+        device,
+        lambda: librosa.griffinlim(
+            mag, n_iter=n_iter, hop_length=hop, n_fft=n_fft, length=len(audio), random_state=0
+        ),
         repeat=2,
     )
-    theirs = librosa.griffinlim(mag, n_iter=n_iter, hop_length=hop, n_fft=n_fft, length=len(audio), random_state=0)
+    theirs = librosa.griffinlim(
+        mag, n_iter=n_iter, hop_length=hop, n_fft=n_fft, length=len(audio), random_state=0
+    )
     sc_ours = spectral_convergence(mag_t, ours(), n_fft, hop)
     sc_torch = spectral_convergence(mag_t, ours("torch"), n_fft, hop)
     sc_theirs = spectral_convergence(mag_t, _tensor(device, theirs), n_fft, hop)
     case = f"{seconds:g} s @ {sr} Hz, n_fft {n_fft}, {n_iter} iters"
     return [
-        Result(section="griffin_lim", case=case, value=theirs_s / ours_s, unit="x faster than librosa", reference=theirs_s, ratio=theirs_s / ours_s, note=f"batch-ast {ours_s:.2f} s vs librosa.griffinlim {theirs_s:.2f} s"),
-        _speedup_row("griffin_lim", case + " (inverse STFT)", torch_istft_s, ours_s, "than with torch.istft",
-                     f"overlap-add with a precomputed window envelope {ours_s:.2f} s vs torch.istft {torch_istft_s:.2f} s "
-                     f"(whole Griffin-Lim); spectral convergence {sc_ours:.5f} vs {sc_torch:.5f}"),
-        Result(section="griffin_lim", case=case + " (spectral convergence)", value=sc_ours, unit="SC", reference=sc_theirs, ratio=sc_ours / sc_theirs, note="ratio < 1: batch-ast's reconstruction is closer to the target magnitude"),
+        Result(
+            section="griffin_lim",
+            case=case,
+            value=theirs_s / ours_s,
+            unit="x faster than librosa",
+            reference=theirs_s,
+            ratio=theirs_s / ours_s,
+            note=f"batch-ast {ours_s:.2f} s vs librosa.griffinlim {theirs_s:.2f} s",
+        ),
+        _speedup_row(
+            "griffin_lim",
+            case + " (inverse STFT)",
+            torch_istft_s,
+            ours_s,
+            "than with torch.istft",
+            f"overlap-add with a precomputed window envelope {ours_s:.2f} s vs torch.istft "
+            f"{torch_istft_s:.2f} s "
+            f"(whole Griffin-Lim); spectral convergence {sc_ours:.5f} vs {sc_torch:.5f}",
+        ),
+        Result(
+            section="griffin_lim",
+            case=case + " (spectral convergence)",
+            value=sc_ours,
+            unit="SC",
+            reference=sc_theirs,
+            ratio=sc_ours / sc_theirs,
+            note="ratio < 1: batch-ast's reconstruction is closer to the target magnitude",
+        ),
     ]
 
 
@@ -343,13 +426,29 @@ def bench_gl_curve(device: torch.device, presets: tuple[str, ...], transfer_iter
                 curve[n] = spectral_convergence(magnitude, audio, n_fft, hop)
             chosen = p.griffin_lim_iters
             at_chosen = curve.get(chosen) or spectral_convergence(
-                magnitude, griffin_lim(magnitude, n_fft, hop, n_iter=chosen, seed=p.seed, length=len(content)),
-                n_fft, hop)
-            rows.append(Result(section="gl_curve", case=f"{preset} ({p.max_seconds:g} s, n_fft {n_fft}): {kind}", value=at_chosen, unit=f"SC at the preset's {chosen} iterations", reference=curve[500], ratio=at_chosen / curve[500], note="SC by iterations: " + ", ".join(f"{n}: {v:.4f}" for n, v in curve.items()), details={'curve': curve}))
+                magnitude,
+                griffin_lim(magnitude, n_fft, hop, n_iter=chosen, seed=p.seed, length=len(content)),
+                n_fft,
+                hop,
+            )
+            rows.append(
+                Result(
+                    section="gl_curve",
+                    case=f"{preset} ({p.max_seconds:g} s, n_fft {n_fft}): {kind}",
+                    value=at_chosen,
+                    unit=f"SC at the preset's {chosen} iterations",
+                    reference=curve[500],
+                    ratio=at_chosen / curve[500],
+                    note="SC by iterations: " + ", ".join(f"{n}: {v:.4f}" for n, v in curve.items()),
+                    details={"curve": curve},
+                )
+            )
     return rows
 
 
-def _row_record(device: torch.device, content: Path, style: Path, preset: str, folder: Path, **overrides: Any) -> dict:
+def _row_record(
+    device: torch.device, content: Path, style: Path, preset: str, folder: Path, **overrides: Any
+) -> dict:
     """One manifest row run by the real job code (decode, optimise, Griffin-Lim, files, figures,
     metrics), its record returned."""
     from batch_ast.loop import run_row
@@ -406,8 +505,15 @@ def bench_collect(n_rows: int) -> list[Result]:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "one"
-        _row_record(torch.device("cpu"), DEMO / "speech_gettysburg.wav", DEMO / "boogie_marabi.wav", "quick", folder,
-                    iterations=20, griffin_lim_iters=4)
+        _row_record(
+            torch.device("cpu"),
+            DEMO / "speech_gettysburg.wav",
+            DEMO / "boogie_marabi.wav",
+            "quick",
+            folder,
+            iterations=20,
+            griffin_lim_iters=4,
+        )
         results = ResultsRoot(folder / "results")
         grow_study(results.root, n_rows)
 
@@ -427,12 +533,30 @@ def bench_collect(n_rows: int) -> list[Result]:
         size = sum(f.stat().st_size for f in results.root.glob("report*"))
     note = f"{full.rows} rows, {full.traces} trace points; collect from scratch {full_s:.2f} s"
     return [
-        _speedup_row("collect", f"re-collect, {n_rows} rows, nothing changed", full_s, again_s,
-                     "than a collect from scratch", f"{again_s:.3f} s; {note}"),
-        _speedup_row("collect", f"re-collect, {n_rows} rows, one record changed", full_s, one_s,
-                     "than a collect from scratch", f"{one_s:.3f} s, {one.reread} record read; {note}"),
-        _speedup_row("collect", f"report of {n_rows} rows (index fresh)", full_s, report_s,
-                     "than a collect from scratch", f"{report_s:.2f} s; page and data {size / 2**20:.1f} MiB"),
+        _speedup_row(
+            "collect",
+            f"re-collect, {n_rows} rows, nothing changed",
+            full_s,
+            again_s,
+            "than a collect from scratch",
+            f"{again_s:.3f} s; {note}",
+        ),
+        _speedup_row(
+            "collect",
+            f"re-collect, {n_rows} rows, one record changed",
+            full_s,
+            one_s,
+            "than a collect from scratch",
+            f"{one_s:.3f} s, {one.reread} record read; {note}",
+        ),
+        _speedup_row(
+            "collect",
+            f"report of {n_rows} rows (index fresh)",
+            full_s,
+            report_s,
+            "than a collect from scratch",
+            f"{report_s:.2f} s; page and data {size / 2**20:.1f} MiB",
+        ),
     ]
 
 
@@ -465,16 +589,44 @@ def bench_rows(device: torch.device, presets: tuple[str, ...]) -> list[Result]:
                 f"{label} " + ", ".join(f"{stage} {r[f'time_{stage}_s']:.1f}" for stage in STAGES)
                 for label, r in (("main", old), ("new", new))
             )
-            per_iteration = {label: r["evaluations"] / max(r["iterations_run"], 1) for label, r in (("main", old), ("new", new))}
+            per_iteration = {
+                label: r["evaluations"] / max(r["iterations_run"], 1)
+                for label, r in (("main", old), ("new", new))
+            }
             loss_change = new["final_total"] / old["final_total"] - 1
-            rows.append(Result(section="rows", case=f"{preset}: {content.name} + {style.name}", value=3600 / new["time_total_s"], unit="rows per hour (today)", reference=3600 / old["time_total_s"], ratio=old["time_total_s"] / new["time_total_s"], note=f"main {old['time_total_s']:.1f} s per row, new {new['time_total_s']:.1f} s; "
-                f"L-BFGS iterations {old['iterations_run']} vs {new['iterations_run']} "
-                f"({old['stop_reason']} vs {new['stop_reason']}); evaluations per iteration "
-                f"{per_iteration['main']:.2f} vs {per_iteration['new']:.2f}; final loss {old['final_total']:.6g} vs "
-                f"{new['final_total']:.6g} ({loss_change:+.3%}); new style form: {new['style_form']}; "
-                f"seconds per stage: {split}", details={'stages_main': {stage: old[f"time_{stage}_s"] for stage in STAGES}, 'stages_new': {stage: new[f"time_{stage}_s"] for stage in STAGES}}))
-            rows.append(Result(section="rows", case=f"{preset}: L-BFGS evaluations per iteration", value=per_iteration["new"], unit="evaluations per iteration (today)", reference=per_iteration["main"], ratio=per_iteration["new"] / per_iteration["main"], note=f"main {old['evaluations']} evaluations for {old['iterations_run']} iterations, "
-                f"new {new['evaluations']} for {new['iterations_run']}"))
+            rows.append(
+                Result(
+                    section="rows",
+                    case=f"{preset}: {content.name} + {style.name}",
+                    value=3600 / new["time_total_s"],
+                    unit="rows per hour (today)",
+                    reference=3600 / old["time_total_s"],
+                    ratio=old["time_total_s"] / new["time_total_s"],
+                    note=f"main {old['time_total_s']:.1f} s per row, new {new['time_total_s']:.1f} s; "
+                    f"L-BFGS iterations {old['iterations_run']} vs {new['iterations_run']} "
+                    f"({old['stop_reason']} vs {new['stop_reason']}); evaluations per iteration "
+                    f"{per_iteration['main']:.2f} vs {per_iteration['new']:.2f}; final loss "
+                    f"{old['final_total']:.6g} vs "
+                    f"{new['final_total']:.6g} ({loss_change:+.3%}); new style form: {new['style_form']}; "
+                    f"seconds per stage: {split}",
+                    details={
+                        "stages_main": {stage: old[f"time_{stage}_s"] for stage in STAGES},
+                        "stages_new": {stage: new[f"time_{stage}_s"] for stage in STAGES},
+                    },
+                )
+            )
+            rows.append(
+                Result(
+                    section="rows",
+                    case=f"{preset}: L-BFGS evaluations per iteration",
+                    value=per_iteration["new"],
+                    unit="evaluations per iteration (today)",
+                    reference=per_iteration["main"],
+                    ratio=per_iteration["new"] / per_iteration["main"],
+                    note=f"main {old['evaluations']} evaluations for {old['iterations_run']} iterations, "
+                    f"new {new['evaluations']} for {new['iterations_run']}",
+                )
+            )
             print_table(rows[-2:])
     return rows
 
@@ -486,7 +638,11 @@ def student_loop(c: torch.Tensor, s: torch.Tensor, p: Params, iterations: int) -
     t0 = time.perf_counter()
     fc = features(c, weight).detach()
     gs = gram(features(s, weight)).detach()
-    x = (torch.rand(c.shape, generator=torch.Generator().manual_seed(0)) * 1e-3).to(c.device).requires_grad_(True)
+    x = (
+        (torch.rand(c.shape, generator=torch.Generator().manual_seed(0)) * 1e-3)
+        .to(c.device)
+        .requires_grad_(True)
+    )
     opt = torch.optim.AdamW([x], lr=0.5, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=7, threshold=1e-3)
     prev, increases = float("inf"), 0
@@ -509,7 +665,9 @@ def student_loop(c: torch.Tensor, s: torch.Tensor, p: Params, iterations: int) -
     return time.perf_counter() - t0, final
 
 
-def bench_whole_transfer(device: torch.device, seconds: float, sr: int, n_fft: int, hop: int, n_filters: int, student_iters: int) -> Result:
+def bench_whole_transfer(
+    device: torch.device, seconds: float, sr: int, n_fft: int, hop: int, n_filters: int, student_iters: int
+) -> Result:
     p = load_config().params(dict(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_filters=n_filters,
                                    iterations=5000, patience=5000, min_delta=0.0))
     c = log_spectrogram(_tensor(device, _signal(seconds, sr, 0)), n_fft, hop)
@@ -524,11 +682,22 @@ def bench_whole_transfer(device: torch.device, seconds: float, sr: int, n_fft: i
             reached = True
             break
     ours_s = time.perf_counter() - t0
-    return Result(section="transfer", case=f"{seconds:g} s @ {sr} Hz, {n_filters} filters", value=student_s / ours_s if reached else 0.0, unit="x faster than the student loop", reference=student_s, ratio=student_s / ours_s if reached else 0.0, note=f"student AdamW loop: {student_iters} iterations, {student_s:.1f} s to loss {target:.4g}; "
-        f"batch-ast L-BFGS: {'reached it' if reached else 'did NOT reach it'} in {ours_s:.1f} s, {t.iteration} iterations")
+    return Result(
+        section="transfer",
+        case=f"{seconds:g} s @ {sr} Hz, {n_filters} filters",
+        value=student_s / ours_s if reached else 0.0,
+        unit="x faster than the student loop",
+        reference=student_s,
+        ratio=student_s / ours_s if reached else 0.0,
+        note=f"student AdamW loop: {student_iters} iterations, {student_s:.1f} s to loss {target:.4g}; "
+        f"batch-ast L-BFGS: {'reached it' if reached else 'did NOT reach it'} in {ours_s:.1f} s, "
+        f"{t.iteration} iterations",
+    )
 
 
-def bench_lbfgs_vs_adam(device: torch.device, seconds: float, sr: int, n_fft: int, hop: int, n_filters: int, budget_s: float) -> Result:
+def bench_lbfgs_vs_adam(
+    device: torch.device, seconds: float, sr: int, n_fft: int, hop: int, n_filters: int, budget_s: float
+) -> Result:
     """Same pair, same wall-time budget: the loss L-BFGS reaches over the loss Adam reaches."""
     base = dict(sample_rate=sr, n_fft=n_fft, hop_length=hop, n_filters=n_filters,
                 iterations=100000, patience=100000, min_delta=0.0)
@@ -541,16 +710,36 @@ def bench_lbfgs_vs_adam(device: torch.device, seconds: float, sr: int, n_fft: in
         while time.perf_counter() - t0 < budget_s and not t.finished:
             t.step()
         finals[name] = (t.result()[1].total, t.iteration)
-    return Result(section="lbfgs", case=f"{seconds:g} s @ {sr} Hz, {n_filters} filters, {budget_s:g} s budget each", value=finals["lbfgs"][0], unit="final loss of L-BFGS", reference=finals["adam"][0], ratio=finals["lbfgs"][0] / finals["adam"][0], note=f"L-BFGS {finals['lbfgs'][0]:.4g} in {finals['lbfgs'][1]} iterations vs Adam (lr 0.1) "
-        f"{finals['adam'][0]:.4g} in {finals['adam'][1]} iterations; ratio < 1: L-BFGS lower")
+    return Result(
+        section="lbfgs",
+        case=f"{seconds:g} s @ {sr} Hz, {n_filters} filters, {budget_s:g} s budget each",
+        value=finals["lbfgs"][0],
+        unit="final loss of L-BFGS",
+        reference=finals["adam"][0],
+        ratio=finals["lbfgs"][0] / finals["adam"][0],
+        note=f"L-BFGS {finals['lbfgs'][0]:.4g} in {finals['lbfgs'][1]} iterations vs Adam (lr 0.1) "
+        f"{finals['adam'][0]:.4g} in {finals['adam'][1]} iterations; ratio < 1: L-BFGS lower",
+    )
 
 
-def _speedup_row(section: str, case: str, reference_s: float, measured_s: float, than: str, note: str) -> Result:
+def _speedup_row(
+    section: str, case: str, reference_s: float, measured_s: float, than: str, note: str
+) -> Result:
     """A table row whose figure is reference time / measured time (> 1: faster than the reference)."""
-    return Result(section=section, case=case, value=reference_s / measured_s, unit=f"x faster {than}", reference=reference_s, ratio=reference_s / measured_s, note=note)
+    return Result(
+        section=section,
+        case=case,
+        value=reference_s / measured_s,
+        unit=f"x faster {than}",
+        reference=reference_s,
+        ratio=reference_s / measured_s,
+        note=note,
+    )
 
 
-def bench_precision(device: torch.device, seconds: float, sr: int, n_fft: int, hop: int, n_filters: int, iterations: int) -> list[Result]:
+def bench_precision(
+    device: torch.device, seconds: float, sr: int, n_fft: int, hop: int, n_filters: int, iterations: int
+) -> list[Result]:
     """The accuracy check behind the ``precision`` setting: the same L-BFGS run in float32 and in
     each reduced precision the device offers; speed, the result's loss re-evaluated in IEEE
     float32 against the float32 run's (the loss the reduced precision actually reached), and the
@@ -567,7 +756,9 @@ def bench_precision(device: torch.device, seconds: float, sr: int, n_fft: int, h
     for precision in precisions:
         best = float("inf")
         for _ in range(2):
-            t = StyleTransfer(c, s, load_config().params({**base, "precision": precision}), device, judge.weight)
+            t = StyleTransfer(
+                c, s, load_config().params({**base, "precision": precision}), device, judge.weight
+            )
             t0 = time.perf_counter()
             optimise(t)
             _sync(device)
@@ -590,22 +781,46 @@ def bench_precision(device: torch.device, seconds: float, sr: int, n_fft: int, h
         sec, loss, x = runs[precision]
         diff = ((x - ref_x).norm() / ref_x.norm()).item()
         (c_new, s_new), (c_ref, s_ref) = held[precision], held["float32"]
-        rows.append(_speedup_row(
-            "precision", f"{precision}: {iterations} L-BFGS iterations, {seconds:g} s @ {sr} Hz, {n_filters} filters",
-            ref_s, sec, "than IEEE float32",
-            f"float32 {ref_s:.2f} s, {precision} {sec:.2f} s; float32 loss of the {precision} result "
-            f"{loss:.5g} vs {ref_loss:.5g} ({loss / ref_loss - 1:+.2%}); held-out content distance {c_new:.4g} vs "
-            f"{c_ref:.4g} ({c_new / c_ref - 1:+.2%}), style distance {s_new:.4g} vs {s_ref:.4g} "
-            f"({s_new / s_ref - 1:+.2%}); spectrogram difference {diff:.1e} (relative)",
-        ))
+        rows.append(
+            _speedup_row(
+                "precision",
+                f"{precision}: {iterations} L-BFGS iterations, {seconds:g} s @ {sr} Hz, {n_filters} filters",
+                ref_s,
+                sec,
+                "than IEEE float32",
+                f"float32 {ref_s:.2f} s, {precision} {sec:.2f} s; float32 loss of the {precision} result "
+                f"{loss:.5g} vs {ref_loss:.5g} ({loss / ref_loss - 1:+.2%}); held-out content distance "
+                f"{c_new:.4g} vs "
+                f"{c_ref:.4g} ({c_new / c_ref - 1:+.2%}), style distance {s_new:.4g} vs {s_ref:.4g} "
+                f"({s_new / s_ref - 1:+.2%}); spectrogram difference {diff:.1e} (relative)",
+            )
+        )
         rows[-1].details.update(heldout_content=[c_new, c_ref], heldout_style=[s_new, s_ref])
     if device.type != "cuda":
-        rows.append(Result(section="precision", case="tf32", value=1.0, unit="x", reference=ref_s, ratio=1.0, note="TF32 is a CUDA tensor-core mode: on the CPU, tf32 is float32"))
+        rows.append(
+            Result(
+                section="precision",
+                case="tf32",
+                value=1.0,
+                unit="x",
+                reference=ref_s,
+                ratio=1.0,
+                note="TF32 is a CUDA tensor-core mode: on the CPU, tf32 is float32",
+            )
+        )
     return rows
 
 
-def bench_batch(device: torch.device, seconds: float, sr: int, n_fft: int, hop: int, n_filters: int, iterations: int,
-                sizes: tuple[int, ...] = (4, 8)) -> list[Result]:
+def bench_batch(
+    device: torch.device,
+    seconds: float,
+    sr: int,
+    n_fft: int,
+    hop: int,
+    n_filters: int,
+    iterations: int,
+    sizes: tuple[int, ...] = (4, 8),
+) -> list[Result]:
     """B rows sharing a network, optimised together (one batched conv per evaluation) against the
     same B rows one after the other; each row keeps its own optimiser, so the work is the same."""
     from batch_ast.batched import run_together
@@ -634,13 +849,22 @@ def bench_batch(device: torch.device, seconds: float, sr: int, n_fft: int, hop: 
             _sync(device)
             batched = time.perf_counter() - t0
             assert not any(errors), errors
-            rel = max(abs(a.trace[-1][1] - t.trace[-1][1]) / abs(a.trace[-1][1]) for a, t in zip(alone, together, strict=True))
-            rows.append(_speedup_row(
-                "batch", f"{b} rows x {iterations} {optimizer} iterations, {seconds:g} s @ {sr} Hz, {n_filters} filters",
-                sequential, batched, "than the rows one by one",
-                f"one by one {sequential:.2f} s, together {batched:.2f} s; largest relative difference "
-                f"of a row's last loss: {rel:.1e}",
-            ))
+            rel = max(
+                abs(a.trace[-1][1] - t.trace[-1][1]) / abs(a.trace[-1][1])
+                for a, t in zip(alone, together, strict=True)
+            )
+            rows.append(
+                _speedup_row(
+                    "batch",
+                    f"{b} rows x {iterations} {optimizer} iterations, {seconds:g} s @ {sr} Hz, {n_filters} "
+                    "filters",
+                    sequential,
+                    batched,
+                    "than the rows one by one",
+                    f"one by one {sequential:.2f} s, together {batched:.2f} s; largest relative difference "
+                    f"of a row's last loss: {rel:.1e}",
+                )
+            )
     return rows
 
 
@@ -686,7 +910,13 @@ def bench_prefetch(device: torch.device, n_rows: int, iterations: int) -> Result
     )
 
 
-HOST_READS = ("item", "tolist", "__float__", "__bool__", "__int__")  # a tensor's value to Python: a sync on CUDA
+HOST_READS = (
+    "item",
+    "tolist",
+    "__float__",
+    "__bool__",
+    "__int__",
+)  # a tensor's value to Python: a sync on CUDA
 
 
 @contextmanager
@@ -711,8 +941,11 @@ def counting_host_reads() -> Iterator[dict[str, int]]:
         counts["reads"] += 1
         return real_equal(a, b)
 
-    with warnings.catch_warnings(record=True) as caught, mock.patch.multiple(
-            torch.Tensor, **{name: counted(name) for name in HOST_READS}), mock.patch.object(torch, "equal", equal):
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        mock.patch.multiple(torch.Tensor, **{name: counted(name) for name in HOST_READS}),
+        mock.patch.object(torch, "equal", equal),
+    ):
         warnings.simplefilter("always")
         cuda = torch.cuda.is_available()
         if cuda:
@@ -731,7 +964,9 @@ def bench_syncs(device: torch.device, iterations: int) -> list[Result]:
     run; the strong-Wolfe line search itself reads one loss per evaluation and a few scalars."""
     from benchmarks.previous_loop import PreviousLoop
 
-    p = load_config().params({"preset": "quick", "iterations": iterations, "patience": 10**6, "device": device.type})
+    p = load_config().params(
+        {"preset": "quick", "iterations": iterations, "patience": 10**6, "device": device.type}
+    )
     content = log_spectrogram(_tensor(device, _signal(4.0, p.sample_rate, 0)), p.n_fft, p.hop_length)
     style = log_spectrogram(_tensor(device, _signal(4.0, p.sample_rate, 1)), p.n_fft, p.hop_length)
     measured = {}
@@ -746,11 +981,18 @@ def bench_syncs(device: torch.device, iterations: int) -> list[Result]:
         if key == "syncs" and device.type != "cuda":
             continue
         (old, old_it, old_ev), (new, new_it, new_ev) = measured["previous"], measured["lean"]
-        rows.append(Result("syncs", f"quick, {iterations} L-BFGS iterations: {what} per iteration",
-                           new[key] / new_it, f"{key} per iteration (lean loop)", old[key] / old_it,
-                           (new[key] / new_it) / (old[key] / old_it) if old[key] else None,
-                           note=f"previous loop {old[key]} over {old_it} iterations and {old_ev} evaluations; "
-                                f"lean {new[key]} over {new_it} and {new_ev}"))
+        rows.append(
+            Result(
+                "syncs",
+                f"quick, {iterations} L-BFGS iterations: {what} per iteration",
+                new[key] / new_it,
+                f"{key} per iteration (lean loop)",
+                old[key] / old_it,
+                (new[key] / new_it) / (old[key] / old_it) if old[key] else None,
+                note=f"previous loop {old[key]} over {old_it} iterations and {old_ev} evaluations; "
+                f"lean {new[key]} over {new_it} and {new_ev}",
+            )
+        )
     return rows
 
 
@@ -767,8 +1009,12 @@ class Throughput:
     rows_per_job: int | None = None  # None: the backend's default (on SLURM: one row per process)
 
     def options(self) -> dict[str, Any]:
-        return {"workers": self.workers, "processes_per_job": self.processes, "finish_in_background": self.background,
-                "rows_per_job": self.rows_per_job}
+        return {
+            "workers": self.workers,
+            "processes_per_job": self.processes,
+            "finish_in_background": self.background,
+            "rows_per_job": self.rows_per_job,
+        }
 
 
 TODAY = Throughput("today: 1 worker, 1 process, finishing inline")
@@ -780,14 +1026,23 @@ def throughput_configs(quick: bool, slurm: bool) -> list[Throughput]:
     configs = [Throughput("finishing in the background", background=True),
                Throughput("2 processes per job", processes=2), Throughput("2 local workers", workers=2)]
     if not quick:
-        configs += [Throughput("2 processes per job, finishing in the background", processes=2, background=True),
-                    Throughput("4 processes per job", processes=4), Throughput("4 local workers", workers=4)]
+        configs += [
+            Throughput("2 processes per job, finishing in the background", processes=2, background=True),
+            Throughput("4 processes per job", processes=4),
+            Throughput("4 local workers", workers=4),
+        ]
     if slurm:
-        configs += [Throughput(f"SLURM array, {k} process(es) per task", "slurm", processes=k) for k in (1, 2)]
+        configs += [
+            Throughput(f"SLURM array, {k} process(es) per task", "slurm", processes=k) for k in (1, 2)
+        ]
         if not quick:
-            configs += [Throughput("SLURM array, 4 processes per task", "slurm", processes=4),
-                        Throughput("SLURM array, 2 processes and 2 rows per task", "slurm", processes=2, rows_per_job=2),
-                        Throughput("SLURM array, 1 process and 4 rows per task", "slurm", rows_per_job=4)]
+            configs += [
+                Throughput("SLURM array, 4 processes per task", "slurm", processes=4),
+                Throughput(
+                    "SLURM array, 2 processes and 2 rows per task", "slurm", processes=2, rows_per_job=2
+                ),
+                Throughput("SLURM array, 1 process and 4 rows per task", "slurm", rows_per_job=4),
+            ]
     return configs
 
 
@@ -814,10 +1069,15 @@ def bench_throughput(device: torch.device, preset: str, n_rows: int, configs: li
         state = folder / "state"
         with mock.patch.dict(os.environ, {"BATCH_AST_STATE_DIR": str(state)}):
             def rate(config: Throughput, attempt: int) -> float:
-                results = folder / f"{attempt}-{config.executor}-{config.workers}-{config.processes}-{config.background}-" \
-                                   f"{config.rows_per_job}"
+                results = (
+                    folder
+                    / f"{attempt}-{config.executor}-{config.workers}-{config.processes}-{config.background}-"
+                    f"{config.rows_per_job}"
+                )
                 t0 = time.time()
-                batch_ast.submit(manifest, results, config.executor, wait=True, site_profile=False, **config.options())
+                batch_ast.submit(
+                    manifest, results, config.executor, wait=True, site_profile=False, **config.options()
+                )
                 index = batch_ast.load_index(results)
                 assert (index["status"] == "ok").sum() == n_rows, index[["status", "error"]].to_string()
                 # until the last record was written (the wait itself polls once a second or slower)
@@ -829,17 +1089,41 @@ def bench_throughput(device: torch.device, preset: str, n_rows: int, configs: li
                                note=f"{n_rows} rows, local executor, on {device.type}"))
             for k, config in enumerate(configs, start=1):
                 value = rate(config, k)
-                rows.append(Result("throughput", f"{preset}: {config.label}", value, "rows per hour", reference,
-                                   value / reference, note=f"{n_rows} rows; against '{TODAY.label}' in the same run"))
+                rows.append(
+                    Result(
+                        "throughput",
+                        f"{preset}: {config.label}",
+                        value,
+                        "rows per hour",
+                        reference,
+                        value / reference,
+                        note=f"{n_rows} rows; against '{TODAY.label}' in the same run",
+                    )
+                )
                 print_table(rows[-1:])
     return rows
 
 
 RHYTHM_LOSSES = {  # Tomczak et al.'s losses, A = content input, B = style input, equal weights (the
     # preset's `loss_scale: relative` makes each term a relative error: equal weights pull equally)
-    "L1": {"content_weight": 1.0, "content_weight_style": 0.0, "style_weight": 1.0, "style_weight_content": 0.0},
-    "L2": {"content_weight": 0.0, "content_weight_style": 0.0, "style_weight": 1.0, "style_weight_content": 1.0},
-    "L3": {"content_weight": 0.0, "content_weight_style": 1.0, "style_weight": 1.0, "style_weight_content": 1.0},
+    "L1": {
+        "content_weight": 1.0,
+        "content_weight_style": 0.0,
+        "style_weight": 1.0,
+        "style_weight_content": 0.0,
+    },
+    "L2": {
+        "content_weight": 0.0,
+        "content_weight_style": 0.0,
+        "style_weight": 1.0,
+        "style_weight_content": 1.0,
+    },
+    "L3": {
+        "content_weight": 0.0,
+        "content_weight_style": 1.0,
+        "style_weight": 1.0,
+        "style_weight_content": 1.0,
+    },
 }
 
 
@@ -873,7 +1157,9 @@ def rhythm_measures(output: np.ndarray, a: np.ndarray, b: np.ndarray, sr: int) -
     }
 
 
-def align_to(output: np.ndarray, reference: np.ndarray, sr: int, max_lag_s: float = 0.25) -> tuple[np.ndarray, float]:
+def align_to(
+    output: np.ndarray, reference: np.ndarray, sr: int, max_lag_s: float = 0.25
+) -> tuple[np.ndarray, float]:
     """``output`` shifted earlier by the lag (0 … max_lag_s) that best lines its onset envelope up
     with ``reference``'s: MP3 copies start 23-140 ms late (codec delay). Returns (audio, lag s)."""
     import librosa
@@ -906,18 +1192,34 @@ def bench_rhythm(device: torch.device, pairs: tuple[int, ...], iterations: int |
             inputs = rhythm_measures(a, a, b, sr)
             for loss, weights in RHYTHM_LOSSES.items():
                 overrides = {**weights, "bpm": 120.0, **({"iterations": iterations} if iterations else {})}
-                record = _row_record(device, a_path, b_path, "tomczak-dafx18", Path(tmp) / f"{pair}-{loss}", **overrides)
+                record = _row_record(
+                    device, a_path, b_path, "tomczak-dafx18", Path(tmp) / f"{pair}-{loss}", **overrides
+                )
                 ours = load_audio(Path(tmp) / f"{pair}-{loss}" / "results" / record["output"], sr, 8.0)
                 theirs, lag = align_to(load_audio(published / f"pair{pair}-{loss}.mp3", sr, 8.5), b, sr)
                 mine, pub = rhythm_measures(ours, a, b, sr), rhythm_measures(theirs[: len(b)], a, b, sr)
-                rows.append(Result(section="rhythm", case=f"pair {pair}, {loss}", value=mine["onset_cos_a"], unit="onset-envelope cosine with A (batch-ast)", reference=pub["onset_cos_a"], ratio=mine["onset_cos_a"] / pub["onset_cos_a"], note=f"batch-ast vs published (aligned by {lag * 1000:.0f} ms): onset cosine with A "
-                    f"{mine['onset_cos_a']:.3f} vs {pub['onset_cos_a']:.3f}, with B {mine['onset_cos_b']:.3f} vs "
-                    f"{pub['onset_cos_b']:.3f}; flatness {mine['flatness']:.4f} vs {pub['flatness']:.4f} "
-                    f"(inputs: A {inputs['flatness']:.4f}); timbre distance to B {mine['timbre_to_b']:.1f} vs "
-                    f"{pub['timbre_to_b']:.1f} (A: {inputs['timbre_to_b']:.1f}), to A {mine['timbre_to_a']:.1f} vs "
-                    f"{pub['timbre_to_a']:.1f}; length {mine['length']:.0%} of B; "
-                    f"{record['iterations_run']} iterations, {record['beat_segments']} segments, "
-                    f"{record['time_total_s']:.0f} s per row", details={'measures': {"batch-ast": mine, "published": pub, "inputs A vs B": inputs}}))
+                rows.append(
+                    Result(
+                        section="rhythm",
+                        case=f"pair {pair}, {loss}",
+                        value=mine["onset_cos_a"],
+                        unit="onset-envelope cosine with A (batch-ast)",
+                        reference=pub["onset_cos_a"],
+                        ratio=mine["onset_cos_a"] / pub["onset_cos_a"],
+                        note=f"batch-ast vs published (aligned by {lag * 1000:.0f} ms): onset cosine with A "
+                        f"{mine['onset_cos_a']:.3f} vs {pub['onset_cos_a']:.3f}, with B "
+                        f"{mine['onset_cos_b']:.3f} vs "
+                        f"{pub['onset_cos_b']:.3f}; flatness {mine['flatness']:.4f} vs {pub['flatness']:.4f} "
+                        f"(inputs: A {inputs['flatness']:.4f}); timbre distance to B "
+                        f"{mine['timbre_to_b']:.1f} vs "
+                        f"{pub['timbre_to_b']:.1f} (A: {inputs['timbre_to_b']:.1f}), to A "
+                        f"{mine['timbre_to_a']:.1f} vs "
+                        f"{pub['timbre_to_a']:.1f}; length {mine['length']:.0%} of B; "
+                        f"{record['iterations_run']} iterations, {record['beat_segments']} segments, "
+                        f"{record['time_total_s']:.0f} s per row",
+                        details={"measures": {"batch-ast": mine, "published": pub, "inputs A vs B": inputs}},
+                    )
+                )
                 print_table(rows[-1:])
     return rows
 
@@ -962,10 +1264,22 @@ def bench_stopping(device: torch.device, snapshots: tuple[int, ...] = (50, 100, 
     last = max(results)
     rows = []
     for n, (loss, m) in results.items():
-        rows.append(Result(section="stopping", case=f"ulyanov-tf, imperial + usa, {n} L-BFGS iterations", value=m["style_distance_heldout"], unit="style_distance_heldout", reference=results[last][1]["style_distance_heldout"], ratio=m["style_distance_heldout"] / results[last][1]["style_distance_heldout"], note=f"loss {loss:.5g} ({loss / results[last][0] - 1:+.1%} vs {last}); content_distance_heldout "
-            f"{m['content_distance_heldout']:.4f}, style_distance_heldout {m['style_distance_heldout']:.4f}, "
-            f"lsd_to_content_db {m['lsd_to_content_db']:.2f}; the old rule (patience 11, min_delta 1e-3) "
-            f"stopped this run at iteration {old_rule}"))
+        rows.append(
+            Result(
+                section="stopping",
+                case=f"ulyanov-tf, imperial + usa, {n} L-BFGS iterations",
+                value=m["style_distance_heldout"],
+                unit="style_distance_heldout",
+                reference=results[last][1]["style_distance_heldout"],
+                ratio=m["style_distance_heldout"] / results[last][1]["style_distance_heldout"],
+                note=f"loss {loss:.5g} ({loss / results[last][0] - 1:+.1%} vs {last}); "
+                     "content_distance_heldout "
+                f"{m['content_distance_heldout']:.4f}, style_distance_heldout "
+                f"{m['style_distance_heldout']:.4f}, "
+                f"lsd_to_content_db {m['lsd_to_content_db']:.2f}; the old rule (patience 11, min_delta 1e-3) "
+                f"stopped this run at iteration {old_rule}",
+            )
+        )
     return rows
 
 
@@ -997,9 +1311,24 @@ def bench_reference(device: torch.device) -> list[Result]:
     mine = output_metrics(ours, content, style, p, device)
     theirs = output_metrics(published[: len(content)], content, style, p, device)
     rows = []
-    for key in ("content_distance_heldout", "style_distance_heldout", "lsd_to_content_db", "onset_corr_content"):
-        rows.append(Result(section="reference", case=f"imperial + usa, ulyanov-tf preset: {key}", value=mine[key], unit=key, reference=theirs[key], ratio=mine[key] / theirs[key] if theirs[key] else float("nan"), note=f"batch-ast {mine[key]:.4g} vs published TF output {theirs[key]:.4g} "
-            f"({t.iteration} L-BFGS iterations, {t.stop_reason}, {elapsed:.0f} s)"))
+    for key in (
+        "content_distance_heldout",
+        "style_distance_heldout",
+        "lsd_to_content_db",
+        "onset_corr_content",
+    ):
+        rows.append(
+            Result(
+                section="reference",
+                case=f"imperial + usa, ulyanov-tf preset: {key}",
+                value=mine[key],
+                unit=key,
+                reference=theirs[key],
+                ratio=mine[key] / theirs[key] if theirs[key] else float("nan"),
+                note=f"batch-ast {mine[key]:.4g} vs published TF output {theirs[key]:.4g} "
+                f"({t.iteration} L-BFGS iterations, {t.stop_reason}, {elapsed:.0f} s)",
+            )
+        )
     return rows
 
 
@@ -1013,7 +1342,9 @@ def _overhead_child(n_pairs: int, out: str) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        rows = [f"{DEMO / 'speech_gettysburg.wav'},{DEMO / 'boogie_marabi.wav'},{seed}" for seed in range(n_pairs)]
+        rows = [
+            f"{DEMO / 'speech_gettysburg.wav'},{DEMO / 'boogie_marabi.wav'},{seed}" for seed in range(n_pairs)
+        ]
         manifest = tmp_path / "m.csv"
         manifest.write_text("content,style,seed\n" + "\n".join(rows) + "\n")
         cfg = load_config()
@@ -1038,13 +1369,28 @@ def bench_overhead(realistic_job_s: float) -> list[Result]:
     rows = []
     for n in (1, 8, 32):
         with tempfile.NamedTemporaryFile(suffix=".json") as fh:
-            subprocess.run([sys.executable, "-m", "benchmarks.bench", "--_overhead", str(n), fh.name], check=True, cwd=REPO)
+            subprocess.run(
+                [sys.executable, "-m", "benchmarks.bench", "--_overhead", str(n), fh.name],
+                check=True,
+                cwd=REPO,
+            )
             data = json.loads(Path(fh.name).read_text())
         per_pair = (data["total"] - data["compute"] - data["extras"]) / n
         extras = data["extras"] / n
-        rows.append(Result(section="overhead", case=f"{n} pair(s) packed in one job", value=per_pair, unit="s per pair", reference=realistic_job_s, ratio=per_pair / realistic_job_s, note="process start, imports, decode, resample, hashing, record and index writes; "
-            f"reference: one realistic transfer ({realistic_job_s:.0f} s = the step benchmark x 300 evaluations); "
-            f"not counted: metrics + figures {extras:.2f} s per pair ({extras / realistic_job_s:.1%})"))
+        rows.append(
+            Result(
+                section="overhead",
+                case=f"{n} pair(s) packed in one job",
+                value=per_pair,
+                unit="s per pair",
+                reference=realistic_job_s,
+                ratio=per_pair / realistic_job_s,
+                note="process start, imports, decode, resample, hashing, record and index writes; "
+                f"reference: one realistic transfer ({realistic_job_s:.0f} s = the step benchmark x 300 "
+                "evaluations); "
+                f"not counted: metrics + figures {extras:.2f} s per pair ({extras / realistic_job_s:.1%})",
+            )
+        )
     return rows
 
 
@@ -1097,16 +1443,31 @@ def bench_cold() -> list[Result]:
             with tempfile.NamedTemporaryFile(suffix=".json") as fh:
                 if child == "--_onset":
                     env["NUMBA_CACHE_DIR"] = str(Path(tmp) / "numba-cold")
-                subprocess.run([sys.executable, "-m", "benchmarks.bench", child, fh.name], check=True, cwd=REPO, env=env)
+                subprocess.run(
+                    [sys.executable, "-m", "benchmarks.bench", child, fh.name], check=True, cwd=REPO, env=env
+                )
                 times.append(json.loads(Path(fh.name).read_text()))
         written = sorted(str(p.relative_to(home)) for p in home.rglob("*"))
     cold, warm = (t["metrics"] + t["figures"] for t in times[:2])
     note = f"cold - warm = {cold - warm:+.2f} s (target <= 3 s); written into HOME: {written or 'nothing'}"
     return [
         Result("cold", "finishing, warm (2nd job, same state folder)", warm, "s", note="metrics + figures"),
-        Result("cold", "finishing, cold HOME and state folder", cold, "s", reference=warm, ratio=cold / warm, note=note),
-        Result("cold", "librosa.onset.onset_strength, first call, cold numba cache", times[2]["s"], "s",
-               note="what the onset metric cost a cold job before #30 (it no longer calls librosa's JIT code)"),
+        Result(
+            "cold",
+            "finishing, cold HOME and state folder",
+            cold,
+            "s",
+            reference=warm,
+            ratio=cold / warm,
+            note=note,
+        ),
+        Result(
+            "cold",
+            "librosa.onset.onset_strength, first call, cold numba cache",
+            times[2]["s"],
+            "s",
+            note="what the onset metric cost a cold job before #30 (it no longer calls librosa's JIT code)",
+        ),
     ]
 
 
@@ -1150,14 +1511,37 @@ def bench_memory(device: torch.device, lengths: list[float]) -> list[Result]:
     for seconds in lengths:
         with tempfile.NamedTemporaryFile(suffix=".json") as fh:
             subprocess.run(
-                [sys.executable, "-m", "benchmarks.bench", "--device", device.type, "--_memory", str(seconds), fh.name],
-                check=True, cwd=REPO,
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.bench",
+                    "--device",
+                    device.type,
+                    "--_memory",
+                    str(seconds),
+                    fh.name,
+                ],
+                check=True,
+                cwd=REPO,
             )
             d = json.loads(Path(fh.name).read_text())
         used = d["peak_mb"] - d["base_mb"]
-        rows.append(Result(section="memory", case=f"{seconds:g} s content, default settings (4096 filters)", value=used, unit="MB peak " + ("CUDA memory" if device.type == "cuda" else "RSS") + " for the transfer (one Adam step)", reference=d["est_adam_mb"], ratio=used / d["est_adam_mb"], note=f"process peak {d['peak_mb']:.0f} MB incl. {d['base_mb']:.0f} MB interpreter+libraries+audio; "
-            f"estimate behind max_memory_gb: Adam {d['est_adam_mb']:.0f} MB, "
-            f"L-BFGS ({d['history']} pairs) {d['est_lbfgs_mb']:.0f} MB"))
+        rows.append(
+            Result(
+                section="memory",
+                case=f"{seconds:g} s content, default settings (4096 filters)",
+                value=used,
+                unit="MB peak "
+                + ("CUDA memory" if device.type == "cuda" else "RSS")
+                + " for the transfer (one Adam step)",
+                reference=d["est_adam_mb"],
+                ratio=used / d["est_adam_mb"],
+                note=f"process peak {d['peak_mb']:.0f} MB incl. {d['base_mb']:.0f} MB "
+                     "interpreter+libraries+audio; "
+                f"estimate behind max_memory_gb: Adam {d['est_adam_mb']:.0f} MB, "
+                f"L-BFGS ({d['history']} pairs) {d['est_lbfgs_mb']:.0f} MB",
+            )
+        )
     return rows
 
 
@@ -1181,7 +1565,11 @@ class Run:
 
 
 def _step(run: Run) -> list[Result]:
-    rows = [bench_step(run.device, "small: 4 s @ 16 kHz, n_fft 1024, 1024 filters", 4, 16000, 1024, 256, 1024, run.peak)]
+    rows = [
+        bench_step(
+            run.device, "small: 4 s @ 16 kHz, n_fft 1024, 1024 filters", 4, 16000, 1024, 256, 1024, run.peak
+        )
+    ]
     if not run.quick:
         realistic = "realistic: 10 s @ 22.05 kHz, n_fft 2048, 4096 filters"
         rows.append(bench_step(run.device, realistic, 10, 22050, 2048, 512, 4096, run.peak))
@@ -1198,7 +1586,9 @@ def _batch(run: Run) -> list[Result]:
 
 def _overhead(run: Run) -> list[Result]:
     # one evaluation of the realistic step, measured by "step" or assumed at half the matmul rate
-    eval_s = run.measured.get("realistic_eval_s") or step_flops(1025, 431, 4096, 11, "frames") / (0.5 * run.peak)
+    eval_s = run.measured.get("realistic_eval_s") or step_flops(1025, 431, 4096, 11, "frames") / (
+        0.5 * run.peak
+    )
     return bench_overhead(300 * eval_s)
 
 
@@ -1229,23 +1619,50 @@ SECTIONS = (
     Section("gram", lambda r: bench_gram(r.device, r.peak)),
     Section("rows", lambda r: bench_rows(r.device, ("quick",) if r.quick else ("quick", "ulyanov-tf"))),
     Section("compile", lambda r: _one(bench_compile(r.device, 4, 16000, 1024, 256, 1024)), in_quick=False),
-    Section("gl", lambda r: bench_griffin_lim(r.device, 4 if r.quick else 10, 22050, 2048, 512, 32 if r.quick else 100)),
-    Section("gl-curve", lambda r: bench_gl_curve(r.device, ("quick",) if r.quick else ("quick", "ulyanov-tf"),
-                                                 30 if r.quick else 100)),
-    Section("transfer", lambda r: _one(bench_whole_transfer(r.device, 4, 16000, 1024, 256, 512 if r.quick else 1024,
-                                                            100 if r.quick else 300))),
-    Section("lbfgs", lambda r: _one(bench_lbfgs_vs_adam(r.device, 4, 16000, 1024, 256, 1024, 3.0 if r.quick else 10.0))),
-    Section("precision", lambda r: bench_precision(r.device, 4, 16000, 1024, 256, 1024, 30 if r.quick else 60)),
+    Section(
+        "gl",
+        lambda r: bench_griffin_lim(r.device, 4 if r.quick else 10, 22050, 2048, 512, 32 if r.quick else 100),
+    ),
+    Section(
+        "gl-curve",
+        lambda r: bench_gl_curve(
+            r.device, ("quick",) if r.quick else ("quick", "ulyanov-tf"), 30 if r.quick else 100
+        ),
+    ),
+    Section(
+        "transfer",
+        lambda r: _one(
+            bench_whole_transfer(
+                r.device, 4, 16000, 1024, 256, 512 if r.quick else 1024, 100 if r.quick else 300
+            )
+        ),
+    ),
+    Section(
+        "lbfgs",
+        lambda r: _one(bench_lbfgs_vs_adam(r.device, 4, 16000, 1024, 256, 1024, 3.0 if r.quick else 10.0)),
+    ),
+    Section(
+        "precision", lambda r: bench_precision(r.device, 4, 16000, 1024, 256, 1024, 30 if r.quick else 60)
+    ),
     Section("batch", _batch),
     Section("prefetch", lambda r: _one(bench_prefetch(r.device, 4 if r.quick else 8, 20))),
     Section("reference", lambda r: bench_reference(r.device), in_quick=False),
-    Section("stopping", lambda r: bench_stopping(r.device, (10, 20) if r.quick else (50, 100, 200, 300)), in_quick=False),
-    Section("rhythm", lambda r: bench_rhythm(r.device, (1,) if r.quick else (1, 2), 100 if r.quick else None),
-            in_quick=False),
+    Section(
+        "stopping",
+        lambda r: bench_stopping(r.device, (10, 20) if r.quick else (50, 100, 200, 300)),
+        in_quick=False,
+    ),
+    Section(
+        "rhythm",
+        lambda r: bench_rhythm(r.device, (1,) if r.quick else (1, 2), 100 if r.quick else None),
+        in_quick=False,
+    ),
     Section("overhead", _overhead),
     Section("memory", lambda r: bench_memory(r.device, [10, 60] if r.quick else [10, 60, 300])),
     Section("cold", lambda r: bench_cold(), in_quick=False),
-    Section("collect", lambda r: bench_collect(r.collect_rows or (200 if r.quick else 5000))),  # the index: CPU work
+    Section(
+        "collect", lambda r: bench_collect(r.collect_rows or (200 if r.quick else 5000))
+    ),  # the index: CPU work
     Section("throughput", lambda r: _throughput(r), in_quick=False),
     Section("syncs", lambda r: bench_syncs(r.device, 20 if r.quick else 100)),
 )
@@ -1256,12 +1673,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes only")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="where the torch sections run (auto: CUDA when present); librosa stays on the CPU")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where the torch sections run (auto: CUDA when present); librosa stays on the CPU",
+    )
     parser.add_argument("--only", nargs="*", choices=SECTION_NAMES)
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "latest"), help="output path without suffix")
-    parser.add_argument("--collect-rows", type=int, metavar="N",
-                        help="rows of the study the collect section builds (default 200 with --quick, else 5000)")
+    parser.add_argument(
+        "--out", default=str(REPO / "benchmarks" / "latest"), help="output path without suffix"
+    )
+    parser.add_argument(
+        "--collect-rows",
+        type=int,
+        metavar="N",
+        help="rows of the study the collect section builds (default 200 with --quick, else 5000)",
+    )
     parser.add_argument("--_overhead", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_cold", help=argparse.SUPPRESS)
@@ -1279,7 +1706,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     chosen = [s for s in SECTIONS if (s.name in args.only if args.only else s.in_quick or not args.quick)]
     run = Run(device, args.quick, matmul_flops(device), collect_rows=args.collect_rows)
-    print(f"float32 matmul reference: {run.peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} thread(s)", flush=True)
+    print(
+        f"float32 matmul reference: {run.peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} thread(s)",
+        flush=True,
+    )
     rows: list[Result] = []
     for section in chosen:
         results = section.run(run)
@@ -1287,14 +1717,21 @@ def main(argv: list[str] | None = None) -> int:
         rows += results
     meta = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
+        "machine": platform.platform(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-        "matmul_gflops": run.peak / 1e9, "command": " ".join(["python -m benchmarks.bench", *(argv or sys.argv[1:])]),
+        "matmul_gflops": run.peak / 1e9,
+        "command": " ".join(["python -m benchmarks.bench", *(argv or sys.argv[1:])]),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": [r.to_dict() for r in rows]}, indent=2))
+    out.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "rows": [r.to_dict() for r in rows]}, indent=2)
+    )
     with out.with_suffix(".csv").open("w", newline="") as fh:
         # the CSV keeps the table columns; curves and stage splits are in the JSON
         writer = csv.DictWriter(fh, fieldnames=list(TABLE_COLUMNS), extrasaction="ignore")

@@ -1,6 +1,7 @@
 """L1 (content A + style B) on Tomczak et al.'s pair 1 with a growing content weight alpha on the
 absolute scale (`loss_scale: absolute`, the scale of rhythm-alpha.json, before the preset moved
-to the relative scale): where A's rhythm comes back. Needs ../shared/audio (not bundled). About 20 minutes on 2 cores.
+to the relative scale): where A's rhythm comes back. Needs ../shared/audio (not bundled).
+About 20 minutes on 2 cores.
 
     .venv/bin/python -m benchmarks.rhythm_alpha_sweep [alpha ...]   # default 4.3 43 430
 
@@ -28,9 +29,19 @@ def main(alphas: list[float]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for alpha in alphas:
             folder = Path(tmp) / str(alpha)
-            overrides = {**bench.RHYTHM_LOSSES["L1"], "content_weight": alpha, "loss_scale": "absolute", "bpm": 120.0, "iterations": 300}
-            record = bench._row_record(torch.device("cpu"), a_path, b_path, "tomczak-dafx18", folder, **overrides)
-            measures = bench.rhythm_measures(load_audio(folder / "results" / record["output"], sr, 8.0), a, b, sr)
+            overrides = {
+                **bench.RHYTHM_LOSSES["L1"],
+                "content_weight": alpha,
+                "loss_scale": "absolute",
+                "bpm": 120.0,
+                "iterations": 300,
+            }
+            record = bench._row_record(
+                torch.device("cpu"), a_path, b_path, "tomczak-dafx18", folder, **overrides
+            )
+            measures = bench.rhythm_measures(
+                load_audio(folder / "results" / record["output"], sr, 8.0), a, b, sr
+            )
             rows.append({"alpha": alpha, **measures, "iterations": record["iterations_run"]})
             print(rows[-1], flush=True)
     (Path(__file__).parent / "rhythm-alpha.json").write_text(json.dumps(rows, indent=1))

@@ -27,11 +27,15 @@ def tracked(audio: np.ndarray, tracking_hop: int) -> tuple[float, ...]:
 
 def main() -> None:
     for pair in (1, 2):
-        a, b = (load_audio(bench.SHARED / "seed" / f"{name}{pair}.wav", SR, 8.0) for name in ("content", "style"))
+        a, b = (
+            load_audio(bench.SHARED / "seed" / f"{name}{pair}.wav", SR, 8.0) for name in ("content", "style")
+        )
         spec_a = transfer.log_spectrogram(torch.from_numpy(a), N_FFT, HOP)
         spec_b = transfer.log_spectrogram(torch.from_numpy(b), N_FFT, HOP)
         for tracking_hop in (512, 256, 128, 64):
-            warp = rhythm.time_warp(tracked(b, tracking_hop), tracked(a, tracking_hop), spec_b.shape[-1], spec_a.shape[-1])
+            warp = rhythm.time_warp(
+                tracked(b, tracking_hop), tracked(a, tracking_hop), spec_b.shape[-1], spec_a.shape[-1]
+            )
             warped = rhythm.warp_to_grid(spec_a, warp).numpy()
             audio = librosa.griffinlim(np.expm1(warped), n_iter=64, hop_length=HOP, n_fft=N_FFT)
             m = bench.rhythm_measures(audio, a, b, SR)

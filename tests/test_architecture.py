@@ -83,7 +83,9 @@ def test_the_job_builds_a_groups_network_once_and_hands_it_to_every_row(audio_di
     assert len(built) == 3  # plus each row's held-out network for its metrics
 
 
-def test_a_row_over_its_memory_budget_is_refused_before_the_network_is_built(audio_dir, tmp_path, monkeypatch):
+def test_a_row_over_its_memory_budget_is_refused_before_the_network_is_built(
+    audio_dir, tmp_path, monkeypatch
+):
     """The budget exists to refuse a row before allocating it: the network is its largest tensor."""
     results = ResultsRoot(tmp_path / "results")
     m = tiny_manifest(audio_dir, ["content.wav,style.wav"], max_memory_gb=0.0001)
@@ -138,8 +140,12 @@ def test_every_key_a_real_row_writes_is_a_declared_record_field(audio_dir, tmp_p
 
 def test_outside_a_job_the_environment_is_just_the_host(monkeypatch):
     monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
-    assert job_environment() == {"hostname": socket.gethostname(), "slurm_job_id": "", "slurm_array_task_id": "",
-                                 "slurm_restart_count": 0}
+    assert job_environment() == {
+        "hostname": socket.gethostname(),
+        "slurm_job_id": "",
+        "slurm_array_task_id": "",
+        "slurm_restart_count": 0,
+    }
     assert preemption_signal() == signal.SIGUSR2
     monkeypatch.setattr(submitit.JobEnvironment, "USR_SIG", "USR1")  # $SUBMITIT_PREEMPT_SIGNAL at import
     assert preemption_signal() == signal.SIGUSR1
@@ -199,7 +205,11 @@ def test_a_job_pickled_by_the_previous_version_still_unpickles():
     job = batch_ast.job.TransferJob.__new__(batch_ast.job.TransferJob)
     job.__setstate__({"submission_id": "s1", "force": True, "checkpoint_every_s": 60.0, "max_resumes": 3,
                       "batch_rows": 2})
-    assert (job.options.submission_id, job.options.checkpoint_every_s, job.options.max_resumes) == ("s1", 60.0, 3)
+    assert (job.options.submission_id, job.options.checkpoint_every_s, job.options.max_resumes) == (
+        "s1",
+        60.0,
+        3,
+    )
     assert job.force and job.batch_rows == 2
     again = pickle.loads(pickle.dumps(job))
     assert again.options == job.options and again.force and again.batch_rows == 2

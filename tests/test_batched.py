@@ -55,7 +55,8 @@ def run_in_threads(ts: list[StyleTransfer], timeout_s: float = 120) -> list:
     """run_together with a deadline, so a rendezvous that never completes fails instead of hanging."""
     box: dict = {}
     worker = threading.Thread(
-        target=lambda: box.update(errors=run_together(ts, lambda i: optimise(ts[i]), lambda i: None)), daemon=True
+        target=lambda: box.update(errors=run_together(ts, lambda i: optimise(ts[i]), lambda i: None)),
+        daemon=True,
     )
     worker.start()
     worker.join(timeout_s)
@@ -126,7 +127,9 @@ def test_grouping_keeps_order_size_and_network():
     assert group_key(beats) is None
     # settings that only the optimiser sees do not split a batch
     assert group_key(base.replace(content_weight=9.0, optimizer="adam", iterations=3)) == group_key(base)
-    assert group_key(base.replace(device="cpu")) != group_key(base.replace(device="auto"))  # one device a batch
+    assert group_key(base.replace(device="cpu")) != group_key(
+        base.replace(device="auto")
+    )  # one device a batch
 
 
 def job_rows(folder: Path, results: ResultsRoot, rows: list[str], **extra):
@@ -137,7 +140,12 @@ def job_rows(folder: Path, results: ResultsRoot, rows: list[str], **extra):
 
 def test_job_batches_rows_and_a_bad_row_fails_alone(audio_dir, tmp_path):
     (audio_dir / "broken.wav").write_bytes(b"RIFF" + os.urandom(500))
-    rows = ["content.wav,style.wav", "broken.wav,style.wav", "content2.wav,style.wav", "style.wav,content.wav"]
+    rows = [
+        "content.wav,style.wav",
+        "broken.wav,style.wav",
+        "content2.wav,style.wav",
+        "style.wav,content.wav",
+    ]
     finals = {}
     for batch in (1, 4):
         results = ResultsRoot(tmp_path / f"results{batch}")
@@ -193,11 +201,16 @@ def test_batch_rows_option_is_validated_and_reaches_the_job(audio_dir, tmp_path,
     m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}", f"content2.wav,style.wav,{vals}"],
                        header=f"content,style,{head}")
     results = tmp_path / "results"
-    assert main(["submit", str(m), "--results", str(results), "--executor", "local", "--batch-rows", "0"]) == 2
+    assert (
+        main(["submit", str(m), "--results", str(results), "--executor", "local", "--batch-rows", "0"]) == 2
+    )
     assert "batch_rows must be an integer >= 1" in capsys.readouterr().err
     profile = tmp_path / "profile.yaml"
     profile.write_text("batch_rows: 2\nrows_per_job: 2\n")
-    assert main(["submit", str(m), "--results", str(results), "--executor", "local", "--profile", str(profile)]) == 0
+    assert (
+        main(["submit", str(m), "--results", str(results), "--executor", "local", "--profile", str(profile)])
+        == 0
+    )
     assert "optimised up to 2 at a time" in capsys.readouterr().out
     (sub,) = batch_ast.dispatch.load_submissions(ResultsRoot(results))
     (pickled,) = Path(sub.submitit_folder).glob("*/*_submitted.pkl")  # the user's private state

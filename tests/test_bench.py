@@ -1,4 +1,5 @@
-"""The benchmark command runs and writes its table (timings are read by people, never checked by tests; counts are)."""
+"""The benchmark command runs and writes its table (timings are read by people, never checked by tests;
+counts are)."""
 
 from __future__ import annotations
 
@@ -53,8 +54,14 @@ def test_rhythm_measures_and_alignment_are_independent_of_the_loss():
 def test_sections_form_one_table_and_quick_leaves_out_the_long_checks():
     names = [s.name for s in bench.SECTIONS]
     assert len(names) == len(set(names)) and "step" in names and "collect" in names
-    assert {s.name for s in bench.SECTIONS if not s.in_quick} == {"compile", "reference", "stopping", "rhythm", "throughput",
-                                                                 "cold"}
+    assert {s.name for s in bench.SECTIONS if not s.in_quick} == {
+        "compile",
+        "reference",
+        "stopping",
+        "rhythm",
+        "throughput",
+        "cold",
+    }
     row = bench.Result("gl", "case", 2.0, "x", reference=1.0, ratio=2.0, details={"curve": {"16": 0.3}})
     assert row.to_dict() == {"section": "gl", "case": "case", "value": 2.0, "unit": "x", "reference": 1.0,
                              "ratio": 2.0, "note": "", "curve": {"16": 0.3}}
@@ -69,15 +76,24 @@ def test_the_lean_loop_reads_fewer_values_back_per_iteration_than_the_previous_o
 
 
 def test_throughput_section_runs_rows_through_real_submissions(tmp_path):
-    rows = bench.bench_throughput(torch.device("cpu"), "quick", 2, [bench.Throughput("2 processes", processes=2)],
-                                  iterations=3, griffin_lim_iters=2, max_seconds=1.0)
+    rows = bench.bench_throughput(
+        torch.device("cpu"),
+        "quick",
+        2,
+        [bench.Throughput("2 processes", processes=2)],
+        iterations=3,
+        griffin_lim_iters=2,
+        max_seconds=1.0,
+    )
     assert [r.case for r in rows] == [f"quick: {bench.TODAY.label}", "quick: 2 processes"]
     assert all(r.value > 0 for r in rows) and rows[1].ratio == rows[1].value / rows[0].value
 
 
 def test_the_collect_section_builds_the_study_size_asked_for(tmp_path):
     out = tmp_path / "bench"
-    assert bench.main(["--only", "collect", "--collect-rows", "40", "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        bench.main(["--only", "collect", "--collect-rows", "40", "--device", "cpu", "--out", str(out)]) == 0
+    )
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert [r["section"] for r in rows] == ["collect"] * 3
     assert all("40 rows" in r["case"] for r in rows) and all(r["ratio"] > 0 for r in rows)

@@ -13,12 +13,20 @@ from batch_ast.backends import get_backend
 
 from .conftest import REPO
 
-pytestmark = [pytest.mark.root_only, pytest.mark.skipif(os.geteuid() != 0, reason="the cluster scripts run as root")]
+pytestmark = [
+    pytest.mark.root_only,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the cluster scripts run as root"),
+]
 
 
 def script(name: str, state, args: tuple[str, ...] | list[str] = (), **env) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(REPO / "slurm" / name), *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "BATCH_AST_SLURM_STATE": str(state), **env})
+    return subprocess.run(
+        ["bash", str(REPO / "slurm" / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "BATCH_AST_SLURM_STATE": str(state), **env},
+    )
 
 
 def test_stop_stops_only_daemons_its_marker_names_and_that_are_slurm_daemons(tmp_path):

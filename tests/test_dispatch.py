@@ -80,13 +80,17 @@ def test_default_packing():
 
 def test_job_parameters_put_the_options_over_the_profile_and_check_them():
     profile = {"slurm_partition": "gpu", "timeout_min": 30, "rows_per_job": 4, "batch_rows": 2}
-    params, packing, limit = job_parameters(profile, timeout_min=90, gpus=1, array_parallelism=5, max_retries=3)
+    params, packing, limit = job_parameters(
+        profile, timeout_min=90, gpus=1, array_parallelism=5, max_retries=3
+    )
     assert params == {"slurm_partition": "gpu", "timeout_min": 90, "gpus_per_node": 1,
                       "slurm_array_parallelism": 5, "slurm_max_num_timeout": 3}
     assert (packing.rows_per_job, packing.batch_rows, packing.max_array_size, limit) == (4, 2, 1000, 3)
     assert job_parameters({"slurm_max_num_timeout": 2})[2] == 2  # the profile's requeue cap bounds resumes
     assert job_parameters({})[1].rows_per_job is None  # the backend decides
-    with pytest.raises(DispatchError, match="rows_per_job must be an integer >= 1.*--timeout-min must be >= 1"):
+    with pytest.raises(
+        DispatchError, match="rows_per_job must be an integer >= 1.*--timeout-min must be >= 1"
+    ):
         job_parameters({"rows_per_job": 0}, timeout_min=0)
 
 
@@ -98,7 +102,9 @@ def test_row_states_come_from_records_then_the_queue():
                            rows={"a": 1, "b": 2, "c": 3, "d": 4}, skipped={"e": "already done"})
     records = {"a": {"status": "ok"}, "c": {"status": "failed", "error": "AudioError: bad"}}
     assert unfinished_jobs(sub, records) == ["7_1", "7_2"]
-    states = {r.id: r.state for r in submission_status(sub, records, {"7_1": "pending", "7_2": "running"}).rows}
+    states = {
+        r.id: r.state for r in submission_status(sub, records, {"7_1": "pending", "7_2": "running"}).rows
+    }
     assert states == {"a": "ok", "b": "pending", "c": "failed", "d": "running", "e": "skipped"}
     left = submission_status(sub, records, {})
     assert {r.id: r.state for r in left.rows if r.id in "bd"} == {"b": "lost", "d": "lost"}
@@ -157,11 +163,15 @@ def test_a_rerun_within_the_same_second_does_not_take_the_replaced_records():
     assert first.split("-")[0] < rerun.split("-")[0]
     jobs = [{"job_id": "1", "rows": ["abc"], "log": ""}]
     record = {"id": "abc", "status": "ok", "submission_id": first}
-    assert not finishes(record, SubmissionRecord(rerun, "debug", "", "m.csv", "/r", "", jobs=jobs, rows={"abc": 1}))
+    assert not finishes(
+        record, SubmissionRecord(rerun, "debug", "", "m.csv", "/r", "", jobs=jobs, rows={"abc": 1})
+    )
     # ids of the older form (whole seconds) sort before this form's ids of the same second
     old_form = first.split(".")[0] + "-aaaaaa"
-    assert old_form < first and finishes({**record, "submission_id": first},
-                                         SubmissionRecord(old_form, "debug", "", "m.csv", "/r", "", jobs=jobs, rows={"abc": 1}))
+    assert old_form < first and finishes(
+        {**record, "submission_id": first},
+        SubmissionRecord(old_form, "debug", "", "m.csv", "/r", "", jobs=jobs, rows={"abc": 1}),
+    )
 
 
 def test_local_jobs_see_the_submitters_gpus(tmp_path, monkeypatch):
@@ -217,10 +227,16 @@ def test_profile_passes_gres_nodes_mail_and_a_python_wrapper_to_submitit(tmp_pat
                        "mail_user: me@example.org\npython: 'apptainer exec image.sif python'\n")
     params = load_profile(profile)
     assert {k: params[k] for k in ("slurm_gres", "slurm_exclude", "slurm_nodelist", "slurm_mail_type")} == {
-        "slurm_gres": "gpu:a100:1", "slurm_exclude": "node[1-2]", "slurm_nodelist": "node7", "slurm_mail_type": "END"}
+        "slurm_gres": "gpu:a100:1",
+        "slurm_exclude": "node[1-2]",
+        "slurm_nodelist": "node7",
+        "slurm_mail_type": "END",
+    }
     srun_on_path(tmp_path, monkeypatch)
     slurm = _make_executor("slurm", tmp_path / "s", dict(params))  # submitit accepts every name
     assert slurm._executor.python == "apptainer exec image.sif python"
     # the local executor starts its jobs through the wrapper too (here: env setting a variable)
-    wrapped = _make_executor("local", tmp_path / "l" / "%j", {"python": f"env BATCH_AST_WRAPPED=yes {sys.executable}"})
+    wrapped = _make_executor(
+        "local", tmp_path / "l" / "%j", {"python": f"env BATCH_AST_WRAPPED=yes {sys.executable}"}
+    )
     assert wrapped.submit(os.getenv, "BATCH_AST_WRAPPED").result() == "yes"

@@ -17,7 +17,9 @@ from .conftest import tiny_columns, write_manifest
 
 
 def submit(manifest: Path, results: Path, *extra: str) -> int:
-    return main(["submit", str(manifest), "--results", str(results), "--executor", "local", "--quiet", *extra])
+    return main(
+        ["submit", str(manifest), "--results", str(results), "--executor", "local", "--quiet", *extra]
+    )
 
 
 def test_local_run_produces_wavs_records_and_index(audio_dir, tmp_path, capsys):
@@ -56,7 +58,14 @@ def test_local_run_produces_wavs_records_and_index(audio_dir, tmp_path, capsys):
     with pytest.raises(KeyError, match="no index column 'nope'"):
         batch_ast.load_traces(results, params=["nope"])
     record = json.loads((results / "runs" / index["id"][0] / "record.json").read_text())
-    for key in ("content_sha256", "params", "time_optimize_s", "time_phase_s", "torch_version", "device_used"):
+    for key in (
+        "content_sha256",
+        "params",
+        "time_optimize_s",
+        "time_phase_s",
+        "torch_version",
+        "device_used",
+    ):
         assert key in record
 
 

@@ -20,8 +20,15 @@ def test_gpu_check_script_runs_on_the_cpu(tmp_path):
     )
     out = tmp_path / "out"
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    for name in ("gpu-check.log", "versions.txt", "pytest.xml", "bench.json", "bench.csv", "rows-per-hour.csv",
-                 "allocation.csv"):
+    for name in (
+        "gpu-check.log",
+        "versions.txt",
+        "pytest.xml",
+        "bench.json",
+        "bench.csv",
+        "rows-per-hour.csv",
+        "allocation.csv",
+    ):
         assert (out / name).exists(), name
     assert "cuda available" in (out / "versions.txt").read_text()
     table = list(csv.DictReader((out / "rows-per-hour.csv").open()))

@@ -52,7 +52,9 @@ def cli(*args: str) -> int:
 def endless_manifest(audio_dir: Path, contents: tuple[str, ...] = ("content.wav",)) -> Path:
     """Rows that run until cancelled (100,000 iterations, no early stop): jobs to catch in flight."""
     head, vals = tiny_columns(iterations=100_000, patience=1_000_000, n_filters=32)
-    return write_manifest(audio_dir, [f"{c},style.wav,{vals}" for c in contents], header=f"content,style,{head}")
+    return write_manifest(
+        audio_dir, [f"{c},style.wav,{vals}" for c in contents], header=f"content,style,{head}"
+    )
 
 
 # --- 1. a planted checkpoint never runs code; a bad one is moved aside ---------------------------
@@ -102,7 +104,11 @@ def test_a_genuine_checkpoint_still_resumes(audio_dir, tmp_path):
     with pytest.raises(Paused):
         run_row(spec, results, should_pause=lambda: next(calls) >= 5)
     record = run_row(spec, results)
-    assert record["status"] == "ok" and record["resumed_from_iteration"] == 5 and not record.get("checkpoint_error")
+    assert (
+        record["status"] == "ok"
+        and record["resumed_from_iteration"] == 5
+        and not record.get("checkpoint_error")
+    )
 
 
 # --- 2. YAML bombs and huge values ---------------------------------------------------------------
@@ -111,8 +117,11 @@ def test_a_genuine_checkpoint_still_resumes(audio_dir, tmp_path):
 def test_yaml_alias_bombs_and_huge_files_are_refused_quickly(tmp_path, capsys):
     bomb = tmp_path / "bomb.yaml"
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
-    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]"
-              for i in range(1, 10)]
+    lines += [
+        f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
+        f"*a{i - 1}, *a{i - 1}]"
+        for i in range(1, 10)
+    ]
     lines.append("defaults: {seed: *a9}")
     bomb.write_text("\n".join(lines))
     t0 = time.monotonic()
@@ -146,7 +155,9 @@ def test_published_files_and_folders_follow_the_umask(audio_dir, tmp_path):
     finally:
         os.umask(old)
     files = [p for p in results.root.rglob("*") if p.is_file() and not p.name.startswith(".")]
-    assert {"record.json", "output.wav", "trace.parquet", "index.parquet", "report.html"} <= {p.name for p in files}
+    assert {"record.json", "output.wav", "trace.parquet", "index.parquet", "report.html"} <= {
+        p.name for p in files
+    }
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
     for path in [results.root, *[p for p in results.root.rglob("*") if p.is_dir()]]:
@@ -190,7 +201,12 @@ def test_the_hash_cache_skips_rereading_unchanged_inputs(audio_dir, tmp_path, mo
 
 def many_channels(path: Path, seconds: float, channels: int = 8, rate: int = 96000) -> Path:
     rng = np.random.default_rng(0)
-    sf.write(path, (rng.standard_normal((int(seconds * rate), channels)) * 0.1).astype(np.float32), rate, subtype="PCM_16")
+    sf.write(
+        path,
+        (rng.standard_normal((int(seconds * rate), channels)) * 0.1).astype(np.float32),
+        rate,
+        subtype="PCM_16",
+    )
     return path
 
 
@@ -231,7 +247,18 @@ def test_config_problems_are_one_line(audio_dir, tmp_path, capsys):
     }
     for name, (content, expected) in cases.items():
         (tmp_path / name).write_bytes(content)
-        assert cli("submit", str(m), "--results", str(tmp_path / "r"), "--config", str(tmp_path / name), "--dry-run") == 2
+        assert (
+            cli(
+                "submit",
+                str(m),
+                "--results",
+                str(tmp_path / "r"),
+                "--config",
+                str(tmp_path / name),
+                "--dry-run",
+            )
+            == 2
+        )
         err = capsys.readouterr().err
         assert expected in err and name in err and "Traceback" not in err and len(err.splitlines()) == 1
 
@@ -314,14 +341,32 @@ def nobody_can_run_python() -> bool:
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         return False
     done = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", "import batch_ast"],
-        capture_output=True, cwd="/",
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            "import batch_ast",
+        ],
+        capture_output=True,
+        cwd="/",
     )
     return done.returncode == 0
 
 
 def as_nobody(*args: str) -> subprocess.CompletedProcess:
-    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "batch_ast.cli", *args]
+    cmd = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        sys.executable,
+        "-m",
+        "batch_ast.cli",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, cwd="/", timeout=300)
 
 
@@ -344,9 +389,16 @@ def test_a_second_user_reads_results_and_meets_clear_errors(audio_dir, reachable
     finally:
         os.umask(old)
     index = batch_ast.load_index(results)
-    for rel in ("index.parquet", index["output"].iloc[0], index["trace"].iloc[0], f"runs/{index['id'].iloc[0]}/record.json"):
-        done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(results / rel)],
-                              capture_output=True)
+    for rel in (
+        "index.parquet",
+        index["output"].iloc[0],
+        index["trace"].iloc[0],
+        f"runs/{index['id'].iloc[0]}/record.json",
+    ):
+        done = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(results / rel)],
+            capture_output=True,
+        )
         assert done.returncode == 0, (rel, done.stderr)
     done = as_nobody("submit", str(m), "--results", str(results), "--force", "--executor", "local")
     assert done.returncode == 2 and "is not writable: " in done.stderr and "Permission denied" in done.stderr
@@ -411,7 +463,10 @@ def test_a_silent_input_fails_with_its_level(which, audio_dir, tmp_path):
 def test_a_second_submission_skips_rows_in_flight(audio_dir, tmp_path, capsys):
     m = endless_manifest(audio_dir)
     results = ResultsRoot(tmp_path / "results")
-    assert cli("submit", str(m), "--results", str(results.root), "--executor", "local", "--no-wait", "--quiet") == 0
+    assert (
+        cli("submit", str(m), "--results", str(results.root), "--executor", "local", "--no-wait", "--quiet")
+        == 0
+    )
     (first,) = load_submissions(results)
     try:
         rid = next(iter(first.rows))
@@ -442,7 +497,11 @@ def test_a_claim_of_a_dead_submitter_is_stale(tmp_path):
     path.parent.mkdir(parents=True)
     import socket
 
-    path.write_text(json.dumps({"submission_id": "gone", "host": socket.gethostname(), "pid": 2**22 + 7, "created": time.time()}))
+    path.write_text(
+        json.dumps(
+            {"submission_id": "gone", "host": socket.gethostname(), "pid": 2**22 + 7, "created": time.time()}
+        )
+    )
     claimed, busy = claim_rows(results, [spec], "mine")
     assert claimed == [spec] and not busy
 
@@ -454,9 +513,14 @@ def test_log_tail_of_one_row_in_a_shared_log(tmp_path):
     log = tmp_path / "job.err"
     log.write_text(
         "submitit INFO starting\n[row aaaa] start (manifest row 1)\nA says 1\n[row aaaa] ok\n"
-        "[row bbbb] start (manifest row 2)\nB says 1\nB crashed\n[row cccc] start (manifest row 3)\nC says 1\n"
+        "[row bbbb] start (manifest row 2)\nB says 1\nB crashed\n[row cccc] start (manifest row 3)\nC says "
+        "1\n"
     )
-    assert log_tail(str(log), 5, row_id="bbbb").splitlines() == ["[row bbbb] start (manifest row 2)", "B says 1", "B crashed"]
+    assert log_tail(str(log), 5, row_id="bbbb").splitlines() == [
+        "[row bbbb] start (manifest row 2)",
+        "B says 1",
+        "B crashed",
+    ]
     assert "B says" not in log_tail(str(log), 5, row_id="aaaa")
     assert log_tail(str(log), 5, row_id="dddd") == ""
 
@@ -508,7 +572,9 @@ def test_large_seeds_are_exact_integers(audio_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"an integer in \[0, 2\*\*63 - 1\]"):
         coerce("seed", str(2**63))
     params = load_config().params()
-    assert row_id("a", "b", params.replace(seed=9007199254740993)) != row_id("a", "b", params.replace(seed=9007199254740992))
+    assert row_id("a", "b", params.replace(seed=9007199254740993)) != row_id(
+        "a", "b", params.replace(seed=9007199254740992)
+    )
     results = ResultsRoot(tmp_path / "results")
     spec, _ = plan_one(audio_dir, results, seed=2**63 - 1)
     assert run_row(spec, results)["status"] == "ok"
@@ -527,7 +593,9 @@ def test_the_index_lists_rows_without_records_and_stale_temp_files_go(audio_dir,
         batch_ast.collect(results.root)
         index = batch_ast.load_index(results.root)
         assert list(index["row"]) == [1, 2] and set(index["status"]) <= {"running", "pending"}
-        assert index["n_filters"].tolist() == [32, 32] and set(index["submission_id"]) == {submission.submission_id}
+        assert index["n_filters"].tolist() == [32, 32] and set(index["submission_id"]) == {
+            submission.submission_id
+        }
         assert not list(results.root.glob(".tmp-*"))
     finally:  # a failed check must not leave a 100,000-iteration job running
         # batch-ast's own cancel (SIGTERM), not submitit's job.cancel(): that sends SIGINT, which a
@@ -546,7 +614,10 @@ def test_cancel_stops_a_local_job_that_is_running_its_rows(audio_dir, tmp_path):
     local controller left the row computing after `batch-ast cancel` said it was cancelled."""
     m = endless_manifest(audio_dir)
     results = ResultsRoot(tmp_path / "results")
-    assert cli("submit", str(m), "--results", str(results.root), "--executor", "local", "--no-wait", "--quiet") == 0
+    assert (
+        cli("submit", str(m), "--results", str(results.root), "--executor", "local", "--no-wait", "--quiet")
+        == 0
+    )
     (submission,) = load_submissions(results)
     (job,) = submission.jobs
     controller = int(job["job_id"])

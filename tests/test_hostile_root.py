@@ -60,7 +60,9 @@ def ok_root(audio_dir: Path, tmp_path: Path) -> tuple[ResultsRoot, str]:
     return results, spec.id
 
 
-def submission_json(sid: str, rid: str, job_id: str, folder: str, log: str = "", executor: str = "local") -> dict:
+def submission_json(
+    sid: str, rid: str, job_id: str, folder: str, log: str = "", executor: str = "local"
+) -> dict:
     return {"submission_id": sid, "executor": executor, "created_at": "2026-11-30T00:00:00+00:00",
             "manifest": "/x.csv", "root": "/r", "submitit_folder": folder,
             "jobs": [{"job_id": job_id, "rows": [rid], "log": log}], "rows": {rid: 1}, "specs": {},
@@ -94,7 +96,9 @@ def test_submitit_pickles_never_appear_in_the_shared_root_and_a_watcher_there_ru
     head, vals = tiny_columns()
     m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
     try:
-        code = cli("submit", str(m), "--results", str(results.root), "--executor", "local", "--wait", "--quiet")
+        code = cli(
+            "submit", str(m), "--results", str(results.root), "--executor", "local", "--wait", "--quiet"
+        )
     finally:
         stop.set()
         thread.join()
@@ -105,7 +109,9 @@ def test_submitit_pickles_never_appear_in_the_shared_root_and_a_watcher_there_ru
     assert list(folder.rglob("*_submitted.pkl")) and list(folder.rglob("*_result.pkl"))
 
 
-def _swap_when_it_appears(path_glob, folder: Path, marker: Path, stop: threading.Event, swapped: list) -> None:
+def _swap_when_it_appears(
+    path_glob, folder: Path, marker: Path, stop: threading.Event, swapped: list
+) -> None:
     """A watcher that replaces the first file matching ``path_glob`` under ``folder`` by a payload
     that another user owns (as root, who can chown)."""
     while not stop.is_set():
@@ -127,8 +133,9 @@ def submit_under_a_swapping_watcher(pattern: str, private_state: Path, audio_dir
     ``submit`` returned, the swapped files and the payload's marker."""
     marker, stop, swapped = tmp_path / "pwned", threading.Event(), []
     private_state.mkdir(mode=0o700, exist_ok=True)
-    thread = threading.Thread(target=_swap_when_it_appears, args=(pattern, private_state, marker, stop, swapped),
-                              daemon=True)
+    thread = threading.Thread(
+        target=_swap_when_it_appears, args=(pattern, private_state, marker, stop, swapped), daemon=True
+    )
     thread.start()
     head, vals = tiny_columns()
     m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
@@ -150,8 +157,9 @@ def local_submit(m: Path, results: Path):
 def test_a_job_refuses_a_submitted_pickle_it_does_not_own(audio_dir, tmp_path, private_state):
     """Even in the private folder (a misconfigured state dir), a submitted pickle swapped the
     moment it appears, for one another user owns or the group may write, is refused unread."""
-    sub, swapped, marker = submit_under_a_swapping_watcher("*_submitted.pkl", private_state, audio_dir, tmp_path,
-                                                           local_submit)
+    sub, swapped, marker = submit_under_a_swapping_watcher(
+        "*_submitted.pkl", private_state, audio_dir, tmp_path, local_submit
+    )
     assert swapped and not marker.exists()
     log = next(Path(sub.record.submitit_folder).rglob("*_log.err")).read_text()
     assert "refusing to load the job's pickle" in log
@@ -166,8 +174,9 @@ def test_the_submitter_refuses_a_result_pickle_it_does_not_own(audio_dir, tmp_pa
     assert any("owned by uid" in e or "writable by group" in e for e in sub.job_errors), sub.job_errors
 
 
-def test_a_state_folder_others_may_write_is_refused_before_anything_is_submitted(audio_dir, tmp_path, monkeypatch, capsys,
-                                                                                reachable_tmp):
+def test_a_state_folder_others_may_write_is_refused_before_anything_is_submitted(
+    audio_dir, tmp_path, monkeypatch, capsys, reachable_tmp
+):
     shared = reachable_tmp / "shared-state"
     shared.mkdir()
     shared.chmod(0o777)  # no sticky bit: anyone may rename what is inside
@@ -262,8 +271,9 @@ def test_portable_report_copies_only_inputs_whose_bytes_match_their_hash(audio_d
     results.write_json(results.record_path(rid), evil)
     other = "0123456789abcdef"
     files = {key: f"runs/{other}/{name}" for key, name in batch_ast.record.ROW_FILES.items()}
-    results.write_json(results.record_path(other), dict(record, id=other, content=str(audio_dir / "content2.wav"),
-                                                         **files))
+    results.write_json(
+        results.record_path(other), dict(record, id=other, content=str(audio_dir / "content2.wav"), **files)
+    )
     assert cli("report", str(results.root), "--portable") == 0
     copied = sorted(p.name for p in (results.root / "report-inputs").iterdir())
     assert not any("evil" in name for name in copied) and not (tmp_path / "x-evil.sh").exists()
@@ -329,8 +339,12 @@ def test_a_live_looking_claim_blocks_until_force_takes_it_over(audio_dir, tmp_pa
     spec, m = plan_one(audio_dir, results)
     path = claim_path(results, spec.id)
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"submission_id": "x", "host": socket.gethostname(), "pid": 1, "created": time.time()}))
-    assert batch_ast.submit(m, results.root, executor="debug", wait=True).record is None  # within the grace period
+    path.write_text(
+        json.dumps({"submission_id": "x", "host": socket.gethostname(), "pid": 1, "created": time.time()})
+    )
+    assert (
+        batch_ast.submit(m, results.root, executor="debug", wait=True).record is None
+    )  # within the grace period
     sub = batch_ast.submit(m, results.root, executor="debug", wait=True, force=True)
     assert sub.status().counts["ok"] == 1
 
@@ -369,7 +383,11 @@ def test_a_hash_cache_planted_in_the_root_changes_no_id(audio_dir, tmp_path):
     cache.parent.mkdir(parents=True)
     stamp = audio_dir / "content.wav"
     st = stamp.stat()
-    cache.write_text(json.dumps({"version": 1, "files": {str(stamp.resolve()): [st.st_size, st.st_mtime_ns, st.st_ino, "0" * 64]}}))
+    cache.write_text(
+        json.dumps(
+            {"version": 1, "files": {str(stamp.resolve()): [st.st_size, st.st_mtime_ns, st.st_ino, "0" * 64]}}
+        )
+    )
     again, _ = plan_one(audio_dir, results)
     assert again.id == spec.id
 
@@ -377,7 +395,11 @@ def test_a_hash_cache_planted_in_the_root_changes_no_id(audio_dir, tmp_path):
 def test_an_input_replaced_after_submit_fails_its_row_with_both_hashes(audio_dir, tmp_path):
     results = ResultsRoot(tmp_path / "results")
     spec, _ = plan_one(audio_dir, results)
-    sf.write(audio_dir / "style.wav", np.random.default_rng(1).standard_normal(12000).astype(np.float32) * 0.1, 8000)
+    sf.write(
+        audio_dir / "style.wav",
+        np.random.default_rng(1).standard_normal(12000).astype(np.float32) * 0.1,
+        8000,
+    )
     record = run_row(spec, results)
     assert record["status"] == "failed" and not record["retryable"]
     assert "InputChangedError" in record["error"] and spec.style_sha256 in record["error"]
@@ -411,8 +433,15 @@ def test_bad_records_become_invalid_rows_and_the_others_are_indexed(audio_dir, t
             change["params"] = dict(good["params"], n_fft="abc")
         if change.get("id") == "ROW":
             change["id"] = rid
-        data = {**good, "id": bad_id, "output": f"runs/{bad_id}/output.wav", "trace": f"runs/{bad_id}/trace.parquet",
-                "spectrogram_png": f"runs/{bad_id}/spectrograms.png", "loss_png": f"runs/{bad_id}/losses.png", **change}
+        data = {
+            **good,
+            "id": bad_id,
+            "output": f"runs/{bad_id}/output.wav",
+            "trace": f"runs/{bad_id}/trace.parquet",
+            "spectrogram_png": f"runs/{bad_id}/spectrograms.png",
+            "loss_png": f"runs/{bad_id}/losses.png",
+            **change,
+        }
         path = results.record_path(bad_id)
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(data))
@@ -430,7 +459,9 @@ def test_bad_records_become_invalid_rows_and_the_others_are_indexed(audio_dir, t
         assert index.loc[bad_id, "status"] == "invalid", planted.get(bad_id, bad_id)
         assert index.loc[bad_id, "error"], bad_id
     assert report.invalid == len(planted) + 2
-    assert "not a regular file" in index.loc[fifo, "error"] and "nested too deeply" in index.loc[deep, "error"]
+    assert (
+        "not a regular file" in index.loc[fifo, "error"] and "nested too deeply" in index.loc[deep, "error"]
+    )
     # the status of plans and reports goes on too
     assert cli("report", str(results.root)) == 0
     assert batch_ast.load_traces(results.root, params=["seed"])["id"].eq(rid).all()
@@ -446,8 +477,15 @@ def test_a_record_whose_input_is_a_fifo_does_not_hang_collect(audio_dir, tmp_pat
     assert any("not a regular file" in s for s in report.skipped)
 
 
-@pytest.mark.parametrize("state", ['{"version": 1, "sources": "x"}', "[]", '{"version": 1}',
-                                   '{"version": 1, "sources": {"records": [], "traces": {}, "submissions": {}}}'])
+@pytest.mark.parametrize(
+    "state",
+    [
+        '{"version": 1, "sources": "x"}',
+        "[]",
+        '{"version": 1}',
+        '{"version": 1, "sources": {"records": [], "traces": {}, "submissions": {}}}',
+    ],
+)
 def test_a_malformed_collect_state_means_a_full_collect(state, audio_dir, tmp_path):
     results, rid = ok_root(audio_dir, tmp_path)
     results.collect_state_path.write_text(state)
@@ -502,9 +540,16 @@ def test_the_job_entry_point_refuses_a_folder_others_may_write(reachable_tmp):
     folder.mkdir()
     folder.chmod(0o770)
     (folder / "1_submitted.pkl").write_bytes(pickle.dumps(Payload(tmp_path / "pwned")))
-    env = {**os.environ, "SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "1", "SUBMITIT_LOCAL_GLOBAL_RANK": "0",
-           "SUBMITIT_LOCAL_LOCALID": "0", "SUBMITIT_LOCAL_NODEID": "0", "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
-           "SUBMITIT_LOCAL_NTASKS": "1"}
+    env = {
+        **os.environ,
+        "SUBMITIT_EXECUTOR": "local",
+        "SUBMITIT_LOCAL_JOB_ID": "1",
+        "SUBMITIT_LOCAL_GLOBAL_RANK": "0",
+        "SUBMITIT_LOCAL_LOCALID": "0",
+        "SUBMITIT_LOCAL_NODEID": "0",
+        "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
+        "SUBMITIT_LOCAL_NTASKS": "1",
+    }
     done = subprocess.run([sys.executable, "-u", "-m", "batch_ast.job_entry", str(tmp_path / "%j")],
                           capture_output=True, text=True, env=env)
     assert done.returncode == 3 and "writable by group" in done.stderr, done.stderr
@@ -529,7 +574,9 @@ def test_a_study_that_multiplies_to_too_many_rows_is_refused_before_expanding(au
 
 
 def test_a_manifest_over_the_row_cap_is_refused_and_the_flag_raises_it(audio_dir, tmp_path, capsys):
-    m = write_manifest(audio_dir, [f"content.wav,style.wav,{seed}" for seed in range(300)], header="content,style,seed")
+    m = write_manifest(
+        audio_dir, [f"content.wav,style.wav,{seed}" for seed in range(300)], header="content,style,seed"
+    )
     assert cli("submit", str(m), "--results", str(tmp_path / "r"), "--dry-run", "--max-rows", "100") == 2
     assert "at least 101 rows, above the cap of 100 rows per submission" in capsys.readouterr().err
     assert cli("submit", str(m), "--results", str(tmp_path / "r"), "--dry-run", "--max-rows", "300") == 0
@@ -544,7 +591,9 @@ def test_nested_yaml_and_huge_csv_cells_are_one_line_errors(audio_dir, tmp_path,
     assert cli("submit", str(m), "--config", str(config), "--dry-run") == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and len(err.splitlines()) == 1
-    big = write_manifest(audio_dir, [f"content.wav,style.wav,\"{'x' * 200_000}\""], header="content,style,id", name="big.csv")
+    big = write_manifest(
+        audio_dir, [f'content.wav,style.wav,"{"x" * 200_000}"'], header="content,style,id", name="big.csv"
+    )
     assert cli("submit", str(big), "--results", str(tmp_path / "r"), "--dry-run") == 2
     err = capsys.readouterr().err
     assert "not CSV this reader accepts" in err and len(err.splitlines()) <= 3
@@ -553,16 +602,33 @@ def test_nested_yaml_and_huge_csv_cells_are_one_line_errors(audio_dir, tmp_path,
 # --- 10. the rest: one clear line, never a traceback ------------------------------------------------
 
 
-@pytest.mark.parametrize("line,problem", [("python: [1, 2]", "python must be text"),
-                                          ("mem_gb: lots", "mem_gb must be a number"),
-                                          ("additional_parameters: 5", "additional_parameters must be a mapping"),
-                                          ("python: /no/such/python", "not a program this machine can start")])
+@pytest.mark.parametrize(
+    "line,problem",
+    [
+        ("python: [1, 2]", "python must be text"),
+        ("mem_gb: lots", "mem_gb must be a number"),
+        ("additional_parameters: 5", "additional_parameters must be a mapping"),
+        ("python: /no/such/python", "not a program this machine can start"),
+    ],
+)
 def test_profile_values_of_the_wrong_type_are_refused(line, problem, audio_dir, tmp_path, capsys):
     profile = tmp_path / "p.yaml"
     profile.write_text(line + "\n")
     m = write_manifest(audio_dir, ["content.wav,style.wav"])
-    assert cli("submit", str(m), "--results", str(tmp_path / "r"), "--executor", "local", "--profile", str(profile),
-               "--dry-run") == 2
+    assert (
+        cli(
+            "submit",
+            str(m),
+            "--results",
+            str(tmp_path / "r"),
+            "--executor",
+            "local",
+            "--profile",
+            str(profile),
+            "--dry-run",
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert problem in err and len(err.splitlines()) == 1
 

@@ -122,10 +122,18 @@ def test_yaml_overrides_defaults_and_adds_presets(tmp_path):
 
 
 def test_resource_columns_are_parsed_and_not_hyperparameters(audio_dir, config):
-    m = write_manifest(audio_dir, ["content.wav,style.wav,30,1,", "content.wav,style.wav,x,,"], header="content,style,timeout_min,gpus,mem_gb")
+    m = write_manifest(
+        audio_dir,
+        ["content.wav,style.wav,30,1,", "content.wav,style.wav,x,,"],
+        header="content,style,timeout_min,gpus,mem_gb",
+    )
     found = problems(m, config)
     assert found == ["row 2 (line 3): column 'timeout_min': expected an integer >= 1, got 'x'"]
-    m = write_manifest(audio_dir, ["content.wav,style.wav,30,1,", "content.wav,style.wav,,,4.5"], header="content,style,timeout_min,gpus,mem_gb")
+    m = write_manifest(
+        audio_dir,
+        ["content.wav,style.wav,30,1,", "content.wav,style.wav,,,4.5"],
+        header="content,style,timeout_min,gpus,mem_gb",
+    )
     rows = load_manifest(m, config)
     assert rows[0].resources == {"timeout_min": 30, "gpus": 1} and rows[1].resources == {"mem_gb": 4.5}
     assert "gpus" not in rows[0].params.to_dict()
@@ -139,7 +147,10 @@ def test_bundled_manifests_are_valid_and_keep_their_row_ids(config, tmp_path, ca
     repo = Path(__file__).resolve().parents[1]
     pairs = load_manifest(repo / "manifests" / "pairs.csv", config)
     assert len(pairs) == 7 and {r.params.preset for r in pairs} == {"quick"}
-    assert main(["submit", str(repo / "manifests" / "pairs.csv"), "--dry-run", "--results", str(tmp_path / "r")]) == 0
+    assert (
+        main(["submit", str(repo / "manifests" / "pairs.csv"), "--dry-run", "--results", str(tmp_path / "r")])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "7 to run" in out and "[1176b45be15fc20d]" in out and "[5bd905c8820af76e]" in out  # as in demo.csv
 
@@ -164,5 +175,6 @@ def test_a_studys_bad_values_are_reported_once_at_their_yaml_line_with_the_rows_
     assert exc.value.problems == [
         "column 'preset': unknown preset 'quik' (known: quick, student-adamw, tomczak-dafx18, ulyanov-tf) "
         "(line 3: preset: quik; all 6 rows)",
-        "column 'content_weight': must be a number >= 0, got '-1' (line 5: content_weight: [0.1, -1, 10]; rows 2, 5 of 6)",
+        "column 'content_weight': must be a number >= 0, got '-1' (line 5: content_weight: [0.1, -1, 10]; "
+        "rows 2, 5 of 6)",
     ]

@@ -134,7 +134,9 @@ def test_griffin_lim_matches_librosa_quality():
     n_fft, hop = 512, 128
     audio = load_audio(DEMO_AUDIO / "harp_harmony.wav", 16000, 2.0)
     magnitude = np.abs(librosa.stft(audio, n_fft=n_fft, hop_length=hop))
-    ours = griffin_lim(torch.from_numpy(magnitude).to(DEVICE), n_fft, hop, n_iter=32, momentum=0.99, length=len(audio))
+    ours = griffin_lim(
+        torch.from_numpy(magnitude).to(DEVICE), n_fft, hop, n_iter=32, momentum=0.99, length=len(audio)
+    )
     theirs = librosa.griffinlim(
         magnitude, n_iter=32, hop_length=hop, n_fft=n_fft, momentum=0.99, length=len(audio), random_state=0
     )
@@ -332,7 +334,9 @@ def test_relative_loss_scale_makes_each_term_a_relative_error():
     x = transfer.x.detach() + 0.5
 
     def balance(scale_filters: float, loss_scale: str) -> float:
-        t = StyleTransfer(content, style, params(loss_scale=loss_scale), DEVICE, transfer.weight * scale_filters)
+        t = StyleTransfer(
+            content, style, params(loss_scale=loss_scale), DEVICE, transfer.weight * scale_filters
+        )
         _, c_x, s_x = t.loss_terms(x)
         return (c_x * t.term_scales[0] / (s_x * t.term_scales[1])).item()
 
@@ -390,7 +394,10 @@ def test_precision_setting_is_validated_and_its_default_keeps_older_row_ids():
 
     p = params()
     # a row from before `precision` existed ran in float32: that value stays out of the id
-    assert "precision" not in result_params(p) and Params.from_record(p.to_dict() | {"precision": "float32"}) == p
+    assert (
+        "precision" not in result_params(p)
+        and Params.from_record(p.to_dict() | {"precision": "float32"}) == p
+    )
     older = {k: v for k, v in p.to_dict().items() if k != "precision"}
     assert row_id("c", "s", Params.from_record(older)) == row_id("c", "s", p)
     assert row_id("c", "s", p.replace(precision="bf16")) != row_id("c", "s", p)
@@ -399,7 +406,9 @@ def test_precision_setting_is_validated_and_its_default_keeps_older_row_ids():
         coerce("precision", "fp8")
 
 
-@pytest.mark.parametrize("filters,frames,target_frames", [(64, 20, (35,)), (32, 90, (40, 90)), (128, 6, (6, 11))])
+@pytest.mark.parametrize(
+    "filters,frames,target_frames", [(64, 20, (35,)), (32, 90, (40, 90)), (128, 6, (6, 11))]
+)
 @pytest.mark.parametrize("form", STYLE_FORMS)
 def test_style_forms_agree_with_the_definition_on_loss_and_gradient(form, filters, frames, target_frames):
     """Both exact forms give sum((FFᵀ/T − G_k)²) and its gradient, for several targets of their own
@@ -510,7 +519,9 @@ def test_adam_evaluates_once_per_iteration():
     assert t.evaluations == 6 and [row[4] for row in t.trace] == [1] * 6
 
 
-@pytest.mark.parametrize("n_fft,hop,length", [(256, 64, 4800), (256, 128, None), (256, 100, 4800), (512, 128, 4799)])
+@pytest.mark.parametrize(
+    "n_fft,hop,length", [(256, 64, 4800), (256, 128, None), (256, 100, 4800), (512, 128, 4799)]
+)
 def test_inverse_stft_equals_torch_istft(n_fft, hop, length):
     audio = torch.from_numpy(load_audio(DEMO_AUDIO / "harp_harmony.wav", 8000, 0.6)).to(DEVICE)
     window = torch.hann_window(n_fft, device=DEVICE)
@@ -519,7 +530,10 @@ def test_inverse_stft_equals_torch_istft(n_fft, hop, length):
     inverse = InverseSTFT(n_fft, hop, spec.shape[-1], window, length)
     assert bool(inverse.blocks) == (n_fft % hop == 0)  # overlap-add where hop divides n_fft
     torch.testing.assert_close(inverse(spec), expected, rtol=1e-5, atol=1e-5)
-    both = [griffin_lim(spec.abs(), n_fft, hop, n_iter=4, length=length, istft=i) for i in ("overlap-add", "torch")]
+    both = [
+        griffin_lim(spec.abs(), n_fft, hop, n_iter=4, length=length, istft=i)
+        for i in ("overlap-add", "torch")
+    ]
     torch.testing.assert_close(both[0], both[1], rtol=1e-4, atol=1e-4)
 
 
@@ -552,7 +566,9 @@ def test_tempo_octave_error_is_corrected_towards_the_input_nearer_120_bpm(monkey
 @pytest.mark.parametrize("sample_rate,n_fft,hop,samples", [
     (16000, 1024, 256, 48000), (8000, 256, 64, 600), (22050, 2048, 512, 100), (8000, 256, 64, 12000),
 ])
-def test_onset_strength_equals_librosas_and_resampling_equals_librosas_soxr_hq(sample_rate, n_fft, hop, samples):
+def test_onset_strength_equals_librosas_and_resampling_equals_librosas_soxr_hq(
+    sample_rate, n_fft, hop, samples
+):
     """The onset metric and the resampler call torch/soxr directly (librosa's own calls compile
     numba code for 20-30 s in a cold job): the same numbers as librosa's, within float rounding."""
     import warnings

@@ -68,9 +68,10 @@ def three_nodes():
 def nodes_back():
     """After each test, every node is up again (a test that lost one, passed or not)."""
     yield
-    if any(node_states().get(n) not in ("idle", "mixed", "allocated") for n in NODES) or \
-            any(open(f"/proc/{pid}/comm").read().strip() != "slurmd" if os.path.exists(f"/proc/{pid}") else True
-                for pid in node_daemons().values()):
+    if any(node_states().get(n) not in ("idle", "mixed", "allocated") for n in NODES) or any(
+        open(f"/proc/{pid}/comm").read().strip() != "slurmd" if os.path.exists(f"/proc/{pid}") else True
+        for pid in node_daemons().values()
+    ):
         restart_lost_nodes()
 
 
@@ -140,7 +141,9 @@ def test_an_array_spreads_over_three_hosts_while_collect_and_status_read(audio_d
 
 def running_on(array_id: str) -> str:
     """The node the (one) task of ``array_id`` runs on, once it runs."""
-    nodes = wait_for(lambda: list(task_nodes(array_id).values()), every_s=0.2, what="a running task", jobs=array_id)
+    nodes = wait_for(
+        lambda: list(task_nodes(array_id).values()), every_s=0.2, what="a running task", jobs=array_id
+    )
     return nodes[0]
 
 
@@ -153,11 +156,18 @@ def long_row_checkpointed_on_a_node(audio_dir: Path, tmp_path: Path) -> tuple[Pa
     (sub,) = load_submissions(ResultsRoot(results))
     rid = sub.jobs[0]["rows"][0]
     node = running_on(sub.array_job_id)
-    wait_for(ResultsRoot(results).checkpoint_path(rid).exists, every_s=0.2, what="a checkpoint", jobs=sub.array_job_id)
+    wait_for(
+        ResultsRoot(results).checkpoint_path(rid).exists,
+        every_s=0.2,
+        what="a checkpoint",
+        jobs=sub.array_job_id,
+    )
     return m, results, sub, rid, node
 
 
-def test_a_lost_node_requeues_its_row_which_resumes_elsewhere_to_the_same_result(audio_dir, tmp_path, reference_wav):
+def test_a_lost_node_requeues_its_row_which_resumes_elsewhere_to_the_same_result(
+    audio_dir, tmp_path, reference_wav
+):
     """A long row's node dies (no warning signal) once the row has a checkpoint. SLURM requeues the
     task; it runs on another node and resumes from the checkpoint to the result of an uninterrupted
     run (same inputs, same threads), computed to completion once."""
@@ -183,8 +193,22 @@ def test_claims_from_another_host_skip_a_row_in_flight_and_are_taken_over_when_n
     other = next(n for n in NODES if n != node)
 
     cli = Path(sys.executable).with_name("batch-ast")
-    b = subprocess.run(["srun", "-w", other, "-c", "1", "-t", "10", "sh", "-c", f"hostname && {cli} submit {m} "
-                        f"--results {results} --executor slurm"], capture_output=True, text=True)
+    b = subprocess.run(
+        [
+            "srun",
+            "-w",
+            other,
+            "-c",
+            "1",
+            "-t",
+            "10",
+            "sh",
+            "-c",
+            f"hostname && {cli} submit {m} --results {results} --executor slurm",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert b.returncode == 0, b.stdout + b.stderr
     assert b.stdout.splitlines()[0] == other  # it ran there, under that node's host name
     assert f"in flight in submission {a.submission_id}" in b.stdout and "nothing to run" in b.stdout, b.stdout
@@ -192,7 +216,9 @@ def test_claims_from_another_host_skip_a_row_in_flight_and_are_taken_over_when_n
 
     lose_node(node)
     subprocess.run(["scancel", a.array_job_id], check=True)
-    wait_for(lambda: not any(i.split("_")[0] == a.array_job_id for i in squeue_ids()), what="A out of the queue")
+    wait_for(
+        lambda: not any(i.split("_")[0] == a.array_job_id for i in squeue_ids()), what="A out of the queue"
+    )
     assert slurm_submit(m, results, "--wait") == 0  # C takes the claim over
     record = record_dict(root, rid)
     assert record["status"] == "ok" and record["submission_id"] != a.submission_id, record.get("error")
@@ -212,7 +238,9 @@ def processes_naming(text: str) -> list[int]:
     return found
 
 
-def test_a_local_submission_on_another_host_is_running_there_not_lost(audio_dir, tmp_path, private_state, capsys):
+def test_a_local_submission_on_another_host_is_running_there_not_lost(
+    audio_dir, tmp_path, private_state, capsys
+):
     """`submit --executor local` run on n1 (inside a batch job there): its jobs are n1's processes.
     From this host, status must not call its rows lost (their pids mean nothing here), a second
     submit must skip them as in flight instead of computing them twice, and cancel must say where
@@ -225,8 +253,12 @@ def test_a_local_submission_on_another_host_is_running_there_not_lost(audio_dir,
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(f"#!/bin/sh\nexec {cli} submit {m} --results {results} --executor local --quiet\n")
     script.chmod(0o700)
-    done = subprocess.run(["sbatch", "--parsable", "-w", "n1", "-c", "1", "-o", str(tmp_path / "n1.out"), str(script)],
-                          capture_output=True, text=True, check=True)  # one CPU: n1 keeps one for the cancel
+    done = subprocess.run(
+        ["sbatch", "--parsable", "-w", "n1", "-c", "1", "-o", str(tmp_path / "n1.out"), str(script)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )  # one CPU: n1 keeps one for the cancel
     job = done.stdout.strip().split(";")[0]
     root = ResultsRoot(results)
     (a,) = wait_for(lambda: load_submissions(root), every_s=0.2, what="the local submission", jobs=job)
@@ -242,8 +274,13 @@ def test_a_local_submission_on_another_host_is_running_there_not_lost(audio_dir,
     assert len(load_submissions(root)) == 1 and record_dict(root, rid) is None  # B submitted nothing
     assert main(["cancel", str(results)]) == 2
     assert "runs local jobs on host n1: cancel it there" in capsys.readouterr().err
-    there = subprocess.run(["srun", "-w", "n1", "-c", "1", "-t", "10", str(cli), "cancel", "--results", str(results)],
-                           capture_output=True, text=True)
+    there = subprocess.run(
+        ["srun", "-w", "n1", "-c", "1", "-t", "10", str(cli), "cancel", "--results", str(results)],
+        capture_output=True,
+        text=True,
+    )
     assert there.returncode == 0 and "cancelled 1 job(s)" in there.stdout, there.stdout + there.stderr
-    wait_for(lambda: not processes_naming(str(private_state)), what="the local job's processes gone", jobs=job)
+    wait_for(
+        lambda: not processes_naming(str(private_state)), what="the local job's processes gone", jobs=job
+    )
     wait_for(lambda: job not in squeue_ids(), what="the batch job ended (its submit saw the cancel)")

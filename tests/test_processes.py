@@ -37,7 +37,9 @@ HOUR = 3600  # safety bound of every wait on a state (a loaded machine is slow, 
 
 def plan(folder: Path, results: ResultsRoot, seeds: range, **extra):
     head, vals = tiny_columns(**extra)
-    m = write_manifest(folder, [f"content.wav,style.wav,{vals},{s}" for s in seeds], header=f"content,style,{head},seed")
+    m = write_manifest(
+        folder, [f"content.wav,style.wav,{vals},{s}" for s in seeds], header=f"content,style,{head},seed"
+    )
     return make_plan(load_manifest(m, load_config()), results, m).to_run
 
 
@@ -69,9 +71,13 @@ def test_rows_in_two_processes_equal_the_same_rows_run_alone(audio_dir, tmp_path
     alone = [r for s in specs for r in run_rows([s], alone_root)]
     capfd.readouterr()
     summaries = TransferJob(processes=2)([s.to_dict() for s in specs], pooled_root)
-    assert [s["status"] for s in summaries] == ["ok"] * 4 and {s["id"] for s in summaries} == {s.id for s in specs}
+    assert [s["status"] for s in summaries] == ["ok"] * 4 and {s["id"] for s in summaries} == {
+        s.id for s in specs
+    }
     pooled = [record_dict(pooled_root, s.id) for s in specs]
-    assert outputs(pooled_root, pooled) == outputs(alone_root, alone)  # bit for bit: same device, same threads
+    assert outputs(pooled_root, pooled) == outputs(
+        alone_root, alone
+    )  # bit for bit: same device, same threads
     log = capfd.readouterr()
     assert "[job] 2 row processes, 1 thread(s) each" in log.out
     pids = set(re.findall(r"start \(manifest row \d+, pid (\d+)\)", log.err))
@@ -85,12 +91,16 @@ def test_finishing_in_the_background_changes_no_result_and_a_failure_there_costs
     roots = [ResultsRoot(tmp_path / name) for name in ("here", "background")]
     specs = plan(audio_dir, roots[0], range(3), iterations=10)
     here = run_groups([[s] for s in specs], roots[0], lambda: False, RunOptions(), finish_in_background=False)
-    background = run_groups([[s] for s in specs], roots[1], lambda: False, RunOptions(), finish_in_background=True)
+    background = run_groups(
+        [[s] for s in specs], roots[1], lambda: False, RunOptions(), finish_in_background=True
+    )
     assert here == background and [s["status"] for s in here] == ["ok"] * 3
     timing = {k for k in roots[0].read_record(specs[0].id) if k.startswith("time_") or k.endswith("_at")}
     for spec in specs:
         a, b = (record_dict(root, spec.id) for root in roots)
-        assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+        assert {k: v for k, v in a.items() if k not in timing} == {
+            k: v for k, v in b.items() if k not in timing
+        }
         assert (roots[0].root / a["output"]).read_bytes() == (roots[1].root / b["output"]).read_bytes()
 
     from batch_ast import row as row_module
@@ -136,7 +146,9 @@ def test_a_killed_row_process_costs_only_its_row_and_retry_resumes_it(audio_dir,
     victim = plan(audio_dir, results, range(4, 5), iterations=100000, patience=100000)[0]
     rows = [victim, *specs]
     job = TransferJob(RunOptions(checkpoint_every_s=0.2), processes=2)
-    _, (local_job,) = submit(rows, results, get_backend("local"), audio_dir / "m.csv", rows_per_job=5, job=job)
+    _, (local_job,) = submit(
+        rows, results, get_backend("local"), audio_dir / "m.csv", rows_per_job=5, job=job
+    )
     log = local_job_log(local_job)
     found: list[str] = []
 
@@ -163,9 +175,14 @@ def test_a_preempted_job_pauses_every_row_process_and_resumes_them(audio_dir, tm
     results = ResultsRoot(tmp_path / "results")
     specs = plan(audio_dir, results, range(2), iterations=1000, patience=100000, n_filters=128)
     job = TransferJob(RunOptions(checkpoint_every_s=0.2), processes=2)
-    _, (local_job,) = submit(specs, results, get_backend("local"), audio_dir / "m.csv", rows_per_job=2, job=job)
-    wait_for(lambda: all(results.checkpoint_path(s.id).exists() for s in specs), "the rows never checkpointed",
-             lambda: not local_job.done())
+    _, (local_job,) = submit(
+        specs, results, get_backend("local"), audio_dir / "m.csv", rows_per_job=2, job=job
+    )
+    wait_for(
+        lambda: all(results.checkpoint_path(s.id).exists() for s in specs),
+        "the rows never checkpointed",
+        lambda: not local_job.done(),
+    )
     signalled = datetime.now(timezone.utc).isoformat(timespec="seconds")
     children = subprocess.run(["pgrep", "-P", str(local_job.job_id)], capture_output=True, text=True)
     for pid in children.stdout.split():
@@ -216,7 +233,9 @@ def test_processes_per_job_is_an_option_a_profile_key_and_packs_slurm_tasks(tmp_
 
 
 def test_threads_are_shared_and_mps_is_only_detected(tmp_path, monkeypatch):
-    assert threads_per_process(2, 8) == 4 and threads_per_process(3, 2) == 1 and threads_per_process(1, 6) == 6
+    assert (
+        threads_per_process(2, 8) == 4 and threads_per_process(3, 2) == 1 and threads_per_process(1, 6) == 6
+    )
     monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
     assert mps_pipe_directory() is None
     os.mkfifo(tmp_path / "control")
@@ -255,7 +274,11 @@ def test_local_workers_share_the_cores_instead_of_each_taking_all(audio_dir, tmp
     assert local.thread_share(1) is None and local.thread_share(2) == 4 and local.thread_share(16) == 1
     assert get_backend("slurm").thread_share(4) is None  # SLURM_CPUS_PER_TASK decides there
     head, vals = tiny_columns(iterations=3)
-    m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals},{s}" for s in range(2)], header=f"content,style,{head},seed")
+    m = write_manifest(
+        audio_dir,
+        [f"content.wav,style.wav,{vals},{s}" for s in range(2)],
+        header=f"content,style,{head},seed",
+    )
     prepared = batch_ast.prepare(m, tmp_path / "r", "local", workers=2)
     assert prepared.job.threads == 4 and prepared.rows_per_job == 1
     monkeypatch.undo()
@@ -265,7 +288,9 @@ def test_local_workers_share_the_cores_instead_of_each_taking_all(audio_dir, tmp
     finally:
         torch.set_num_threads(before)
     assert [r["status"] for r in records] == ["ok", "ok"]
-    assert {record_dict(ResultsRoot(tmp_path / "r"), s.id)["torch_threads"] for s in prepared.plan.to_run} == {1}
+    assert {
+        record_dict(ResultsRoot(tmp_path / "r"), s.id)["torch_threads"] for s in prepared.plan.to_run
+    } == {1}
 
 
 def test_a_pause_before_any_row_started_still_requeues_the_job(audio_dir, tmp_path):
@@ -287,7 +312,9 @@ def test_finishing_overlap_is_auto_on_a_gpu_and_never_with_a_tf32_row(audio_dir,
     specs = plan(audio_dir, ResultsRoot(tmp_path / "r"), range(2), iterations=3)
     tf32 = plan(audio_dir, ResultsRoot(tmp_path / "r"), range(1), iterations=3, precision="tf32")
     assert loop_module.finishing_overlap(True, specs) and not loop_module.finishing_overlap(False, specs)
-    assert not loop_module.finishing_overlap(True, specs + tf32) and not loop_module.finishing_overlap(True, [])
+    assert not loop_module.finishing_overlap(True, specs + tf32) and not loop_module.finishing_overlap(
+        True, []
+    )
     monkeypatch.setattr(loop_module, "runs_on_gpu", lambda spec: True)
     assert loop_module.finishing_overlap(None, specs)
     monkeypatch.setattr(loop_module, "runs_on_gpu", lambda spec: False)

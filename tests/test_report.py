@@ -34,7 +34,11 @@ def finished(tmp_path_factory):
     head, vals = tiny_columns()
     m = write_manifest(
         audio,
-        [f"one,content.wav,style.wav,4.3,{vals}", f"two,content.wav,style.wav,0.5,{vals}", f"bad,broken.wav,style.wav,1,{vals}"],
+        [
+            f"one,content.wav,style.wav,4.3,{vals}",
+            f"two,content.wav,style.wav,0.5,{vals}",
+            f"bad,broken.wav,style.wav,1,{vals}",
+        ],
         header=f"id,content,style,content_weight,{head}",
     )
     results = folder / "results"
@@ -88,7 +92,9 @@ def test_report_data_links_every_file_and_shows_what_varies(finished, tmp_path):
         urls += [row[k] for k in expected]
         if row["status"] == "ok":
             assert isinstance(row["iterations_run"], int)  # not "20.0 iterations"
-            assert all(isinstance(row[k], float) for k in ("content_rms_dbfs", "style_rms_dbfs", "output_rms_dbfs"))
+            assert all(
+                isinstance(row[k], float) for k in ("content_rms_dbfs", "style_rms_dbfs", "output_rms_dbfs")
+            )
             assert 2 <= len(data["traces"][row["id"]]) <= TRACE_POINTS
         else:
             assert "broken.wav: cannot decode audio" in row["error"] and row["iterations_run"] is None
@@ -206,8 +212,10 @@ def test_report_of_a_2000_row_study_loads_filters_and_switches_in_headless_chrom
     assert len(data["rows"]) == 2000 and set(data["params"]) == {"content_weight", "seed"}
     target = next(r for r in data["rows"] if r["name"] == "study-1003")
     t0 = time.perf_counter()
-    dom = chromium(report.as_uri() + f"#filter=status%3Dok%20content_weight%3E1.5&open={target['id']}&ab=style",
-                   tmp_path / "p")
+    dom = chromium(
+        report.as_uri() + f"#filter=status%3Dok%20content_weight%3E1.5&open={target['id']}&ab=style",
+        tmp_path / "p",
+    )
     ready = re.search(r'data-ready-ms="(\d+)"', dom)
     assert ready, dom[:2000]  # the page's script ran to the end of its first render
     print(f"2000-row report: headless Chromium returned its DOM in {time.perf_counter() - t0:.1f} s; "
@@ -234,7 +242,21 @@ def test_analysis_groups_by_hyperparameter_and_plots(finished, tmp_path, capsys)
     with pytest.raises(KeyError, match="no column 'nope'"):
         hyperparameter_effect(df, "nope", "final_style")
     out = tmp_path / "effect.png"
-    assert main(["analyse", str(finished), "--param", "content_weight", "--metric", "content_distance", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "analyse",
+                str(finished),
+                "--param",
+                "content_weight",
+                "--metric",
+                "content_distance",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "content_distance" not in capsys.readouterr().err
     assert out.stat().st_size > 5000
     # a categorical hyperparameter plots by category (it crashed converting "lbfgs" to float)
@@ -263,18 +285,26 @@ def test_traces_are_downsampled_per_row_with_first_and_last_points_kept(tmp_path
         frames.append(pd.DataFrame({"id": f"{k:016x}", "iteration": np.arange(n), "total": total}))
     traces = pd.concat(frames).sample(frac=1, random_state=1).sort_values("iteration", kind="stable")
     monkeypatch.setattr(report, "load_traces", lambda root: traces)
-    got = {rid: trace_pairs(t) for rid, t in report._downsampled_traces(tmp_path, {f"{k:016x}" for k in range(6)}).items()}
+    got = {
+        rid: trace_pairs(t)
+        for rid, t in report._downsampled_traces(tmp_path, {f"{k:016x}" for k in range(6)}).items()
+    }
     for frame in frames:
         n, rid = len(frame), frame["id"].iloc[0]
         step = max(1, -(-n // TRACE_POINTS))
         positions = list(range(0, n, step)) + ([n - 1] if (n - 1) % step else [])
-        expected = [[i, float(f"{t:.5g}")] for i, t in zip(frame["iteration"].iloc[positions],
-                                                           frame["total"].iloc[positions], strict=True) if np.isfinite(t)]
+        expected = [
+            [i, float(f"{t:.5g}")]
+            for i, t in zip(frame["iteration"].iloc[positions], frame["total"].iloc[positions], strict=True)
+            if np.isfinite(t)
+        ]
         assert got[rid] == expected, rid
 
 
 @pytest.mark.browser
-def test_aggregation_filter_errors_pinned_names_and_a_deep_link_round_trip_in_headless_chromium(finished, tmp_path):
+def test_aggregation_filter_errors_pinned_names_and_a_deep_link_round_trip_in_headless_chromium(
+    finished, tmp_path
+):
     """A study of 300 rows whose copies differ in seed and content weight, with a spread in one
     metric: the table aggregated over seeds shows one row per weight with n and mean ± std, the
     scatter draws error bars; an unknown column and a bad comparison are said, not 0 rows in
@@ -308,41 +338,69 @@ def test_aggregation_filter_errors_pinned_names_and_a_deep_link_round_trip_in_he
     assert int(attribute(dom, "scatter", "data-bars")) >= 4  # the groups of many seeds, not the single rows
     with_curves = {(r["content_name"], r["style_name"], r["preset"], r["content_weight"]) for r in ok}
     assert attribute(dom, "curves", "data-mode") == "groups"  # each group's mean curve and ±std band
-    assert attribute(dom, "curves", "data-curves") == attribute(dom, "curves", "data-bands") == str(min(10, len(with_curves)))
+    assert (
+        attribute(dom, "curves", "data-curves")
+        == attribute(dom, "curves", "data-bands")
+        == str(min(10, len(with_curves)))
+    )
     assert "(mean of " in dom and 'class="uplot' in dom
     written = urllib.parse.parse_qs(re.search(r'data-view="#([^"]*)"', dom).group(1).replace("&amp;", "&"))
     assert written["agg"] == ["1"] and written["sort"] == ["-style_distance_heldout"]
     assert written["x"] == ["content_weight"] and written["y"] == ["style_distance_heldout"]
-    again = chromium(report.as_uri() + "#" + urllib.parse.urlencode({k: v[0] for k, v in written.items()}), tmp_path / "p2")
+    again = chromium(
+        report.as_uri() + "#" + urllib.parse.urlencode({k: v[0] for k, v in written.items()}), tmp_path / "p2"
+    )
     assert rows_table(again) == table  # the address is the view
 
-    dom = chromium(report.as_uri() + "#filter=" + urllib.parse.quote("cw=0.1 content_weight>x"), tmp_path / "p3")
+    dom = chromium(
+        report.as_uri() + "#filter=" + urllib.parse.quote("cw=0.1 content_weight>x"), tmp_path / "p3"
+    )
     assert attribute(dom, "filter-problems", "data-problems") == "2"
     assert '"cw" is not a column' in dom and "compares numbers" in dom
-    dom = chromium(report.as_uri() + "#filter=" + urllib.parse.quote("content_weight = 0.5,4 status=ok") + "&hide=final_total",
-                   tmp_path / "p4")
+    dom = chromium(
+        report.as_uri()
+        + "#filter="
+        + urllib.parse.quote("content_weight = 0.5,4 status=ok")
+        + "&hide=final_total",
+        tmp_path / "p4",
+    )
     assert attribute(dom, "filter-problems", "data-problems") == "0"
     expected = sum(1 for r in ok if r["content_weight"] in (0.5, 4))
     assert attribute(dom, "count", "data-matching") == str(expected) and 0 < expected < len(ok)
     assert attribute(dom, "parallel", "data-lines") == str(expected)  # parallel coordinates of those rows
     table = rows_table(dom)
-    assert 'data-k="final_total"' not in table and 'data-k="final_style"' in table  # a column hidden by the chooser
+    assert (
+        'data-k="final_total"' not in table and 'data-k="final_style"' in table
+    )  # a column hidden by the chooser
     # the per-column widgets show what the filter says: checkboxes for few values, ranges for many
-    weights = re.search(r'<fieldset data-col="content_weight" data-kind="values">.*?</fieldset>', dom, re.S).group(0)
+    weights = re.search(
+        r'<fieldset data-col="content_weight" data-kind="values">.*?</fieldset>', dom, re.S
+    ).group(0)
     assert re.findall(r'value="([^"]*)" checked', weights) == ["0.5", "4"]
     dom = chromium(report.as_uri() + "#filter=" + urllib.parse.quote("seed>=10 seed<=20"), tmp_path / "p7")
     seeds = re.search(r'<fieldset data-col="seed" data-kind="range">.*?</fieldset>', dom, re.S).group(0)
     assert 'value="10"' in seeds and 'value="20"' in seeds
-    assert attribute(dom, "count", "data-matching") == str(sum(1 for r in data["rows"] if 10 <= (r["seed"] or -1) <= 20))
+    assert attribute(dom, "count", "data-matching") == str(
+        sum(1 for r in data["rows"] if 10 <= (r["seed"] or -1) <= 20)
+    )
     assert table.count('<td class="text pin">') == 50  # the pinned name column, on every row of the page
     assert "<th data-k=\"iterations_run\"" in table and ">iterations run<" in table  # not "iterations" twice
 
     # the charts: 20 ticked rows' curves on uPlot, coloured by a parameter, named in its legend; a
     # scatter with ticks on both axes, its x axis logarithmic when asked (auto: over two decades)
     ticked = [r["id"] for r in ok[:20]]
-    dom = chromium(report.as_uri() + "#" + urllib.parse.urlencode(
-        {"select": ",".join(ticked), "colour": "content_weight", "logx": "log", "sort": "-final_style"}), tmp_path / "p5")
-    assert re.findall(r'<th data-k="(\w+)"', rows_table(dom))[:2] == ["label", "final_style"]  # the sorted column pinned
+    dom = chromium(
+        report.as_uri()
+        + "#"
+        + urllib.parse.urlencode(
+            {"select": ",".join(ticked), "colour": "content_weight", "logx": "log", "sort": "-final_style"}
+        ),
+        tmp_path / "p5",
+    )
+    assert re.findall(r'<th data-k="(\w+)"', rows_table(dom))[:2] == [
+        "label",
+        "final_style",
+    ]  # the sorted column pinned
     assert attribute(dom, "curves", "data-curves") == "20" and 'class="uplot' in dom
     assert dom.count('class="u-series') >= 21  # the x value and the 20 curves, by name
     assert all(title in dom for title in {r["label"] for r in ok[:20]})
@@ -371,13 +429,17 @@ def test_a_pinned_reference_row_plays_in_another_rows_player_in_headless_chromiu
     dom = chromium(report.as_uri() + f"#ref={one['id']}&open={two['id']}&ab=reference", tmp_path / "p")
     details = re.search(r'<tr class="details".*?</tr>', rows_table(dom), re.S).group(0)
     audio = re.search(r'<audio[^>]*src="([^"]*)"', details).group(1)
-    assert local_target(report, audio) == local_target(report, one["output_url"])  # one's output, in two's player
+    assert local_target(report, audio) == local_target(
+        report, one["output_url"]
+    )  # one's output, in two's player
     assert re.findall(r'<button data-which="(\w+)"', details) == ["content", "style", "output", "reference"]
     assert "reference: one" in details and f'id="reference" data-id="{one["id"]}"' in dom
     assert attribute(dom, "media-check", "data-broken") == "0"
 
 
-@pytest.mark.parametrize("iterations", [[], [7], [0, 3], [0, 5, 10], [0, 5, 10, 12], [0, 5, 10, 19], [0, 5, 11, 15], [4, 2]])
+@pytest.mark.parametrize(
+    "iterations", [[], [7], [0, 3], [0, 5, 10], [0, 5, 10, 12], [0, 5, 10, 19], [0, 5, 11, 15], [4, 2]]
+)
 def test_a_compact_trace_reads_back_as_its_points(iterations):
     from batch_ast.report import compact_trace
 

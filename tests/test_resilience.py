@@ -97,7 +97,9 @@ def test_zero_length_and_corrupt_audio_fail_with_the_file_named(audio_dir, tmp_p
     sf.write(audio_dir / "empty.wav", np.zeros(0, dtype=np.float32), 8000)
     (audio_dir / "garbage.ogg").write_bytes(b"OggS" + bytes(500))
     record = run_one(audio_dir, "empty.wav", "style.wav", tmp_path)
-    assert record["status"] == "failed" and "empty.wav" in record["error"] and "zero length" in record["error"]
+    assert (
+        record["status"] == "failed" and "empty.wav" in record["error"] and "zero length" in record["error"]
+    )
     record = run_one(audio_dir, "content.wav", "garbage.ogg", tmp_path)
     assert record["status"] == "failed" and "garbage.ogg: cannot decode audio" in record["error"]
 
@@ -120,7 +122,9 @@ def test_transient_failure_is_retryable(audio_dir, tmp_path, monkeypatch):
     record = run_one(audio_dir, "content.wav", "style.wav", tmp_path)
     assert record["status"] == "failed" and record["retryable"]
     plan = make_plan(
-        load_manifest(audio_dir / "m.csv", load_config()), ResultsRoot(tmp_path / "results"), audio_dir / "m.csv",
+        load_manifest(audio_dir / "m.csv", load_config()),
+        ResultsRoot(tmp_path / "results"),
+        audio_dir / "m.csv",
         retry_failed=True,
     )
     assert len(plan.to_run) == 1  # --retry-failed picks transient failures up again
@@ -197,7 +201,9 @@ def test_collect_reads_only_what_changed_and_writes_nothing_when_nothing_did(aud
     assert batch_ast.collect(results.root).reread == 1
     incremental = batch_ast.load_index(results.root)
     incremental_traces = batch_ast.load_traces(results.root)
-    assert incremental_traces.loc[incremental_traces["id"] == other, "total"].tolist() == trace["total"].tolist()
+    assert (
+        incremental_traces.loc[incremental_traces["id"] == other, "total"].tolist() == trace["total"].tolist()
+    )
     # the same index and traces as a collect from scratch
     results.collect_state_path.unlink()
     assert batch_ast.collect(results.root).reread == 2
@@ -237,7 +243,9 @@ def test_local_preemption_resumes_a_packed_job_without_redoing_finished_rows(aud
         iterations=400, patience=100000, n_filters=128,
     )
     job = TransferJob(RunOptions(checkpoint_every_s=0.2))
-    submission, (local_job,) = submit(specs, results, get_backend("local"), audio_dir / "m.csv", rows_per_job=2, job=job)
+    submission, (local_job,) = submit(
+        specs, results, get_backend("local"), audio_dir / "m.csv", rows_per_job=2, job=job
+    )
     first, second = specs
     # first row done, second under way: waited for as a state (a loaded machine is slow, never
     # wrong), failing only when the job ended without it or after an hour's safety bound
@@ -258,7 +266,9 @@ def test_local_preemption_resumes_a_packed_job_without_redoing_finished_rows(aud
 
 
 def test_beat_segmented_row_runs_through_the_job(audio_dir, tmp_path):
-    record = run_one(audio_dir, "content2.wav", "style.wav", tmp_path, rhythm="beats", kernel_size=3, iterations=3)
+    record = run_one(
+        audio_dir, "content2.wav", "style.wav", tmp_path, rhythm="beats", kernel_size=3, iterations=3
+    )
     assert record["status"] == "ok", record["error"]
     assert record["stop_reason"] == "max_iterations" and record["beat_segments"] >= 2
     assert record["content_bpm"] > 0 and record["style_bpm"] > 0 and len(record["style_beat_times"]) >= 2
@@ -288,7 +298,9 @@ def test_resume_limit_fails_the_row_instead_of_looping(audio_dir, tmp_path):
 @pytest.mark.parametrize("preset", ["ulyanov-tf", "student-adamw", "tomczak-dafx18", "quick"])
 def test_every_preset_runs_from_a_manifest(preset, audio_dir, tmp_path):
     """Each preset through the manifest and the job, shrunk by the row's own columns."""
-    record = run_one(audio_dir, "content2.wav", "style.wav", tmp_path, preset=preset, kernel_size=3, iterations=3)
+    record = run_one(
+        audio_dir, "content2.wav", "style.wav", tmp_path, preset=preset, kernel_size=3, iterations=3
+    )
     assert record["status"] == "ok", record["error"]
     assert record["params"]["preset"] == preset
     assert record["params"]["activation"] == load_config().presets[preset].get("activation", "relu")
@@ -328,7 +340,11 @@ def test_the_job_tells_submitit_whether_a_signal_was_the_time_limit(limit, expec
     where the limit is not known, submitit's own judgement stands."""
     job = TransferJob(RunOptions(time_limit_s=limit, limit_warning_s=60.0))
     handler = FakeSignalHandler()
-    job._submitit_handler, job._signal, job._started = handler.checkpoint_and_try_requeue, signal.SIGUSR2, time.monotonic()
+    job._submitit_handler, job._signal, job._started = (
+        handler.checkpoint_and_try_requeue,
+        signal.SIGUSR2,
+        time.monotonic(),
+    )
     job._hand_signal_to_submitit([])
     assert handler.judged is expected
     assert ("a preemption (not a time-limit requeue)" in capsys.readouterr().out) is (limit > 0)
@@ -352,7 +368,9 @@ def test_a_local_submission_from_another_host_is_not_judged_here(audio_dir, tmp_
     assert sub["host"] == socket.gethostname()
     root.record_path(next(iter(sub["rows"]))).unlink()  # as if the row were still running
     capsys.readouterr()
-    assert main(["status", str(results)]) == 1 and "lost=1" in capsys.readouterr().out  # here: its job is gone
+    assert (
+        main(["status", str(results)]) == 1 and "lost=1" in capsys.readouterr().out
+    )  # here: its job is gone
     path.write_text(json.dumps({**sub, "host": "another-host"}))
     assert main(["status", str(results)]) == 0
     out = capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""Integration tests against the real SLURM cluster started by slurm/start.sh (`make test` starts three nodes).
+"""Integration tests against the real SLURM cluster started by slurm/start.sh (`make test` starts
+three nodes).
 
 They skip with a reason where no cluster answers, except in CI (CI=true), where that is a failure.
 """
@@ -108,7 +109,9 @@ def squeue_ids() -> list[str]:
 
 
 def slurm_submit(manifest: Path, results: Path, *extra: str) -> int:
-    return main(["submit", str(manifest), "--results", str(results), "--executor", "slurm", "--quiet", *extra])
+    return main(
+        ["submit", str(manifest), "--results", str(results), "--executor", "slurm", "--quiet", *extra]
+    )
 
 
 def submitit_folders(results: Path) -> list[Path]:
@@ -137,7 +140,9 @@ def test_job_array_with_fake_gpu_throttling_and_a_failing_row(audio_dir, tmp_pat
         header=f"content,style,seed,{head}",
     )
     results = tmp_path / "results"
-    code = slurm_submit(m, results, "--wait", "--gpus", "1", "--array-parallelism", "2", "--timeout-min", "10")
+    code = slurm_submit(
+        m, results, "--wait", "--gpus", "1", "--array-parallelism", "2", "--timeout-min", "10"
+    )
     assert code == 1  # one row failed
     script = sbatch_script(results)
     assert re.search(r"#SBATCH --array=0-3%2", script), script
@@ -180,7 +185,9 @@ def test_packing_and_per_row_resources(audio_dir, tmp_path):
 def test_arrays_are_split_at_the_sites_max_array_size(audio_dir, tmp_path):
     head, vals = tiny_columns()
     m = write_manifest(
-        audio_dir, [f"content.wav,style.wav,{seed},{vals}" for seed in range(3)], header=f"content,style,seed,{head}"
+        audio_dir,
+        [f"content.wav,style.wav,{seed},{vals}" for seed in range(3)],
+        header=f"content,style,seed,{head}",
     )
     results = tmp_path / "results"
     assert slurm_submit(m, results, "--wait", "--max-array-size", "2") == 0
@@ -219,7 +226,9 @@ def test_detached_status_collect_while_running_and_cancel(audio_dir, tmp_path, c
 def test_scancel_of_one_array_task_leaves_the_others(audio_dir, tmp_path, capsys):
     head, vals = tiny_columns(iterations=300, patience=100000)
     m = write_manifest(
-        audio_dir, [f"content.wav,style.wav,{s},{vals}" for s in range(3)], header=f"content,style,seed,{head}"
+        audio_dir,
+        [f"content.wav,style.wav,{s},{vals}" for s in range(3)],
+        header=f"content,style,seed,{head}",
     )
     results = tmp_path / "results"
     assert slurm_submit(m, results, "--array-parallelism", "1") == 0
@@ -245,7 +254,9 @@ def submit_long_row(audio_dir: Path, results: Path, *extra: str) -> tuple[str, s
     return sub.jobs[0]["job_id"], sub.jobs[0]["rows"][0], Path(sub.jobs[0]["log"])
 
 
-def test_preemption_signal_checkpoints_requeues_and_resumes_to_the_same_result(audio_dir, tmp_path, reference_wav):
+def test_preemption_signal_checkpoints_requeues_and_resumes_to_the_same_result(
+    audio_dir, tmp_path, reference_wav
+):
     """USR2 long before the time limit: a preemption. With a 10-minute limit submitit would count
     it as a time-limit requeue (it does so from 10 minutes before the limit, so from the start
     here): the job tells it otherwise, and the requeue leaves the time-limit budget untouched."""
@@ -278,7 +289,9 @@ def test_hard_requeue_resumes_from_the_periodic_checkpoint(audio_dir, tmp_path):
     assert slurm_submit(m, results, "--checkpoint-every", "0.5") == 0
     (sub,) = load_submissions(ResultsRoot(results))
     job_id, rid = sub.jobs[0]["job_id"], sub.jobs[0]["rows"][0]
-    wait_for(ResultsRoot(results).checkpoint_path(rid).exists, every_s=0.2, what="a first checkpoint", jobs=job_id)
+    wait_for(
+        ResultsRoot(results).checkpoint_path(rid).exists, every_s=0.2, what="a first checkpoint", jobs=job_id
+    )
     subprocess.run(["scontrol", "requeue", job_id], check=True)
     record = wait_for(lambda: record_dict(ResultsRoot(results), rid), what="the record", jobs=job_id)
     assert record["status"] == "ok", record.get("error")
@@ -305,7 +318,9 @@ def test_timeout_triggers_checkpoint_requeue_and_resume(audio_dir, tmp_path):
     assert slurm_submit(m, results, "--profile", str(profile), "--checkpoint-every", "10") == 0
     (sub,) = load_submissions(ResultsRoot(results))
     rid, log = sub.jobs[0]["rows"][0], Path(sub.jobs[0]["log"])
-    record = wait_for(lambda: record_dict(ResultsRoot(results), rid), what="the record", jobs=sub.jobs[0]["job_id"])
+    record = wait_for(
+        lambda: record_dict(ResultsRoot(results), rid), what="the record", jobs=sub.jobs[0]["job_id"]
+    )
     assert record["status"] == "ok", record.get("error")
     assert record["iterations_run"] == iterations
     if "timed-out" in log.read_text():  # it ran past a limit at least once (the usual case)
@@ -320,10 +335,15 @@ def test_a_row_out_of_timeout_requeues_gets_a_failed_record(audio_dir, tmp_path,
     profile = tmp_path / "profile.yaml"
     profile.write_text("timeout_min: 1\nsignal_delay_s: 20\n")
     m = long_rows(audio_dir, 1, iterations=1_000_000)
-    assert slurm_submit(m, results, "--profile", str(profile), "--max-retries", "0", "--checkpoint-every", "10") == 0
+    assert (
+        slurm_submit(m, results, "--profile", str(profile), "--max-retries", "0", "--checkpoint-every", "10")
+        == 0
+    )
     (sub,) = load_submissions(ResultsRoot(results))
     rid = sub.jobs[0]["rows"][0]
-    record = wait_for(lambda: record_dict(ResultsRoot(results), rid), what="the record", jobs=sub.jobs[0]["job_id"])
+    record = wait_for(
+        lambda: record_dict(ResultsRoot(results), rid), what="the record", jobs=sub.jobs[0]["job_id"]
+    )
     assert record["status"] == "failed" and record["retryable"]
     assert "time limit reached more often than max_retries=0" in record["error"]
     assert "raise timeout_min or --max-retries" in record["error"]
@@ -345,8 +365,12 @@ def test_batched_rows_in_one_array_task_checkpoint_requeue_and_resume(audio_dir,
     (sub,) = load_submissions(ResultsRoot(results))
     (job,) = sub.jobs
     root = ResultsRoot(results)
-    wait_for(lambda: all(root.checkpoint_path(r).exists() for r in job["rows"]), every_s=0.2, what="checkpoints",
-             jobs=job["job_id"])
+    wait_for(
+        lambda: all(root.checkpoint_path(r).exists() for r in job["rows"]),
+        every_s=0.2,
+        what="checkpoints",
+        jobs=job["job_id"],
+    )
     subprocess.run(["scancel", "--signal=USR2", job["job_id"]], check=True)
 
     def all_records():
@@ -361,7 +385,8 @@ def test_batched_rows_in_one_array_task_checkpoint_requeue_and_resume(audio_dir,
     assert not any(root.checkpoint_path(r).exists() for r in job["rows"])
 
 
-@pytest.mark.root_only  # the payload is another user's file: only root can chown one (test_hostile_root says why)
+# the payload is another user's file: only root can chown one (test_hostile_root says why)
+@pytest.mark.root_only
 def test_a_swapped_submitted_pickle_is_refused_by_the_slurm_job(audio_dir, tmp_path, private_state):
     """Issue #23 on the cluster: during the pending time an attacker swaps the array task's
     ``_submitted.pkl`` for a payload they own; the job refuses it unread and the row is lost."""
@@ -371,7 +396,12 @@ def test_a_swapped_submitted_pickle_is_refused_by_the_slurm_job(audio_dir, tmp_p
     from .test_hostile_root import submit_under_a_swapping_watcher
 
     code, swapped, marker = submit_under_a_swapping_watcher(
-        "*_submitted.pkl", private_state, audio_dir, tmp_path, lambda m, results: slurm_submit(m, results, "--wait"))
+        "*_submitted.pkl",
+        private_state,
+        audio_dir,
+        tmp_path,
+        lambda m, results: slurm_submit(m, results, "--wait"),
+    )
     assert code == 1 and swapped and not marker.exists()
     results = tmp_path / "results"
     (sub,) = load_submissions(ResultsRoot(results))
@@ -387,16 +417,30 @@ def test_two_row_processes_per_array_task_pause_requeue_and_resume(audio_dir, tm
     share its CPUs. USR2 reaches every process of the step; the row processes ignore it, the job's
     process has both checkpoint, the task requeues, and both rows resume to their full length."""
     head, vals = tiny_columns(iterations=LONG, patience=100000, n_filters=128)
-    pairs = ["content.wav,style.wav", "content2.wav,style.wav", "style.wav,content.wav", "content2.wav,content.wav"]
+    pairs = [
+        "content.wav,style.wav",
+        "content2.wav,style.wav",
+        "style.wav,content.wav",
+        "content2.wav,content.wav",
+    ]
     m = write_manifest(audio_dir, [f"{p},{vals}" for p in pairs], header=f"content,style,{head}")
     results = tmp_path / "results"
-    assert slurm_submit(m, results, "--processes-per-job", "2", "--rows-per-job", "2", "--checkpoint-every", "0.5") == 0
+    assert (
+        slurm_submit(
+            m, results, "--processes-per-job", "2", "--rows-per-job", "2", "--checkpoint-every", "0.5"
+        )
+        == 0
+    )
     (sub,) = load_submissions(ResultsRoot(results))
     assert [len(j["rows"]) for j in sub.jobs] == [2, 2]
     root = ResultsRoot(results)
     first = sub.jobs[0]
-    wait_for(lambda: all(root.checkpoint_path(r).exists() for r in first["rows"]), every_s=0.2, what="checkpoints",
-             jobs=first["job_id"])
+    wait_for(
+        lambda: all(root.checkpoint_path(r).exists() for r in first["rows"]),
+        every_s=0.2,
+        what="checkpoints",
+        jobs=first["job_id"],
+    )
     signalled = datetime.now(timezone.utc).isoformat(timespec="seconds")
     subprocess.run(["scancel", "--signal=USR2", first["job_id"]], check=True)
 
@@ -410,7 +454,11 @@ def test_two_row_processes_per_array_task_pause_requeue_and_resume(audio_dir, tm
     # every row still running when the signal came paused and resumed (a faster one may have ended)
     running = [r for r in records if r["id"] in first["rows"] and r["finished_at"] > signalled]
     assert running and all(r["resumes"] >= 1 and r["resumed_from_iteration"] > 0 for r in running)
-    out = Path(first["log"]).with_name(Path(first["log"]).name.replace(".err", ".out")).read_text(errors="replace")
+    out = (
+        Path(first["log"])
+        .with_name(Path(first["log"]).name.replace(".err", ".out"))
+        .read_text(errors="replace")
+    )
     assert "[job] 2 row processes, 1 thread(s) each" in out and "[job] pausing" in out
     log = Path(first["log"]).read_text(errors="replace")
     assert len(set(re.findall(r"start \(manifest row \d+, pid (\d+)\)", log))) >= 2

@@ -31,7 +31,9 @@ class FakeClock:
 
 def test_a_heartbeat_comes_at_the_first_iteration_then_at_most_every_30_s_with_speed_and_eta():
     clock = FakeClock()
-    beat = Heartbeat(start_iteration=200, iterations=1200, host="n2", submission_id="s", clock=clock, wall=lambda: 5.0)
+    beat = Heartbeat(
+        start_iteration=200, iterations=1200, host="n2", submission_id="s", clock=clock, wall=lambda: 5.0
+    )
     clock.now += 2.0
     first = beat.beat(210, 12.5)
     assert first == Progress(210, 1200, 12.5, 5.0, 5.0, "n2", "s")  # speed of this process's iterations only
@@ -53,13 +55,19 @@ def test_a_heartbeat_reads_as_one_line():
     assert [duration(s) for s in (3, 80, 7500)] == ["3s", "1m20s", "2h05m"]
 
 
-@pytest.mark.parametrize("data", [
-    [1, 2], {"iteration": -1, "iterations": 10, "updated": 1.0}, {"iteration": True, "iterations": 10, "updated": 1.0},
-    {"iteration": 1, "iterations": 10}, {"iteration": 1, "iterations": 10, "updated": float("inf")},
-    {"iteration": 1, "iterations": 10, "updated": 1.0, "iterations_per_s": -3},
-    {"iteration": 1, "iterations": 10, "updated": 1.0, "loss": "low"},
-    {"iteration": 1, "iterations": 10, "updated": 1.0, "host": "x" * 400},
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        [1, 2],
+        {"iteration": -1, "iterations": 10, "updated": 1.0},
+        {"iteration": True, "iterations": 10, "updated": 1.0},
+        {"iteration": 1, "iterations": 10},
+        {"iteration": 1, "iterations": 10, "updated": float("inf")},
+        {"iteration": 1, "iterations": 10, "updated": 1.0, "iterations_per_s": -3},
+        {"iteration": 1, "iterations": 10, "updated": 1.0, "loss": "low"},
+        {"iteration": 1, "iterations": 10, "updated": 1.0, "host": "x" * 400},
+    ],
+)
 def test_a_planted_heartbeat_is_no_heartbeat(tmp_path, data):
     root = ResultsRoot(tmp_path)
     path = root.progress_path("0123456789abcdef")
@@ -104,9 +112,16 @@ def test_a_running_row_publishes_heartbeats_and_a_log_line_and_removes_them_when
 # --- status --------------------------------------------------------------------------------------
 
 def fake_status(rows: list[RowState]) -> SubmissionStatus:
-    sub = SubmissionRecord("20261201T000000.000000-abcdef", "slurm", "2026-12-01T00:00:00+00:00", "m.csv", "/r", "",
-                           jobs=[{"job_id": "32_0", "rows": [r.id for r in rows], "log": ""}],
-                           rows={r.id: r.row for r in rows})
+    sub = SubmissionRecord(
+        "20261201T000000.000000-abcdef",
+        "slurm",
+        "2026-12-01T00:00:00+00:00",
+        "m.csv",
+        "/r",
+        "",
+        jobs=[{"job_id": "32_0", "rows": [r.id for r in rows], "log": ""}],
+        rows={r.id: r.row for r in rows},
+    )
     return SubmissionStatus(sub, rows)
 
 
@@ -130,11 +145,19 @@ def test_status_shows_each_running_row_where_it_is(tmp_path):
     rows = [RowState(f"{i:016x}", i, "running", "32_0") for i in range(1, 15)]
     status = fake_status(rows)
     for r in rows[:12]:
-        root.write_json(root.progress_path(r.id),
-                        Progress(100 * r.row, 4000, 1.5, 10.0, time.time(), "n2", status.submission.submission_id).to_json())
-    root.write_json(root.progress_path(rows[11].id), Progress(1, 4000, 1.5, 10.0, time.time(), "n2", "another").to_json())
+        root.write_json(
+            root.progress_path(r.id),
+            Progress(
+                100 * r.row, 4000, 1.5, 10.0, time.time(), "n2", status.submission.submission_id
+            ).to_json(),
+        )
+    root.write_json(
+        root.progress_path(rows[11].id), Progress(1, 4000, 1.5, 10.0, time.time(), "n2", "another").to_json()
+    )
     text = format_status(status, results=root)
-    assert "running row 1 [0000000000000001] job 32_0 on n2: iteration 100/4000 (2%), loss 1.5, 10 it/s" in text
+    assert (
+        "running row 1 [0000000000000001] job 32_0 on n2: iteration 100/4000 (2%), loss 1.5, 10 it/s" in text
+    )
     assert text.count("  running row") == 10 and "… and 1 more row(s) optimising" in text
     assert "3 row(s) of running jobs without progress yet" in text  # two without, one of another submission
 
@@ -144,11 +167,15 @@ def test_status_says_older_submissions_exist_and_takes_the_root_either_way(audio
     m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
     results = tmp_path / "results"
     for extra in ([], ["--force"]):
-        assert main(["submit", str(m), "--results", str(results), "--executor", "debug", "--quiet", *extra]) == 0
+        assert (
+            main(["submit", str(m), "--results", str(results), "--executor", "debug", "--quiet", *extra]) == 0
+        )
     capsys.readouterr()
     assert main(["status", "--results", str(results)]) == 0
     out = capsys.readouterr().out
-    assert out.count("submission ") == 1 and "1 older submission(s) of this root not shown: status --all" in out
+    assert (
+        out.count("submission ") == 1 and "1 older submission(s) of this root not shown: status --all" in out
+    )
     assert main(["status", str(results), "--all"]) == 0
     assert capsys.readouterr().out.count("submission ") == 2
     for command in (["collect", "--quiet"], ["report"], ["analyse"], ["cancel"]):
@@ -201,17 +228,24 @@ def test_a_submission_shows_as_one_line(audio_dir, tmp_path):
     m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
     sub = batch_ast.submit(m, tmp_path / "r", executor="debug")
     text = repr(sub)
-    assert text.startswith("Submission(id=") and "executor='debug', rows=1, jobs=1" in text and len(text) < 300
+    assert (
+        text.startswith("Submission(id=") and "executor='debug', rows=1, jobs=1" in text and len(text) < 300
+    )
 
 
-def test_executor_slurm_without_a_controller_points_to_the_local_executor(audio_dir, tmp_path, monkeypatch, capsys):
+def test_executor_slurm_without_a_controller_points_to_the_local_executor(
+    audio_dir, tmp_path, monkeypatch, capsys
+):
     from batch_ast.backends import SlurmBackend
 
     monkeypatch.setattr(SlurmBackend, "available", lambda self, *a, **k: False)
     head, vals = tiny_columns()
     m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
     assert main(["submit", str(m), "--results", str(tmp_path / "r"), "--executor", "slurm"]) == 2
-    assert "no SLURM controller answers" in (err := capsys.readouterr().err) and "--executor local runs the rows" in err
+    assert (
+        "no SLURM controller answers" in (err := capsys.readouterr().err)
+        and "--executor local runs the rows" in err
+    )
 
 
 def test_analyse_names_the_metric_it_shows(audio_dir, tmp_path, capsys):

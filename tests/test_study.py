@@ -46,13 +46,23 @@ def test_a_study_expands_pairs_presets_seeds_and_grid_in_order(audio_dir):
     # default names say what varies
     assert rows[0]["id"] == "content+style seed=0 content_weight=0.5"
     assert all(Path(r["content"]).is_absolute() for r in rows)
-    zipped = write_study(audio_dir, "contents: [content.wav, content2.wav]\nstyles: [style.wav, content.wav]\npair: zip\n"
-                                    "name: '{content} in the style of {style}'\n", "zip.yaml")
-    assert [r["id"] for r in study_rows(zipped)] == ["content in the style of style", "content2 in the style of content"]
+    zipped = write_study(
+        audio_dir,
+        "contents: [content.wav, content2.wav]\nstyles: [style.wav, content.wav]\npair: zip\n"
+        "name: '{content} in the style of {style}'\n",
+        "zip.yaml",
+    )
+    assert [r["id"] for r in study_rows(zipped)] == [
+        "content in the style of style",
+        "content2 in the style of content",
+    ]
 
 
-def test_study_rows_have_the_ids_of_the_equal_csv_rows_and_a_new_grid_value_adds_only_its_rows(audio_dir, tmp_path):
-    grid = "contents: content.wav\nstyles: [style.wav]\nset: {{n_filters: 64, sample_rate: 8000}}\ngrid: {{content_weight: [{}]}}\n"
+def test_study_rows_have_the_ids_of_the_equal_csv_rows_and_a_new_grid_value_adds_only_its_rows(
+    audio_dir, tmp_path
+):
+    grid = ("contents: content.wav\nstyles: [style.wav]\nset: {{n_filters: 64, sample_rate: 8000}}\n"
+            "grid: {{content_weight: [{}]}}\n")
     study = write_study(audio_dir, grid.format("0.5, 5"))
     csv_manifest = write_manifest(
         audio_dir, ["content.wav,style.wav,64,8000,0.5", "content.wav,style.wav,64,8000,5"],
@@ -70,19 +80,34 @@ def test_study_rows_have_the_ids_of_the_equal_csv_rows_and_a_new_grid_value_adds
     assert old < set(new) and len(set(new) - old) == 1
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("contents: a.wav\n", "missing 'styles'"),
-    ("contents: a.wav\nstyles: b.wav\ngrdi: {}\n", "unknown key(s) 'grdi'"),
-    ("contents: 'nothing*.wav'\nstyles: style.wav\n", "'nothing*.wav' matches no file"),
-    ("contents: [content.wav, content2.wav]\nstyles: style.wav\npair: zip\n", "as many contents as styles, got 2 and 1"),
-    ("contents: content.wav\nstyles: style.wav\npair: all\n", "'pair' must be one of product, zip"),
-    ("contents: content.wav\nstyles: style.wav\ngrid: {content_wieght: [1, 2]}\n", "unknown hyperparameter 'content_wieght'"),
-    ("contents: content.wav\nstyles: style.wav\ngrid: {lr: []}\n", "'grid: lr' is an empty list"),
-    ("contents: content.wav\nstyles: style.wav\nset: {lr: [1, 2]}\n", "takes one value (use grid: for several)"),
-    ("contents: content.wav\nstyles: style.wav\nseed: 1\nseeds: [1, 2]\n", "give 'seed' or 'seeds', not both"),
-    ("contents: content.wav\nstyles: style.wav\nname: '{colour}'\n", "cannot be filled"),
-    ("- a list\n", "must be a YAML mapping"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("contents: a.wav\n", "missing 'styles'"),
+        ("contents: a.wav\nstyles: b.wav\ngrdi: {}\n", "unknown key(s) 'grdi'"),
+        ("contents: 'nothing*.wav'\nstyles: style.wav\n", "'nothing*.wav' matches no file"),
+        (
+            "contents: [content.wav, content2.wav]\nstyles: style.wav\npair: zip\n",
+            "as many contents as styles, got 2 and 1",
+        ),
+        ("contents: content.wav\nstyles: style.wav\npair: all\n", "'pair' must be one of product, zip"),
+        (
+            "contents: content.wav\nstyles: style.wav\ngrid: {content_wieght: [1, 2]}\n",
+            "unknown hyperparameter 'content_wieght'",
+        ),
+        ("contents: content.wav\nstyles: style.wav\ngrid: {lr: []}\n", "'grid: lr' is an empty list"),
+        (
+            "contents: content.wav\nstyles: style.wav\nset: {lr: [1, 2]}\n",
+            "takes one value (use grid: for several)",
+        ),
+        (
+            "contents: content.wav\nstyles: style.wav\nseed: 1\nseeds: [1, 2]\n",
+            "give 'seed' or 'seeds', not both",
+        ),
+        ("contents: content.wav\nstyles: style.wav\nname: '{colour}'\n", "cannot be filled"),
+        ("- a list\n", "must be a YAML mapping"),
+    ],
+)
 def test_bad_studies_say_what_is_wrong(audio_dir, text, message):
     study = write_study(audio_dir, text)
     with pytest.raises(StudyError, match=re.escape(message)):
@@ -90,13 +115,17 @@ def test_bad_studies_say_what_is_wrong(audio_dir, text, message):
 
 
 def test_submit_takes_a_study_and_reports_its_rows_problems_like_a_manifest(audio_dir, tmp_path, capsys):
-    study = write_study(audio_dir, "contents: [content.wav, missing.wav]\nstyles: style.wav\ngrid: {lr: [1, -2]}\n")
+    study = write_study(
+        audio_dir, "contents: [content.wav, missing.wav]\nstyles: style.wav\ngrid: {lr: [1, -2]}\n"
+    )
     with pytest.raises(ManifestError) as caught:
         load_rows(study, load_config())
     text = str(caught.value)
     assert "study.yaml" in text and "missing.wav" in text and "'lr'" in text
     assert main(["submit", str(study), "--results", str(tmp_path / "r"), "--dry-run"]) == 2
-    good = write_study(audio_dir, "contents: content.wav\nstyles: style.wav\ngrid: {content_weight: [1, 2]}\n", "good.yaml")
+    good = write_study(
+        audio_dir, "contents: content.wav\nstyles: style.wav\ngrid: {content_weight: [1, 2]}\n", "good.yaml"
+    )
     assert main(["submit", str(good), "--results", str(tmp_path / "r"), "--dry-run"]) == 0
     assert "2 to run" in capsys.readouterr().out
 

@@ -60,8 +60,9 @@ def one_row(folder: Path, name: str = "m.csv", seeds: tuple[int, ...] = (0,), **
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """The installed ``batch-ast`` command in a process of its own (its umask, cwd and env)."""
-    return subprocess.run([CLI, *args], cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                          timeout=3600)
+    return subprocess.run(
+        [CLI, *args], cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=3600
+    )
 
 
 def a_group_of_mine() -> int:
@@ -84,10 +85,17 @@ def shared_folder(parent: Path, name: str = "proj") -> Path:
 
 
 @pytest.mark.parametrize("mask", [0o002, 0o007])
-def test_a_group_umask_runs_every_row_and_its_job_folder_stays_private(mask, audio_dir, tmp_path, private_state):
+def test_a_group_umask_runs_every_row_and_its_job_folder_stays_private(
+    mask, audio_dir, tmp_path, private_state
+):
     m = one_row(audio_dir)
     with umask(mask):
-        assert cli("submit", str(m), "--results", str(tmp_path / "r"), "--executor", "local", "--wait", "--quiet") == 0
+        assert (
+            cli(
+                "submit", str(m), "--results", str(tmp_path / "r"), "--executor", "local", "--wait", "--quiet"
+            )
+            == 0
+        )
     (job_folder,) = [p for p in (private_state / "submitit").glob("*/*") if p.is_dir() and p.name.isdigit()]
     # submitit made it with the user's umask (group-writable at 002): private all the same, as a
     # folder nobody else may enter (0700) lies above it
@@ -103,7 +111,10 @@ def test_a_root_made_in_a_setgid_project_folder_is_the_groups_whatever_the_umask
     project = shared_folder(reachable_tmp)
     m = one_row(audio_dir)
     with umask(0o022):  # the colleague with a private umask
-        assert cli("submit", str(m), "--results", str(project / "r"), "--executor", "local", "--wait", "--quiet") == 0
+        assert (
+            cli("submit", str(m), "--results", str(project / "r"), "--executor", "local", "--wait", "--quiet")
+            == 0
+        )
     group = project.stat().st_gid
     made = [p for p in (project / "r").rglob("*")] + [project / "r"]
     assert len(made) > 8
@@ -126,16 +137,27 @@ def test_a_lock_file_this_user_may_not_write_still_locks(audio_dir, tmp_path):
         pass
 
 
-def test_a_lock_held_for_ever_by_a_reader_is_named_after_a_bounded_wait(audio_dir, tmp_path, capsys, monkeypatch):
+def test_a_lock_held_for_ever_by_a_reader_is_named_after_a_bounded_wait(
+    audio_dir, tmp_path, capsys, monkeypatch
+):
     """H6: a member who can only read the root holds a shared flock on its lock file: collect,
     report and submit wait a bounded time, then name the lock; status takes no lock."""
     results, _ = ok_root(audio_dir, tmp_path)
     (results.root / ".claims.lock").touch()
     monkeypatch.setenv("BATCH_AST_LOCK_WAIT_S", "0.5")
-    submit = ["submit", str(one_row(audio_dir, seeds=(5,))), "--results", str(results.root), "--executor", "local"]
-    for lock, command, code in ((".collect.lock", ["collect", str(results.root)], 2),
-                                (".collect.lock", ["report", str(results.root)], 0),  # the last index, said so
-                                (".claims.lock", submit, 2)):
+    submit = [
+        "submit",
+        str(one_row(audio_dir, seeds=(5,))),
+        "--results",
+        str(results.root),
+        "--executor",
+        "local",
+    ]
+    for lock, command, code in (
+        (".collect.lock", ["collect", str(results.root)], 2),
+        (".collect.lock", ["report", str(results.root)], 0),  # the last index, said so
+        (".claims.lock", submit, 2),
+    ):
         fd = os.open(results.root / lock, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
@@ -158,11 +180,27 @@ def test_a_row_runs_with_a_read_only_home_and_writes_nothing_there(audio_dir, re
     state.mkdir(mode=0o700)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "NUMBA_", "MPLCONFIG"))}
     env.update(HOME=str(home), BATCH_AST_STATE_DIR=str(state / "batch-ast"))
-    done = subprocess.run([CLI, "submit", str(one_row(audio_dir)), "--results", str(tmp_path / "r"), "--executor",
-                           "local", "--wait"], env=env, capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(
+        [
+            CLI,
+            "submit",
+            str(one_row(audio_dir)),
+            "--results",
+            str(tmp_path / "r"),
+            "--executor",
+            "local",
+            "--wait",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert list(home.iterdir()) == []
-    assert (state / "batch-ast" / "cache" / "numba").is_dir() and (state / "batch-ast" / "cache" / "matplotlib").is_dir()
+    assert (state / "batch-ast" / "cache" / "numba").is_dir() and (
+        state / "batch-ast" / "cache" / "matplotlib"
+    ).is_dir()
 
 
 def test_jobs_point_numba_and_matplotlib_into_the_state_folder_unless_the_user_did(tmp_path, monkeypatch):
@@ -199,7 +237,9 @@ def test_h1_modules_planted_where_the_user_stands_never_run(audio_dir, tmp_path)
         (root / package).mkdir()
         (root / package / "__init__.py").write_text(f"open({str(marker / package)!r}, 'w')\n")
     marker.mkdir()
-    done = run_cli("submit", str(one_row(audio_dir)), "--results", str(root), "--executor", "local", "--wait", cwd=root)
+    done = run_cli(
+        "submit", str(one_row(audio_dir)), "--results", str(root), "--executor", "local", "--wait", cwd=root
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert list(marker.iterdir()) == []
     assert set(batch_ast.load_index(root)["status"]) == {"ok"}
@@ -237,17 +277,23 @@ def test_h3_a_planted_submission_and_claim_do_not_block_a_row(audio_dir, tmp_pat
     # a fresh claim of a queue nobody here can ask is believed for a while; --force takes it at once
     assert cli("submit", str(m), "--results", str(results.root), "--executor", "local", "--wait") == 0
     assert "in flight" in capsys.readouterr().out
-    assert cli("submit", str(m), "--results", str(results.root), "--executor", "local", "--wait", "--force") == 0
+    assert (
+        cli("submit", str(m), "--results", str(results.root), "--executor", "local", "--wait", "--force") == 0
+    )
     assert batch_ast.load_index(results.root).set_index("id").loc[rid, "status"] == "ok"
     capsys.readouterr()
     assert cli("status", str(results.root)) == 0
     out = capsys.readouterr().out
     assert future not in out.splitlines()[0]  # "latest" is the user's own newest, never a future id
     # and an old claim of such a submission is taken over without --force
-    results.write_json(results.run_dir(rid) / "claim.json",
-                       {"submission_id": future, "host": "elsewhere", "pid": 1, "created": time.time() - 13 * 3600})
+    results.write_json(
+        results.run_dir(rid) / "claim.json",
+        {"submission_id": future, "host": "elsewhere", "pid": 1, "created": time.time() - 13 * 3600},
+    )
     (results.run_dir(rid) / "record.json").unlink()
-    assert cli("submit", str(m), "--results", str(results.root), "--executor", "local", "--wait", "--quiet") == 0
+    assert (
+        cli("submit", str(m), "--results", str(results.root), "--executor", "local", "--wait", "--quiet") == 0
+    )
 
 
 def test_h4_cancel_refuses_a_submission_that_copies_a_running_ones_folder(audio_dir, tmp_path, capsys):
@@ -319,8 +365,12 @@ def test_h10_an_oversized_or_phantom_submission_floods_nothing(audio_dir, tmp_pa
     big = {**submission_json("20261130T000001.000000-abcdef", fake[0], "1", "/x/submitit/y"),
            "rows": {r: i for i, r in enumerate(fake)}, "jobs": [{"job_id": "1", "rows": fake, "log": ""}]}
     results.write_json(results.submissions_dir / "20261130T000001.000000-abcdef.json", big)
-    small = {**big, "submission_id": "20261130T000002.000000-abcdef",
-             "rows": {r: i for i, r in enumerate(fake[:50])}, "jobs": [{"job_id": "1", "rows": fake[:50], "log": ""}]}
+    small = {
+        **big,
+        "submission_id": "20261130T000002.000000-abcdef",
+        "rows": {r: i for i, r in enumerate(fake[:50])},
+        "jobs": [{"job_id": "1", "rows": fake[:50], "log": ""}],
+    }
     results.write_json(results.submissions_dir / "20261130T000002.000000-abcdef.json", small)
     subs, problems = read_submissions(results)
     assert any("150 rows, more than the 100" in p for p in problems)
@@ -377,9 +427,13 @@ def test_h14_the_filter_tokeniser_is_linear_and_joins_spaced_operators():
     script = (REPO / "batch_ast" / "report_assets" / "report.js").read_text()
     start = script.index("const STARTS_WITH_OPERATOR")
     end = script.index("function parseTerms")
-    code = script[start:end] + """
-const out = [filterTokens('status = ok  content_weight >1 x= 2 <3'), filterTokens(' '.repeat(2000000) + 'x').length];
+    code = (
+        script[start:end]
+        + """
+const out = [filterTokens('status = ok  content_weight >1 x= 2 <3'),
+             filterTokens(' '.repeat(2000000) + 'x').length];
 console.log(JSON.stringify(out));"""
+    )
     done = subprocess.run([NODE or "node", "-e", code], capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [["status=ok", "content_weight>1", "x=2<3"], 1]
@@ -421,7 +475,9 @@ def test_two_users_of_one_group_share_a_setgid_root_on_the_cluster(reachable_tmp
     from batch_ast.backends import get_backend
 
     if not get_backend("slurm").available():
-        pytest.fail("no SLURM controller answers") if os.environ.get("CI") == "true" else pytest.skip("no SLURM")
+        pytest.fail("no SLURM controller answers") if os.environ.get("CI") == "true" else pytest.skip(
+            "no SLURM"
+        )
     inputs = reachable_tmp / "inputs"
     inputs.mkdir()
     for name, src in (("content.wav", "speech_gettysburg.wav"), ("style.wav", "boogie_marabi.wav")):
@@ -436,9 +492,27 @@ def test_two_users_of_one_group_share_a_setgid_root_on_the_cluster(reachable_tmp
     state.mkdir(mode=0o700)
     env_a = {"BATCH_AST_STATE_DIR": str(state / "batch-ast")}
     # both submit at once: A at umask 002, B at umask 022
-    a = subprocess.Popen(["bash", "-c", "umask 002; exec \"$@\"", "a", CLI, "submit", str(m_a), "--results", str(root),
-                          "--executor", "slurm", "--wait"], env={**os.environ, **env_a}, cwd="/",
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    a = subprocess.Popen(
+        [
+            "bash",
+            "-c",
+            'umask 002; exec "$@"',
+            "a",
+            CLI,
+            "submit",
+            str(m_a),
+            "--results",
+            str(root),
+            "--executor",
+            "slurm",
+            "--wait",
+        ],
+        env={**os.environ, **env_a},
+        cwd="/",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     b = as_user_b(CLI, "submit", str(m_b), "--results", str(root), "--executor", "slurm", "--wait")
     out_a = a.communicate(timeout=3600)[0]
     assert b.returncode == 0, b.stdout + b.stderr
@@ -454,7 +528,9 @@ def test_two_users_of_one_group_share_a_setgid_root_on_the_cluster(reachable_tmp
         assert row["record_uid"] == owners[row["submission_id"]]
     first, second = subs.values()
     shared = set(index[index["seed"].isin([2, 3])]["id"])
-    assert len(shared) == 2  # in both manifests: each ran in one submission; the other skipped it (in flight or done)
+    assert (
+        len(shared) == 2
+    )  # in both manifests: each ran in one submission; the other skipped it (in flight or done)
     for rid in shared:
         assert (rid in first.rows) != (rid in second.rows), rid
     # either collects, reports and follows after the other
@@ -487,7 +563,10 @@ def test_held_the_reports_csv_export_quotes_the_same_cells():
     script = (REPO / "batch_ast" / "report_assets" / "report.js").read_text()
     start = script.index("const FORMULA")
     end = script.index("function exportRows")
-    code = script[start:end] + f"console.log(JSON.stringify({json.dumps(HIDDEN_FORMULAS + PLAIN)}.map(csvCell)));"
+    code = (
+        script[start:end]
+        + f"console.log(JSON.stringify({json.dumps(HIDDEN_FORMULAS + PLAIN)}.map(csvCell)));"
+    )
     done = subprocess.run([NODE or "node", "-e", code], capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stderr
     cells = json.loads(done.stdout)
