@@ -22,6 +22,7 @@ _LAZY = {
     "prepare": "api",
     "submit": "api",
     "Params": "config",
+    "SubmitOptions": "options",
     "load_index": "index",
     "load_traces": "index",
     "ResultsError": "store",
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from .api import Prepared, Submission, collect, find_submission, prepare, submit
     from .config import Params
     from .index import load_index, load_traces
+    from .options import SubmitOptions
     from .store import ResultsError
 
 
@@ -51,6 +53,7 @@ __all__ = [
     "Prepared",
     "ResultsError",
     "Submission",
+    "SubmitOptions",
     "__version__",
     "collect",
     "find_submission",

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pandas as pd
 import submitit
@@ -31,7 +31,6 @@ from .backends import EXECUTORS, Backend, BackendError, choose_backend, get_back
 from .claims import release_claims
 from .config import load_config
 from .dispatch import (
-    DispatchError,
     Packing,
     SubmissionRecord,
     find_profile,
@@ -46,6 +45,7 @@ from .dispatch import submit as dispatch_submit
 from .index import CollectReport, load_index
 from .index import collect as collect_files
 from .job import DEFAULTS, TransferJob
+from .options import SubmitOptions, merged
 from .plan import HASH_CACHE, Plan, RowSpec, make_plan
 from .private import check_job_files, make_private_dir, state_dir
 from .record import record_dict
@@ -223,71 +223,6 @@ class Prepared:
         return Submission(self.results, record, self.plan, jobs, busy, failed_before=failed)
 
 
-@dataclass(frozen=True)
-class SubmitOptions:
-    """How a manifest is submitted: every option ``batch-ast submit`` and ``batch_ast.submit``
-    share, checked in one place (``check``) so a wrong type is a clear message, not a TypeError
-    deep inside submitit. None means "the profile's value, else the default"."""
-
-    force: bool = False  # redo rows that are already done
-    retry_failed: bool = False  # rerun rows whose failure was transient
-    rows_per_job: int | None = None
-    batch_rows: int | None = None
-    processes_per_job: int | None = None  # row processes sharing one job's allocation (pool.py)
-    finish_in_background: bool | None = None  # None: the profile's, else where rows run on a GPU
-    max_array_size: int | None = None
-    workers: int = 1  # local executor: parallel processes
-    timeout_min: int | None = None
-    gpus: int | None = None
-    array_parallelism: int | None = None
-    max_retries: int | None = None
-    checkpoint_every_s: float | None = None
-    max_rows: int | None = None  # refuse larger manifests and studies (manifest.max_rows)
-
-    # the integer options and their smallest values
-    _INTS: ClassVar[dict[str, int]] = {
-        "rows_per_job": 1,
-        "batch_rows": 1,
-        "processes_per_job": 1,
-        "max_array_size": 1,
-        "workers": 1,
-        "timeout_min": 1,
-        "gpus": 0,
-        "array_parallelism": 1,
-        "max_retries": 0,
-        "max_rows": 1,
-    }
-
-    def check(self) -> SubmitOptions:
-        """Self, when every option has its type and range; else DispatchError naming each bad one."""
-        bad = []
-        for name in ("force", "retry_failed"):
-            if not isinstance(getattr(self, name), bool):
-                bad.append(f"{name} must be True or False, not {_shown(getattr(self, name))}")
-        if self.finish_in_background is not None and not isinstance(self.finish_in_background, bool):
-            bad.append(
-                f"finish_in_background must be True, False or None, not {_shown(self.finish_in_background)}"
-            )
-        for name, low in self._INTS.items():
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                bad.append(f"{name} must be an integer >= {low}, not {_shown(value)}")
-        every = self.checkpoint_every_s
-        if every is not None and (isinstance(every, bool) or not isinstance(every, (int, float))
-                                  or not every >= 0 or every == float("inf")):
-            bad.append(f"checkpoint_every_s must be a number of seconds >= 0, not {_shown(every)}")
-        if bad:
-            raise DispatchError("; ".join(bad))
-        return self
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _path_argument(value: Any, name: str, optional: bool = False) -> Path | None:
     """A path argument of the API, or a clear TypeError (``submit(123)``, ``results=None``)."""
     if value is None and optional:
@@ -333,12 +268,7 @@ def prepare(
     rows = load_rows(manifest, cfg, max_rows=opts.max_rows)
     profile_path, source = find_profile(profile, site_defaults=site_profile)
     profile_values = load_profile(profile_path)
-    parameters, packing, max_resumes = job_parameters(
-        profile_values, rows_per_job=opts.rows_per_job, max_array_size=opts.max_array_size,
-        batch_rows=opts.batch_rows, processes_per_job=opts.processes_per_job,
-        finish_in_background=opts.finish_in_background, timeout_min=opts.timeout_min, gpus=opts.gpus,
-        array_parallelism=opts.array_parallelism, max_retries=opts.max_retries,
-    )
+    parameters, packing, max_retries = job_parameters(profile_values, opts)
     backend, why = choose_backend(executor)  # a bad executor is refused before any input is hashed
     backend.check_parameters(parameters)
     state = state_dir(profile_values.get("state_dir"))
@@ -358,9 +288,9 @@ def prepare(
         save_cache=not dry_run,
         hash_cache=state / HASH_CACHE,
     )  # a dry run writes nothing
-    every = DEFAULTS.checkpoint_every_s if opts.checkpoint_every_s is None else opts.checkpoint_every_s
+    every = merged(profile_values, opts)["checkpoint_every_s"]
     limit_s, warning_s = backend.time_limit_warning(parameters)
-    run_options = replace(DEFAULTS, max_resumes=max_resumes, checkpoint_every_s=every, time_limit_s=limit_s,
+    run_options = replace(DEFAULTS, max_retries=max_retries, checkpoint_every_s=every, time_limit_s=limit_s,
                           limit_warning_s=warning_s)
     return Prepared(
         plan=plan,
@@ -371,14 +301,14 @@ def prepare(
         parameters=parameters,
         packing=packing,
         rows_per_job=packing.rows_per_job
-        or backend.rows_per_job(len(plan.to_run), opts.workers, packing.processes_per_job),
+        or backend.rows_per_job(len(plan.to_run), opts.workers or 1, packing.processes_per_job),
         job=TransferJob(
             run_options,
             force=opts.force,
             batch_rows=packing.batch_rows,
             processes=packing.processes_per_job,
             finish_in_background=packing.finish_in_background,
-            threads=backend.thread_share(opts.workers),
+            threads=backend.thread_share(opts.workers or 1),
         ),
         profile=profile_path,
         profile_source=source,

@@ -14,10 +14,11 @@ from . import api
 from .analysis import hyperparameter_effect, plot_effect
 from .backends import EXECUTORS, BackendError
 from .config import ConfigError
-from .dispatch import DEFAULT_MAX_ARRAY_SIZE, DispatchError, latest_submission, read_submissions
+from .dispatch import DispatchError, latest_submission, read_submissions
 from .index import load_index
-from .job import DEFAULTS
-from .manifest import DEFAULT_MAX_ROWS, MAX_ROWS_ENV, ManifestError
+from .manifest import ManifestError
+from .options import add_arguments as add_option_arguments
+from .options import from_arguments
 from .plan import chunk
 from .private import PrivateStateError, state_dir, use_private_caches
 from .report import write_report
@@ -123,30 +124,10 @@ def _report_failed_before(lines: list[str]) -> None:
         print("\n".join(lines), file=sys.stderr)
 
 
-def submit_options(args: argparse.Namespace) -> api.SubmitOptions:
-    """The submit command's options as the API's ``SubmitOptions`` (one list, one check)."""
-    return api.SubmitOptions(
-        force=args.force,
-        retry_failed=args.retry_failed,
-        rows_per_job=args.rows_per_job,
-        batch_rows=args.batch_rows,
-        processes_per_job=args.processes_per_job,
-        finish_in_background=args.finish_in_background,
-        max_array_size=args.max_array_size,
-        workers=args.workers,
-        timeout_min=args.timeout_min,
-        gpus=args.gpus,
-        array_parallelism=args.array_parallelism,
-        max_retries=args.max_retries,
-        checkpoint_every_s=args.checkpoint_every,
-        max_rows=args.max_rows,
-    )
-
-
 def cmd_submit(args: argparse.Namespace) -> int:
     prepared = api.prepare(
         args.manifest, args.results, args.executor, args.profile, config=args.config,
-        site_profile=not args.no_profile, options=submit_options(args), dry_run=args.dry_run,
+        site_profile=not args.no_profile, options=from_arguments(args), dry_run=args.dry_run,
         progress=not args.quiet,
     )
     if prepared.profile is not None and prepared.profile_source != "--profile":
@@ -333,65 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-profile", action="store_true", help="use no default profile (only --profile, if given)"
     )
-    p.add_argument("--rows-per-job", type=int, help="pack N rows into one job/array task")
-    p.add_argument("--batch-rows", type=int, metavar="N",
-                   help="optimise up to N rows of a job that share a network together, one batched conv "
-                        "(keeps a GPU busy; default 1)")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="local executor: jobs run at once on this machine, each with its share of the rows (default 1)",
-    )
-    p.add_argument(
-        "--processes-per-job",
-        type=int,
-        metavar="K",
-        help="row processes sharing each job's allocation (its CPUs, split K ways, or its GPU); on "
-        "SLURM an array task then takes 2K rows unless --rows-per-job says otherwise (default 1)",
-    )
-    finish = p.add_mutually_exclusive_group()
-    finish.add_argument(
-        "--finish-in-background",
-        dest="finish_in_background",
-        action="store_true",
-        default=None,
-        help="write a row's files, figures and metrics while the next row optimises "
-        "(default: on where rows run on a GPU; never in row processes or with a tf32 row)",
-    )
-    finish.add_argument("--no-finish-in-background", dest="finish_in_background", action="store_false")
-    p.add_argument("--array-parallelism", type=int, help="SLURM: at most N array tasks at once")
-    p.add_argument(
-        "--max-array-size",
-        type=int,
-        help="SLURM: split into arrays of at most N tasks (site MaxArraySize; default "
-             f"{DEFAULT_MAX_ARRAY_SIZE})",
-    )
-    p.add_argument("--timeout-min", type=int, help="time limit per job in minutes")
-    p.add_argument("--gpus", type=int, help="GPUs per job (SLURM gpus_per_node)")
-    p.add_argument(
-        "--checkpoint-every",
-        type=float,
-        default=DEFAULTS.checkpoint_every_s,
-        metavar="SECONDS",
-        help=f"save each row's optimisation state this often (default {DEFAULTS.checkpoint_every_s:g})",
-    )
-    p.add_argument(
-        "--max-retries",
-        type=int,
-        help=f"resume a row at most N times after timeouts, preemption or requeues; also submitit's "
-        f"cap on time-limit requeues (slurm max_num_timeout) (default {DEFAULTS.max_resumes})",
-    )
-    p.add_argument(
-        "--max-rows",
-        type=int,
-        metavar="N",
-        help=f"refuse a manifest or study of more than N rows (default {DEFAULT_MAX_ROWS}, or "
-             f"${MAX_ROWS_ENV})",
-    )
+    add_option_arguments(p)
     p.add_argument("--dry-run", action="store_true", help="show the plan and exit")
-    p.add_argument("--force", action="store_true", help="redo rows that are already done")
-    p.add_argument("--retry-failed", action="store_true", help="rerun rows whose record says failed")
     wait = p.add_mutually_exclusive_group()
     wait.add_argument("--wait", dest="wait", action="store_true", default=None,
                       help="follow until done, then collect (default for local/debug)")

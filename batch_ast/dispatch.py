@@ -21,53 +21,15 @@ import submitit
 
 from .backends import BACKENDS, Backend
 from .config import ConfigError, read_config_file
-from .job import DEFAULTS, TransferJob
+from .job import TransferJob
 from .manifest import MAX_ROWS_ENV, max_rows
+from .options import BY_NAME, OPTIONS, DispatchError, merged, profile_problems
 from .plan import RowSpec, chunk
 from .private import SUBMISSION_ID, is_private_submitit_folder, state_dir, submitit_folder
 from .store import ROW_ID, ResultsRoot, load_json
 from .text import describe_os_error, short_path
 
-# Profile keys users write -> submitit parameter names.
-PROFILE_KEYS = {
-    "partition": "slurm_partition",
-    "account": "slurm_account",
-    "qos": "slurm_qos",
-    "constraint": "slurm_constraint",
-    "gpus_per_node": "gpus_per_node",
-    "cpus_per_task": "cpus_per_task",
-    "mem_gb": "mem_gb",
-    "timeout_min": "timeout_min",
-    "array_parallelism": "slurm_array_parallelism",
-    "signal_delay_s": "slurm_signal_delay_s",
-    "max_num_timeout": "slurm_max_num_timeout",
-    "setup": "slurm_setup",
-    "additional_parameters": "slurm_additional_parameters",
-    "job_name": "name",
-    "gres": "slurm_gres",
-    "exclude": "slurm_exclude",
-    "nodelist": "slurm_nodelist",
-    "mail_type": "slurm_mail_type",
-    "mail_user": "slurm_mail_user",
-    # how a job starts Python, e.g. "apptainer exec image.sif python" (submitit's executor argument)
-    "python": "python",
-}
 PROFILE_ENV = "BATCH_AST_PROFILE"
-# Profile keys batch-ast handles itself (not submitit parameters).
-NON_SUBMITIT_KEYS = (
-    "rows_per_job",
-    "max_array_size",
-    "batch_rows",
-    "processes_per_job",
-    "finish_in_background",
-    "state_dir",
-)
-# Many sites cap job arrays (MaxArraySize, often 1001); submitit does not split: we do.
-DEFAULT_MAX_ARRAY_SIZE = 1000
-
-
-class DispatchError(RuntimeError):
-    """The submission cannot be made (bad profile, no cluster where one was asked for...)."""
 
 
 def user_profile_path() -> Path:
@@ -102,67 +64,18 @@ def find_profile(explicit: str | Path | None, site_defaults: bool = True) -> tup
 
 
 def load_profile(path: str | Path | None) -> dict[str, Any]:
-    """Read a cluster profile YAML (see slurm/profile.example.yaml) into submitit parameters."""
+    """Read a cluster profile YAML (see slurm/profile.example.yaml): its values by option name
+    (``options.OPTIONS``; older key names read as their option), every key and value checked."""
     if path is None:
         return {}
     try:
         data = read_config_file(path, "profile")
     except ConfigError as exc:
         raise DispatchError(str(exc)) from None
-    unknown = sorted(map(str, set(data) - set(PROFILE_KEYS) - set(NON_SUBMITIT_KEYS)))
-    if unknown:
-        raise DispatchError(f"{short_path(path)}: unknown profile key(s) {[k[:40] for k in unknown[:20]]}; "
-                            f"known: {sorted([*PROFILE_KEYS, *NON_SUBMITIT_KEYS])}")
-    bad = [
-        problem
-        for key, value in data.items()
-        if value is not None and (problem := profile_value_problem(key, value))
-    ]
-    if bad:
-        raise DispatchError(f"{short_path(path)}: " + "; ".join(bad))
-    return {PROFILE_KEYS.get(k, k): v for k, v in data.items() if v is not None}
-
-
-# Profile keys by the kind of value they take (everything else is text).
-_PROFILE_INTS = {
-    "gpus_per_node": 0,
-    "cpus_per_task": 1,
-    "timeout_min": 1,
-    "array_parallelism": 1,
-    "signal_delay_s": 0,
-    "max_num_timeout": 0,
-    "rows_per_job": 1,
-    "max_array_size": 1,
-    "batch_rows": 1,
-    "processes_per_job": 1,
-}
-
-
-def profile_value_problem(key: str, value: Any) -> str:
-    """'' when a profile value has the type and range its key takes, else what is wrong (a
-    profile is YAML: ``mem_gb: lots`` or ``python: [1, 2]`` must be refused here, not by sbatch)."""
-    shown = str(value)[:40]
-    if key in _PROFILE_INTS:
-        low = _PROFILE_INTS[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            return f"{key} must be an integer >= {low}, not {shown!r}"
-    elif key == "mem_gb":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
-            return f"mem_gb must be a number of GB > 0, not {shown!r}"
-    elif key == "finish_in_background":
-        if value not in (True, False, "auto"):
-            return f"finish_in_background must be true, false or auto, not {shown!r}"
-    elif key == "setup":
-        if not isinstance(value, list) or not all(isinstance(line, str) for line in value):
-            return "setup must be a list of shell lines"
-    elif key == "additional_parameters":
-        if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, (str, int, float, bool)) for k, v in value.items()
-        ):
-            return "additional_parameters must be a mapping of sbatch option to value"
-    elif not isinstance(value, str) or not value.strip():
-        return f"{key} must be text, not {shown!r}"
-    return ""
+    values, problems = profile_problems(data)
+    if problems:
+        raise DispatchError(f"{short_path(path)}: " + "; ".join(problems))
+    return values
 
 
 @dataclass(frozen=True)
@@ -173,57 +86,21 @@ class Packing:
     are made while the next row optimises (None: where rows run on a GPU)."""
 
     rows_per_job: int | None = None
-    max_array_size: int = DEFAULT_MAX_ARRAY_SIZE
+    max_array_size: int = BY_NAME["max_array_size"].default
     batch_rows: int = 1
     processes_per_job: int = 1
     finish_in_background: bool | None = None
 
 
-def job_parameters(
-    profile: dict[str, Any],
-    *,
-    rows_per_job: int | None = None,
-    max_array_size: int | None = None,
-    batch_rows: int | None = None,
-    processes_per_job: int | None = None,
-    finish_in_background: bool | None = None,
-    timeout_min: int | None = None,
-    gpus: int | None = None,
-    array_parallelism: int | None = None,
-    max_retries: int | None = None,
-) -> tuple[dict[str, Any], Packing, int]:
-    """(submitit parameters, packing, resume limit) of a submission: the profile's (``load_profile``)
-    with the caller's options on top. The resume limit bounds both batch-ast's resumes of a row and
-    submitit's time-limit requeues (its max_num_timeout). DispatchError lists every bad value."""
-    params = dict(profile)
-    packing = {key: value if value is not None else params.get(key)
-               for key, value in (("rows_per_job", rows_per_job), ("max_array_size", max_array_size),
-                                  ("batch_rows", batch_rows), ("processes_per_job", processes_per_job))}
-    background = (
-        finish_in_background if finish_in_background is not None else params.get("finish_in_background")
-    )
-    for key in NON_SUBMITIT_KEYS:
-        params.pop(key, None)
-    bad = [f"{k} must be an integer >= 1, not {v!r}" for k, v in packing.items()
-           if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1)]
-    for name, value, low in (("timeout_min", timeout_min, 1), ("max_retries", max_retries, 0),
-                             ("array_parallelism", array_parallelism, 1)):
-        if value is not None and value < low:
-            bad.append(f"--{name.replace('_', '-')} must be >= {low}, not {value}")
-    if bad:
-        raise DispatchError("; ".join(bad))
-    if array_parallelism:
-        params["slurm_array_parallelism"] = array_parallelism
-    if timeout_min:
-        params["timeout_min"] = timeout_min
-    if gpus is not None:
-        params["gpus_per_node"] = gpus
-    limit = max_retries if max_retries is not None else params.get("slurm_max_num_timeout")
-    limit = DEFAULTS.max_resumes if limit is None else int(limit)
-    params["slurm_max_num_timeout"] = limit
-    return params, Packing(packing["rows_per_job"], packing["max_array_size"] or DEFAULT_MAX_ARRAY_SIZE,
-                           packing["batch_rows"] or 1, packing["processes_per_job"] or 1,
-                           None if background in (None, "auto") else bool(background)), limit
+def job_parameters(profile: dict[str, Any], options: Any = None) -> tuple[dict[str, Any], Packing, int]:
+    """(submitit parameters, packing, retry limit) of a submission: the profile's values
+    (``load_profile``) with the options (``SubmitOptions``, already checked) on top. The retry
+    limit bounds both batch-ast's resumes of a row and submitit's time-limit requeues."""
+    values = merged(profile, options)
+    params = {o.submitit: values[o.name] for o in OPTIONS if o.submitit and values[o.name] is not None}
+    packing = Packing(values["rows_per_job"], values["max_array_size"], values["batch_rows"],
+                      values["processes_per_job"], values["finish_in_background"])
+    return params, packing, values["max_retries"]
 
 
 @dataclass
@@ -411,7 +288,7 @@ def submit(
     params: dict[str, Any] | None = None,
     skipped: dict[str, str] | None = None,
     job: TransferJob | None = None,
-    max_array_size: int = DEFAULT_MAX_ARRAY_SIZE,
+    max_array_size: int = BY_NAME["max_array_size"].default,
     submission_id: str = "",
     state: Path | None = None,
 ) -> tuple[SubmissionRecord, list[submitit.Job]]:

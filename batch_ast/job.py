@@ -153,7 +153,7 @@ class TransferJob(submitit.helpers.Checkpointable):
         except submitit.core.utils.UncompletedJobError as exc:
             for run in paused:
                 run.fail(TimeLimitError(
-                    f"time limit reached more often than max_retries={self.options.max_resumes} requeues "
+                    f"time limit reached more often than max_retries={self.options.max_retries} requeues "
                     f"allow ({exc}); raise timeout_min or --max-retries, then --retry-failed resumes the row"
                 ))
             raise
@@ -168,5 +168,8 @@ class TransferJob(submitit.helpers.Checkpointable):
         if "options" not in state:  # pickled by batch-ast before RunOptions: a job requeued across an upgrade
             state = {"options": {k: state[k] for k in ("submission_id", "checkpoint_every_s", "max_resumes")},
                      "force": state["force"], "batch_rows": state.get("batch_rows", 1)}
-        self.__init__(RunOptions(**state["options"]), state["force"], state["batch_rows"],
+        options = dict(state["options"])
+        if "max_resumes" in options:  # the name before 0.4 (one name per knob since: max_retries)
+            options["max_retries"] = options.pop("max_resumes")
+        self.__init__(RunOptions(**options), state["force"], state["batch_rows"],
                       state.get("processes", 1), state.get("finish_in_background"), state.get("threads"))

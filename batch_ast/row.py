@@ -442,9 +442,9 @@ class RowRun:
         # Resumes count within one submission: a new submission (--retry-failed) starts afresh.
         same_submission = state.get("submission_id") == self.options.submission_id
         self.resumes = (int(state.get("resumes", 0)) if same_submission else 0) + 1
-        if self.resumes > self.options.max_resumes:
+        if self.resumes > self.options.max_retries:
             raise ResumeLimitError(
-                f"interrupted {self.resumes} times, more than max_retries={self.options.max_resumes}: giving "
+                f"interrupted {self.resumes} times, more than max_retries={self.options.max_retries}: giving "
                 "up"
             )
 

@@ -22,7 +22,7 @@ class RunOptions:
 
     submission_id: str = ""
     checkpoint_every_s: float = 300.0
-    max_resumes: int = 10
+    max_retries: int = 10
     # The job's time limit and how long before it the warning signal comes (0: not known), so that
     # a warning far from the limit counts as a preemption, not as a time-limit requeue.
     time_limit_s: float = 0.0

@@ -205,14 +205,29 @@ def test_a_job_pickled_by_the_previous_version_still_unpickles():
     job = batch_ast.job.TransferJob.__new__(batch_ast.job.TransferJob)
     job.__setstate__({"submission_id": "s1", "force": True, "checkpoint_every_s": 60.0, "max_resumes": 3,
                       "batch_rows": 2})
-    assert (job.options.submission_id, job.options.checkpoint_every_s, job.options.max_resumes) == (
-        "s1",
-        60.0,
-        3,
-    )
+    options = job.options
+    assert (options.submission_id, options.checkpoint_every_s, options.max_retries) == ("s1", 60.0, 3)
     assert job.force and job.batch_rows == 2
     again = pickle.loads(pickle.dumps(job))
     assert again.options == job.options and again.force and again.batch_rows == 2
+    # pickled by 0.3 (RunOptions, its knob still called max_resumes)
+    job.__setstate__(
+        {
+            "options": {
+                "submission_id": "s2",
+                "checkpoint_every_s": 5.0,
+                "max_resumes": 4,
+                "time_limit_s": 0.0,
+                "limit_warning_s": 0.0,
+            },
+            "force": False,
+            "batch_rows": 1,
+            "processes": 2,
+            "finish_in_background": None,
+            "threads": None,
+        }
+    )
+    assert (job.options.submission_id, job.options.max_retries, job.processes) == ("s2", 4, 2)
 
 
 def test_a_jobs_process_starts_without_torch_or_pandas():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -11,8 +12,8 @@ import pytest
 
 from batch_ast import backends
 from batch_ast.backends import BackendError, choose_backend, get_backend, local_gpu_passthrough
+from batch_ast.cli import build_parser
 from batch_ast.dispatch import (
-    NON_SUBMITIT_KEYS,
     DispatchError,
     SubmissionRecord,
     find_profile,
@@ -20,6 +21,7 @@ from batch_ast.dispatch import (
     load_profile,
     user_profile_path,
 )
+from batch_ast.options import OPTIONS, SubmitOptions, from_arguments
 from batch_ast.status import submission_status, unfinished_jobs
 
 
@@ -53,11 +55,9 @@ def test_auto_falls_back_to_local_and_says_why(monkeypatch):
 
 def test_example_profile_maps_to_valid_submitit_parameters(tmp_path, monkeypatch):
     srun_on_path(tmp_path, monkeypatch)
-    params = load_profile(REPO / "slurm" / "profile.example.yaml")
+    params, packing, limit = job_parameters(load_profile(REPO / "slurm" / "profile.example.yaml"))
     assert params["slurm_partition"] == "gpu" and params["slurm_array_parallelism"] == 50
-    assert params["batch_rows"] == 1 and params["slurm_mail_type"] == "FAIL"
-    for key in NON_SUBMITIT_KEYS:  # batch-ast's own keys, taken out by the CLI
-        params.pop(key, None)
+    assert packing.batch_rows == 1 and params["slurm_mail_type"] == "FAIL" and limit == 5
     executor = _make_executor("slurm", tmp_path, params)  # submitit rejects unknown names
     assert executor.cluster == "slurm"
 
@@ -79,19 +79,42 @@ def test_default_packing():
 
 
 def test_job_parameters_put_the_options_over_the_profile_and_check_them():
-    profile = {"slurm_partition": "gpu", "timeout_min": 30, "rows_per_job": 4, "batch_rows": 2}
-    params, packing, limit = job_parameters(
-        profile, timeout_min=90, gpus=1, array_parallelism=5, max_retries=3
-    )
+    profile = {"partition": "gpu", "timeout_min": 30, "rows_per_job": 4, "batch_rows": 2}
+    options = SubmitOptions(timeout_min=90, gpus=1, array_parallelism=5, max_retries=3).check()
+    params, packing, limit = job_parameters(profile, options)
     assert params == {"slurm_partition": "gpu", "timeout_min": 90, "gpus_per_node": 1,
                       "slurm_array_parallelism": 5, "slurm_max_num_timeout": 3}
     assert (packing.rows_per_job, packing.batch_rows, packing.max_array_size, limit) == (4, 2, 1000, 3)
-    assert job_parameters({"slurm_max_num_timeout": 2})[2] == 2  # the profile's requeue cap bounds resumes
+    assert job_parameters({"max_retries": 2})[2] == 2  # the profile's requeue cap bounds resumes
     assert job_parameters({})[1].rows_per_job is None  # the backend decides
     with pytest.raises(
-        DispatchError, match="rows_per_job must be an integer >= 1.*--timeout-min must be >= 1"
+        DispatchError, match="rows_per_job must be an integer >= 1.*timeout_min must be an integer >= 1"
     ):
-        job_parameters({"rows_per_job": 0}, timeout_min=0)
+        SubmitOptions(rows_per_job=0, timeout_min=0).check()
+
+
+def test_one_declaration_per_option_and_older_profile_names_still_read(tmp_path):
+    """The CLI, the API and the profile derive from ``options.OPTIONS``: one name per knob."""
+    parser = build_parser()
+    submit = next(a for a in parser._subparsers._group_actions[0].choices["submit"]._actions
+                  if a.dest == "max_retries")
+    assert submit.option_strings == ["--max-retries"]
+    assert [f.name for f in dataclasses.fields(SubmitOptions)] == [
+        o.name for o in OPTIONS if "cli" in o.where
+    ]
+    old = tmp_path / "old.yaml"
+    old.write_text("gpus_per_node: 1\nmax_num_timeout: 2\n")  # the names before 0.4
+    assert load_profile(old) == {"gpus": 1, "max_retries": 2}
+    old.write_text("gpus_per_node: 1\ngpus: 2\n")
+    with pytest.raises(DispatchError, match="gpus is given twice"):
+        load_profile(old)
+    old.write_text("mem_gb: lots\nforce: true\n")  # force is the command's, not a profile's
+    with pytest.raises(DispatchError, match="unknown profile key.*'force'.*mem_gb must be a number of GB"):
+        load_profile(old)
+    args = parser.parse_args(
+        ["submit", "m.csv", "--checkpoint-every", "5", "--gpus", "0", "--no-finish-in-background"]
+    )
+    assert from_arguments(args) == SubmitOptions(checkpoint_every_s=5.0, gpus=0, finish_in_background=False)
 
 
 def test_row_states_come_from_records_then_the_queue():
@@ -225,7 +248,7 @@ def test_profile_passes_gres_nodes_mail_and_a_python_wrapper_to_submitit(tmp_pat
     profile = tmp_path / "p.yaml"
     profile.write_text("gres: 'gpu:a100:1'\nexclude: node[1-2]\nnodelist: node7\nmail_type: END\n"
                        "mail_user: me@example.org\npython: 'apptainer exec image.sif python'\n")
-    params = load_profile(profile)
+    params = job_parameters(load_profile(profile))[0]
     assert {k: params[k] for k in ("slurm_gres", "slurm_exclude", "slurm_nodelist", "slurm_mail_type")} == {
         "slurm_gres": "gpu:a100:1",
         "slurm_exclude": "node[1-2]",

@@ -24,6 +24,7 @@ from batch_ast.dispatch import DispatchError, job_parameters, load_profile, subm
 from batch_ast.job import TransferJob
 from batch_ast.loop import run_groups, run_rows
 from batch_ast.manifest import load_manifest
+from batch_ast.options import SubmitOptions
 from batch_ast.plan import make_plan
 from batch_ast.pool import mps_pipe_directory, threads_per_process
 from batch_ast.record import record_dict
@@ -202,7 +203,9 @@ def test_processes_per_job_is_an_option_a_profile_key_and_packs_slurm_tasks(tmp_
     profile.write_text("processes_per_job: 3\nfinish_in_background: true\n")
     _, packing, _ = job_parameters(load_profile(profile))
     assert packing.processes_per_job == 3 and packing.finish_in_background is True
-    _, packing, _ = job_parameters(load_profile(profile), processes_per_job=2, finish_in_background=False)
+    _, packing, _ = job_parameters(
+        load_profile(profile), SubmitOptions(processes_per_job=2, finish_in_background=False)
+    )
     assert packing.processes_per_job == 2 and packing.finish_in_background is False
     assert job_parameters({})[1].finish_in_background is None  # auto: on where rows run on a GPU
     profile.write_text("processes_per_job: 0\n")

@@ -284,12 +284,12 @@ def test_resume_limit_fails_the_row_instead_of_looping(audio_dir, tmp_path):
     (spec,) = plan_rows(audio_dir, ["content.wav,style.wav"], results, iterations=200, patience=100000)
     calls = iter(range(1000))
     with pytest.raises(Paused):  # interrupted after 3 iterations: checkpoint written
-        run_row(spec, results, should_pause=lambda: next(calls) >= 3, options=RunOptions(max_resumes=1))
+        run_row(spec, results, should_pause=lambda: next(calls) >= 3, options=RunOptions(max_retries=1))
     assert results.checkpoint_path(spec.id).exists()
     calls = iter(range(1000))
     with pytest.raises(Paused):  # first resume is allowed (and interrupted again)
-        run_row(spec, results, should_pause=lambda: next(calls) >= 3, options=RunOptions(max_resumes=1))
-    record = run_row(spec, results, options=RunOptions(max_resumes=1))  # a second resume is over the limit
+        run_row(spec, results, should_pause=lambda: next(calls) >= 3, options=RunOptions(max_retries=1))
+    record = run_row(spec, results, options=RunOptions(max_retries=1))  # a second resume is over the limit
     assert record["status"] == "failed" and not record["retryable"]
     assert "interrupted 2 times, more than max_retries=1" in record["error"]
     assert not results.checkpoint_path(spec.id).exists()
