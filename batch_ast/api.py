@@ -37,19 +37,18 @@ from .dispatch import (
     job_parameters,
     latest_submission,
     load_profile,
-    load_submissions,
     new_submission_id,
     save_submission,
+    submit_arrays,
+    valid_submissions,
 )
-from .dispatch import submit as dispatch_submit
-from .index import CollectReport, load_index
-from .index import collect as collect_files
+from .index import CollectReport, load_index, update_index
 from .job import DEFAULTS, TransferJob
 from .options import SubmitOptions, merged
 from .plan import HASH_CACHE, Plan, RowSpec, make_plan
 from .private import check_job_files, make_private_dir, state_dir
 from .record import record_dict
-from .status import SubmissionStatus, claim_rows, query_status, unrecorded_rows
+from .status import SubmissionStatus, claim_unless_live, query_status, unrecorded_rows
 from .store import ResultsRoot, check_shared_root
 from .study import load_rows
 from .text import short_path
@@ -197,14 +196,14 @@ class Prepared:
         """Claim the rows (rows in flight in another submission are skipped) and submit the rest."""
         submission_id = new_submission_id()
         failed = {spec.id: str(record.get("error", "")) for spec, record in self.failed_before()}
-        to_run, busy = claim_rows(self.results, self.plan.to_run, submission_id, force=self.job.force)
+        to_run, busy = claim_unless_live(self.results, self.plan.to_run, submission_id, force=self.job.force)
         if not to_run:
             return Submission(self.results, None, self.plan, busy=busy, failed_before=failed)
         skipped = {s.id: "already done" for s in self.plan.done}
         skipped.update({s.id: "failed before" for s in self.plan.failed_before})
         skipped.update(busy)
         try:
-            record, jobs = dispatch_submit(
+            record, jobs = submit_arrays(
                 to_run,
                 self.results,
                 self.backend,
@@ -339,7 +338,7 @@ def find_submission(results: str | Path = "results", submission_id: str | None =
     """A recorded submission (the latest by default) as a ``Submission``; None if there is none."""
     root = ResultsRoot.of(results)
     root.require_results_root()
-    submissions = load_submissions(root)
+    submissions = valid_submissions(root)
     if submission_id is None:
         latest = latest_submission(submissions)
         return Submission(root, latest) if latest else None
@@ -350,8 +349,8 @@ def find_submission(results: str | Path = "results", submission_id: str | None =
 def collect(root: str | Path = "results", progress: bool = False) -> CollectReport:
     """Gather the records and traces under ``root`` into index.parquet and traces.parquet,
     with the submitted rows that have no record yet (their state from the queue) and the figures
-    of ok rows redrawn where they are missing. See ``index.collect`` for what it returns and raises."""
-    return collect_files(root, progress, unrecorded=unrecorded_rows, repair_figures=_redraw_figures)
+    of ok rows redrawn where they are missing. See ``index.update_index`` for what it returns and raises."""
+    return update_index(root, progress, unrecorded=unrecorded_rows, repair_figures=_redraw_figures)
 
 
 def _redraw_figures(results: ResultsRoot, record: dict[str, Any]) -> dict[str, Any]:

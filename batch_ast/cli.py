@@ -37,7 +37,7 @@ def _say(args: argparse.Namespace, message: str) -> None:
 PLAN_LINES = 200  # plan lines of each kind; the rest is counted, not listed
 
 
-def varying_params(specs: list, most: int = 6) -> list[str]:
+def differing_params(specs: list, most: int = 6) -> list[str]:
     """The hyperparameters whose values differ between ``specs`` (at most ``most``, in the
     config's order): what tells a study's rows apart in the plan listing."""
     if len(specs) < 2:
@@ -58,7 +58,7 @@ def _print_plan(prepared: api.Prepared) -> None:
         f"{len(plan.failed_before)} failed before, {len(plan.duplicates)} duplicate(s)"
     )
     print(f"executor: {prepared.backend.name} ({prepared.why})")
-    shown = varying_params(plan.to_run) or ["optimizer", "iterations", "n_filters"]
+    shown = differing_params(plan.to_run) or ["optimizer", "iterations", "n_filters"]
     for spec in plan.to_run[:PLAN_LINES]:
         label = f" {spec.name!r}" if spec.name else ""
         settings = " ".join(f"{name}={getattr(spec.params, name)}" for name in shown)

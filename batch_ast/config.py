@@ -254,7 +254,7 @@ class _NoAliasSafeLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
-def read_yaml_mapping(text: str, source: str) -> dict[str, Any]:
+def parse_yaml_mapping(text: str, source: str) -> dict[str, Any]:
     """Parse YAML safely (no tags, no aliases, at most MAX_CONFIG_BYTES); None/empty is {};
     anything but a mapping is a ConfigError."""
     if len(text) > MAX_CONFIG_BYTES:
@@ -274,7 +274,7 @@ def read_yaml_mapping(text: str, source: str) -> dict[str, Any]:
     return data
 
 
-def read_config_file(path: str | Path, what: str) -> dict[str, Any]:
+def load_config_file(path: str | Path, what: str) -> dict[str, Any]:
     """A user's YAML file (config, profile) as a mapping; every problem is one ConfigError that
     names the file: unreadable, too large (checked before reading), not UTF-8, not valid YAML."""
     path = Path(path)
@@ -290,7 +290,7 @@ def read_config_file(path: str | Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"{shown_path}: cannot read {what}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{shown_path}: {what} is not UTF-8 text (byte {exc.start})") from None
-    return read_yaml_mapping(text, f"{what} {shown_path}")
+    return parse_yaml_mapping(text, f"{what} {shown_path}")
 
 
 @dataclass(frozen=True)
@@ -336,7 +336,7 @@ def load_config(path: str | Path | None = None) -> Config:
     The user file may hold ``defaults:`` and ``presets:`` sections, or be a flat mapping of
     hyperparameters (taken as defaults).
     """
-    shipped = read_yaml_mapping(
+    shipped = parse_yaml_mapping(
         resources.files("batch_ast").joinpath("defaults.yaml").read_text(), "defaults.yaml"
     )
     defaults = _validated(shipped["defaults"], "defaults.yaml")
@@ -346,7 +346,7 @@ def load_config(path: str | Path | None = None) -> Config:
     }
     if path is not None:
         path = Path(path)
-        user = read_config_file(path, "config")
+        user = load_config_file(path, "config")
         if "defaults" in user or "presets" in user:
             extra = set(user) - {"defaults", "presets"}
             if extra:

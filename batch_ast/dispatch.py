@@ -20,7 +20,7 @@ from typing import Any
 import submitit
 
 from .backends import BACKENDS, Backend
-from .config import ConfigError, read_config_file
+from .config import ConfigError, load_config_file
 from .job import TransferJob
 from .manifest import MAX_ROWS_ENV, max_rows
 from .options import BY_NAME, OPTIONS, DispatchError, merged, profile_problems
@@ -69,7 +69,7 @@ def load_profile(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        data = read_config_file(path, "profile")
+        data = load_config_file(path, "profile")
     except ConfigError as exc:
         raise DispatchError(str(exc)) from None
     values, problems = profile_problems(data)
@@ -279,7 +279,7 @@ def safe_job_start(private: Path) -> Iterator[None]:
             os.environ["PYTHONSAFEPATH"] = old
 
 
-def submit(
+def submit_arrays(
     specs: list[RowSpec],
     results: ResultsRoot,
     backend: Backend,
@@ -384,6 +384,6 @@ def latest_submission(submissions: list[SubmissionRecord]) -> SubmissionRecord |
     return (mine or current or [None])[-1]
 
 
-def load_submissions(results: ResultsRoot) -> list[SubmissionRecord]:
+def valid_submissions(results: ResultsRoot) -> list[SubmissionRecord]:
     """All valid recorded submissions, oldest first (``read_submissions`` says which were not)."""
     return read_submissions(results)[0]

@@ -363,8 +363,12 @@ def _previous(results: ResultsRoot, unchanged: set[str]) -> tuple[list[dict], pa
     return rows, traces
 
 
-def collect(root: str | os.PathLike[str], progress: bool = False, unrecorded: UnrecordedRows | None = None,
-            repair_figures: FigureRepair | None = None) -> CollectReport:
+def update_index(
+    root: str | os.PathLike[str],
+    progress: bool = False,
+    unrecorded: UnrecordedRows | None = None,
+    repair_figures: FigureRepair | None = None,
+) -> CollectReport:
     """Gather every published record and trace under ``root`` into index.parquet and traces.parquet.
 
     This is the bottom layer: it reads files and writes the index. ``batch_ast.collect`` (api.py)

@@ -23,6 +23,7 @@ from typing import Any
 
 from .manifest import DEFAULT_MAX_ROWS, MAX_ROWS_ENV
 from .runopts import DEFAULTS
+from .text import short_repr
 
 CLI, PROFILE = "cli", "profile"  # where an option may be given (CLI: the command line and the API)
 
@@ -53,7 +54,7 @@ class Option:
     def problem(self, value: Any, source: str = PROFILE) -> str:
         """'' when ``value`` is of this option's kind and range, else what is wrong (a profile is
         YAML and an API call Python: ``mem_gb: lots`` is refused here, never by sbatch)."""
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        shown = short_repr(value)
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if self.kind == "flag":
             ok, want = isinstance(value, bool), "True or False"

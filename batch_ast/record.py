@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from .config import PARAMS, ConfigError, Params
 from .store import ResultsRoot, open_regular, parse_json
-from .text import describe_os_error
+from .text import describe_os_error, short_repr
 from .version import VERSION
 
 # What each field becomes in the index: an Arrow type, or None for record-only fields (long text,
@@ -184,7 +184,7 @@ class Record:
             except (TypeError, ValueError) as exc:
                 raise RecordError(f"field {f.name!r}: {exc}") from None
         if values.get("id") != row_id:
-            raise RecordError(f"field 'id' must be the row's id {row_id}, not {_shown(data.get('id'))}")
+            raise RecordError(f"field 'id' must be the row's id {row_id}, not {short_repr(data.get('id'))}")
         if "status" not in values:
             raise RecordError("no 'status'")
         return cls(**values)
@@ -213,55 +213,50 @@ _SUBMISSION_ID = re.compile(r"[0-9A-Za-z.:_-]{0,80}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-def _shown(value: Any) -> str:
-    text = repr(value) if not isinstance(value, (dict, list)) else f"a {type(value).__name__}"
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"expected a number, not {_shown(value)}")
+        raise TypeError(f"expected a number, not {short_repr(value)}")
     try:
         return float(value)
     except OverflowError:
-        raise ValueError(f"{_shown(value)} is out of a float's range") from None
+        raise ValueError(f"{short_repr(value)} is out of a float's range") from None
 
 
 def _checked(name: str, kind: str | None, value: Any, row_id: str) -> Any:
     """One field's value if it fits its kind (see ``Record``), else TypeError/ValueError."""
     if kind == "params":
         if not isinstance(value, dict):
-            raise TypeError(f"expected a mapping of hyperparameters, not {_shown(value)}")
+            raise TypeError(f"expected a mapping of hyperparameters, not {short_repr(value)}")
         try:
             return Params.from_record(value).to_dict()
         except (ConfigError, TypeError) as exc:
             raise ValueError(str(exc)[:300]) from None
     if kind in ("text", "time") or name == "traceback":
         if not isinstance(value, str):
-            raise TypeError(f"expected text, not {_shown(value)}")
+            raise TypeError(f"expected text, not {short_repr(value)}")
         if len(value) > MAX_TEXT:
             raise ValueError(f"{len(value)} characters, more than {MAX_TEXT}")
         if kind == "time":
             try:
                 datetime.fromisoformat(value)
             except ValueError:
-                raise ValueError(f"not an ISO time: {_shown(value)}") from None
+                raise ValueError(f"not an ISO time: {short_repr(value)}") from None
         elif name == "status" and value not in STATUSES:
-            raise ValueError(f"must be one of {STATUSES}, not {_shown(value)}")
+            raise ValueError(f"must be one of {STATUSES}, not {short_repr(value)}")
         elif name in ("content_sha256", "style_sha256") and not _HEX64.fullmatch(value):
-            raise ValueError(f"not a SHA-256 (64 hex digits): {_shown(value)}")
+            raise ValueError(f"not a SHA-256 (64 hex digits): {short_repr(value)}")
         elif name in ROW_FILES and value != f"runs/{row_id}/{ROW_FILES[name]}":
             raise ValueError(
-                f"must name the row's own file runs/{row_id}/{ROW_FILES[name]}, not {_shown(value)}"
+                f"must name the row's own file runs/{row_id}/{ROW_FILES[name]}, not {short_repr(value)}"
             )
         elif name == "submission_id" and not _SUBMISSION_ID.fullmatch(value):
-            raise ValueError(f"not a submission id: {_shown(value)}")
+            raise ValueError(f"not a submission id: {short_repr(value)}")
         return value
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"expected an integer, not {_shown(value)}")
+            raise TypeError(f"expected an integer, not {short_repr(value)}")
         if not -(2**63) <= value < 2**63:
-            raise ValueError(f"{_shown(value)} does not fit 64 bits")
+            raise ValueError(f"{short_repr(value)} does not fit 64 bits")
         if name == "row" and value < 0:
             raise ValueError(f"a manifest row is >= 0, not {value}")
         return value
@@ -269,7 +264,7 @@ def _checked(name: str, kind: str | None, value: Any, row_id: str) -> Any:
         return _number(value)
     if kind == "flag":
         if not isinstance(value, bool):
-            raise TypeError(f"expected true or false, not {_shown(value)}")
+            raise TypeError(f"expected true or false, not {short_repr(value)}")
         return value
     # record-only fields
     if name == "resources":

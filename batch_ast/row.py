@@ -174,7 +174,7 @@ def checkpoint_identity(spec: RowSpec) -> dict[str, Any]:
     }
 
 
-def load_checkpoint(
+def read_checkpoint(
     path: Path, spec: RowSpec, device: Any, root: Path | None = None
 ) -> tuple[dict[str, Any] | None, str]:
     """(state, "") for a checkpoint that is plain data and belongs to ``spec``, else (None, why).
@@ -420,7 +420,7 @@ class RowRun:
         record, and the row starts afresh."""
         if not os.path.lexists(self.ckpt_path):
             return
-        state, problem = load_checkpoint(self.ckpt_path, self.spec, self.weight.device, self.results.root)
+        state, problem = read_checkpoint(self.ckpt_path, self.spec, self.weight.device, self.results.root)
         if state is not None:
             fresh = self.transfer.state_dict()
             problem = checkpoint_shape_problem(state, fresh) or _history_problem(state, fresh["x"])

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backends import get_backend, local_job_alive
-from .claims import Claim
-from .claims import claim_rows as _claim_rows
+from .claims import Claim, claim_rows
 from .config import flatten_record
-from .dispatch import SubmissionRecord, load_submissions
+from .dispatch import SubmissionRecord, valid_submissions
 from .progress import read_progress
 from .record import Record, RecordError, error_type_of, read_record
 from .store import ResultsRoot, open_regular
@@ -193,7 +192,7 @@ def unrecorded_rows(results: ResultsRoot, recorded: set[str]) -> list[dict]:
     # a row that batch-ast submitted has a folder (its claim was made there): a submission file
     # listing 150,000 rows that nobody ran must not put 150,000 phantom rows into the index
     made = results.row_folders()
-    for sub in load_submissions(results):  # oldest first: later submissions win
+    for sub in valid_submissions(results):  # oldest first: later submissions win
         mine = sub.mine
         for rid in sub.rows:
             if rid not in recorded and (mine or rid in made):
@@ -314,7 +313,7 @@ def claim_liveness(results: ResultsRoot, force: bool = False) -> Callable[[str, 
     file does not exist (yet) is live only for CLAIM_GRACE_S and, on this host, only while its
     process lives; ``force`` takes it over. A time in the future is never believed. A planted claim
     and submission thus block a row for hours at most, and ``--force`` takes it at once."""
-    submissions = {s.submission_id: s for s in load_submissions(results)}
+    submissions = {s.submission_id: s for s in valid_submissions(results)}
     # one queue query per submission, not per row: (its status, {row id: state})
     states: dict[str, tuple[SubmissionStatus, dict[str, str]]] = {}
 
@@ -338,8 +337,8 @@ def claim_liveness(results: ResultsRoot, force: bool = False) -> Callable[[str, 
     return is_live
 
 
-def claim_rows(
+def claim_unless_live(
     results: ResultsRoot, specs: list, submission_id: str, force: bool = False
 ) -> tuple[list, dict[str, str]]:
     """Claim every row for ``submission_id`` (claims.claim_rows with the queue's liveness)."""
-    return _claim_rows(results, specs, submission_id, claim_liveness(results, force))
+    return claim_rows(results, specs, submission_id, claim_liveness(results, force))

@@ -499,7 +499,7 @@ class ResultsRoot:
 
     @property
     def collect_state_path(self) -> Path:
-        """What this user's last collect of the root read (see index.collect), so the next reads
+        """What this user's last collect of the root read (see index.update_index), so the next reads
         only changes: in the user's private state folder, never in the root (anyone who can write
         there could forge it along with the index)."""
         digest = hashlib.sha256(os.fsencode(self.root)).hexdigest()[:40]

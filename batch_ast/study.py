@@ -27,7 +27,7 @@ import string
 from pathlib import Path
 from typing import Any
 
-from .config import PARAMS, Config, ConfigError, read_config_file
+from .config import PARAMS, Config, ConfigError, load_config_file
 from .manifest import (
     RESOURCE_COLUMNS,
     ManifestError,
@@ -103,7 +103,7 @@ def study_rows(path: str | Path, cap: int | None = None) -> list[dict[str, Any]]
     each a mapping of manifest column → value, with absolute input paths."""
     source = Path(path)
     try:
-        spec = read_config_file(source, "study")
+        spec = load_config_file(source, "study")
     except ConfigError as exc:
         raise StudyError(str(exc)) from None
     unknown = [k for k in spec if k not in STUDY_KEYS]

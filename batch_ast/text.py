@@ -34,3 +34,9 @@ def describe_os_error(exc: OSError) -> str:
     """One line for an OSError: the file (shortened) and the system's reason."""
     reason = exc.strerror or str(exc) or type(exc).__name__
     return f"{short_path(exc.filename)}: {reason}" if exc.filename else reason
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    """``repr(value)`` for a message about a bad value, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

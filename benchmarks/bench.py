@@ -499,7 +499,7 @@ def grow_study(root: Path, n_rows: int) -> None:
 def bench_collect(n_rows: int) -> list[Result]:
     """Collect and report at a study's size: a collect from scratch (the reference) against a
     re-collect with nothing changed, one with one new record, and writing the report."""
-    from batch_ast.index import collect
+    from batch_ast.index import update_index
     from batch_ast.report import write_report
     from batch_ast.store import ResultsRoot
 
@@ -523,12 +523,12 @@ def bench_collect(n_rows: int) -> list[Result]:
             return time.perf_counter() - t0, out
 
         results.collect_state_path.unlink(missing_ok=True)
-        full_s, full = timed(lambda: collect(results.root))
-        again_s, again = timed(lambda: collect(results.root))
+        full_s, full = timed(lambda: update_index(results.root))
+        again_s, again = timed(lambda: update_index(results.root))
         assert again.unchanged, "nothing changed, yet the collect rewrote the index"
         changed = results.record_path(f"{0:016x}")
         changed.write_text(changed.read_text().replace('"study-0"', '"study-0 again"'))
-        one_s, one = timed(lambda: collect(results.root))
+        one_s, one = timed(lambda: update_index(results.root))
         report_s, _ = timed(lambda: write_report(results.root))
         size = sum(f.stat().st_size for f in results.root.glob("report*"))
     note = f"{full.rows} rows, {full.traces} trace points; collect from scratch {full_s:.2f} s"
@@ -1355,9 +1355,9 @@ def _overhead_child(n_pairs: int, out: str) -> None:
             for s in plan.to_run
         ]
         TransferJob()(specs, str(results.root))
-        from batch_ast.index import collect, load_index
+        from batch_ast.index import load_index, update_index
 
-        collect(results.root)
+        update_index(results.root)
         df = load_index(results.root)
         total = time.perf_counter() - t0
         compute = float(df["time_optimize_s"].sum() + df["time_phase_s"].sum())
@@ -1400,7 +1400,7 @@ def _cold_child(out: str) -> None:
     from batch_ast.private import state_dir, use_private_caches
 
     use_private_caches(state_dir())
-    from batch_ast.index import collect, load_index
+    from batch_ast.index import load_index, update_index
     from batch_ast.job import TransferJob
     from batch_ast.manifest import load_manifest
     from batch_ast.plan import make_plan
@@ -1413,7 +1413,7 @@ def _cold_child(out: str) -> None:
         results = ResultsRoot(Path(tmp) / "results")
         plan = make_plan(load_manifest(manifest, load_config()), results, manifest)
         TransferJob()([s.to_dict() for s in plan.to_run], str(results.root))
-        collect(results.root)
+        update_index(results.root)
         df = load_index(results.root)
     Path(out).write_text(json.dumps({"metrics": float(df["time_metrics_s"].sum()),
                                      "figures": float(df["time_figures_s"].sum())}))

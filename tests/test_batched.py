@@ -212,7 +212,7 @@ def test_batch_rows_option_is_validated_and_reaches_the_job(audio_dir, tmp_path,
         == 0
     )
     assert "optimised up to 2 at a time" in capsys.readouterr().out
-    (sub,) = batch_ast.dispatch.load_submissions(ResultsRoot(results))
+    (sub,) = batch_ast.dispatch.valid_submissions(ResultsRoot(results))
     (pickled,) = Path(sub.submitit_folder).glob("*/*_submitted.pkl")  # the user's private state
     with pickled.open("rb") as f:
         assert pickle.load(f).function.batch_rows == 2

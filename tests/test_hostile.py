@@ -26,13 +26,13 @@ from batch_ast.backends import child_pids, get_backend, local_job_alive
 from batch_ast.claims import claim_path
 from batch_ast.cli import main
 from batch_ast.config import ConfigError, coerce, load_config
-from batch_ast.dispatch import load_submissions, submit
+from batch_ast.dispatch import submit_arrays, valid_submissions
 from batch_ast.job import TransferJob
 from batch_ast.loop import run_row
 from batch_ast.manifest import load_manifest
 from batch_ast.plan import make_plan, row_id
 from batch_ast.row import load_inputs
-from batch_ast.status import claim_rows, log_tail
+from batch_ast.status import claim_unless_live, log_tail
 from batch_ast.store import ResultsRoot
 
 from .conftest import REPO, tiny_columns, write_manifest
@@ -467,7 +467,7 @@ def test_a_second_submission_skips_rows_in_flight(audio_dir, tmp_path, capsys):
         cli("submit", str(m), "--results", str(results.root), "--executor", "local", "--no-wait", "--quiet")
         == 0
     )
-    (first,) = load_submissions(results)
+    (first,) = valid_submissions(results)
     try:
         rid = next(iter(first.rows))
         assert json.loads(claim_path(results, rid).read_text())["submission_id"] == first.submission_id
@@ -475,14 +475,14 @@ def test_a_second_submission_skips_rows_in_flight(audio_dir, tmp_path, capsys):
         assert cli("submit", str(m), "--results", str(results.root), "--executor", "local", "--force") == 0
         out = capsys.readouterr().out
         assert f"in flight in submission {first.submission_id}" in out and "nothing to run" in out
-        assert len(load_submissions(results)) == 1  # the second submitted nothing
+        assert len(valid_submissions(results)) == 1  # the second submitted nothing
         assert cli("cancel", str(results.root)) == 0
     finally:  # a failed assertion must not leave a 100,000-iteration job running
         get_backend("local").cancel([job["job_id"] for job in first.jobs], first.submitit_folder)
     deadline = time.monotonic() + 300
     # the cancelled job leaves a stale claim: the next submission takes the row over
     while True:
-        claimed, busy = claim_rows(results, [type("S", (), {"id": rid})()], "next-submission")
+        claimed, busy = claim_unless_live(results, [type("S", (), {"id": rid})()], "next-submission")
         if claimed:
             break
         assert time.monotonic() < deadline, busy
@@ -502,7 +502,7 @@ def test_a_claim_of_a_dead_submitter_is_stale(tmp_path):
             {"submission_id": "gone", "host": socket.gethostname(), "pid": 2**22 + 7, "created": time.time()}
         )
     )
-    claimed, busy = claim_rows(results, [spec], "mine")
+    claimed, busy = claim_unless_live(results, [spec], "mine")
     assert claimed == [spec] and not busy
 
 
@@ -587,7 +587,9 @@ def test_the_index_lists_rows_without_records_and_stale_temp_files_go(audio_dir,
     m = endless_manifest(audio_dir, ("content.wav", "content2.wav"))
     results = ResultsRoot(tmp_path / "results")
     specs = make_plan(load_manifest(m, load_config()), results, m).to_run
-    submission, (job,) = submit(specs, results, get_backend("local"), m, rows_per_job=2, job=TransferJob())
+    submission, (job,) = submit_arrays(
+        specs, results, get_backend("local"), m, rows_per_job=2, job=TransferJob()
+    )
     try:
         (results.root / ".tmp-index.parquet.abandoned").write_bytes(b"half")
         batch_ast.collect(results.root)
@@ -618,7 +620,7 @@ def test_cancel_stops_a_local_job_that_is_running_its_rows(audio_dir, tmp_path):
         cli("submit", str(m), "--results", str(results.root), "--executor", "local", "--no-wait", "--quiet")
         == 0
     )
-    (submission,) = load_submissions(results)
+    (submission,) = valid_submissions(results)
     (job,) = submission.jobs
     controller = int(job["job_id"])
     try:

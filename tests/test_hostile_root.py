@@ -27,7 +27,7 @@ import batch_ast.record
 import batch_ast.runopts
 from batch_ast.claims import claim_path
 from batch_ast.cli import main
-from batch_ast.dispatch import load_submissions, read_submissions
+from batch_ast.dispatch import read_submissions, valid_submissions
 from batch_ast.loop import run_row
 from batch_ast.private import PrivateStateError, check_job_files
 from batch_ast.record import record_dict
@@ -103,7 +103,7 @@ def test_submitit_pickles_never_appear_in_the_shared_root_and_a_watcher_there_ru
         stop.set()
         thread.join()
     assert code == 0 and not seen and not marker.exists()
-    (sub,) = load_submissions(results)
+    (sub,) = valid_submissions(results)
     folder = Path(sub.submitit_folder)
     assert folder.parent.parent == private_state and folder.stat().st_mode & 0o077 == 0
     assert list(folder.rglob("*_submitted.pkl")) and list(folder.rglob("*_result.pkl"))

@@ -20,7 +20,7 @@ import soundfile as sf
 
 import batch_ast
 from batch_ast.cli import main
-from batch_ast.dispatch import load_submissions
+from batch_ast.dispatch import valid_submissions
 from batch_ast.record import record_dict
 from batch_ast.store import ResultsRoot
 
@@ -108,7 +108,7 @@ def task_nodes(array_id: str) -> dict[str, str]:
 def row_logs(results: Path) -> str:
     """Every job log of the root's submissions, stdout and stderr."""
     texts = []
-    for sub in load_submissions(ResultsRoot(results)):
+    for sub in valid_submissions(ResultsRoot(results)):
         texts += [p.read_text(errors="replace") for p in Path(sub.submitit_folder).rglob("*_log.*")]
     return "\n".join(texts)
 
@@ -121,7 +121,7 @@ def test_an_array_spreads_over_three_hosts_while_collect_and_status_read(audio_d
                        header=f"content,style,seed,{head}")
     results = tmp_path / "results"
     assert slurm_submit(m, results, "--rows-per-job", "2") == 0
-    (sub,) = load_submissions(ResultsRoot(results))
+    (sub,) = valid_submissions(ResultsRoot(results))
     array_id = sub.array_job_id
     assert len(sub.jobs) == 6
     reads = 0
@@ -153,7 +153,7 @@ def long_row_checkpointed_on_a_node(audio_dir: Path, tmp_path: Path) -> tuple[Pa
     m = long_rows(audio_dir, 1, iterations=LONG)
     results = tmp_path / "results"
     assert slurm_submit(m, results, "--checkpoint-every", "0.5") == 0
-    (sub,) = load_submissions(ResultsRoot(results))
+    (sub,) = valid_submissions(ResultsRoot(results))
     rid = sub.jobs[0]["rows"][0]
     node = running_on(sub.array_job_id)
     wait_for(
@@ -212,7 +212,7 @@ def test_claims_from_another_host_skip_a_row_in_flight_and_are_taken_over_when_n
     assert b.returncode == 0, b.stdout + b.stderr
     assert b.stdout.splitlines()[0] == other  # it ran there, under that node's host name
     assert f"in flight in submission {a.submission_id}" in b.stdout and "nothing to run" in b.stdout, b.stdout
-    assert len(load_submissions(root)) == 1  # B submitted nothing
+    assert len(valid_submissions(root)) == 1  # B submitted nothing
 
     lose_node(node)
     subprocess.run(["scancel", a.array_job_id], check=True)
@@ -261,7 +261,7 @@ def test_a_local_submission_on_another_host_is_running_there_not_lost(
     )  # one CPU: n1 keeps one for the cancel
     job = done.stdout.strip().split(";")[0]
     root = ResultsRoot(results)
-    (a,) = wait_for(lambda: load_submissions(root), every_s=0.2, what="the local submission", jobs=job)
+    (a,) = wait_for(lambda: valid_submissions(root), every_s=0.2, what="the local submission", jobs=job)
     assert a.executor == "local" and a.host == "n1"
     rid = a.jobs[0]["rows"][0]
 
@@ -271,7 +271,7 @@ def test_a_local_submission_on_another_host_is_running_there_not_lost(
     assert "pending=1" in out and "lost=" in out and "lost=0" in out
     assert "its local jobs run on host n1" in out
     assert slurm_submit(m, results, "--no-wait") == 0  # B, from this host
-    assert len(load_submissions(root)) == 1 and record_dict(root, rid) is None  # B submitted nothing
+    assert len(valid_submissions(root)) == 1 and record_dict(root, rid) is None  # B submitted nothing
     assert main(["cancel", str(results)]) == 2
     assert "runs local jobs on host n1: cancel it there" in capsys.readouterr().err
     there = subprocess.run(

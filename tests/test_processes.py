@@ -20,7 +20,7 @@ import batch_ast
 from batch_ast.backends import get_backend
 from batch_ast.cli import main
 from batch_ast.config import load_config
-from batch_ast.dispatch import DispatchError, job_parameters, load_profile, submit
+from batch_ast.dispatch import DispatchError, job_parameters, load_profile, submit_arrays
 from batch_ast.job import TransferJob
 from batch_ast.loop import run_groups, run_rows
 from batch_ast.manifest import load_manifest
@@ -147,7 +147,7 @@ def test_a_killed_row_process_costs_only_its_row_and_retry_resumes_it(audio_dir,
     victim = plan(audio_dir, results, range(4, 5), iterations=100000, patience=100000)[0]
     rows = [victim, *specs]
     job = TransferJob(RunOptions(checkpoint_every_s=0.2), processes=2)
-    _, (local_job,) = submit(
+    _, (local_job,) = submit_arrays(
         rows, results, get_backend("local"), audio_dir / "m.csv", rows_per_job=5, job=job
     )
     log = local_job_log(local_job)
@@ -176,7 +176,7 @@ def test_a_preempted_job_pauses_every_row_process_and_resumes_them(audio_dir, tm
     results = ResultsRoot(tmp_path / "results")
     specs = plan(audio_dir, results, range(2), iterations=1000, patience=100000, n_filters=128)
     job = TransferJob(RunOptions(checkpoint_every_s=0.2), processes=2)
-    _, (local_job,) = submit(
+    _, (local_job,) = submit_arrays(
         specs, results, get_backend("local"), audio_dir / "m.csv", rows_per_job=2, job=job
     )
     wait_for(

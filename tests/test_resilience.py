@@ -22,7 +22,7 @@ import batch_ast
 from batch_ast import index as index_module
 from batch_ast.backends import get_backend
 from batch_ast.config import load_config
-from batch_ast.dispatch import submit
+from batch_ast.dispatch import submit_arrays
 from batch_ast.job import TransferJob
 from batch_ast.loop import run_row
 from batch_ast.manifest import load_manifest
@@ -243,7 +243,7 @@ def test_local_preemption_resumes_a_packed_job_without_redoing_finished_rows(aud
         iterations=400, patience=100000, n_filters=128,
     )
     job = TransferJob(RunOptions(checkpoint_every_s=0.2))
-    submission, (local_job,) = submit(
+    submission, (local_job,) = submit_arrays(
         specs, results, get_backend("local"), audio_dir / "m.csv", rows_per_job=2, job=job
     )
     first, second = specs

@@ -20,7 +20,7 @@ import soundfile as sf
 import batch_ast
 from batch_ast.backends import get_backend
 from batch_ast.cli import main
-from batch_ast.dispatch import load_submissions
+from batch_ast.dispatch import valid_submissions
 from batch_ast.record import record_dict
 from batch_ast.store import ResultsRoot
 
@@ -116,7 +116,7 @@ def slurm_submit(manifest: Path, results: Path, *extra: str) -> int:
 
 def submitit_folders(results: Path) -> list[Path]:
     """The submissions' submitit folders (in the user's private state, not the results root)."""
-    return [Path(s.submitit_folder) for s in load_submissions(ResultsRoot(results))]
+    return [Path(s.submitit_folder) for s in valid_submissions(ResultsRoot(results))]
 
 
 def sbatch_script(results: Path) -> str:
@@ -151,7 +151,7 @@ def test_job_array_with_fake_gpu_throttling_and_a_failing_row(audio_dir, tmp_pat
     assert list(index.loc[[1, 2, 4], "status"]) == ["ok", "ok", "ok"]
     assert index.loc[3, "status"] == "failed" and "broken.mp3" in index.loc[3, "error"]
     assert not index.loc[3, "retryable"]
-    (sub,) = load_submissions(ResultsRoot(results))
+    (sub,) = valid_submissions(ResultsRoot(results))
     array_id = sub.array_job_id
     assert set(index["slurm_job_id"]) == {array_id}
     assert set(index["slurm_array_task_id"]) == {"0", "1", "2", "3"}
@@ -175,7 +175,7 @@ def test_packing_and_per_row_resources(audio_dir, tmp_path):
     index = batch_ast.load_index(results)
     assert len(index) == 4 and set(index["status"]) == {"ok"}
     assert index.groupby("slurm_job_id").size().tolist() == [2, 2]  # two arrays, one task of 2 rows each
-    (sub,) = load_submissions(ResultsRoot(results))
+    (sub,) = valid_submissions(ResultsRoot(results))
     assert [len(j["rows"]) for j in sub.jobs] == [2, 2]
     scripts = [p for folder in submitit_folders(results) for p in sorted(folder.glob("*/*submission.sh"))]
     gpu_requests = ["#SBATCH --gpus-per-node=1" in p.read_text() for p in scripts]
@@ -191,7 +191,7 @@ def test_arrays_are_split_at_the_sites_max_array_size(audio_dir, tmp_path):
     )
     results = tmp_path / "results"
     assert slurm_submit(m, results, "--wait", "--max-array-size", "2") == 0
-    (sub,) = load_submissions(ResultsRoot(results))
+    (sub,) = valid_submissions(ResultsRoot(results))
     assert len(sub.array_job_id.split(",")) == 2  # 3 tasks -> arrays of 2 and 1
     index = batch_ast.load_index(results)
     assert len(index) == 3 and set(index["status"]) == {"ok"}
@@ -201,7 +201,7 @@ def test_detached_status_collect_while_running_and_cancel(audio_dir, tmp_path, c
     m = long_rows(audio_dir, 3)
     results = tmp_path / "results"
     assert slurm_submit(m, results, "--array-parallelism", "1") == 0  # detached by default
-    (sub,) = load_submissions(ResultsRoot(results))
+    (sub,) = valid_submissions(ResultsRoot(results))
     assert sub.executor == "slurm" and sub.array_job_id
     wait_for(lambda: any(i.startswith(sub.array_job_id + "_") for i in squeue_ids()), what="queue")
 
@@ -232,7 +232,7 @@ def test_scancel_of_one_array_task_leaves_the_others(audio_dir, tmp_path, capsys
     )
     results = tmp_path / "results"
     assert slurm_submit(m, results, "--array-parallelism", "1") == 0
-    (sub,) = load_submissions(ResultsRoot(results))
+    (sub,) = valid_submissions(ResultsRoot(results))
     victim = sub.jobs[2]["job_id"]
     subprocess.run(["scancel", victim], check=True)
     wait_for(lambda: not any(i.startswith(sub.array_job_id + "_") for i in squeue_ids()), what="array end")
@@ -250,7 +250,7 @@ def test_scancel_of_one_array_task_leaves_the_others(audio_dir, tmp_path, capsys
 def submit_long_row(audio_dir: Path, results: Path, *extra: str) -> tuple[str, str, Path]:
     m = long_rows(audio_dir, 1, iterations=LONG)
     assert slurm_submit(m, results, *extra) == 0
-    (sub,) = load_submissions(ResultsRoot(results))
+    (sub,) = valid_submissions(ResultsRoot(results))
     return sub.jobs[0]["job_id"], sub.jobs[0]["rows"][0], Path(sub.jobs[0]["log"])
 
 
@@ -287,7 +287,7 @@ def test_hard_requeue_resumes_from_the_periodic_checkpoint(audio_dir, tmp_path):
     m = long_rows(audio_dir, 1, iterations=4 * LONG)
     results = tmp_path / "results"
     assert slurm_submit(m, results, "--checkpoint-every", "0.5") == 0
-    (sub,) = load_submissions(ResultsRoot(results))
+    (sub,) = valid_submissions(ResultsRoot(results))
     job_id, rid = sub.jobs[0]["job_id"], sub.jobs[0]["rows"][0]
     wait_for(
         ResultsRoot(results).checkpoint_path(rid).exists, every_s=0.2, what="a first checkpoint", jobs=job_id
@@ -316,7 +316,7 @@ def test_timeout_triggers_checkpoint_requeue_and_resume(audio_dir, tmp_path):
     profile.write_text("timeout_min: 1\nsignal_delay_s: 20\nmax_num_timeout: 100\n")
     m = long_rows(audio_dir, 1, iterations=iterations)
     assert slurm_submit(m, results, "--profile", str(profile), "--checkpoint-every", "10") == 0
-    (sub,) = load_submissions(ResultsRoot(results))
+    (sub,) = valid_submissions(ResultsRoot(results))
     rid, log = sub.jobs[0]["rows"][0], Path(sub.jobs[0]["log"])
     record = wait_for(
         lambda: record_dict(ResultsRoot(results), rid), what="the record", jobs=sub.jobs[0]["job_id"]
@@ -339,7 +339,7 @@ def test_a_row_out_of_timeout_requeues_gets_a_failed_record(audio_dir, tmp_path,
         slurm_submit(m, results, "--profile", str(profile), "--max-retries", "0", "--checkpoint-every", "10")
         == 0
     )
-    (sub,) = load_submissions(ResultsRoot(results))
+    (sub,) = valid_submissions(ResultsRoot(results))
     rid = sub.jobs[0]["rows"][0]
     record = wait_for(
         lambda: record_dict(ResultsRoot(results), rid), what="the record", jobs=sub.jobs[0]["job_id"]
@@ -362,7 +362,7 @@ def test_batched_rows_in_one_array_task_checkpoint_requeue_and_resume(audio_dir,
     results = tmp_path / "results"
     extra = ("--rows-per-job", "3", "--batch-rows", "3", "--checkpoint-every", "0.5")
     assert slurm_submit(m, results, *extra) == 0
-    (sub,) = load_submissions(ResultsRoot(results))
+    (sub,) = valid_submissions(ResultsRoot(results))
     (job,) = sub.jobs
     root = ResultsRoot(results)
     wait_for(
@@ -404,7 +404,7 @@ def test_a_swapped_submitted_pickle_is_refused_by_the_slurm_job(audio_dir, tmp_p
     )
     assert code == 1 and swapped and not marker.exists()
     results = tmp_path / "results"
-    (sub,) = load_submissions(ResultsRoot(results))
+    (sub,) = valid_submissions(ResultsRoot(results))
     log = "".join(p.read_text() for p in Path(sub.submitit_folder).rglob("*_log.err"))
     assert "refusing to load the job's pickle" in log
     assert set(batch_ast.load_index(results)["status"]) == {"lost"}
@@ -431,7 +431,7 @@ def test_two_row_processes_per_array_task_pause_requeue_and_resume(audio_dir, tm
         )
         == 0
     )
-    (sub,) = load_submissions(ResultsRoot(results))
+    (sub,) = valid_submissions(ResultsRoot(results))
     assert [len(j["rows"]) for j in sub.jobs] == [2, 2]
     root = ResultsRoot(results)
     first = sub.jobs[0]

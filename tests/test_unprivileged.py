@@ -28,7 +28,7 @@ import pytest
 import batch_ast
 import batch_ast.report
 from batch_ast.cli import main
-from batch_ast.dispatch import load_submissions, read_submissions
+from batch_ast.dispatch import read_submissions, valid_submissions
 from batch_ast.progress import Progress
 from batch_ast.store import ResultsRoot, root_lock
 
@@ -301,7 +301,7 @@ def test_h4_cancel_refuses_a_submission_that_copies_a_running_ones_folder(audio_
     sub = batch_ast.submit(endless_manifest(audio_dir), results.root, executor="local")
     try:
         wait_until(lambda: sub.status().counts.get("running"), "the row running")
-        (real,) = load_submissions(results)
+        (real,) = valid_submissions(results)
         copy = {**real.to_dict(), "submission_id": "20261130T000000.000000-abcdef"}
         results.write_json(results.submissions_dir / "20261130T000000.000000-abcdef.json", copy)
         assert cli("cancel", str(results.root), "--submission", "20261130T000000.000000-abcdef") == 2
@@ -520,7 +520,7 @@ def test_two_users_of_one_group_share_a_setgid_root_on_the_cluster(reachable_tmp
     index = batch_ast.load_index(root)
     assert len(index) == 6 and set(index["status"]) == {"ok"}, index[["id", "status"]]
     # no row computed twice: one record per row, each written by one submission, owned by its writer
-    subs = {s.submission_id: s for s in load_submissions(ResultsRoot(root))}
+    subs = {s.submission_id: s for s in valid_submissions(ResultsRoot(root))}
     assert len(subs) == 2
     owners = {sid: (root / "submissions" / f"{sid}.json").stat().st_uid for sid in subs}
     assert set(owners.values()) == {os.geteuid(), int(subprocess.check_output(["id", "-u", USER_B]))}
