@@ -231,6 +231,17 @@ def _path_argument(value: Any, name: str, optional: bool = False) -> Path | None
     raise TypeError(f"{name} must be a path (str or os.PathLike), not {type(value).__name__}")
 
 
+def _submit_options(options: SubmitOptions | None, values: dict[str, Any]) -> SubmitOptions:
+    """``options`` with ``values`` (keywords of ``prepare``) on top, checked; TypeError for a
+    keyword that is no option."""
+    unknown = sorted(set(values) - set(SubmitOptions.__dataclass_fields__))
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {unknown}; options are: {', '.join(SubmitOptions.__dataclass_fields__)}"
+        )
+    return replace(options or SubmitOptions(), **values).check()
+
+
 def prepare(
     manifest: str | Path,
     results: str | Path = "results",
@@ -255,12 +266,7 @@ def prepare(
     config = _path_argument(config, "config", optional=True)
     if not isinstance(executor, str):
         raise TypeError(f"executor must be one of {', '.join(EXECUTORS)}, not {type(executor).__name__}")
-    unknown = sorted(set(option_values) - set(SubmitOptions.__dataclass_fields__))
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) {unknown}; options are: {', '.join(SubmitOptions.__dataclass_fields__)}"
-        )
-    opts = replace(options or SubmitOptions(), **option_values).check()
+    opts = _submit_options(options, option_values)
     if executor != "auto":
         get_backend(executor)  # a bad name is refused before any file is read
     cfg = load_config(config)
@@ -291,6 +297,9 @@ def prepare(
     limit_s, warning_s = backend.time_limit_warning(parameters)
     run_options = replace(DEFAULTS, max_retries=max_retries, checkpoint_every_s=every, time_limit_s=limit_s,
                           limit_warning_s=warning_s)
+    job = TransferJob(run_options, force=opts.force, batch_rows=packing.batch_rows,
+                      processes=packing.processes_per_job, finish_in_background=packing.finish_in_background,
+                      threads=backend.thread_share(opts.workers or 1))
     return Prepared(
         plan=plan,
         results=root,
@@ -301,14 +310,7 @@ def prepare(
         packing=packing,
         rows_per_job=packing.rows_per_job
         or backend.rows_per_job(len(plan.to_run), opts.workers or 1, packing.processes_per_job),
-        job=TransferJob(
-            run_options,
-            force=opts.force,
-            batch_rows=packing.batch_rows,
-            processes=packing.processes_per_job,
-            finish_in_background=packing.finish_in_background,
-            threads=backend.thread_share(opts.workers or 1),
-        ),
+        job=job,
         profile=profile_path,
         profile_source=source,
         state=state,

@@ -9,6 +9,7 @@ import signal
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from . import api
 from .analysis import hyperparameter_effect, plot_effect
@@ -292,37 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"batch-ast {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser(
-        "submit",
-        help="validate a manifest and run its rows",
-        description=(
-            "Validate the manifest, plan the rows, and dispatch them with submitit. "
-            "--executor auto (default) uses SLURM when sbatch is on PATH and a controller answers, "
-            "otherwise submitit's local executor (processes on this machine); the choice is printed."
-        ),
-    )
-    p.add_argument("manifest", help="CSV with columns content, style[, id][, hyperparameters...], "
-                                    "or a study YAML (contents, styles, grid...: see batch-ast expand)")
-    p.add_argument("--results", default="results", help="results root (default: results)")
-    p.add_argument("--config", help="YAML overriding the default hyperparameters/presets")
-    p.add_argument("--executor", choices=EXECUTORS, default="auto", help="default: auto")
-    p.add_argument(
-        "--profile",
-        help="cluster profile YAML (see slurm/profile.example.yaml); default: the file "
-        "named by $BATCH_AST_PROFILE, else ~/.config/batch-ast/profile.yaml if present",
-    )
-    p.add_argument(
-        "--no-profile", action="store_true", help="use no default profile (only --profile, if given)"
-    )
-    add_option_arguments(p)
-    p.add_argument("--dry-run", action="store_true", help="show the plan and exit")
-    wait = p.add_mutually_exclusive_group()
-    wait.add_argument("--wait", dest="wait", action="store_true", default=None,
-                      help="follow until done, then collect (default for local/debug)")
-    wait.add_argument("--no-wait", dest="wait", action="store_false",
-                      help="return after submission (default for slurm)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or plan listing")
-    p.set_defaults(func=cmd_submit)
+    _add_submit_command(sub)
 
     p = sub.add_parser("status", help="rows pending/running/ok/failed per submission")
     add_results_root(p)
@@ -345,40 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_collect)
 
-    p = sub.add_parser("report", help="write a static HTML page with figures and audio players")
-    add_results_root(p)
-    p.add_argument(
-        "-o", "--output", help="HTML file (default: <results>/report.html); its data goes beside it"
-    )
-    p.add_argument(
-        "--portable",
-        action="store_true",
-        help="copy (or hard-link) the input audio beside the report, so a copied results folder still plays "
-             "it",
-    )
-    p.add_argument(
-        "--metric",
-        default="final_style",
-        help="rank the best rows by this index column (default: final_style)",
-    )
-    p.add_argument("--descending", action="store_true", help="higher metric is better")
-    p.add_argument("--top", type=int, default=5, help="how many best rows to list (default: 5)")
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("analyse", help="effect of a hyperparameter on a metric (table and plot)")
-    add_results_root(p)
-    p.add_argument(
-        "--param", default="content_weight", help="index column to group by (default: content_weight)"
-    )
-    p.add_argument("--metric", default="style_distance_heldout",
-                   help="numeric index column to summarise (default: style_distance_heldout)")
-    p.add_argument("-o", "--output", help="write the plot to this PNG")
-    p.set_defaults(func=cmd_analyse)
-
-    p = sub.add_parser("cancel", help="cancel what is still queued or running")
-    add_results_root(p)
-    p.add_argument("--submission", help="submission id (default: the latest)")
-    p.set_defaults(func=cmd_cancel)
+    _add_result_commands(sub)
     return parser
 
 
@@ -429,3 +367,76 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _add_submit_command(sub: Any) -> None:
+    """``submit``: its own arguments, then every option of ``options.OPTIONS``."""
+    p = sub.add_parser(
+        "submit",
+        help="validate a manifest and run its rows",
+        description=(
+            "Validate the manifest, plan the rows, and dispatch them with submitit. "
+            "--executor auto (default) uses SLURM when sbatch is on PATH and a controller answers, "
+            "otherwise submitit's local executor (processes on this machine); the choice is printed."
+        ),
+    )
+    p.add_argument("manifest", help="CSV with columns content, style[, id][, hyperparameters...], "
+                                    "or a study YAML (contents, styles, grid...: see batch-ast expand)")
+    p.add_argument("--results", default="results", help="results root (default: results)")
+    p.add_argument("--config", help="YAML overriding the default hyperparameters/presets")
+    p.add_argument("--executor", choices=EXECUTORS, default="auto", help="default: auto")
+    p.add_argument(
+        "--profile",
+        help="cluster profile YAML (see slurm/profile.example.yaml); default: the file "
+        "named by $BATCH_AST_PROFILE, else ~/.config/batch-ast/profile.yaml if present",
+    )
+    p.add_argument(
+        "--no-profile", action="store_true", help="use no default profile (only --profile, if given)"
+    )
+    add_option_arguments(p)
+    p.add_argument("--dry-run", action="store_true", help="show the plan and exit")
+    wait = p.add_mutually_exclusive_group()
+    wait.add_argument("--wait", dest="wait", action="store_true", default=None,
+                      help="follow until done, then collect (default for local/debug)")
+    wait.add_argument("--no-wait", dest="wait", action="store_false",
+                      help="return after submission (default for slurm)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or plan listing")
+    p.set_defaults(func=cmd_submit)
+
+
+def _add_result_commands(sub: Any) -> None:
+    """``report``, ``analyse`` and ``cancel``: what a user does with a submission once it runs."""
+    p = sub.add_parser("report", help="write a static HTML page with figures and audio players")
+    add_results_root(p)
+    p.add_argument(
+        "-o", "--output", help="HTML file (default: <results>/report.html); its data goes beside it"
+    )
+    p.add_argument(
+        "--portable",
+        action="store_true",
+        help="copy (or hard-link) the input audio beside the report, so a copied results folder still plays "
+             "it",
+    )
+    p.add_argument(
+        "--metric",
+        default="final_style",
+        help="rank the best rows by this index column (default: final_style)",
+    )
+    p.add_argument("--descending", action="store_true", help="higher metric is better")
+    p.add_argument("--top", type=int, default=5, help="how many best rows to list (default: 5)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("analyse", help="effect of a hyperparameter on a metric (table and plot)")
+    add_results_root(p)
+    p.add_argument(
+        "--param", default="content_weight", help="index column to group by (default: content_weight)"
+    )
+    p.add_argument("--metric", default="style_distance_heldout",
+                   help="numeric index column to summarise (default: style_distance_heldout)")
+    p.add_argument("-o", "--output", help="write the plot to this PNG")
+    p.set_defaults(func=cmd_analyse)
+
+    p = sub.add_parser("cancel", help="cancel what is still queued or running")
+    add_results_root(p)
+    p.add_argument("--submission", help="submission id (default: the latest)")
+    p.set_defaults(func=cmd_cancel)

@@ -143,21 +143,26 @@ def too_many_rows(count: int | str, limit: int) -> str:
             f"${MAX_ROWS_ENV} raises it; or split the study)")
 
 
-def parse_manifest(text: str, path: Path, config: Config, cap: int | None = None) -> list[ManifestRow]:
+def _csv_records(text: str, path: Path, cap: int | None) -> list[tuple[int, list[str]]]:
+    """(line, cells) of every non-blank CSV record, the header first; at most the row cap's."""
     reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
-    limit = max_rows(cap)
+    most_rows = max_rows(cap)
     records = []
     try:
         for rec in reader:
             if any(cell.strip() for cell in rec):
                 records.append((reader.line_num, rec))
-                if len(records) > limit + 1:  # the header and the cap's rows
-                    raise ManifestError(path, [too_many_rows(f"at least {limit + 1}", limit)])
+                if len(records) > most_rows + 1:  # the header and the cap's rows
+                    raise ManifestError(path, [too_many_rows(f"at least {most_rows + 1}", most_rows)])
     except csv.Error as exc:
         raise ManifestError(path, [f"line {reader.line_num}: not CSV this reader accepts ({exc})"]) from None
     if not records:
         raise ManifestError(path, ["manifest is empty: expected a header with content,style"])
-    header_line, header = records[0]
+    return records
+
+
+def _header_problems(header: list[str], line: int) -> list[str]:
+    """What is wrong with the header's columns: missing, unknown (with a guess) or repeated."""
     columns = [c.strip().lower() for c in header]
     problems: list[str] = []
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
@@ -165,25 +170,73 @@ def parse_manifest(text: str, path: Path, config: Config, cap: int | None = None
         hint = ""
         if header and (header[0].lower().endswith((".wav", ".mp3", ".flac", ".ogg")) or "/" in header[0]):
             hint = " (the first line looks like data: is the header missing?)"
-        problems.append(f"header (line {header_line}): missing column(s) {', '.join(missing)}{hint}")
+        problems.append(f"header (line {line}): missing column(s) {', '.join(missing)}{hint}")
     known = set(REQUIRED_COLUMNS) | set(OPTIONAL_COLUMNS) | set(PARAMS) | set(RESOURCE_COLUMNS)
     for col in columns:
         if col not in known:
             close = difflib.get_close_matches(col, sorted(known), n=1)
             guess = f"did you mean {close[0]!r}? " if close else ""
             problems.append(
-                f"header (line {header_line}): unknown column {col!r} "
+                f"header (line {line}): unknown column {col!r} "
                 f"({guess}known: content, style, id, {', '.join([*PARAMS, *RESOURCE_COLUMNS])})"
             )
     dupes = {c for c in columns if columns.count(c) > 1}
     if dupes:
-        problems.append(f"header (line {header_line}): duplicate column(s) {', '.join(sorted(dupes))}")
+        problems.append(f"header (line {line}): duplicate column(s) {', '.join(sorted(dupes))}")
+    return problems
+
+
+def _row_files(cells: dict[str, str], base: Path, checked: dict[Path, tuple[str | None, int]], where: str,
+               problems: list[str]) -> dict[str, Path]:
+    """The row's content and style files that exist and can be read (``checked`` caches the
+    checks: a study names few files in many rows); a problem for each that cannot."""
+    files: dict[str, Path] = {}
+    for col in REQUIRED_COLUMNS:
+        if not cells[col]:
+            problems.append(f"{where}: column {col!r} is empty")
+            continue
+        file = _resolve_path(cells[col], base)
+        if file not in checked:
+            checked[file] = _check_audio_path(file, max_input_bytes())
+        issue = checked[file][0]
+        if issue:
+            problems.append(f"{where}: column {col!r}: {short_path(file)}: {issue}")
+        files[col] = file
+    return files
+
+
+def _row_values(
+    cells: dict[str, str], where: str, problems: list[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the row's hyperparameter overrides, its resource requests), a problem for each bad cell."""
+    overrides: dict[str, Any] = {}
+    for col, cell in cells.items():
+        if col in PARAMS and cell != "":
+            try:
+                overrides[col] = coerce(col, cell)
+            except ConfigError as exc:
+                problems.append(f"{where}: column {col!r}: {exc}")
+    resources: dict[str, Any] = {}
+    for col in RESOURCE_COLUMNS:
+        cell = cells.get(col, "")
+        if cell == "":
+            continue
+        try:
+            resources[col] = parse_resource(col, cell)
+        except ValueError as exc:
+            problems.append(f"{where}: column {col!r}: {exc}")
+    return overrides, resources
+
+
+def parse_manifest(text: str, path: Path, config: Config, cap: int | None = None) -> list[ManifestRow]:
+    """The rows of a manifest's CSV text, every one validated; ManifestError lists all problems."""
+    records = _csv_records(text, path, cap)
+    header_line, header = records[0]
+    problems = _header_problems(header, header_line)
     if problems:
         raise ManifestError(path, problems)
-
-    base = path.parent
-    limit = max_input_bytes()
-    checked: dict[Path, tuple[str | None, int]] = {}  # a study names few files in many rows
+    columns = [c.strip().lower() for c in header]
+    checked: dict[Path, tuple[str | None, int]] = {}
     rows: list[ManifestRow] = []
     for number, (line, rec) in enumerate(records[1:], start=1):
         where = f"row {number} (line {line})"
@@ -191,34 +244,8 @@ def parse_manifest(text: str, path: Path, config: Config, cap: int | None = None
             problems.append(f"{where}: expected {len(columns)} fields, got {len(rec)}")
             continue
         cells = {col: cell.strip() for col, cell in zip(columns, rec, strict=True)}
-        files: dict[str, Path] = {}
-        for col in REQUIRED_COLUMNS:
-            if not cells[col]:
-                problems.append(f"{where}: column {col!r} is empty")
-                continue
-            file = _resolve_path(cells[col], base)
-            if file not in checked:
-                checked[file] = _check_audio_path(file, limit)
-            issue = checked[file][0]
-            if issue:
-                problems.append(f"{where}: column {col!r}: {short_path(file)}: {issue}")
-            files[col] = file
-        overrides: dict[str, Any] = {}
-        for col, cell in cells.items():
-            if col in PARAMS and cell != "":
-                try:
-                    overrides[col] = coerce(col, cell)
-                except ConfigError as exc:
-                    problems.append(f"{where}: column {col!r}: {exc}")
-        resources: dict[str, Any] = {}
-        for col in RESOURCE_COLUMNS:
-            cell = cells.get(col, "")
-            if cell == "":
-                continue
-            try:
-                resources[col] = parse_resource(col, cell)
-            except ValueError as exc:
-                problems.append(f"{where}: column {col!r}: {exc}")
+        files = _row_files(cells, path.parent, checked, where, problems)
+        overrides, resources = _row_values(cells, where, problems)
         try:
             params = config.params(overrides)
         except ConfigError as exc:
@@ -227,17 +254,8 @@ def parse_manifest(text: str, path: Path, config: Config, cap: int | None = None
         if params.hop_length > params.n_fft:
             problems.append(f"{where}: hop_length {params.hop_length} is larger than n_fft {params.n_fft}")
         if len(files) == 2:
-            rows.append(
-                ManifestRow(
-                    row=number,
-                    line=line,
-                    name=cells.get("id", ""),
-                    content=files["content"],
-                    style=files["style"],
-                    params=params,
-                    resources=resources,
-                )
-            )
+            rows.append(ManifestRow(row=number, line=line, name=cells.get("id", ""), content=files["content"],
+                                    style=files["style"], params=params, resources=resources))
     if not records[1:]:
         problems.append("manifest has a header but no rows")
     total = sum(size for _, size in checked.values())

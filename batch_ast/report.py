@@ -403,10 +403,20 @@ def write_report(
             _make_way(out_dir / "report-inputs", folder=True)
     data = report_data(df, results.root, out_dir, portable)
     payload = "window.BATCH_AST = " + json.dumps(data, separators=(",", ":"), allow_nan=False) + ";\n"
-    page = f"""<!DOCTYPE html>
+    page = _page(df, results, _rel(data_path, out_dir), metric, top, ascending)
+    write_atomic(data_path, lambda fh: fh.write(payload.encode("utf-8")), inside)
+    write_atomic(out, lambda fh: fh.write(page.encode("utf-8")), inside)
+    return out
+
+
+def _page(
+    df: pd.DataFrame, results: ResultsRoot, data_src: str, metric: str, top: int, ascending: bool
+) -> str:
+    """The report's HTML: its assets inlined, its data file (``data_src``, relative) loaded."""
+    return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>batch-ast report: {html.escape(str(results.root))}</title>
 <style>{_asset("uPlot.min.css")}</style><style>{_asset("report.css")}</style>
-<script src="{html.escape(_rel(data_path, out_dir))}"></script>
+<script src="{html.escape(data_src)}"></script>
 <script>{_asset("uPlot.iife.min.js")}</script><script>{_asset("report.js")}</script></head>
 <body><h1>batch-ast report</h1>
 <p>{len(df)} row(s) from <code>{html.escape(str(results.root))}</code>.
@@ -443,9 +453,6 @@ colour by <select id="colour"></select>
 <div class="charts"><div id="scatter"></div><div id="curves"></div><div id="parallel"></div></div>
 </body></html>
 """
-    write_atomic(data_path, lambda fh: fh.write(payload.encode("utf-8")), inside)
-    write_atomic(out, lambda fh: fh.write(page.encode("utf-8")), inside)
-    return out
 
 
 DATA_PREFIX = "window.BATCH_AST = "

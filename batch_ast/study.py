@@ -98,6 +98,38 @@ def _check_template(template: Any, source: Path) -> None:
             )
 
 
+def _axes(spec: dict[str, Any], source: Path) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """(the study's axes: preset(s), seed(s) and the grid's hyperparameters, each a list of values;
+    the ``set:`` values every row shares), every name and shape checked."""
+    axes: dict[str, list[Any]] = {}
+    for single, plural, column in (("preset", "presets", "preset"), ("seed", "seeds", "seed")):
+        if single in spec and plural in spec:
+            raise StudyError(f"{source}: give {single!r} or {plural!r}, not both")
+        if single in spec or plural in spec:
+            key = single if single in spec else plural
+            axes[column] = _as_list(spec[key], key, source)
+    grid = spec.get("grid") or {}
+    fixed = spec.get("set") or {}
+    for key, table in (("grid", grid), ("set", fixed)):
+        if not isinstance(table, dict):
+            raise StudyError(f"{source}: {key!r} must be a mapping of hyperparameter to value(s)")
+        for name in table:
+            if name not in PARAMS and name not in RESOURCE_COLUMNS:
+                raise StudyError(f"{source}: {key}: unknown hyperparameter {name!r}")
+            if name in axes:
+                raise StudyError(f"{source}: {key}: {name!r} is already given as a top-level key")
+    for name, values in grid.items():
+        axes[name] = _as_list(values, f"grid: {name}", source)
+    for name, value in fixed.items():
+        if isinstance(value, (list, dict)) or value is None:
+            raise StudyError(
+                f"{source}: set: {name!r} takes one value (use grid: for several), got {value!r}"
+            )
+        if name in grid:
+            raise StudyError(f"{source}: {name!r} is in both grid and set")
+    return axes, fixed
+
+
 def study_rows(path: str | Path, cap: int | None = None) -> list[dict[str, Any]]:
     """The study's rows in order (pairs, then presets, seeds and the grid, the last key fastest):
     each a mapping of manifest column → value, with absolute input paths."""
@@ -129,33 +161,7 @@ def study_rows(path: str | Path, cap: int | None = None) -> list[dict[str, Any]]
         if pairing == "zip"
         else list(itertools.product(contents, styles))
     )
-
-    axes: dict[str, list[Any]] = {}
-    for single, plural, column in (("preset", "presets", "preset"), ("seed", "seeds", "seed")):
-        if single in spec and plural in spec:
-            raise StudyError(f"{source}: give {single!r} or {plural!r}, not both")
-        if single in spec or plural in spec:
-            key = single if single in spec else plural
-            axes[column] = _as_list(spec[key], key, source)
-    grid = spec.get("grid") or {}
-    fixed = spec.get("set") or {}
-    for key, table in (("grid", grid), ("set", fixed)):
-        if not isinstance(table, dict):
-            raise StudyError(f"{source}: {key!r} must be a mapping of hyperparameter to value(s)")
-        for name in table:
-            if name not in PARAMS and name not in RESOURCE_COLUMNS:
-                raise StudyError(f"{source}: {key}: unknown hyperparameter {name!r}")
-            if name in axes:
-                raise StudyError(f"{source}: {key}: {name!r} is already given as a top-level key")
-    for name, values in grid.items():
-        axes[name] = _as_list(values, f"grid: {name}", source)
-    for name, value in fixed.items():
-        if isinstance(value, (list, dict)) or value is None:
-            raise StudyError(
-                f"{source}: set: {name!r} takes one value (use grid: for several), got {value!r}"
-            )
-        if name in grid:
-            raise StudyError(f"{source}: {name!r} is in both grid and set")
+    axes, fixed = _axes(spec, source)
 
     template = spec.get("name")
     _check_template(template, source)

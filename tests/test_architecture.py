@@ -241,3 +241,110 @@ def test_a_jobs_process_starts_without_torch_or_pandas():
             "print(sorted(m for m in ('torch', 'pandas', 'librosa') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# --- layering -----------------------------------------------------------------------------------
+
+# The package's modules from the bottom up: a module imports only from its own layer or below
+# (the README's module table follows this order). Within a layer there is no cycle either.
+LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("foundation", frozenset({"text", "version", "private", "runopts", "backends"})),
+    ("files", frozenset({"store"})),
+    ("schemas", frozenset({"config", "progress", "claims", "record"})),
+    ("numeric core", frozenset({"features", "losses", "audio", "phase", "transfer", "metrics", "figures",
+                                "batched", "rhythm"})),
+    ("inputs", frozenset({"manifest", "study", "plan"})),
+    ("row", frozenset({"row"})),
+    ("job", frozenset({"loop", "pool", "job"})),
+    ("submission", frozenset({"options", "dispatch", "status", "index"})),
+    ("api", frozenset({"api"})),
+    ("people", frozenset({"report", "analysis", "cli", "__init__", "__main__", "job_entry"})),
+)
+# Imports from a lower layer to a higher one that are allowed, each with its reason (at most 2).
+UPWARD: dict[tuple[str, str], str] = {}
+PACKAGE = REPO / "batch_ast"
+
+
+def package_imports() -> list[tuple[str, str, int, bool, str]]:
+    """(importer, imported, line, function-local, the source line and the one above it) for every
+    import of one of the package's own modules, read from the code (TYPE_CHECKING blocks left out)."""
+    import ast
+
+    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    found = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        source = path.read_text()
+        lines = source.splitlines()
+        tree = ast.parse(source)
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level == 1 and node.module:
+                targets = [node.module.split(".")[0]]
+            elif node.level == 1:
+                targets = [a.name for a in node.names]
+            elif node.module and node.module.startswith("batch_ast."):
+                targets = [node.module.split(".")[1]]
+            else:
+                continue
+            local, type_only, up = False, False, node
+            while up in parents:
+                up = parents[up]
+                local = local or isinstance(up, (ast.FunctionDef, ast.AsyncFunctionDef))
+                type_only = type_only or (isinstance(up, ast.If) and "TYPE_CHECKING" in ast.unparse(up.test))
+            text = "\n".join(lines[max(0, node.lineno - 2):node.end_lineno])
+            found += [(path.stem, t, node.lineno, local, text) for t in targets if t in modules and not type_only]
+    return found
+
+
+def test_every_module_has_a_layer_and_imports_only_from_its_layer_or_below():
+    layer_of = {m: i for i, (_, members) in enumerate(LAYERS) for m in members}
+    assert sorted(layer_of) == sorted(p.stem for p in PACKAGE.glob("*.py")), "a module without a layer"
+    upward = {(a, b) for a, b, *_ in package_imports() if layer_of[b] > layer_of[a]}
+    assert upward <= set(UPWARD), f"imports from a lower layer to a higher one: {sorted(upward - set(UPWARD))}"
+    assert len(UPWARD) <= 2
+
+
+def test_the_package_has_no_import_cycle():
+    graph: dict[str, set[str]] = {}
+    for a, b, *_ in package_imports():
+        if a != b:
+            graph.setdefault(a, set()).add(b)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in graph.get(start, ()):
+            if nxt == goal or (nxt not in seen and (seen.add(nxt) or reaches(nxt, goal, seen))):
+                return True
+        return False
+
+    cycles = sorted(a for a in graph if reaches(a, a, set()))
+    assert not cycles, f"modules on an import cycle: {cycles}"
+
+
+def test_a_function_local_import_of_the_package_says_why_and_is_not_redundant():
+    """Only import cost justifies importing one of our modules inside a function (never a cycle),
+    and the line says so; a module already imported at the top is not imported again below."""
+    imports = package_imports()
+    at_top = {(a, b) for a, b, _, local, _ in imports if not local}
+    for importer, imported, line, local, text in imports:
+        if local:
+            assert "import cost" in text, f"batch_ast/{importer}.py:{line} imports {imported} locally: why?"
+            assert (importer, imported) not in at_top, f"batch_ast/{importer}.py:{line}: {imported} is at the top"
+
+
+def test_no_function_is_longer_than_80_lines_and_lines_keep_the_declared_length():
+    import ast
+    import re
+
+    lint = (REPO / "pyproject.toml").read_text().split("[tool.ruff.lint]")[1].split("\n[")[0]
+    assert re.search(r'select = \[[^]]*"E"', lint) and "E501" not in lint  # ruff checks the declared length
+    long = []
+    for folder in ("batch_ast", "benchmarks"):
+        for path in sorted((REPO / folder).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    length = node.end_lineno - node.lineno + 1
+                    if length > 80:
+                        long.append(f"{folder}/{path.name}:{node.lineno} {node.name} ({length} lines)")
+    assert not long, long
