@@ -243,12 +243,9 @@ def new_submission_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%f") + "-" + uuid.uuid4().hex[:6]
 
 
-RESOURCE_TO_PARAM = {
-    "timeout_min": "timeout_min",
-    "gpus": "gpus_per_node",
-    "mem_gb": "mem_gb",
-    "cpus": "cpus_per_task",
-}
+# A manifest's per-row resource columns -> the option each is (its submitit parameter comes from there)
+RESOURCE_TO_PARAM = {column: BY_NAME[option].submitit for column, option in
+                     (("timeout_min", "timeout_min"), ("gpus", "gpus"), ("mem_gb", "mem_gb"), ("cpus", "cpus_per_task"))}
 
 
 def _group_by_resources(specs: list[RowSpec]) -> list[tuple[dict[str, Any], list[RowSpec]]]:
