@@ -244,8 +244,11 @@ def new_submission_id() -> str:
 
 
 # A manifest's per-row resource columns -> the option each is (its submitit parameter comes from there)
-RESOURCE_TO_PARAM = {column: BY_NAME[option].submitit for column, option in
-                     (("timeout_min", "timeout_min"), ("gpus", "gpus"), ("mem_gb", "mem_gb"), ("cpus", "cpus_per_task"))}
+RESOURCE_TO_PARAM = {
+    column: BY_NAME[option].submitit
+    for column, option in (("timeout_min", "timeout_min"), ("gpus", "gpus"), ("mem_gb", "mem_gb"),
+                           ("cpus", "cpus_per_task"))
+}
 
 
 def _group_by_resources(specs: list[RowSpec]) -> list[tuple[dict[str, Any], list[RowSpec]]]:

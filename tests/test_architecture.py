@@ -294,7 +294,9 @@ def package_imports() -> list[tuple[str, str, int, bool, str]]:
                 local = local or isinstance(up, (ast.FunctionDef, ast.AsyncFunctionDef))
                 type_only = type_only or (isinstance(up, ast.If) and "TYPE_CHECKING" in ast.unparse(up.test))
             text = "\n".join(lines[max(0, node.lineno - 2):node.end_lineno])
-            found += [(path.stem, t, node.lineno, local, text) for t in targets if t in modules and not type_only]
+            found += [
+                (path.stem, t, node.lineno, local, text) for t in targets if t in modules and not type_only
+            ]
     return found
 
 
@@ -302,7 +304,9 @@ def test_every_module_has_a_layer_and_imports_only_from_its_layer_or_below():
     layer_of = {m: i for i, (_, members) in enumerate(LAYERS) for m in members}
     assert sorted(layer_of) == sorted(p.stem for p in PACKAGE.glob("*.py")), "a module without a layer"
     upward = {(a, b) for a, b, *_ in package_imports() if layer_of[b] > layer_of[a]}
-    assert upward <= set(UPWARD), f"imports from a lower layer to a higher one: {sorted(upward - set(UPWARD))}"
+    assert upward <= set(UPWARD), (
+        f"imports from a lower layer to a higher one: {sorted(upward - set(UPWARD))}"
+    )
     assert len(UPWARD) <= 2
 
 
@@ -330,7 +334,9 @@ def test_a_function_local_import_of_the_package_says_why_and_is_not_redundant():
     for importer, imported, line, local, text in imports:
         if local:
             assert "import cost" in text, f"batch_ast/{importer}.py:{line} imports {imported} locally: why?"
-            assert (importer, imported) not in at_top, f"batch_ast/{importer}.py:{line}: {imported} is at the top"
+            assert (importer, imported) not in at_top, (
+                f"batch_ast/{importer}.py:{line}: {imported} is at the top"
+            )
 
 
 def test_no_function_is_longer_than_80_lines_and_lines_keep_the_declared_length():
