@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -120,7 +120,13 @@ class StyleTransfer:
     Targets (content features, style Gram) are computed once. The spectrogram starts from small
     seeded noise, as in the reference; ``step()`` runs one optimiser iteration and returns False
     when the run is finished (iteration budget, early stopping, or divergence).
+
+    ``reuse_evaluations`` (a class attribute, for a subclass to turn off) lets a step start from
+    the evaluation its line search ended on instead of evaluating that point again; the benchmark's
+    same-run reference (the algorithm before issue #12) turns it off.
     """
+
+    reuse_evaluations: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -285,7 +291,7 @@ class StyleTransfer:
         """(loss terms, total on the host) at ``self.x`` with ``self.x.grad`` set: from the last
         evaluation when it was at this very point (``at_start`` of a step that follows an
         evaluation there), else evaluated (``self.evaluate``) and remembered."""
-        if at_start and self._last_at_x and self._last is not None:
+        if self.reuse_evaluations and at_start and self._last_at_x and self._last is not None:
             grad, terms, total = self._last
             self.x.grad = grad.clone()
             return terms, total

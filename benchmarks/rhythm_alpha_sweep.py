@@ -6,7 +6,7 @@ About 20 minutes on 2 cores.
     .venv/bin/python -m benchmarks.rhythm_alpha_sweep [alpha ...]   # default 4.3 43 430
 
 Each alpha is a `tomczak-dafx18` row (bpm 120, 300 iterations) run by the job code, measured by
-`benchmarks.bench.rhythm_measures`; results printed and written to benchmarks/rhythm-alpha.json."""
+`benchmarks.research.rhythm_measures`; results printed and written to benchmarks/rhythm-alpha.json."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 from batch_ast.audio import load_audio
-from benchmarks import bench
+from benchmarks import common, pipeline, research
 
 
 def main(alphas: list[float]) -> None:
-    seed, sr = bench.SHARED / "seed", 22050
+    seed, sr = common.SHARED / "seed", 22050
     a_path, b_path = seed / "content1.wav", seed / "style1.wav"
     a, b = (load_audio(path, sr, 8.0) for path in (a_path, b_path))
     rows = []
@@ -30,16 +30,16 @@ def main(alphas: list[float]) -> None:
         for alpha in alphas:
             folder = Path(tmp) / str(alpha)
             overrides = {
-                **bench.RHYTHM_LOSSES["L1"],
+                **research.RHYTHM_LOSSES["L1"],
                 "content_weight": alpha,
                 "loss_scale": "absolute",
                 "bpm": 120.0,
                 "iterations": 300,
             }
-            record = bench._row_record(
+            record = pipeline.row_record(
                 torch.device("cpu"), a_path, b_path, "tomczak-dafx18", folder, **overrides
             )
-            measures = bench.rhythm_measures(
+            measures = research.rhythm_measures(
                 load_audio(folder / "results" / record["output"], sr, 8.0), a, b, sr
             )
             rows.append({"alpha": alpha, **measures, "iterations": record["iterations_run"]})

@@ -7,15 +7,15 @@ import json
 
 import torch
 
-from benchmarks import bench
+from benchmarks import bench, common, kernel, pipeline, research
 
 
 def test_step_flop_count_is_the_minimal_work_of_the_form_used():
     conv = 2 * 10 * 6 * 4 * 10  # 10 bins x kernel 6 x 4 filters x 10 output frames
     # conv forward + input gradient; C×C Gram forward + one C×C×T matmul back
-    assert bench.step_flops(10, 15, 4, 6) == 2 * conv + 2 * (2 * 4 * 4 * 10)
+    assert kernel.step_flops(10, 15, 4, 6) == 2 * conv + 2 * (2 * 4 * 4 * 10)
     # frames form: T×(T+Ts) products forward + one C×(T+Ts)×T matmul back (style: 20 - 5 = 15 frames)
-    assert bench.step_flops(10, 15, 4, 6, "frames", 20) == 2 * conv + 2 * (2 * 4 * 10 * (10 + 15))
+    assert kernel.step_flops(10, 15, 4, 6, "frames", 20) == 2 * conv + 2 * (2 * 4 * 10 * (10 + 15))
 
 
 def test_quick_griffin_lim_section_writes_json_and_csv(tmp_path):
@@ -31,8 +31,8 @@ def test_quick_griffin_lim_section_writes_json_and_csv(tmp_path):
 
 def test_early_stop_iteration_follows_the_transfer_rule():
     # no relative improvement of 10 % for 2 iterations in a row: stops at the 2nd stale one
-    assert bench.early_stop_iteration([10.0, 8.0, 7.9, 7.8, 5.0], patience=2, min_delta=0.1) == 4
-    assert bench.early_stop_iteration([10.0, 8.0, 6.0], patience=2, min_delta=0.1) == 3  # never stale
+    assert research.early_stop_iteration([10.0, 8.0, 7.9, 7.8, 5.0], patience=2, min_delta=0.1) == 4
+    assert research.early_stop_iteration([10.0, 8.0, 6.0], patience=2, min_delta=0.1) == 3  # never stale
 
 
 def test_rhythm_measures_and_alignment_are_independent_of_the_loss():
@@ -42,13 +42,13 @@ def test_rhythm_measures_and_alignment_are_independent_of_the_loss():
     clicks = np.zeros(sr * 2, dtype=np.float32)
     clicks[:: sr // 4] = 1.0  # 4 clicks per second
     other = np.roll(clicks, sr // 8)  # off-beat
-    same = bench.rhythm_measures(clicks, clicks, other, sr)
+    same = research.rhythm_measures(clicks, clicks, other, sr)
     assert same["onset_cos_a"] > 0.99 and same["onset_cos_b"] < same["onset_cos_a"] and same["length"] == 1.0
     late = np.concatenate([np.zeros(800, dtype=np.float32), clicks])  # 100 ms codec delay
-    aligned, lag = bench.align_to(late, clicks, sr)
+    aligned, lag = research.align_to(late, clicks, sr)
     assert abs(lag - 0.1) < 0.01
-    before = bench.rhythm_measures(late[: len(clicks)], clicks, other, sr)["onset_cos_a"]
-    assert bench.rhythm_measures(aligned[: len(clicks)], clicks, other, sr)["onset_cos_a"] > before
+    before = research.rhythm_measures(late[: len(clicks)], clicks, other, sr)["onset_cos_a"]
+    assert research.rhythm_measures(aligned[: len(clicks)], clicks, other, sr)["onset_cos_a"] > before
 
 
 def test_sections_form_one_table_and_quick_leaves_out_the_long_checks():
@@ -62,7 +62,7 @@ def test_sections_form_one_table_and_quick_leaves_out_the_long_checks():
         "throughput",
         "cold",
     }
-    row = bench.Result("gl", "case", 2.0, "x", reference=1.0, ratio=2.0, details={"curve": {"16": 0.3}})
+    row = common.Result("gl", "case", 2.0, "x", reference=1.0, ratio=2.0, details={"curve": {"16": 0.3}})
     assert row.to_dict() == {"section": "gl", "case": "case", "value": 2.0, "unit": "x", "reference": 1.0,
                              "ratio": 2.0, "note": "", "curve": {"16": 0.3}}
 
@@ -70,22 +70,22 @@ def test_sections_form_one_table_and_quick_leaves_out_the_long_checks():
 def test_the_lean_loop_reads_fewer_values_back_per_iteration_than_the_previous_one():
     """The syncs section on the CPU: tensor values read back to Python per L-BFGS iteration (each
     a host sync on CUDA), lean loop against the previous one on the same row."""
-    (row,) = bench.bench_syncs(torch.device("cpu"), 8)
+    (row,) = kernel.bench_syncs(torch.device("cpu"), 8)
     assert row.section == "syncs" and row.reference > 0
     assert row.value < row.reference, row.note  # measured: see benchmarks/RESULTS.md
 
 
 def test_throughput_section_runs_rows_through_real_submissions(tmp_path):
-    rows = bench.bench_throughput(
+    rows = pipeline.bench_throughput(
         torch.device("cpu"),
         "quick",
         2,
-        [bench.Throughput("2 processes", processes=2)],
+        [pipeline.Throughput("2 processes", processes=2)],
         iterations=3,
         griffin_lim_iters=2,
         max_seconds=1.0,
     )
-    assert [r.case for r in rows] == [f"quick: {bench.TODAY.label}", "quick: 2 processes"]
+    assert [r.case for r in rows] == [f"quick: {pipeline.TODAY.label}", "quick: 2 processes"]
     assert all(r.value > 0 for r in rows) and rows[1].ratio == rows[1].value / rows[0].value
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from batch_ast.cli import main
 from batch_ast.report import TRACE_POINTS, write_report
-from benchmarks.bench import grow_study
+from benchmarks.pipeline import grow_study
 
 from .conftest import tiny_columns, write_manifest
 
