@@ -20,6 +20,7 @@ _LAZY = {
     "collect": "api",
     "find_submission": "api",
     "prepare": "api",
+    "root_status": "api",
     "submit": "api",
     "Params": "config",
     "SubmitOptions": "options",
@@ -29,7 +30,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .api import Prepared, Submission, collect, find_submission, prepare, submit
+    from .api import Prepared, Submission, collect, find_submission, prepare, root_status, submit
     from .config import Params
     from .index import load_index, load_traces
     from .options import SubmitOptions
@@ -60,5 +61,6 @@ __all__ = [
     "load_index",
     "load_traces",
     "prepare",
+    "root_status",
     "submit",
 ]

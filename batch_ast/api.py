@@ -30,27 +30,25 @@ import submitit
 from .backends import EXECUTORS, Backend, BackendError, choose_backend, get_backend
 from .claims import release_claims
 from .config import load_config
-from .dispatch import (
-    Packing,
-    SubmissionRecord,
-    find_profile,
-    job_parameters,
-    latest_submission,
-    load_profile,
-    new_submission_id,
-    save_submission,
-    submit_arrays,
-    valid_submissions,
-)
+from .dispatch import Packing, job_parameters, submit_arrays
 from .index import CollectReport, load_index, update_index
 from .job import DEFAULTS, TransferJob
-from .options import SubmitOptions, merged
+from .liveness import claim_unless_live
+from .options import SubmitOptions, find_profile, load_profile, merged
 from .plan import HASH_CACHE, Plan, RowSpec, make_plan
 from .private import check_job_files, make_private_dir, state_dir
 from .record import record_dict
-from .status import SubmissionStatus, claim_unless_live, query_status, unrecorded_rows
+from .status import SubmissionStatus, query_status, unrecorded_rows
 from .store import ResultsRoot, check_shared_root
 from .study import load_rows
+from .submissions import (
+    SubmissionRecord,
+    latest_submission,
+    new_submission_id,
+    read_submissions,
+    save_submission,
+    valid_submissions,
+)
 from .text import short_path
 
 FINISHED_STATES = ("ok", "failed", "invalid", "lost", "cancelled")
@@ -346,6 +344,34 @@ def find_submission(results: str | Path = "results", submission_id: str | None =
         return Submission(root, latest) if latest else None
     found = [s for s in submissions if s.submission_id == submission_id]
     return Submission(root, found[-1]) if found else None
+
+
+@dataclass(frozen=True)
+class RootStatus:
+    """What ``batch-ast status`` shows of a results root: the latest submission's status (or every
+    submission's), how many older ones were not asked about, and the submission files that are
+    not valid submissions (each "file: why")."""
+
+    statuses: list[SubmissionStatus]
+    older: int
+    problems: list[str]
+
+    @property
+    def any_failed(self) -> bool:
+        return any(st.counts.get(k, 0) for st in self.statuses for k in ("failed", "lost", "invalid"))
+
+
+def root_status(results: str | Path = "results", every: bool = False) -> RootStatus:
+    """The status of the latest submission under ``results`` (``every``: of each one, oldest
+    first); the queue is asked only about the submissions shown."""
+    root = ResultsRoot.of(results)
+    root.require_results_root()
+    submissions, problems = read_submissions(root)
+    if every or not submissions:
+        shown = submissions
+    else:
+        shown = [latest_submission(submissions) or submissions[-1]]
+    return RootStatus([query_status(root, s) for s in shown], len(submissions) - len(shown), problems)
 
 
 def collect(root: str | Path = "results", progress: bool = False) -> CollectReport:

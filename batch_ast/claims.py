@@ -3,7 +3,7 @@
 
 A claim is a small JSON file created O_EXCL in the row's folder. Whether a claim is still live is
 not this module's to judge — only the queue knows — so ``claim_rows`` takes a ``is_live(row_id,
-claim)`` callback (status.claim_liveness). A claim file is a stranger's until checked: one that
+claim)`` callback (liveness.claim_liveness). A claim file is a stranger's until checked: one that
 is not a valid claim, not a regular file, or a link, is nobody's and is taken over.
 """
 

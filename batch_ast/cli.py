@@ -15,15 +15,14 @@ from . import api
 from .analysis import hyperparameter_effect, plot_effect
 from .backends import EXECUTORS, BackendError
 from .config import ConfigError
-from .dispatch import DispatchError, latest_submission, read_submissions
 from .index import load_index
 from .manifest import ManifestError
+from .options import DispatchError, from_arguments
 from .options import add_arguments as add_option_arguments
-from .options import from_arguments
 from .plan import chunk
 from .private import PrivateStateError, state_dir, use_private_caches
 from .report import write_report
-from .status import SubmissionStatus, format_status, query_status
+from .status import SubmissionStatus, format_status
 from .store import ResultsError, ResultsRoot, write_atomic
 from .study import StudyError, study_csv
 from .text import describe_os_error, inert
@@ -192,22 +191,17 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    results = ResultsRoot(args.results)
-    results.require_results_root()
-    submissions, problems = read_submissions(results)
-    for problem in problems:
+    report = api.root_status(args.results, every=args.all)
+    for problem in report.problems:
         print(f"warning: {inert(problem)} (not a valid submission: ignored)")
-    if not submissions:
-        print(f"no submissions under {results.root}")
+    if not report.statuses:
+        print(f"no submissions under {args.results}")
         return 0
-    shown = submissions if args.all else [latest_submission(submissions) or submissions[-1]]
-    statuses = [query_status(results, s) for s in shown]  # the queue asked only for what is shown
-    for status in statuses:
-        print(format_status(status, every_failure=args.rows, results=results))
-    if len(submissions) > len(shown):
-        print(f"({len(submissions) - len(shown)} older submission(s) of this root not shown: status --all)")
-    # like submit: 1 when any row shown failed or was lost, so scripts can branch on it
-    return 1 if any(st.counts.get(k, 0) for st in statuses for k in ("failed", "lost", "invalid")) else 0
+    for status in report.statuses:
+        print(format_status(status, every_failure=args.rows, results=ResultsRoot(args.results)))
+    if report.older:
+        print(f"({report.older} older submission(s) of this root not shown: status --all)")
+    return 1 if report.any_failed else 0  # like submit: scripts can branch on it
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -365,8 +359,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def _add_submit_command(sub: Any) -> None:
@@ -440,3 +432,7 @@ def _add_result_commands(sub: Any) -> None:
     add_results_root(p)
     p.add_argument("--submission", help="submission id (default: the latest)")
     p.set_defaults(func=cmd_cancel)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

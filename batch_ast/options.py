@@ -1,4 +1,5 @@
-"""Submission stage, the options: every knob of a submission declared once.
+"""Submission stage, the options: every knob of a submission declared once, and the cluster
+profiles that set them.
 
 Each ``Option`` says its one name (the API keyword, the profile key, ``--name-with-dashes`` on the
 command line), its kind and range, its default, its help, where it may be given (command line and
@@ -17,13 +18,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from .config import ConfigError, load_config_file
 from .manifest import DEFAULT_MAX_ROWS, MAX_ROWS_ENV
 from .runopts import DEFAULTS
-from .text import short_repr
+from .text import short_path, short_repr
 
 CLI, PROFILE = "cli", "profile"  # where an option may be given (CLI: the command line and the API)
 
@@ -315,3 +319,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def from_arguments(args: argparse.Namespace) -> Any:
     """The parsed command line as ``SubmitOptions``."""
     return SubmitOptions(**{o.name: getattr(args, o.name) for o in API_OPTIONS})
+
+
+# --- profiles ------------------------------------------------------------------------------------
+
+PROFILE_ENV = "BATCH_AST_PROFILE"
+
+
+def user_profile_path() -> Path:
+    """The user's default profile: $XDG_CONFIG_HOME/batch-ast/profile.yaml (~/.config by default)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "batch-ast" / "profile.yaml"
+
+
+def find_profile(explicit: str | Path | None, site_defaults: bool = True) -> tuple[Path | None, str]:
+    """The profile a submit uses and where it came from: ``--profile``; else the file named by
+    $BATCH_AST_PROFILE (a site sets it for everyone, e.g. in a module file); else the user's own
+    default; else none. ``site_defaults=False`` (``--no-profile``) ignores the last two."""
+    if explicit:
+        return Path(explicit), "--profile"
+    if not site_defaults:
+        return None, ""
+    named = os.environ.get(PROFILE_ENV)
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise DispatchError(
+                f"${PROFILE_ENV} names {short_path(named)!r}, which is not a file (unset it or use "
+                "--no-profile)"
+            )
+        return path, f"${PROFILE_ENV}"
+    path = user_profile_path()
+    try:
+        found = path.is_file()
+    except OSError:  # a config folder this user may not search (EACCES): no default profile
+        found = False
+    return (path, "the user's default profile") if found else (None, "")
+
+
+def load_profile(path: str | Path | None) -> dict[str, Any]:
+    """Read a cluster profile YAML (see slurm/profile.example.yaml): its values by option name
+    (``options.OPTIONS``; older key names read as their option), every key and value checked."""
+    if path is None:
+        return {}
+    try:
+        data = load_config_file(path, "profile")
+    except ConfigError as exc:
+        raise DispatchError(str(exc)) from None
+    values, problems = profile_problems(data)
+    if problems:
+        raise DispatchError(f"{short_path(path)}: " + "; ".join(problems))
+    return values

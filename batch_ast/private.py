@@ -4,7 +4,7 @@ pickles, sbatch scripts, job logs) and the input hash cache.
 A results root is often a group-writable project folder, and a pickle is code: whoever can replace
 ``<job>_submitted.pkl`` or ``<job>_0_result.pkl`` runs what they like as the submitter. So submitit
 writes into ``<state dir>/submitit/<submission id>/``, a folder only the user can write (0700),
-and both ends check before anything is unpickled: the job (``job_entry``, run by
+and both ends check before anything is unpickled: the job (``job_entry.py``, run by
 ``python -m batch_ast.job_entry`` in place of ``python -m submitit.core._submit``) and the
 submitter (``check_job_files`` before ``job.result()``). A folder or pickle that another user
 could write, or that another user owns, is refused.
@@ -19,8 +19,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import sys
-import time
 from pathlib import Path
 
 STATE_ENV = "BATCH_AST_STATE_DIR"
@@ -171,29 +169,3 @@ def use_private_caches(state: Path) -> None:
             os.environ[env] = str(make_private_dir(folder, state))
         except PrivateStateError:
             pass  # the library's own default then; a state folder that is not private fails elsewhere
-
-
-def job_entry(argv: list[str]) -> None:
-    """What a job runs instead of ``python -m submitit.core._submit FOLDER``: check that the
-    job's folder and its submitted pickle are the user's alone, then let submitit load and run it."""
-    import submitit
-    from submitit.core import submission, utils
-
-    folder = argv[-1]
-    job_folder = Path(os.path.abspath(folder))
-    if job_folder.parent.parent.name == "submitit" and SUBMISSION_ID.fullmatch(job_folder.parent.name):
-        use_private_caches(job_folder.parents[2])  # <state>/submitit/<submission>/<job>
-    environment = submitit.JobEnvironment()
-    paths = utils.JobPaths(folder, job_id=environment.job_id, task_id=environment.global_rank)
-    # an array's pickles are moved into their folders once sbatch has answered: a task may start
-    # first (submitit's own loader waits too); an hour bounds the wait for one that never comes
-    deadline = time.monotonic() + 3600
-    while not os.path.lexists(paths.submitted_pickle) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    try:
-        check_job_files(paths.folder, [paths.submitted_pickle])
-    except PrivateStateError as exc:
-        print(f"batch-ast: refusing to load the job's pickle: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(3) from None
-    sys.argv = [sys.argv[0], folder]
-    submission.submitit_main()

@@ -173,9 +173,14 @@ def test_submit_from_python_wait_status_index_and_find_again(audio_dir, tmp_path
     again = batch_ast.find_submission(results)
     assert again.id == sub.id and again.status().counts["ok"] == 2
     assert again.cancel() == []  # nothing left to cancel
+    report = batch_ast.root_status(results)  # what `batch-ast status` prints, from the API
+    assert [st.counts["ok"] for st in report.statuses] == [2] and report.older == 0 and not report.any_failed
     # the same manifest again: nothing to run, and the rows are still this manifest's
     nothing = batch_ast.submit(m, results, executor="local", wait=True)
     assert nothing.record is None and len(nothing.plan.done) == 2 and len(nothing.index()) == 2
+    (results / "submissions" / "20990101T000000-abcdef.json").write_text("{}")  # not a submission
+    report = batch_ast.root_status(results, every=True)
+    assert len(report.statuses) == 1 and report.older == 0 and "20990101T000000-abcdef.json" in report.problems[0]
 
 
 class CrashingJob(batch_ast.job.TransferJob):
@@ -254,9 +259,9 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("numeric core", frozenset({"features", "losses", "audio", "phase", "transfer", "metrics", "figures",
                                 "batched", "rhythm"})),
     ("inputs", frozenset({"manifest", "study", "plan"})),
-    ("row", frozenset({"row"})),
+    ("row", frozenset({"checkpoint", "row"})),
     ("job", frozenset({"loop", "pool", "job"})),
-    ("submission", frozenset({"options", "dispatch", "status", "index"})),
+    ("submission", frozenset({"options", "submissions", "dispatch", "status", "liveness", "index"})),
     ("api", frozenset({"api"})),
     ("people", frozenset({"report", "analysis", "cli", "__init__", "__main__", "job_entry"})),
 )

@@ -15,6 +15,7 @@ import torch
 import batch_ast
 import batch_ast.dispatch
 import batch_ast.loop as loop_module
+import batch_ast.submissions
 from batch_ast.batched import evaluate_together, group_for_batching, group_key, run_together
 from batch_ast.cli import main
 from batch_ast.config import Params, load_config
@@ -212,7 +213,7 @@ def test_batch_rows_option_is_validated_and_reaches_the_job(audio_dir, tmp_path,
         == 0
     )
     assert "optimised up to 2 at a time" in capsys.readouterr().out
-    (sub,) = batch_ast.dispatch.valid_submissions(ResultsRoot(results))
+    (sub,) = batch_ast.submissions.valid_submissions(ResultsRoot(results))
     (pickled,) = Path(sub.submitit_folder).glob("*/*_submitted.pkl")  # the user's private state
     with pickled.open("rb") as f:
         assert pickle.load(f).function.batch_rows == 2

@@ -13,16 +13,18 @@ import pytest
 from batch_ast import backends
 from batch_ast.backends import BackendError, choose_backend, get_backend, local_gpu_passthrough
 from batch_ast.cli import build_parser
-from batch_ast.dispatch import (
+from batch_ast.dispatch import job_parameters
+from batch_ast.options import (
+    OPTIONS,
     DispatchError,
-    SubmissionRecord,
+    SubmitOptions,
     find_profile,
-    job_parameters,
+    from_arguments,
     load_profile,
     user_profile_path,
 )
-from batch_ast.options import OPTIONS, SubmitOptions, from_arguments
 from batch_ast.status import submission_status, unfinished_jobs
+from batch_ast.submissions import SubmissionRecord
 
 
 def _make_executor(kind: str, folder: Path, params: dict):
@@ -179,8 +181,8 @@ def test_a_forced_rerun_does_not_count_the_previous_result(tmp_path):
 def test_a_rerun_within_the_same_second_does_not_take_the_replaced_records():
     """Found by a test that reran a row with --force right after a fast run: with ids to the second
     the earlier submission's record counted as the rerun's own (ok instead of lost)."""
-    from batch_ast.dispatch import new_submission_id
     from batch_ast.status import finishes
+    from batch_ast.submissions import new_submission_id
 
     first, rerun = new_submission_id(), new_submission_id()
     assert first.split("-")[0] < rerun.split("-")[0]

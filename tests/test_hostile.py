@@ -26,14 +26,16 @@ from batch_ast.backends import child_pids, get_backend, local_job_alive
 from batch_ast.claims import claim_path
 from batch_ast.cli import main
 from batch_ast.config import ConfigError, coerce, load_config
-from batch_ast.dispatch import submit_arrays, valid_submissions
+from batch_ast.dispatch import submit_arrays
 from batch_ast.job import TransferJob
+from batch_ast.liveness import claim_unless_live
 from batch_ast.loop import run_row
 from batch_ast.manifest import load_manifest
 from batch_ast.plan import make_plan, row_id
 from batch_ast.row import load_inputs
-from batch_ast.status import claim_unless_live, log_tail
+from batch_ast.status import log_tail
 from batch_ast.store import ResultsRoot
+from batch_ast.submissions import valid_submissions
 
 from .conftest import REPO, tiny_columns, write_manifest
 

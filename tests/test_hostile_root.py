@@ -27,11 +27,11 @@ import batch_ast.record
 import batch_ast.runopts
 from batch_ast.claims import claim_path
 from batch_ast.cli import main
-from batch_ast.dispatch import read_submissions, valid_submissions
 from batch_ast.loop import run_row
 from batch_ast.private import PrivateStateError, check_job_files
 from batch_ast.record import record_dict
 from batch_ast.store import ResultsRoot
+from batch_ast.submissions import read_submissions, valid_submissions
 
 from .conftest import tiny_columns, write_manifest
 from .test_hostile import Payload, endless_manifest, plan_one
@@ -644,7 +644,7 @@ def test_metrics_that_are_not_numbers_are_refused(audio_dir, tmp_path, capsys):
 def test_api_arguments_of_the_wrong_type_are_clear(audio_dir, tmp_path, monkeypatch):
     from batch_ast import plan as plan_module
     from batch_ast.backends import BackendError
-    from batch_ast.dispatch import DispatchError
+    from batch_ast.options import DispatchError
 
     m = write_manifest(audio_dir, ["content.wav,style.wav"])
     for call, match in ((lambda: batch_ast.submit(123), "manifest must be a path"),

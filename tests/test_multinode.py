@@ -20,9 +20,9 @@ import soundfile as sf
 
 import batch_ast
 from batch_ast.cli import main
-from batch_ast.dispatch import valid_submissions
 from batch_ast.record import record_dict
 from batch_ast.store import ResultsRoot
+from batch_ast.submissions import valid_submissions
 
 from .conftest import LONG, REPO, long_rows, tiny_columns, write_manifest
 from .test_slurm import cancel_own_jobs, slurm_submit, squeue_ids, wait_for  # noqa: F401 - an autouse fixture

@@ -20,11 +20,11 @@ import batch_ast
 from batch_ast.backends import get_backend
 from batch_ast.cli import main
 from batch_ast.config import load_config
-from batch_ast.dispatch import DispatchError, job_parameters, load_profile, submit_arrays
+from batch_ast.dispatch import job_parameters, submit_arrays
 from batch_ast.job import TransferJob
 from batch_ast.loop import run_groups, run_rows
 from batch_ast.manifest import load_manifest
-from batch_ast.options import SubmitOptions
+from batch_ast.options import DispatchError, SubmitOptions, load_profile
 from batch_ast.plan import make_plan
 from batch_ast.pool import mps_pipe_directory, threads_per_process
 from batch_ast.record import record_dict

@@ -20,9 +20,9 @@ import soundfile as sf
 import batch_ast
 from batch_ast.backends import get_backend
 from batch_ast.cli import main
-from batch_ast.dispatch import valid_submissions
 from batch_ast.record import record_dict
 from batch_ast.store import ResultsRoot
+from batch_ast.submissions import valid_submissions
 
 from .conftest import LONG, TINY, long_rows, tiny_columns, uninterrupted_wav, write_manifest
 

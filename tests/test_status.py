@@ -11,10 +11,10 @@ import pytest
 
 import batch_ast
 from batch_ast.cli import main
-from batch_ast.dispatch import SubmissionRecord
 from batch_ast.progress import HEARTBEAT_EVERY_S, Heartbeat, Progress, duration, read_progress
 from batch_ast.status import RowState, SubmissionStatus, format_status
 from batch_ast.store import ResultsRoot
+from batch_ast.submissions import SubmissionRecord
 
 from .conftest import tiny_columns, write_manifest
 

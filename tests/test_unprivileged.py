@@ -28,9 +28,9 @@ import pytest
 import batch_ast
 import batch_ast.report
 from batch_ast.cli import main
-from batch_ast.dispatch import read_submissions, valid_submissions
 from batch_ast.progress import Progress
 from batch_ast.store import ResultsRoot, root_lock
+from batch_ast.submissions import read_submissions, valid_submissions
 
 from .conftest import DEMO_AUDIO, REPO, tiny_columns, write_manifest
 from .test_hostile import endless_manifest
