@@ -324,11 +324,18 @@ def test_aggregation_filter_errors_pinned_names_and_a_deep_link_round_trip_in_he
     data = report_payload(report)
     ok = [r for r in data["rows"] if r["status"] == "ok"]
     assert data["params"] == ["preset", "content_weight", "seed"] and "label" in data["columns"]
-    groups = {(r["content_name"], r["style_name"], r["preset"], r["content_weight"]) for r in data["rows"]}
     page = report.read_text()  # the summary: best rows within each preset, failures by kind
     assert "Best 5 by final_style (lowest, no preset)" in page and "(lowest, preset ulyanov-tf)" in page
     assert re.search(r"<ul id='failures'><li><b>AudioError</b>: 1 row\(s\), e\.g\. <a href='#open=", page)
+    _aggregated_view_and_its_address(report, data, ok, tmp_path)
+    _filters_problems_and_widgets(report, data, ok, tmp_path)
+    _ticked_curves_and_the_scatter(report, ok, tmp_path)
 
+
+def _aggregated_view_and_its_address(report, data, ok, tmp_path):
+    """Aggregated over seeds: one row per group with n and mean ± std, error bars, mean curves; the
+    address names the view and gives it back."""
+    groups = {(r["content_name"], r["style_name"], r["preset"], r["content_weight"]) for r in data["rows"]}
     view = "agg=1&x=content_weight&y=style_distance_heldout&sort=-style_distance_heldout"
     dom = chromium(report.as_uri() + "#" + view, tmp_path / "p1")
     assert attribute(dom, "count", "data-groups") == str(len(groups))
@@ -352,6 +359,9 @@ def test_aggregation_filter_errors_pinned_names_and_a_deep_link_round_trip_in_he
     )
     assert rows_table(again) == table  # the address is the view
 
+
+def _filters_problems_and_widgets(report, data, ok, tmp_path):
+    """Unknown columns and bad comparisons are said; OR lists work; widgets show the filter."""
     dom = chromium(
         report.as_uri() + "#filter=" + urllib.parse.quote("cw=0.1 content_weight>x"), tmp_path / "p3"
     )
@@ -386,8 +396,10 @@ def test_aggregation_filter_errors_pinned_names_and_a_deep_link_round_trip_in_he
     assert table.count('<td class="text pin">') == 50  # the pinned name column, on every row of the page
     assert "<th data-k=\"iterations_run\"" in table and ">iterations run<" in table  # not "iterations" twice
 
-    # the charts: 20 ticked rows' curves on uPlot, coloured by a parameter, named in its legend; a
-    # scatter with ticks on both axes, its x axis logarithmic when asked (auto: over two decades)
+
+def _ticked_curves_and_the_scatter(report, ok, tmp_path):
+    """The charts: 20 ticked rows' curves on uPlot, coloured by a parameter, named in its legend; a
+    scatter with ticks on both axes, its x axis logarithmic when asked (auto: over two decades)."""
     ticked = [r["id"] for r in ok[:20]]
     dom = chromium(
         report.as_uri()
