@@ -96,7 +96,7 @@ def test_finishing_in_the_background_changes_no_result_and_a_failure_there_costs
         [[s] for s in specs], roots[1], lambda: False, RunOptions(), finish_in_background=True
     )
     assert here == background and [s["status"] for s in here] == ["ok"] * 3
-    timing = {k for k in roots[0].read_record(specs[0].id) if k.startswith("time_") or k.endswith("_at")}
+    timing = {k for k in record_dict(roots[0], specs[0].id) if k.startswith("time_") or k.endswith("_at")}
     for spec in specs:
         a, b = (record_dict(root, spec.id) for root in roots)
         assert {k: v for k, v in a.items() if k not in timing} == {
