@@ -22,38 +22,11 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from .features import Network, conv_features, use_precision
+from .features import conv_features, use_precision
 from .transfer import LossTensors, StyleTransfer
 
 if TYPE_CHECKING:
-    from .config import Params
-
-
-def group_key(params: Params) -> tuple | None:
-    """Rows with equal keys use the same random network on the same device and can share one
-    batched conv; None for rows that cannot be batched (beat-segmented transfers)."""
-    if params.beat_segmented:
-        return None
-    return (*Network.of(params).key(), params.device)
-
-
-def group_for_batching(params: Sequence[Params], batch_rows: int) -> list[list[int]]:
-    """Indices of rows to optimise together: consecutive runs (in pack order) of rows with equal
-    network keys, at most ``batch_rows`` long. Order is kept so a pack's rows finish in order."""
-    groups: list[list[int]] = []
-    last_key: tuple | None = None
-    for i, p in enumerate(params):
-        key = group_key(p)
-        current = groups[-1] if groups else None
-        if (
-            current is not None and key is not None and key == last_key
-            and len(current) < max(1, batch_rows)
-        ):
-            current.append(i)
-        else:
-            groups.append([i])
-        last_key = key
-    return groups
+    pass
 
 
 def batched_features(

@@ -153,6 +153,11 @@ class Params:
         """Frequency bins of the row's spectrograms (the network's input channels)."""
         return self.n_fft // 2 + 1
 
+    def network_key(self) -> tuple:
+        """What decides the row's random conv network (its weights and what it computes): rows
+        with equal keys can share one copy of it. ``features.Network.of(p).key()`` equals it."""
+        return (self.n_bins, self.n_filters, self.kernel_size, self.seed, self.activation, self.precision)
+
     @property
     def beat_segmented(self) -> bool:
         """Tomczak et al.'s beat-segmented losses (``rhythm`` other than none)."""

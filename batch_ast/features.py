@@ -118,7 +118,8 @@ class Network:
                    params.precision)
 
     def key(self) -> tuple:
-        """Hashable identity: equal keys, equal weights and features."""
+        """Hashable identity: equal keys, equal weights and features (``Params.network_key``'s
+        order, so a plan groups rows by network without importing torch)."""
         return (self.n_bins, self.n_filters, self.kernel_size, self.seed, self.activation, self.precision)
 
     def heldout(self) -> Network:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import submitit
 
 from .backends import preemption_signal
-from .plan import RowSpec
+from .plan import RowSpec, group_for_batching
 from .pool import RowProcesses
 from .record import record_dict
 from .runopts import DEFAULTS, Paused, RunOptions, TimeLimitError
@@ -84,8 +84,6 @@ class TransferJob(submitit.helpers.Checkpointable):
         return not self.force or record.get("submission_id") == self.options.submission_id
 
     def __call__(self, specs: list[dict[str, Any]], root: ResultsRoot | str) -> list[dict[str, str]]:
-        from .batched import group_for_batching  # import cost: torch, paid only by a running job
-
         results = ResultsRoot.of(root)
         self._install_deferred_signal_handler()
         rows = [RowSpec.from_dict(raw) for raw in specs]

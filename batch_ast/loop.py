@@ -35,7 +35,7 @@ def configure_threads(share: int | None = None) -> None:
 
 
 def _group_weights(specs: Sequence[RowSpec]) -> Callable[[Any], Any]:
-    """``weights(device)``: the network of a group of rows (equal ``batched.group_key``), built once,
+    """``weights(device)``: the network of a group of rows (equal ``plan.group_key``), built once,
     when the first row that has passed its input and memory checks asks for it: a row refused by
     its ``max_memory_gb`` budget must be refused before the network is allocated."""
     return functools.cache(Network.of(specs[0].params).weights)
@@ -49,7 +49,7 @@ def run_rows(
     inputs: list[Future] | None = None,
     finisher: Executor | None = None,
 ) -> list[dict[str, Any] | Future]:
-    """Run rows that share a network (``batched.group_key``) as one batched optimisation; a single
+    """Run rows that share a network (``plan.group_key``) as one batched optimisation; a single
     row runs on its own in this thread. Returns their records — or, with a ``finisher`` pool, a
     future of the record for each row that reached its finishing: its Griffin-Lim runs here, on
     the device, and its files, figures, metrics and record in the pool while the caller goes on

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,3 +256,32 @@ def chunk(specs: list[RowSpec], rows_per_job: int) -> list[list[RowSpec]]:
     """Pack rows into jobs of at most ``rows_per_job`` rows, keeping manifest order."""
     size = max(1, rows_per_job)
     return [specs[i : i + size] for i in range(0, len(specs), size)]
+
+
+# --- rows that run together ----------------------------------------------------------------------
+
+def group_key(params: Params) -> tuple | None:
+    """Rows with equal keys use the same random network on the same device and can share one
+    batched conv; None for rows that cannot be batched (beat-segmented transfers)."""
+    if params.beat_segmented:
+        return None
+    return (*params.network_key(), params.device)
+
+
+def group_for_batching(params: Sequence[Params], batch_rows: int) -> list[list[int]]:
+    """Indices of rows to optimise together: consecutive runs (in pack order) of rows with equal
+    network keys, at most ``batch_rows`` long. Order is kept so a pack's rows finish in order."""
+    groups: list[list[int]] = []
+    last_key: tuple | None = None
+    for i, p in enumerate(params):
+        key = group_key(p)
+        current = groups[-1] if groups else None
+        if (
+            current is not None and key is not None and key == last_key
+            and len(current) < max(1, batch_rows)
+        ):
+            current.append(i)
+        else:
+            groups.append([i])
+        last_key = key
+    return groups

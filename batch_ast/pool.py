@@ -2,7 +2,7 @@
 
 A SLURM array task (or a local job) holds one allocation — n CPUs, perhaps one GPU. One row at a
 time leaves most of it idle: a small row cannot fill a GPU, and on the CPU a row's 2-thread
-kernels scale poorly. Here the job's process hands its groups of rows (``batched.group_for_batching``)
+kernels scale poorly. Here the job's process hands its groups of rows (``plan.group_for_batching``)
 one at a time to k worker processes that share the allocation: on the CPU each gets n/k threads,
 on a GPU they share the device (through MPS when the site runs its daemon: every CUDA process
 joins it by itself; we only detect it and say so, never start it).

@@ -57,6 +57,7 @@ def test_params_are_a_validated_frozen_value_with_every_registered_hyperparamete
 def test_a_network_is_what_decides_the_weights_and_nothing_else():
     p = load_config().params(TINY)
     net = Network.of(p)
+    assert net.key() == p.network_key()  # what a plan groups rows by, without torch
     assert net.key() == Network.of(p.replace(content_weight=9.0, optimizer="adam", iterations=3)).key()
     assert net.key() != Network.of(p.replace(seed=1)).key()
     torch.testing.assert_close(net.weights(), random_filters(129, 64, 5, p.seed), rtol=0, atol=0)

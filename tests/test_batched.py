@@ -16,13 +16,13 @@ import batch_ast
 import batch_ast.dispatch
 import batch_ast.loop as loop_module
 import batch_ast.submissions
-from batch_ast.batched import evaluate_together, group_for_batching, group_key, run_together
+from batch_ast.batched import evaluate_together, run_together
 from batch_ast.cli import main
 from batch_ast.config import Params, load_config
 from batch_ast.job import TransferJob
 from batch_ast.loop import run_rows
 from batch_ast.manifest import load_manifest
-from batch_ast.plan import make_plan
+from batch_ast.plan import group_for_batching, group_key, make_plan
 from batch_ast.record import record_dict
 from batch_ast.runopts import Paused
 from batch_ast.store import ResultsRoot

@@ -322,3 +322,21 @@ def test_finishing_overlap_is_auto_on_a_gpu_and_never_with_a_tf32_row(audio_dir,
     assert loop_module.finishing_overlap(None, specs)
     monkeypatch.setattr(loop_module, "runs_on_gpu", lambda spec: False)
     assert not loop_module.finishing_overlap(None, specs)
+
+
+def test_the_jobs_process_hands_rows_to_row_processes_without_importing_torch(audio_dir, tmp_path):
+    """With --processes-per-job K the job's own process only hands groups of rows out (grouping by
+    ``Params.network_key``, no torch): the row processes import torch, the job's never does."""
+    import json
+    import subprocess
+    import sys
+
+    results = ResultsRoot(tmp_path / "results")
+    specs = tmp_path / "specs.json"
+    specs.write_text(json.dumps([s.to_dict() for s in plan(audio_dir, results, range(2), iterations=3)]))
+    code = ("import json, sys; from batch_ast.job import TransferJob; "
+            f"out = TransferJob(processes=2)(json.load(open({str(specs)!r})), {str(results.root)!r}); "
+            "print(json.dumps([[r['status'] for r in out], 'torch' in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HOUR)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [["ok", "ok"], False]
