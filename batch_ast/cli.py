@@ -191,14 +191,15 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    report = api.root_status(args.results, every=args.all)
+    results = ResultsRoot(args.results)
+    report = api.root_status(results, every=args.all)
     for problem in report.problems:
         print(f"warning: {inert(problem)} (not a valid submission: ignored)")
     if not report.statuses:
-        print(f"no submissions under {args.results}")
+        print(f"no submissions under {results.root}")
         return 0
     for status in report.statuses:
-        print(format_status(status, every_failure=args.rows, results=ResultsRoot(args.results)))
+        print(format_status(status, every_failure=args.rows, results=results))
     if report.older:
         print(f"({report.older} older submission(s) of this root not shown: status --all)")
     return 1 if report.any_failed else 0  # like submit: scripts can branch on it
