@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .text import short_path
+from .text import short_path, short_repr
 
 OPTIMIZERS = ("lbfgs", "adam", "adamw")
 ACTIVATIONS = ("relu", "selu")
@@ -193,9 +193,9 @@ MAX_CONFIG_BYTES = 1 << 20
 
 
 def shown(raw: Any, limit: int = 60) -> str:
-    """``repr(raw)`` cut to ``limit`` characters, so an error message never echoes a huge value."""
-    text = repr(raw) if not isinstance(raw, (dict, list)) else f"<a {type(raw).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """``repr(raw)`` cut to ``limit`` characters (``text.short_repr``), a mapping or list only named,
+    so an error message never echoes a huge value."""
+    return f"<a {type(raw).__name__}>" if isinstance(raw, (dict, list)) else short_repr(raw, limit)
 
 
 def exact_int(raw: Any) -> int | None:

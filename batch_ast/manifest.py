@@ -186,8 +186,8 @@ def _header_problems(header: list[str], line: int) -> list[str]:
     return problems
 
 
-def _row_files(cells: dict[str, str], base: Path, checked: dict[Path, tuple[str | None, int]], where: str,
-               problems: list[str]) -> dict[str, Path]:
+def _row_files(cells: dict[str, str], base: Path, checked: dict[Path, tuple[str | None, int]], limit: int,
+               where: str, problems: list[str]) -> dict[str, Path]:
     """The row's content and style files that exist and can be read (``checked`` caches the
     checks: a study names few files in many rows); a problem for each that cannot."""
     files: dict[str, Path] = {}
@@ -197,7 +197,7 @@ def _row_files(cells: dict[str, str], base: Path, checked: dict[Path, tuple[str 
             continue
         file = _resolve_path(cells[col], base)
         if file not in checked:
-            checked[file] = _check_audio_path(file, max_input_bytes())
+            checked[file] = _check_audio_path(file, limit)
         issue = checked[file][0]
         if issue:
             problems.append(f"{where}: column {col!r}: {short_path(file)}: {issue}")
@@ -236,7 +236,8 @@ def parse_manifest(text: str, path: Path, config: Config, cap: int | None = None
     if problems:
         raise ManifestError(path, problems)
     columns = [c.strip().lower() for c in header]
-    checked: dict[Path, tuple[str | None, int]] = {}
+    checked: dict[Path, tuple[str | None, int]] = {}  # a study names few files in many rows
+    limit = max_input_bytes()
     rows: list[ManifestRow] = []
     for number, (line, rec) in enumerate(records[1:], start=1):
         where = f"row {number} (line {line})"
@@ -244,7 +245,7 @@ def parse_manifest(text: str, path: Path, config: Config, cap: int | None = None
             problems.append(f"{where}: expected {len(columns)} fields, got {len(rec)}")
             continue
         cells = {col: cell.strip() for col, cell in zip(columns, rec, strict=True)}
-        files = _row_files(cells, path.parent, checked, where, problems)
+        files = _row_files(cells, path.parent, checked, limit, where, problems)
         overrides, resources = _row_values(cells, where, problems)
         try:
             params = config.params(overrides)

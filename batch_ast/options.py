@@ -269,23 +269,28 @@ def profile_problems(data: Mapping[Any, Any]) -> tuple[dict[str, Any], list[str]
     under two names, values of the wrong kind. None values are left out (YAML's empty value)."""
     values: dict[str, Any] = {}
     problems = []
-    unknown = sorted(str(k)[:40] for k in data if k not in ALIASES and (k not in BY_NAME
-                                                                        or PROFILE not in BY_NAME[k].where))
+    unknown = sorted(str(k)[:40] for k in data if _profile_option(k) is None)
     if unknown:
         problems.append(
             f"unknown profile key(s) {unknown[:20]}; known: {sorted(o.name for o in PROFILE_OPTIONS)}"
         )
     for key, value in data.items():
-        name = ALIASES.get(key, key)
-        if value is None or name not in BY_NAME or PROFILE not in BY_NAME[name].where:
+        option = _profile_option(key)
+        if value is None or option is None:
             continue
-        if name in values:
-            problems.append(f"{name} is given twice (as {name} and {BY_NAME[name].aliases})")
-        elif problem := BY_NAME[name].problem(value):
+        if option.name in values:
+            problems.append(f"{option.name} is given twice (as {option.name} and {option.aliases})")
+        elif problem := option.problem(value):
             problems.append(problem)
         else:
-            values[name] = value
+            values[option.name] = value
     return values, problems
+
+
+def _profile_option(key: Any) -> Option | None:
+    """The option a profile key (its name or an older one) sets; None for a key no profile takes."""
+    option = BY_NAME.get(ALIASES.get(key, key)) if isinstance(key, str) else None
+    return option if option is not None and PROFILE in option.where else None
 
 
 def merged(profile: Mapping[str, Any], options: Any) -> dict[str, Any]:
