@@ -1,7 +1,8 @@
 """batch-ast: neural audio style transfer at batch scale on SLURM clusters or a laptop.
 
 The Python API (``submit``, ``prepare``, ``find_submission``) does what the ``batch-ast`` command
-does; ``load_index`` and ``load_traces`` read the results into pandas.
+does; ``load_index`` and ``load_traces`` read the results into pandas, and ``cost`` says what
+the rows consumed (core-hours, GPU-hours, peak memory per preset).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ _LAZY = {
     "Prepared": "api",
     "Submission": "api",
     "collect": "api",
+    "cost": "cost",
     "find_submission": "api",
     "prepare": "api",
     "root_status": "api",
@@ -32,6 +34,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .api import Prepared, Submission, collect, find_submission, prepare, root_status, submit
     from .config import Params
+    from .cost import cost
     from .index import load_index, load_traces
     from .options import SubmitOptions
     from .store import ResultsError
@@ -57,6 +60,7 @@ __all__ = [
     "SubmitOptions",
     "__version__",
     "collect",
+    "cost",
     "find_submission",
     "load_index",
     "load_traces",

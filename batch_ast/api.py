@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -27,10 +28,12 @@ from typing import Any
 import pandas as pd
 import submitit
 
+from .audio import probe_audio
 from .backends import EXECUTORS, Backend, BackendError, choose_backend, get_backend
 from .claims import release_claims
 from .config import load_config
-from .dispatch import Packing, job_parameters, submit_arrays
+from .cost import JobNeed, job_need, row_need
+from .dispatch import RESOURCE_TO_PARAM, Packing, job_parameters, submit_arrays
 from .index import CollectReport, load_index, update_index
 from .job import DEFAULTS, TransferJob
 from .liveness import claim_unless_live
@@ -39,7 +42,7 @@ from .plan import HASH_CACHE, Plan, RowSpec, make_plan
 from .private import check_job_files, make_private_dir, state_dir
 from .record import record_dict
 from .status import SubmissionStatus, query_status, unrecorded_rows
-from .store import ResultsRoot, check_shared_root
+from .store import ResultsError, ResultsRoot, check_shared_root
 from .study import load_rows
 from .submissions import (
     SubmissionRecord,
@@ -190,6 +193,31 @@ class Prepared:
         their records."""
         return [(spec, record_dict(self.results, spec.id) or {}) for spec in self.plan.failed_before]
 
+    def sizing(self) -> tuple[list[JobNeed], list[str]]:
+        """(what each preset's jobs will probably need, presets without enough history): from the
+        finished rows of this root's index with the same preset and a content length within
+        ``cost.SIMILAR_LENGTH`` of the planned rows' median (``cost.row_need``), at this plan's
+        packing, beside what the jobs ask for (the profile, or the rows' own resource columns)."""
+        history = _history(self.results)
+        by_preset: dict[str, list[RowSpec]] = {}
+        for spec in self.plan.to_run:
+            by_preset.setdefault(spec.params.preset, []).append(spec)
+        needs, unknown = [], []
+        lengths: dict[str, float | None] = {}
+        for preset, specs in sorted(by_preset.items()):
+            seconds = [s for spec in specs if (s := _content_seconds(spec, lengths)) is not None]
+            need = row_need(history, preset, statistics.median(seconds) if seconds else None)
+            if need is None:
+                unknown.append(preset)
+                continue
+            resources = {tuple(sorted(spec.resources.items())) for spec in specs}
+            own = dict(next(iter(resources))) if len(resources) == 1 else {}
+            requested = self.backend.requested({**self.parameters,
+                                                **{RESOURCE_TO_PARAM[k]: v for k, v in own.items()}})
+            needs.append(job_need(f"preset {preset or '(none)'}", need, self.rows_per_job,
+                                  self.packing.processes_per_job, *requested))
+        return needs, unknown
+
     def launch(self) -> Submission:
         """Claim the rows (rows in flight in another submission are skipped) and submit the rest."""
         submission_id = new_submission_id()
@@ -218,6 +246,25 @@ class Prepared:
             release_claims(self.results, to_run, submission_id)
             raise
         return Submission(self.results, record, self.plan, jobs, busy, failed_before=failed)
+
+
+def _history(results: ResultsRoot) -> pd.DataFrame:
+    """The root's index as last collected (a dry run writes nothing, so it does not collect);
+    empty where there is none or it cannot be read."""
+    try:
+        return load_index(results.root)
+    except (ResultsError, OSError, ValueError):
+        return pd.DataFrame()
+
+
+def _content_seconds(spec: RowSpec, cache: dict[str, float | None]) -> float | None:
+    """The length of a planned row's content as the row will use it (at most max_seconds), from
+    the file's header; None where the header says nothing."""
+    if spec.content not in cache:
+        info = probe_audio(spec.content)
+        cache[spec.content] = info.seconds if info is not None else None
+    seconds = cache[spec.content]
+    return min(seconds, spec.params.max_seconds) if seconds is not None else None
 
 
 def _path_argument(value: Any, name: str, optional: bool = False) -> Path | None:
@@ -294,7 +341,7 @@ def prepare(
     every = merged(profile_values, opts)["checkpoint_every_s"]
     limit_s, warning_s = backend.time_limit_warning(parameters)
     run_options = replace(DEFAULTS, max_retries=max_retries, checkpoint_every_s=every, time_limit_s=limit_s,
-                          limit_warning_s=warning_s)
+                          limit_warning_s=warning_s, processes_per_job=packing.processes_per_job)
     job = TransferJob(run_options, force=opts.force, batch_rows=packing.batch_rows,
                       processes=packing.processes_per_job, finish_in_background=packing.finish_in_background,
                       threads=backend.thread_share(opts.workers or 1))

@@ -18,7 +18,7 @@ import signal
 import socket
 import subprocess
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -62,6 +62,12 @@ class Backend:
         so that a job can tell a time-limit warning from a preemption; (0, 0) where this executor
         sends no warning before a limit."""
         return 0.0, 0.0
+
+    def requested(self, params: dict[str, Any]) -> tuple[float | None, float | None]:
+        """(memory bytes, time limit s) a job with ``params`` asks for; None where this executor
+        takes no such request (right-sizing compares them with what earlier rows needed)."""
+        timeout = params.get("timeout_min")
+        return None, 60.0 * float(timeout) if timeout else None
 
     def rows_per_job(self, n_rows: int, workers: int, processes: int = 1) -> int:
         """Rows packed into one job when the user does not say: split over ``workers`` processes
@@ -136,6 +142,10 @@ class SlurmBackend(Backend):
         merged = {**SLURM_DEFAULTS, **params}
         return 60.0 * float(merged["timeout_min"]), float(merged["slurm_signal_delay_s"])
 
+    def requested(self, params: dict[str, Any]) -> tuple[float | None, float | None]:
+        merged = {**SLURM_DEFAULTS, **params}
+        return float(merged["mem_gb"]) * 2**30, 60.0 * float(merged["timeout_min"])
+
     def rows_per_job(self, n_rows: int, workers: int, processes: int = 1) -> int:
         """One row per array task: the scheduler spreads them. With K row processes per task, two
         rows per process: a process's start-up (Python, torch: ~3 s) is then paid once per two
@@ -172,6 +182,7 @@ class SlurmBackend(Backend):
             "slurm_array_task_id": environment.array_task_id or "",
             # submitit's JobEnvironment does not expose how often SLURM restarted the job
             "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+            **slurm_allocation(os.environ),
         }
 
     def job_threads(self) -> int | None:
@@ -301,6 +312,33 @@ def _running_job() -> tuple[Backend | None, submitit.JobEnvironment | None]:
     except RuntimeError:  # not inside a submitit job (a direct call)
         return None, None
     return BACKENDS.get(environment.cluster), environment
+
+
+def slurm_allocation(env: Mapping[str, str]) -> dict[str, Any]:
+    """What SLURM granted the running job, from the variables it sets in the job (``Record``'s
+    ``alloc_*`` fields; None where the job's environment does not say). Memory is given in MiB,
+    per node or per CPU; the time limit only by SLURM 23.02+ (SLURM_JOB_START_TIME/END_TIME; the
+    row falls back to the limit the job was submitted with)."""
+
+    def number(name: str) -> int | None:
+        value = env.get(name, "")
+        return int(value) if value.isdigit() else None
+
+    cpus = number("SLURM_CPUS_ON_NODE") or number("SLURM_CPUS_PER_TASK")
+    mem_mib = number("SLURM_MEM_PER_NODE")
+    if mem_mib is None and number("SLURM_MEM_PER_CPU") is not None and cpus:
+        mem_mib = number("SLURM_MEM_PER_CPU") * cpus
+    gpus = number("SLURM_GPUS_ON_NODE")
+    if gpus is None:
+        listed = env.get("SLURM_JOB_GPUS") or env.get("SLURM_STEP_GPUS") or ""
+        gpus = len([g for g in listed.split(",") if g.strip()])
+    start, end = number("SLURM_JOB_START_TIME"), number("SLURM_JOB_END_TIME")
+    return {
+        "alloc_cpus": cpus,
+        "alloc_mem_bytes": mem_mib * 2**20 if mem_mib else None,  # 0: "all of the node's"
+        "alloc_gpus": gpus,
+        "alloc_time_limit_s": float(end - start) if start and end and end > start else None,
+    }
 
 
 def _positive_int_env(name: str) -> int | None:

@@ -15,6 +15,7 @@ from . import api
 from .analysis import hyperparameter_effect, plot_effect
 from .backends import EXECUTORS, BackendError
 from .config import ConfigError
+from .cost import MIN_HISTORY, cost_lines
 from .index import load_index
 from .manifest import ManifestError
 from .options import DispatchError, from_arguments
@@ -81,6 +82,25 @@ def _print_plan(prepared: api.Prepared) -> None:
         print(f"  skip  row {row}: duplicate of row {first} (same inputs and settings)")
     if len(plan.duplicates) > PLAN_LINES:
         print(f"  ... and {len(plan.duplicates) - PLAN_LINES} more duplicate(s)")
+    if plan.to_run:
+        _print_sizing(prepared)
+
+
+def _print_sizing(prepared: api.Prepared) -> None:
+    """What the jobs will probably need, from the root's finished rows (``Prepared.sizing``)."""
+    needs, unknown = prepared.sizing()
+    if needs:
+        print(f"sizing (p95 of finished rows in {prepared.results.root}'s index, same preset, similar "
+              "content length):")
+        for need in needs:
+            print(need.describe())
+        for need in needs:
+            for warning in need.warnings():
+                print(f"warning: {warning}", file=sys.stderr)
+    if unknown:
+        names = ", ".join(p or "(none)" for p in unknown)
+        print(f"sizing: no estimate for preset(s) {names}: fewer than {MIN_HISTORY} finished rows of "
+              "similar length with usage figures in the index (collect after a first run)")
 
 
 class _Progress:
@@ -200,6 +220,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     for status in report.statuses:
         print(format_status(status, every_failure=args.rows, results=results))
+        for line in cost_lines(status.finished):
+            print(inert(line))
     if report.older:
         print(f"({report.older} older submission(s) of this root not shown: status --all)")
     return 1 if report.any_failed else 0  # like submit: scripts can branch on it

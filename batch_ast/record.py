@@ -12,6 +12,7 @@ ignored; fields older versions did not write stay None.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import re
@@ -26,6 +27,7 @@ import pyarrow as pa
 from .config import PARAMS, ConfigError, Params
 from .store import ResultsRoot, open_regular, parse_json
 from .text import describe_os_error, short_repr
+from .usage import SCOPES
 from .version import VERSION
 
 # What each field becomes in the index: an Arrow type, or None for record-only fields (long text,
@@ -122,6 +124,22 @@ class Record:
     time_figures_s: float = _float("timing")
     time_metrics_s: float = _float("timing")
     time_total_s: float = _float("timing")
+    # what the row consumed (usage.py; None where not measured: device fields off a GPU, records
+    # written before 0.5): CPU seconds (user + system), peak resident memory, device seconds, peak
+    # device memory, mean GPU utilisation (%); usage_scope says what they cover (row, shared, process)
+    cpu_s: float = _float("cost")
+    peak_rss_bytes: int = _int("cost")
+    usage_scope: str = _text()
+    device_s: float = _float("cost")
+    device_peak_bytes: int = _int("cost")
+    gpu_util_mean: float = _float("cost")
+    # what its job was granted (SLURM's allocation, from the job's environment; the time limit the
+    # job was submitted with) and how many row processes shared that grant
+    alloc_cpus: int = _int("cost")
+    alloc_mem_bytes: int = _int("cost")
+    alloc_gpus: int = _int("cost")
+    alloc_time_limit_s: float = _float("cost")
+    alloc_rows: int = _int("cost")
     # where and with what it ran
     device_used: str = _text()
     torch_threads: int = _int()
@@ -251,17 +269,22 @@ def _checked(name: str, kind: str | None, value: Any, row_id: str) -> Any:
             )
         elif name == "submission_id" and not _SUBMISSION_ID.fullmatch(value):
             raise ValueError(f"not a submission id: {short_repr(value)}")
+        elif name == "usage_scope" and value not in SCOPES:
+            raise ValueError(f"must be one of {SCOPES}, not {short_repr(value)}")
         return value
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"expected an integer, not {short_repr(value)}")
         if not -(2**63) <= value < 2**63:
             raise ValueError(f"{short_repr(value)} does not fit 64 bits")
-        if name == "row" and value < 0:
-            raise ValueError(f"a manifest row is >= 0, not {value}")
+        if (name == "row" or name in _COST) and value < 0:
+            raise ValueError(f"must be >= 0, not {value}")
         return value
     if kind == "float":
-        return _number(value)
+        number = _number(value)
+        if name in _COST and not (math.isfinite(number) and number >= 0):
+            raise ValueError(f"must be a finite number >= 0, not {short_repr(value)}")
+        return number
     if kind == "flag":
         if not isinstance(value, bool):
             raise TypeError(f"expected true or false, not {short_repr(value)}")
@@ -277,6 +300,7 @@ def _checked(name: str, kind: str | None, value: Any, row_id: str) -> Any:
 
 
 _FIELD_NAMES = frozenset(f.name for f in fields(Record))
+_COST = frozenset(f.name for f in fields(Record) if f.metadata["group"] == "cost")
 
 
 def columns(group: str) -> tuple[str, ...]:

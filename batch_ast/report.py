@@ -29,6 +29,7 @@ import pandas as pd
 
 from .api import collect
 from .config import PARAMS
+from .cost import cost
 from .index import METRIC_COLUMNS, load_index, load_traces
 from .manifest import max_input_bytes
 from .plan import file_sha256
@@ -313,6 +314,33 @@ def _failures(df: pd.DataFrame) -> str:
     return f"<li>failures by kind:<ul id='failures'>{''.join(items)}</ul></li>"
 
 
+_COST_SHOWN = {"rows": ("rows", "{:.0f}"), "measured": ("measured", "{:.0f}"),
+               "core_hours": ("core-h", "{:.3g}"), "gpu_hours": ("GPU-h", "{:.3g}"), "wall_hours": ("wall h", "{:.3g}"),
+               "peak_rss_gib_p50": ("peak RSS p50 (GiB)", "{:.2f}"),
+               "peak_rss_gib_p95": ("p95 (GiB)", "{:.2f}"), "peak_rss_gib_max": ("max (GiB)", "{:.2f}"),
+               "cpu_efficiency": ("CPU use of the grant", "{:.0%}")}
+
+
+def _cost_table(df: pd.DataFrame) -> str:
+    """What the study cost per preset (``cost.cost``), an item of the summary; '' before any row
+    finished."""
+    if not len(df) or not df["status"].isin(["ok", "failed"]).any():
+        return ""
+    table = cost(df, "preset" if "preset" in df.columns else None)
+    if len(table) > 1:
+        table = pd.concat([table, cost(df, None).rename(index={"all": "study"})])
+    head = "".join(f"<th>{label}</th>" for label, _ in _COST_SHOWN.values())
+    body = "".join(
+        f"<tr><td>{html.escape(str(key) or '(no preset)')}</td>"
+        + "".join(f"<td>{'–' if pd.isna(row[c]) else fmt.format(row[c])}</td>"
+                  for c, (_, fmt) in _COST_SHOWN.items())
+        + "</tr>"
+        for key, row in table.iterrows()
+    )
+    return (f"<li>cost (measured in the jobs: core-h is CPU time, user + system):"
+            f"<table id='cost'><tr><th>preset</th>{head}</tr>{body}</table></li>")
+
+
 def _summary(df: pd.DataFrame, metric: str, top: int, ascending: bool) -> str:
     counts = df["status"].value_counts().to_dict() if len(df) else {}
     parts = [
@@ -325,8 +353,10 @@ def _summary(df: pd.DataFrame, metric: str, top: int, ascending: bool) -> str:
     )
     for device, seconds in dict(time_by_device).items():
         if device not in ("<NA>", "nan", "None"):
-            parts.append(f"<li>{html.escape(device)} time: {seconds / 3600:.3f} h ({seconds:.1f} s)</li>")
+            parts.append(f"<li>wall time on {html.escape(device)}: {seconds / 3600:.3f} h "
+                         f"({seconds:.1f} s)</li>")
     parts.append(_failures(df))
+    parts.append(_cost_table(df))
     best = ""
     ok = df[df["status"] == "ok"] if len(df) else df
     if metric in df.columns and len(ok) and ok[metric].notna().any():

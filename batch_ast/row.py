@@ -34,6 +34,7 @@ from .claims import release_claim
 from .config import Params
 from .features import TransferError, check_length, log_spectrogram, pick_device, stft_frames
 from .figures import loss_figure, spectrogram_figure
+from .gpu_usage import cuda_peak_bytes, nvml_utilisation
 from .metrics import output_metrics
 from .phase import griffin_lim, magnitude_from_log, spectral_convergence
 from .plan import RowSpec, file_sha256
@@ -43,6 +44,7 @@ from .rhythm import BeatAlignment, beat_transfer, check_coverage
 from .runopts import DEFAULTS, Paused, RunOptions
 from .store import ResultsRoot, move_aside
 from .transfer import StyleTransfer, estimate_memory_bytes, optimise
+from .usage import carried_usage, process_ledger
 
 TRACE_COLUMNS = ("iteration", "total", "content", "style", "evaluations")
 SILENCE_DBFS = -90.0  # an input whose peak is below this carries no content or style to transfer
@@ -240,6 +242,11 @@ class RowRun:
     def __init__(self, spec: RowSpec, results: ResultsRoot, options: RunOptions = DEFAULTS) -> None:
         self.spec, self.results, self.options = spec, results, options
         self.record = Record.start(spec.to_dict(), options.submission_id, job_environment())
+        self.record.update(alloc_rows=options.processes_per_job)
+        if self.record.alloc_time_limit_s is None and options.time_limit_s > 0:
+            self.record.update(alloc_time_limit_s=options.time_limit_s)  # what the job was submitted with
+        self.usage = process_ledger(device_peak=cuda_peak_bytes, utilisation=nvml_utilisation)
+        self.usage.enter(spec.id)
         self.t_start = time.perf_counter()
         self.ckpt_path = results.checkpoint_path(spec.id)
         self.resumes = 0
@@ -270,6 +277,7 @@ class RowRun:
         os.close(self.results.row_dir_fd(self.spec.id))  # the row's folder, never through a planted link
         device = pick_device(self.spec.params.device)
         self.record.update(device_used=str(device))
+        self.usage.assign(self.spec.id, device=str(device))
         self._load(inputs)
         self.weight = weights(device)
         self._build_transfer()
@@ -330,6 +338,7 @@ class RowRun:
             return
         # Resumes count within one submission: a new submission (--retry-failed) starts afresh.
         same_submission = state.get("submission_id") == self.options.submission_id
+        self.usage.assign(self.spec.id, carried=carried_usage(state.get("usage")))  # before the requeue
         self.resumes = (int(state.get("resumes", 0)) if same_submission else 0) + 1
         if self.resumes > self.options.max_retries:
             raise ResumeLimitError(
@@ -343,6 +352,7 @@ class RowRun:
             "resumes": self.resumes,
             **checkpoint_identity(self.spec),
             "submission_id": self.options.submission_id,
+            "usage": self.usage.so_far(self.spec.id),
         }
         self.results.write(self.ckpt_path, lambda fh: torch.save(state, fh))
 
@@ -369,6 +379,7 @@ class RowRun:
         try:
             if not optimise(self.transfer, should_pause, after_step):
                 self.save_checkpoint()
+                self.usage.drop(self.spec.id)  # its usage so far went into the checkpoint
                 raise Paused(f"row {self.spec.row} paused at iteration {self.transfer.iteration}")
         finally:
             bar.close()
@@ -482,7 +493,8 @@ class RowRun:
 
     def _publish(self) -> dict[str, Any]:
         record = self.record
-        record.update(time_total_s=time.perf_counter() - self.t_start, finished_at=now_utc())
+        record.update(time_total_s=time.perf_counter() - self.t_start, finished_at=now_utc(),
+                      **self.usage.leave(self.spec.id))
         data = record.to_dict()
         self.results.write_json(self.results.record_path(self.spec.id), data)
         if record.status == "ok" or not record.retryable:

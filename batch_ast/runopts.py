@@ -27,6 +27,8 @@ class RunOptions:
     # a warning far from the limit counts as a preemption, not as a time-limit requeue.
     time_limit_s: float = 0.0
     limit_warning_s: float = 0.0
+    # Row processes sharing the job's allocation (its accounting says how many shared the grant).
+    processes_per_job: int = 1
 
 
 DEFAULTS = RunOptions()

@@ -43,6 +43,7 @@ class SubmissionStatus:
     rows: list[RowState] = field(default_factory=list)
     queue_known: bool = True  # False when the queue could not be asked
     jobs_elsewhere: str = ""  # the host whose processes the jobs are, when that is not this one
+    finished: list[dict] = field(default_factory=list)  # the records (flattened) that finish its rows
 
     @property
     def counts(self) -> Counter:
@@ -126,6 +127,7 @@ def submission_status(
         log = logs.get(job_id) if logs else None
         if finishes(record, submission):
             status.rows.append(RowState(rid, row, record["status"], job_id, log, record.get("error", "")))
+            status.finished.append(flatten_record(record))
             continue
         in_queue = queue.get(job_id)  # squeue -r lists every array task as "<array>_<task>"
         if in_queue:

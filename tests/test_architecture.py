@@ -258,15 +258,15 @@ def test_a_jobs_process_starts_without_torch_or_pandas():
 # The package's modules from the bottom up: a module imports only from its own layer or below
 # (the README's module table follows this order). Within a layer there is no cycle either.
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("foundation", frozenset({"text", "version", "private", "runopts", "backends"})),
+    ("foundation", frozenset({"text", "version", "private", "runopts", "backends", "usage"})),
     ("files", frozenset({"store"})),
     ("schemas", frozenset({"config", "progress", "claims", "record"})),
     ("numeric core", frozenset({"features", "losses", "audio", "phase", "transfer", "metrics", "figures",
-                                "batched", "rhythm"})),
+                                "batched", "rhythm", "gpu_usage"})),
     ("inputs", frozenset({"manifest", "study", "plan"})),
     ("row", frozenset({"checkpoint", "row"})),
     ("job", frozenset({"loop", "pool", "job"})),
-    ("submission", frozenset({"options", "submissions", "dispatch", "status", "liveness", "index"})),
+    ("submission", frozenset({"options", "submissions", "dispatch", "status", "liveness", "index", "cost"})),
     ("api", frozenset({"api"})),
     ("people", frozenset({"report", "analysis", "cli", "__init__", "__main__", "job_entry"})),
 )
