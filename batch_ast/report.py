@@ -315,7 +315,8 @@ def _failures(df: pd.DataFrame) -> str:
 
 
 _COST_SHOWN = {"rows": ("rows", "{:.0f}"), "measured": ("measured", "{:.0f}"),
-               "core_hours": ("core-h", "{:.3g}"), "gpu_hours": ("GPU-h", "{:.3g}"), "wall_hours": ("wall h", "{:.3g}"),
+               "core_hours": ("core-h", "{:.3g}"), "gpu_hours": ("GPU-h", "{:.3g}"),
+               "wall_hours": ("wall h", "{:.3g}"),
                "peak_rss_gib_p50": ("peak RSS p50 (GiB)", "{:.2f}"),
                "peak_rss_gib_p95": ("p95 (GiB)", "{:.2f}"), "peak_rss_gib_max": ("max (GiB)", "{:.2f}"),
                "cpu_efficiency": ("CPU use of the grant", "{:.0%}")}
