@@ -19,7 +19,7 @@ _LAZY = {
     "Prepared": "api",
     "Submission": "api",
     "collect": "api",
-    "cost": "cost",
+    "cost": "costing",
     "find_submission": "api",
     "prepare": "api",
     "root_status": "api",
@@ -34,7 +34,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .api import Prepared, Submission, collect, find_submission, prepare, root_status, submit
     from .config import Params
-    from .cost import cost
+    from .costing import cost
     from .index import load_index, load_traces
     from .options import SubmitOptions
     from .store import ResultsError

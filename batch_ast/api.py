@@ -32,7 +32,7 @@ from .audio import probe_audio
 from .backends import EXECUTORS, Backend, BackendError, choose_backend, get_backend
 from .claims import release_claims
 from .config import load_config
-from .cost import JobNeed, job_need, row_need
+from .costing import JobNeed, job_need, row_need
 from .dispatch import RESOURCE_TO_PARAM, Packing, job_parameters, submit_arrays
 from .index import CollectReport, load_index, update_index
 from .job import DEFAULTS, TransferJob

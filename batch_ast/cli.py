@@ -15,7 +15,7 @@ from . import api
 from .analysis import hyperparameter_effect, plot_effect
 from .backends import EXECUTORS, BackendError
 from .config import ConfigError
-from .cost import MIN_HISTORY, cost_lines
+from .costing import MIN_HISTORY, cost_lines
 from .index import load_index
 from .manifest import ManifestError
 from .options import DispatchError, from_arguments

@@ -29,7 +29,7 @@ import pandas as pd
 
 from .api import collect
 from .config import PARAMS
-from .cost import cost
+from .costing import cost
 from .index import METRIC_COLUMNS, load_index, load_traces
 from .manifest import max_input_bytes
 from .plan import file_sha256

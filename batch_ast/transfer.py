@@ -27,10 +27,13 @@ LossTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 # One iteration of a loss trace: (iteration, total, content, style, evaluations in the iteration).
 TraceRow = tuple[int, float, float, float, int]
 
-def estimate_memory_bytes(n_bins: int, content_frames: int, style_frames: int, params: Params) -> int:
-    """Rough peak memory of one transfer, to refuse inputs that cannot fit before allocating.
+def estimate_memory_bytes(n_bins: int, content_frames: int, style_frames: int, params: Params,
+                          with_metrics: bool = True) -> int:
+    """Rough peak memory of one row, to refuse inputs that cannot fit before allocating.
 
-    The Gram matrices do not grow with length; the conv activations and L-BFGS history do.
+    The Gram matrices do not grow with length; the conv activations and L-BFGS history do. After
+    the optimisation, the row's metrics (``metrics.output_metrics``) run a held-out network of the
+    same size while the transfer is still held: its weights and activations come on top.
 
     Parameters
     ----------
@@ -40,21 +43,31 @@ def estimate_memory_bytes(n_bins: int, content_frames: int, style_frames: int, p
         STFT frames of the inputs (``stft_frames``).
     params : Params
         The row's settings (filters, kernel, optimiser, L-BFGS history).
+    with_metrics : bool
+        The whole row, its metrics included (False: one step of the optimisation alone).
 
     Returns
     -------
     int
-        Bytes of float32 data (compared with ``max_memory_gb``; measured against real peaks in
-        the bench's ``memory`` section).
+        Bytes of float32 data above the process's own size (compared with ``max_memory_gb``;
+        the optimisation measured against one step in the bench's ``memory`` section, whole rows
+        against their ``peak_rss_bytes`` in its ``cost`` section: benchmarks/RESULTS.md).
     """
-    n_filters = params.n_filters
+    n_filters, lbfgs = params.n_filters, params.optimizer == "lbfgs"
     spec = n_bins * content_frames
     activations = n_filters * max(content_frames, style_frames)
-    history = 2 * params.lbfgs_history * spec if params.optimizer == "lbfgs" else 2 * spec
-    floats = 6 * spec + 5 * activations + 3 * n_filters * n_filters + history
     # The weights, plus the reordered copy the CPU conv backend keeps (measured: benchmarks/RESULTS.md).
-    floats += 2 * n_filters * n_bins * params.kernel_size
-    return 4 * floats
+    weights = 2 * n_filters * n_bins * params.kernel_size
+    fixed = 3 * n_filters * n_filters + weights
+    if not with_metrics:  # one optimisation step, measured against the bench's "memory" section
+        history = 2 * params.lbfgs_history * spec if lbfgs else 2 * spec
+        return 4 * (6 * spec + 5 * activations + history + fixed)
+    # A whole row peaks while its metrics run (features of three signals through the row's network and
+    # a held-out one, the transfer still held) after Griffin-Lim and the figures (buffers the size of
+    # the spectrogram). Fitted to whole rows' peak_rss_bytes above their process (10 rows: 1024 to
+    # 4096 filters, 5 to 30 s, L-BFGS and Adam; benchmarks/RESULTS.md): this is 0.90x to 1.16x of them.
+    history = (2 * params.lbfgs_history + 16) * spec if lbfgs else 2 * spec
+    return 4 * ((6 + 53) * spec + 7 * activations + history + fixed + 11_000_000)
 
 
 @dataclass(frozen=True)

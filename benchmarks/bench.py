@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from batch_ast.features import pick_device
+from benchmarks.accounting import bench_accounting_overhead, bench_memory_estimate, memory_row_child
 from benchmarks.common import REPO, TABLE_COLUMNS, Result, matmul_flops, print_table
 from benchmarks.kernel import (
     bench_batch,
@@ -165,6 +166,8 @@ SECTIONS = (
     ),
     Section("overhead", _overhead),
     Section("memory", lambda r: bench_memory(r.device, [10, 60] if r.quick else [10, 60, 300])),
+    Section("cost", lambda r: bench_accounting_overhead(r.device, 1 if r.quick else 3)
+            + bench_memory_estimate(r.device, [10] if r.quick else [10, 30])),
     Section("cold", lambda r: bench_cold(), in_quick=False),
     Section(
         "collect", lambda r: bench_collect(r.collect_rows or (200 if r.quick else 5000))
@@ -199,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--_overhead", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--_memory_row", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--_cold", help=argparse.SUPPRESS)
     parser.add_argument("--_onset", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -211,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args._memory:
         memory_child(device, float(args._memory[0]), args._memory[1])
+        return 0
+    if args._memory_row:
+        memory_row_child(device, float(args._memory_row[0]), *args._memory_row[1:])
         return 0
     chosen = [s for s in SECTIONS if (s.name in args.only if args.only else s.in_quick or not args.quick)]
     run = Run(device, args.quick, matmul_flops(device), collect_rows=args.collect_rows)

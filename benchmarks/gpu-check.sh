@@ -10,7 +10,9 @@
 #      prints rows per hour and peak device memory of each,
 #   5. runs the same rows with --processes-per-job 1, 2 and 4 (issue #24: several rows per
 #      allocation), and again with 2 and 4 under a CUDA MPS daemon that this script starts for the
-#      measurement and stops after it (only where nvidia-cuda-mps-control exists and no daemon runs).
+#      measurement and stops after it (only where nvidia-cuda-mps-control exists and no daemon runs),
+#   6. checks the rows' accounting columns (issue #34): device time and memory filled on a GPU,
+#      utilisation where NVML is installed, all of them null on the CPU; cost per preset in cost.csv.
 # Everything it prints is also written to files in OUTDIR (log, versions, pytest XML, bench JSON/CSV,
 # rows-per-hour table). It runs on the CPU too (DEVICE=cpu) so it can be tested without a GPU;
 # GPU_CHECK_QUICK=1 shrinks every step to a smoke test of the script itself.
@@ -159,6 +161,32 @@ print(f"--batch-rows {batch}: median seconds per stage by status and device\n{su
 EOF
 done
 cat "$OUT/rows-per-hour.csv"
+
+step "what those rows cost (issue #34: accounting columns filled on the device, null off it)"
+"$PY" - "$WORK/results-b1" "$DEVICE" "$OUT/cost.csv" <<'EOF'
+import importlib.util, sys
+import batch_ast
+res, device, out = sys.argv[1], sys.argv[2], sys.argv[3]
+df = batch_ast.load_index(res)
+ok = df[df["status"] == "ok"]
+table = batch_ast.cost(df)
+table.to_csv(out)
+print(table.to_string())
+columns = ["cpu_s", "peak_rss_bytes", "usage_scope", "device_s", "device_peak_bytes", "gpu_util_mean"]
+print(ok[columns].describe(include="all").to_string())
+problems = [] if len(ok) and ok["cpu_s"].gt(0).all() and ok["peak_rss_bytes"].gt(0).all() else ["cpu_s/peak_rss_bytes"]
+nvml = importlib.util.find_spec("pynvml") is not None
+if device == "cuda":
+    problems += [c for c in ("device_s", "device_peak_bytes") if not ok[c].notna().all()]
+    if nvml and not ok["gpu_util_mean"].notna().all():
+        problems.append("gpu_util_mean (NVML installed)")
+    print("NVML:", "installed" if nvml else "not installed (pip install 'batch-ast[gpu]'): gpu_util_mean stays null")
+else:
+    problems += [c for c in ("device_s", "device_peak_bytes", "gpu_util_mean") if ok[c].notna().any()]
+print("accounting:", "as expected" if not problems else f"FAILED: {problems}")
+sys.exit(1 if problems else 0)
+EOF
+check "accounting columns"
 
 step "the same rows with --processes-per-job 1, 2, 4 (row processes sharing one job's device)"
 echo "processes_per_job,mps,rows,seconds,rows_per_hour" > "$OUT/allocation.csv"

@@ -621,8 +621,9 @@ def memory_child(device: torch.device, seconds: float, out: str) -> None:
     t.step()
     from batch_ast.transfer import estimate_memory_bytes
 
-    est_adam = estimate_memory_bytes(c.shape[0], c.shape[1], s.shape[1], p)
-    est_lbfgs = estimate_memory_bytes(c.shape[0], c.shape[1], s.shape[1], p.replace(optimizer="lbfgs"))
+    est_adam = estimate_memory_bytes(c.shape[0], c.shape[1], s.shape[1], p, with_metrics=False)
+    est_lbfgs = estimate_memory_bytes(c.shape[0], c.shape[1], s.shape[1], p.replace(optimizer="lbfgs"),
+                                      with_metrics=False)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_mb()
     Path(out).write_text(json.dumps({"peak_mb": peak, "base_mb": base, "est_adam_mb": est_adam / 2**20,
                                      "est_lbfgs_mb": est_lbfgs / 2**20, "history": p.lbfgs_history}))

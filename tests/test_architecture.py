@@ -266,7 +266,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("inputs", frozenset({"manifest", "study", "plan"})),
     ("row", frozenset({"checkpoint", "row"})),
     ("job", frozenset({"loop", "pool", "job"})),
-    ("submission", frozenset({"options", "submissions", "dispatch", "status", "liveness", "index", "cost"})),
+    ("submission", frozenset({"options", "submissions", "dispatch", "status", "liveness", "index",
+                              "costing"})),
     ("api", frozenset({"api"})),
     ("people", frozenset({"report", "analysis", "cli", "__init__", "__main__", "job_entry"})),
 )

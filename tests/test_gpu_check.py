@@ -28,6 +28,7 @@ def test_gpu_check_script_runs_on_the_cpu(tmp_path):
         "bench.csv",
         "rows-per-hour.csv",
         "allocation.csv",
+        "cost.csv",
     ):
         assert (out / name).exists(), name
     assert "cuda available" in (out / "versions.txt").read_text()
@@ -37,4 +38,5 @@ def test_gpu_check_script_runs_on_the_cpu(tmp_path):
     allocation = list(csv.DictReader((out / "allocation.csv").open()))
     assert [(r["processes_per_job"], r["mps"]) for r in allocation] == [("1", "off"), ("2", "off")]
     assert all(int(r["rows"]) == 2 and float(r["rows_per_hour"]) > 0 for r in allocation)
+    assert "accounting: as expected" in (out / "gpu-check.log").read_text()  # device columns null on the CPU
     assert "0 step(s) failed" in (out / "gpu-check.log").read_text()

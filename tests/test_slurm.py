@@ -451,6 +451,11 @@ def test_two_row_processes_per_array_task_pause_requeue_and_resume(audio_dir, tm
     records = wait_for(all_records, what="the records", jobs=first["job_id"].split("_")[0])
     assert [r["status"] for r in records] == ["ok"] * 4, [r.get("error") for r in records]
     assert all(r["iterations_run"] == LONG for r in records)
+    # what each row consumed, measured in its row process, and what its array task was granted
+    assert all(r["cpu_s"] > 0 and r["peak_rss_bytes"] > 0 and r["usage_scope"] in ("row", "shared")
+               for r in records), [(r.get("cpu_s"), r.get("usage_scope")) for r in records]
+    assert all(r["alloc_cpus"] >= 1 and r["alloc_mem_bytes"] > 0 and r["alloc_rows"] == 2
+               and r["alloc_time_limit_s"] > 0 for r in records), records[0]
     # every row still running when the signal came paused and resumed (a faster one may have ended)
     running = [r for r in records if r["id"] in first["rows"] and r["finished_at"] > signalled]
     assert running and all(r["resumes"] >= 1 and r["resumed_from_iteration"] > 0 for r in running)
