@@ -58,7 +58,8 @@ def cost(df: pd.DataFrame, by: str | Sequence[str] | None = "preset") -> pd.Data
         "alloc_cpu_s": _numeric(rows, "alloc_cpus") * _numeric(rows, "time_total_s")
         / _numeric(rows, "alloc_rows").fillna(1).clip(lower=1),
     }, index=rows.index)
-    keys = [rows[c].fillna("").astype(str).rename(c) for c in columns] or [pd.Series("all", rows.index)]
+    keys = ([rows[c].astype(object).fillna("").astype(str).rename(c) for c in columns]
+            or [pd.Series("all", rows.index)])
     grouped = frame.groupby(keys, observed=True, sort=True)
     table = pd.DataFrame({
         "rows": grouped.size(),
@@ -128,7 +129,7 @@ def similar_rows(history: pd.DataFrame, preset: str, content_seconds: float | No
     if "peak_rss_bytes" not in history.columns or history.empty:
         return history.iloc[0:0]
     rows = history[history["status"].isin(FINISHED) & history["peak_rss_bytes"].notna()
-                   & (history["preset"].fillna("") == preset)]
+                   & (history["preset"].astype(object).fillna("") == preset)]
     if content_seconds and content_seconds > 0:
         seconds = _numeric(rows, "content_seconds")
         low, high = content_seconds / SIMILAR_LENGTH, content_seconds * SIMILAR_LENGTH

@@ -69,6 +69,10 @@ DETAIL_COLUMNS = [
     "warning",
     "content_bpm",
     "style_bpm",
+    "cpu_s",
+    "peak_rss_bytes",
+    "device_peak_bytes",
+    "gpu_util_mean",
 ]
 LOUDNESS_COLUMNS = ["content_rms_dbfs", "style_rms_dbfs", "output_rms_dbfs"]
 TRACE_POINTS = 60  # per row: enough for an overlaid curve, small enough for 5,000 rows
@@ -245,7 +249,8 @@ def report_data(df: pd.DataFrame, root: Path, out_dir: Path, portable: bool = Fa
                 item[column] = _json_value(r[column])
         if item.get("error") == "":
             item["error"] = None
-        item["time_total_s"] = _rounded(item.get("time_total_s"))
+        for column in ("time_total_s", "cpu_s", "gpu_util_mean"):
+            item[column] = _rounded(item.get(column))
         for column in (*metrics, *LOUDNESS_COLUMNS):
             if column in r:
                 item[column] = _rounded(_json_value(r[column]))

@@ -376,12 +376,14 @@ class RowRun:
             if (progress := heartbeat.beat(transfer.iteration, transfer.last_total)) is not None:
                 self.beat(progress, log=heartbeat.log_due())
 
+        self.usage.optimising(self.spec.id, True)
         try:
             if not optimise(self.transfer, should_pause, after_step):
                 self.save_checkpoint()
                 self.usage.drop(self.spec.id)  # its usage so far went into the checkpoint
                 raise Paused(f"row {self.spec.row} paused at iteration {self.transfer.iteration}")
         finally:
+            self.usage.optimising(self.spec.id, False)
             bar.close()
 
     def beat(self, progress: Progress, log: bool) -> None:

@@ -86,6 +86,7 @@ class RowUsage:
     util_sum: float = 0.0
     util_samples: int = 0
     shared: bool = False
+    optimising: bool = False  # GPU utilisation is sampled for a row while it optimises
     carried: dict[str, float] = field(default_factory=dict)
 
     def totals(self) -> dict[str, float]:
@@ -158,6 +159,13 @@ class UsageLedger:
             if row.device.startswith("cuda") and self.utilisation is not None:
                 self._start_sampler()
 
+    def optimising(self, key: str, on: bool) -> None:
+        """The row starts (or stops) optimising: utilisation samples count for it meanwhile."""
+        with self._lock:
+            self._settle()
+            if (row := self._rows.get(key)) is not None:
+                row.optimising = on
+
     def so_far(self, key: str) -> dict[str, float]:
         """A running row's totals (carried ones included), as its checkpoint keeps them."""
         with self._lock:
@@ -196,6 +204,7 @@ class UsageLedger:
             if row.device in devices:
                 row.device_s += d_wall / on_device[row.device]
                 row.device_peak_bytes = max(row.device_peak_bytes, device_peaks[row.device] or 0)
+            if row.optimising:
                 total, n = util.get(row.device, (0.0, 0))
                 row.util_sum, row.util_samples = row.util_sum + total, row.util_samples + n
 
@@ -205,7 +214,7 @@ class UsageLedger:
         except Exception:  # noqa: BLE001 - a probe that fails measures nothing; the row goes on
             return None
 
-    # GPU utilisation: one thread samples every device in use while rows run on it ----------
+    # GPU utilisation: one thread samples every device while rows optimise on it ---------------
     def _start_sampler(self) -> None:
         if self._sampler is None or not self._sampler.is_alive():
             self._sampler = threading.Thread(target=self._sample_loop, name="usage-sampler", daemon=True)
@@ -214,7 +223,7 @@ class UsageLedger:
     def sample(self) -> None:
         """One utilisation reading of each device rows run on (the sampler thread's step)."""
         with self._lock:
-            devices = {r.device for r in self._rows.values() if r.device.startswith("cuda")}
+            devices = {r.device for r in self._rows.values() if r.device.startswith("cuda") and r.optimising}
         readings = {}
         for device in devices:
             try:

@@ -49,6 +49,9 @@ class TimedLedger(usage.UsageLedger):
     def so_far(self, *a: Any, **k: Any) -> dict[str, float]:
         return self._timed(super().so_far, *a, **k)
 
+    def optimising(self, *a: Any, **k: Any) -> None:
+        return self._timed(super().optimising, *a, **k)
+
     def leave(self, *a: Any, **k: Any) -> dict[str, Any]:
         return self._timed(super().leave, *a, **k)
 
@@ -64,6 +67,7 @@ class NoLedger:
 
     def enter(self, key: str) -> None: ...
     def assign(self, key: str, device: str | None = None, carried: Any = None) -> None: ...
+    def optimising(self, key: str, on: bool) -> None: ...
     def so_far(self, key: str) -> dict[str, float]:
         return {}
     def leave(self, key: str) -> dict[str, Any]:

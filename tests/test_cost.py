@@ -77,8 +77,12 @@ def test_device_time_peak_and_utilisation_are_the_rows_on_that_device():
     ledger.enter("gpu-row")
     ledger.assign("gpu-row", device="cuda:0")
     ledger.enter("cpu-row")
+    ledger.sample()  # not optimising yet: no reading taken
+    ledger.optimising("gpu-row", True)
     for _ in range(4):
         ledger.sample()  # what the sampler thread does every second
+    ledger.optimising("gpu-row", False)
+    ledger.sample()
     wall.now = 10.0
     on_gpu, on_cpu = ledger.leave("gpu-row"), ledger.leave("cpu-row")
     assert on_gpu["device_s"] == 10.0 and on_gpu["device_peak_bytes"] == 5 * GIB

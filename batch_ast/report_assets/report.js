@@ -148,12 +148,20 @@ function switchAB(id, which) {
   box.querySelectorAll('button').forEach(b => b.classList.toggle('on', b.dataset.which === which));
   box.dataset.which = which; writeHash();
 }
+function usage(r) {  // what the row consumed (null for rows written before batch-ast 0.5)
+  if (r.cpu_s === null || r.cpu_s === undefined) return [];
+  const gib = b => fmt(b / 2 ** 30) + ' GiB';
+  let text = 'CPU ' + fmt(r.cpu_s) + ' s, peak memory ' + gib(r.peak_rss_bytes);
+  if (r.device_peak_bytes !== null && r.device_peak_bytes !== undefined) text += ', on the device ' + gib(r.device_peak_bytes);
+  if (r.gpu_util_mean !== null && r.gpu_util_mean !== undefined) text += ', GPU busy ' + fmt(r.gpu_util_mean) + ' %';
+  return [text];
+}
 function details(r) {
   const parts = ['<td colspan="' + (shownColumns().length + 2) + '">'];
   parts.push('<p><b>' + esc(title(r)) + '</b> <span class="muted">[' + esc(r.id) + '] manifest row ' + fmt(r.row) +
              ' of submission ' + esc(r.submission_id || '\u2014') + '</span></p>');
   const facts = D.params.map(p => p + ' ' + fmt(r[p])).concat(['stop: ' + fmt(r.stop_reason), 'evaluations ' + fmt(r.evaluations),
-    'wall ' + fmt(r.time_total_s) + ' s on ' + fmt(r.device_used)]);
+    'wall ' + fmt(r.time_total_s) + ' s on ' + fmt(r.device_used)]).concat(usage(r));
   parts.push('<p>' + esc(facts.join('; ')) + '</p>');
   const results = D.metrics.filter(m => r[m] !== null && r[m] !== undefined);
   if (results.length) parts.push('<p class="metrics">' + results.map(m => esc(LABEL[m] || m) + ' <b>' + esc(fmt(r[m])) + '</b>').join(' \u00b7 ') + '</p>');
