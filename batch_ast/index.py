@@ -518,7 +518,11 @@ def load_index(root: str | os.PathLike[str] = "results") -> pd.DataFrame:
         No readable index (the message says to run ``batch-ast collect``).
     """
     results = _root_argument(root, "load_index")
-    frame = _read_parquet(results.index_path, root).to_pandas(types_mapper=_NULLABLE.get)
+    table = _read_parquet(results.index_path, root)
+    for column in INDEX_SCHEMA:  # an index an older version wrote: its missing columns empty until a collect
+        if column.name not in table.column_names:
+            table = table.append_column(column, pa.nulls(table.num_rows, column.type))
+    frame = table.to_pandas(types_mapper=_NULLABLE.get)
     for name in CATEGORY_COLUMNS:
         if name in frame:
             frame[name] = frame[name].astype("category")

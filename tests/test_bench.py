@@ -97,3 +97,14 @@ def test_the_collect_section_builds_the_study_size_asked_for(tmp_path):
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert [r["section"] for r in rows] == ["collect"] * 3
     assert all("40 rows" in r["case"] for r in rows) and all(r["ratio"] > 0 for r in rows)
+
+
+def test_the_accounting_section_times_the_ledger_inside_real_rows():
+    """bench section ``cost``, its first half: real quick rows with the ledger and with it switched
+    off; the calls it counts are the ledger's (enter, device, optimising on and off, leave)."""
+    from benchmarks import accounting
+
+    accounting.TimedLedger.calls = 0
+    inside, ab = accounting.bench_accounting_overhead(torch.device("cpu"), 1)
+    assert accounting.TimedLedger.calls == 5
+    assert inside.section == ab.section == "cost" and inside.value > 0 and ab.ratio > 0

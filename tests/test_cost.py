@@ -309,3 +309,10 @@ def test_an_index_written_before_accounting_reads_with_null_usage(audio_dir, tmp
     df = batch_ast.load_index(results.root)
     assert df.loc[0, "status"] == "ok" and pd.isna(df.loc[0, "cpu_s"]) and pd.isna(df.loc[0, "usage_scope"])
     assert batch_ast.cost(df).loc["", "measured"] == 0
+    # an index file an older version wrote lacks the columns: read as empty ones until a collect
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(results.index_path)
+    pq.write_table(table.drop_columns([*columns("cost"), "usage_scope"]), results.index_path)
+    df = batch_ast.load_index(results.root)
+    assert df["cpu_s"].isna().all() and str(df["alloc_cpus"].dtype) == "Int64"

@@ -27,7 +27,7 @@ from batch_ast.manifest import load_manifest
 from batch_ast.options import DispatchError, SubmitOptions, load_profile
 from batch_ast.plan import make_plan
 from batch_ast.pool import mps_pipe_directory, threads_per_process
-from batch_ast.record import record_dict
+from batch_ast.record import columns, record_dict
 from batch_ast.runopts import RunOptions
 from batch_ast.store import ResultsRoot
 
@@ -97,12 +97,16 @@ def test_finishing_in_the_background_changes_no_result_and_a_failure_there_costs
     )
     assert here == background and [s["status"] for s in here] == ["ok"] * 3
     timing = {k for k in record_dict(roots[0], specs[0].id) if k.startswith("time_") or k.endswith("_at")}
+    timing |= {*columns("cost"), "usage_scope"}  # measured, like the times: and shared with the next row
     for spec in specs:
         a, b = (record_dict(root, spec.id) for root in roots)
         assert {k: v for k, v in a.items() if k not in timing} == {
             k: v for k, v in b.items() if k not in timing
         }
         assert (roots[0].root / a["output"]).read_bytes() == (roots[1].root / b["output"]).read_bytes()
+    # one row at a time, each alone in the process; finished in the background, they overlapped
+    scopes = [[record_dict(root, s.id)["usage_scope"] for s in specs] for root in roots]
+    assert scopes[0] == ["row"] * 3 and "shared" in scopes[1], scopes
 
     from batch_ast import row as row_module
 
