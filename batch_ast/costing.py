@@ -46,7 +46,7 @@ def cost(df: pd.DataFrame, by: str | Sequence[str] | None = "preset") -> pd.Data
     system), ``gpu_hours`` (seconds rows held a GPU), ``wall_hours`` (rows' wall time), the peak
     resident memory's ``peak_rss_gib_p50/p95/max``, ``device_peak_gib_max``, and where SLURM's
     grant is known ``alloc_core_hours`` (the job's CPUs × the row's wall time ÷ the row processes
-    sharing them) with ``cpu_efficiency`` = core_hours / alloc_core_hours."""
+    sharing them) with ``cpu_efficiency``, the core-hours of those rows over their grant's."""
     columns = _group_columns(df, by)
     rows = df[df["status"].isin(FINISHED)] if "status" in df.columns else df
     frame = pd.DataFrame({
@@ -58,6 +58,7 @@ def cost(df: pd.DataFrame, by: str | Sequence[str] | None = "preset") -> pd.Data
         "alloc_cpu_s": _numeric(rows, "alloc_cpus") * _numeric(rows, "time_total_s")
         / _numeric(rows, "alloc_rows").fillna(1).clip(lower=1),
     }, index=rows.index)
+    frame["granted_cpu_s"] = frame["cpu_s"].where(frame["alloc_cpu_s"].notna())  # efficiency: like for like
     keys = ([rows[c].astype(object).fillna("").astype(str).rename(c) for c in columns]
             or [pd.Series("all", rows.index)])
     grouped = frame.groupby(keys, observed=True, sort=True)
@@ -73,7 +74,7 @@ def cost(df: pd.DataFrame, by: str | Sequence[str] | None = "preset") -> pd.Data
         "device_peak_gib_max": grouped["device_peak"].max(),
         "alloc_core_hours": grouped["alloc_cpu_s"].sum(min_count=1) / 3600,
     })
-    table["cpu_efficiency"] = table["core_hours"] / table["alloc_core_hours"]
+    table["cpu_efficiency"] = grouped["granted_cpu_s"].sum(min_count=1) / 3600 / table["alloc_core_hours"]
     if not columns:
         table.index = pd.Index(["all"], name="study") if len(table) else pd.Index([], name="study")
     return table

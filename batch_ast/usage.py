@@ -117,10 +117,10 @@ Utilisation = Callable[[str], "float | None"]  # a device's utilisation now, in 
 class UsageLedger:
     """This process's CPU time, wall time and memory peaks, split among the rows it runs.
 
-    ``enter(key)`` when a row starts, ``assign`` its device once known, ``leave(key)`` when it ends
-    (its figures), ``drop`` for a row that pauses (its totals so far, for its checkpoint, come from
-    ``so_far``). Thread-safe:
-    a row finished in a background thread leaves while the next one enters."""
+    ``enter(key)`` when a row starts, ``assign`` its device once known, ``optimising`` while it
+    optimises, ``leave(key)`` when it ends (its figures), ``drop`` for a row that pauses (its
+    totals so far, for its checkpoint, come from ``so_far``). Thread-safe: a row finished in a
+    background thread leaves while the next one enters."""
 
     def __init__(self, cpu: Callable[[], float] = time.process_time,
                  wall: Callable[[], float] = time.monotonic, memory: PeakMemory | None = None,
@@ -141,6 +141,7 @@ class UsageLedger:
         """A row starts in this process (on the CPU until ``assign`` says its device)."""
         with self._lock:
             self._settle()
+            self._paused.pop(key, None)  # resumed in this process (a test, a retry): counted afresh
             self._rows[key] = RowUsage()
             for row in self._rows.values():
                 row.shared = row.shared or len(self._rows) > 1

@@ -244,6 +244,9 @@ def test_cost_sums_the_finished_rows_per_preset_and_per_job():
     # the grant: 2 CPUs x 1.75 h of rows alone + 4 CPUs x 0.5 h shared by 2 row processes
     assert quick["alloc_core_hours"] == pytest.approx(3.5 + 1.0)
     assert quick["cpu_efficiency"] == pytest.approx(4.5 / 4.5)
+    local = _study()
+    local.loc[4, ["alloc_cpus", "alloc_rows"]] = np.nan  # a row without a grant (local executor)
+    assert cost(local).loc["quick", "cpu_efficiency"] == pytest.approx(3.5 / 3.5)  # like for like
     per_job = cost(_study(), by="job")
     assert per_job.loc[("7", "1"), "core_hours"] == pytest.approx(2.5)
     total = cost(_study(), by=None)
