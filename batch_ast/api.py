@@ -196,7 +196,7 @@ class Prepared:
     def sizing(self) -> tuple[list[JobNeed], list[str]]:
         """(what each preset's jobs will probably need, presets without enough history): from the
         finished rows of this root's index with the same preset and a content length within
-        ``cost.SIMILAR_LENGTH`` of the planned rows' median (``cost.row_need``), at this plan's
+        ``costing.SIMILAR_LENGTH`` of the planned rows' median (``costing.row_need``), at this plan's
         packing, beside what the jobs ask for (the profile, or the rows' own resource columns)."""
         history = _history(self.results)
         by_preset: dict[str, list[RowSpec]] = {}

@@ -328,7 +328,7 @@ _COST_SHOWN = {"rows": ("rows", "{:.0f}"), "measured": ("measured", "{:.0f}"),
 
 
 def _cost_table(df: pd.DataFrame) -> str:
-    """What the study cost per preset (``cost.cost``), an item of the summary; '' before any row
+    """What the study cost per preset (``costing.cost``), an item of the summary; '' before any row
     finished."""
     if not len(df) or not df["status"].isin(["ok", "failed"]).any():
         return ""
