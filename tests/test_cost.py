@@ -319,3 +319,27 @@ def test_an_index_written_before_accounting_reads_with_null_usage(audio_dir, tmp
     pq.write_table(table.drop_columns([*columns("cost"), "usage_scope"]), results.index_path)
     df = batch_ast.load_index(results.root)
     assert df["cpu_s"].isna().all() and str(df["alloc_cpus"].dtype) == "Int64"
+
+
+def test_gpu_probes_say_nothing_off_a_gpu_and_match_nvml_by_uuid(monkeypatch):
+    """Off CUDA both probes give None; on it (faked here: no GPU in CI), NVML's device is the one
+    whose UUID torch reports (NVML numbers every GPU of the node, torch only the visible ones)."""
+    from types import SimpleNamespace
+
+    from batch_ast import gpu_usage
+
+    assert gpu_usage.cuda_peak_bytes("cpu") is None and gpu_usage.nvml_utilisation("cpu") is None
+    asked = []
+    fake_nvml = SimpleNamespace(
+        nvmlDeviceGetHandleByUUID=lambda uuid: asked.append(uuid) or "handle",
+        nvmlDeviceGetUtilizationRates=lambda handle: SimpleNamespace(gpu=87 if handle == "handle" else 0),
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index: SimpleNamespace(uuid=f"uuid-of-{index}"))
+    monkeypatch.setattr(gpu_usage, "_nvml", lambda: fake_nvml)
+    gpu_usage._nvml_handle.cache_clear()
+    try:
+        assert gpu_usage.nvml_utilisation("cuda:1") == 87.0 and asked == ["GPU-uuid-of-1"]
+    finally:
+        gpu_usage._nvml_handle.cache_clear()
