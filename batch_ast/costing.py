@@ -43,21 +43,24 @@ def cost(df: pd.DataFrame, by: str | Sequence[str] | None = "preset") -> pd.Data
     per SLURM array task, or None for the whole study).
 
     Columns: ``rows`` finished, ``measured`` (with usage figures), ``core_hours`` (CPU time, user +
-    system), ``gpu_hours`` (seconds rows held a GPU), ``wall_hours`` (rows' wall time), the peak
+    system), ``gpu_hours`` (seconds rows held a GPU), ``wall_hours`` (the rows' shares of their
+    processes' time, requeues included), the peak
     resident memory's ``peak_rss_gib_p50/p95/max``, ``device_peak_gib_max``, and where SLURM's
-    grant is known ``alloc_core_hours`` (the job's CPUs × the row's wall time ÷ the row processes
+    grant is known ``alloc_core_hours`` (the job's CPUs × the row's ``wall_s`` ÷ the row processes
     sharing them) with ``cpu_efficiency``, the core-hours of those rows over their grant's."""
     columns = _group_columns(df, by)
     rows = df[df["status"].isin(FINISHED)] if "status" in df.columns else df
     frame = pd.DataFrame({
         "cpu_s": _numeric(rows, "cpu_s"),
         "device_s": _numeric(rows, "device_s"),
-        "wall_s": _numeric(rows, "time_total_s"),
+        # a row's share of its process's time over all its runs; time_total_s (the last run only)
+        # for rows written before usage figures
+        "wall_s": _numeric(rows, "wall_s").fillna(_numeric(rows, "time_total_s")),
         "rss": _numeric(rows, "peak_rss_bytes") / GIB,
         "device_peak": _numeric(rows, "device_peak_bytes") / GIB,
-        "alloc_cpu_s": _numeric(rows, "alloc_cpus") * _numeric(rows, "time_total_s")
-        / _numeric(rows, "alloc_rows").fillna(1).clip(lower=1),
     }, index=rows.index)
+    frame["alloc_cpu_s"] = (_numeric(rows, "alloc_cpus") * frame["wall_s"]
+                            / _numeric(rows, "alloc_rows").fillna(1).clip(lower=1))
     frame["granted_cpu_s"] = frame["cpu_s"].where(frame["alloc_cpu_s"].notna())  # efficiency: like for like
     keys = ([rows[c].astype(object).fillna("").astype(str).rename(c) for c in columns]
             or [pd.Series("all", rows.index)])

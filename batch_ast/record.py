@@ -125,9 +125,10 @@ class Record:
     time_metrics_s: float = _float("timing")
     time_total_s: float = _float("timing")
     # what the row consumed (usage.py; None where not measured: device fields off a GPU, records
-    # written before 0.5): CPU seconds (user + system), peak resident memory, device seconds, peak
-    # device memory, mean GPU utilisation (%); usage_scope says what they cover (row, shared, process)
+    # written before 0.5): CPU seconds (user + system), wall seconds, peak resident memory, device
+    # seconds, peak device memory, mean GPU utilisation (%); usage_scope says what they cover
     cpu_s: float = _float("cost")
+    wall_s: float = _float("cost")  # its share of its process's time, summed over requeues
     peak_rss_bytes: int = _int("cost")
     usage_scope: str = _text()
     device_s: float = _float("cost")

@@ -32,7 +32,7 @@ SCOPES = (SCOPE_ROW, SCOPE_SHARED, SCOPE_PROCESS)
 SAMPLE_EVERY_S = 1.0  # NVML averages utilisation over up to a second itself
 
 # Figures carried over a requeue in the row's checkpoint (summed, or the larger peak).
-CARRIED_SUMS = ("cpu_s", "device_s", "util_sum", "util_samples")
+CARRIED_SUMS = ("cpu_s", "wall_s", "device_s", "util_sum", "util_samples")
 CARRIED_PEAKS = ("peak_rss_bytes", "device_peak_bytes")
 
 
@@ -80,6 +80,7 @@ class RowUsage:
 
     device: str = "cpu"
     cpu_s: float = 0.0
+    wall_s: float = 0.0
     device_s: float = 0.0
     peak_rss_bytes: int = 0
     device_peak_bytes: int = 0
@@ -102,6 +103,7 @@ class RowUsage:
         scope = SCOPE_SHARED if self.shared else SCOPE_ROW if peak_resettable else SCOPE_PROCESS
         return {
             "cpu_s": t["cpu_s"],
+            "wall_s": t["wall_s"],
             "peak_rss_bytes": int(t["peak_rss_bytes"]),
             "usage_scope": scope,
             "device_s": t["device_s"] if on_gpu else None,
@@ -201,6 +203,7 @@ class UsageLedger:
         on_device = {d: sum(r.device == d for r in rows) for d in devices}
         for row in rows:
             row.cpu_s += d_cpu / len(rows)
+            row.wall_s += d_wall / len(rows)
             row.peak_rss_bytes = max(row.peak_rss_bytes, peak)
             if row.device in devices:
                 row.device_s += d_wall / on_device[row.device]

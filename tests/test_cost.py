@@ -52,18 +52,19 @@ def test_the_ledger_splits_cpu_among_the_rows_running_and_gives_each_its_own_pea
     cpu, wall, peak = Clock(), Clock(), FakePeak()
     ledger = UsageLedger(cpu=cpu, wall=wall, memory=peak)
     ledger.enter("a")
-    cpu.now, peak.next = 2.0, 100
+    cpu.now, wall.now, peak.next = 2.0, 2.0, 100
     ledger.enter("b")  # a alone so far: 2 s, peak 100
-    cpu.now, peak.next = 6.0, 300
+    cpu.now, wall.now, peak.next = 6.0, 6.0, 300
     a = ledger.leave("a")  # 4 s while both ran: 2 each
-    cpu.now, peak.next = 7.0, 50
+    cpu.now, wall.now, peak.next = 7.0, 7.0, 50
     b = ledger.leave("b")
     ledger.enter("c")
-    cpu.now, peak.next = 9.0, 80
+    cpu.now, wall.now, peak.next = 9.0, 9.0, 80
     c = ledger.leave("c")
     assert a["cpu_s"] == 4.0 and a["peak_rss_bytes"] == 300 and a["usage_scope"] == "shared"
     assert b["cpu_s"] == 3.0 and b["peak_rss_bytes"] == 300 and b["usage_scope"] == "shared"
-    assert c == {"cpu_s": 2.0, "peak_rss_bytes": 80, "usage_scope": "row", "device_s": None,
+    assert a["wall_s"] == 4.0 and b["wall_s"] == 3.0  # the process's time split like its CPU time
+    assert c == {"cpu_s": 2.0, "wall_s": 2.0, "peak_rss_bytes": 80, "usage_scope": "row", "device_s": None,
                  "device_peak_bytes": None, "gpu_util_mean": None}
     assert a["cpu_s"] + b["cpu_s"] + c["cpu_s"] == cpu.now  # nothing counted twice or lost
     assert ledger.leave("never-entered") == {}
@@ -199,6 +200,8 @@ def test_a_resumed_row_adds_the_usage_of_its_run_before_the_pause(audio_dir, tmp
     record = run_row(spec, results)
     assert record["status"] == "ok" and record["resumes"] == 1
     assert record["cpu_s"] > before["cpu_s"] and record["peak_rss_bytes"] >= before["peak_rss_bytes"]
+    # its time in a process counts both runs; time_total_s only the last
+    assert record["wall_s"] > before["wall_s"] and record["wall_s"] > record["time_total_s"]
 
 
 @pytest.mark.parametrize("field, value", [("cpu_s", -1.0), ("cpu_s", float("nan")), ("peak_rss_bytes", -5),

@@ -456,6 +456,10 @@ def test_two_row_processes_per_array_task_pause_requeue_and_resume(audio_dir, tm
                for r in records), [(r.get("cpu_s"), r.get("usage_scope")) for r in records]
     assert all(r["alloc_cpus"] >= 1 and r["alloc_mem_bytes"] > 0 and r["alloc_rows"] == 2
                and r["alloc_time_limit_s"] > 0 for r in records), records[0]
+    batch_ast.collect(results)  # each array task's CPU use against its grant: one pandas line
+    per_task = batch_ast.cost(batch_ast.load_index(results), by="job")
+    assert len(per_task) == 2 and per_task["measured"].tolist() == [2, 2]
+    assert (per_task["cpu_efficiency"] > 0).all() and (per_task["alloc_core_hours"] > 0).all()
     # every row still running when the signal came paused and resumed (a faster one may have ended)
     running = [r for r in records if r["id"] in first["rows"] and r["finished_at"] > signalled]
     assert running and all(r["resumes"] >= 1 and r["resumed_from_iteration"] > 0 for r in running)
