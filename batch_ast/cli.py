@@ -26,7 +26,7 @@ from .report import write_report
 from .status import SubmissionStatus, format_status
 from .store import ResultsError, ResultsRoot, write_atomic
 from .study import StudyError, study_csv
-from .text import describe_os_error, inert
+from .text import describe_os_error, inert, short_path
 from .version import VERSION
 
 
@@ -285,6 +285,15 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _error_text(exc: BaseException) -> str:
+    """What the CLI prints of a user error: one line, every character shown inert — but a
+    manifest's problems each on a line of their own (each still inert: a cell cannot forge one)."""
+    if isinstance(exc, ManifestError):
+        return "\n  ".join([inert(f"{short_path(exc.manifest)}: {len(exc.problems)} problem(s)"),
+                            *map(inert, exc.problems)])
+    return inert(exc)
+
+
 def add_results_root(p: argparse.ArgumentParser) -> None:
     """The results root, positional or as ``--results ROOT`` (as submit takes it): either form,
     in every command that reads a root; ``resolve_results_root`` checks both were not given."""
@@ -375,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return 128 + signal.SIGPIPE
     except USER_ERRORS as exc:
-        print(f"error: {inert(exc)}", file=sys.stderr)
+        print(f"error: {_error_text(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"error: {inert(describe_os_error(exc))}", file=sys.stderr)

@@ -252,8 +252,9 @@ def parse_manifest(text: str, path: Path, config: Config, cap: int | None = None
         except ConfigError as exc:
             problems.append(f"{where}: column 'preset': {exc}")
             continue
-        if params.hop_length > params.n_fft:
-            problems.append(f"{where}: hop_length {params.hop_length} is larger than n_fft {params.n_fft}")
+        if params.hop_length >= params.n_fft:  # equal frames would not overlap: the inverse STFT fails
+            problems.append(f"{where}: hop_length {params.hop_length} must be below n_fft {params.n_fft} "
+                            "(Griffin-Lim's inverse STFT needs overlapping frames)")
         if len(files) == 2:
             rows.append(ManifestRow(row=number, line=line, name=cells.get("id", ""), content=files["content"],
                                     style=files["style"], params=params, resources=resources))

@@ -59,7 +59,8 @@ def test_bom_whitespace_and_case_are_tolerated(audio_dir, config):
         ("content,style,optimizer", "content.wav,style.wav,sgd", "must be one of lbfgs, adam, adamw"),
         ("content,style,device", "content.wav,style.wav,tpu", "column 'device'"),
         ("content,style,preset", "content.wav,style.wav,nope", "unknown preset 'nope'"),
-        ("content,style,n_fft,hop_length", "content.wav,style.wav,256,512", "larger than n_fft"),
+        ("content,style,n_fft,hop_length", "content.wav,style.wav,256,512", "must be below n_fft 256"),
+        ("content,style,n_fft,hop_length", "content.wav,style.wav,256,256", "hop_length 256 must be below"),
         ("content,style", "content.wav,", "column 'style' is empty"),
         ("content,style", "content.wav,style.wav,extra", "expected 2 fields, got 3"),
         ("content", "content.wav", "missing column(s) style"),
@@ -178,3 +179,17 @@ def test_a_studys_bad_values_are_reported_once_at_their_yaml_line_with_the_rows_
         "column 'content_weight': must be a number >= 0, got '-1' (line 5: content_weight: [0.1, -1, 10]; "
         "rows 2, 5 of 6)",
     ]
+
+
+def test_the_cli_lists_a_manifest_s_problems_one_per_line_and_inert(audio_dir, tmp_path, capsys):
+    """Every problem on a line of its own; a cell with a newline or an escape sequence in it
+    cannot clear the screen or forge a line of the listing."""
+    from batch_ast.cli import main
+
+    m = audio_dir / "bad.csv"
+    m.write_text('content,style\n"a\x1b[2Jb\nforged line.wav",missing.wav\n', encoding="utf-8")
+    assert main(["submit", str(m), "--results", str(tmp_path / "r"), "--dry-run"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("error: ") and lines[0].endswith("bad.csv: 2 problem(s)")
+    assert len(lines) == 3 and all(line.startswith("  row 1 (line 3): column '") for line in lines[1:])
+    assert "\\x1b[2Jb\\nforged line.wav: file not found" in lines[1] and "\x1b" not in "".join(lines)
