@@ -33,7 +33,7 @@ from .backends import EXECUTORS, Backend, BackendError, choose_backend, get_back
 from .claims import release_claims
 from .config import load_config
 from .costing import JobNeed, job_need, row_need
-from .dispatch import RESOURCE_TO_PARAM, Packing, job_parameters, submit_arrays
+from .dispatch import Packing, job_parameters, resource_groups, submit_arrays, with_resources
 from .index import CollectReport, load_index, update_index
 from .job import DEFAULTS, TransferJob
 from .liveness import claim_unless_live
@@ -197,7 +197,8 @@ class Prepared:
         """(what each preset's jobs will probably need, presets without enough history): from the
         finished rows of this root's index with the same preset and a content length within
         ``costing.SIMILAR_LENGTH`` of the planned rows' median (``costing.row_need``), at this plan's
-        packing, beside what the jobs ask for (the profile, or the rows' own resource columns)."""
+        packing, beside what the jobs ask for (the profile, or the rows' own resource columns: one
+        line per group of rows that share a request, as they share a job array)."""
         history = _history(self.results)
         by_preset: dict[str, list[RowSpec]] = {}
         for spec in self.plan.to_run:
@@ -210,12 +211,12 @@ class Prepared:
             if need is None:
                 unknown.append(preset)
                 continue
-            resources = {tuple(sorted(spec.resources.items())) for spec in specs}
-            own = dict(next(iter(resources))) if len(resources) == 1 else {}
-            requested = self.backend.requested({**self.parameters,
-                                                **{RESOURCE_TO_PARAM[k]: v for k, v in own.items()}})
-            needs.append(job_need(f"preset {preset or '(none)'}", need, self.rows_per_job,
-                                  self.packing.processes_per_job, *requested))
+            for resources, _ in resource_groups(specs):
+                own = "".join(f", {k}={v}" for k, v in sorted(resources.items()))
+                label = f"preset {preset or '(none)'}{own}"
+                requested = self.backend.requested(with_resources(self.parameters, resources))
+                needs.append(job_need(label, need, self.rows_per_job, self.packing.processes_per_job,
+                                      *requested))
         return needs, unknown
 
     def launch(self) -> Submission:

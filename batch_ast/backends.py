@@ -325,9 +325,9 @@ def slurm_allocation(env: Mapping[str, str]) -> dict[str, Any]:
         return int(value) if value.isdigit() else None
 
     cpus = number("SLURM_CPUS_ON_NODE") or number("SLURM_CPUS_PER_TASK")
-    mem_mib = number("SLURM_MEM_PER_NODE")
-    if mem_mib is None and number("SLURM_MEM_PER_CPU") is not None and cpus:
-        mem_mib = number("SLURM_MEM_PER_CPU") * cpus
+    mem_mib, per_cpu = number("SLURM_MEM_PER_NODE"), number("SLURM_MEM_PER_CPU")
+    if mem_mib is None and per_cpu is not None and cpus:
+        mem_mib = per_cpu * cpus
     gpus = number("SLURM_GPUS_ON_NODE")
     if gpus is None:
         listed = env.get("SLURM_JOB_GPUS") or env.get("SLURM_STEP_GPUS") or ""

@@ -17,16 +17,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .features import conv_features, use_precision
 from .transfer import LossTensors, StyleTransfer
-
-if TYPE_CHECKING:
-    pass
 
 
 def batched_features(

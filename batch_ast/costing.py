@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from .progress import duration
+
 GIB = 2**30
 JOB_COLUMNS = ["slurm_job_id", "slurm_array_task_id"]
 FINISHED = ("ok", "failed")
@@ -102,17 +104,20 @@ def format_cost(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def cost_lines(records: list[dict], by: str = "preset") -> list[str]:
-    """What ``status`` prints of a submission's finished rows (flattened records): a line per
-    ``by`` group, and the total over them when there are several."""
+def preset_totals(df: pd.DataFrame) -> pd.DataFrame:
+    """``cost`` per preset, with the study's total as a last row ("all") when there are several
+    presets: what ``status`` and the report show."""
+    if "preset" not in df.columns:
+        df = df.assign(preset="")
+    table = cost(df, "preset")
+    return pd.concat([table, cost(df, None)]) if len(table) > 1 else table
+
+
+def cost_lines(records: list[dict]) -> list[str]:
+    """What ``status`` prints of a submission's finished rows (flattened records)."""
     if not records:
         return []
-    frame = pd.DataFrame(records)
-    if by not in frame.columns:
-        frame[by] = ""
-    lines = format_cost(cost(frame, by))
-    if len(lines) > 1:
-        lines += format_cost(cost(frame, None))
+    lines = format_cost(preset_totals(pd.DataFrame(records)))
     return ["  cost (measured in the jobs; core-h = CPU time):", *["  " + line for line in lines]]
 
 
@@ -165,8 +170,8 @@ class JobNeed:
     def describe(self) -> str:
         return (f"  {self.label}: p95 of {self.need.rows} earlier row(s): "
                 f"{self.need.peak_rss_bytes / GIB:.2f} GiB, "
-                f"{_duration(self.need.wall_s)} per row; per job ~{self.memory_bytes / GIB:.2f} GiB, "
-                f"~{_duration(self.time_s)}")
+                f"{duration(self.need.wall_s)} per row; per job ~{self.memory_bytes / GIB:.2f} GiB, "
+                f"~{duration(self.time_s)}")
 
     def suggested(self) -> dict[str, int]:
         """Profile values with headroom over the p95 need: mem_gb (+25 %, whole GiB) and
@@ -185,7 +190,7 @@ class JobNeed:
         ):
             if asked is None or need <= 0:
                 continue
-            shown = (lambda v: f"{v / GIB:.2f} GiB") if what == "memory" else _duration
+            shown = (lambda v: f"{v / GIB:.2f} GiB") if what == "memory" else duration
             hint = f"(suggested: {key}: {suggested[key]})"
             if asked < need:
                 outcome = ("killed for memory" if what == "memory"
@@ -208,9 +213,3 @@ def job_need(label: str, need: RowNeed, rows_per_job: int, processes: int,
                    requested_time_s)
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -61,12 +61,18 @@ RESOURCE_TO_PARAM = {
 }
 
 
-def _group_by_resources(specs: list[RowSpec]) -> list[tuple[dict[str, Any], list[RowSpec]]]:
+def resource_groups(specs: list[RowSpec]) -> list[tuple[dict[str, Any], list[RowSpec]]]:
     """Rows with equal per-row resources share one job array (an array has one resource request)."""
     groups: dict[tuple, list[RowSpec]] = {}
     for spec in specs:
         groups.setdefault(tuple(sorted(spec.resources.items())), []).append(spec)
     return [(dict(key), rows) for key, rows in groups.items()]
+
+
+def with_resources(params: dict[str, Any], resources: dict[str, Any]) -> dict[str, Any]:
+    """The submitit parameters of a job whose rows carry ``resources`` (their manifest columns
+    override the profile's and the options' request)."""
+    return {**params, **{RESOURCE_TO_PARAM[k]: v for k, v in resources.items()}}
 
 
 @contextlib.contextmanager
@@ -114,9 +120,8 @@ def submit_arrays(
     folder = private / "%j"
     all_jobs: list[submitit.Job] = []
     job_entries: list[dict[str, Any]] = []
-    for resources, group in _group_by_resources(specs):
-        group_params = {**params, **{RESOURCE_TO_PARAM[k]: v for k, v in resources.items()}}
-        executor = backend.make_executor(folder, group_params)
+    for resources, group in resource_groups(specs):
+        executor = backend.make_executor(folder, with_resources(params, resources))
         all_packs = chunk(group, rows_per_job)
         array_size = max(1, max_array_size)
         for start in range(0, len(all_packs), array_size):

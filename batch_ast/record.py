@@ -301,12 +301,14 @@ def _checked(name: str, kind: str | None, value: Any, row_id: str) -> Any:
 
 
 _FIELD_NAMES = frozenset(f.name for f in fields(Record))
-_COST = frozenset(f.name for f in fields(Record) if f.metadata["group"] == "cost")
 
 
 def columns(group: str) -> tuple[str, ...]:
-    """Names of the record fields of one group ("metric", "timing")."""
+    """Names of the record fields of one group ("metric", "timing", "cost")."""
     return tuple(f.name for f in fields(Record) if f.metadata["group"] == group)
+
+
+_COST = frozenset(columns("cost"))  # usage figures: never negative
 
 
 def index_schema(version: int) -> pa.Schema:

@@ -29,7 +29,7 @@ import pandas as pd
 
 from .api import collect
 from .config import PARAMS
-from .costing import cost
+from .costing import preset_totals
 from .index import METRIC_COLUMNS, load_index, load_traces
 from .manifest import max_input_bytes
 from .plan import file_sha256
@@ -328,13 +328,11 @@ _COST_SHOWN = {"rows": ("rows", "{:.0f}"), "measured": ("measured", "{:.0f}"),
 
 
 def _cost_table(df: pd.DataFrame) -> str:
-    """What the study cost per preset (``costing.cost``), an item of the summary; '' before any row
+    """What the study cost per preset (``costing.preset_totals``), an item of the summary; '' before any row
     finished."""
     if not len(df) or not df["status"].isin(["ok", "failed"]).any():
         return ""
-    table = cost(df, "preset" if "preset" in df.columns else None)
-    if len(table) > 1:
-        table = pd.concat([table, cost(df, None).rename(index={"all": "study"})])
+    table = preset_totals(df).rename(index={"all": "study"})
     head = "".join(f"<th>{label}</th>" for label, _ in _COST_SHOWN.values())
     body = "".join(
         f"<tr><td>{html.escape(str(key) or '(no preset)')}</td>"

@@ -4,10 +4,11 @@ Measured by the job's own process, never by ``sacct``/``seff``: accounting is of
 throttled (the test cluster has none), and its figures are per job, not per row, when several rows
 share a job. A process may hold several rows at once (rows optimised together, a row finished in
 the background while the next optimises), so usage is kept as a ledger (``UsageLedger``): at each
-row's start and end, the CPU and wall time since the previous entry are split evenly among the
-rows running, and the memory peak since then (read from the kernel, then reset) goes to each of
-them. A row alone in its process gets exactly its process's usage; the rows' sums are the
-process's usage while it ran rows. Torch-free: the device's probes are handed in by the row.
+row's start, device, optimisation and end, the CPU and wall time since the previous entry are
+split evenly among the rows running, and the memory peak since then (read from the kernel, then
+reset) goes to each of them. A row alone in its process gets exactly its process's usage; the
+rows' sums are the process's usage while it ran rows. Torch-free: the device's probes are handed
+in by the row.
 
 Written by hand: psutil reads the same kernel counters but cannot reset the peak (``clear_refs``),
 and no library splits a process's usage among the tasks it runs.
@@ -19,7 +20,8 @@ import math
 import resource
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,12 +48,12 @@ class PeakMemory:
 
     def __init__(self, proc: Path = Path("/proc/self")) -> None:
         self.status, self.clear_refs = proc / "status", proc / "clear_refs"
-        self.resettable = self._reset()
+        self.resettable = self._reset() and self._hwm() is not None
 
     def _reset(self) -> bool:
         try:
             self.clear_refs.write_text("5")
-            return self._hwm() is not None
+            return True
         except OSError:
             return False
 
@@ -141,8 +143,7 @@ class UsageLedger:
 
     def enter(self, key: str) -> None:
         """A row starts in this process (on the CPU until ``assign`` says its device)."""
-        with self._lock:
-            self._settle()
+        with self._settled():
             self._paused.pop(key, None)  # resumed in this process (a test, a retry): counted afresh
             self._rows[key] = RowUsage()
             for row in self._rows.values():
@@ -150,8 +151,7 @@ class UsageLedger:
 
     def assign(self, key: str, device: str | None = None, carried: dict[str, float] | None = None) -> None:
         """The row's device, and the usage it had before a requeue (from its checkpoint)."""
-        with self._lock:
-            self._settle()
+        with self._settled():
             row = self._rows.get(key)
             if row is None:
                 return
@@ -164,31 +164,34 @@ class UsageLedger:
 
     def optimising(self, key: str, on: bool) -> None:
         """The row starts (or stops) optimising: utilisation samples count for it meanwhile."""
-        with self._lock:
-            self._settle()
+        with self._settled():
             if (row := self._rows.get(key)) is not None:
                 row.optimising = on
 
     def so_far(self, key: str) -> dict[str, float]:
         """A running row's totals (carried ones included), as its checkpoint keeps them."""
-        with self._lock:
-            self._settle()
+        with self._settled():
             row = self._rows.get(key)
             return row.totals() if row else {}
 
     def leave(self, key: str) -> dict[str, Any]:
         """The row's record fields (``RowUsage.figures``); {} for a row the ledger does not hold."""
-        with self._lock:
-            self._settle()
+        with self._settled():
             row = self._rows.pop(key, None) or self._paused.pop(key, None)
             return row.figures(self.memory.resettable) if row else {}
 
     def drop(self, key: str) -> None:
         """The row paused: it stops counting (a failed record written later still gets its figures)."""
-        with self._lock:
-            self._settle()
+        with self._settled():
             if (row := self._rows.pop(key, None)) is not None:
                 self._paused[key] = row
+
+    @contextmanager
+    def _settled(self) -> Iterator[None]:
+        """Every entry of a row: under the lock, after handing out what the process used so far."""
+        with self._lock:
+            self._settle()
+            yield
 
     def _settle(self) -> None:
         """Hand out what the process used since the previous entry to the rows running (lock held)."""

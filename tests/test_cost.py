@@ -300,6 +300,15 @@ def test_status_report_and_dry_run_show_what_the_rows_cost(audio_dir, tmp_path, 
     assert main(["submit", str(again), "--results", str(tmp_path / "empty"), "--executor", "local",
                  "--dry-run"]) == 0
     assert "no estimate for preset(s) quick" in capsys.readouterr().out
+    # rows asking for their own time limit (manifest column) are sized against it, group by group
+    mixed = audio_dir / "mixed.csv"
+    pd.read_csv(m).assign(seed=8, timeout_min=[6000, 6000, 12]).to_csv(mixed, index=False)
+    assert main(["submit", str(mixed), "--results", str(results), "--executor", "local", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "preset quick, timeout_min=6000: p95 of 3" in captured.out
+    assert "preset quick, timeout_min=12: p95 of 3" in captured.out
+    assert "preset quick, timeout_min=6000: the jobs ask for 100h00m" in captured.err
+    assert "timeout_min=12: the jobs ask" not in captured.err
 
 
 def test_an_index_written_before_accounting_reads_with_null_usage(audio_dir, tmp_path):
