@@ -2,7 +2,8 @@
 
 The Python API (``submit``, ``prepare``, ``find_submission``) does what the ``batch-ast`` command
 does; ``load_index`` and ``load_traces`` read the results into pandas, and ``cost`` says what
-the rows consumed (core-hours, GPU-hours, peak memory per preset).
+the rows consumed (core-hours, GPU-hours, peak memory per preset), and ``export`` puts a study
+into MLflow or TensorBoard, one run per row.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ _LAZY = {
     "Submission": "api",
     "collect": "api",
     "cost": "costing",
+    "export": "exporting",
     "find_submission": "api",
     "prepare": "api",
     "root_status": "api",
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from .api import Prepared, Submission, collect, find_submission, prepare, root_status, submit
     from .config import Params
     from .costing import cost
+    from .exporting import export
     from .index import load_index, load_traces
     from .options import SubmitOptions
     from .store import ResultsError
@@ -61,6 +64,7 @@ __all__ = [
     "__version__",
     "collect",
     "cost",
+    "export",
     "find_submission",
     "load_index",
     "load_traces",

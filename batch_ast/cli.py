@@ -16,6 +16,8 @@ from .analysis import hyperparameter_effect, plot_effect
 from .backends import EXECUTORS, BackendError
 from .config import ConfigError
 from .costing import MIN_HISTORY, cost_lines
+from .exporting import ExportError, export, options_from_arguments
+from .exporting import add_arguments as add_export_arguments
 from .index import load_index
 from .manifest import ManifestError
 from .options import DispatchError, from_arguments
@@ -285,6 +287,14 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export the root's finished rows to a tracker; 1 when some rows were skipped as unreadable."""
+    chosen = dataclasses.asdict(options_from_arguments(args))
+    report = export(args.results, progress=not args.quiet, **chosen)
+    print("\n".join(map(inert, report.lines())))
+    return 1 if report.skipped.get("their record cannot be read") else 0
+
+
 def _error_text(exc: BaseException) -> str:
     """What the CLI prints of a user error: one line, every character shown inert — but a
     manifest's problems each on a line of their own (each still inert: a cell cannot forge one)."""
@@ -351,6 +361,7 @@ USER_ERRORS = (
     BackendError,
     ConfigError,
     DispatchError,
+    ExportError,
     ManifestError,
     PrivateStateError,
     ResultsError,
@@ -459,6 +470,15 @@ def _add_result_commands(sub: Any) -> None:
                    help="numeric index column to summarise (default: style_distance_heldout)")
     p.add_argument("-o", "--output", help="write the plot to this PNG")
     p.set_defaults(func=cmd_analyse)
+
+    p = sub.add_parser(
+        "export", help="put a study into MLflow or TensorBoard, one run per row",
+        description="One run per row (hyperparameters, metrics, loss trace per iteration, output audio, "
+                    "figures, record), keyed by the row id: exporting again adds only new or changed rows.")
+    add_results_root(p)
+    add_export_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("cancel", help="cancel what is still queued or running")
     add_results_root(p)

@@ -302,7 +302,7 @@ def _records_table(records: list[dict], report: CollectReport) -> pa.Table:
     return _table(rows)
 
 
-def _read_trace(results: ResultsRoot, rid: str) -> pa.Table:
+def read_trace(results: ResultsRoot, rid: str) -> pa.Table:
     """A row's trace, its row count checked in the file's footer before anything is decoded: a
     few hundred KB of run-length-encoded Parquet can hold tens of millions of rows (gigabytes once
     read), so the byte cap alone bounds nothing."""
@@ -328,7 +328,7 @@ def _traces_table(results: ResultsRoot, ok_ids: list[str], report: CollectReport
         ok_ids = [rid for rid in ok_ids if rid not in have]
     for rid in ok_ids:
         try:
-            table = _read_trace(results, rid)
+            table = read_trace(results, rid)
             table = table.append_column("id", pa.array([rid] * table.num_rows, pa.string()))
             for name in TRACES_SCHEMA.names:  # traces written before a column existed
                 if name not in table.column_names:

@@ -269,7 +269,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("submission", frozenset({"options", "submissions", "dispatch", "status", "liveness", "index",
                               "costing"})),
     ("api", frozenset({"api"})),
-    ("people", frozenset({"report", "analysis", "cli", "__init__", "__main__", "job_entry"})),
+    ("people", frozenset({"report", "analysis", "cli", "__init__", "__main__", "job_entry", "exporting",
+                          "export_mlflow", "export_tensorboard"})),
 )
 # Imports from a lower layer to a higher one that are allowed, each with its reason (at most 2).
 UPWARD: dict[tuple[str, str], str] = {}

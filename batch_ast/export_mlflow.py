@@ -1,0 +1,135 @@
+"""People stage, export to MLflow: one MLflow run per row, through MLflow's own client.
+
+``export.py`` decides which rows and what each run holds; this module only speaks MLflow. A run
+is tagged with its row id (``batch_ast.row_id``) and, once everything is logged, with the digest of
+the record it was made from (``batch_ast.record_digest``): a run without the digest was left by an
+interrupted export and is replaced. Without ``--uri`` the store is SQLite in the destination
+folder (MLflow's file store is in maintenance mode), the artifacts beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+
+# MLflow 3 reports usage to its makers unless told not to: a batch tool on a cluster never does
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from mlflow import MlflowClient  # noqa: E402  (after the switch above)
+from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+from .exporting import ExportError, ExportRow, Payload  # noqa: E402
+from .text import short_path  # noqa: E402
+
+ROW_TAG = "batch_ast.row_id"
+DIGEST_TAG = "batch_ast.record_digest"
+TRACE_METRICS = {"total": "loss_total", "content": "loss_content", "style": "loss_style"}
+# log_batch's limits (MLflow's REST API): 1,000 entries a call, of which at most 100 params/tags
+MAX_BATCH, MAX_PARAMS = 1000, 100
+
+
+def _ms(iso: str | None) -> int | None:
+    return int(datetime.fromisoformat(iso).timestamp() * 1000) if iso else None
+
+
+def _probe(uri: str) -> None:
+    """A remote tracking server that does not answer is one line now, not minutes of retries."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
+            response.read(100)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ExportError(f"MLflow tracking URI {uri} does not answer ({reason})") from None
+
+
+def open_target(dest: Path, uri: str | None, experiment: str) -> MlflowTarget:
+    """The MLflow target: ``uri``'s store, else SQLite at DEST/mlflow.db with DEST/artifacts."""
+    artifacts = None
+    if uri is None:
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=dest, prefix=".probe.")
+            probe.close()
+        except OSError as exc:
+            raise ExportError(f"cannot write the MLflow store in {short_path(dest)}: "
+                              f"{exc.strerror or exc}") from None
+        uri = f"sqlite:///{dest.resolve() / 'mlflow.db'}"
+        artifacts = (dest.resolve() / "artifacts").as_uri()
+    elif uri.startswith(("http://", "https://")):
+        _probe(uri)
+    return MlflowTarget(uri, experiment, artifacts)
+
+
+class MlflowTarget:
+    """Runs of one MLflow experiment, one per row (see the module's docstring)."""
+
+    def __init__(self, uri: str, experiment: str, artifacts: str | None):
+        for name in ("mlflow", "alembic"):  # schema migrations and store notices: not the user's concern
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self.client = MlflowClient(tracking_uri=uri)
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = (found.experiment_id if found is not None else
+                                  self.client.create_experiment(experiment, artifact_location=artifacts))
+        except MlflowException as exc:
+            raise ExportError(f"MLflow at {uri}: {str(exc.message)[:300]}") from None
+        self.runs: dict[str, list[str]] = {}  # row id -> its run ids (more than one: interrupted exports)
+        self.where = (f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else uri) + \
+            f"  (experiment {experiment!r})"
+
+    def exported(self) -> dict[str, str]:
+        """Row id -> the digest of its complete run ('' where only half-written runs exist)."""
+        done: dict[str, str] = {}
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], run_view_type=ViewType.ACTIVE_ONLY,
+                                           max_results=1000, page_token=token)
+            for run in page:
+                rid = run.data.tags.get(ROW_TAG)
+                if not rid:
+                    continue  # a run someone logged by hand into this experiment: not ours
+                self.runs.setdefault(rid, []).append(run.info.run_id)
+                digest = run.data.tags.get(DIGEST_TAG, "")
+                if digest and done.get(rid, "") == "":
+                    done[rid] = digest
+                else:
+                    done.setdefault(rid, "")
+            token = page.token
+            if not token:
+                return done
+
+    def write(self, row: ExportRow, payload: Payload, replace: bool) -> None:
+        for run_id in self.runs.pop(row.id, []) if replace else []:
+            self.client.delete_run(run_id)
+        run = self.client.create_run(self.experiment_id, start_time=_ms(row.started_at), run_name=row.name,
+                                     tags={ROW_TAG: row.id, **row.tags})
+        run_id = run.info.run_id
+        self.runs[row.id] = [run_id]
+        now = _ms(row.finished_at) or 0
+        params = [Param(name, str(value)) for name, value in sorted(row.params.items())]
+        metrics = [Metric(name, value, now, row.final_step) for name, value in sorted(row.metrics.items())]
+        trace = payload.trace or {}
+        for column, key in TRACE_METRICS.items():
+            metrics.extend(Metric(key, float(value), now, int(step))
+                           for step, value in zip(trace.get("iteration", []), trace.get(column, []))
+                           if value is not None and abs(value) != float("inf") and value == value)
+        for start in range(0, len(params), MAX_PARAMS):
+            self.client.log_batch(run_id, params=params[start:start + MAX_PARAMS])
+        for start in range(0, len(metrics), MAX_BATCH):
+            self.client.log_batch(run_id, metrics=metrics[start:start + MAX_BATCH])
+        with tempfile.TemporaryDirectory(prefix="batch-ast-export.") as staging:
+            for name, data in payload.files.items():
+                (Path(staging) / name).write_bytes(data)
+            self.client.log_artifacts(run_id, staging)
+        # last: the digest says the run is complete
+        self.client.log_batch(run_id, tags=[RunTag(DIGEST_TAG, row.digest)])
+        self.client.set_terminated(run_id, "FINISHED" if row.status == "ok" else "FAILED", end_time=now or None)
+
+    def close(self) -> None:
+        pass

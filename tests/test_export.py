@@ -1,0 +1,257 @@
+"""Export to MLflow and TensorBoard, each read back with its own library: params, metrics per step,
+tags, artifacts, audio summaries decoded to the same samples, hparams; idempotence, a changed
+record, an interrupted export resumed, bad rows and bad destinations."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import batch_ast
+from batch_ast.cli import main
+from batch_ast.exporting import ExportError, parse_filter, row_matches
+
+from .conftest import tiny_columns, write_manifest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+mlflow = pytest.importorskip("mlflow") if os.environ.get("CI") != "true" else __import__("mlflow")
+event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    """A results root with two ok rows and one failed row, run through the local executor."""
+    from .conftest import DEMO_AUDIO
+
+    folder = tmp_path_factory.mktemp("export")
+    audio = folder / "audio"
+    audio.mkdir()
+    shutil.copy(DEMO_AUDIO / "speech_gettysburg.wav", audio / "content.wav")
+    shutil.copy(DEMO_AUDIO / "boogie_marabi.wav", audio / "style.wav")
+    (audio / "broken.wav").write_bytes(b"not audio at all")
+    head, vals = tiny_columns()
+    manifest = write_manifest(audio, [f"one,content.wav,style.wav,4.3,quick,{vals}",
+                                      f"two,content.wav,style.wav,0.5,quick,{vals}",
+                                      f"bad,broken.wav,style.wav,1,quick,{vals}"],
+                              header=f"id,content,style,content_weight,preset,{head}")
+    results = folder / "results"
+    assert main(["submit", str(manifest), "--results", str(results), "--executor", "local", "--quiet"]) == 1
+    return results
+
+
+def copy_of(study: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "results"
+    shutil.copytree(study, root, symlinks=True)
+    return root
+
+
+def records(root: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in root.glob("runs/*/record.json")}
+
+
+def mlflow_runs(dest: Path):
+    mlflow.set_tracking_uri(f"sqlite:///{dest / 'mlflow.db'}")
+    return mlflow.search_runs(search_all_experiments=True)
+
+
+def test_mlflow_export_reads_back_through_mlflow(study, tmp_path):
+    dest = tmp_path / "ml"
+    report = batch_ast.export(study, to="mlflow", dir=str(dest))
+    assert (report.new, report.updated, report.unchanged, report.failed_rows) == (3, 0, 0, 1)
+    runs = mlflow_runs(dest).set_index("tags.batch_ast.row_id")
+    recs = records(study)
+    assert sorted(runs.index) == sorted(recs)
+    client = mlflow.MlflowClient()
+    for rid, rec in recs.items():
+        run = runs.loc[rid]
+        assert run["tags.mlflow.runName"] == rec["name"]
+        assert run["tags.status"] == rec["status"] and run["tags.preset"] == rec["params"]["preset"] == "quick"
+        assert run["tags.content_sha256"] == rec["content_sha256"]
+        assert run["tags.content_name"] == Path(rec["content"]).name
+        assert float(run["params.content_weight"]) == rec["params"]["content_weight"]
+        assert int(run["params.n_fft"]) == rec["params"]["n_fft"] == 256
+        artifacts = {a.path for a in client.list_artifacts(run["run_id"])}
+        if rec["status"] == "failed":
+            assert run["status"] == "FAILED" and run["tags.error_type"] == rec["error_type"]
+            assert rec["error"][:50] in run["tags.error"]
+            assert artifacts == {"record.json"}
+            continue
+        assert run["status"] == "FINISHED"
+        assert run["metrics.style_distance"] == pytest.approx(rec["style_distance"])
+        assert run["metrics.final_total"] == pytest.approx(rec["final_total"])
+        trace = __import__("pandas").read_parquet(study / rec["trace"])
+        for column in ("total", "content", "style"):
+            history = client.get_metric_history(run["run_id"], f"loss_{column}")
+            assert [m.step for m in history] == trace["iteration"].tolist()
+            assert [m.value for m in history] == pytest.approx(trace[column].tolist())
+        assert artifacts == {"output.wav", "spectrograms.png", "losses.png", "record.json"}
+        local = client.download_artifacts(run["run_id"], "output.wav", str(tmp_path / rid))
+        assert Path(local).read_bytes() == (study / rec["output"]).read_bytes()
+
+
+def test_tensorboard_export_reads_back_through_its_event_reader(study, tmp_path):
+    dest = tmp_path / "tb"
+    report = batch_ast.export(study, to="tensorboard", dir=str(dest))
+    assert (report.new, report.failed_rows) == (3, 1)
+    recs = records(study)
+    folders = {p.name.rsplit("-", 1)[1]: p for p in dest.iterdir() if p.is_dir()}
+    assert sorted(folders) == sorted(recs)
+    everything = {"scalars": 0, "audio": 0, "images": 0, "tensors": 0}
+    root = event_accumulator.EventAccumulator(str(dest), size_guidance=everything)
+    root.Reload()
+    assert "_hparams_/experiment" in root.PluginTagToContent("hparams")
+    from tensorboard.plugins.hparams import metadata as hp
+
+    experiment = hp.parse_experiment_plugin_data(root.PluginTagToContent("hparams")["_hparams_/experiment"])
+    assert {"content_weight", "optimizer", "seed"} <= {h.name for h in experiment.hparam_infos}
+    assert "metrics/style_distance" in {m.name.tag for m in experiment.metric_infos}
+    for rid, rec in recs.items():
+        run = event_accumulator.EventAccumulator(str(folders[rid]), size_guidance=everything)
+        run.Reload()
+        content = run.PluginTagToContent("hparams")
+        start = hp.parse_session_start_info_plugin_data(content["_hparams_/session_start_info"])
+        assert start.hparams["content_weight"].number_value == rec["params"]["content_weight"]
+        assert start.hparams["optimizer"].string_value == rec["params"]["optimizer"]
+        end = hp.parse_session_end_info_plugin_data(content["_hparams_/session_end_info"])
+        assert end.status == (1 if rec["status"] == "ok" else 2)  # STATUS_SUCCESS, STATUS_FAILURE
+        if rec["status"] == "failed":
+            assert "output" not in run.Tags()["audio"]
+            continue
+        trace = __import__("pandas").read_parquet(study / rec["trace"])
+        total = run.Scalars("loss/total")
+        assert [e.step for e in total] == trace["iteration"].tolist()
+        assert [e.value for e in total] == pytest.approx(trace["total"].tolist(), rel=1e-6)
+        assert run.Scalars("metrics/style_distance")[0].value == pytest.approx(rec["style_distance"], rel=1e-6)
+        (audio,) = run.Audio("output")
+        samples, rate = sf.read(io.BytesIO(audio.encoded_audio_string), dtype="float32")
+        written, written_rate = sf.read(study / rec["output"], dtype="float32")
+        assert rate == written_rate == rec["params"]["sample_rate"] == audio.sample_rate
+        np.testing.assert_array_equal(samples, written)
+        assert set(run.Tags()["images"]) == {"spectrograms", "losses"}
+
+
+@pytest.mark.parametrize("to", ["mlflow", "tensorboard"])
+def test_export_again_adds_nothing_and_a_changed_record_updates_one_run(study, tmp_path, to):
+    root = copy_of(study, tmp_path)
+    dest = tmp_path / to
+    assert batch_ast.export(root, to=to, dir=str(dest)).new == 3
+    again = batch_ast.export(root, to=to, dir=str(dest))
+    assert (again.new, again.updated, again.unchanged) == (0, 0, 3)
+    changed = next(p for p in root.glob("runs/*/record.json") if json.loads(p.read_text())["name"] == "two")
+    record = json.loads(changed.read_text())
+    record["warning"] = "re-run"
+    changed.write_text(json.dumps(record))
+    third = batch_ast.export(root, to=to, dir=str(dest))
+    assert (third.new, third.updated, third.unchanged) == (0, 1, 2)
+    if to == "mlflow":
+        runs = mlflow_runs(dest)
+        assert len(runs) == 3 and runs["tags.batch_ast.row_id"].is_unique
+        assert runs.set_index("tags.name").loc["two", "tags.warning"] == "re-run"
+    else:
+        assert len([p for p in dest.iterdir() if p.is_dir()]) == 3
+
+
+def test_an_interrupted_export_resumes_without_duplicates(study, tmp_path, monkeypatch):
+    from batch_ast import export_mlflow, export_tensorboard
+
+    calls = {"n": 0}
+
+    def interrupt_second(original):
+        def wrapper(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+            return original(*args, **kwargs)
+        return wrapper
+
+    tb, ml = tmp_path / "tb", tmp_path / "ml"
+    monkeypatch.setattr(export_tensorboard, "write_json_atomic", interrupt_second(export_tensorboard.write_json_atomic))
+    with pytest.raises(KeyboardInterrupt):
+        batch_ast.export(study, to="tensorboard", dir=str(tb))
+    monkeypatch.undo()
+    assert len([p for p in tb.iterdir() if p.is_dir()]) == 2  # one complete, one half-written
+    resumed = batch_ast.export(study, to="tensorboard", dir=str(tb))
+    assert (resumed.unchanged, resumed.updated, resumed.new) == (1, 1, 1)
+    assert len([p for p in tb.iterdir() if p.is_dir()]) == 3
+    assert all((p / export_tensorboard.MARKER).is_file() for p in tb.iterdir() if p.is_dir())
+
+    calls["n"] = 0
+    original = mlflow.MlflowClient.log_artifacts
+    monkeypatch.setattr(mlflow.MlflowClient, "log_artifacts", interrupt_second(original))
+    with pytest.raises(KeyboardInterrupt):
+        batch_ast.export(study, to="mlflow", dir=str(ml))
+    monkeypatch.undo()
+    assert len(mlflow_runs(ml)) == 2
+    resumed = batch_ast.export(study, to="mlflow", dir=str(ml))
+    assert (resumed.unchanged, resumed.updated, resumed.new) == (1, 1, 1)
+    runs = mlflow_runs(ml)
+    assert len(runs) == 3 and runs["tags.batch_ast.row_id"].is_unique
+    assert runs["tags.batch_ast.record_digest"].notna().all()
+    assert export_mlflow.DIGEST_TAG == "batch_ast.record_digest"
+
+
+def test_bad_rows_are_counted_and_cost_only_themselves(study, tmp_path):
+    root = copy_of(study, tmp_path)
+    runs = root / "runs"
+    (runs / "0123456789abcdef").mkdir()
+    (runs / "0123456789abcdef" / "record.json").write_text('{"id": "0123456789abcdef", "status": "o')
+    one = next(p.parent for p in runs.glob("*/record.json") if json.loads(p.read_text()).get("name") == "one")
+    (one / "output.wav").unlink()
+    os.symlink("/etc/passwd", one / "output.wav")  # a planted link is never followed
+    (one / "losses.png").unlink()
+    report = batch_ast.export(root, to="tensorboard", dir=str(tmp_path / "tb"), skip_failed=True)
+    assert report.new == 2  # both ok rows: one without its output and loss figure
+    assert report.skipped["their record cannot be read"] == 1 and report.skipped["failed (--skip-failed)"] == 1
+    assert len(report.incomplete) == 1 and "output.wav (a symlink" in report.incomplete[0]
+    assert "losses.png (missing)" in report.incomplete[0]
+    text = "\n".join(report.lines())
+    assert "skipped 1 row(s): their record cannot be read" in text and "without some of their files" in text
+    assert subprocess.run([sys.executable, "-m", "batch_ast", "export", str(root), "--to", "tensorboard",
+                           "--dir", str(tmp_path / "tb2"), "--quiet"], capture_output=True).returncode == 1
+
+
+def test_filters_select_rows_by_any_column(study, tmp_path):
+    report = batch_ast.export(study, to="tensorboard", dir=str(tmp_path / "tb"),
+                              filter=["status==ok", "content_weight>=1"])
+    assert (report.new, report.filtered) == (1, 2)
+    assert row_matches({"preset": "quick", "seed": 3}, (parse_filter("preset=quick"), parse_filter("seed<4")))
+    assert not row_matches({"preset": "quick"}, (parse_filter("seed<4"),))
+    with pytest.raises(ExportError, match="is not COLUMN OP VALUE"):
+        batch_ast.export(study, to="tensorboard", dir=str(tmp_path / "tb"), filter=["seed"])
+    with pytest.raises(ExportError, match="seed is a number"):
+        batch_ast.export(study, to="tensorboard", dir=str(tmp_path / "tb3"), filter=["seed>abc"])
+
+
+def test_bad_destinations_and_options_are_one_line_errors(study, tmp_path, capsys, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.geteuid() != 0:  # root writes anywhere
+        for to in ("mlflow", "tensorboard"):
+            assert main(["export", str(study), "--to", to, "--dir", str(locked / "x"), "--quiet"]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "cannot write" in err and "Permission denied" in err
+    assert main(["export", str(study), "--to", "mlflow", "--uri", "http://127.0.0.1:9", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not answer" in err
+    assert main(["export", str(study), "--to", "tensorboard", "--uri", "http://x", "--quiet"]) == 2
+    assert "takes --dir" in capsys.readouterr().err
+    with pytest.raises(ExportError, match="must be one of"):
+        batch_ast.export(study, to="wandb")
+    with pytest.raises(ExportError, match="unexpected keyword"):
+        batch_ast.export(study, to="mlflow", colour="red")
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed
+    assert main(["export", str(study), "--to", "mlflow", "--dir", str(tmp_path / "m"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'batch-ast[mlflow]'" in err
+    assert main(["export", str(tmp_path / "nothing"), "--to", "tensorboard", "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
