@@ -10,6 +10,7 @@ folder (MLflow's file store is in maintenance mode), the artifacts beside it.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import urllib.error
@@ -115,10 +116,12 @@ class MlflowTarget:
         params = [Param(name, str(value)) for name, value in sorted(row.params.items())]
         metrics = [Metric(name, value, now, row.final_step) for name, value in sorted(row.metrics.items())]
         trace = payload.trace or {}
+        steps = trace.get("iteration", [])
         for column, key in TRACE_METRICS.items():
+            values = trace.get(column) or [None] * len(steps)  # a column older traces lack
             metrics.extend(Metric(key, float(value), now, int(step))
-                           for step, value in zip(trace.get("iteration", []), trace.get(column, []))
-                           if value is not None and abs(value) != float("inf") and value == value)
+                           for step, value in zip(steps, values, strict=True)
+                           if value is not None and math.isfinite(value))
         for start in range(0, len(params), MAX_PARAMS):
             self.client.log_batch(run_id, params=params[start:start + MAX_PARAMS])
         for start in range(0, len(metrics), MAX_BATCH):
@@ -129,7 +132,8 @@ class MlflowTarget:
             self.client.log_artifacts(run_id, staging)
         # last: the digest says the run is complete
         self.client.log_batch(run_id, tags=[RunTag(DIGEST_TAG, row.digest)])
-        self.client.set_terminated(run_id, "FINISHED" if row.status == "ok" else "FAILED", end_time=now or None)
+        status = "FINISHED" if row.status == "ok" else "FAILED"
+        self.client.set_terminated(run_id, status, end_time=now or None)
 
     def close(self) -> None:
         pass

@@ -42,7 +42,8 @@ EXPERIMENT_FILE = "events.out.tfevents.0000000000.batch-ast-hparams"
 TRACE_TAGS = {"total": "loss/total", "content": "loss/content", "style": "loss/style"}
 _RUN_DIR = re.compile(r".*-([0-9a-f]{16})")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=,@-]+")
-_TYPES = {"number": api_pb2.DATA_TYPE_FLOAT64, "text": api_pb2.DATA_TYPE_STRING, "flag": api_pb2.DATA_TYPE_BOOL}
+_TYPES = {"number": api_pb2.DATA_TYPE_FLOAT64, "text": api_pb2.DATA_TYPE_STRING,
+          "flag": api_pb2.DATA_TYPE_BOOL}
 
 
 def open_target(dest: Path, uri: str | None, experiment: str) -> TensorBoardTarget:
@@ -51,7 +52,8 @@ def open_target(dest: Path, uri: str | None, experiment: str) -> TensorBoardTarg
         probe = tempfile.NamedTemporaryFile(dir=dest, prefix=".probe.")
         probe.close()
     except OSError as exc:
-        raise ExportError(f"cannot write the TensorBoard logdir {short_path(dest)}: {exc.strerror or exc}") from None
+        raise ExportError(f"cannot write the TensorBoard logdir {short_path(dest)}: "
+                          f"{exc.strerror or exc}") from None
     return TensorBoardTarget(dest)
 
 
@@ -101,7 +103,8 @@ def session_end(row: ExportRow) -> Summary:
 def experiment(hparams: dict[str, str], metrics: list[str]) -> Summary:
     """The study's hyperparameters (name and type) and metrics, for the logdir's root."""
     summary = api_pb2.Experiment(
-        hparam_infos=[api_pb2.HParamInfo(name=name, type=_TYPES[kind]) for name, kind in sorted(hparams.items())],
+        hparam_infos=[api_pb2.HParamInfo(name=name, type=_TYPES[kind])
+                      for name, kind in sorted(hparams.items())],
         metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=f"metrics/{name}"), display_name=name)
                       for name in metrics])
     data = plugin_data_pb2.HParamsPluginData(experiment=summary)

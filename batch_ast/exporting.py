@@ -76,8 +76,8 @@ class ExportOptions:
     dir: str | None = _option(
         "where the export is written: a TensorBoard logdir, or MLflow's store (mlflow.db and "
         "artifacts/) (default: ROOT/exports/TO)", metavar="DEST")
-    uri: str | None = _option("MLflow: a tracking URI (http://host:5000, sqlite:///path.db) in place of --dir",
-                              metavar="URI")
+    uri: str | None = _option(
+        "MLflow: a tracking URI (http://host:5000, sqlite:///path.db) in place of --dir", metavar="URI")
     experiment: str | None = _option(
         "MLflow's experiment name (default: 'batch-ast ' and the root's path)", metavar="NAME")
     filter: tuple[str, ...] = _option(
@@ -117,8 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, action="append", default=[], metavar=meta["metavar"],
                                 help=meta["help"])
         else:
-            parser.add_argument(flag, dest=f.name, choices=meta.get("choices"), required=meta.get("required", False),
-                                metavar=meta["metavar"], help=meta["help"])
+            parser.add_argument(flag, dest=f.name, choices=meta.get("choices"),
+                                required=meta.get("required", False), metavar=meta["metavar"],
+                                help=meta["help"])
 
 
 def options_from_arguments(args: argparse.Namespace) -> ExportOptions:
@@ -369,7 +370,8 @@ def export(root: str | Path = "results", to: str = "", *, progress: bool = False
 
 
 def _export_one(results: ResultsRoot, rid: str, target: Target, done: dict[str, str],
-                filters: tuple[tuple[str, str, str], ...], chosen: ExportOptions, report: ExportReport) -> None:
+                filters: tuple[tuple[str, str, str], ...], chosen: ExportOptions,
+                report: ExportReport) -> None:
     record, why = read_record(results, rid)
     if record is None:
         report.skip("their record cannot be read", f"{rid}: {why or 'no ' + RECORD}")

@@ -74,7 +74,8 @@ def test_mlflow_export_reads_back_through_mlflow(study, tmp_path):
     for rid, rec in recs.items():
         run = runs.loc[rid]
         assert run["tags.mlflow.runName"] == rec["name"]
-        assert run["tags.status"] == rec["status"] and run["tags.preset"] == rec["params"]["preset"] == "quick"
+        assert run["tags.status"] == rec["status"]
+        assert run["tags.preset"] == rec["params"]["preset"] == "quick"
         assert run["tags.content_sha256"] == rec["content_sha256"]
         assert run["tags.content_name"] == Path(rec["content"]).name
         assert float(run["params.content_weight"]) == rec["params"]["content_weight"]
@@ -130,7 +131,8 @@ def test_tensorboard_export_reads_back_through_its_event_reader(study, tmp_path)
         total = run.Scalars("loss/total")
         assert [e.step for e in total] == trace["iteration"].tolist()
         assert [e.value for e in total] == pytest.approx(trace["total"].tolist(), rel=1e-6)
-        assert run.Scalars("metrics/style_distance")[0].value == pytest.approx(rec["style_distance"], rel=1e-6)
+        final = run.Scalars("metrics/style_distance")[0]
+        assert final.value == pytest.approx(rec["style_distance"], rel=1e-6)
         (audio,) = run.Audio("output")
         samples, rate = sf.read(io.BytesIO(audio.encoded_audio_string), dtype="float32")
         written, written_rate = sf.read(study / rec["output"], dtype="float32")
@@ -174,7 +176,8 @@ def test_an_interrupted_export_resumes_without_duplicates(study, tmp_path, monke
         return wrapper
 
     tb, ml = tmp_path / "tb", tmp_path / "ml"
-    monkeypatch.setattr(export_tensorboard, "write_json_atomic", interrupt_second(export_tensorboard.write_json_atomic))
+    marker_writer = interrupt_second(export_tensorboard.write_json_atomic)
+    monkeypatch.setattr(export_tensorboard, "write_json_atomic", marker_writer)
     with pytest.raises(KeyboardInterrupt):
         batch_ast.export(study, to="tensorboard", dir=str(tb))
     monkeypatch.undo()
@@ -210,7 +213,8 @@ def test_bad_rows_are_counted_and_cost_only_themselves(study, tmp_path):
     (one / "losses.png").unlink()
     report = batch_ast.export(root, to="tensorboard", dir=str(tmp_path / "tb"), skip_failed=True)
     assert report.new == 2  # both ok rows: one without its output and loss figure
-    assert report.skipped["their record cannot be read"] == 1 and report.skipped["failed (--skip-failed)"] == 1
+    assert report.skipped["their record cannot be read"] == 1
+    assert report.skipped["failed (--skip-failed)"] == 1
     assert len(report.incomplete) == 1 and "output.wav (a symlink" in report.incomplete[0]
     assert "losses.png (missing)" in report.incomplete[0]
     text = "\n".join(report.lines())
