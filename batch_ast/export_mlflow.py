@@ -15,6 +15,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from mlflow import MlflowClient  # noqa: E402  (after the switch above)
 from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
-from .exporting import ExportError, ExportRow, Payload  # noqa: E402
+from .exporting import MAX_WORKERS, ExportError, ExportRow, Payload  # noqa: E402
 from .text import short_path  # noqa: E402
 
 ROW_TAG = "batch_ast.row_id"
@@ -67,10 +68,30 @@ def open_target(dest: Path, uri: str | None, experiment: str) -> MlflowTarget:
     return MlflowTarget(uri, experiment, artifacts)
 
 
+def batches(params: list[Param], metrics: list[Metric]) -> Iterator[tuple[list[Param], list[Metric], bool]]:
+    """``log_batch`` calls that hold everything in as few calls as its limits allow (each call is a
+    transaction of MLflow's store: their number, not their size, is most of an export's time);
+    the last says so (it has room for the digest tag)."""
+    params, metrics = list(params), list(metrics)
+    while True:
+        some_params = params[:MAX_PARAMS]
+        del params[:MAX_PARAMS]
+        room = MAX_BATCH - len(some_params) - 1
+        some_metrics = metrics[:room]
+        del metrics[:room]
+        last = not params and not metrics
+        yield some_params, some_metrics, last
+        if last:
+            return
+
+
 class MlflowTarget:
     """Runs of one MLflow experiment, one per row (see the module's docstring)."""
 
     def __init__(self, uri: str, experiment: str, artifacts: str | None):
+        # SQLite takes one writer at a time, and holds it while MLflow builds each batch's rows:
+        # a second process made a 200-row export slower (32.5 s against 24.7 s), not faster
+        self.max_workers = 1 if uri.startswith("sqlite:") else MAX_WORKERS
         for name in ("mlflow", "alembic"):  # schema migrations and store notices: not the user's concern
             logging.getLogger(name).setLevel(logging.WARNING)
         self.client = MlflowClient(tracking_uri=uri)
@@ -122,16 +143,14 @@ class MlflowTarget:
             metrics.extend(Metric(key, float(value), now, int(step))
                            for step, value in zip(steps, values, strict=True)
                            if value is not None and math.isfinite(value))
-        for start in range(0, len(params), MAX_PARAMS):
-            self.client.log_batch(run_id, params=params[start:start + MAX_PARAMS])
-        for start in range(0, len(metrics), MAX_BATCH):
-            self.client.log_batch(run_id, metrics=metrics[start:start + MAX_BATCH])
         with tempfile.TemporaryDirectory(prefix="batch-ast-export.") as staging:
             for name, data in payload.files.items():
                 (Path(staging) / name).write_bytes(data)
             self.client.log_artifacts(run_id, staging)
-        # last: the digest says the run is complete
-        self.client.log_batch(run_id, tags=[RunTag(DIGEST_TAG, row.digest)])
+        # the digest goes in the last batch: a run that has it is complete
+        for batch_params, batch_metrics, last in batches(params, metrics):
+            tags = [RunTag(DIGEST_TAG, row.digest)] if last else []
+            self.client.log_batch(run_id, params=batch_params, metrics=batch_metrics, tags=tags)
         status = "FINISHED" if row.status == "ok" else "FAILED"
         self.client.set_terminated(run_id, status, end_time=now or None)
 

@@ -22,8 +22,9 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import google_crc32c
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.compat.proto.tensor_pb2 import TensorProto
@@ -31,9 +32,8 @@ from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
 from tensorboard.compat.proto.types_pb2 import DT_STRING
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
-from tensorboard.summary.writer.record_writer import RecordWriter
 
-from .exporting import ExportError, ExportRow, Payload
+from .exporting import MAX_WORKERS, ExportError, ExportRow, Payload
 from .store import ROW_ID, load_json, write_json_atomic
 from .text import short_path
 
@@ -44,6 +44,27 @@ _RUN_DIR = re.compile(r".*-([0-9a-f]{16})")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=,@-]+")
 _TYPES = {"number": api_pb2.DATA_TYPE_FLOAT64, "text": api_pb2.DATA_TYPE_STRING,
           "flag": api_pb2.DATA_TYPE_BOOL}
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The TFRecord checksum of ``data``: CRC-32C, rotated and offset as TensorFlow masks it."""
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+class RecordWriter:
+    """TensorBoard's event-file framing (length, its checksum, data, its checksum), written by hand
+    because TensorBoard's own writer computes CRC-32C in pure Python: a row's audio and figures
+    (~0.5 MB) took it about half a second, most of an export. Same bytes as
+    ``tensorboard.summary.writer.record_writer.RecordWriter`` (tests/test_export.py checks)."""
+
+    def __init__(self, fh: BinaryIO):
+        self.fh = fh
+
+    def write(self, data: bytes) -> None:
+        header = struct.pack("<Q", len(data))
+        self.fh.write(header + struct.pack("<I", masked_crc32c(header)) + data
+                      + struct.pack("<I", masked_crc32c(data)))
 
 
 def open_target(dest: Path, uri: str | None, experiment: str) -> TensorBoardTarget:
@@ -134,6 +155,7 @@ class TensorBoardTarget:
     def __init__(self, dest: Path):
         self.dest = dest
         self.where = f"tensorboard --logdir {short_path(dest)}"
+        self.max_workers = MAX_WORKERS  # a run is a folder of its own
         self.dirs: dict[str, list[Path]] = {}  # row id -> its run folders (complete or not)
         self.markers: dict[str, dict[str, Any]] = {}
 
@@ -218,7 +240,11 @@ class TensorBoardTarget:
                 event(Summary(value=[Summary.Value(tag=name.removesuffix(".png"), image=image)]))
 
     def close(self) -> None:
-        """The experiment summary at the logdir's root, from every complete run's marker."""
+        """The experiment summary at the logdir's root, from every complete run's marker (worker
+        processes may have written some: the folder is read again)."""
+        self.dirs.clear()
+        self.markers.clear()
+        self.exported()
         hparams: dict[str, str] = {}
         metrics: set[str] = set()
         for marker in self.markers.values():

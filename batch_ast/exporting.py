@@ -23,10 +23,11 @@ import importlib
 import json
 import math
 import operator
+import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any, Protocol
@@ -41,7 +42,7 @@ EXPORT_FORMAT = 1  # what a run holds; a new format re-exports every row
 # target name -> (its module, the library it needs, the extra that installs it)
 TARGETS: dict[str, tuple[str, str, str]] = {
     "mlflow": ("export_mlflow", "mlflow", "mlflow"),
-    "tensorboard": ("export_tensorboard", "tensorboard", "tensorboard"),
+    "tensorboard": ("export_tensorboard", "google_crc32c", "tensorboard"),
 }
 # Aim and W&B were asked for too; neither is built yet (see README, "Your own tracker").
 
@@ -86,6 +87,9 @@ class ExportOptions:
         default=(), repeat=True)
     skip_failed: bool = _option("leave failed rows out (they are exported with their error by default)",
                                 default=False)
+    workers: int | None = _option(
+        "processes writing runs at once (default: the CPUs this process may use, at most 4)",
+        metavar="N", type=int)
 
     def check(self) -> ExportOptions:
         """Self when every option fits; else ExportError saying which does not and why."""
@@ -103,6 +107,9 @@ class ExportOptions:
             raise ExportError("filter must be a list of expressions such as ['preset==quick']")
         for expression in self.filter:
             parse_filter(expression)
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 1):
+            raise ExportError(f"--workers must be an integer >= 1, not {self.workers!r}")
         return self
 
 
@@ -117,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, action="append", default=[], metavar=meta["metavar"],
                                 help=meta["help"])
         else:
-            parser.add_argument(flag, dest=f.name, choices=meta.get("choices"),
+            parser.add_argument(flag, dest=f.name, choices=meta.get("choices"), type=meta.get("type"),
                                 required=meta.get("required", False), metavar=meta["metavar"],
                                 help=meta["help"])
 
@@ -277,6 +284,7 @@ class Target(Protocol):
     """A tracker's side of an export (``export_mlflow.MlflowTarget``, ``export_tensorboard...``)."""
 
     where: str  # what the user opens, said in one line
+    max_workers: int  # processes that may write runs at once (1: the store takes one writer)
 
     def exported(self) -> dict[str, str]:
         """Row id -> the digest its run was completed from ('' for a run left half-written)."""
@@ -344,7 +352,7 @@ class ExportReport:
 def export(root: str | Path = "results", to: str = "", *, progress: bool = False,
            **options: Any) -> ExportReport:
     """Export a results root to an experiment tracker, one run per row (see ``ExportOptions`` for
-    the options: ``dir``, ``uri``, ``experiment``, ``filter``, ``skip_failed``).
+    the options: ``dir``, ``uri``, ``experiment``, ``filter``, ``skip_failed``, ``workers``).
 
     Only rows that are new, changed since their run was made, or whose run an interrupted export
     left half-written are written; rows still running and rows whose record cannot be read are
@@ -356,58 +364,132 @@ def export(root: str | Path = "results", to: str = "", *, progress: bool = False
         raise ExportError(f"export: {exc}") from None
     results = ResultsRoot.of(root)
     results.require_results_root()
-    filters = tuple(parse_filter(f) for f in chosen.filter)
     report = ExportReport(target=chosen.to)
     target = open_target(chosen, results)
     report.where = target.where
     try:
         done = target.exported()
-        for rid in _progress(results.row_ids(), progress, chosen.to):
-            _export_one(results, rid, target, done, filters, chosen, report)
+        todo = plan_rows(results, done, chosen, report)
+        workers = min(chosen.workers or default_workers(), target.max_workers, max(1, len(todo) // CHUNK))
+        bar = _bar(len(todo), progress, chosen.to)
+        if workers <= 1:
+            for rid in todo:
+                _tally(report, write_row(results, target, rid, replace=rid in done), rid in done)
+                bar.update(1)
+        else:
+            _write_in_workers(results, chosen, todo, done, workers, report, bar)
+        bar.close()
     finally:
         target.close()
     return report
 
 
-def _export_one(results: ResultsRoot, rid: str, target: Target, done: dict[str, str],
-                filters: tuple[tuple[str, str, str], ...], chosen: ExportOptions,
-                report: ExportReport) -> None:
+def plan_rows(results: ResultsRoot, done: dict[str, str], chosen: ExportOptions,
+              report: ExportReport) -> list[str]:
+    """The rows whose run must be written (new, changed, half-written), the others counted."""
+    filters = tuple(parse_filter(f) for f in chosen.filter)
+    todo = []
+    for rid in results.row_ids():
+        record, why = read_record(results, rid)
+        if record is None:
+            report.skip("their record cannot be read", f"{rid}: {why or 'no ' + RECORD}")
+        elif record.status == "running":
+            report.skip("still running (export again once they end)", f"{rid} ({record.name})")
+        elif filters and not row_matches(flatten_record(record.to_dict()), filters):
+            report.filtered += 1
+        elif record.status == "failed" and chosen.skip_failed:
+            report.skip("failed (--skip-failed)", f"{rid} ({record.name})")
+        elif done.get(rid) == record_digest(record):
+            report.unchanged += 1
+        else:
+            todo.append(rid)
+    return todo
+
+
+@dataclass(frozen=True)
+class Written:
+    """What writing one row's run came to (a worker process sends it back)."""
+
+    status: str = ""  # the row's status; '' when its record went away or went bad meanwhile
+    incomplete: str = ""  # the files it was exported without
+    problem: str = ""
+
+
+def write_row(results: ResultsRoot, target: Target, rid: str, replace: bool) -> Written:
+    """Write one planned row's run, its record read again (it may have changed since planning)."""
     record, why = read_record(results, rid)
-    if record is None:
-        report.skip("their record cannot be read", f"{rid}: {why or 'no ' + RECORD}")
-        return
-    if record.status == "running":
-        report.skip("still running (export again once they end)", f"{rid} ({record.name})")
-        return
-    if filters and not row_matches(flatten_record(record.to_dict()), filters):
-        report.filtered += 1
-        return
-    if record.status == "failed" and chosen.skip_failed:
-        report.skip("failed (--skip-failed)", f"{rid} ({record.name})")
-        return
+    if record is None or record.status == "running":
+        return Written(problem=f"{rid}: {why or 'changed while the export ran'}")
     row = export_row(record)
-    if done.get(rid) == row.digest:
-        report.unchanged += 1
-        return
     payload = read_payload(results, record)
-    if payload.missing and record.status == "ok":
-        report.incomplete.append(f"{rid} ({record.name}): " + ", ".join(payload.missing))
-    target.write(row, payload, replace=rid in done)
-    if rid in done:
+    target.write(row, payload, replace=replace)
+    missing = f"{rid} ({record.name}): " + ", ".join(payload.missing) if payload.missing else ""
+    return Written(status=record.status, incomplete=missing if record.status == "ok" else "")
+
+
+def _tally(report: ExportReport, written: Written, replaced: bool) -> None:
+    if written.problem:
+        report.skip("their record went away or went bad during the export", written.problem)
+        return
+    if replaced:
         report.updated += 1
     else:
         report.new += 1
-    report.failed_rows += record.status == "failed"
-    done[rid] = row.digest
+    report.failed_rows += written.status == "failed"
+    if written.incomplete:
+        report.incomplete.append(written.incomplete)
 
 
-def _progress(items: list[str], show: bool, what: str) -> Iterator[str]:
-    if not show or not items:
-        yield from items
-        return
+# --- in worker processes -------------------------------------------------------------------------
+
+CHUNK = 16  # rows a worker takes at a time (a few seconds of work: the bar moves, the load evens out)
+MAX_WORKERS = 4  # a tracker's store takes one writer at a time; more processes only queue at its lock
+_WORKER: dict[str, Any] = {}
+
+
+def default_workers() -> int:
+    """The CPUs this process may use (its affinity: a SLURM job's share), at most MAX_WORKERS."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cpus))
+
+
+def _init_worker(root: str, chosen: ExportOptions) -> None:
+    results = ResultsRoot(root)
+    target = open_target(chosen, results)
+    target.exported()  # learns the runs it may replace
+    _WORKER.update(results=results, target=target)
+
+
+def _write_chunk(chunk: list[tuple[str, bool]]) -> list[tuple[Written, bool]]:
+    results, target = _WORKER["results"], _WORKER["target"]
+    return [(write_row(results, target, rid, replace), replace) for rid, replace in chunk]
+
+
+def _write_in_workers(results: ResultsRoot, chosen: ExportOptions, todo: list[str], done: dict[str, str],
+                      workers: int, report: ExportReport, bar: Any) -> None:
+    """The rows' runs written by ``workers`` processes (fresh ones: a tracker's open database and
+    threads are not to be forked), each opening the target once."""
+    import concurrent.futures
+    import multiprocessing
+
+    chunks = [[(rid, rid in done) for rid in todo[i:i + CHUNK]] for i in range(0, len(todo), CHUNK)]
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                                initargs=(str(results.root), chosen)) as pool:
+        for results_of_chunk in pool.map(_write_chunk, chunks):
+            for written, replaced in results_of_chunk:
+                _tally(report, written, replaced)
+            bar.update(len(results_of_chunk))
+
+
+def _bar(total: int, show: bool, what: str) -> Any:
     from tqdm import tqdm  # import cost: a bar only when asked for
 
-    yield from tqdm(items, desc=f"export to {what}", unit="row", file=sys.stderr, leave=False)
+    return tqdm(total=total, desc=f"export to {what}", unit="row", file=sys.stderr, leave=False,
+                disable=not show or not total)
 
 
 __all__ = ["ExportError", "ExportOptions", "ExportReport", "ExportRow", "Payload", "export"]

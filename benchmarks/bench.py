@@ -25,6 +25,7 @@ import torch
 from batch_ast.features import pick_device
 from benchmarks.accounting import bench_accounting_overhead, bench_memory_estimate, memory_row_child
 from benchmarks.common import REPO, TABLE_COLUMNS, Result, matmul_flops, print_table
+from benchmarks.exporting import bench_export
 from benchmarks.kernel import (
     bench_batch,
     bench_compile,
@@ -69,6 +70,7 @@ class Run:
     peak: float
     measured: dict[str, float] = field(default_factory=dict)
     collect_rows: int | None = None  # the collect section's study size (default 200 quick, 5,000)
+    export_rows: int | None = None  # the export section's study size (default 100 quick, 1,000)
 
 
 def _step(run: Run) -> list[Result]:
@@ -172,6 +174,7 @@ SECTIONS = (
     Section(
         "collect", lambda r: bench_collect(r.collect_rows or (200 if r.quick else 5000))
     ),  # the index: CPU work
+    Section("export", lambda r: bench_export(r.export_rows or (100 if r.quick else 1000))),  # CPU work
     Section("throughput", lambda r: _throughput(r), in_quick=False),
     Section("syncs", lambda r: bench_syncs(r.device, 20 if r.quick else 100)),
 )
@@ -200,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="rows of the study the collect section builds (default 200 with --quick, else 5000)",
     )
+    parser.add_argument("--export-rows", type=int, metavar="N",
+                        help="rows of the study the export section builds (default 100 with --quick, "
+                             "else 1000)")
     parser.add_argument("--_overhead", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_memory_row", nargs=3, help=argparse.SUPPRESS)
@@ -220,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         memory_row_child(device, float(args._memory_row[0]), *args._memory_row[1:])
         return 0
     chosen = [s for s in SECTIONS if (s.name in args.only if args.only else s.in_quick or not args.quick)]
-    run = Run(device, args.quick, matmul_flops(device), collect_rows=args.collect_rows)
+    run = Run(device, args.quick, matmul_flops(device), collect_rows=args.collect_rows,
+              export_rows=args.export_rows)
     print(
         f"float32 matmul reference: {run.peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} thread(s)",
         flush=True,

@@ -259,3 +259,34 @@ def test_bad_destinations_and_options_are_one_line_errors(study, tmp_path, capsy
     assert err.count("\n") == 1 and "pip install 'batch-ast[mlflow]'" in err
     assert main(["export", str(tmp_path / "nothing"), "--to", "tensorboard", "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_our_event_framing_is_tensorboards_byte_for_byte():
+    from tensorboard.summary.writer.record_writer import RecordWriter as TheirWriter
+
+    from batch_ast.export_tensorboard import RecordWriter
+
+    payload = bytes(range(256)) * 300  # checksummed through several blocks
+    ours, theirs = io.BytesIO(), io.BytesIO()
+    for data in (b"", b"event", payload):
+        RecordWriter(ours).write(data)
+        TheirWriter(theirs).write(data)
+    assert ours.getvalue() == theirs.getvalue()
+
+
+def test_worker_processes_write_a_larger_study_once(study, tmp_path):
+    from benchmarks.pipeline import grow_study
+
+    root = copy_of(study, tmp_path)
+    grow_study(root, 40)
+    dest = tmp_path / "tb"
+    report = batch_ast.export(root, to="tensorboard", dir=str(dest), workers=2)
+    assert (report.new, report.failed_rows) == (40, 1)
+    assert len([p for p in dest.iterdir() if p.is_dir()]) == 40
+    again = batch_ast.export(root, to="tensorboard", dir=str(dest), workers=2)
+    assert (again.new, again.updated, again.unchanged) == (0, 0, 40)
+    run = event_accumulator.EventAccumulator(str(next(dest.glob("study-7-*"))), size_guidance={"audio": 0})
+    run.Reload()
+    assert len(run.Audio("output")) == 1
+    with pytest.raises(ExportError, match="workers must be"):
+        batch_ast.export(root, to="tensorboard", dir=str(dest), workers=0)

@@ -1,0 +1,63 @@
+"""The ``export`` section: a study of real rows exported to each tracker, as a user runs it.
+
+One ``quick`` row is run by the real job code on the demo clips (its trace as long as early
+stopping makes it), then copied into a study of N rows (``grow_study``: each its own record and
+trace, audio and figures hard-linked). Each target is exported by ``batch-ast export`` in a child
+process, timed whole (start-up and imports included) with its peak memory, then exported again
+with nothing changed. The reference, measured in the same run, is ``collect`` of the same study.
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import DEMO, Result
+from benchmarks.pipeline import grow_study, row_record
+
+TARGETS = ("mlflow", "tensorboard")
+
+
+def _child(args: list[str]) -> tuple[float, int]:
+    """(wall seconds, peak RSS bytes) of ``python -m batch_ast ARGS`` in a fresh process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "batch_ast", *args], check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB, the largest child so far
+    return wall, (peak if peak > before else before) * 1024
+
+
+def bench_export(n_rows: int, targets: tuple[str, ...] = TARGETS) -> list[Result]:
+    from batch_ast.index import update_index
+
+    out: list[Result] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "one"
+        record = row_record(torch.device("cpu"), DEMO / "speech_gettysburg.wav", DEMO / "boogie_marabi.wav",
+                            "quick", folder)
+        root = folder / "results"
+        grow_study(root, n_rows)
+        t0 = time.perf_counter()
+        update_index(root)
+        collect_s = time.perf_counter() - t0
+        steps = int(record["iterations_run"])
+        for target in targets:
+            dest = Path(tmp) / target
+            args = ["export", str(root), "--to", target, "--dir", str(dest), "--quiet"]
+            wall, peak = _child(args)
+            again, _ = _child(args)
+            per_row = wall / n_rows
+            out.append(Result(
+                "export", f"{target}: {n_rows} rows, each {steps + 1} trace steps, audio and figures",
+                wall, "s", reference=collect_s, ratio=wall / collect_s,
+                note=(f"{per_row * 1000:.0f} ms a row; again with nothing changed {again:.1f} s; peak RSS "
+                      f"{peak / 2**20:.0f} MiB; reference: collect of the same rows {collect_s:.1f} s"),
+                details={"again_s": again, "peak_rss_bytes": peak, "rows": n_rows, "trace_steps": steps + 1}))
+    return out
