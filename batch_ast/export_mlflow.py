@@ -29,11 +29,17 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from .exporting import MAX_WORKERS, ExportError, ExportRow, Payload  # noqa: E402
 from .text import short_path  # noqa: E402
 
+# MLflow 3's UI opens an experiment as its kind says: runs with params and metrics are "model
+# training", not the GenAI traces view it otherwise shows first
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 ROW_TAG = "batch_ast.row_id"
 DIGEST_TAG = "batch_ast.record_digest"
 TRACE_METRICS = {"total": "loss_total", "content": "loss_content", "style": "loss_style"}
 # log_batch's limits (MLflow's REST API): 1,000 entries a call, of which at most 100 params/tags
 MAX_BATCH, MAX_PARAMS = 1000, 100
+# Runs read a page at a time when finding what is exported: a run comes back with its params,
+# metrics and tags, ~0.5 MB a run through MLflow's SQL store, and only three tags are kept
+SEARCH_PAGE = 100
 
 
 def _ms(iso: str | None) -> int | None:
@@ -98,7 +104,8 @@ class MlflowTarget:
         try:
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = (found.experiment_id if found is not None else
-                                  self.client.create_experiment(experiment, artifact_location=artifacts))
+                                  self.client.create_experiment(experiment, artifact_location=artifacts,
+                                                                tags={KIND_TAG: KIND}))
         except MlflowException as exc:
             raise ExportError(f"MLflow at {uri}: {str(exc.message)[:300]}") from None
         self.runs: dict[str, list[str]] = {}  # row id -> its run ids (more than one: interrupted exports)
@@ -111,7 +118,7 @@ class MlflowTarget:
         token = None
         while True:
             page = self.client.search_runs([self.experiment_id], run_view_type=ViewType.ACTIVE_ONLY,
-                                           max_results=1000, page_token=token)
+                                           max_results=SEARCH_PAGE, page_token=token)
             for run in page:
                 rid = run.data.tags.get(ROW_TAG)
                 if not rid:

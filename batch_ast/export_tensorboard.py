@@ -101,7 +101,8 @@ def _hparams_value(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary
 
 def session_start(row: ExportRow) -> Summary:
     """The row's hyperparameters, typed (the HParams dashboard's columns)."""
-    info = plugin_data_pb2.SessionStartInfo(group_name=row.id, start_time_secs=_secs(row.started_at))
+    info = plugin_data_pb2.SessionStartInfo(group_name=run_dir_name(row),  # the HParams table's Trial ID
+                                            start_time_secs=_secs(row.started_at))
     for name, value in row.params.items():
         kind = _kind(value)
         if kind == "flag":

@@ -9,7 +9,7 @@ with nothing changed. The reference, measured in the same run, is ``collect`` of
 
 from __future__ import annotations
 
-import resource
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,13 +25,16 @@ TARGETS = ("mlflow", "tensorboard")
 
 
 def _child(args: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS bytes) of ``python -m batch_ast ARGS`` in a fresh process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """(wall seconds, peak RSS bytes) of ``python -m batch_ast ARGS`` in a fresh process (its own
+    peak, from ``wait4``: RUSAGE_CHILDREN would give the largest of every child so far)."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "batch_ast", *args], check=True, stdout=subprocess.DEVNULL)
+    child = subprocess.Popen([sys.executable, "-m", "batch_ast", *args], stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB, the largest child so far
-    return wall, (peak if peak > before else before) * 1024
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, child.args)
+    return wall, usage.ru_maxrss * 1024  # KiB on Linux
 
 
 def bench_export(n_rows: int, targets: tuple[str, ...] = TARGETS) -> list[Result]:

@@ -290,3 +290,94 @@ def test_worker_processes_write_a_larger_study_once(study, tmp_path):
     assert len(run.Audio("output")) == 1
     with pytest.raises(ExportError, match="workers must be"):
         batch_ast.export(root, to="tensorboard", dir=str(dest), workers=0)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(command: list[str], probe: str, log: Path) -> subprocess.Popen:
+    """A tracker's own UI started on localhost, returned once it answers ``probe`` (waits on that
+    state, bounded by an hour; fails at once if the server exits)."""
+    import time
+    import urllib.request
+
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    server = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 3600
+    while time.monotonic() < deadline:
+        assert server.poll() is None, log.read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(probe, timeout=5):
+                return server
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{command[0]} did not answer within an hour")
+
+
+@pytest.mark.browser
+def test_the_trackers_own_uis_show_the_study_and_play_its_audio_in_headless_chromium(study, tmp_path):
+    from .test_report import chromium_or_skip
+
+    chromium = chromium_or_skip()
+    sync_api = pytest.importorskip("playwright.sync_api") if os.environ.get("CI") != "true" else \
+        __import__("playwright.sync_api", fromlist=["sync_api"])
+    tb_dir, ml_dir = tmp_path / "tb", tmp_path / "ml"
+    batch_ast.export(study, to="tensorboard", dir=str(tb_dir))
+    batch_ast.export(study, to="mlflow", dir=str(ml_dir))
+    recs = {rec["name"]: rec for rec in records(study).values()}
+    seconds = sf.info(study / recs["one"]["output"]).duration
+    tb_port, ml_port = free_port(), free_port()
+    bin_dir = Path(sys.executable).parent
+    servers = [
+        serve([str(bin_dir / "tensorboard"), "--logdir", str(tb_dir), "--host", "127.0.0.1",
+               "--port", str(tb_port)],
+              f"http://127.0.0.1:{tb_port}/data/plugins_listing", tmp_path / "tb.log"),
+        serve([str(bin_dir / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{ml_dir / 'mlflow.db'}",
+               "--host", "127.0.0.1", "--port", str(ml_port)], f"http://127.0.0.1:{ml_port}/health",
+              tmp_path / "ml.log"),
+    ]
+    wait = 600_000  # ms: a bound on states awaited, not a deadline (a busy machine is slow)
+    duration = ("a => new Promise(r => a.readyState >= 1 ? r(a.duration) "
+                ": a.onloadedmetadata = () => r(a.duration))")
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            # TensorBoard: the HParams table, one line per row with its hyperparameters and metrics
+            page.goto(f"http://127.0.0.1:{tb_port}/#hparams")
+            for name in ("one", "two", "bad"):
+                page.get_by_text(f"{name}-{recs[name]['id']}").first.wait_for(timeout=wait)
+            cells = page.locator("vaadin-grid-cell-content").all_inner_texts()  # the table's, header first
+            assert {"content_weight", "content_distance", "4.3000", "0.50000"} <= set(cells), cells
+            one = cells.index(f"one-{recs['one']['id']}")
+            assert f"{recs['one']['content_distance']:.5f}" in cells[one:one + 12]
+            page.screenshot(path=str(tmp_path / "tensorboard-hparams.png"))
+            # ... and the audio dashboard plays each ok row's output, its duration the WAV's
+            page.goto(f"http://127.0.0.1:{tb_port}/#audio")
+            page.locator("audio").nth(1).wait_for(timeout=wait)
+            assert page.locator("audio").count() == 2  # the failed row has no output
+            assert page.locator("audio").first.evaluate(duration) == pytest.approx(seconds, abs=0.01)
+            page.screenshot(path=str(tmp_path / "tensorboard-audio.png"))
+            # MLflow: the runs table, then an ok row's output.wav in the artifact viewer
+            experiment = mlflow_runs(ml_dir)
+            one = experiment.set_index("tags.name").loc["one"]
+            page.goto(f"http://127.0.0.1:{ml_port}/#/experiments/{one['experiment_id']}/runs")
+            for name in ("one", "two", "bad"):
+                page.get_by_role("link", name=name, exact=True).wait_for(timeout=wait)
+            page.screenshot(path=str(tmp_path / "mlflow-runs.png"))
+            page.goto(f"http://127.0.0.1:{ml_port}/#/experiments/{one['experiment_id']}/runs/"
+                      f"{one['run_id']}/artifacts/output.wav")
+            page.locator("audio").first.wait_for(timeout=wait)
+            assert page.locator("audio").first.evaluate(duration) == pytest.approx(seconds, abs=0.01)
+            page.screenshot(path=str(tmp_path / "mlflow-artifact.png"))
+            browser.close()
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=60)
+    print("screenshots:", *sorted(tmp_path.glob("*.png")))
