@@ -25,6 +25,7 @@ from .conftest import tiny_columns, write_manifest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 mlflow = pytest.importorskip("mlflow") if os.environ.get("CI") != "true" else __import__("mlflow")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+aim = pytest.importorskip("aim") if os.environ.get("CI") != "true" else __import__("aim")
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +142,46 @@ def test_tensorboard_export_reads_back_through_its_event_reader(study, tmp_path)
         assert set(run.Tags()["images"]) == {"spectrograms", "losses"}
 
 
-@pytest.mark.parametrize("to", ["mlflow", "tensorboard"])
+def aim_runs(dest: Path) -> list:
+    """The repository's runs, as Aim's query API finds them: (row id, run)."""
+    repo = aim.Repo.from_path(str(dest))
+    return [(found.run["batch_ast"]["row_id"], found.run)
+            for found in repo.query_runs("run.batch_ast.row_id != ''", report_mode=0).iter_runs()]
+
+
+def test_aim_export_reads_back_through_aims_query_api(study, tmp_path):
+    dest = tmp_path / "aim"
+    report = batch_ast.export(study, to="aim", dir=str(dest))
+    assert (report.new, report.failed_rows) == (3, 1)
+    recs = records(study)
+    runs = dict(aim_runs(dest))
+    assert sorted(runs) == sorted(recs)
+    repo = aim.Repo.from_path(str(dest))
+    for rid, rec in recs.items():
+        run = runs[rid]
+        assert run.name == rec["name"] and run["hparams"]["content_weight"] == rec["params"]["content_weight"]
+        assert run["hparams"]["n_fft"] == 256 and run["tags"]["status"] == rec["status"]
+        assert run["batch_ast"]["digest"]
+        query = f"run.batch_ast.row_id == '{rid}'"
+        audios = [seq.values.values_list()[0] for seq in repo.query_audios(query).iter()]
+        if rec["status"] == "failed":
+            assert run["tags"]["error_type"] == rec["error_type"] and not audios
+            continue
+        trace = __import__("pandas").read_parquet(study / rec["trace"])
+        metrics = {m.name: m.dataframe() for m in run.metrics()}  # step, value (Aim's own reader)
+        for part in ("total", "content", "style"):
+            assert metrics[f"loss_{part}"]["step"].tolist() == trace["iteration"].tolist()
+            assert metrics[f"loss_{part}"]["value"].tolist() == pytest.approx(trace[part].tolist())
+        final = metrics["style_distance"]
+        assert final["value"].tolist() == pytest.approx([rec["style_distance"]])
+        assert final["step"].tolist() == [rec["iterations_run"]]
+        (audio,) = audios
+        assert audio.get().read() == (study / rec["output"]).read_bytes()
+        images = {seq.name for seq in repo.query_images(query).iter()}
+        assert images == {"spectrograms", "losses"}
+
+
+@pytest.mark.parametrize("to", ["mlflow", "tensorboard", "aim"])
 def test_export_again_adds_nothing_and_a_changed_record_updates_one_run(study, tmp_path, to):
     root = copy_of(study, tmp_path)
     dest = tmp_path / to
@@ -158,6 +198,10 @@ def test_export_again_adds_nothing_and_a_changed_record_updates_one_run(study, t
         runs = mlflow_runs(dest)
         assert len(runs) == 3 and runs["tags.batch_ast.row_id"].is_unique
         assert runs.set_index("tags.name").loc["two", "tags.warning"] == "re-run"
+    elif to == "aim":
+        runs = aim_runs(dest)
+        assert sorted(rid for rid, _ in runs) == sorted(records(root))
+        assert {run.name: run["tags"].get("warning") for _, run in runs}["two"] == "re-run"
     else:
         assert len([p for p in dest.iterdir() if p.is_dir()]) == 3
 
@@ -200,6 +244,45 @@ def test_an_interrupted_export_resumes_without_duplicates(study, tmp_path, monke
     assert len(runs) == 3 and runs["tags.batch_ast.row_id"].is_unique
     assert runs["tags.batch_ast.record_digest"].notna().all()
     assert export_mlflow.DIGEST_TAG == "batch_ast.record_digest"
+
+    from batch_ast import export_aim
+
+    calls["n"] = 0
+    media = staticmethod(interrupt_second(export_aim.AimTarget._media))
+    monkeypatch.setattr(export_aim.AimTarget, "_media", media)
+    with pytest.raises(KeyboardInterrupt):
+        batch_ast.export(study, to="aim", dir=str(tmp_path / "aim"))
+    monkeypatch.undo()
+    assert len(list((tmp_path / "aim" / ".aim" / "meta" / "chunks").iterdir())) == 1  # deleted at once
+    resumed = batch_ast.export(study, to="aim", dir=str(tmp_path / "aim"))
+    assert (resumed.unchanged, resumed.updated, resumed.new) == (1, 0, 2)
+    runs = aim_runs(tmp_path / "aim")
+    assert sorted(rid for rid, _ in runs) == sorted(records(study))
+
+
+def test_an_aim_export_killed_outright_is_mended_by_the_next(study, tmp_path):
+    """Aim keeps nothing of a run that was never closed; the export's own note of it does."""
+    dest = tmp_path / "aim"
+    killer = (
+        "import os, sys, batch_ast\n"
+        "from batch_ast import export_aim\n"
+        "calls = []\n"
+        "media = export_aim.AimTarget._media\n"
+        "def die(run, payload):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 2:\n"
+        "        os.kill(os.getpid(), 9)\n"
+        "    return media(run, payload)\n"
+        "export_aim.AimTarget._media = staticmethod(die)\n"
+        "batch_ast.export(sys.argv[1], to='aim', dir=sys.argv[2])\n")
+    killed = subprocess.run([sys.executable, "-c", killer, str(study), str(dest)], capture_output=True)
+    assert killed.returncode == -9
+    chunks = dest / ".aim" / "meta" / "chunks"
+    assert len(list(chunks.iterdir())) == 2 and len(list((dest / ".batch-ast-pending").iterdir())) == 1
+    resumed = batch_ast.export(study, to="aim", dir=str(dest))
+    assert (resumed.unchanged, resumed.updated, resumed.new) == (1, 1, 1)
+    assert len(list(chunks.iterdir())) == 3 and not list((dest / ".batch-ast-pending").iterdir())
+    assert sorted(rid for rid, _ in aim_runs(dest)) == sorted(records(study))
 
 
 def test_bad_rows_are_counted_and_cost_only_themselves(study, tmp_path):
