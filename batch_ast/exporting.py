@@ -76,12 +76,12 @@ class ExportOptions:
 
     to: str = _option("the tracker: " + ", ".join(TARGETS), choices=tuple(TARGETS), required=True)
     dir: str | None = _option(
-        "where the export is written: a TensorBoard logdir, or MLflow's store (mlflow.db and "
-        "artifacts/) (default: ROOT/exports/TO)", metavar="DEST")
+        "where the export is written: a TensorBoard logdir, an Aim repository, or MLflow's store "
+        "(mlflow.db and artifacts/) (default: ROOT/exports/TO)", metavar="DEST")
     uri: str | None = _option(
         "MLflow: a tracking URI (http://host:5000, sqlite:///path.db) in place of --dir", metavar="URI")
     experiment: str | None = _option(
-        "MLflow's experiment name (default: 'batch-ast ' and the root's path)", metavar="NAME")
+        "MLflow's or Aim's experiment name (default: 'batch-ast ' and the root's path)", metavar="NAME")
     filter: tuple[str, ...] = _option(
         "export only rows where COLUMN OP VALUE holds (OP one of == != < <= > >=; any index column: "
         "preset==quick, content_weight>=1, status==ok); repeat to AND several", metavar="EXPR",
@@ -89,7 +89,8 @@ class ExportOptions:
     skip_failed: bool = _option("leave failed rows out (they are exported with their error by default)",
                                 default=False)
     workers: int | None = _option(
-        "processes writing runs at once (default: the CPUs this process may use, at most 4)",
+        "processes writing runs at once where the tracker takes several writers (TensorBoard; "
+        "default: the CPUs this process may use, at most 4)",
         metavar="N", type=int)
 
     def check(self) -> ExportOptions:

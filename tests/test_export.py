@@ -390,7 +390,8 @@ def serve(command: list[str], probe: str, log: Path) -> subprocess.Popen:
     import urllib.request
 
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-    server = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    server = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env,
+                              cwd=log.parent)  # what a server writes beside itself goes to the test's folder
     deadline = time.monotonic() + 3600
     while time.monotonic() < deadline:
         assert server.poll() is None, log.read_text()[-3000:]
@@ -421,6 +422,7 @@ def test_the_trackers_own_uis_show_the_study_and_play_its_audio_in_headless_chro
                "--port", str(tb_port)],
               f"http://127.0.0.1:{tb_port}/data/plugins_listing", tmp_path / "tb.log"),
         serve([str(bin_dir / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{ml_dir / 'mlflow.db'}",
+               "--default-artifact-root", (tmp_path / "mlartifacts").as_uri(),
                "--host", "127.0.0.1", "--port", str(ml_port)], f"http://127.0.0.1:{ml_port}/health",
               tmp_path / "ml.log"),
     ]
