@@ -15,14 +15,13 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from aim import Audio, Image, Repo, Run, Text
 from aim.sdk.index_manager import RepoIndexManager
 from PIL import Image as Picture
 
-from .exporting import ExportError, ExportRow, Payload
+from .exporting import ExportRow, Payload, writable_folder
 from .store import ROW_ID, write_atomic
 from .text import short_path
 
@@ -32,13 +31,7 @@ TRACE_CONTEXT = {"subset": "trace"}
 
 
 def open_target(dest: Path, uri: str | None, experiment: str) -> AimTarget:
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=dest, prefix=".probe.")
-        probe.close()
-    except OSError as exc:
-        raise ExportError(f"cannot write the Aim repository {short_path(dest)}: "
-                          f"{exc.strerror or exc}") from None
+    writable_folder(dest, "the Aim repository")
     return AimTarget(Repo.from_path(str(dest), init=not (dest / ".aim").is_dir()), experiment)
 
 

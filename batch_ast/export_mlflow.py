@@ -26,8 +26,7 @@ from mlflow import MlflowClient  # noqa: E402  (after the switch above)
 from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
-from .exporting import MAX_WORKERS, ExportError, ExportRow, Payload  # noqa: E402
-from .text import short_path  # noqa: E402
+from .exporting import MAX_WORKERS, ExportError, ExportRow, Payload, writable_folder  # noqa: E402
 
 # MLflow 3's UI opens an experiment as its kind says: runs with params and metrics are "model
 # training", not the GenAI traces view it otherwise shows first
@@ -60,13 +59,7 @@ def open_target(dest: Path, uri: str | None, experiment: str) -> MlflowTarget:
     """The MLflow target: ``uri``'s store, else SQLite at DEST/mlflow.db with DEST/artifacts."""
     artifacts = None
     if uri is None:
-        try:
-            dest.mkdir(parents=True, exist_ok=True)
-            probe = tempfile.NamedTemporaryFile(dir=dest, prefix=".probe.")
-            probe.close()
-        except OSError as exc:
-            raise ExportError(f"cannot write the MLflow store in {short_path(dest)}: "
-                              f"{exc.strerror or exc}") from None
+        writable_folder(dest, "the MLflow store in")
         uri = f"sqlite:///{dest.resolve() / 'mlflow.db'}"
         artifacts = (dest.resolve() / "artifacts").as_uri()
     elif uri.startswith(("http://", "https://")):

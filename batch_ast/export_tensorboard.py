@@ -33,7 +33,7 @@ from tensorboard.compat.proto.types_pb2 import DT_STRING
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from .exporting import MAX_WORKERS, ExportError, ExportRow, Payload
+from .exporting import MAX_WORKERS, ExportRow, Payload, writable_folder
 from .store import ROW_ID, load_json, write_json_atomic
 from .text import short_path
 
@@ -68,14 +68,7 @@ class RecordWriter:
 
 
 def open_target(dest: Path, uri: str | None, experiment: str) -> TensorBoardTarget:
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=dest, prefix=".probe.")
-        probe.close()
-    except OSError as exc:
-        raise ExportError(f"cannot write the TensorBoard logdir {short_path(dest)}: "
-                          f"{exc.strerror or exc}") from None
-    return TensorBoardTarget(dest)
+    return TensorBoardTarget(writable_folder(dest, "the TensorBoard logdir"))
 
 
 def run_dir_name(row: ExportRow) -> str:

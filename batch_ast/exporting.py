@@ -26,6 +26,7 @@ import operator
 import os
 import re
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from .config import flatten_record
 from .index import METRIC_COLUMNS, read_trace
 from .record import Record, read_record
 from .store import RECORD, ResultsRoot, UnsafeFileError, load_regular
-from .text import describe_os_error
+from .text import describe_os_error, short_path
 
 EXPORT_FORMAT = 1  # what a run holds; a new format re-exports every row
 # target name -> (its module, the library it needs, the extra that installs it)
@@ -62,6 +63,16 @@ MAX_TAG = 5000  # MLflow keeps at most 8,000 characters of a tag; an error's fir
 
 class ExportError(RuntimeError):
     """The export cannot be made as asked (unknown target, library missing, destination unusable)."""
+
+
+def writable_folder(dest: Path, what: str) -> Path:
+    """``dest``, made if need be, once a file could be written in it; else ExportError saying so."""
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=dest, prefix=".probe.").close()
+    except OSError as exc:
+        raise ExportError(f"cannot write {what} {short_path(dest)}: {exc.strerror or exc}") from None
+    return dest
 
 
 def _option(help: str, flag: str = "", metavar: str | None = None, **more: Any) -> Any:

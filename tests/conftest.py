@@ -54,6 +54,27 @@ def audio_dir(tmp_path: Path) -> Path:
     return folder
 
 
+def small_study(folder: Path, **columns: str) -> Path:
+    """A results root with two ok rows (``one``, ``two``: content weights 4.3 and 0.5) and one
+    failed row (``bad``: undecodable content), TINY settings and ``columns`` (one value for every
+    row), run through the local executor."""
+    from batch_ast.cli import main
+
+    audio = folder / "audio"
+    audio.mkdir()
+    shutil.copy(DEMO_AUDIO / "speech_gettysburg.wav", audio / "content.wav")
+    shutil.copy(DEMO_AUDIO / "boogie_marabi.wav", audio / "style.wav")
+    (audio / "broken.wav").write_bytes(b"not audio at all")
+    head, vals = tiny_columns(**columns)
+    manifest = write_manifest(audio, [f"one,content.wav,style.wav,4.3,{vals}",
+                                      f"two,content.wav,style.wav,0.5,{vals}",
+                                      f"bad,broken.wav,style.wav,1,{vals}"],
+                              header=f"id,content,style,content_weight,{head}")
+    results = folder / "results"
+    assert main(["submit", str(manifest), "--results", str(results), "--executor", "local", "--quiet"]) == 1
+    return results
+
+
 def write_manifest(folder: Path, rows: list[str], header: str = "content,style", name: str = "m.csv") -> Path:
     path = folder / name
     path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")

@@ -20,7 +20,7 @@ import batch_ast
 from batch_ast.cli import main
 from batch_ast.exporting import ExportError, parse_filter, row_matches
 
-from .conftest import tiny_columns, write_manifest
+from .conftest import small_study
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 mlflow = pytest.importorskip("mlflow") if os.environ.get("CI") != "true" else __import__("mlflow")
@@ -30,23 +30,8 @@ aim = pytest.importorskip("aim") if os.environ.get("CI") != "true" else __import
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
-    """A results root with two ok rows and one failed row, run through the local executor."""
-    from .conftest import DEMO_AUDIO
-
-    folder = tmp_path_factory.mktemp("export")
-    audio = folder / "audio"
-    audio.mkdir()
-    shutil.copy(DEMO_AUDIO / "speech_gettysburg.wav", audio / "content.wav")
-    shutil.copy(DEMO_AUDIO / "boogie_marabi.wav", audio / "style.wav")
-    (audio / "broken.wav").write_bytes(b"not audio at all")
-    head, vals = tiny_columns()
-    manifest = write_manifest(audio, [f"one,content.wav,style.wav,4.3,quick,{vals}",
-                                      f"two,content.wav,style.wav,0.5,quick,{vals}",
-                                      f"bad,broken.wav,style.wav,1,quick,{vals}"],
-                              header=f"id,content,style,content_weight,preset,{head}")
-    results = folder / "results"
-    assert main(["submit", str(manifest), "--results", str(results), "--executor", "local", "--quiet"]) == 1
-    return results
+    """Two ok rows and a failed one, of the preset ``quick`` (its tag is checked)."""
+    return small_study(tmp_path_factory.mktemp("export"), preset="quick")
 
 
 def copy_of(study: Path, tmp_path: Path) -> Path:

@@ -17,33 +17,13 @@ from batch_ast.cli import main
 from batch_ast.report import TRACE_POINTS, write_report
 from benchmarks.pipeline import grow_study
 
-from .conftest import tiny_columns, write_manifest
+from .conftest import small_study
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A results root with two ok rows and one failed row, run through the local executor."""
-    from .conftest import DEMO_AUDIO
-
-    folder = tmp_path_factory.mktemp("report")
-    audio = folder / "audio"
-    audio.mkdir()
-    shutil.copy(DEMO_AUDIO / "speech_gettysburg.wav", audio / "content.wav")
-    shutil.copy(DEMO_AUDIO / "boogie_marabi.wav", audio / "style.wav")
-    (audio / "broken.wav").write_bytes(b"not audio at all")
-    head, vals = tiny_columns()
-    m = write_manifest(
-        audio,
-        [
-            f"one,content.wav,style.wav,4.3,{vals}",
-            f"two,content.wav,style.wav,0.5,{vals}",
-            f"bad,broken.wav,style.wav,1,{vals}",
-        ],
-        header=f"id,content,style,content_weight,{head}",
-    )
-    results = folder / "results"
-    assert main(["submit", str(m), "--results", str(results), "--executor", "local", "--quiet"]) == 1
-    return results
+    return small_study(tmp_path_factory.mktemp("report"))
 
 
 def trace_pairs(trace: dict) -> list[list[float]]:
