@@ -213,8 +213,6 @@ class TensorBoardTarget:
             "id": row.id, "digest": row.digest, "name": row.name,
             "hparams": {name: _kind(value) for name, value in row.params.items()},
             "metrics": sorted(row.metrics)})
-        self.markers[row.id] = {"hparams": {n: _kind(v) for n, v in row.params.items()},
-                                "metrics": sorted(row.metrics)}
 
     @staticmethod
     def _media(event: Any, row: ExportRow, payload: Payload) -> None:
