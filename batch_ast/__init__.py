@@ -1,9 +1,10 @@
 """batch-ast: neural audio style transfer at batch scale on SLURM clusters or a laptop.
 
 The Python API (``submit``, ``prepare``, ``find_submission``) does what the ``batch-ast`` command
-does; ``load_index`` and ``load_traces`` read the results into pandas, and ``cost`` says what
+does; ``load_index`` and ``load_traces`` read the results into pandas, ``analyse`` summarises a metric
+per group of rows (n, mean, std, SEM, confidence interval), ``cost`` says what
 the rows consumed (core-hours, GPU-hours, peak memory per preset), and ``export`` puts a study
-into MLflow or TensorBoard, one run per row.
+into MLflow, TensorBoard, Aim or W&B, one run per row.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .version import VERSION as __version__
 # none of them; importing pandas for them cost each array task ~0.45 s before its first row.
 _LAZY = {
     "Prepared": "api",
+    "analyse": "analysis",
     "Submission": "api",
     "collect": "api",
     "cost": "costing",
@@ -34,6 +36,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from .analysis import analyse
     from .api import Prepared, Submission, collect, find_submission, prepare, root_status, submit
     from .config import Params
     from .costing import cost
@@ -62,6 +65,7 @@ __all__ = [
     "Submission",
     "SubmitOptions",
     "__version__",
+    "analyse",
     "collect",
     "cost",
     "export",

@@ -30,7 +30,7 @@ import submitit
 
 from .audio import probe_audio
 from .backends import EXECUTORS, Backend, BackendError, choose_backend, get_backend
-from .claims import release_claims
+from .claims import release_claim, release_claims
 from .config import load_config
 from .costing import JobNeed, job_need, row_need
 from .dispatch import Packing, job_parameters, resource_groups, submit_arrays, with_resources
@@ -82,6 +82,7 @@ class Submission:
     # not rerun (the CLI exits 1 for them; --retry-failed or --force reruns them)
     failed_before: dict[str, str] = field(default_factory=dict)
     job_errors: list[str] = field(default_factory=list)  # whole jobs that crashed (local, debug)
+    last_cancel: Cancelled | None = None  # what the last ``cancel()`` did
 
     @property
     def id(self) -> str:
@@ -158,10 +159,12 @@ class Submission:
         self.job_errors = errors
 
     def cancel(self) -> list[str]:
-        """Cancel the jobs still queued or running; returns their ids (empty: nothing to cancel)."""
+        """Cancel the jobs still queued or running; returns their ids (empty: nothing to cancel).
+        ``last_cancel`` says more: the rows' claims released, the rows that were running."""
         if self.record is None:
             return []
-        return cancel(self.results, self.record)
+        self.last_cancel = cancel(self.results, self.record)
+        return self.last_cancel.job_ids
 
     def index(self, collect_first: bool = True) -> pd.DataFrame:
         """This submission's rows of the results index (collected first unless told not to)."""
@@ -435,10 +438,21 @@ def _redraw_figures(results: ResultsRoot, record: dict[str, Any]) -> dict[str, A
     return regenerate_figures(results, record)
 
 
-def cancel(results: ResultsRoot, record: SubmissionRecord) -> list[str]:
-    """Cancel a recorded submission's queued and running jobs through its backend and mark it
-    cancelled; returns the job ids (empty when nothing was queued or running). Only jobs that
-    are provably the submission's are signalled (``Backend.cancel``)."""
+@dataclass(frozen=True)
+class Cancelled:
+    """What a cancel did: the jobs (array tasks) it cancelled, the claims it released (rows that had
+    not begun: another submission may run them at once), and the rows that were running (their
+    claims hold while their jobs leave the queue, then lapse: ``liveness.claim_liveness``)."""
+
+    job_ids: list[str]
+    released: int = 0
+    running: int = 0
+
+
+def cancel(results: ResultsRoot, record: SubmissionRecord) -> Cancelled:
+    """Cancel a recorded submission's queued and running jobs through its backend, mark it
+    cancelled and release the claims of its rows that had not begun. Only jobs that are provably
+    the submission's are signalled (``Backend.cancel``)."""
     if not record.mine:
         raise BackendError(
             f"submission {record.submission_id} is not yours to cancel: its file or its submitit folder "
@@ -452,9 +466,13 @@ def cancel(results: ResultsRoot, record: SubmissionRecord) -> list[str]:
         )
     active = sorted({r.job_id for r in status.rows if r.state in ("pending", "running")})
     if not active:
-        return []
+        return Cancelled([])
     get_backend(record.executor).cancel(active, record.submitit_folder)
     record.cancelled = True
     save_submission(results, record)
-    return active
+    # Released only once their jobs are cancelled, so that no job of ours begins them after.
+    unbegun = [r.id for r in status.rows if r.state == "pending"]
+    for rid in unbegun:
+        release_claim(results, rid, record.submission_id)
+    return Cancelled(active, len(unbegun), sum(r.state == "running" for r in status.rows))
 

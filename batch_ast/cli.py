@@ -11,14 +11,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from . import api
-from .analysis import hyperparameter_effect, plot_effect
+from .analysis import DEFAULT_METRIC, analyse, plot_effect
 from .backends import EXECUTORS, BackendError
 from .config import ConfigError
 from .costing import MIN_HISTORY, cost_lines
 from .exporting import ExportError, export, options_from_arguments
 from .exporting import add_arguments as add_export_arguments
-from .index import load_index
+from .index import load_index, varying_params
 from .manifest import ManifestError
 from .options import DispatchError, from_arguments
 from .options import add_arguments as add_option_arguments
@@ -234,12 +236,38 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     if submission is None:
         print("no submission to cancel", file=sys.stderr)
         return 1
-    cancelled = submission.cancel()
-    if cancelled:
-        print(f"submission {submission.id}: cancelled {len(cancelled)} job(s): {' '.join(cancelled)}")
-    else:
+    if not submission.cancel():
         print(f"submission {submission.id}: nothing queued or running")
+        return 0
+    done = submission.last_cancel
+    print(inert(f"submission {submission.id}: cancelled {job_summary(done.job_ids)}"))
+    print(f"  released the claims of {done.released} row(s) that had not begun"
+          + (f"; {done.running} running row(s) stopped, their claims lapse as their jobs leave the queue"
+             if done.running else ""))
     return 0
+
+
+def job_summary(job_ids: list[str], shown: int = 5) -> str:
+    """Job ids said short: array tasks (``<array>_<task>``) counted per array, other jobs listed,
+    at most ``shown`` of each named (a study's 2,422 task ids were one 20 KB line)."""
+    arrays: dict[str, int] = {}
+    single: list[str] = []
+    for job_id in job_ids:
+        array, sep, task = job_id.partition("_")
+        if sep and task.isdigit():
+            arrays[array] = arrays.get(array, 0) + 1
+        else:
+            single.append(job_id)
+    parts = []
+    if arrays:
+        named = [f"{a} ({n} task{'s' if n > 1 else ''})" for a, n in list(arrays.items())[:shown]]
+        more = f" and {len(arrays) - shown} more" if len(arrays) > shown else ""
+        parts.append(f"{sum(arrays.values())} array task(s) of {len(arrays)} array(s): "
+                     f"{', '.join(named)}{more}")
+    if single:
+        more = f" and {len(single) - shown} more" if len(single) > shown else ""
+        parts.append(f"{len(single)} job(s): {' '.join(single[:shown])}{more}")
+    return "; ".join(parts)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -275,15 +303,23 @@ def cmd_expand(args: argparse.Namespace) -> int:
 def cmd_analyse(args: argparse.Namespace) -> int:
     ResultsRoot(args.results).require_results_root()
     df = load_index(args.results)
+    by = [part.strip() for param in args.param or ["config"] for part in param.split(",") if part.strip()]
     try:
-        table = hyperparameter_effect(df, args.param, args.metric)
+        table = analyse(df, by, args.metric)
     except KeyError as exc:
-        print(f"error: {exc.args[0]}", file=sys.stderr)
+        print(f"error: {inert(exc.args[0])}", file=sys.stderr)
         return 2
-    print(f"{args.metric} of the ok rows by {args.param} (--metric and --param choose others):")
-    print(table.to_string())
+    print(inert(f"{args.metric} of the ok rows by {', '.join(by)}: n, mean, std, SEM and the 95 % "
+                "confidence interval of the mean (--metric and --param choose others)"))
+    if "config" in by:
+        varying = [p for p in varying_params(df) if p != "seed"]
+        print(inert("config: " + (" ".join(varying) + " (the varying hyperparameters but seed)" if varying
+                                  else "the rows differ by seed alone")))
+    with pd.option_context("display.width", 200, "display.max_colwidth", 80, "display.max_rows", 500):
+        for line in table.to_string(index=False, float_format=lambda v: f"{v:.4g}").splitlines():
+            print(inert(line))  # a group's value is a manifest's text: shown inert, line by line
     if args.output:
-        print(f"plot: {plot_effect(table, args.param, args.metric, args.output)}")
+        print(f"plot: {plot_effect(table, by, args.metric, args.output)}")
     return 0
 
 
@@ -461,18 +497,19 @@ def _add_result_commands(sub: Any) -> None:
     p.add_argument("--top", type=int, default=5, help="how many best rows to list (default: 5)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("analyse", help="effect of a hyperparameter on a metric (table and plot)")
+    p = sub.add_parser("analyse", help="a metric per group of rows: n, mean, std, SEM, 95 %% CI (and a plot)")
     add_results_root(p)
     p.add_argument(
-        "--param", default="content_weight", help="index column to group by (default: content_weight)"
-    )
-    p.add_argument("--metric", default="style_distance_heldout",
-                   help="numeric index column to summarise (default: style_distance_heldout)")
+        "--param", action="append", metavar="COL[,COL...]",
+        help="index columns to group by, comma-separated or repeated (default: config, the varying "
+             "hyperparameters but seed, so seeds are averaged over)")
+    p.add_argument("--metric", default=DEFAULT_METRIC,
+                   help=f"numeric index column to summarise (default: {DEFAULT_METRIC})")
     p.add_argument("-o", "--output", help="write the plot to this PNG")
     p.set_defaults(func=cmd_analyse)
 
     p = sub.add_parser(
-        "export", help="put a study into MLflow or TensorBoard, one run per row",
+        "export", help="put a study into MLflow, TensorBoard, Aim or W&B, one run per row",
         description="One run per row (hyperparameters, metrics, loss trace per iteration, output audio, "
                     "figures, record), keyed by the row id: exporting again adds only new or changed rows.")
     add_results_root(p)

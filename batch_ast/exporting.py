@@ -1,11 +1,12 @@
 """People stage, export: a study into the experiment trackers researchers already keep (MLflow,
-TensorBoard), one run per row, so a batch-ast study sits next to their other runs.
+TensorBoard, Aim, W&B), one run per row, so a batch-ast study sits next to their other runs.
 
 This module knows the results root and no tracker: it reads each row's validated record (never the
 index, which may be stale or another user's), decides what a run holds (``ExportRow``: typed
 hyperparameters, metrics, tags; ``Payload``: trace, audio and files, read only for the rows being
 written, one row at a time, so memory does not grow with the study), and hands rows to a target
-(``export_mlflow``, ``export_tensorboard``; each imports its own library only when asked for).
+(``export_mlflow``, ``export_tensorboard``, ``export_aim``, ``export_wandb``; each imports its own
+library only when asked for).
 
 Runs are keyed by the row id, and each says which record it was made from (``digest``): an export
 again skips rows whose run is complete and current, replaces the runs of rows whose record changed
@@ -45,8 +46,8 @@ TARGETS: dict[str, tuple[str, str, str]] = {
     "mlflow": ("export_mlflow", "mlflow", "mlflow"),
     "tensorboard": ("export_tensorboard", "google_crc32c", "tensorboard"),
     "aim": ("export_aim", "aim", "aim"),
+    "wandb": ("export_wandb", "wandb", "wandb"),
 }
-# W&B was asked for too: not built yet (README, "Your own tracker").
 
 MAX_OUTPUT_BYTES = 1 << 30  # a row's WAV: 10 minutes of 48 kHz float32 stereo is ~230 MB
 MAX_FIGURE_BYTES = 64 << 20
@@ -87,12 +88,14 @@ class ExportOptions:
 
     to: str = _option("the tracker: " + ", ".join(TARGETS), choices=tuple(TARGETS), required=True)
     dir: str | None = _option(
-        "where the export is written: a TensorBoard logdir, an Aim repository, or MLflow's store "
-        "(mlflow.db and artifacts/) (default: ROOT/exports/TO)", metavar="DEST")
+        "where the export is written: a TensorBoard logdir, an Aim repository, MLflow's store "
+        "(mlflow.db and artifacts/) or W&B's offline runs (DEST/wandb) (default: ROOT/exports/TO)",
+        metavar="DEST")
     uri: str | None = _option(
         "MLflow: a tracking URI (http://host:5000, sqlite:///path.db) in place of --dir", metavar="URI")
     experiment: str | None = _option(
-        "MLflow's or Aim's experiment name (default: 'batch-ast ' and the root's path)", metavar="NAME")
+        "MLflow's or Aim's experiment, W&B's project (default: 'batch-ast ' and the root's path)",
+        metavar="NAME")
     filter: tuple[str, ...] = _option(
         "export only rows where COLUMN OP VALUE holds (OP one of == != < <= > >=; any index column: "
         "preset==quick, content_weight>=1, status==ok); repeat to AND several", metavar="EXPR",
@@ -100,7 +103,7 @@ class ExportOptions:
     skip_failed: bool = _option("leave failed rows out (they are exported with their error by default)",
                                 default=False)
     workers: int | None = _option(
-        "processes writing runs at once where the tracker takes several writers (TensorBoard; "
+        "processes writing runs at once where the tracker takes several writers (TensorBoard, W&B; "
         "default: the CPUs this process may use, at most 4)",
         metavar="N", type=int)
 

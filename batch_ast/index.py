@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .config import flatten_record
+from .config import PARAMS, flatten_record
 from .private import PrivateStateError, make_private_dir, state_dir
 from .record import columns, error_type_of, figures_missing, index_schema, read_record, record_dict
 from .store import (
@@ -526,7 +526,46 @@ def load_index(root: str | os.PathLike[str] = "results") -> pd.DataFrame:
     for name in CATEGORY_COLUMNS:
         if name in frame:
             frame[name] = frame[name].astype("category")
-    return frame
+    return with_study_columns(frame)
+
+
+def varying_params(df: pd.DataFrame) -> list[str]:
+    """The hyperparameters with more than one value across the rows (the study's design)."""
+    return [name for name in PARAMS
+            if name in df and df[name].astype("string").nunique(dropna=False) > 1]
+
+
+ONE_CONFIG = "(all)"  # the ``config`` of every row of a study whose rows differ only by seed
+
+
+def _key_text(value: object) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return "-"
+    return f"{value:.12g}" if isinstance(value, float) else str(value)
+
+
+def config_keys(df: pd.DataFrame, params: list[str] | None = None) -> pd.Series:
+    """Each row's configuration, ``content_weight=4.3 optimizer=adam``: the values of the varying
+    hyperparameters but the seed (``params``, default ``varying_params(df)``), so that grouping by
+    it averages over seeds; ``ONE_CONFIG`` where nothing else varies."""
+    names = [p for p in (varying_params(df) if params is None else params) if p != "seed"]
+    if not names:
+        return pd.Series(ONE_CONFIG, index=df.index, dtype="category", name="config")
+    text = [" ".join(f"{name}={_key_text(v)}" for name, v in zip(names, values, strict=True))
+            for values in zip(*(df[name].astype(object) for name in names), strict=True)]
+    return pd.Series(text, index=df.index, dtype="category", name="config")
+
+
+def with_study_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """The columns the index derives for analysis, not stored (they depend on the whole study):
+    ``content_name`` and ``style_name`` (the inputs' file names) and ``config``
+    (``config_keys``)."""
+    for side in ("content", "style"):
+        if side in df:
+            names = df[side].astype("string").str.rsplit("/", n=1).str[-1]
+            df[f"{side}_name"] = names.astype("category")
+    df["config"] = config_keys(df)
+    return df
 
 
 # Text columns with few distinct values: categoricals group, filter and plot by value.

@@ -17,14 +17,18 @@ from typing import Any
 from .store import ResultsRoot, load_json
 
 HEARTBEAT_EVERY_S = 30.0  # progress.json at most this often
+MIN_RATE_ITERATIONS = 5  # a speed (and so an ETA) only once measured over this many iterations
+STAGES = ("starting", "optimising")  # loading inputs and building the network; iterating
 LOG_EVERY_S = 60.0  # a progress line in the job log at most this often
 MAX_PROGRESS_BYTES = 4096
 
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a running row is: its iteration of how many, its latest loss, its speed since this
-    process took it up, and when it was written (time.time())."""
+    """Where a running row is: starting, or its iteration of how many, its latest loss, its speed
+    since its first iteration in this process (None until measured over MIN_RATE_ITERATIONS), and
+    when it was written (time.time()). A row writes one as it starts, so `status` counts as
+    running only the rows that have begun, not every row of a running job."""
 
     iteration: int
     iterations: int
@@ -33,6 +37,12 @@ class Progress:
     updated: float
     host: str = ""
     submission_id: str = ""
+    stage: str = "optimising"
+
+    @classmethod
+    def starting(cls, iterations: int, host: str, submission_id: str, wall: Any = time.time) -> Progress:
+        """The heartbeat of a row that has begun but not yet iterated."""
+        return cls(0, iterations, None, None, wall(), host, submission_id, "starting")
 
     @property
     def eta_s(self) -> float | None:
@@ -46,7 +56,8 @@ class Progress:
     def describe(self, now: float | None = None) -> str:
         """One line: "iteration 1200/4000 (30%), loss 123.4, 35.1 it/s, ETA ≤ 1m20s" (+ its age)."""
         share = f" ({100 * self.iteration / self.iterations:.0f}%)" if self.iterations else ""
-        parts = [f"iteration {self.iteration}/{self.iterations}{share}"]
+        parts = (["starting (loading its inputs, building its network)"] if self.stage == "starting"
+                 else [f"iteration {self.iteration}/{self.iterations}{share}"])
         if self.loss is not None:
             parts.append(f"loss {self.loss:.4g}")
         if self.iterations_per_s:
@@ -85,6 +96,9 @@ class Progress:
                 raise ValueError(f"{key} must be a finite number")
         if numbers["iterations_per_s"] is not None and numbers["iterations_per_s"] < 0:
             raise ValueError("iterations_per_s must not be negative")
+        stage = data.get("stage", "optimising")
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {', '.join(STAGES)}")
         host, submission = data.get("host", ""), data.get("submission_id", "")
         if (
             not isinstance(host, str)
@@ -101,6 +115,7 @@ class Progress:
             float(numbers["updated"]),
             host,
             submission,
+            stage,
         )
 
 
@@ -120,7 +135,8 @@ class Heartbeat:
     """The job's side: ``beat(iteration, loss)`` after each iteration returns a ``Progress`` when
     one is due (the first iteration, then every HEARTBEAT_EVERY_S), and ``log_due`` says whether
     the job log should get a line (every LOG_EVERY_S). Speed counts only this process's iterations
-    (a resumed row's earlier ones ran elsewhere)."""
+    (a resumed row's earlier ones ran elsewhere), from its first: the first iteration carries the
+    optimiser's warm-up (an ETA from it said "≤ 15m56s" of a row that took under two minutes)."""
 
     def __init__(self, start_iteration: int, iterations: int, host: str, submission_id: str,
                  clock: Any = time.monotonic, wall: Any = time.time) -> None:
@@ -130,14 +146,17 @@ class Heartbeat:
         self.started = clock()
         self.last_beat: float | None = None
         self.last_log = self.started
+        self.first: tuple[float, int] | None = None  # (clock, iteration) at the first iteration
 
     def beat(self, iteration: int, loss: float) -> Progress | None:
         now = self.clock()
+        if self.first is None:
+            self.first = now, iteration
         if self.last_beat is not None and now - self.last_beat < HEARTBEAT_EVERY_S:
             return None
         self.last_beat = now
-        elapsed = now - self.started
-        rate = (iteration - self.start_iteration) / elapsed if elapsed > 0 else None
+        elapsed, done = now - self.first[0], iteration - self.first[1]
+        rate = done / elapsed if elapsed > 0 and done >= MIN_RATE_ITERATIONS else None
         return Progress(iteration, self.iterations, loss if math.isfinite(loss) else None, rate, self.wall(),
                         self.host, self.submission_id)
 

@@ -28,9 +28,8 @@ import numpy as np
 import pandas as pd
 
 from .api import collect
-from .config import PARAMS
 from .costing import preset_totals
-from .index import METRIC_COLUMNS, load_index, load_traces
+from .index import METRIC_COLUMNS, load_index, load_traces, varying_params
 from .manifest import max_input_bytes
 from .plan import file_sha256
 from .record import ROW_FILES
@@ -108,15 +107,6 @@ def row_label(row: dict[str, Any], params: list[str]) -> str:
     stems = "+".join(Path(str(row[k])).stem[:16] for k in ("content", "style") if not _missing(row.get(k)))
     values = " ".join(f"{p}={_json_value(row.get(p))}" for p in params if not _missing(row.get(p)))
     return f"{stems} {values}".strip() or str(row["id"])
-
-
-def varying_params(df: pd.DataFrame) -> list[str]:
-    """The hyperparameters with more than one value across the rows (the study's design)."""
-    out = []
-    for name in PARAMS:
-        if name in df and df[name].astype("string").nunique(dropna=False) > 1:
-            out.append(name)
-    return out
 
 
 def _portable_copy(path: Path, sha: object, media_dir: Path, base: Path) -> Path | None:

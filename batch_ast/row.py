@@ -275,6 +275,8 @@ class RowRun:
         only once the inputs have passed their length and memory checks."""
         self.say(f"start (manifest row {self.spec.row}, pid {os.getpid()})")
         os.close(self.results.row_dir_fd(self.spec.id))  # the row's folder, never through a planted link
+        self.beat(Progress.starting(self.spec.params.iterations, socket.gethostname(),
+                                    self.options.submission_id), log=False)
         device = pick_device(self.spec.params.device)
         self.record.update(device_used=str(device))
         self.usage.assign(self.spec.id, device=str(device))

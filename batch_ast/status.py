@@ -54,6 +54,7 @@ class SubmissionStatus:
         return any(r.state in ("pending", "running") for r in self.rows)
 
 
+WAITING = "waiting for its turn in its running job"  # a pending row's note: its job runs, it has not begun
 ROW_START = re.compile(r"^\[row ([0-9a-f]+)\] start")
 MAX_LOG_BYTES = 1 << 20  # the tail of a log is what status shows: read at most its last MiB
 
@@ -111,11 +112,14 @@ def unfinished_jobs(submission: SubmissionRecord, records: dict[str, dict]) -> l
 def submission_status(
     submission: SubmissionRecord, records: dict[str, dict], queue: dict[str, str] | None,
     logs: dict[str, tuple[Path, Path]] | None = None, invalid: dict[str, str] | None = None,
+    begun: set[str] | None = None,
 ) -> SubmissionStatus:
     """Each row's state, from its record where that finishes the row, else from ``queue`` (the
     backend's {job id: pending|running} of ``unfinished_jobs``; None when it could not be asked):
     queued or running; unknown (shown pending); cancelled; or ``lost`` (its job left the queue
     without a record, with the tail of its log: ``logs`` maps job ids to ``job_log``'s answer).
+    With ``begun`` (the rows whose heartbeat says they started), a row of a running job is running
+    only if it has begun, else pending (``WAITING``): a job runs its rows one or K at a time.
     Pure but for reading those logs: no queue."""
     job_of_row = {rid: job for job in submission.jobs for rid in job["rows"]}
     status = SubmissionStatus(submission=submission, queue_known=queue is not None)
@@ -130,7 +134,9 @@ def submission_status(
             status.finished.append(flatten_record(record))
             continue
         in_queue = queue.get(job_id)  # squeue -r lists every array task as "<array>_<task>"
-        if in_queue:
+        if in_queue == "running" and begun is not None and rid not in begun:
+            status.rows.append(RowState(rid, row, "pending", job_id, log, WAITING))
+        elif in_queue:
             status.rows.append(RowState(rid, row, in_queue, job_id, log))
         elif invalid and rid in invalid:  # its record file is not a valid record: its own problem
             status.rows.append(RowState(rid, row, "invalid", job_id, log, invalid[rid]))
@@ -159,9 +165,24 @@ def query_status(results: ResultsRoot, submission: SubmissionRecord) -> Submissi
     logs = {
         job["job_id"]: log for job in submission.jobs if (log := submission.job_log(results, job["job_id"]))
     }
-    status = submission_status(submission, records, queue, logs, invalid)
+    begun = begun_rows(results, submission, queue)
+    status = submission_status(submission, records, queue, logs, invalid, begun)
     status.jobs_elsewhere = elsewhere
     return status
+
+
+def begun_rows(results: ResultsRoot, submission: SubmissionRecord, queue: dict[str, str] | None) -> set[str]:
+    """The rows of the submission's running jobs whose heartbeat (this submission's, or one of an
+    older version that names none) says they have started: a small file read per such row."""
+    begun: set[str] = set()
+    for job in submission.jobs:
+        if (queue or {}).get(str(job.get("job_id", ""))) != "running":
+            continue
+        for rid in job["rows"]:
+            progress = read_progress(results, rid)
+            if progress is not None and progress.submission_id in ("", submission.submission_id):
+                begun.add(rid)
+    return begun
 
 
 def jobs_elsewhere(submission: SubmissionRecord) -> str:
@@ -276,23 +297,23 @@ def format_status(status: SubmissionStatus, details: bool = True, every_failure:
 
 
 def _running_lines(status: SubmissionStatus, results: ResultsRoot) -> list[str]:
-    """A line per running row with a heartbeat (at most MAX_RUNNING_SHOWN): iteration, loss, speed,
-    ETA and how old that news is; the rest of the running jobs' rows (waiting for their turn in a
-    packed job, or not yet at their first iteration) are counted."""
+    """A line per running row (at most MAX_RUNNING_SHOWN): starting, or its iteration, loss, speed,
+    ETA, and how old that news is; the rows of running jobs that wait their turn are counted."""
     running = sorted((r for r in status.rows if r.state == "running"), key=lambda r: r.row)
-    now, lines, quiet = time.time(), [], 0
+    now, lines, silent = time.time(), [], 0
     for r in running:
         progress = read_progress(results, r.id)
         if progress is None or progress.submission_id not in ("", status.submission.submission_id):
-            quiet += 1
+            silent += 1  # its heartbeat went between two reads: it is finishing
         elif len(lines) < MAX_RUNNING_SHOWN:
             where = f" on {progress.host}" if progress.host else ""
             lines.append(f"  running row {r.row} [{r.id}] job {r.job_id}{where}: {progress.describe(now)}")
-    shown_more = len(running) - quiet - len(lines)
+    shown_more = len(running) - silent - len(lines)
     if shown_more:
-        lines.append(f"  … and {shown_more} more row(s) optimising")
-    if quiet:
-        lines.append(
-            f"  {quiet} row(s) of running jobs without progress yet (waiting in their job, or starting)"
-        )
+        lines.append(f"  … and {shown_more} more running row(s)")
+    if silent:
+        lines.append(f"  {silent} running row(s) finishing (no heartbeat)")
+    waiting = sum(1 for r in status.rows if r.state == "pending" and r.error == WAITING)
+    if waiting:
+        lines.append(f"  {waiting} pending row(s) waiting for their turn in running jobs")
     return lines

@@ -25,6 +25,7 @@ import torch
 from batch_ast.features import pick_device
 from benchmarks.accounting import bench_accounting_overhead, bench_memory_estimate, memory_row_child
 from benchmarks.common import REPO, TABLE_COLUMNS, Result, matmul_flops, print_table
+from benchmarks.exporting import TARGETS as EXPORT_TARGETS
 from benchmarks.exporting import bench_export
 from benchmarks.kernel import (
     bench_batch,
@@ -71,6 +72,7 @@ class Run:
     measured: dict[str, float] = field(default_factory=dict)
     collect_rows: int | None = None  # the collect section's study size (default 200 quick, 5,000)
     export_rows: int | None = None  # the export section's study size (default 100 quick, 1,000)
+    export_to: tuple[str, ...] = EXPORT_TARGETS  # the trackers the export section exports to
 
 
 def _step(run: Run) -> list[Result]:
@@ -174,7 +176,8 @@ SECTIONS = (
     Section(
         "collect", lambda r: bench_collect(r.collect_rows or (200 if r.quick else 5000))
     ),  # the index: CPU work
-    Section("export", lambda r: bench_export(r.export_rows or (100 if r.quick else 1000))),  # CPU work
+    Section("export", lambda r: bench_export(r.export_rows or (100 if r.quick else 1000),
+                                             r.export_to)),  # CPU work
     Section("throughput", lambda r: _throughput(r), in_quick=False),
     Section("syncs", lambda r: bench_syncs(r.device, 20 if r.quick else 100)),
 )
@@ -183,7 +186,7 @@ SECTIONS = (
 SECTION_NAMES = [s.name for s in SECTIONS]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes only")
@@ -206,12 +209,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-rows", type=int, metavar="N",
                         help="rows of the study the export section builds (default 100 with --quick, "
                              "else 1000)")
+    parser.add_argument("--export-to", nargs="+", choices=EXPORT_TARGETS, default=list(EXPORT_TARGETS),
+                        metavar="TRACKER", help="the trackers the export section exports to (default: "
+                        + ", ".join(EXPORT_TARGETS) + ")")
     parser.add_argument("--_overhead", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_memory_row", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--_cold", help=argparse.SUPPRESS)
     parser.add_argument("--_onset", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args._cold or args._onset:  # before torch's device is picked: a fresh job's imports only
         (cold_child if args._cold else librosa_onset_child)(args._cold or args._onset)
         return 0
@@ -227,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     chosen = [s for s in SECTIONS if (s.name in args.only if args.only else s.in_quick or not args.quick)]
     run = Run(device, args.quick, matmul_flops(device), collect_rows=args.collect_rows,
-              export_rows=args.export_rows)
+              export_rows=args.export_rows, export_to=tuple(args.export_to))
     print(
         f"float32 matmul reference: {run.peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} thread(s)",
         flush=True,

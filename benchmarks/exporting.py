@@ -20,7 +20,7 @@ import torch
 from benchmarks.common import DEMO, Result
 from benchmarks.pipeline import grow_study, row_record
 
-TARGETS = ("mlflow", "tensorboard", "aim")
+TARGETS = ("mlflow", "tensorboard", "aim", "wandb")
 
 
 # The child reports its own high-water mark (VmHWM, reset at exec): the rusage a parent gets

@@ -270,7 +270,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                               "costing"})),
     ("api", frozenset({"api"})),
     ("people", frozenset({"report", "analysis", "cli", "__init__", "__main__", "job_entry", "exporting",
-                          "export_aim", "export_mlflow", "export_tensorboard"})),
+                          "export_aim", "export_mlflow", "export_tensorboard", "export_wandb"})),
 )
 # Imports from a lower layer to a higher one that are allowed, each with its reason (at most 2).
 UPWARD: dict[tuple[str, str], str] = {}

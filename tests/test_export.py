@@ -1,6 +1,6 @@
-"""Export to MLflow and TensorBoard, each read back with its own library: params, metrics per step,
-tags, artifacts, audio summaries decoded to the same samples, hparams; idempotence, a changed
-record, an interrupted export resumed, bad rows and bad destinations."""
+"""Export to MLflow, TensorBoard, Aim and W&B, each read back with its own library or tool: params,
+metrics per step, tags, artifacts, audio decoded to the same samples, hparams; idempotence, a
+changed record, an interrupted or killed export resumed, bad rows and bad destinations."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 mlflow = pytest.importorskip("mlflow") if os.environ.get("CI") != "true" else __import__("mlflow")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 aim = pytest.importorskip("aim") if os.environ.get("CI") != "true" else __import__("aim")
+wandb = pytest.importorskip("wandb") if os.environ.get("CI") != "true" else __import__("wandb")
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +167,69 @@ def test_aim_export_reads_back_through_aims_query_api(study, tmp_path):
         assert images == {"spectrograms", "losses"}
 
 
-@pytest.mark.parametrize("to", ["mlflow", "tensorboard", "aim"])
+def wandb_tool(*args: str) -> str:
+    """W&B's own command line (``wandb leet inspect`` reads a run's transaction log, ``wandb sync
+    --dry-run`` lists what it would upload), run with no network and no W&B login."""
+    command = [str(Path(sys.executable).parent / "wandb"), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600,
+                          env={**os.environ, "WANDB_MODE": "offline"})
+    assert done.returncode == 0, done.stderr
+    return done.stdout + done.stderr
+
+
+def wandb_records(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in wandb_tool("leet", "inspect", "--json", str(folder)).splitlines()]
+
+
+def wandb_folders(dest: Path) -> dict[str, Path]:
+    return {p.name.rsplit("-", 1)[1]: p for p in (dest / "wandb").glob("offline-run-*")}
+
+
+def test_wandb_export_reads_back_through_wandbs_own_tools(study, tmp_path):
+    dest = tmp_path / "wb"
+    report = batch_ast.export(study, to="wandb", dir=str(dest))
+    assert (report.new, report.failed_rows) == (3, 1)
+    recs = records(study)
+    folders = wandb_folders(dest)
+    assert sorted(folders) == sorted(recs)
+    assert wandb_tool("sync", "--dry-run", str(dest / "wandb")).count(".wandb") == 3
+    for rid, rec in recs.items():
+        found: dict[str, list] = {}
+        for record in wandb_records(folders[rid]):
+            found.setdefault(record["type"], []).append(record[record["type"]])
+        (run,) = found["run"]
+        config = run["config"]["update"]
+        assert run["run_id"] == rid and run["display_name"] == rec["name"]
+        assert config["content_weight"] == rec["params"]["content_weight"] and config["n_fft"] == 256
+        assert config["optimizer"] == rec["params"]["optimizer"] and rec["status"] in run["tags"]
+        assert config["batch_ast"]["preset"] == "quick" and config["batch_ast"]["row_id"] == rid
+        summary: dict = {}
+        for update in found["summary"]:
+            summary.update(update.get("update", {}))
+        assert found["exit"][0]["exit_code"] == (0 if rec["status"] == "ok" else 1)
+        files = {f["path"] for update in found["files"] for f in update["files"]}
+        assert "record.json" in files
+        if rec["status"] == "failed":
+            assert "artifact" not in found and summary["status"] == "failed"
+            assert config["batch_ast"]["error_type"] == rec["error_type"]
+            continue
+        assert summary["style_distance"] == pytest.approx(rec["style_distance"])
+        trace = __import__("pandas").read_parquet(study / rec["trace"])
+        history = [(h["step"].get("num", 0), h["item"])
+                   for h in found["history"] if "loss/total" in h["item"]]
+        assert [step for step, _ in history] == trace["iteration"].tolist()
+        assert [item["loss/total"] for _, item in history] == pytest.approx(trace["total"].tolist())
+        assert [item["loss/style"] for _, item in history] == pytest.approx(trace["style"].tolist())
+        (table,) = found["artifact"]  # the one-row table with the output as wandb.Audio
+        assert table["type"] == "run_table"
+        entries = {Path(e["path"]).name: e for e in table["manifest"]["contents"]}
+        staged = Path(entries["output.wav"]["local_path"])
+        assert staged.is_relative_to(folders[rid])  # the run's own folder holds what it will upload
+        assert staged.read_bytes() == (study / rec["output"]).read_bytes()
+        assert any(p.startswith("media/images/spectrograms") for p in files)
+
+
+@pytest.mark.parametrize("to", ["mlflow", "tensorboard", "aim", "wandb"])
 def test_export_again_adds_nothing_and_a_changed_record_updates_one_run(study, tmp_path, to):
     root = copy_of(study, tmp_path)
     dest = tmp_path / to
@@ -187,6 +250,12 @@ def test_export_again_adds_nothing_and_a_changed_record_updates_one_run(study, t
         runs = aim_runs(dest)
         assert sorted(rid for rid, _ in runs) == sorted(records(root))
         assert {run.name: run["tags"].get("warning") for _, run in runs}["two"] == "re-run"
+    elif to == "wandb":
+        folders = wandb_folders(dest)
+        assert len(folders) == 3 and len(list((dest / "wandb").glob("offline-run-*"))) == 3
+        (run,) = [r["run"] for r in wandb_records(folders[changed.parent.name]) if r["type"] == "run"]
+        assert run["config"]["update"]["batch_ast"]["warning"] == "re-run"
+        assert wandb_tool("sync", "--dry-run", str(dest / "wandb")).count(".wandb") == 3
     else:
         assert len([p for p in dest.iterdir() if p.is_dir()]) == 3
 
@@ -270,6 +339,31 @@ def test_an_aim_export_killed_outright_is_mended_by_the_next(study, tmp_path):
     assert sorted(rid for rid, _ in aim_runs(dest)) == sorted(records(study))
 
 
+def test_a_wandb_export_killed_outright_is_mended_by_the_next(study, tmp_path):
+    dest = tmp_path / "wb"
+    killer = (
+        "import os, sys, batch_ast\n"
+        "from batch_ast import export_wandb\n"
+        "calls = []\n"
+        "fill = export_wandb.WandbTarget._fill\n"
+        "def die(run, row, payload, tmp):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 2:\n"
+        "        run.log({'loss/total': 1.0}, step=0)\n"
+        "        os.kill(os.getpid(), 9)\n"
+        "    return fill(run, row, payload, tmp)\n"
+        "export_wandb.WandbTarget._fill = staticmethod(die)\n"
+        "batch_ast.export(sys.argv[1], to='wandb', dir=sys.argv[2])\n")
+    killed = subprocess.run([sys.executable, "-c", killer, str(study), str(dest)], capture_output=True)
+    assert killed.returncode == -9
+    assert len(wandb_folders(dest)) == 2  # one complete, one begun
+    resumed = batch_ast.export(study, to="wandb", dir=str(dest))
+    assert (resumed.unchanged, resumed.updated, resumed.new) == (1, 1, 1)
+    assert sorted(wandb_folders(dest)) == sorted(records(study))
+    assert len(list((dest / "wandb").glob("offline-run-*"))) == 3
+    assert wandb_tool("sync", "--dry-run", str(dest / "wandb")).count(".wandb") == 3
+
+
 def test_bad_rows_are_counted_and_cost_only_themselves(study, tmp_path):
     root = copy_of(study, tmp_path)
     runs = root / "runs"
@@ -308,7 +402,7 @@ def test_bad_destinations_and_options_are_one_line_errors(study, tmp_path, capsy
     locked.mkdir()
     locked.chmod(0o500)
     if os.geteuid() != 0:  # root writes anywhere
-        for to in ("mlflow", "tensorboard"):
+        for to in ("mlflow", "tensorboard", "aim", "wandb"):
             assert main(["export", str(study), "--to", to, "--dir", str(locked / "x"), "--quiet"]) == 2
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and "cannot write" in err and "Permission denied" in err
@@ -318,7 +412,7 @@ def test_bad_destinations_and_options_are_one_line_errors(study, tmp_path, capsy
     assert main(["export", str(study), "--to", "tensorboard", "--uri", "http://x", "--quiet"]) == 2
     assert "takes --dir" in capsys.readouterr().err
     with pytest.raises(ExportError, match="must be one of"):
-        batch_ast.export(study, to="wandb")
+        batch_ast.export(study, to="comet")
     with pytest.raises(ExportError, match="unexpected keyword"):
         batch_ast.export(study, to="mlflow", colour="red")
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed

@@ -213,30 +213,17 @@ def test_report_of_a_2000_row_study_loads_filters_and_switches_in_headless_chrom
 
 def test_analysis_groups_by_hyperparameter_and_plots(finished, tmp_path, capsys):
     import batch_ast
-    from batch_ast.analysis import hyperparameter_effect
 
     df = batch_ast.load_index(finished)
-    table = hyperparameter_effect(df, "content_weight", "style_distance_heldout")
-    assert list(table.index) == [0.5, 4.3]  # the failed row (weight 1) is left out
-    assert (table["count"] == 1).all() and table["mean"].notna().all()
+    table = batch_ast.analyse(df, "content_weight", "style_distance_heldout")
+    assert table["content_weight"].tolist() == [0.5, 4.3]  # the failed row (weight 1) is left out
+    assert (table["n"] == 1).all() and table["mean"].notna().all() and table["std"].isna().all()
+    assert list(df["content_name"].astype(str)) == [Path(p).name for p in df["content"]]
     with pytest.raises(KeyError, match="no column 'nope'"):
-        hyperparameter_effect(df, "nope", "final_style")
+        batch_ast.analyse(df, "nope", "final_style")
     out = tmp_path / "effect.png"
-    assert (
-        main(
-            [
-                "analyse",
-                str(finished),
-                "--param",
-                "content_weight",
-                "--metric",
-                "content_distance",
-                "-o",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(["analyse", str(finished), "--param", "content_weight", "--metric", "content_distance",
+                 "-o", str(out)]) == 0
     assert "content_distance" not in capsys.readouterr().err
     assert out.stat().st_size > 5000
     # a categorical hyperparameter plots by category (it crashed converting "lbfgs" to float)

@@ -216,7 +216,13 @@ def test_detached_status_collect_while_running_and_cancel(audio_dir, tmp_path, c
     assert main(["collect", str(results)]) == 0  # collecting while jobs run is fine
     capsys.readouterr()
     assert main(["cancel", str(results)]) == 0
-    assert "cancelled" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"cancelled 3 array task(s) of 1 array(s): {sub.array_job_id} (3 tasks)" in out, out
+    # the claims of the two rows that had not begun are released at once; the running row's
+    # lapses as its task leaves the queue
+    assert "released the claims of 2 row(s) that had not begun; 1 running row(s) stopped" in out, out
+    claims = sorted(p.parent.name for p in (results / "runs").glob("*/claim.json"))
+    assert len(claims) == 1
     wait_for(lambda: not any(i.startswith(sub.array_job_id + "_") for i in squeue_ids()), what="cancel")
     main(["status", str(results)])
     out = capsys.readouterr().out

@@ -11,8 +11,15 @@ import pytest
 
 import batch_ast
 from batch_ast.cli import main
-from batch_ast.progress import HEARTBEAT_EVERY_S, Heartbeat, Progress, duration, read_progress
-from batch_ast.status import RowState, SubmissionStatus, format_status
+from batch_ast.progress import (
+    HEARTBEAT_EVERY_S,
+    MIN_RATE_ITERATIONS,
+    Heartbeat,
+    Progress,
+    duration,
+    read_progress,
+)
+from batch_ast.status import WAITING, RowState, SubmissionStatus, format_status, submission_status
 from batch_ast.store import ResultsRoot
 from batch_ast.submissions import SubmissionRecord
 
@@ -34,18 +41,40 @@ def test_a_heartbeat_comes_at_the_first_iteration_then_at_most_every_30_s_with_s
     beat = Heartbeat(
         start_iteration=200, iterations=1200, host="n2", submission_id="s", clock=clock, wall=lambda: 5.0
     )
-    clock.now += 2.0
-    first = beat.beat(210, 12.5)
-    assert first == Progress(210, 1200, 12.5, 5.0, 5.0, "n2", "s")  # speed of this process's iterations only
+    clock.now += 20.0  # the first iteration, its optimiser warming up: no speed from it
+    first = beat.beat(201, 12.5)
+    assert first == Progress(201, 1200, 12.5, None, 5.0, "n2", "s")
+    assert first.eta_s is None and "ETA" not in first.describe()
     clock.now += HEARTBEAT_EVERY_S - 1
     assert beat.beat(300, 11.0) is None  # too soon
     clock.now += 1
-    second = beat.beat(350, float("nan"))
-    assert second is not None and second.loss is None and second.iterations_per_s == pytest.approx(150 / 32)
-    assert second.eta_s == pytest.approx(850 / (150 / 32))
+    second = beat.beat(351, float("nan"))  # speed since the first iteration, this process's only
+    assert second is not None and second.loss is None and second.iterations_per_s == pytest.approx(150 / 30)
+    assert second.eta_s == pytest.approx(849 / (150 / 30))
     assert not beat.log_due()  # a log line at most once a minute
     clock.now += 60
     assert beat.log_due() and not beat.log_due()
+
+
+def test_no_speed_is_claimed_from_fewer_than_a_few_iterations():
+    clock = FakeClock()
+    beat = Heartbeat(start_iteration=0, iterations=100, host="", submission_id="s", clock=clock)
+    beat.beat(1, 5.0)
+    clock.now += HEARTBEAT_EVERY_S  # slow iterations: 4 in 30 s
+    assert beat.beat(1 + MIN_RATE_ITERATIONS - 1, 4.0).iterations_per_s is None
+    clock.now += HEARTBEAT_EVERY_S
+    assert beat.beat(1 + MIN_RATE_ITERATIONS, 4.0).iterations_per_s == pytest.approx(MIN_RATE_ITERATIONS / 60)
+
+
+def test_a_row_that_has_begun_says_so_before_its_first_iteration():
+    p = Progress.starting(400, "n2", "s", wall=lambda: 7.0)
+    assert p.stage == "starting" and p.updated == 7.0
+    assert p.describe() == "starting (loading its inputs, building its network)"
+    assert Progress.from_json(json.loads(json.dumps(p.to_json()))) == p
+    older = {k: v for k, v in Progress(3, 10, 1.0, None, 1.0).to_json().items() if k != "stage"}
+    assert Progress.from_json(older).stage == "optimising"  # a heartbeat of an older version
+    with pytest.raises(ValueError, match="stage"):
+        Progress.from_json({**p.to_json(), "stage": "done"})
 
 
 def test_a_heartbeat_reads_as_one_line():
@@ -103,7 +132,8 @@ def test_a_running_row_publishes_heartbeats_and_a_log_line_and_removes_them_when
     m = write_manifest(audio_dir, [f"content.wav,style.wav,{vals}"], header=f"content,style,{head}")
     results = tmp_path / "results"
     assert main(["submit", str(m), "--results", str(results), "--executor", "debug", "--quiet"]) == 0
-    assert [p.iteration for p in seen] == list(range(1, 13)) and all(p.iterations == 12 for p in seen)
+    assert seen[0].stage == "starting" and seen[0].iteration == 0  # as the row begins
+    assert [p.iteration for p in seen[1:]] == list(range(1, 13)) and all(p.iterations == 12 for p in seen)
     assert "iteration 12/12 (100%)" in capsys.readouterr().err
     (rid,) = batch_ast.load_index(results)["id"]
     assert not ResultsRoot(results).progress_path(rid).exists()
@@ -154,12 +184,31 @@ def test_status_shows_each_running_row_where_it_is(tmp_path):
     root.write_json(
         root.progress_path(rows[11].id), Progress(1, 4000, 1.5, 10.0, time.time(), "n2", "another").to_json()
     )
+    status.rows.append(RowState("f" * 16, 20, "pending", "32_0", error=WAITING))
     text = format_status(status, results=root)
     assert (
         "running row 1 [0000000000000001] job 32_0 on n2: iteration 100/4000 (2%), loss 1.5, 10 it/s" in text
     )
-    assert text.count("  running row") == 10 and "… and 1 more row(s) optimising" in text
-    assert "3 row(s) of running jobs without progress yet" in text  # two without, one of another submission
+    assert text.count("  running row") == 10 and "… and 1 more running row(s)" in text
+    assert "3 running row(s) finishing (no heartbeat)" in text  # two without, one of another submission
+    assert "1 pending row(s) waiting for their turn in running jobs" in text
+
+
+def test_a_running_job_counts_as_running_only_the_rows_that_have_begun():
+    """A local job, or a packed array task, runs its rows one (or K) at a time: the others wait."""
+    rows = [RowState(f"{i:016x}", i, "running", "32_0") for i in range(1, 5)]
+    sub = fake_status(rows).submission
+    sub.jobs.append({"job_id": "33_0", "rows": ["e" * 16], "log": ""})
+    sub.rows["e" * 16] = 9
+    records = {rows[0].id: {"status": "ok", "submission_id": sub.submission_id}}
+    queue = {"32_0": "running", "33_0": "pending"}
+    status = submission_status(sub, records, queue, begun={rows[1].id})
+    states = {r.id: (r.state, r.error) for r in status.rows}
+    assert states[rows[0].id][0] == "ok" and states[rows[1].id] == ("running", "")
+    assert states[rows[2].id] == states[rows[3].id] == ("pending", WAITING)
+    assert states["e" * 16] == ("pending", "")  # its job is queued
+    assert status.counts == {"ok": 1, "running": 1, "pending": 3}
+    assert submission_status(sub, records, queue).counts["running"] == 3  # no heartbeats read: as before
 
 
 def test_status_says_older_submissions_exist_and_takes_the_root_either_way(audio_dir, tmp_path, capsys):
@@ -256,4 +305,37 @@ def test_analyse_names_the_metric_it_shows(audio_dir, tmp_path, capsys):
     assert main(["submit", str(m), "--results", str(results), "--executor", "debug", "--quiet"]) == 0
     capsys.readouterr()
     assert main(["analyse", str(results)]) == 0
-    assert capsys.readouterr().out.startswith("style_distance_heldout of the ok rows by content_weight")
+    out = capsys.readouterr().out
+    assert out.startswith("style_distance_heldout of the ok rows by config")
+    assert "config: content_weight (the varying hyperparameters but seed)" in out
+    assert "content_weight=0.5" in out and "content_weight=2" in out
+
+
+def test_a_local_job_running_its_rows_one_at_a_time_shows_one_running_and_cancel_frees_the_rest(
+        audio_dir, tmp_path, capsys):
+    """The issue's study: `progress: running=12` while a local job ran its rows one at a time."""
+    from .test_hostile_root import wait_until
+
+    head, vals = tiny_columns(iterations=100_000, patience=1_000_000, n_filters=32)  # until cancelled
+    m = write_manifest(audio_dir, [f"content.wav,style.wav,{seed},{vals}" for seed in (1, 2, 3)],
+                       header=f"content,style,seed,{head}")
+    results = tmp_path / "results"
+    sub = batch_ast.submit(m, results, executor="local", rows_per_job=3)
+    try:
+        assert len(sub.record.jobs) == 1
+        wait_until(lambda: sub.status().counts.get("running"), "a row running")
+        assert sub.status().counts == {"running": 1, "pending": 2}
+        assert main(["status", str(results)]) == 0
+        out = capsys.readouterr().out
+        assert "pending=2  running=1" in out
+        assert "2 pending row(s) waiting for their turn in running jobs" in out
+        assert out.count("  running row ") == 1
+        assert main(["cancel", str(results)]) == 0
+        out = capsys.readouterr().out
+        assert f"cancelled 1 job(s): {sub.record.jobs[0]['job_id']}" in out
+        assert "released the claims of 2 row(s) that had not begun; 1 running row(s) stopped" in out
+        assert len(list((results / "runs").glob("*/claim.json"))) <= 1  # the stopped row's, until it lapses
+    finally:
+        sub.cancel()
+    wait_until(lambda: not sub.backend.jobs_running(sub.jobs), "the job ended")
+    assert sub.status().counts["cancelled"] == 3
