@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -167,18 +168,25 @@ def test_aim_export_reads_back_through_aims_query_api(study, tmp_path):
         assert images == {"spectrograms", "losses"}
 
 
-def wandb_tool(*args: str) -> str:
+def wandb_tool(*args: str, said: str = "stdout") -> str:
     """W&B's own command line (``wandb leet inspect`` reads a run's transaction log, ``wandb sync
-    --dry-run`` lists what it would upload), run with no network and no W&B login."""
+    --dry-run`` lists what it would upload on stderr), run with no network and no W&B login, in a
+    folder of its own (the CLI writes ./wandb where it can, and warns where it cannot)."""
     command = [str(Path(sys.executable).parent / "wandb"), *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=3600,
-                          env={**os.environ, "WANDB_MODE": "offline"})
+    with tempfile.TemporaryDirectory() as cwd:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=3600, cwd=cwd,
+                              env={**os.environ, "WANDB_MODE": "offline"})
     assert done.returncode == 0, done.stderr
-    return done.stdout + done.stderr
+    return done.stdout if said == "stdout" else done.stdout + done.stderr
 
 
 def wandb_records(folder: Path) -> list[dict]:
     return [json.loads(line) for line in wandb_tool("leet", "inspect", "--json", str(folder)).splitlines()]
+
+
+def wandb_syncable(dest: Path) -> int:
+    """How many runs ``wandb sync --dry-run`` would upload from ``dest/wandb``."""
+    return wandb_tool("sync", "--dry-run", str(dest / "wandb"), said="both").count(".wandb\n")
 
 
 def wandb_folders(dest: Path) -> dict[str, Path]:
@@ -192,7 +200,7 @@ def test_wandb_export_reads_back_through_wandbs_own_tools(study, tmp_path):
     recs = records(study)
     folders = wandb_folders(dest)
     assert sorted(folders) == sorted(recs)
-    assert wandb_tool("sync", "--dry-run", str(dest / "wandb")).count(".wandb") == 3
+    assert wandb_syncable(dest) == 3
     for rid, rec in recs.items():
         found: dict[str, list] = {}
         for record in wandb_records(folders[rid]):
@@ -255,7 +263,7 @@ def test_export_again_adds_nothing_and_a_changed_record_updates_one_run(study, t
         assert len(folders) == 3 and len(list((dest / "wandb").glob("offline-run-*"))) == 3
         (run,) = [r["run"] for r in wandb_records(folders[changed.parent.name]) if r["type"] == "run"]
         assert run["config"]["update"]["batch_ast"]["warning"] == "re-run"
-        assert wandb_tool("sync", "--dry-run", str(dest / "wandb")).count(".wandb") == 3
+        assert wandb_syncable(dest) == 3
     else:
         assert len([p for p in dest.iterdir() if p.is_dir()]) == 3
 
@@ -361,7 +369,7 @@ def test_a_wandb_export_killed_outright_is_mended_by_the_next(study, tmp_path):
     assert (resumed.unchanged, resumed.updated, resumed.new) == (1, 1, 1)
     assert sorted(wandb_folders(dest)) == sorted(records(study))
     assert len(list((dest / "wandb").glob("offline-run-*"))) == 3
-    assert wandb_tool("sync", "--dry-run", str(dest / "wandb")).count(".wandb") == 3
+    assert wandb_syncable(dest) == 3
 
 
 def test_bad_rows_are_counted_and_cost_only_themselves(study, tmp_path):
