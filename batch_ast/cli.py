@@ -490,8 +490,9 @@ def _add_result_commands(sub: Any) -> None:
     )
     p.add_argument(
         "--metric",
-        default="final_style",
-        help="rank the best rows by this index column (default: final_style)",
+        default=None,
+        help="rank the best rows of each preset by this index column (default: style_distance_heldout, "
+             "a held-out measure of the written audio; final_style for rows without it)",
     )
     p.add_argument("--descending", action="store_true", help="higher metric is better")
     p.add_argument("--top", type=int, default=5, help="how many best rows to list (default: 5)")

@@ -45,12 +45,16 @@ def row_record(
     return record
 
 
-def grow_study(root: Path, n_rows: int) -> None:
+def grow_study(root: Path, n_rows: int, design: str = "weights") -> None:
     """Make a results root hold ``n_rows`` records by copying one of its ok rows under new ids,
     names, content weights and seeds (its output and figures hard-linked into each row's folder,
     each with its own trace): a study's worth of real records for timing collect and the report
     (and for the report's browser test) without running thousands of rows. A record names only its
-    own row's files (``Record.from_json``), so each copy gets its own links."""
+    own row's files (``Record.from_json``), so each copy gets its own links.
+
+    ``design``: ``weights`` (four content weights, a seed per row) or ``five`` (five varying
+    hyperparameters, as issue #32 measured the report: 25 content weights x 8 style weights x
+    100 seeds, every fifth row Adam at lr 0.1, the others L-BFGS at lr 1)."""
     import shutil
 
     from batch_ast.record import ROW_FILES
@@ -62,7 +66,7 @@ def grow_study(root: Path, n_rows: int) -> None:
     for i in range(n_rows - existing):
         rid = f"{i:016x}"
         record = {**template, "id": rid, "name": f"study-{i}", "row": existing + i + 1,
-                  "params": {**template["params"], "content_weight": [0.5, 1.0, 2.0, 4.0][i % 4], "seed": i},
+                  "params": {**template["params"], **_design(design, i)},
                   **{key: f"runs/{rid}/{name}" for key, name in ROW_FILES.items() if key in template}}
         run = root / "runs" / rid
         run.mkdir()
@@ -71,6 +75,15 @@ def grow_study(root: Path, n_rows: int) -> None:
                 os.link(template_path.parent / name, run / name)
         (run / "record.json").write_text(json.dumps(record))
         shutil.copy(template_path.parent / "trace.parquet", run / "trace.parquet")
+
+
+def _design(design: str, i: int) -> dict:
+    if design == "weights":
+        return {"content_weight": [0.5, 1.0, 2.0, 4.0][i % 4], "seed": i}
+    adam = i % 5 == 0
+    return {"content_weight": round(0.1 * 1.3 ** (i % 25), 4),
+            "style_weight": [0.25, 0.5, 1, 2, 4, 8, 16, 32][i // 25 % 8],
+            "seed": i // 200 % 100, "optimizer": "adam" if adam else "lbfgs", "lr": 0.1 if adam else 1.0}
 
 
 def bench_collect(n_rows: int) -> list[Result]:

@@ -1,3 +1,5 @@
+// Superseded by benchmarks/report_timing.py (Playwright, a test dependency; puppeteer-core is not
+// installed anywhere here); kept for the measurements of issue #25 in RESULTS.md.
 // How fast a report opens and pages in a real browser (issue #25's targets): time from navigation
 // to the end of the page's first render, and the median of 10 page changes (click on "next" to
 // the next frame). Needs Debian's chromium and puppeteer-core (npm install puppeteer-core@22 in

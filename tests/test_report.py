@@ -61,7 +61,10 @@ def test_report_data_links_every_file_and_shows_what_varies(finished, tmp_path):
     assert "<audio" not in body and "<img" not in body  # media are made when a row is opened
     assert len(data["rows"]) == 3
     assert data["params"] == ["content_weight"]  # the only hyperparameter that differs
-    assert data["columns"][:5] == ["label", "status", "content_name", "style_name", "content_weight"]
+    # the name and status, then the measures (held-out ones first), then inputs and hyperparameters
+    assert data["columns"][:3] == ["label", "status", "content_distance"]
+    assert data["columns"][-3:] == ["content_name", "style_name", "content_weight"]
+    assert data["columns"].index("style_distance_heldout") < data["columns"].index("final_total")
     assert [r["label"] for r in data["rows"]] == ["one", "two", "bad"]  # the manifest's names, pinned first
     assert "n_fft" not in data["columns"] and "style_distance_heldout" in data["metrics"]
     urls = []
@@ -81,7 +84,7 @@ def test_report_data_links_every_file_and_shows_what_varies(finished, tmp_path):
     for url in urls:
         assert not Path(url).is_absolute() and local_target(out, url).is_file(), url
     assert "<li>ok: 2</li>" in text and "<li>failed: 1</li>" in text
-    assert "Best 5 by final_style" in text
+    assert "Best 5 by style_distance_heldout (lowest)" in text  # a held-out measure, not the optimised loss
 
 
 def test_portable_report_survives_copying_the_results_folder(finished, tmp_path):
@@ -292,7 +295,8 @@ def test_aggregation_filter_errors_pinned_names_and_a_deep_link_round_trip_in_he
     ok = [r for r in data["rows"] if r["status"] == "ok"]
     assert data["params"] == ["preset", "content_weight", "seed"] and "label" in data["columns"]
     page = report.read_text()  # the summary: best rows within each preset, failures by kind
-    assert "Best 5 by final_style (lowest, no preset)" in page and "(lowest, preset ulyanov-tf)" in page
+    assert "Best 5 by style_distance_heldout (lowest, no preset)" in page  # a held-out measure
+    assert "(lowest, preset ulyanov-tf)" in page
     assert re.search(r"<ul id='failures'><li><b>AudioError</b>: 1 row\(s\), e\.g\. <a href='#open=", page)
     _aggregated_view_and_its_address(report, data, ok, tmp_path)
     _filters_problems_and_widgets(report, data, ok, tmp_path)
@@ -338,7 +342,7 @@ def _filters_problems_and_widgets(report, data, ok, tmp_path):
         report.as_uri()
         + "#filter="
         + urllib.parse.quote("content_weight = 0.5,4 status=ok")
-        + "&hide=final_total",
+        + "&hide=final_total&agg=0",  # the rows, not the groups over seeds (the default here)
         tmp_path / "p4",
     )
     assert attribute(dom, "filter-problems", "data-problems") == "0"
@@ -354,7 +358,8 @@ def _filters_problems_and_widgets(report, data, ok, tmp_path):
         r'<fieldset data-col="content_weight" data-kind="values">.*?</fieldset>', dom, re.S
     ).group(0)
     assert re.findall(r'value="([^"]*)" checked', weights) == ["0.5", "4"]
-    dom = chromium(report.as_uri() + "#filter=" + urllib.parse.quote("seed>=10 seed<=20"), tmp_path / "p7")
+    dom = chromium(report.as_uri() + "#agg=0&filter=" + urllib.parse.quote("seed>=10 seed<=20"),
+                   tmp_path / "p7")
     seeds = re.search(r'<fieldset data-col="seed" data-kind="range">.*?</fieldset>', dom, re.S).group(0)
     assert 'value="10"' in seeds and 'value="20"' in seeds
     assert attribute(dom, "count", "data-matching") == str(
@@ -372,7 +377,8 @@ def _ticked_curves_and_the_scatter(report, ok, tmp_path):
         report.as_uri()
         + "#"
         + urllib.parse.urlencode(
-            {"select": ",".join(ticked), "colour": "content_weight", "logx": "log", "sort": "-final_style"}
+            {"select": ",".join(ticked), "colour": "content_weight", "logx": "log", "sort": "-final_style",
+             "agg": "0"}
         ),
         tmp_path / "p5",
     )

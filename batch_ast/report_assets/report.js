@@ -12,9 +12,12 @@ for (const r of D.rows) {
   for (const [key, [bit, name]] of Object.entries(D.files))
     r[key] = r.f & bit ? D.root_prefix + 'runs/' + encodeURIComponent(r.id) + '/' + encodeURIComponent(name) : null;
 }
+D.rows.forEach((r, i) => { r._n = i + 1; });  // the row's number in the table (indexOf per row was quadratic)
 for (const id of Object.keys(D.traces)) D.traces[id] = traceOf(D.traces[id]);
+const SEEDS_VARY = D.params.includes('seed');
 const S = { filter: '', sortKey: null, asc: true, page: 0, group: true, open: new Set(), ab: {}, selected: new Set(),
-  agg: false, aggBy: null, hidden: new Set() };
+  agg: SEEDS_VARY, aggBy: null, hidden: new Set(), spread: 'sd', curveGroups: null, renders: 0 };
+const FILTER_DEBOUNCE_MS = 250;  // typing redraws once it pauses, not at every keystroke
 function shownColumns() {
   // the name first, then the sorted column (pinned beside the name, however far right it sits), then the rest
   const cols = D.columns.filter(c => c === 'label' || !S.hidden.has(c));
@@ -24,11 +27,25 @@ function shownColumns() {
 const media = { tried: 0, broken: [] };
 const $ = id => document.getElementById(id);
 const esc = s => String(s).replace(/[&<>"']/g, c => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c]));
+// Headers in words, with units; the filter names a column by its key (each header's tooltip)
 const LABEL = { label: 'name', status: 'status', content_name: 'content', style_name: 'style', iterations_run: 'iterations run',
-  final_total: 'total loss', final_content: 'content loss', final_style: 'style loss', spectral_convergence: 'spectral conv.' };
+  final_total: 'total loss', final_content: 'content loss', final_style: 'style loss', spectral_convergence: 'spectral conv.',
+  content_distance: 'content dist.', style_distance: 'style dist.', style_distance_of_content: 'style dist. of content',
+  content_distance_heldout: 'content dist. (held-out)', style_distance_heldout: 'style dist. (held-out)',
+  style_distance_heldout_of_content: 'style dist. of content (held-out)', lsd_to_content_db: 'LSD to content (dB)',
+  onset_corr_content: 'onset corr. content', onset_corr_style: 'onset corr. style', content_weight: 'content weight',
+  style_weight: 'style weight', n_filters: 'filters', lr: 'learning rate', max_seconds: 'max seconds (s)',
+  time_total_s: 'wall time (s)', cpu_s: 'CPU time (s)' };
+const GROUPED = new Intl.NumberFormat('en-US', { maximumFractionDigits: 12 });
 function fmt(v) {
+  // one format for every number: 4 significant digits, thousands grouped (10,780 beside 4,196, not
+  // 1.078e+4); only magnitudes below 0.001 as exponents
   if (v === null || v === undefined || v === '') return '\u2014';
-  if (typeof v === 'number') return Number.isInteger(v) ? String(v) : (Math.abs(v) >= 1e4 || Math.abs(v) < 1e-3 ? v.toExponential(3) : String(parseFloat(v.toPrecision(4))));
+  if (typeof v === 'number') {
+    if (Number.isInteger(v) && Math.abs(v) < 1e15) return GROUPED.format(v);
+    if (v !== 0 && Math.abs(v) < 1e-3) return v.toExponential(2);
+    return GROUPED.format(Number(v.toPrecision(4)));
+  }
   return String(v);
 }
 function title(r) { return r.name || r.label || r.id; }
@@ -157,7 +174,7 @@ function usage(r) {  // what the row consumed (null for rows written before batc
   return [text];
 }
 function details(r) {
-  const parts = ['<td colspan="' + (shownColumns().length + 2) + '">'];
+  const parts = ['<td colspan="' + (shownColumns().length + 2) + '"><div class="details-box">'];
   parts.push('<p><b>' + esc(title(r)) + '</b> <span class="muted">[' + esc(r.id) + '] manifest row ' + fmt(r.row) +
              ' of submission ' + esc(r.submission_id || '\u2014') + '</span></p>');
   const facts = D.params.map(p => p + ' ' + fmt(r[p])).concat(['stop: ' + fmt(r.stop_reason), 'evaluations ' + fmt(r.evaluations),
@@ -181,11 +198,33 @@ function details(r) {
      'then every opened row can switch to this output at the same position, level-matched') + '</span></p>');
   parts.push('<div class="figures">' + [['spectrogram_url', 'spectrograms'], ['loss_url', 'loss curve']].filter(([k]) => r[k])
     .map(([k, alt]) => '<img loading="lazy" alt="' + alt + '" data-src="' + esc(r[k]) + '">').join('') + '</div>');
-  return parts.join('') + '</td>';
+  return parts.join('') + '</div></td>';
 }
-// Aggregation: rows that share the chosen parameters (default: every varying one but the seed,
-// and the inputs) become one row with n and mean ± std of each metric over their ok rows.
-function aggKeys() { return S.aggBy || ['content_name', 'style_name'].concat(D.params.filter(p => p !== 'seed')); }
+// Aggregation: rows that share the chosen columns become one row with n and the mean of each metric
+// over their ok rows, with its spread (std, SEM or 95 % CI: S.spread). By default, where seeds vary,
+// the inputs and every varying hyperparameter but the seed (the rows of a group differ by seed
+// alone; the page opens so); where they do not, the scatter's x (the page opens row by row).
+function defaultAggKeys() {
+  if (SEEDS_VARY) return ['content_name', 'style_name'].concat(D.params.filter(p => p !== 'seed'));
+  const x = $('sx').value;
+  return [D.params.includes(x) ? x : D.params[0] || 'content_name'];
+}
+function aggKeys() { return S.aggBy || defaultAggKeys(); }
+function aggNote() {
+  if (S.aggBy) return 'grouped by the columns chosen: ' + S.aggBy.join(', ');
+  if (SEEDS_VARY) return 'aggregated over seeds: a group is the rows that differ by seed alone';
+  return 'seeds do not vary in this study: grouped by the scatter\'s x, ' + aggKeys()[0] + ', over every other setting';
+}
+// Student's t at 97.5 % for 1..30 degrees of freedom (tables); beyond, 1.96 + 2.5/df is within 0.1 %.
+const T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+  2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042];
+function t975(df) { return df <= 30 ? T975[df - 1] : 1.96 + 2.5 / df; }
+const SPREADS = { sd: 'std', sem: 'SEM', ci: '95 % CI' };
+function spreadOf(sd, n) {
+  // the chosen spread of a mean of n values with sample std sd (null where n < 2)
+  if (sd === null || sd === undefined || !(n > 1)) return null;
+  return S.spread === 'sem' ? sd / Math.sqrt(n) : S.spread === 'ci' ? t975(n - 1) * sd / Math.sqrt(n) : sd;
+}
 function aggregate(rows) {
   const keys = aggKeys(), groups = new Map();
   for (const r of rows) {
@@ -200,6 +239,7 @@ function aggregate(rows) {
       const xs = ok.map(r => r[m]).filter(v => typeof v === 'number');
       const mean = xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null;
       out[m] = mean;
+      out[m + '_n'] = xs.length;
       out[m + '_sd'] = xs.length > 1 ? Math.sqrt(xs.reduce((a, b) => a + (b - mean) ** 2, 0) / (xs.length - 1)) : null;
     }
     return out;
@@ -214,16 +254,22 @@ function renderAggregated(rows) {
   const keys = aggKeys(), groups = sortedGroups(rows), pages = Math.max(1, Math.ceil(groups.length / PAGE));
   S.page = Math.min(S.page, pages - 1);
   const cols = keys.concat(['n'], D.metrics.filter(m => !S.hidden.has(m)));
-  const head = '<tr>' + cols.map(c => '<th data-k="' + esc(c) + '" class="' + (S.sortKey === c ? (S.asc ? 'sorted-asc' : 'sorted-desc') : '') +
-    (c === keys[0] ? ' pin' : '') + '">' + esc(c === 'n' ? 'n (ok)' : (LABEL[c] || c) + (D.metrics.includes(c) ? ' (mean ± std)' : '')) + '</th>').join('') + '</tr>';
-  const body = groups.slice(S.page * PAGE, (S.page + 1) * PAGE).map(g => '<tr class="agg" data-key="' + esc(g.key) + '">' +
+  const drawn = new Set(curveGroupKeys(groups.slice(S.page * PAGE, (S.page + 1) * PAGE)));
+  const head = '<tr><th title="draw this group\'s mean loss curve">curve</th>' + cols.map(c => '<th data-k="' + esc(c) + '" class="' + (S.sortKey === c ? (S.asc ? 'sorted-asc' : 'sorted-desc') : '') +
+    (c === keys[0] ? ' pin' : '') + '">' + esc(c === 'n' ? 'n (ok)' : (LABEL[c] || c) + (D.metrics.includes(c) ? ' (mean ± ' + SPREADS[S.spread] + ')' : '')) + '</th>').join('') + '</tr>';
+  const body = groups.slice(S.page * PAGE, (S.page + 1) * PAGE).map(g => '<tr class="agg" data-key="' + esc(g.key) + '"><td><input type="checkbox" class="curve-pick"' +
+    (drawn.has(g.key) ? ' checked' : '') + '></td>' +
     cols.map(c => {
-      if (D.metrics.includes(c)) return '<td>' + esc(fmt(g[c])) + (g[c + '_sd'] !== null && g[c] !== null ? ' <span class="muted">± ' + esc(fmt(g[c + '_sd'])) + '</span>' : '') + '</td>';
+      const spread = D.metrics.includes(c) ? spreadOf(g[c + '_sd'], g[c + '_n']) : null;
+      // (a spread below float rounding of the mean is none: equal values show ± 0)
+      const shown = spread !== null && spread <= 1e-9 * Math.abs(g[c]) ? 0 : spread;
+      if (D.metrics.includes(c)) return '<td>' + esc(fmt(g[c])) + (shown !== null && g[c] !== null ? ' <span class="muted">± ' + esc(fmt(shown)) + '</span>' : '') + '</td>';
       if (c === 'n') return '<td>' + g.n + (g.failed ? ' <span class="muted">(+' + g.failed + ' not ok)</span>' : '') + '</td>';
       return '<td class="text' + (c === keys[0] ? ' pin' : '') + '">' + esc(fmt(g[c])) + '</td>';
     }).join('') + '</tr>');
   $('rows').innerHTML = '<thead>' + head + '</thead><tbody>' + body.join('') + '</tbody>';
   $('count').textContent = groups.length + ' groups of ' + rows.length + ' rows (by ' + keys.join(', ') + '); page ' + (S.page + 1) + ' of ' + pages;
+  $('aggnote').textContent = aggNote();
   $('count').dataset.matching = rows.length; $('count').dataset.groups = groups.length;
   S.pageGroups = groups.slice(S.page * PAGE, (S.page + 1) * PAGE);
   return groups;
@@ -242,12 +288,15 @@ function render() {
     (ref ? '<div id="reference" data-id="' + esc(ref.id) + '">reference for A/B: ' + esc(title(ref)) +
       ' <button onclick="pinReference(' + esc(JSON.stringify(ref.id)) + ')">unpin</button></div>' : '');
   const rows = visibleRows();
+  S.renders += 1; document.body.dataset.renders = S.renders;
+  if (!S.aggBy) $('aggby').value = aggKeys().join(',');
   if (S.agg) { drawScatter(rows, renderAggregated(rows)); drawCurves(); return; }
+  $('aggnote').textContent = '';
   const pages = Math.max(1, Math.ceil(rows.length / PAGE));
   S.page = Math.min(S.page, pages - 1);
   const shown = rows.slice(S.page * PAGE, (S.page + 1) * PAGE);
   const head = '<tr><th title="select for the loss-curve overlay">\u2713</th><th data-k="#">#</th>' + shownColumns().map(c =>
-    '<th data-k="' + c + '" class="' + (S.sortKey === c ? (S.asc ? 'sorted-asc' : 'sorted-desc') : '') + (c === 'label' ? ' pin' : '') + '">' +
+    '<th data-k="' + c + '" title="' + esc(c) + '" class="' + (S.sortKey === c ? (S.asc ? 'sorted-asc' : 'sorted-desc') : '') + (c === 'label' ? ' pin' : '') + '">' +
     esc(LABEL[c] || c) + '</th>').join('') + '</tr>';
   const body = []; let group = null;
   const counts = {}; rows.forEach(r => { counts[r.content_name] = (counts[r.content_name] || 0) + 1; });
@@ -260,7 +309,7 @@ function render() {
     const cells = shownColumns().map(c => '<td class="' + (typeof r[c] === 'number' ? '' : 'text') + (c === 'label' ? ' pin' : '') + '">' + esc(fmt(r[c])) + '</td>').join('');
     body.push('<tr class="row ' + esc(r.status) + '" data-id="' + esc(r.id) + '"><td><input type="checkbox" ' +
       (S.selected.has(r.id) ? 'checked' : '') + ' onclick="event.stopPropagation(); toggleSelect(this, ' + esc(JSON.stringify(r.id)) +
-      ')"></td><td>' + (D.rows.indexOf(r) + 1) + '</td>' + cells + '</tr>');
+      ')"></td><td>' + r._n + '</td>' + cells + '</tr>');
     if (S.open.has(r.id)) body.push('<tr class="details" data-for="' + esc(r.id) + '">' + details(r) + '</tr>');
   }
   $('rows').innerHTML = '<thead>' + head + '</thead><tbody>' + body.join('') + '</tbody>';
@@ -296,6 +345,7 @@ function scale(vals, lo, hi, log) {
   const pad = (b - a) * 0.04; a -= pad; b += pad;
   const s = v => lo + (f(v) - a) / (b - a) * (hi - lo);
   s.domain = log ? [10 ** a, 10 ** b] : [a, b]; s.log = !!log;
+  s.invert = px => { const u = a + (px - lo) / (hi - lo) * (b - a); return log ? 10 ** u : u; };
   return s;
 }
 function tickValues(s) {
@@ -321,19 +371,35 @@ function axes(sx, sy, W, H) {
   return out;
 }
 const PALETTE = ['#3465a4', '#cc0000', '#4e9a06', '#f57900', '#75507b', '#c4a000', '#06989a', '#555753', '#a40000', '#204a87'];
+// the i-th of many distinct colours: the palette, then hues spread by the golden angle
+function distinct(i) { return i < PALETTE.length ? PALETTE[i] : 'hsl(' + Math.round((i * 137.508) % 360) + ',65%,42%)'; }
 function colourer(rows) {
-  // colour by a parameter: categories from the palette, numbers along a blue-to-orange ramp (by rank)
+  // colour by a parameter: categories each their own colour (the palette, then hues spread by the
+  // golden angle), numbers of many values along a blue-to-orange ramp (by rank); ``.legend`` says
+  // which colour is which ('' for one colour)
   const by = $('colour').value;
-  if (!by) return () => PALETTE[0];
+  if (!by) { const one = () => PALETTE[0]; one.legend = ''; return one; }
   const values = [...new Set(rows.map(r => r[by]).filter(v => v !== null && v !== undefined))];
+  const swatch = (c, text) => '<span class="entry"><span class="swatch" style="background:' + c + '"></span>' + esc(text) + '</span>';
+  const head = '<b>colour: ' + esc(LABEL[by] || by) + '</b> ';
+  let f;
   if (values.every(v => typeof v === 'number') && values.length > PALETTE.length) {
     values.sort((a, b) => a - b);
     const rank = new Map(values.map((v, i) => [v, i / Math.max(1, values.length - 1)]));
-    return r => rank.has(r[by]) ? 'hsl(' + Math.round(220 - 190 * rank.get(r[by])) + ',70%,45%)' : '#999';
+    const hue = t => 'hsl(' + Math.round(220 - 190 * t) + ',70%,45%)';
+    f = r => rank.has(r[by]) ? hue(rank.get(r[by])) : '#999';
+    f.legend = '<div class="legend" data-entries="2">' + head + swatch(hue(0), fmt(values[0])) + ' \u2192 ' +
+      swatch(hue(1), fmt(values[values.length - 1])) + ' <span class="muted">(' + values.length + ' values, by rank)</span></div>';
+    return f;
   }
   values.sort((a, b) => (a > b ? 1 : a < b ? -1 : 0));
+  const colourOf = distinct;
   const index = new Map(values.map((v, i) => [v, i]));
-  return r => index.has(r[by]) ? PALETTE[index.get(r[by]) % PALETTE.length] : '#999';
+  f = r => index.has(r[by]) ? colourOf(index.get(r[by])) : '#999';
+  const shown = values.slice(0, 40);
+  f.legend = '<div class="legend" data-entries="' + shown.length + '">' + head + shown.map((v, i) => swatch(colourOf(i), fmt(v))).join(' ') +
+    (values.length > shown.length ? ' <span class="muted">and ' + (values.length - shown.length) + ' more</span>' : '') + '</div>';
+  return f;
 }
 function useLogX(pts, x) {
   // positive numbers spanning two decades or more (content weights 0.1..43): a log axis
@@ -343,10 +409,19 @@ function useLogX(pts, x) {
   return xs.every(v => typeof v === 'number' && v > 0) && Math.max(...xs) / Math.min(...xs) >= 100;
 }
 let scatterKey = null;  // what the scatter last drew: a page change does not redraw it
+// Above this many marks a chart draws them on a canvas under its SVG axes: 20,000 SVG circles took
+// over a second a redraw and read as a wall; a canvas of them takes milliseconds.
+const CANVAS_ABOVE = 1500;
+function plotWithCanvas(box, W, H, svgText, after) {
+  // the chart as a canvas (marks) under an SVG (axes, labels, brush zones); returns the canvas
+  box.innerHTML = '<div class="plot" style="width:' + W + 'px;height:' + H + 'px"><canvas width="' + W + '" height="' + H +
+    '"></canvas>' + svgText + '</div>' + (after || '');
+  return box.querySelector('canvas');
+}
 function drawScatter(rows, groups) {
   // rows (ok ones), or with the table aggregated its groups: mean ± std as error bars
   const x = $('sx').value, y = $('sy').value, W = 480, H = 320;
-  const key = JSON.stringify([S.filter, S.agg, S.aggBy, S.only && [...S.only.ids], x, y, $('colour').value, $('logx').value, rows.length]);
+  const key = JSON.stringify([S.filter, S.agg, S.aggBy, S.spread, S.only && [...S.only.ids], x, y, $('colour').value, $('logx').value, rows.length]);
   if (key === scatterKey) return;
   scatterKey = key;
   drawParallel(rows, groups);
@@ -357,10 +432,34 @@ function drawScatter(rows, groups) {
   const numeric = pts.every(p => typeof p[x] === 'number'), logx = numeric && useLogX(pts, x);
   const cats = numeric ? [] : [...new Set(pts.map(p => String(p[x])))];
   // (a spread below float rounding of the mean is none: equal values are not drawn as a bar)
-  const sd = p => (groups && typeof p[y + '_sd'] === 'number' && p[y + '_sd'] > 1e-9 * Math.abs(p[y])) ? p[y + '_sd'] : 0;
+  const sd = p => { const v = groups ? spreadOf(p[y + '_sd'], p[y + '_n']) : null; return v !== null && v > 1e-9 * Math.abs(p[y]) ? v : 0; };
   const sx = numeric ? scale(pts.map(p => p[x]), 46, W - 12, logx) : v => 46 + (cats.indexOf(String(v)) + 0.5) / cats.length * (W - 58);
   const sy = scale(pts.flatMap(p => [p[y] - sd(p), p[y] + sd(p)]), H - 32, 10);
   const colour = colourer(pts);
+  const labelsAndAxes = () => axes(numeric ? sx : null, sy, W, H) + (numeric ? '' : cats.map(c => '<text class="tick" x="' + sx(c).toFixed(1) + '" y="' + (H - 18) +
+    '" font-size="10" text-anchor="middle">' + esc(c) + '</text>').join('')) + '<text x="' + (W / 2) + '" y="' + (H - 3) + '" font-size="11" text-anchor="middle">' +
+    esc(x) + (logx ? ' (log)' : '') + '</text><text x="46" y="9" font-size="11">' + esc(y) + (groups ? ' (mean ± ' + SPREADS[S.spread] + ')' : '') + '</text>';
+  $('scatter').dataset.logx = logx ? 1 : 0; $('scatter').dataset.canvas = 0;
+  if (pts.length > CANVAS_ABOVE) {
+    const canvas = plotWithCanvas($('scatter'), W, H, svg(W, H, labelsAndAxes()), colour.legend), ctx = canvas.getContext('2d');
+    const at = pts.map(p => [sx(p[x]), sy(p[y])]);
+    let bars = 0;
+    ctx.globalAlpha = 0.5;
+    pts.forEach((p, i) => {
+      ctx.fillStyle = ctx.strokeStyle = colour(p);
+      if (sd(p)) { bars++; ctx.beginPath(); ctx.moveTo(at[i][0], sy(p[y] - sd(p))); ctx.lineTo(at[i][0], sy(p[y] + sd(p))); ctx.stroke(); }
+      ctx.beginPath(); ctx.arc(at[i][0], at[i][1], 2.5, 0, 2 * Math.PI); ctx.fill();
+    });
+    $('scatter').dataset.bars = bars; $('scatter').dataset.canvas = 1;
+    canvas.title = 'click a dot to open its ' + (groups ? 'group' : 'row');
+    canvas.onclick = e => {  // the dot nearest the click, within 6 px
+      const r = canvas.getBoundingClientRect(), cx = e.clientX - r.left, cy = e.clientY - r.top;
+      let best = -1, d2 = 36;
+      at.forEach(([a, b], i) => { const d = (a - cx) ** 2 + (b - cy) ** 2; if (d < d2) { d2 = d; best = i; } });
+      if (best >= 0) { if (groups) showGroup(pts[best].key); else openRow(pts[best].id); }
+    };
+    return;
+  }
   let bars = 0;
   const marks = pts.map(p => {
     const cx = sx(p[x]).toFixed(1), what = groups ? aggKeys().map(c => (LABEL[c] || c) + ' ' + fmt(p[c])).join(', ') + ' (n ' + p.n + ')' : title(p);
@@ -371,23 +470,42 @@ function drawScatter(rows, groups) {
       'onclick="' + click + '"><title>' + esc(what + ': ' + x + ' ' + fmt(p[x]) + ', ' + y + ' ' + fmt(p[y]) +
       (sd(p) ? ' ± ' + fmt(sd(p)) : '')) + '</title></circle>';
   }).join('');
-  $('scatter').dataset.bars = bars; $('scatter').dataset.logx = logx ? 1 : 0;
-  const labels = (numeric ? [] : cats.map(c => '<text class="tick" x="' + sx(c).toFixed(1) + '" y="' + (H - 18) + '" font-size="10" text-anchor="middle">' + esc(c) + '</text>')).join('');
-  $('scatter').innerHTML = svg(W, H, axes(numeric ? sx : null, sy, W, H) + marks + labels + '<text x="' + (W / 2) + '" y="' + (H - 3) + '" font-size="11" text-anchor="middle">' +
-    esc(x) + (logx ? ' (log)' : '') + '</text><text x="46" y="9" font-size="11">' + esc(y) + (groups ? ' (mean ± std)' : '') + '</text>');
+  $('scatter').dataset.bars = bars;
+  $('scatter').innerHTML = svg(W, H, labelsAndAxes() + marks) + colour.legend;
 }
-const MAX_PARALLEL = 2000;
+const MAX_PARALLEL = 2000, SAMPLE_SEED = 1;
+function sampleOf(items, k) {
+  // k items drawn at random (a seeded generator, mulberry32: the same page draws the same lines),
+  // in their order: the first k in table order showed one content file of a 20,000-row study
+  if (items.length <= k) return items;
+  let seed = SAMPLE_SEED;
+  const random = () => { seed = (seed + 0x6D2B79F5) | 0; let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t; return ((t ^ (t >>> 14)) >>> 0) / 4294967296; };
+  const idx = items.map((_, i) => i);
+  for (let i = 0; i < k; i++) { const j = i + Math.floor(random() * (idx.length - i)); [idx[i], idx[j]] = [idx[j], idx[i]]; }
+  return idx.slice(0, k).sort((x, y) => x - y).map(i => items[i]);
+}
+function parallelDims(items, groups, y) {
+  // an axis per column that varies among the lines: the inputs, the hyperparameters but the seed
+  // (in the aggregated view: the columns grouped by), the scatter's metric last
+  const candidates = groups ? aggKeys() : ['content_name', 'style_name'].concat(D.params);
+  const varies = d => d !== 'seed' && new Set(items.map(p => p[d])).size > 1;
+  return candidates.filter((d, i, all) => all.indexOf(d) === i && varies(d)).concat([y]);
+}
 function drawParallel(rows, groups) {
-  // parallel coordinates: one axis per varying hyperparameter (a log axis where it spans two
-  // decades), the scatter's metric last; a line per ok row (or group: its means), coloured as the
-  // charts are; at most MAX_PARALLEL lines
-  const y = $('sy').value, W = 560, H = 300, box = $('parallel');
-  const dims = D.params.filter(p => p !== 'seed').concat([y]);
-  const items = (groups || rows.filter(r => r.status === 'ok')).filter(p => dims.every(d => p[d] !== null && p[d] !== undefined));
-  box.dataset.lines = 0;
-  if (dims.length < 2 || !items.length) { box.innerHTML = '<p class="muted">parallel coordinates need a varying hyperparameter and ok rows</p>'; return; }
-  const shown = items.slice(0, MAX_PARALLEL), colour = colourer(shown);
-  const left = 50, gap = (W - left - 90) / (dims.length - 1);  // room at the right for the metric's name
+  // parallel coordinates: one axis per varying column (a log axis where it spans two decades), the
+  // scatter's metric last; a line per ok row (or group: its means), coloured as the charts are;
+  // at most MAX_PARALLEL lines, a seeded random sample beyond. Dragging along an axis brushes it:
+  // the range (or the categories) becomes filter terms, which filter the table and every chart and
+  // land in the address; a click on an axis clears its brush.
+  const y = $('sy').value, W = 600, H = 300, box = $('parallel');
+  const pool = (groups || rows.filter(r => r.status === 'ok')).filter(p => typeof p[y] === 'number');
+  const dims = parallelDims(pool, groups, y);
+  const items = pool.filter(p => dims.every(d => p[d] !== null && p[d] !== undefined));
+  box.dataset.lines = 0; box.dataset.dims = dims.join(',');
+  if (dims.length < 2 || !items.length) { box.innerHTML = '<p class="muted">parallel coordinates need a column that varies among ok rows</p>'; return; }
+  const shown = sampleOf(items, MAX_PARALLEL), colour = colourer(shown);
+  const left = 80, gap = (W - left - 90) / (dims.length - 1);  // room at the sides for the axes' names
   const axis = dims.map((d, i) => {
     const x = left + i * gap, vals = shown.map(p => p[d]);
     if (vals.every(v => typeof v === 'number')) {
@@ -398,17 +516,91 @@ function drawParallel(rows, groups) {
     const s = v => 20 + (cats.indexOf(String(v)) + 0.5) / cats.length * (H - 50);
     return { d, x, s, cats };
   });
-  const lines = shown.map(p => '<polyline fill="none" stroke="' + colour(p) + '" stroke-opacity="0.45" points="' +
+  PARALLEL_AXES = axis;
+  const onCanvas = shown.length > CANVAS_ABOVE / 3;  // a polyline is several marks
+  const lines = onCanvas ? '' : shown.map(p => '<polyline fill="none" stroke="' + colour(p) + '" stroke-opacity="' + (shown.length > 500 ? 0.2 : 0.45) + '" points="' +
     axis.map(a => a.x.toFixed(1) + ',' + a.s(p[a.d]).toFixed(1)).join(' ') + '"><title>' +
     esc((groups ? aggKeys().map(c => fmt(p[c])).join(', ') : title(p)) + ': ' + y + ' ' + fmt(p[y])) + '</title></polyline>').join('');
+  const { terms } = parseTerms(S.filter);
+  let brushes = 0;
   const axes = axis.map(a => {
-    const t = (v, yy) => '<text class="tick" x="' + (a.x - 4).toFixed(1) + '" y="' + (yy + 3).toFixed(1) + '" font-size="9" fill="#555" text-anchor="end">' + esc(fmt(v)) + '</text>';
-    const marks = a.cats ? a.cats.map(c => t(c, a.s(c))).join('') : tickValues(a.s).map(v => t(v, a.s(v))).join('');
+    const t = (v, yy) => '<text class="tick" x="' + (a.x - 4).toFixed(1) + '" y="' + (yy + 3).toFixed(1) + '" font-size="9" fill="#333" text-anchor="end">' + esc(fmt(v)) + '</text>';
+    const marks = a.cats ? a.cats.map(c => t(c.length > 14 ? c.slice(0, 13) + '\u2026' : c, a.s(c))).join('') : tickValues(a.s).map(v => t(v, a.s(v))).join('');
+    const span = brushSpan(a, terms.filter(term => term.col === a.d));
+    if (span) brushes++;
     return '<line x1="' + a.x.toFixed(1) + '" x2="' + a.x.toFixed(1) + '" y1="20" y2="' + (H - 30) + '" stroke="#888"/>' + marks +
-      '<text x="' + a.x.toFixed(1) + '" y="' + (H - 12) + '" font-size="10" text-anchor="middle">' + esc(a.d) + (a.log ? ' (log)' : '') + '</text>';
+      (span ? '<rect class="brush" x="' + (a.x - 6).toFixed(1) + '" width="12" y="' + span[0].toFixed(1) + '" height="' + Math.max(2, span[1] - span[0]).toFixed(1) + '"/>' : '') +
+      '<rect class="brush-zone" data-dim="' + esc(a.d) + '" x="' + (a.x - 9).toFixed(1) + '" width="18" y="16" height="' + (H - 42) + '"><title>drag to brush ' + esc(a.d) + '; click to clear</title></rect>' +
+      '<text x="' + a.x.toFixed(1) + '" y="' + (H - 12) + '" font-size="10" text-anchor="middle">' + esc(LABEL[a.d] || a.d) + (a.log ? ' (log)' : '') + '</text>';
   }).join('');
-  box.dataset.lines = shown.length;
-  box.innerHTML = svg(W, H, lines + axes) + (items.length > shown.length ? '<p class="muted">the first ' + MAX_PARALLEL + ' of ' + items.length + ' lines</p>' : '');
+  box.dataset.lines = shown.length; box.dataset.brushes = brushes; box.dataset.canvas = onCanvas ? 1 : 0;
+  const note = (items.length > shown.length ? '<p class="muted" id="parallel-sample">a random sample of ' + shown.length + ' of ' + items.length +
+      ' lines (seed ' + SAMPLE_SEED + '); brushing filters every row</p>' : '') + colour.legend;
+  if (!onCanvas) { box.innerHTML = svg(W, H, lines + axes) + note; return; }
+  const ctx = plotWithCanvas(box, W, H, svg(W, H, axes), note).getContext('2d');
+  ctx.globalAlpha = shown.length > 500 ? 0.2 : 0.45;
+  for (const p of shown) {
+    ctx.strokeStyle = colour(p); ctx.beginPath();
+    axis.forEach((a, i) => { const yy = a.s(p[a.d]); if (i) ctx.lineTo(a.x, yy); else ctx.moveTo(a.x, yy); });
+    ctx.stroke();
+  }
+}
+let PARALLEL_AXES = [];
+function brushSpan(a, terms) {
+  // the pixel span [top, bottom] a column's filter terms cover on its axis, or null
+  if (!terms.length) return null;
+  if (a.cats) {
+    const on = terms.filter(t => t.op === '=').flatMap(t => t.vals).filter(v => a.cats.includes(v));
+    if (!on.length) return null;
+    const ys = on.map(v => a.s(v)), half = (a.s(a.cats[0]) - 20) || 5;
+    return [Math.min(...ys) - half, Math.max(...ys) + half];
+  }
+  const lo = terms.find(t => t.op === '>=' || t.op === '>'), hi = terms.find(t => t.op === '<=' || t.op === '<');
+  if (!lo && !hi) return null;
+  const ys = [hi ? a.s(hi.n[0]) : 20, lo ? a.s(lo.n[0]) : a.s.invert ? a.s(a.s.domain[0]) : 270];
+  return [Math.min(...ys), Math.max(...ys)];
+}
+function brushTerms(a, y0, y1) {
+  // filter terms for a brush from pixel y0 to y1 on axis a ([] where it selects nothing)
+  const top = Math.min(y0, y1), bottom = Math.max(y0, y1);
+  if (a.cats) {
+    const on = a.cats.filter(c => a.s(c) >= top && a.s(c) <= bottom);
+    return on.length ? [a.d + '=' + on.join(',')] : [];
+  }
+  const v0 = a.s.invert(bottom), v1 = a.s.invert(top), round = v => parseFloat(v.toPrecision(6));
+  return [a.d + '>=' + round(Math.min(v0, v1)), a.d + '<=' + round(Math.max(v0, v1))];
+}
+function setColumnTerms(col, terms) {
+  S.filter = termsWithout(S.filter, col).concat(terms).join(' ');
+  $('filter').value = S.filter; S.page = 0; render(); writeHash(); syncWidgets();
+}
+function brushing(box) {
+  // drag on an axis of the parallel coordinates: a live rectangle while dragging, terms on release
+  let drag = null;
+  const yOf = e => { const r = box.querySelector('svg').getBoundingClientRect(); return e.clientY - r.top; };
+  box.addEventListener('mousedown', e => {
+    const zone = e.target.closest('.brush-zone');
+    if (!zone) return;
+    e.preventDefault();
+    const a = PARALLEL_AXES.find(x => x.d === zone.dataset.dim);
+    if (!a) return;
+    const live = document.createElementNS('http://www.w3.org/2000/svg', 'rect');
+    live.setAttribute('class', 'brush live'); live.setAttribute('x', a.x - 6); live.setAttribute('width', 12);
+    box.querySelector('svg').appendChild(live);
+    drag = { a, y0: yOf(e), live };
+    live.setAttribute('y', drag.y0); live.setAttribute('height', 1);
+  });
+  window.addEventListener('mousemove', e => {
+    if (!drag) return;
+    const y1 = yOf(e);
+    drag.live.setAttribute('y', Math.min(drag.y0, y1)); drag.live.setAttribute('height', Math.abs(y1 - drag.y0));
+  });
+  window.addEventListener('mouseup', e => {
+    if (!drag) return;
+    const { a, y0 } = drag, y1 = yOf(e);
+    drag = null;
+    setColumnTerms(a.d, Math.abs(y1 - y0) < 3 ? [] : brushTerms(a, y0, y1));
+  });
 }
 let curvesPlot = null;
 const MAX_GROUP_CURVES = 10;
@@ -427,22 +619,39 @@ function logAt(trace, x) {
   return x1 === x0 ? l1 : l0 + (l1 - l0) * (x - x0) / (x1 - x0);
 }
 function groupCurves(groups) {
-  // each group's mean curve with a ±1 std band, in log10 of the loss (a geometric mean), on one
-  // grid of iterations; a point counts the rows that reached it
+  // each group's mean curve in log10 of the loss (a geometric mean) with its spread (S.spread) as a
+  // band, on one grid of iterations. A point is the mean over the rows that reached it (n, shown in
+  // the legend); a curve stops where fewer than half its rows remain: rows stop early, and a mean
+  // over the few still running jumped at the end and read as divergence.
   const traces = groups.map(g => g.ids.map(id => (D.traces[id] || []).filter(p => p[1] > 0)).filter(t => t.length));
   const last = Math.max(0, ...traces.flat().map(t => t[t.length - 1][0]));
-  const xs = [...new Set(Array.from({ length: 60 }, (_, k) => Math.round(k * last / 59)))];
+  const xs = [...new Set(Array.from({ length: 80 }, (_, k) => Math.round(k * last / 79)))];
   return { xs, curves: traces.map(members => {
-    const mean = [], lo = [], hi = [];
+    const mean = [], lo = [], hi = [], n = [];
+    let stop = null;
     for (const x of xs) {
       const ls = members.map(t => logAt(t, x)).filter(v => v !== null);
-      if (!ls.length) { mean.push(null); lo.push(null); hi.push(null); continue; }
+      if (!ls.length || ls.length * 2 < members.length) {
+        if (stop === null && x > 0 && ls.length) stop = x;
+        mean.push(null); lo.push(null); hi.push(null); n.push(ls.length); continue;
+      }
       const m = ls.reduce((a, b) => a + b, 0) / ls.length;
-      const sd = ls.length > 1 ? Math.sqrt(ls.reduce((a, b) => a + (b - m) ** 2, 0) / (ls.length - 1)) : 0;
-      mean.push(10 ** m); lo.push(10 ** (m - sd)); hi.push(10 ** (m + sd));
+      const sd = ls.length > 1 ? Math.sqrt(ls.reduce((a, b) => a + (b - m) ** 2, 0) / (ls.length - 1)) : null;
+      const half = spreadOf(sd, ls.length) || 0;
+      mean.push(10 ** m); lo.push(10 ** (m - half)); hi.push(10 ** (m + half)); n.push(ls.length);
     }
-    return { mean, lo, hi, n: members.length };
+    return { mean, lo, hi, n, rows: members.length, stop };
   }) };
+}
+function curveGroupKeys(pageGroups) {
+  // the groups whose mean curves are drawn: those ticked in the table, else the page's first ones
+  if (S.curveGroups) return [...S.curveGroups];
+  return pageGroups.filter(g => g.ids.some(id => D.traces[id])).slice(0, MAX_GROUP_CURVES).map(g => g.key);
+}
+function toggleCurveGroup(key, on) {
+  if (!S.curveGroups) S.curveGroups = new Set(curveGroupKeys(S.pageGroups || []));
+  if (on) S.curveGroups.add(key); else S.curveGroups.delete(key);
+  drawCurves(); writeHash();
 }
 function drawCurves() {
   // on uPlot (vendored): the ticked rows' loss curves, or with the table aggregated the mean curve
@@ -455,30 +664,39 @@ function drawCurves() {
     scales: { x: { time: false }, y: { distr: 3 } }, axes: [{ label: 'iteration' }, { label: 'total loss (log)', size: 60 }] };
   const value = (u, v) => v === null ? '\u2014' : fmt(v);
   if (S.agg) {
-    const groups = (S.pageGroups || []).slice(0, MAX_GROUP_CURVES).filter(g => g.ids.some(id => D.traces[id]));
-    box.dataset.mode = 'groups'; box.dataset.curves = groups.length;
-    if (!groups.length) { box.innerHTML = '<p class="muted">no group on this page has loss curves</p>'; return; }
+    const byKey = new Map(aggregate(visibleRows()).map(g => [g.key, g]));
+    const groups = curveGroupKeys(S.pageGroups || []).map(k => byKey.get(k)).filter(g => g && g.ids.some(id => D.traces[id]));
+    box.dataset.mode = 'groups'; box.dataset.curves = groups.length; box.dataset.stopped = 0;
+    if (!groups.length) { box.innerHTML = '<p class="muted">no group ticked (curve) has loss curves</p>'; return; }
     box.innerHTML = '';
-    const { xs, curves } = groupCurves(groups), colour = colourer(groups);
+    const { xs, curves } = groupCurves(groups);
     const name = g => aggKeys().map(c => (LABEL[c] || c) + ' ' + fmt(g[c])).join(', ');
-    const series = [{ label: 'iteration' }], data = [xs], bands = [];
+    const series = [{ label: 'iteration' }], data = [xs], bands = [], hide = [];
     groups.forEach((g, i) => {
-      const c = colour(g), at = series.length;
-      series.push({ label: name(g) + ' (mean of ' + curves[i].n + ')', stroke: c, width: 2, spanGaps: true, value },
-                  { label: '+std', stroke: alpha(c, 0.3), width: 0.5, spanGaps: true, value },
-                  { label: '\u2212std', stroke: alpha(c, 0.3), width: 0.5, spanGaps: true, value });
-      data.push(curves[i].mean, curves[i].hi, curves[i].lo);
+      const c = distinct(i), at = series.length, cv = curves[i];
+      const atPoint = (u, v, si, k) => v === null || v === undefined ? '\u2014' : fmt(v) + ' (n ' + cv.n[k] + ')';
+      series.push({ label: name(g) + ' (mean of ' + cv.rows + ' rows' + (cv.stop !== null ? '; stops at ' + cv.stop + ', fewer than half remain' : '') + ')',
+                    stroke: c, width: 2, spanGaps: false, value: atPoint },
+                  { label: 'band', stroke: alpha(c, 0.3), width: 0.5, spanGaps: false, value },
+                  { label: 'band', stroke: alpha(c, 0.3), width: 0.5, spanGaps: false, value });
+      data.push(cv.mean, cv.hi, cv.lo);
+      hide.push(at + 1, at + 2);
       bands.push({ series: [at + 1, at + 2], fill: alpha(c, 0.15) });
+      if (cv.stop !== null) box.dataset.stopped = Number(box.dataset.stopped) + 1;
     });
     box.dataset.bands = bands.length;
-    curvesPlot = new uPlot({ ...common, series, bands }, data, box);
+    curvesPlot = new uPlot({ ...common, axes: [{ label: 'iteration' }, { label: 'total loss (log), mean ± ' + SPREADS[S.spread], size: 60 }],
+      series, bands }, data, box);
+    // the bands' edges are series to uPlot: out of the legend, which names the groups only
+    const legendRows = box.querySelectorAll('.u-legend tr.u-series');
+    hide.forEach(i => { if (legendRows[i]) legendRows[i].style.display = 'none'; });
     return;
   }
   const ids = [...S.selected].filter(id => D.traces[id]);
   box.dataset.mode = 'rows'; box.dataset.curves = ids.length;
   if (!ids.length) { box.innerHTML = '<p class="muted">tick rows (\u2713) to overlay their loss curves; aggregate to see each group\'s mean curve</p>'; return; }
   box.innerHTML = '';
-  const rows = ids.map(id => D.rows.find(r => r.id === id)), colour = colourer(rows);
+  const rows = ids.map(id => D.rows.find(r => r.id === id)), colour = r => distinct(rows.indexOf(r));
   const xs = [...new Set(ids.flatMap(id => D.traces[id].map(p => p[0])))].sort((a, b) => a - b);
   const at = new Map(xs.map((v, i) => [v, i]));
   const series = ids.map(id => { const ys = new Array(xs.length).fill(null); D.traces[id].forEach(p => { if (p[1] > 0) ys[at.get(p[0])] = p[1]; }); return ys; });
@@ -496,7 +714,9 @@ function writeHash() {
   if (S.selected.size) h.set('select', [...S.selected].join(','));
   if (S.sortKey) h.set('sort', (S.asc ? '' : '-') + S.sortKey);
   if (!S.group) h.set('group', '0');
-  if (S.agg) h.set('agg', '1');
+  h.set('agg', S.agg ? '1' : '0');  // the default depends on the study: said either way
+  if (S.spread !== 'sd') h.set('spread', S.spread);
+  if (S.curveGroups) h.set('curves', JSON.stringify([...S.curveGroups]));
   if (S.aggBy) h.set('by', S.aggBy.join(','));
   if (S.only) { h.set('only', [...S.only.ids].join(',')); h.set('onlylabel', S.only.label); }
   if (S.ref) h.set('ref', S.ref);
@@ -517,7 +737,15 @@ function readHash() {
   const sort = h.get('sort') || '';
   S.sortKey = sort.replace(/^-/, '') || null; S.asc = !sort.startsWith('-');
   S.group = h.get('group') !== '0'; $('group').checked = S.group;
-  S.agg = h.get('agg') === '1'; $('agg').checked = S.agg;
+  // aggregated by default where seeds vary, but an address that opens a row (a summary's link)
+  // shows the rows
+  S.agg = h.has('agg') ? h.get('agg') === '1' : SEEDS_VARY && !open.length; $('agg').checked = S.agg;
+  S.spread = SPREADS[h.get('spread')] ? h.get('spread') : 'sd'; $('spread').value = S.spread;
+  S.curveGroups = null;
+  try {
+    const picked = JSON.parse(h.get('curves') || 'null');
+    if (Array.isArray(picked)) S.curveGroups = new Set(picked.filter(k => typeof k === 'string').slice(0, 50));
+  } catch (err) { S.curveGroups = null; }  // an address edited by hand: the default groups
   const by = (h.get('by') || '').split(',').filter(c => KNOWN.has(c));
   S.aggBy = by.length ? by : null; $('aggby').value = aggKeys().join(',');
   const only = (h.get('only') || '').split(',').filter(Boolean);
@@ -618,7 +846,13 @@ window.addEventListener('DOMContentLoaded', () => {
   let pending = null;  // the scroll position goes into the address, once scrolling stops
   window.addEventListener('scroll', () => { clearTimeout(pending); pending = setTimeout(writeHash, 300); });
   $('export-csv').onclick = () => exportRows('csv'); $('export-ids').onclick = () => exportRows('ids');
-  $('filter').addEventListener('input', e => { S.filter = e.target.value; S.page = 0; render(); writeHash(); syncWidgets(); });
+  let typing = null;  // the table and charts follow the filter box once typing pauses
+  $('filter').addEventListener('input', e => {
+    clearTimeout(typing);
+    typing = setTimeout(() => { S.filter = e.target.value; S.page = 0; render(); writeHash(); syncWidgets(); }, FILTER_DEBOUNCE_MS);
+  });
+  $('spread').addEventListener('change', e => { S.spread = e.target.value; render(); writeHash(); });
+  brushing($('parallel'));
   $('group').addEventListener('change', e => { S.group = e.target.checked; render(); writeHash(); });
   $('agg').addEventListener('change', e => { S.agg = e.target.checked; S.page = 0; render(); writeHash(); });
   $('aggby').addEventListener('change', e => {
@@ -637,6 +871,7 @@ window.addEventListener('DOMContentLoaded', () => {
       render(); writeHash(); return;
     }
     const agg = e.target.closest('tr.agg');
+    if (agg && e.target.classList.contains('curve-pick')) { toggleCurveGroup(agg.dataset.key, e.target.checked); return; }
     if (agg) { showGroup(agg.dataset.key); return; }
     const tr = e.target.closest('tr.row');
     if (tr && !e.target.closest('input, button, audio')) {
