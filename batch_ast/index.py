@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -480,14 +481,14 @@ def _root_argument(root: object, function: str) -> ResultsRoot:
     return ResultsRoot(root)
 
 
-def _read_parquet(path: Path, root: str | os.PathLike[str]) -> pa.Table:
+def _read_parquet(path: Path, root: str | os.PathLike[str], **read: Any) -> pa.Table:
     if not os.path.lexists(path):
         raise ResultsError(
             f"no {path.name} under {short_path(root)}: run `batch-ast collect {short_path(root)}` first"
         )
     try:
         with open_regular(path) as fh:  # never a FIFO or device; the index may be a user's own link
-            return pq.read_table(fh)
+            return pq.read_table(fh, **read)
     except (OSError, pa.ArrowException) as exc:
         raise ResultsError(
             f"{short_path(path)} cannot be read ({str(exc)[:200]}): run `batch-ast collect "
@@ -576,6 +577,15 @@ CATEGORY_COLUMNS = (
 # Integer and flag columns keep their type where some rows have no value (a failed row has no
 # iterations_run, a pending row no retryable): pandas' nullable Int64 and boolean, not float/object.
 _NULLABLE = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
+
+
+def trace_points(root: str | os.PathLike[str] = "results") -> pa.Table:
+    """``id`` (dictionary-encoded: each row's id once), ``iteration`` and ``total`` of every trace
+    point, as Arrow: what the report's curves need, in a tenth of the memory of ``load_traces``
+    (2.4 million points as pandas with an id string each took 700 MB)."""
+    results = _root_argument(root, "trace_points")
+    return _read_parquet(results.traces_path, root, columns=["id", "iteration", "total"],
+                         read_dictionary=["id"])
 
 
 def load_traces(

@@ -37,7 +37,8 @@ def trace_pairs(trace: dict) -> list[list[float]]:
 
 def report_payload(report: Path) -> dict:
     """The rows the page draws, read back from its data file and expanded as report.js does:
-    rows from arrays, input URLs from their index, row file URLs from their bits, traces as pairs."""
+    rows from arrays, input URLs from their index, row file URLs from their bits, traces (from the
+    traces file) as pairs."""
     text = report.with_name(report.stem + ".data.js").read_text(encoding="utf-8")
     data = json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))
     data["rows"] = [dict(zip(data["keys"], values + [None] * (len(data["keys"]) - len(values)), strict=True))
@@ -46,7 +47,12 @@ def report_payload(report: Path) -> dict:
         row["content_url"], row["style_url"] = data["inputs"][row["ci"]], data["inputs"][row["si"]]
         for key, (bit, name) in data["files"].items():
             row[key] = f"{data['root_prefix']}runs/{row['id']}/{name}" if row["f"] & bit else None
-    data["traces"] = {rid: trace_pairs(t) for rid, t in data["traces"].items()}
+    # the loss curves: a file of their own, which the page loads when a chart asks for them
+    assert data["traces_src"] == urllib.parse.quote(report.stem + ".traces.js")
+    text = report.with_name(report.stem + ".traces.js").read_text(encoding="utf-8")
+    assert text.startswith("window.BATCH_AST_TRACES = ")
+    traces = json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))
+    data["traces"] = {rid: trace_pairs(t) for rid, t in traces.items()}
     return data
 
 
@@ -244,6 +250,7 @@ def test_traces_are_downsampled_per_row_with_first_and_last_points_kept(tmp_path
     the traces file still come out whole and in order."""
     import numpy as np
     import pandas as pd
+    import pyarrow as pa
 
     from batch_ast import report
 
@@ -254,7 +261,8 @@ def test_traces_are_downsampled_per_row_with_first_and_last_points_kept(tmp_path
         total[rng.random(n) < 0.05] = np.nan
         frames.append(pd.DataFrame({"id": f"{k:016x}", "iteration": np.arange(n), "total": total}))
     traces = pd.concat(frames).sample(frac=1, random_state=1).sort_values("iteration", kind="stable")
-    monkeypatch.setattr(report, "load_traces", lambda root: traces)
+    table = pa.Table.from_pandas(traces, preserve_index=False)  # ids as plain strings: encoded there
+    monkeypatch.setattr(report, "trace_points", lambda root: table)
     got = {
         rid: trace_pairs(t)
         for rid, t in report._downsampled_traces(tmp_path, {f"{k:016x}" for k in range(6)}).items()
@@ -433,3 +441,18 @@ def test_a_compact_trace_reads_back_as_its_points(iterations):
     assert trace_pairs(packed) == [[i, float(f"{t:.5g}")] for i, t in zip(iterations, totals, strict=True)]
     if iterations in ([0, 5, 10], [0, 5, 10, 12]):
         assert "i" not in packed  # evenly spaced but for the last: three numbers, not a list
+
+
+def test_rounding_to_significant_digits_all_at_once_is_the_formatting_of_each():
+    import numpy as np
+
+    from batch_ast.report import round_significant
+
+    rng = np.random.default_rng(3)
+    values = rng.random(20_000) * 10.0 ** rng.integers(-12, 12, 20_000) * rng.choice([-1, 1], 20_000)
+    assert round_significant(values, 5).tolist() == [float(f"{v:.5g}") for v in values]
+    edges = np.array([0.0, np.nan, np.inf, -np.inf, 1.7976931348623157e308, 5e-324, 123456789.0])
+    got = round_significant(edges, 5)
+    assert got[0] == 0 and np.isnan(got[1]) and got[2] == np.inf and got[3] == -np.inf
+    assert got[4] == 1.7976931348623157e308  # not rounded up past the largest float into inf
+    assert got[6] == 123460000.0 and np.isfinite(got[5])

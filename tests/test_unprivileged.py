@@ -341,6 +341,7 @@ def test_h8_a_trace_value_at_the_edge_of_float_range_does_not_stop_the_report(au
     results.write(results.trace_path(rid), lambda fh: trace.to_parquet(fh, index=False))
     assert cli("report", str(results.root)) == 0
     assert "Infinity" not in (results.root / "report.data.js").read_text()
+    assert "Infinity" not in (results.root / "report.traces.js").read_text()
 
 
 def test_h9_a_huge_sparse_input_is_never_hashed_for_a_portable_report(audio_dir, tmp_path, monkeypatch):

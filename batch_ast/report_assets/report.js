@@ -13,7 +13,35 @@ for (const r of D.rows) {
     r[key] = r.f & bit ? D.root_prefix + 'runs/' + encodeURIComponent(r.id) + '/' + encodeURIComponent(name) : null;
 }
 D.rows.forEach((r, i) => { r._n = i + 1; });  // the row's number in the table (indexOf per row was quadratic)
-for (const id of Object.keys(D.traces)) D.traces[id] = traceOf(D.traces[id]);
+// The loss curves are a file of their own (report.py), loaded when a chart first asks for them:
+// the page's first paint does not wait for most of a large study's data.
+D.traces = null;
+const BY_ID = new Map(D.rows.map(r => [r.id, r]));
+function hasTrace(id) { return D.traces ? !!D.traces[id] : (BY_ID.get(id) || {}).status === 'ok'; }
+let tracesWaiting = null;
+function loadTraces(then) {
+  // true when the curves are here; else starts loading them (once) and calls then() when they are
+  if (D.traces) return true;
+  if (!tracesWaiting) {
+    tracesWaiting = [];
+    const script = document.createElement('script');
+    script.src = D.traces_src;
+    script.onload = () => {
+      const raw = window.BATCH_AST_TRACES || {};
+      D.traces = {};
+      for (const id of Object.keys(raw)) D.traces[id] = traceOf(raw[id]);
+      window.BATCH_AST_TRACES = null;
+      const waiting = tracesWaiting; tracesWaiting = null; waiting.forEach(f => f());
+    };
+    script.onerror = () => {
+      D.traces = {}; tracesWaiting = null;
+      $('curves').innerHTML = '<p class="problems">the loss curves (' + esc(D.traces_src) + ') could not be loaded</p>';
+    };
+    document.head.appendChild(script);
+  }
+  tracesWaiting.push(then);
+  return false;
+}
 const SEEDS_VARY = D.params.includes('seed');
 const S = { filter: '', sortKey: null, asc: true, page: 0, group: true, open: new Set(), ab: {}, selected: new Set(),
   agg: SEEDS_VARY, aggBy: null, hidden: new Set(), spread: 'sd', curveGroups: null, renders: 0 };
@@ -646,7 +674,7 @@ function groupCurves(groups) {
 function curveGroupKeys(pageGroups) {
   // the groups whose mean curves are drawn: those ticked in the table, else the page's first ones
   if (S.curveGroups) return [...S.curveGroups];
-  return pageGroups.filter(g => g.ids.some(id => D.traces[id])).slice(0, MAX_GROUP_CURVES).map(g => g.key);
+  return pageGroups.filter(g => g.ids.some(hasTrace)).slice(0, MAX_GROUP_CURVES).map(g => g.key);
 }
 function toggleCurveGroup(key, on) {
   if (!S.curveGroups) S.curveGroups = new Set(curveGroupKeys(S.pageGroups || []));
@@ -655,11 +683,14 @@ function toggleCurveGroup(key, on) {
 }
 function drawCurves() {
   // on uPlot (vendored): the ticked rows' loss curves, or with the table aggregated the mean curve
-  // and ±std band of the page's first groups; log y, a legend naming each curve with its value
-  // under the cursor, colours by the chosen parameter
+  // and spread band of the groups chosen; log y, a legend naming each curve with its value under
+  // the cursor, a colour per curve
   const box = $('curves');
   if (curvesPlot) { curvesPlot.destroy(); curvesPlot = null; }
   box.dataset.bands = 0;
+  if ((S.agg || S.selected.size) && !loadTraces(drawCurves)) {
+    box.dataset.mode = 'loading'; box.innerHTML = '<p class="muted">loading the loss curves\u2026</p>'; return;
+  }
   const common = { width: 560, height: 320, legend: { live: true }, cursor: { focus: { prox: 16 } }, focus: { alpha: 0.25 },
     scales: { x: { time: false }, y: { distr: 3 } }, axes: [{ label: 'iteration' }, { label: 'total loss (log)', size: 60 }] };
   const value = (u, v) => v === null ? '\u2014' : fmt(v);
