@@ -218,7 +218,7 @@ def compact_trace(iterations: list[int], totals: list[float], rounded: bool = Fa
     """A row's downsampled trace for the page: losses to 5 significant digits (``rounded``: the
     caller rounded them, every row's at once), and the iterations as (first, step, last) where
     they are evenly spaced but for the last (as downsampling leaves them), else listed.
-    report.js's ``traceOf`` reads it back; the pairs took half a 20,000-row data file."""
+    report-data.js's ``traceOf`` reads it back; the pairs took half a 20,000-row data file."""
     t = list(totals) if rounded else round_significant(np.asarray(totals, dtype=np.float64), 5).tolist()
     steps = {b - a for a, b in zip(iterations[:-2], iterations[1:-1], strict=False)}
     if len(iterations) >= 2 and len(steps) <= 1:
@@ -298,7 +298,7 @@ def report_data(df: pd.DataFrame, root: Path, out_dir: Path, portable: bool = Fa
         rows.append(item)
     ok_ids = {row["id"] for row in rows if row.get("status") == "ok"}
     # Rows as arrays under one list of keys (trailing nulls dropped): the keys repeated in every
-    # row were half of a 20,000-row data file. report.js makes objects of them again.
+    # row were half of a 20,000-row data file. report-data.js makes objects of them again.
     keys = list(dict.fromkeys(key for row in rows for key in row))
     packed = []
     for row in rows:
@@ -442,6 +442,19 @@ def _summary(df: pd.DataFrame, metric: str, top: int, ascending: bool) -> str:
     return f"<h2>Summary</h2><ul>{''.join(parts)}</ul>{best}"
 
 
+# The page's script, a module per part of the page (state and data, filter, player, table, each
+# chart, address, widgets, start), joined in this order into one inline script: a page that
+# opens from file:// loads no module files, and the order is only that of their top-level lines.
+REPORT_SCRIPTS = ("report-data.js", "report-filter.js", "report-player.js", "report-table.js",
+                  "report-chart-common.js", "report-scatter.js", "report-parallel.js", "report-curves.js",
+                  "report-address.js", "report-widgets.js", "report-main.js")
+
+
+def report_script() -> str:
+    """The report's script: its modules (``REPORT_SCRIPTS``) joined."""
+    return "\n".join(f"// ---- {name}\n{_asset(name)}" for name in REPORT_SCRIPTS)
+
+
 def _asset(name: str) -> str:
     """The page's stylesheet or script, package data (batch_ast/report_assets/), inlined into
     the page so that it needs nothing but its data file beside it."""
@@ -515,7 +528,7 @@ def _page(
 <html lang="en"><head><meta charset="utf-8"><title>batch-ast report: {html.escape(str(results.root))}</title>
 <style>{_asset("uPlot.min.css")}</style><style>{_asset("report.css")}</style>
 <script src="{html.escape(data_src)}"></script>
-<script>{_asset("uPlot.iife.min.js")}</script><script>{_asset("report.js")}</script></head>
+<script>{_asset("uPlot.iife.min.js")}</script><script>{report_script()}</script></head>
 <body><h1>batch-ast report</h1>
 <p>{len(df)} row(s) from <code>{html.escape(str(results.root))}</code>.
 Click a row to hear and see it (A/B player,

@@ -188,7 +188,7 @@ def study_rows(path: str | Path, cap: int | None = None) -> list[dict[str, Any]]
 
 
 # =, +, -, @ (or their full-width forms) first, after any spaces, line breaks, zero-width or bidi
-# characters that would hide them; or a tab or line break first (report.js's FORMULA is the same)
+# characters that would hide them; or a tab or line break first (report-widgets.js's FORMULA is the same)
 FORMULA = re.compile(
     "^[\\s\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]*[=+\\-@\uff1d\uff0b\uff0d\uff20]|^[\t\r\n]"
 )

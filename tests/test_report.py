@@ -27,7 +27,7 @@ def finished(tmp_path_factory):
 
 
 def trace_pairs(trace: dict) -> list[list[float]]:
-    """A compact trace of the data file as [iteration, loss] pairs (what report.js's traceOf does)."""
+    """A compact trace of the data file as [iteration, loss] pairs (what report-data.js's traceOf does)."""
     xs = trace.get("i")
     if xs is None:
         xs = list(range(trace["a"], trace["l"], trace["s"])) + [trace["l"]]
@@ -36,7 +36,7 @@ def trace_pairs(trace: dict) -> list[list[float]]:
 
 
 def report_payload(report: Path) -> dict:
-    """The rows the page draws, read back from its data file and expanded as report.js does:
+    """The rows the page draws, read back from its data file and expanded as the page does:
     rows from arrays, input URLs from their index, row file URLs from their bits, traces (from the
     traces file) as pairs."""
     text = report.with_name(report.stem + ".data.js").read_text(encoding="utf-8")
@@ -404,11 +404,15 @@ def _ticked_curves_and_the_scatter(report, ok, tmp_path):
 
 
 def test_the_report_script_and_style_are_package_data_inlined_into_the_page(finished):
-    from batch_ast.report import _asset
+    from batch_ast.report import REPORT_SCRIPTS, _asset, report_script
 
     page = write_report(finished).read_text()
-    script, style = _asset("report.js"), _asset("report.css")
+    script, style = report_script(), _asset("report.css")
     assert script in page and style in page and "</script" not in script.lower()
+    folder = Path(__file__).parent.parent / "batch_ast" / "report_assets"
+    assets = {p.name for p in folder.glob("report*.js")}
+    assert assets == set(REPORT_SCRIPTS)  # every module joined, none left out
+    assert not re.search(r"\bon(click|change|input)=", page)  # no handler written into the page's HTML
 
 
 @pytest.mark.browser
@@ -425,7 +429,8 @@ def test_a_pinned_reference_row_plays_in_another_rows_player_in_headless_chromiu
     assert local_target(report, audio) == local_target(
         report, one["output_url"]
     )  # one's output, in two's player
-    assert re.findall(r'<button data-which="(\w+)"', details) == ["content", "style", "output", "reference"]
+    buttons = re.findall(r'<button data-action="ab" data-id="[^"]*" data-which="(\w+)"', details)
+    assert buttons == ["content", "style", "output", "reference"]
     assert "reference: one" in details and f'id="reference" data-id="{one["id"]}"' in dom
     assert attribute(dom, "media-check", "data-broken") == "0"
 

@@ -190,3 +190,27 @@ def test_typing_into_the_filter_redraws_once_the_typing_pauses(browser, study):
     assert data(page, "count", "matching") == str(expected)
     assert urllib.parse.unquote(page.evaluate("location.hash")).count("content_weight>=2") == 1
     page.close()
+
+
+def test_the_page_s_buttons_and_boxes_work_through_its_delegated_listeners(browser, study):
+    """No handler is written into the page's HTML: the A/B buttons, a row's tick box, a group's
+    dot and "show all" work through one listener per region."""
+    page = open_report(browser, study, "agg=0&filter=name%3Dstudy-7")
+    page.locator("#rows tr.row").first.click()
+    page.wait_for_selector("#rows tr.details .ab", timeout=WAIT_MS)
+    page.locator('#rows tr.details button[data-which="style"]').click()
+    page.wait_for_function("() => document.querySelector('#rows .ab').dataset.which === 'style'",
+                           timeout=WAIT_MS)
+    assert "ab=style" in page.evaluate("location.hash")
+    page.locator("#rows input.row-pick").first.check()
+    page.wait_for_function("() => document.querySelector('#curves').dataset.curves === '1'", timeout=WAIT_MS)
+    assert data(page, "curves", "mode") == "rows"
+    page.goto((study / "report.html").as_uri() + "#agg=1&x=content_weight")
+    page.wait_for_selector("body[data-ready-ms]", timeout=WAIT_MS)
+    page.locator("#scatter circle[data-group]").first.click()  # a group's dot: its rows
+    page.wait_for_selector('#only button[data-action="show-all"]', timeout=WAIT_MS)
+    assert not page.is_checked("#agg")
+    page.locator('#only button[data-action="show-all"]').click()
+    page.wait_for_function("() => document.querySelector('#only').innerText === ''", timeout=WAIT_MS)
+    assert data(page, "count", "matching") == "2100"
+    page.close()

@@ -423,9 +423,9 @@ NODE = shutil.which("node")
 
 @pytest.mark.skipif(NODE is None and os.environ.get("CI") != "true", reason="node is not installed")
 def test_h14_the_filter_tokeniser_is_linear_and_joins_spaced_operators():
-    """Runs report.js's own tokeniser in node on a deep link's 2,000,000 spaces (the quadratic
-    regex took 23 s on 160,000; 2,000,000 would take about an hour)."""
-    script = (REPO / "batch_ast" / "report_assets" / "report.js").read_text()
+    """Runs the report's own tokeniser (report-filter.js) in node on a deep link's 2,000,000 spaces
+    (the quadratic regex took 23 s on 160,000; 2,000,000 would take about an hour)."""
+    script = (REPO / "batch_ast" / "report_assets" / "report-filter.js").read_text()
     start = script.index("const STARTS_WITH_OPERATOR")
     end = script.index("function parseTerms")
     code = (
@@ -561,7 +561,7 @@ def test_held_spreadsheet_cells_behind_spaces_or_invisible_characters_are_quoted
 
 @pytest.mark.skipif(NODE is None and os.environ.get("CI") != "true", reason="node is not installed")
 def test_held_the_reports_csv_export_quotes_the_same_cells():
-    script = (REPO / "batch_ast" / "report_assets" / "report.js").read_text()
+    script = (REPO / "batch_ast" / "report_assets" / "report-widgets.js").read_text()
     start = script.index("const FORMULA")
     end = script.index("function exportRows")
     code = (
