@@ -214,3 +214,19 @@ def test_the_page_s_buttons_and_boxes_work_through_its_delegated_listeners(brows
     page.wait_for_function("() => document.querySelector('#only').innerText === ''", timeout=WAIT_MS)
     assert data(page, "count", "matching") == "2100"
     page.close()
+
+
+def test_an_axis_of_the_parallel_coordinates_moves_left_when_its_name_is_clicked(browser, study):
+    page = open_report(browser, study, "agg=0&x=content_weight")
+    assert data(page, "parallel", "dims") == "content_weight,style_distance_heldout"
+    name = page.locator('#parallel .axis-name[data-dim="style_distance_heldout"]')
+    name.scroll_into_view_if_needed()
+    name.click()
+    page.wait_for_function(
+        "() => document.querySelector('#parallel').dataset.dims === 'style_distance_heldout,content_weight'",
+        timeout=WAIT_MS)
+    assert "axes=style_distance_heldout%2Ccontent_weight" in page.evaluate("location.hash")
+    again = open_report(browser, study, page.evaluate("location.hash").lstrip("#"))
+    assert data(again, "parallel", "dims") == "style_distance_heldout,content_weight"  # the address keeps it
+    again.close()
+    page.close()

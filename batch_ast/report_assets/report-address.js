@@ -11,6 +11,7 @@ function writeHash() {
   if (!S.group) h.set('group', '0');
   h.set('agg', S.agg ? '1' : '0');  // the default depends on the study: said either way
   if (S.spread !== 'sd') h.set('spread', S.spread);
+  if (S.axes) h.set('axes', S.axes.join(','));
   if (S.curveGroups) h.set('curves', JSON.stringify([...S.curveGroups]));
   if (S.aggBy) h.set('by', S.aggBy.join(','));
   if (S.only) { h.set('only', [...S.only.ids].join(',')); h.set('onlylabel', S.only.label); }
@@ -36,6 +37,8 @@ function readHash() {
   // shows the rows
   S.agg = h.has('agg') ? h.get('agg') === '1' : SEEDS_VARY && !open.length; $('agg').checked = S.agg;
   S.spread = SPREADS[h.get('spread')] ? h.get('spread') : 'sd'; $('spread').value = S.spread;
+  const axesOrder = (h.get('axes') || '').split(',').filter(c => KNOWN.has(c));
+  S.axes = axesOrder.length ? axesOrder : null;
   S.curveGroups = null;
   try {
     const picked = JSON.parse(h.get('curves') || 'null');

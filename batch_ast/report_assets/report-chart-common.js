@@ -13,8 +13,15 @@ function tickValues(s) {
   // about five round values inside the axis: 1-2-5 steps, or decades on a log axis
   const [a, b] = s.domain;
   if (s.log) {
-    const out = [];
-    for (let e = Math.ceil(Math.log10(a)); e <= Math.floor(Math.log10(b)); e++) out.push(10 ** e);
+    // decades; where they are fewer than four (weights 0.43 to 43 showed only 1 and 10), 2 and 5
+    // of each decade too
+    const decades = [], out = [];
+    for (let e = Math.floor(Math.log10(a)); e <= Math.ceil(Math.log10(b)); e++) decades.push(e);
+    const steps = decades.length - 2 < 4 ? [1, 2, 5] : [1];
+    for (const e of decades) for (const m of steps) {
+      const v = Number((m * 10 ** e).toPrecision(12));
+      if (v >= a && v <= b) out.push(v);
+    }
     return out.length >= 2 ? out : [a, b];
   }
   const raw = (b - a) / 5, mag = 10 ** Math.floor(Math.log10(raw)), step = [1, 2, 5, 10].map(m => m * mag).find(v => v >= raw);
@@ -24,7 +31,7 @@ function tickValues(s) {
 }
 function axes(sx, sy, W, H) {
   // ticks with values on both axes (the x axis only when numeric)
-  const t = (x, y, v, anchor) => '<text class="tick" x="' + x.toFixed(1) + '" y="' + y.toFixed(1) + '" font-size="9" fill="#555" text-anchor="' + anchor + '">' + esc(fmt(v)) + '</text>';
+  const t = (x, y, v, anchor) => '<text class="tick" x="' + x.toFixed(1) + '" y="' + y.toFixed(1) + '" font-size="10" fill="#444" text-anchor="' + anchor + '">' + esc(fmt(v)) + '</text>';
   const grid = (x1, y1, x2, y2) => '<line x1="' + x1.toFixed(1) + '" y1="' + y1.toFixed(1) + '" x2="' + x2.toFixed(1) + '" y2="' + y2.toFixed(1) + '" stroke="#eee"/>';
   let out = '';
   for (const v of tickValues(sy)) out += grid(44, sy(v), W - 10, sy(v)) + t(42, sy(v) + 3, v, 'end');

@@ -50,6 +50,7 @@ window.addEventListener('DOMContentLoaded', () => {
     else if (el.dataset.action === 'pin') pinReference(id);
     else if (el.dataset.action === 'show-all') clearGroup();
     else if (el.dataset.action === 'play-content') playContent(el, id);
+    else if (el.dataset.action === 'axis-left') moveAxisLeft(el.dataset.dim);
   });
   $('scatter').addEventListener('click', e => {
     const dot = e.target.closest('[data-open], [data-group]');

@@ -13,10 +13,18 @@ function sampleOf(items, k) {
 }
 function parallelDims(items, groups, y) {
   // an axis per column that varies among the lines: the inputs, the hyperparameters but the seed
-  // (in the aggregated view: the columns grouped by), the scatter's metric last
+  // (in the aggregated view: the columns grouped by), the scatter's metric last; in the order the
+  // user gave (S.axes: a click on an axis's name moves it one place left)
   const candidates = groups ? aggKeys() : ['content_name', 'style_name'].concat(D.params);
   const varies = d => d !== 'seed' && new Set(items.map(p => p[d])).size > 1;
-  return candidates.filter((d, i, all) => all.indexOf(d) === i && varies(d)).concat([y]);
+  const dims = candidates.filter((d, i, all) => all.indexOf(d) === i && varies(d)).concat([y]);
+  const rank = d => { const i = (S.axes || []).indexOf(d); return i < 0 ? 1000 + dims.indexOf(d) : i; };
+  return dims.sort((a, b) => rank(a) - rank(b));
+}
+function moveAxisLeft(dim) {
+  const order = PARALLEL_AXES.map(a => a.d), i = order.indexOf(dim);
+  if (i > 0) [order[i - 1], order[i]] = [order[i], order[i - 1]];
+  S.axes = order; render(); writeHash();
 }
 function drawParallel(rows, groups) {
   // parallel coordinates: one axis per varying column (a log axis where it spans two decades), the
@@ -50,14 +58,15 @@ function drawParallel(rows, groups) {
   const { terms } = parseTerms(S.filter);
   let brushes = 0;
   const axes = axis.map(a => {
-    const t = (v, yy) => '<text class="tick" x="' + (a.x - 4).toFixed(1) + '" y="' + (yy + 3).toFixed(1) + '" font-size="9" fill="#333" text-anchor="end">' + esc(fmt(v)) + '</text>';
+    const t = (v, yy) => '<text class="tick" x="' + (a.x - 4).toFixed(1) + '" y="' + (yy + 3).toFixed(1) + '" font-size="10" fill="#333" text-anchor="end">' + esc(fmt(v)) + '</text>';
     const marks = a.cats ? a.cats.map(c => t(c.length > 14 ? c.slice(0, 13) + '\u2026' : c, a.s(c))).join('') : tickValues(a.s).map(v => t(v, a.s(v))).join('');
     const span = brushSpan(a, terms.filter(term => term.col === a.d));
     if (span) brushes++;
     return '<line x1="' + a.x.toFixed(1) + '" x2="' + a.x.toFixed(1) + '" y1="20" y2="' + (H - 30) + '" stroke="#888"/>' + marks +
       (span ? '<rect class="brush" x="' + (a.x - 6).toFixed(1) + '" width="12" y="' + span[0].toFixed(1) + '" height="' + Math.max(2, span[1] - span[0]).toFixed(1) + '"/>' : '') +
       '<rect class="brush-zone" data-dim="' + esc(a.d) + '" x="' + (a.x - 9).toFixed(1) + '" width="18" y="16" height="' + (H - 42) + '"><title>drag to brush ' + esc(a.d) + '; click to clear</title></rect>' +
-      '<text x="' + a.x.toFixed(1) + '" y="' + (H - 12) + '" font-size="10" text-anchor="middle">' + esc(LABEL[a.d] || a.d) + (a.log ? ' (log)' : '') + '</text>';
+      '<text class="axis-name" data-action="axis-left" data-dim="' + esc(a.d) + '" x="' + a.x.toFixed(1) + '" y="' + (H - 12) +
+      '" font-size="10" text-anchor="middle"><title>click to move this axis one place left</title>' + esc(LABEL[a.d] || a.d) + (a.log ? ' (log)' : '') + '</text>';
   }).join('');
   box.dataset.lines = shown.length; box.dataset.brushes = brushes; box.dataset.canvas = onCanvas ? 1 : 0;
   const note = (items.length > shown.length ? '<p class="muted" id="parallel-sample">a random sample of ' + shown.length + ' of ' + items.length +

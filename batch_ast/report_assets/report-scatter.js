@@ -2,7 +2,7 @@
 function drawScatter(rows, groups) {
   // rows (ok ones), or with the table aggregated its groups: mean ± std as error bars
   const x = $('sx').value, y = $('sy').value, W = 480, H = 320;
-  const key = JSON.stringify([S.filter, S.agg, S.aggBy, S.spread, S.only && [...S.only.ids], x, y, $('colour').value, $('logx').value, rows.length]);
+  const key = JSON.stringify([S.filter, S.agg, S.aggBy, S.spread, S.axes, S.only && [...S.only.ids], x, y, $('colour').value, $('logx').value, rows.length]);
   if (key === scatterKey) return;
   scatterKey = key;
   drawParallel(rows, groups);
