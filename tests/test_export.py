@@ -322,23 +322,33 @@ def test_an_interrupted_export_resumes_without_duplicates(study, tmp_path, monke
     assert sorted(rid for rid, _ in runs) == sorted(records(study))
 
 
+def killed_at_the_second_row(study: Path, dest: Path, to: str, patched: str, signature: str,
+                             before: str = "pass") -> None:
+    """Export ``study`` to ``to`` in a child process killed outright (SIGKILL) inside the second
+    row's ``patched`` (``module.Class.method``, a staticmethod taking ``signature``), after
+    ``before`` (one statement) there."""
+    module, cls, method = patched.split(".")
+    killer = (
+        "import os, sys, batch_ast\n"
+        f"from batch_ast import {module}\n"
+        "calls = []\n"
+        f"original = {module}.{cls}.{method}\n"
+        f"def die({signature}):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 2:\n"
+        f"        {before}\n"
+        "        os.kill(os.getpid(), 9)\n"
+        f"    return original({signature})\n"
+        f"{module}.{cls}.{method} = staticmethod(die)\n"
+        f"batch_ast.export(sys.argv[1], to={to!r}, dir=sys.argv[2])\n")
+    killed = subprocess.run([sys.executable, "-c", killer, str(study), str(dest)], capture_output=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+
+
 def test_an_aim_export_killed_outright_is_mended_by_the_next(study, tmp_path):
     """Aim keeps nothing of a run that was never closed; the export's own note of it does."""
     dest = tmp_path / "aim"
-    killer = (
-        "import os, sys, batch_ast\n"
-        "from batch_ast import export_aim\n"
-        "calls = []\n"
-        "media = export_aim.AimTarget._media\n"
-        "def die(run, payload):\n"
-        "    calls.append(1)\n"
-        "    if len(calls) == 2:\n"
-        "        os.kill(os.getpid(), 9)\n"
-        "    return media(run, payload)\n"
-        "export_aim.AimTarget._media = staticmethod(die)\n"
-        "batch_ast.export(sys.argv[1], to='aim', dir=sys.argv[2])\n")
-    killed = subprocess.run([sys.executable, "-c", killer, str(study), str(dest)], capture_output=True)
-    assert killed.returncode == -9
+    killed_at_the_second_row(study, dest, "aim", "export_aim.AimTarget._media", "run, payload")
     chunks = dest / ".aim" / "meta" / "chunks"
     assert len(list(chunks.iterdir())) == 2 and len(list((dest / ".batch-ast-pending").iterdir())) == 1
     resumed = batch_ast.export(study, to="aim", dir=str(dest))
@@ -349,21 +359,8 @@ def test_an_aim_export_killed_outright_is_mended_by_the_next(study, tmp_path):
 
 def test_a_wandb_export_killed_outright_is_mended_by_the_next(study, tmp_path):
     dest = tmp_path / "wb"
-    killer = (
-        "import os, sys, batch_ast\n"
-        "from batch_ast import export_wandb\n"
-        "calls = []\n"
-        "fill = export_wandb.WandbTarget._fill\n"
-        "def die(run, row, payload, tmp):\n"
-        "    calls.append(1)\n"
-        "    if len(calls) == 2:\n"
-        "        run.log({'loss/total': 1.0}, step=0)\n"
-        "        os.kill(os.getpid(), 9)\n"
-        "    return fill(run, row, payload, tmp)\n"
-        "export_wandb.WandbTarget._fill = staticmethod(die)\n"
-        "batch_ast.export(sys.argv[1], to='wandb', dir=sys.argv[2])\n")
-    killed = subprocess.run([sys.executable, "-c", killer, str(study), str(dest)], capture_output=True)
-    assert killed.returncode == -9
+    killed_at_the_second_row(study, dest, "wandb", "export_wandb.WandbTarget._fill", "run, row, payload, tmp",
+                             before="run.log({'loss/total': 1.0}, step=0)")
     assert len(wandb_folders(dest)) == 2  # one complete, one begun
     resumed = batch_ast.export(study, to="wandb", dir=str(dest))
     assert (resumed.unchanged, resumed.updated, resumed.new) == (1, 1, 1)
