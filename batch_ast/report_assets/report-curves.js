@@ -70,7 +70,9 @@ function drawCurves() {
     if (!groups.length) { box.innerHTML = '<p class="muted">no group ticked (curve) has loss curves</p>'; return; }
     box.innerHTML = '';
     const { xs, curves } = groupCurves(groups);
-    const name = g => aggKeys().map(c => (LABEL[c] || c) + ' ' + fmt(g[c])).join(', ');
+    // a group named by the columns in which the drawn groups differ (the legend was a wall)
+    const differ = aggKeys().filter(c => new Set(groups.map(g => JSON.stringify(g[c]))).size > 1);
+    const name = g => (differ.length ? differ : aggKeys()).map(c => (LABEL[c] || c) + ' ' + fmt(g[c])).join(', ');
     const series = [{ label: 'iteration' }], data = [xs], bands = [], hide = [];
     groups.forEach((g, i) => {
       const c = distinct(i), at = series.length, cv = curves[i];

@@ -32,14 +32,15 @@ function drawParallel(rows, groups) {
   // at most MAX_PARALLEL lines, a seeded random sample beyond. Dragging along an axis brushes it:
   // the range (or the categories) becomes filter terms, which filter the table and every chart and
   // land in the address; a click on an axis clears its brush.
-  const y = $('sy').value, W = 600, H = 300, box = $('parallel');
+  const y = $('sy').value, H = 300, box = $('parallel');
   const pool = (groups || rows.filter(r => r.status === 'ok')).filter(p => typeof p[y] === 'number');
   const dims = parallelDims(pool, groups, y);
   const items = pool.filter(p => dims.every(d => p[d] !== null && p[d] !== undefined));
   box.dataset.lines = 0; box.dataset.dims = dims.join(',');
   if (dims.length < 2 || !items.length) { box.innerHTML = '<p class="muted">parallel coordinates need a column that varies among ok rows</p>'; return; }
   const shown = sampleOf(items, MAX_PARALLEL), colour = colourer(shown);
-  const left = 80, gap = (W - left - 90) / (dims.length - 1);  // room at the sides for the axes' names
+  // 110 px an axis (eight axes in 600 px wrote their names over each other), room at the sides
+  const W = Math.min(1300, Math.max(600, 110 * dims.length + 90)), left = 80, gap = (W - left - 90) / (dims.length - 1);
   const axis = dims.map((d, i) => {
     const x = left + i * gap, vals = shown.map(p => p[d]);
     if (vals.every(v => typeof v === 'number')) {
