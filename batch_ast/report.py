@@ -259,13 +259,7 @@ def report_data(df: pd.DataFrame, root: Path, out_dir: Path, portable: bool = Fa
     inputs: list[str | None] = []
     input_index: dict[str | None, int] = {}
     rows = []
-    # Each column made JSON-ready at once (``_json_column``), then rows picked from the columns:
-    # cell by cell through to_dict("records"), 20,000 rows took 8 s of a 12 s report.
-    shown = [c for c in ("status", *params, *DETAIL_COLUMNS, "preset") if c in df]
-    measured = [c for c in (*metrics, *LOUDNESS_COLUMNS) if c in df]
-    rounded = {"time_total_s", "cpu_s", "gpu_util_mean"}
-    ready = {c: _json_column(df[c], 6 if c in rounded else None) for c in shown}
-    ready.update({c: _json_column(df[c], 6) for c in measured})
+    ready = _shown_columns(df, params, metrics)
     raw_columns = ["id", "name", "content", "style", "content_sha256", "style_sha256", "record_uid",
                    *params, *(column for column, _ in ROW_FILE_URLS.values())]
     raw = {c: (df[c].astype(object).where(df[c].notna(), None).tolist() if c in df else [None] * len(df))
@@ -287,25 +281,11 @@ def report_data(df: pd.DataFrame, root: Path, out_dir: Path, portable: bool = Fa
                 inputs.append(url)
         item["f"] = sum(1 << bit for bit, (column, _) in enumerate(ROW_FILE_URLS.values())
                         if not _missing(r.get(column)) and r.get(column) != "")
-        for column in shown:
-            item[column] = ready[column][i]
-        if item.get("error") == "":
-            item["error"] = None
-        for column in rounded - set(shown):
-            item[column] = None
-        for column in measured:
-            item[column] = ready[column][i]
+        for column, values in ready.items():
+            item[column] = values[i]
         rows.append(item)
     ok_ids = {row["id"] for row in rows if row.get("status") == "ok"}
-    # Rows as arrays under one list of keys (trailing nulls dropped): the keys repeated in every
-    # row were half of a 20,000-row data file. report-data.js makes objects of them again.
-    keys = list(dict.fromkeys(key for row in rows for key in row))
-    packed = []
-    for row in rows:
-        values = [row.get(key) for key in keys]
-        while values and values[-1] is None:
-            values.pop()
-        packed.append(values)
+    keys, packed = _packed(rows)
     return {
         "root": str(root),
         "root_prefix": "" if root_url == "." else root_url + "/",
@@ -324,6 +304,34 @@ def report_data(df: pd.DataFrame, root: Path, out_dir: Path, portable: bool = Fa
 ROW_FILE_URLS = {"output_url": ("output", ROW_FILES["output"]),
                  "spectrogram_url": ("spectrogram_png", ROW_FILES["spectrogram_png"]),
                  "loss_url": ("loss_png", ROW_FILES["loss_png"])}
+
+
+ROUNDED_DETAILS = ("time_total_s", "cpu_s", "gpu_util_mean")  # shown to 6 significant digits
+
+
+def _shown_columns(df: pd.DataFrame, params: list[str], metrics: list[str]) -> dict[str, list[Any]]:
+    """The values a row shows, column by column, each made JSON-ready at once (``_json_column``):
+    cell by cell through ``to_dict("records")``, 20,000 rows took 8 s of a 12 s report."""
+    out = {c: _json_column(df[c], 6 if c in ROUNDED_DETAILS else None)
+           for c in ("status", *params, *DETAIL_COLUMNS, "preset") if c in df}
+    if "error" in out:
+        out["error"] = [None if v == "" else v for v in out["error"]]
+    out.update({c: [None] * len(df) for c in ROUNDED_DETAILS if c not in out})
+    out.update({c: _json_column(df[c], 6) for c in (*metrics, *LOUDNESS_COLUMNS) if c in df})
+    return out
+
+
+def _packed(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Rows as arrays under one list of keys (trailing nulls dropped): the keys repeated in every
+    row were half of a 20,000-row data file. report-data.js makes objects of them again."""
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    packed = []
+    for row in rows:
+        values = [row.get(key) for key in keys]
+        while values and values[-1] is None:
+            values.pop()
+        packed.append(values)
+    return keys, packed
 
 
 def _json_column(series: pd.Series, digits: int | None = None) -> list[Any]:
