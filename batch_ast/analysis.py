@@ -18,7 +18,8 @@ DEFAULT_METRIC = "style_distance_heldout"
 SUMMARY_COLUMNS = ("n", "mean", "std", "sem", "ci_low", "ci_high")
 
 
-def _columns(by: str | Sequence[str] | None) -> list[str]:
+def group_columns(by: str | Sequence[str] | None) -> list[str]:
+    """The columns ``by`` names: one, a list, or "a,b" (each may hold commas); ``config`` for None."""
     if by is None:
         return ["config"]
     names = [by] if isinstance(by, str) else list(by)
@@ -46,7 +47,7 @@ def analyse(data: pd.DataFrame | str | os.PathLike[str], by: str | Sequence[str]
 
     if not isinstance(data, pd.DataFrame):
         data = load_index(data)
-    columns = _columns(by)
+    columns = group_columns(by)
     for column in (*columns, metric):
         if column not in data.columns:
             raise KeyError(f"no column {column!r} in the index (columns: {', '.join(data.columns)})")

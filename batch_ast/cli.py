@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from . import api
-from .analysis import DEFAULT_METRIC, analyse, plot_effect
+from .analysis import DEFAULT_METRIC, analyse, group_columns, plot_effect
 from .backends import EXECUTORS, BackendError
 from .config import ConfigError
 from .costing import MIN_HISTORY, cost_lines
@@ -303,8 +303,8 @@ def cmd_expand(args: argparse.Namespace) -> int:
 def cmd_analyse(args: argparse.Namespace) -> int:
     ResultsRoot(args.results).require_results_root()
     df = load_index(args.results)
-    by = [part.strip() for param in args.param or ["config"] for part in param.split(",") if part.strip()]
     try:
+        by = group_columns(args.param)
         table = analyse(df, by, args.metric)
     except KeyError as exc:
         print(f"error: {inert(exc.args[0])}", file=sys.stderr)
