@@ -46,6 +46,7 @@ from .store import ResultsError, ResultsRoot, check_shared_root
 from .study import load_rows
 from .submissions import (
     SubmissionRecord,
+    cancelled_since,
     latest_submission,
     new_submission_id,
     read_submissions,
@@ -117,6 +118,8 @@ class Submission:
             empty = SubmissionRecord("", "", "", "", str(self.results.root), "",
                                      skipped=dict(self.busy))
             return SubmissionStatus(submission=empty)
+        if not self.record.cancelled and cancelled_since(self.results, self.record):
+            self.record.cancelled = True
         return query_status(self.results, self.record)
 
     def wait(self, on_progress: Callable[[SubmissionStatus], None] | None = None,

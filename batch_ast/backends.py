@@ -239,16 +239,19 @@ class LocalBackend(Backend):
         """A local job id is the pid of submitit's controller, whose tasks run the rows. A running
         task ignores SIGTERM (submitit's job environment bypasses it, as SLURM follows it with
         SIGKILL) and SIGINT may be ignored too (a shell's background jobs inherit that), so the
-        tasks are killed, as scancel ends on a cluster; the controller then sees them end and exits.
+        tasks are killed, as scancel ends on a cluster, and so is the controller. It is stopped
+        first: a controller that had set its SIGTERM handler (which only forwards the signal to its
+        tasks) but not yet started them shrugged the signal off and then ran its rows to the end.
         Only a process that is this user's controller of a job in the submission's folder is
         signalled: a planted submission naming any pid must not kill it."""
         for job_id in job_ids:
             if not local_controller(job_id, folder, owned=True):
                 continue
             controller = int(job_id)
+            _kill(controller, signal.SIGSTOP)  # a stopped controller starts no task after the listing
             for pid in child_pids(controller):
                 _kill(pid, signal.SIGKILL)
-            _kill(controller, signal.SIGTERM)
+            _kill(controller, signal.SIGKILL)
 
     def jobs_running(self, jobs: Sequence[submitit.Job]) -> bool:
         return not all(job.done() for job in jobs)

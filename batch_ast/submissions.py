@@ -186,11 +186,7 @@ def read_submissions(results: ResultsRoot) -> tuple[list[SubmissionRecord], list
         paths = paths[-MAX_SUBMISSIONS:]
     for path in paths:
         try:
-            record = SubmissionRecord.from_json(
-                load_json(path, results.root, MAX_SUBMISSION_BYTES), path.name
-            )
-            record.owner_uid = os.lstat(path).st_uid
-            out.append(record)
+            out.append(read_submission_file(results, path))
         except FileNotFoundError:
             continue
         except OSError as exc:
@@ -198,6 +194,24 @@ def read_submissions(results: ResultsRoot) -> tuple[list[SubmissionRecord], list
         except ValueError as exc:  # SubmissionError, bad JSON
             problems.append(f"{path}: {exc}")
     return out, problems
+
+
+def read_submission_file(results: ResultsRoot, path: Path) -> SubmissionRecord:
+    """One submission file, validated, with its owner (raises OSError or ValueError)."""
+    record = SubmissionRecord.from_json(load_json(path, results.root, MAX_SUBMISSION_BYTES), path.name)
+    record.owner_uid = os.lstat(path).st_uid
+    return record
+
+
+def cancelled_since(results: ResultsRoot, submission: SubmissionRecord) -> bool:
+    """Whether the submission's own file now says it was cancelled (by ``batch-ast cancel`` in
+    another process, say). Only the user's own file counts: in a shared root anyone may have
+    replaced it."""
+    try:
+        saved = read_submission_file(results, results.submissions_dir / f"{submission.submission_id}.json")
+    except (OSError, ValueError):
+        return False
+    return saved.submission_id == submission.submission_id and saved.mine and saved.cancelled
 
 
 def latest_submission(submissions: list[SubmissionRecord]) -> SubmissionRecord | None:

@@ -602,7 +602,7 @@ def test_the_index_lists_rows_without_records_and_stale_temp_files_go(audio_dir,
         }
         assert not list(results.root.glob(".tmp-*"))
     finally:  # a failed check must not leave a 100,000-iteration job running
-        # batch-ast's own cancel (SIGTERM), not submitit's job.cancel(): that sends SIGINT, which a
+        # batch-ast's own cancel (SIGKILL), not submitit's job.cancel(): that sends SIGINT, which a
         # suite started in the background of a non-interactive shell ignores, and so do its jobs
         get_backend("local").cancel([str(job.job_id)], submission.submitit_folder)
     deadline = time.monotonic() + 3600
@@ -626,7 +626,7 @@ def test_cancel_stops_a_local_job_that_is_running_its_rows(audio_dir, tmp_path):
     (job,) = submission.jobs
     controller = int(job["job_id"])
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 3600
         while "] start" not in log_tail(job["log"], lines=50):  # the task is running its row
             assert local_job_alive(job["job_id"]) and time.monotonic() < deadline, log_tail(job["log"])
             time.sleep(0.2)
@@ -642,6 +642,43 @@ def test_cancel_stops_a_local_job_that_is_running_its_rows(audio_dir, tmp_path):
                 os.kill(pid, 9)
     status = batch_ast.find_submission(results.root).status()
     assert status.counts["cancelled"] == 1 and not status.active
+
+
+# What submitit's local controller does between setting its SIGTERM handler and starting its task,
+# slowed down: it waits for a file to appear in between, then starts a task that leaves a marker.
+SLOW_CONTROLLER = """
+import signal, subprocess, sys, time
+from pathlib import Path
+folder = Path(sys.argv[-1]).parent
+signal.signal(signal.SIGTERM, lambda *_: None)  # forwards to its tasks: none yet
+(folder / "handler-set").touch()
+while not (folder / "go").exists():
+    time.sleep(0.05)
+subprocess.run([sys.executable, "-c", "import sys; open(sys.argv[1], 'w').close()", str(folder / "ran")])
+"""
+
+
+def test_cancel_stops_a_local_controller_that_has_not_started_its_task_yet(tmp_path):
+    """CI caught `cancel` while submitit's controller had set its SIGTERM handler (which forwards
+    the signal to its tasks) but not yet started a task: the SIGTERM was shrugged off and the job ran
+    its 100,000 iterations. The controller is stopped, its tasks killed, then it is killed."""
+    folder = tmp_path / "submitit"
+    folder.mkdir()
+    controller = subprocess.Popen(
+        [sys.executable, "-c", SLOW_CONTROLLER, "-m", "submitit.local._local", str(folder / "%j")]
+    )
+    try:
+        deadline = time.monotonic() + 3600
+        while not (folder / "handler-set").exists():
+            assert controller.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        get_backend("local").cancel([str(controller.pid)], str(folder))
+        (folder / "go").touch()
+        assert controller.wait(timeout=3600) == -9
+    finally:
+        controller.kill()
+        controller.wait()
+    assert not (folder / "ran").exists()
 
 
 def test_the_thread_count_is_recorded(audio_dir, tmp_path):

@@ -21,7 +21,7 @@ from batch_ast.progress import (
 )
 from batch_ast.status import WAITING, RowState, SubmissionStatus, format_status, submission_status
 from batch_ast.store import ResultsRoot
-from batch_ast.submissions import SubmissionRecord
+from batch_ast.submissions import SubmissionRecord, cancelled_since
 
 from .conftest import tiny_columns, write_manifest
 
@@ -312,7 +312,7 @@ def test_analyse_names_the_metric_it_shows(audio_dir, tmp_path, capsys):
 
 
 def test_a_local_job_running_its_rows_one_at_a_time_shows_one_running_and_cancel_frees_the_rest(
-        audio_dir, tmp_path, capsys):
+        audio_dir, tmp_path, capsys, monkeypatch):
     """The issue's study: `progress: running=12` while a local job ran its rows one at a time."""
     from .test_hostile_root import wait_until
 
@@ -338,4 +338,10 @@ def test_a_local_job_running_its_rows_one_at_a_time_shows_one_running_and_cancel
     finally:
         sub.cancel()
     wait_until(lambda: not sub.backend.jobs_running(sub.jobs), "the job ended")
-    assert sub.status().counts["cancelled"] == 3
+    # the CLI's cancel (another process, as far as `sub` knows) is read from the submission's file,
+    # and only from the user's own: in a shared root anyone may have replaced it
+    with monkeypatch.context() as patched:
+        patched.setattr(SubmissionRecord, "mine", property(lambda self: False))
+        assert not cancelled_since(sub.results, sub.record)
+    assert cancelled_since(sub.results, sub.record)
+    assert sub.status().counts["cancelled"] == 3, sub.status().counts
