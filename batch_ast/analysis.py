@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 from .index import load_index
+from .record import DEFAULT_METRIC
 from .store import write_atomic
 
-DEFAULT_METRIC = "style_distance_heldout"
 SUMMARY_COLUMNS = ("n", "mean", "std", "sem", "ci_low", "ci_high")
 
 

@@ -35,8 +35,7 @@ from pathlib import Path, PurePath
 from typing import Any, Protocol
 
 from .config import flatten_record
-from .index import METRIC_COLUMNS, read_trace
-from .record import Record, read_record
+from .record import Record, columns, read_record
 from .store import RECORD, ResultsRoot, UnsafeFileError, load_regular
 from .text import describe_os_error, short_path
 
@@ -52,7 +51,7 @@ TARGETS: dict[str, tuple[str, str, str]] = {
 MAX_OUTPUT_BYTES = 1 << 30  # a row's WAV: 10 minutes of 48 kHz float32 stereo is ~230 MB
 MAX_FIGURE_BYTES = 64 << 20
 # Final figures of a row a run holds as metrics (besides every metric column).
-RUN_METRICS = ("final_total", "final_content", "final_style", "spectral_convergence", *METRIC_COLUMNS,
+RUN_METRICS = ("final_total", "final_content", "final_style", "spectral_convergence", *columns("metric"),
                "iterations_run", "evaluations", "time_total_s", "cpu_s", "wall_s", "peak_rss_bytes")
 # Record fields a run holds as tags (text), besides the ones ``run_tags`` derives.
 RUN_TAGS = ("id", "name", "status", "error_type", "stop_reason", "hostname", "device_used",
@@ -258,6 +257,8 @@ def read_payload(results: ResultsRoot, record: Record) -> Payload:
     payload = Payload()
     rid = record.id
     try:
+        from .index import read_trace  # import cost: pandas, for an export, not for every CLI command
+
         table = read_trace(results, rid)
         payload.trace = {name: table[name].to_pylist() for name in ("iteration", "total", "content", "style")
                          if name in table.column_names}

@@ -9,8 +9,6 @@ previous index, and a collect that finds nothing changed writes nothing.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -19,24 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import freshness
 from .config import PARAMS, flatten_record
-from .private import PrivateStateError, make_private_dir, state_dir
 from .record import columns, error_type_of, figures_missing, index_schema, read_record, record_dict
 from .store import (
-    RECORD,
     TMP_PREFIX,
-    TRACE,
     ResultsError,
     ResultsRoot,
-    load_json,
     open_regular,
     root_lock,
-    write_atomic,
 )
 from .text import describe_os_error, short_path
 
@@ -71,9 +66,6 @@ class CollectReport:
     invalid: int = 0  # rows whose record is not a valid record (status "invalid", the reason in error)
 
 
-# What the last collect saw, so the next one reads only what changed (see ``collect``).
-STATE_VERSION = 1
-MAX_STATE_BYTES = 256 << 20  # ~100 bytes a row: far above any real study
 MAX_TRACE_BYTES = 64 << 20  # a 100,000-iteration trace is ~4 MB
 MAX_TRACE_ROWS = 1_000_001  # a row per iteration (iterations <= 1,000,000) and the start
 FINISHED = ("ok", "failed", "invalid")  # statuses a record file decides (the others: the queue)
@@ -81,137 +73,6 @@ FINISHED = ("ok", "failed", "invalid")  # statuses a record file decides (the ot
 # it neither asks a queue nor draws figures.
 UnrecordedRows = Callable[[ResultsRoot, set[str]], list[dict]]
 FigureRepair = Callable[[ResultsRoot, dict], dict]
-
-
-def _stat(path: Path) -> list[int] | None:
-    """[mtime_ns, size, inode] of a file (not followed if a link), None when absent: the identity
-    of one published version (files are published by rename, so a rewrite changes the inode even
-    within one mtime tick)."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return [st.st_mtime_ns, st.st_size, st.st_ino]
-
-
-def _sources(results: ResultsRoot) -> dict[str, dict[str, list[int] | None]]:
-    """The files an index is made of: every record and trace, and every submission (rows without
-    a record come from those)."""
-    runs = os.path.join(results.root, "runs")  # paths as text: 40,000 Path objects took a second
-    records = {rid: _stat(os.path.join(runs, rid, RECORD)) for rid in results.row_ids()}
-    return {
-        "records": records,
-        "traces": {rid: _stat(os.path.join(runs, rid, TRACE)) for rid in records},
-        "submissions": {path.name: _stat(path) for path in sorted(results.submissions_dir.glob("*.json"))}
-        if results.submissions_dir.is_dir() else {},
-    }
-
-
-def _is_stamp(value: object) -> bool:
-    return value is None or (isinstance(value, list) and len(value) == 3
-                             and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
-
-
-def _valid_state(state: object) -> bool:
-    """Whether a collect state file has the shape ``_write_state`` gives it (anyone who can write
-    into the root can write this file: a malformed one means "read everything", never a crash)."""
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        return False
-    sources = state.get("sources")
-    if not isinstance(sources, dict) or set(sources) != {"records", "traces", "submissions"}:
-        return False
-    if not all(isinstance(v, dict) and all(isinstance(k, str) and _is_stamp(x) for k, x in v.items())
-               for v in sources.values()):
-        return False
-    counts = [state.get(k) for k in ("pending", "rows", "traces")]
-    outputs = state.get("outputs")
-    return (all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)
-            and isinstance(outputs, list) and len(outputs) == 2 and all(map(_is_stamp, outputs)))
-
-
-def _state_path(results: ResultsRoot) -> Path | None:
-    """Where this user keeps what their last collect of ``results`` read: in their private state
-    folder, never in the root, and with the digests of the index files it wrote. Anyone who can
-    write into a shared root could otherwise rewrite index.parquet and a cache whose stamps match,
-    and the owner's collect would keep the forgery. None when no private folder can be had (then
-    every collect reads every record)."""
-    path = results.collect_state_path
-    try:
-        make_private_dir(path.parent, state_dir())
-    except (PrivateStateError, OSError):
-        return None
-    return path
-
-
-def _digest(path: Path, root: Path) -> str:
-    """SHA-256 of a file of the root ('' when it cannot be read as a regular file)."""
-    digest = hashlib.sha256()
-    try:
-        with open_regular(path, root) as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    except OSError:
-        return ""
-    return digest.hexdigest()
-
-
-def _read_state(results: ResultsRoot) -> dict | None:
-    """The last collect's state, if it is this user's own, well formed, and the index files are
-    still byte for byte the ones it wrote."""
-    path = _state_path(results)
-    if path is None:
-        return None
-    try:
-        state = load_json(path, None, MAX_STATE_BYTES)
-    except (OSError, ValueError):
-        return None
-    if not _valid_state(state) or state.get("root") != str(results.root):
-        return None
-    if state.get("columns") != INDEX_SCHEMA.names:
-        return None  # another batch-ast version wrote it: its rows may lack columns
-    if state.get("outputs") != [_stat(results.index_path), _stat(results.traces_path)]:
-        return None  # rewritten or removed since by someone else: trust nothing
-    if state.get("digests") != [
-        _digest(results.index_path, results.root),
-        _digest(results.traces_path, results.root),
-    ]:
-        return None  # same stamps, other bytes: a forgery
-    return state
-
-
-def _write_state(results: ResultsRoot, sources: dict, pending: int, report: CollectReport) -> None:
-    path = _state_path(results)
-    if path is None:
-        return
-    state = {
-        "version": STATE_VERSION,
-        "root": str(results.root),
-        "columns": INDEX_SCHEMA.names,
-        "sources": sources,
-        "pending": pending,
-        "rows": report.rows,
-        "traces": report.traces,
-        "outputs": [_stat(results.index_path), _stat(results.traces_path)],
-        "digests": [_digest(results.index_path, results.root), _digest(results.traces_path, results.root)],
-    }
-    try:
-        write_atomic(path, lambda fh: fh.write(json.dumps(state).encode("utf-8")))
-    except OSError:
-        pass  # only a cache: the next collect reads everything
-
-
-def _unchanged_rows(state: dict | None, sources: dict) -> set[str]:
-    """Ids whose record and trace are the files the last collect read."""
-    if state is None:
-        return set()
-    old = state["sources"]
-    return {
-        rid
-        for rid, stat in sources["records"].items()
-        if stat is not None
-        and old["records"].get(rid) == stat
-        and old["traces"].get(rid) == sources["traces"][rid]
-    }
 
 
 @contextmanager
@@ -316,52 +177,136 @@ def read_trace(results: ResultsRoot, rid: str) -> pa.Table:
         return parquet.read(columns=wanted)  # never a planted file's thousand other columns
 
 
-def _traces_table(results: ResultsRoot, ok_ids: list[str], report: CollectReport,
-                  previous: pa.Table | None = None, unchanged: set[str] = frozenset()) -> pa.Table:
-    """The traces of ``ok_ids``: those of ``unchanged`` rows from ``previous`` (the last collect's
-    table) where it has them, the others read from their files."""
-    tables = []
-    if previous is not None:
-        reuse = [rid for rid in ok_ids if rid in unchanged]
-        previous = previous.filter(pc.is_in(previous["id"], value_set=pa.array(reuse, pa.string())))
-        tables.append(previous.select(TRACES_SCHEMA.names).cast(TRACES_SCHEMA))
-        have = set(previous["id"].unique().to_pylist())
-        ok_ids = [rid for rid in ok_ids if rid not in have]
-    for rid in ok_ids:
+class _RowGroups:
+    """Trace tables written one after the other, in row groups of about WRITE_SLICE points: a row
+    group per row's trace (a collect that read every file) made 20,000 of them, and reading them
+    back took seven seconds."""
+
+    def __init__(self, writer: pq.ParquetWriter):
+        self.writer, self.pending, self.held, self.written = writer, [], 0, 0
+
+    def add(self, table: pa.Table) -> None:
+        for start in range(0, table.num_rows, WRITE_SLICE):
+            self.pending.append(table.slice(start, WRITE_SLICE).cast(TRACES_SCHEMA))
+            self.held += self.pending[-1].num_rows
+            if self.held >= WRITE_SLICE:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.pending or not self.written:
+            self.writer.write_table(pa.concat_tables(self.pending) if self.pending
+                                    else TRACES_SCHEMA.empty_table())
+        self.written += self.held
+        self.pending, self.held = [], 0
+
+
+WRITE_SLICE = 1 << 18  # trace points cast to the file's schema at a time, and a row group's least
+
+
+class _ReuseFailed(Exception):
+    """The last traces file could not be read to the end: its points are read from the rows' files."""
+
+
+def _write_traces(fh: Any, results: ResultsRoot, ok_ids: list[str], reuse: set[str],
+                  report: CollectReport) -> int:
+    """The traces of ``ok_ids`` into ``fh``: those of the ``reuse`` rows copied from the last
+    collect's file a row group at a time (holding all 2.4 million points of a study took 100 MB),
+    the others read from the rows' files. Returns the points written."""
+    with pq.ParquetWriter(fh, TRACES_SCHEMA) as writer:
+        groups = _RowGroups(writer)
+        have = _copy_reused(results, reuse, groups) if reuse else set()
+        for rid in ok_ids:
+            if rid in have:
+                continue
+            try:
+                table = read_trace(results, rid)
+                table = table.append_column("id", pa.array([rid] * table.num_rows, pa.string()))
+                for name in TRACES_SCHEMA.names:  # traces written before a column existed
+                    if name not in table.column_names:
+                        table = table.append_column(
+                            name, pa.nulls(table.num_rows, TRACES_SCHEMA.field(name).type)
+                        )
+                groups.add(table.select(TRACES_SCHEMA.names).cast(TRACES_SCHEMA))
+            except (OSError, *_TABLE_ERRORS, KeyError) as exc:
+                report.skipped.append(f"{results.trace_path(rid)}: unreadable trace ({str(exc)[:200]})")
+        groups.flush()
+    return groups.written
+
+
+# The traces file as a collect reads it back to reuse it: each row's id once, not once a point.
+_REUSED_TRACES = pa.schema([pa.field("id", pa.dictionary(pa.int32(), pa.string())),
+                            *[TRACES_SCHEMA.field(name) for name in TRACES_SCHEMA.names[1:]]])
+
+
+def _copy_reused(results: ResultsRoot, reuse: set[str], groups: _RowGroups) -> set[str]:
+    """Copy the points of ``reuse`` rows from the last traces file, a row group at a time, as runs
+    of rows (slices, not copies); returns the ids copied. A file that cannot be opened as one is
+    not used (an empty set); one that fails part way raises ``_ReuseFailed``."""
+    try:
+        fh = open_regular(results.traces_path, results.root)
+    except OSError:
+        return set()
+    have: set[str] = set()
+    with fh:
         try:
-            table = read_trace(results, rid)
-            table = table.append_column("id", pa.array([rid] * table.num_rows, pa.string()))
-            for name in TRACES_SCHEMA.names:  # traces written before a column existed
-                if name not in table.column_names:
-                    table = table.append_column(
-                        name, pa.nulls(table.num_rows, TRACES_SCHEMA.field(name).type)
-                    )
-            tables.append(table.select(TRACES_SCHEMA.names).cast(TRACES_SCHEMA))
-        except (OSError, *_TABLE_ERRORS, KeyError) as exc:
-            report.skipped.append(f"{results.trace_path(rid)}: unreadable trace ({str(exc)[:200]})")
-    if not tables:
-        return TRACES_SCHEMA.empty_table()
-    return pa.concat_tables(tables)
+            parquet = pq.ParquetFile(fh, read_dictionary=["id"])
+            if not set(TRACES_SCHEMA.names) <= set(parquet.schema_arrow.names):
+                return set()
+            for i in range(parquet.num_row_groups):
+                group = parquet.read_row_group(i, columns=TRACES_SCHEMA.names).cast(_REUSED_TRACES)
+                group = group.combine_chunks()
+                if not group.num_rows:
+                    continue
+                ids = group["id"].chunk(0)
+                names = ids.dictionary.to_pylist()
+                wanted = np.array([name in reuse for name in names] + [False], dtype=bool)
+                codes = ids.indices.fill_null(len(names)).to_numpy(zero_copy_only=False)
+                keep = wanted[codes]
+                edges = np.flatnonzero(np.diff(np.r_[0, keep.view(np.int8), 0])).tolist()
+                for start, end in zip(edges[::2], edges[1::2], strict=True):
+                    groups.add(group.slice(start, end - start))
+                have.update(names[code] for code in np.unique(codes[keep]).tolist())
+        except (OSError, *_TABLE_ERRORS) as exc:
+            if not have and not groups.written and not groups.held:
+                return set()
+            raise _ReuseFailed(str(exc)) from None
+    return have
 
 
-def _previous(results: ResultsRoot, unchanged: set[str]) -> tuple[list[dict], pa.Table | None]:
-    """The last index's rows of ``unchanged`` ids and its traces; nothing when those files cannot
-    be read as this version's index (then every record is read again)."""
+def _previous(results: ResultsRoot, unchanged: set[str]) -> pa.Table | None:
+    """The last index's rows of ``unchanged`` ids that a record finished (each id's first); None
+    when that file cannot be read as this version's index (then every record is read again). Kept
+    as Arrow: as Python rows, a 20,000-row index took 300 MB."""
     try:
         with open_regular(results.index_path, results.root) as fh:
             previous = pq.read_table(fh, schema=INDEX_SCHEMA)
-        with open_regular(results.traces_path, results.root) as fh:
-            traces = pq.read_table(fh, schema=TRACES_SCHEMA)
     except (OSError, *_TABLE_ERRORS):
-        return [], None
+        return None
     keep = pc.and_(pc.is_in(previous["id"], pa.array(sorted(unchanged), pa.string())),
                    pc.is_in(previous["status"], pa.array(sorted(FINISHED), pa.string())))
-    rows, seen = [], set()
-    for row in previous.filter(keep).to_pylist():  # Arrow's own conversion: 3x pandas' to_dict here
-        if row["id"] not in seen:
-            seen.add(row["id"])
-            rows.append(row)
-    return rows, traces
+    rows = previous.filter(keep)
+    first = np.unique(np.asarray(rows["id"].to_pylist(), dtype=object), return_index=True)[1]
+    if len(first) < rows.num_rows:
+        rows = rows.take(np.sort(first))
+    return rows
+
+
+def _figures_failed(rows: pa.Table) -> pa.Array:
+    """Ids of the ok rows of an index table whose figures failed or were never written: a collect
+    tries them again. The others' files are looked at when their record is read (new or changed):
+    looking at 40,000 figure files at every collect took a fifth of it."""
+    failed = pc.and_(pc.equal(rows["status"], "ok"),
+                     pc.or_(pc.invert(pc.equal(pc.fill_null(rows["figure_error"], ""), "")),
+                            pc.or_(pc.equal(pc.fill_null(rows["spectrogram_png"], ""), ""),
+                                   pc.equal(pc.fill_null(rows["loss_png"], ""), ""))))
+    return rows.filter(failed)["id"].combine_chunks()
+
+
+def _in_order(index: pa.Table) -> pa.Table:
+    """Rows by submission, then manifest row, then id."""
+    keys = pa.table({"submission": pc.fill_null(index["submission_id"], ""),
+                     "row": pc.fill_null(index["row"], 0), "id": index["id"]})
+    return index.take(pc.sort_indices(keys, sort_keys=[(k, "ascending") for k in keys.column_names]))
 
 
 def update_index(
@@ -409,44 +354,60 @@ def update_index(
     results.require_results_root()
     report = CollectReport()
     with _collect_lock(results):
-        sources = _sources(results)
-        state = _read_state(results)
-        if state is not None and state["sources"] == sources and not state["pending"]:
+        sources = freshness.sources(results)
+        state = freshness.read_state(results, INDEX_SCHEMA.names)
+        if freshness.nothing_changed(state, sources):
             report.rows, report.traces, report.unchanged = state["rows"], state["traces"], True
             return report
-        unchanged = _unchanged_rows(state, sources)
-        reused, previous_traces = _previous(results, unchanged) if unchanged else ([], None)
-        unchanged = {r["id"] for r in reused}  # a row the old index lacks is read again
+        reused = _reusable(results, freshness.unchanged_rows(state, sources), repair_figures is not None)
+        unchanged = set(reused["id"].to_pylist()) if reused is not None else set()
         records = _read_records(results, [rid for rid in sources["records"] if rid not in unchanged],
                                 report, progress)
         report.reread = len(records)
-        records += reused
         if repair_figures is not None:
             _repair_figures(results, records, report, repair_figures)
-        recorded = {r["id"] for r in records}
-        pending = [
+        recorded = unchanged | {r["id"] for r in records}
+        records += [
             r for r in (unrecorded(results, recorded) if unrecorded else []) if r["id"] not in recorded
         ]
-        records += pending
-        records.sort(
-            key=lambda r: (str(r.get("submission_id") or ""), _row_number(r.get("row")), str(r["id"]))
-        )
-        index = _records_table(records, report) if records else INDEX_SCHEMA.empty_table()
-        report.invalid = sum(r.get("status") == "invalid" for r in records)
-        ok_ids = [r["id"] for r in records if r.get("status") == "ok"]
-        traces = _traces_table(results, ok_ids, report, previous_traces, unchanged)
+        fresh = _records_table(records, report) if records else INDEX_SCHEMA.empty_table()
+        index = _in_order(fresh if reused is None else pa.concat_tables([reused.cast(INDEX_SCHEMA), fresh]))
+        index = index.replace_schema_metadata(INDEX_SCHEMA.metadata)  # one schema, whichever way it came
+        statuses = index["status"].to_pylist()
+        report.invalid = statuses.count("invalid")
+        ok_ids = [rid for rid, state in zip(index["id"].to_pylist(), statuses, strict=True) if state == "ok"]
         results.write(results.index_path, lambda fh: pq.write_table(index, fh))
-        results.write(results.traces_path, lambda fh: pq.write_table(traces, fh))
-        report.rows, report.traces = index.num_rows, traces.num_rows
+        report.rows, report.traces = index.num_rows, _publish_traces(results, ok_ids, unchanged, report)
         # rows still waiting for the queue make the next collect look again, even if no file changed
-        _write_state(
-            results, sources, sum(r.get("status") in ("pending", "running") for r in pending), report
-        )
+        waiting = statuses.count("pending") + statuses.count("running")
+        freshness.write_state(results, sources, INDEX_SCHEMA.names, waiting, report.rows, report.traces)
     return report
 
 
-def _row_number(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+def _reusable(results: ResultsRoot, unchanged: set[str], repairing: bool) -> pa.Table | None:
+    """The last index's rows that need no reading (``_previous``); with ``repairing``, not those
+    whose figures failed: their records are read again, and their figures mended."""
+    reused = _previous(results, unchanged) if unchanged else None
+    if reused is not None and repairing:
+        failed = _figures_failed(reused)
+        if len(failed):
+            reused = reused.filter(pc.invert(pc.is_in(reused["id"], failed)))
+    return reused
+
+
+def _publish_traces(results: ResultsRoot, ok_ids: list[str], unchanged: set[str],
+                    report: CollectReport) -> int:
+    """traces.parquet for ``ok_ids``, the ``unchanged`` rows' points from the last one where it
+    reads to the end; returns the points written."""
+    written: list[int] = []
+    reuse = set(ok_ids) & unchanged
+    try:
+        results.write(results.traces_path,
+                      lambda fh: written.append(_write_traces(fh, results, ok_ids, reuse, report)))
+    except _ReuseFailed:  # the points come from the rows' files then
+        results.write(results.traces_path,
+                      lambda fh: written.append(_write_traces(fh, results, ok_ids, set(), report)))
+    return written[-1]
 
 
 def _repair_figures(
@@ -530,10 +491,23 @@ def load_index(root: str | os.PathLike[str] = "results") -> pd.DataFrame:
     return with_study_columns(frame)
 
 
+def status_counts(root: str | os.PathLike[str] = "results") -> dict[str, int]:
+    """How many rows of the index have each status: its one column read, not the whole index."""
+    results = _root_argument(root, "status_counts")
+    statuses = _read_parquet(results.index_path, root, columns=["status"])["status"]
+    return {str(k): int(v) for k, v in statuses.to_pandas().value_counts().items()}
+
+
 def varying_params(df: pd.DataFrame) -> list[str]:
     """The hyperparameters with more than one value across the rows (the study's design)."""
-    return [name for name in PARAMS
-            if name in df and df[name].astype("string").nunique(dropna=False) > 1]
+    return [name for name in PARAMS if name in df and _distinct(df[name]) > 1]
+
+
+def _distinct(column: pd.Series) -> int:
+    """Distinct values, a missing one counted as one; text and mixed cells compared as text."""
+    if pd.api.types.is_numeric_dtype(column.dtype) or isinstance(column.dtype, pd.CategoricalDtype):
+        return column.nunique(dropna=False)
+    return column.astype("string").nunique(dropna=False)
 
 
 ONE_CONFIG = "(all)"  # the ``config`` of every row of a study whose rows differ only by seed
@@ -552,9 +526,15 @@ def config_keys(df: pd.DataFrame, params: list[str] | None = None) -> pd.Series:
     names = [p for p in (varying_params(df) if params is None else params) if p != "seed"]
     if not names:
         return pd.Series(ONE_CONFIG, index=df.index, dtype="category", name="config")
-    text = [" ".join(f"{name}={_key_text(v)}" for name, v in zip(names, values, strict=True))
-            for values in zip(*(df[name].astype(object) for name in names), strict=True)]
-    return pd.Series(text, index=df.index, dtype="category", name="config")
+    if not len(df):
+        return pd.Series([], index=df.index, dtype="category", name="config")
+    # each distinct setting's text made once (a study has few): per row, 20,000 rows took 0.35 s
+    codes = df.groupby(names, dropna=False, sort=False, observed=True).ngroup().to_numpy()
+    firsts = np.unique(codes, return_index=True)[1]
+    settings = df[names].iloc[firsts].astype(object)
+    text = np.array([" ".join(f"{name}={_key_text(v)}" for name, v in zip(names, values, strict=True))
+                     for values in settings.itertuples(index=False, name=None)], dtype=object)
+    return pd.Series(text[codes], index=df.index, dtype="category", name="config")
 
 
 def with_study_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -579,13 +559,51 @@ CATEGORY_COLUMNS = (
 _NULLABLE = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 
-def trace_points(root: str | os.PathLike[str] = "results") -> pa.Table:
-    """``id`` (dictionary-encoded: each row's id once), ``iteration`` and ``total`` of every trace
-    point, as Arrow: what the report's curves need, in a tenth of the memory of ``load_traces``
-    (2.4 million points as pandas with an id string each took 700 MB)."""
+class TracePoints:
+    """A traces file opened once (a collect that replaces it meanwhile does not change what is
+    read) and read a column at a time, as Arrow: the report's curves need every point's ``id``
+    (dictionary-encoded: each row's id once) but only the picked points' ``iteration`` and
+    ``total``. The three columns at once, with the reader's buffers, took 130 MB of a 20,000-row
+    report; pandas with an id string a point, 700 MB."""
+
+    def __init__(self, path: Path, root: str | os.PathLike[str]):
+        self._path, self._root = path, root
+        if not os.path.lexists(path):
+            raise ResultsError(f"no {path.name} under {short_path(root)}: run `batch-ast collect` first")
+        try:
+            self._file = open_regular(path)
+            self._parquet = pq.ParquetFile(self._file, read_dictionary=["id"])
+        except (OSError, pa.ArrowException) as exc:
+            self._unreadable(exc)
+
+    def _unreadable(self, exc: Exception) -> None:
+        raise ResultsError(
+            f"{short_path(self._path)} cannot be read ({str(exc)[:200]}): run `batch-ast collect "
+            f"{short_path(self._root)}` to rebuild it from the records"
+        ) from None
+
+    @property
+    def num_rows(self) -> int:
+        return self._parquet.metadata.num_rows
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        try:
+            return self._parquet.read(columns=[name])[name]
+        except (OSError, pa.ArrowException, KeyError) as exc:
+            self._unreadable(exc)
+            raise  # not reached: for the type checker
+
+    def __enter__(self) -> TracePoints:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+
+def trace_points(root: str | os.PathLike[str] = "results") -> TracePoints:
+    """The root's traces file, to read a column at a time (``TracePoints``)."""
     results = _root_argument(root, "trace_points")
-    return _read_parquet(results.traces_path, root, columns=["id", "iteration", "total"],
-                         read_dictionary=["id"])
+    return TracePoints(results.traces_path, root)
 
 
 def load_traces(

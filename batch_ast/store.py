@@ -516,12 +516,8 @@ class ResultsRoot:
     def row_ids(self) -> list[str]:
         """Ids of the row folders under runs/ that hold a record file (a name that is not a row
         id is no row's: ignored)."""
-        runs = self.root / "runs"
-        if not runs.is_dir():
-            return []
-        return sorted(
-            path.parent.name for path in runs.glob(f"*/{RECORD}") if ROW_ID.fullmatch(path.parent.name)
-        )
+        runs = os.path.join(self.root, "runs")  # as text, one lstat a row: pathlib's glob took 0.5 s
+        return sorted(rid for rid in self.row_folders() if os.path.lexists(os.path.join(runs, rid, RECORD)))
 
     def row_folders(self) -> set[str]:
         """Names of the folders under runs/ that are row ids (with a record or not: a row in flight

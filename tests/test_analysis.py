@@ -85,7 +85,7 @@ def test_analyse_defaults_to_the_configuration_and_says_what_is_wrong():
 
 def test_the_analyse_command_groups_by_several_columns(tmp_path, capsys, monkeypatch):
     df = study_frame()
-    monkeypatch.setattr("batch_ast.cli.load_index", lambda root: df)
+    monkeypatch.setattr("batch_ast.index.load_index", lambda root: df)  # the command imports it when run
     monkeypatch.setattr("batch_ast.cli.ResultsRoot.require_results_root", lambda self: None)
     out = tmp_path / "effect.png"
     assert main(["analyse", str(tmp_path), "--param", "content_weight,preset", "--metric", "style_distance",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import batch_ast
 from batch_ast.cli import main
 from batch_ast.report import TRACE_POINTS, write_report
 from benchmarks.pipeline import grow_study
@@ -63,7 +64,7 @@ def local_target(report: Path, url: str) -> Path:
 def test_report_data_links_every_file_and_shows_what_varies(finished, tmp_path):
     out = write_report(finished, tmp_path / "elsewhere" / "report.html")
     text, data = out.read_text(), report_payload(out)
-    body = text[text.index("<body>"):]
+    body = text[text.index("<body>"):text.index("<script")]  # the scripts come last
     assert "<audio" not in body and "<img" not in body  # media are made when a row is opened
     assert len(data["rows"]) == 3
     assert data["params"] == ["content_weight"]  # the only hyperparameter that differs
@@ -251,8 +252,10 @@ def test_traces_are_downsampled_per_row_with_first_and_last_points_kept(tmp_path
     import numpy as np
     import pandas as pd
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from batch_ast import report
+    from batch_ast.index import TracePoints
 
     rng = np.random.default_rng(0)
     frames = []
@@ -261,8 +264,9 @@ def test_traces_are_downsampled_per_row_with_first_and_last_points_kept(tmp_path
         total[rng.random(n) < 0.05] = np.nan
         frames.append(pd.DataFrame({"id": f"{k:016x}", "iteration": np.arange(n), "total": total}))
     traces = pd.concat(frames).sample(frac=1, random_state=1).sort_values("iteration", kind="stable")
-    table = pa.Table.from_pandas(traces, preserve_index=False)  # ids as plain strings: encoded there
-    monkeypatch.setattr(report, "trace_points", lambda root: table)
+    table = pa.Table.from_pandas(traces, preserve_index=False)
+    pq.write_table(table, tmp_path / "traces.parquet")
+    monkeypatch.setattr(report, "trace_points", lambda root: TracePoints(tmp_path / "traces.parquet", root))
     got = {
         rid: trace_pairs(t)
         for rid, t in report._downsampled_traces(tmp_path, {f"{k:016x}" for k in range(6)}).items()
@@ -438,14 +442,24 @@ def test_a_pinned_reference_row_plays_in_another_rows_player_in_headless_chromiu
 @pytest.mark.parametrize(
     "iterations", [[], [7], [0, 3], [0, 5, 10], [0, 5, 10, 12], [0, 5, 10, 19], [0, 5, 11, 15], [4, 2]]
 )
-def test_a_compact_trace_reads_back_as_its_points(iterations):
-    from batch_ast.report import compact_trace
+def test_a_compact_trace_reads_back_as_its_points(iterations, tmp_path, monkeypatch):
+    """A row's curve as the data file carries it: (first, step, last) where its iterations are
+    evenly spaced but for a last, shorter gap; listed otherwise."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from batch_ast import report
+    from batch_ast.index import TracePoints
 
     totals = [1234.5678 + k for k in range(len(iterations))]
-    packed = compact_trace(iterations, totals)
+    rid = "0" * 16
+    table = pa.table({"id": [rid] * len(iterations), "iteration": pa.array(iterations, pa.int64()),
+                      "total": pa.array(totals, pa.float64())})
+    pq.write_table(table, tmp_path / "traces.parquet")
+    monkeypatch.setattr(report, "trace_points", lambda root: TracePoints(tmp_path / "traces.parquet", root))
+    packed = report._downsampled_traces(tmp_path, {rid}).get(rid, {"i": [], "t": []})
     assert trace_pairs(packed) == [[i, float(f"{t:.5g}")] for i, t in zip(iterations, totals, strict=True)]
-    if iterations in ([0, 5, 10], [0, 5, 10, 12]):
-        assert "i" not in packed  # evenly spaced but for the last: three numbers, not a list
+    assert ("i" not in packed) == (iterations in ([0, 3], [0, 5, 10], [0, 5, 10, 12]))
 
 
 def test_rounding_to_significant_digits_all_at_once_is_the_formatting_of_each():
@@ -461,3 +475,54 @@ def test_rounding_to_significant_digits_all_at_once_is_the_formatting_of_each():
     assert got[0] == 0 and np.isnan(got[1]) and got[2] == np.inf and got[3] == -np.inf
     assert got[4] == 1.7976931348623157e308  # not rounded up past the largest float into inf
     assert got[6] == 123460000.0 and np.isfinite(got[5])
+
+
+def test_a_report_with_nothing_new_is_not_written_again(finished, tmp_path, monkeypatch, capsys):
+    """`report` when nothing changed since this user's last report there: the files are left as
+    they are (and the command says so); anything that would change the page writes it again: a
+    changed record, other settings, other code, a file edited or replaced by someone else."""
+    from batch_ast import freshness
+
+    out = tmp_path / "r" / "report.html"
+    files = [out, out.with_name("report.data.js"), out.with_name("report.traces.js")]
+    made = lambda: [(f.stat().st_ino, f.stat().st_mtime_ns) for f in files]  # noqa: E731
+    assert main(["report", str(finished), "-o", str(out)]) == 0
+    first = made()
+    assert main(["report", str(finished), "-o", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"report: {out} (up to date)"
+    assert made() == first
+    assert write_report(finished, out) == out and made() == first  # the API alike
+    assert main(["report", str(finished), "-o", str(out), "--top", "2"]) == 0  # other settings
+    second = made()
+    assert second != first and "(up to date)" not in capsys.readouterr().out
+    with out.open("a") as page:  # edited since
+        page.write("<!-- zz-marker-4242 -->")
+    write_report(finished, out, top=2)
+    assert "zz-marker-4242" not in out.read_text()
+    third = made()
+    with monkeypatch.context() as patched:
+        patched.setattr(freshness, "code_digest", lambda: "other code")
+        write_report(finished, out, top=2)
+    assert made() != third
+    fourth = made()
+    with monkeypatch.context() as patched:
+        patched.setattr(freshness, "_own_regular_file", lambda path: False)  # not this user's file
+        write_report(finished, out, top=2)
+    assert made() != fourth
+    fifth = made()
+    write_report(finished, out, top=2, portable=True)  # its copies are never stamped
+    assert made() != fifth
+
+
+def test_a_changed_record_writes_the_report_again(finished, tmp_path):
+    results = Path(shutil.copytree(finished, tmp_path / "results", symlinks=True))
+    out = write_report(results)
+    before = out.with_name("report.data.js").read_text()
+    index = batch_ast.load_index(results)
+    rid = index.loc[index["status"] == "ok", "id"].iloc[0]
+    record = json.loads((results / "runs" / rid / "record.json").read_text())
+    record["name"] = "renamed"
+    (results / "runs" / rid / "new.json").write_text(json.dumps(record))
+    (results / "runs" / rid / "new.json").replace(results / "runs" / rid / "record.json")
+    write_report(results)
+    assert '"renamed"' in out.with_name("report.data.js").read_text() and '"renamed"' not in before

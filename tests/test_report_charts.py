@@ -115,11 +115,13 @@ def test_grouped_curves_stop_where_fewer_than_half_the_rows_remain_and_legends_n
     page.wait_for_function(f"() => document.querySelector('#curves').dataset.curves === '{drawn - 1}'",
                            timeout=WAIT_MS)
     assert "curves=" in page.evaluate("location.hash")
-    # every coloured chart says which colour is which
+    # every coloured chart says which colour is which; a colour redraws the charts, not the table
+    renders = page.get_attribute("body", "data-renders")
     page.select_option("#colour", "content_weight")
     page.wait_for_selector("#scatter .legend", timeout=WAIT_MS)
     assert int(page.get_attribute("#scatter .legend", "data-entries")) == 5  # 0.5 1 2 4 4.3
     assert page.locator("#parallel .legend").count() == 1
+    assert page.get_attribute("body", "data-renders") == renders and "colour=content_weight" in page.url
     page.close()
 
 
@@ -229,4 +231,19 @@ def test_an_axis_of_the_parallel_coordinates_moves_left_when_its_name_is_clicked
     again = open_report(browser, study, page.evaluate("location.hash").lstrip("#"))
     assert data(again, "parallel", "dims") == "style_distance_heldout,content_weight"  # the address keeps it
     again.close()
+    page.close()
+
+
+def test_the_scroll_position_lands_in_the_address_and_a_reload_returns_there(browser, study):
+    """The scroll listener keeps the position for the address (the address no longer asks the
+    page where it is scrolled: that forced a layout of every redraw)."""
+    page = open_report(browser, study, "agg=0")
+    page.evaluate("window.scrollTo(0, 300)")
+    page.wait_for_function("() => new URLSearchParams(location.hash.slice(1)).get('scroll') === '300'",
+                           timeout=WAIT_MS)
+    page.select_option("#colour", "content_weight")  # a redraw keeps it
+    assert "scroll=300" in page.url
+    page.reload()
+    page.wait_for_selector("body[data-ready-ms]", timeout=WAIT_MS)
+    assert page.evaluate("window.scrollY") == 300
     page.close()

@@ -377,3 +377,43 @@ def test_a_local_submission_from_another_host_is_not_judged_here(audio_dir, tmp_
     assert "pending=1" in out and "its local jobs run on host another-host" in out
     assert main(["cancel", str(results)]) == 2
     assert "runs local jobs on host another-host: cancel it there" in capsys.readouterr().err
+
+
+def test_traces_are_written_in_row_groups_and_a_traces_file_failing_part_way_is_not_reused(
+        audio_dir, tmp_path, monkeypatch):
+    """A collect writes its traces in row groups of about WRITE_SLICE points (a row group per row's
+    trace made 20,000 of them, slow to read back); it copies an unchanged row's points from the last
+    traces file a row group at a time; a file that fails part way through is not used: the points
+    are read from the rows' files, and the index is the one a collect from scratch writes."""
+    monkeypatch.setattr(index_module, "WRITE_SLICE", 7)
+    results = finished_root(audio_dir, tmp_path)
+    batch_ast.collect(results.root)
+    points = batch_ast.load_traces(results.root)
+    groups = pq.ParquetFile(results.traces_path).metadata
+    sizes = [groups.row_group(i).num_rows for i in range(groups.num_row_groups)]
+    assert len(sizes) > 1 and min(sizes[:-1]) >= 7 and sum(sizes) == len(points)  # none small but the last
+    rid = points["id"].iloc[0]
+    record = json.loads(results.record_path(rid).read_text())
+    record["name"] = "renamed"
+    (results.run_dir(rid) / "new.json").write_text(json.dumps(record))
+    (results.run_dir(rid) / "new.json").replace(results.record_path(rid))  # the other row is reused
+    reads = []
+    real = pq.ParquetFile.read_row_group
+
+    def fails_at_the_third(self, i, *args, **kwargs):
+        reads.append(i)
+        if i == 2:
+            raise OSError("Input/output error")
+        return real(self, i, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(pq.ParquetFile, "read_row_group", fails_at_the_third)
+        report = batch_ast.collect(results.root)
+    assert 2 in reads and report.reread == 1 and report.traces == len(points)
+    again = batch_ast.load_traces(results.root)
+    pd.testing.assert_frame_equal(again.sort_values(["id", "iteration"]).reset_index(drop=True),
+                                  points.sort_values(["id", "iteration"]).reset_index(drop=True))
+    incremental = batch_ast.load_index(results.root)
+    results.collect_state_path.unlink()
+    batch_ast.collect(results.root)
+    pd.testing.assert_frame_equal(batch_ast.load_index(results.root), incremental)

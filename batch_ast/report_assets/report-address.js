@@ -20,7 +20,9 @@ function writeHash() {
   h.set('x', $('sx').value); h.set('y', $('sy').value);
   if ($('colour').value) h.set('colour', $('colour').value);
   if ($('logx').value !== 'auto') h.set('logx', $('logx').value);
-  if (window.scrollY) h.set('scroll', Math.round(window.scrollY));
+  // where the scroll listener saw the page last: reading window.scrollY here forced a layout of
+  // the page just redrawn, a third of a chart redraw
+  if (S.scrollY) h.set('scroll', Math.round(S.scrollY));
   history.replaceState(null, '', '#' + h.toString());
 }
 function readHash() {

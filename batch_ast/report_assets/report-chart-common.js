@@ -80,6 +80,28 @@ let scatterKey = null;  // what the scatter last drew: a page change does not re
 // Above this many marks a chart draws them on a canvas under its SVG axes: 20,000 SVG circles took
 // over a second a redraw and read as a wall; a canvas of them takes milliseconds.
 const CANVAS_ABOVE = 1500;
+const REMEMBERED = {};
+function remembered(slot, parts, make) {
+  // what make() returned when last called with these parts (each compared with ===: the rows array
+  // of the last render, the chosen columns): a new colour leaves a chart's geometry as it was, and
+  // working it out again was half a 20,000-row redraw
+  const kept = REMEMBERED[slot];
+  if (kept && kept.parts.length === parts.length && kept.parts.every((p, i) => p === parts[i])) return kept.value;
+  const value = make();
+  REMEMBERED[slot] = { parts, value };
+  return value;
+}
+function byColour(items, colour) {
+  // the items' indices by their colour (a Map in the order the colours first appear): a canvas
+  // sets each colour once
+  const out = new Map();
+  items.forEach((item, i) => {
+    const c = colour(item);
+    if (!out.has(c)) out.set(c, []);
+    out.get(c).push(i);
+  });
+  return out;
+}
 function plotWithCanvas(box, W, H, svgText, after) {
   // the chart as a canvas (marks) under an SVG (axes, labels, brush zones); returns the canvas
   box.innerHTML = '<div class="plot" style="width:' + W + 'px;height:' + H + 'px"><canvas width="' + W + '" height="' + H +

@@ -46,7 +46,8 @@ function loadTraces(then) {
 }
 const SEEDS_VARY = D.params.includes('seed');
 const S = { filter: '', sortKey: null, asc: true, page: 0, group: true, open: new Set(), ab: {}, selected: new Set(),
-  agg: SEEDS_VARY, aggBy: null, hidden: new Set(), spread: 'sd', curveGroups: null, renders: 0, axes: null };
+  agg: SEEDS_VARY, aggBy: null, hidden: new Set(), spread: 'sd', curveGroups: null, renders: 0, axes: null,
+  scrollY: 0, charted: null };  // charted: the rows (and groups) the charts last drew
 const FILTER_DEBOUNCE_MS = 250;  // typing redraws once it pauses, not at every keystroke
 function shownColumns() {
   // the name first, then the sorted column (pinned beside the name, however far right it sits), then the rest

@@ -19,9 +19,9 @@ window.addEventListener('DOMContentLoaded', () => {
   $('widgets').insertAdjacentHTML('beforeend', WIDGET_COLUMNS().map(widgetHtml).join(''));
   $('widgets').addEventListener('change', e => { const set = e.target.closest('fieldset'); if (set) applyWidget(set); });
   readHash(); showMedia(); render(); syncWidgets();
-  if (S.scroll) window.scrollTo(0, S.scroll);
+  if (S.scroll) { window.scrollTo(0, S.scroll); S.scrollY = window.scrollY; }
   let pending = null;  // the scroll position goes into the address, once scrolling stops
-  window.addEventListener('scroll', () => { clearTimeout(pending); pending = setTimeout(writeHash, 300); });
+  window.addEventListener('scroll', () => { S.scrollY = window.scrollY; clearTimeout(pending); pending = setTimeout(writeHash, 300); });
   $('export-csv').onclick = () => exportRows('csv'); $('export-ids').onclick = () => exportRows('ids');
   let typing = null;  // the table and charts follow the filter box once typing pauses
   $('filter').addEventListener('input', e => {
@@ -38,8 +38,8 @@ window.addEventListener('DOMContentLoaded', () => {
   });
   $('prev').onclick = () => { S.page = Math.max(0, S.page - 1); render(); writeHash(); };
   $('next').onclick = () => { S.page += 1; render(); writeHash(); };
-  $('sx').onchange = $('sy').onchange = $('logx').onchange = () => { render(); writeHash(); };
-  $('colour').onchange = () => { render(); writeHash(); };
+  $('sx').onchange = $('sy').onchange = () => { render(); writeHash(); };  // the x may group the table
+  $('colour').onchange = $('logx').onchange = () => { redrawCharts(); writeHash(); };
   // One listener per region, by what was clicked (data-action, data-open...): no handler is
   // written into the page's HTML
   document.addEventListener('click', e => {

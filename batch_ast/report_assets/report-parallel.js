@@ -33,24 +33,29 @@ function drawParallel(rows, groups) {
   // the range (or the categories) becomes filter terms, which filter the table and every chart and
   // land in the address; a click on an axis clears its brush.
   const y = $('sy').value, H = 300, box = $('parallel');
-  const pool = (groups || rows.filter(r => r.status === 'ok')).filter(p => typeof p[y] === 'number');
-  const dims = parallelDims(pool, groups, y);
-  const items = pool.filter(p => dims.every(d => p[d] !== null && p[d] !== undefined));
+  const { dims, items, shown, W, axis, at } = remembered('parallel', [rows, groups, y, JSON.stringify(S.axes)], () => {
+    const pool = (groups || rows.filter(r => r.status === 'ok')).filter(p => typeof p[y] === 'number');
+    const dims = parallelDims(pool, groups, y);
+    const items = pool.filter(p => dims.every(d => p[d] !== null && p[d] !== undefined));
+    if (dims.length < 2 || !items.length) return { dims, items };
+    const shown = sampleOf(items, MAX_PARALLEL);
+    // 110 px an axis (eight axes in 600 px wrote their names over each other), room at the sides
+    const W = Math.min(1300, Math.max(600, 110 * dims.length + 90)), left = 80, gap = (W - left - 90) / (dims.length - 1);
+    const axis = dims.map((d, i) => {
+      const x = left + i * gap, vals = shown.map(p => p[d]);
+      if (vals.every(v => typeof v === 'number')) {
+        const log = vals.every(v => v > 0) && Math.max(...vals) / Math.min(...vals) >= 100;
+        return { d, x, s: scale(vals, H - 30, 20, log), log };
+      }
+      const cats = [...new Set(vals.map(String))].sort();
+      const s = v => 20 + (cats.indexOf(String(v)) + 0.5) / cats.length * (H - 50);
+      return { d, x, s, cats };
+    });
+    return { dims, items, shown, W, axis, at: shown.map(p => axis.map(a => a.s(p[a.d]))) };
+  });
   box.dataset.lines = 0; box.dataset.dims = dims.join(',');
   if (dims.length < 2 || !items.length) { box.innerHTML = '<p class="muted">parallel coordinates need a column that varies among ok rows</p>'; return; }
-  const shown = sampleOf(items, MAX_PARALLEL), colour = colourer(shown);
-  // 110 px an axis (eight axes in 600 px wrote their names over each other), room at the sides
-  const W = Math.min(1300, Math.max(600, 110 * dims.length + 90)), left = 80, gap = (W - left - 90) / (dims.length - 1);
-  const axis = dims.map((d, i) => {
-    const x = left + i * gap, vals = shown.map(p => p[d]);
-    if (vals.every(v => typeof v === 'number')) {
-      const log = vals.every(v => v > 0) && Math.max(...vals) / Math.min(...vals) >= 100;
-      return { d, x, s: scale(vals, H - 30, 20, log), log };
-    }
-    const cats = [...new Set(vals.map(String))].sort();
-    const s = v => 20 + (cats.indexOf(String(v)) + 0.5) / cats.length * (H - 50);
-    return { d, x, s, cats };
-  });
+  const colour = colourer(shown);
   PARALLEL_AXES = axis;
   const onCanvas = shown.length > CANVAS_ABOVE / 3;  // a polyline is several marks
   const lines = onCanvas ? '' : shown.map(p => '<polyline fill="none" stroke="' + colour(p) + '" stroke-opacity="' + (shown.length > 500 ? 0.2 : 0.45) + '" points="' +
@@ -75,10 +80,13 @@ function drawParallel(rows, groups) {
   if (!onCanvas) { box.innerHTML = svg(W, H, lines + axes) + note; return; }
   const ctx = plotWithCanvas(box, W, H, svg(W, H, axes), note).getContext('2d');
   ctx.globalAlpha = shown.length > 500 ? 0.2 : 0.45;
-  for (const p of shown) {
-    ctx.strokeStyle = colour(p); ctx.beginPath();
-    axis.forEach((a, i) => { const yy = a.s(p[a.d]); if (i) ctx.lineTo(a.x, yy); else ctx.moveTo(a.x, yy); });
-    ctx.stroke();
+  for (const [c, members] of byColour(shown, colour)) {
+    ctx.strokeStyle = c;
+    for (const i of members) {
+      ctx.beginPath();
+      axis.forEach((a, k) => { if (k) ctx.lineTo(a.x, at[i][k]); else ctx.moveTo(a.x, at[i][k]); });
+      ctx.stroke();
+    }
   }
 }
 let PARALLEL_AXES = [];

@@ -89,7 +89,7 @@ function render() {
   const rows = visibleRows();
   S.renders += 1; document.body.dataset.renders = S.renders;
   if (!S.aggBy) $('aggby').value = aggKeys().join(',');
-  if (S.agg) { drawScatter(rows, renderAggregated(rows)); drawCurves(); return; }
+  if (S.agg) { S.charted = [rows, renderAggregated(rows)]; drawScatter(...S.charted); drawCurves(); return; }
   $('aggnote').textContent = '';
   const pages = Math.max(1, Math.ceil(rows.length / PAGE));
   S.page = Math.min(S.page, pages - 1);
@@ -116,7 +116,11 @@ function render() {
   $('count').dataset.matching = rows.length;
   document.querySelectorAll('#rows img[data-src]').forEach(img => { img.src = img.dataset.src; track(img); });
   for (const id of S.open) if (S.ab[id]) switchAB(id, S.ab[id]);
-  drawScatter(rows, null); drawCurves();
+  S.charted = [rows, null]; drawScatter(rows, null); drawCurves();
+}
+function redrawCharts() {
+  // what changes the charts alone (colour, log x): the table stays as it is
+  if (S.charted) drawScatter(...S.charted); else render();
 }
 function playContent(button, id) {
   const r = D.rows.find(x => x.id === id);
