@@ -193,9 +193,8 @@ class _RowGroups:
                 self.flush()
 
     def flush(self) -> None:
-        if self.pending or not self.written:
-            self.writer.write_table(pa.concat_tables(self.pending) if self.pending
-                                    else TRACES_SCHEMA.empty_table())
+        if self.pending:  # (a file of no row group reads back as an empty table of its schema)
+            self.writer.write_table(pa.concat_tables(self.pending))
         self.written += self.held
         self.pending, self.held = [], 0
 
@@ -572,8 +571,12 @@ class TracePoints:
             raise ResultsError(f"no {path.name} under {short_path(root)}: run `batch-ast collect` first")
         try:
             self._file = open_regular(path)
+        except OSError as exc:
+            self._unreadable(exc)
+        try:
             self._parquet = pq.ParquetFile(self._file, read_dictionary=["id"])
         except (OSError, pa.ArrowException) as exc:
+            self._file.close()
             self._unreadable(exc)
 
     def _unreadable(self, exc: Exception) -> None:

@@ -146,10 +146,10 @@ def _downsampled_traces(root: Path, ids: set[str]) -> dict[str, dict[str, Any]]:
     non-finite losses dropped after the pick), losses to 5 significant digits and the iterations
     as (first, step, last) where they are evenly spaced but for the last (as downsampling leaves
     them), else listed (report-data.js's ``traceOf`` reads both; the pairs took half a 20,000-row
-    data file). Every row's picks are
-    computed at once with numpy on the Arrow columns: per row a start, a size and a step, then
-    only the picked points' positions (60 a row), never an array per point of the 2.4 million
-    (those took 400 MB); a groupby with a slice per row took 55 % of a 20,000-row report."""
+    data file). Every row's picks are computed at once with numpy on the Arrow columns: per row a
+    start, a size and a step, then only the picked points' positions (60 a row), never an array
+    per point of the 2.4 million (those took 400 MB); a groupby with a slice per row took 55 % of
+    a 20,000-row report."""
     try:
         with trace_points(root) as points:
             return _picked_traces(points, ids)
@@ -158,6 +158,7 @@ def _downsampled_traces(root: Path, ids: set[str]) -> dict[str, dict[str, Any]]:
 
 
 def _picked_traces(points: TracePoints, ids: set[str]) -> dict[str, dict[str, Any]]:
+    """``_downsampled_traces`` of an opened traces file."""
     if not points.num_rows:
         return {}
     column = points.column("id").combine_chunks()  # dictionary-encoded as read
