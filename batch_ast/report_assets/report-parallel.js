@@ -40,7 +40,8 @@ function drawParallel(rows, groups) {
     if (dims.length < 2 || !items.length) return { dims, items };
     const shown = sampleOf(items, MAX_PARALLEL);
     // 110 px an axis (eight axes in 600 px wrote their names over each other), room at the sides
-    const W = Math.min(1300, Math.max(600, 110 * dims.length + 90)), left = 80, gap = (W - left - 90) / (dims.length - 1);
+    // (100 px at the left: a first axis's category labels, 14 characters, were cut)
+    const W = Math.min(1300, Math.max(600, 110 * dims.length + 110)), left = 100, gap = (W - left - 90) / (dims.length - 1);
     const axis = dims.map((d, i) => {
       const x = left + i * gap, vals = shown.map(p => p[d]);
       if (vals.every(v => typeof v === 'number')) {
