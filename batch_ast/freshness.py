@@ -261,7 +261,8 @@ def report_is_current(results: ResultsRoot, out: Path, files: list[Path], settin
     """Whether the report at ``out`` is the one this code would write now: its files are this
     user's own and the ones the last report wrote, made with the same settings from the index files
     as they are now. Anyone who can write into a shared root may replace a file there, but not
-    make it this user's."""
+    make it this user's; a group member may edit a group-writable one in place, but its new mtime
+    only its owner can set back."""
     path = _report_stamp_path(out)
     if path is None or not all(_own_regular_file(file) for file in files):
         return False
