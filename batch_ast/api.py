@@ -34,6 +34,7 @@ from .claims import release_claim, release_claims
 from .config import load_config
 from .costing import JobNeed, job_need, row_need
 from .dispatch import Packing, job_parameters, resource_groups, submit_arrays, with_resources
+from .freshness import stamp
 from .index import CollectReport, load_index, update_index
 from .job import DEFAULTS, TransferJob
 from .liveness import claim_unless_live
@@ -51,6 +52,7 @@ from .submissions import (
     new_submission_id,
     read_submissions,
     save_submission,
+    submission_path,
     valid_submissions,
 )
 from .text import short_path
@@ -84,6 +86,8 @@ class Submission:
     failed_before: dict[str, str] = field(default_factory=dict)
     job_errors: list[str] = field(default_factory=list)  # whole jobs that crashed (local, debug)
     last_cancel: Cancelled | None = None  # what the last ``cancel()`` did
+    # the submission file's stamp when ``status()`` last read it for a cancel made elsewhere
+    file_seen: list[int] | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
@@ -118,8 +122,12 @@ class Submission:
             empty = SubmissionRecord("", "", "", "", str(self.results.root), "",
                                      skipped=dict(self.busy))
             return SubmissionStatus(submission=empty)
-        if not self.record.cancelled and cancelled_since(self.results, self.record):
-            self.record.cancelled = True
+        if not self.record.cancelled:  # cancelled by another process? Read again only when the file
+            # changed: ``wait`` asks at every poll, and a large study's file is megabytes
+            seen = stamp(submission_path(self.results, self.record.submission_id))
+            if seen != self.file_seen:
+                self.file_seen = seen
+                self.record.cancelled = cancelled_since(self.results, self.record)
         return query_status(self.results, self.record)
 
     def wait(self, on_progress: Callable[[SubmissionStatus], None] | None = None,

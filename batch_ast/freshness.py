@@ -79,15 +79,19 @@ def _valid_state(state: object) -> bool:
             and isinstance(outputs, list) and len(outputs) == 2 and all(map(_is_stamp, outputs)))
 
 
-def _state_path(results: ResultsRoot) -> Path | None:
-    """Where this user keeps the state (``ResultsRoot.collect_state_path``); None when no private
-    folder can be had (then every collect reads every record)."""
-    path = results.collect_state_path
+def _private_file(path: Path) -> Path | None:
+    """``path`` in the user's private state folder, its folder made; None when no private folder
+    can be had (then nothing is kept: every collect reads every record, every report is written)."""
     try:
         make_private_dir(path.parent, state_dir())
     except (PrivateStateError, OSError):
         return None
     return path
+
+
+def _state_path(results: ResultsRoot) -> Path | None:
+    """Where this user keeps the collect state (``ResultsRoot.collect_state_path``)."""
+    return _private_file(results.collect_state_path)
 
 
 def file_digest(path: Path, root: Path) -> str:
@@ -209,20 +213,14 @@ def current_report(results: ResultsRoot, output: str | os.PathLike[str] | None,
         results.require_results_root()
     except ResultsError:
         return None
-    if not nothing_changed(read_state(results, None), sources(results)):
-        return None
     files = report_files(results, output)
-    return files[0] if report_is_current(results, files[0], files, settings) else None
+    if not report_is_current(results, files[0], files, settings):  # the cheaper question first
+        return None
+    return files[0] if nothing_changed(read_state(results, None), sources(results)) else None
 
 
 def _report_stamp_path(out: Path) -> Path | None:
-    digest = hashlib.sha256(os.fsencode(out)).hexdigest()[:40]
-    path = state_dir() / "report" / f"{digest}.json"
-    try:
-        make_private_dir(path.parent, state_dir())
-    except (PrivateStateError, OSError):
-        return None
-    return path
+    return _private_file(state_dir() / "report" / f"{hashlib.sha256(os.fsencode(out)).hexdigest()[:40]}.json")
 
 
 def _report_stamp(results: ResultsRoot, out: Path, files: list[Path], settings: dict[str, Any]) -> dict:

@@ -289,18 +289,18 @@ def report_data(df: pd.DataFrame, root: Path, out_dir: Path, portable: bool = Fa
         "id": df["id"].astype(object).tolist(),
         "name": _json_column(df["name"]) if "name" in df else [None] * len(df),
     }
-    columns["label"] = _labels(df, params, columns, ready)
+    paths = {key: _text_cells(df, key) for key in ("content", "style")}
+    columns["label"] = _labels(paths, params, columns, ready)
     own = np.zeros(len(df), dtype=bool)
     if "record_uid" in df:
         own = (pd.to_numeric(df["record_uid"], errors="coerce") == me).fillna(False).to_numpy(dtype=bool)
     urls = {}
-    for key in ("content", "style"):
-        paths = _text_cells(df, key)
-        parsed = {text: Path(text) for text in set(paths) if text is not None}
-        columns[f"{key}_name"] = [None if text is None else parsed[text].name for text in paths]
+    for key, cells in paths.items():
+        parsed = {text: Path(text) for text in set(cells) if text is not None}
+        columns[f"{key}_name"] = [None if text is None else parsed[text].name for text in cells]
         columns[key[0] + "i"] = []
         urls[key] = [None if text is None else input_url(parsed[text], sha, mine)
-                     for text, sha, mine in zip(paths, _text_cells(df, f"{key}_sha256"), own.tolist(),
+                     for text, sha, mine in zip(cells, _text_cells(df, f"{key}_sha256"), own.tolist(),
                                                 strict=True)]
     for content_url, style_url in zip(urls["content"], urls["style"], strict=True):  # numbered as met
         for key, url in (("ci", content_url), ("si", style_url)):
@@ -368,13 +368,13 @@ def _text_cells(df: pd.DataFrame, column: str) -> list[str | None]:
     return [None if gone else str(v) for v, gone in zip(cells, missing, strict=True)]
 
 
-def _labels(df: pd.DataFrame, params: list[str], columns: dict[str, list[Any]],
+def _labels(paths: dict[str, list[str | None]], params: list[str], columns: dict[str, list[Any]],
             shown: dict[str, list[Any]]) -> list[str]:
     """What the table's pinned first column calls each row: its manifest name, else its inputs'
-    stems and the values of the varying hyperparameters (what tells a study's rows apart)."""
+    stems (``paths``: the content and style cells) and the values of the varying hyperparameters
+    (what tells a study's rows apart)."""
     stems = []
-    for key in ("content", "style"):
-        cells = _text_cells(df, key)
+    for cells in paths.values():
         stem = {text: Path(text).stem[:16] for text in set(cells) if text is not None}
         stems.append([None if text is None else stem[text] for text in cells])
     values = [[None if v is None else f"{p}={v}" for v in shown[p]] for p in params]
@@ -454,7 +454,6 @@ def _cost_table(df: pd.DataFrame) -> str:
     )
     return (f"<li>cost (measured in the jobs: core-h is CPU time, user + system):"
             f"<table id='cost'><tr><th>preset</th>{head}</tr>{body}</table></li>")
-
 
 
 

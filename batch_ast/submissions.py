@@ -162,8 +162,12 @@ def new_submission_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%f") + "-" + uuid.uuid4().hex[:6]
 
 
+def submission_path(results: ResultsRoot, submission_id: str) -> Path:
+    return results.submissions_dir / f"{submission_id}.json"
+
+
 def save_submission(results: ResultsRoot, submission: SubmissionRecord) -> Path:
-    path = results.submissions_dir / f"{submission.submission_id}.json"
+    path = submission_path(results, submission.submission_id)
     results.write_json(path, submission.to_dict())
     return path
 
@@ -208,7 +212,7 @@ def cancelled_since(results: ResultsRoot, submission: SubmissionRecord) -> bool:
     another process, say). Only the user's own file counts: in a shared root anyone may have
     replaced it."""
     try:
-        saved = read_submission_file(results, results.submissions_dir / f"{submission.submission_id}.json")
+        saved = read_submission_file(results, submission_path(results, submission.submission_id))
     except (OSError, ValueError):
         return False
     return saved.submission_id == submission.submission_id and saved.mine and saved.cancelled

@@ -325,6 +325,11 @@ def test_a_local_job_running_its_rows_one_at_a_time_shows_one_running_and_cancel
         assert len(sub.record.jobs) == 1
         wait_until(lambda: sub.status().counts.get("running"), "a row running")
         assert sub.status().counts == {"running": 1, "pending": 2}
+        reads = []  # the submission file is read again for a cancel only when it changed
+        with monkeypatch.context() as patched:
+            patched.setattr("batch_ast.api.cancelled_since", lambda *args: reads.append(args) or False)
+            sub.status()
+        assert not reads
         assert main(["status", str(results)]) == 0
         out = capsys.readouterr().out
         assert "pending=2  running=1" in out
