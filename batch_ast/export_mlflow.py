@@ -14,10 +14,12 @@ import math
 import os
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 # MLflow 3 reports usage to its makers unless told not to: a batch tool on a cluster never does
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -27,6 +29,14 @@ from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 from .exporting import MAX_WORKERS, ExportError, ExportRow, Payload, writable_folder  # noqa: E402
+
+try:  # MLflow's SQL store and its tables: a run's params, metrics and digest go in in one transaction
+    import sqlalchemy
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.utils.validation import _validate_batch_log_data
+except ImportError:  # an MLflow without them: everything goes through log_batch
+    SqlAlchemyStore = None  # type: ignore[assignment,misc]
 
 # MLflow 3's UI opens an experiment as its kind says: runs with params and metrics are "model
 # training", not the GenAI traces view it otherwise shows first
@@ -67,6 +77,32 @@ def open_target(dest: Path, uri: str | None, experiment: str) -> MlflowTarget:
     return MlflowTarget(uri, experiment, artifacts)
 
 
+def local_artifact_folder(uri: str) -> Path | None:
+    """The folder of a ``file://`` artifact location (MLflow's local artifact store); else None."""
+    if not uri.startswith("file://"):
+        return None
+    return Path(urllib.request.url2pathname(urllib.parse.urlparse(uri).path))
+
+
+def unique_and_latest(metrics: list[Metric]) -> tuple[list[Metric], list[Metric]]:
+    """(every value once, each key's latest): duplicates dropped as MLflow's store drops them, the
+    latest in MLflow's order (step, timestamp, value), which its table of latest values keeps."""
+    latest: dict[str, Metric] = {}
+    seen: set[tuple] = set()
+    unique = []
+    for metric in metrics:
+        identity = (metric.key, metric.timestamp, metric.step, metric.value)
+        if identity in seen:
+            continue
+        seen.add(identity)
+        unique.append(metric)
+        best = latest.get(metric.key)
+        order = (metric.step, metric.timestamp, metric.value)
+        if best is None or order > (best.step, best.timestamp, best.value):
+            latest[metric.key] = metric
+    return unique, list(latest.values())
+
+
 def batches(params: list[Param], metrics: list[Metric]) -> Iterator[tuple[list[Param], list[Metric], bool]]:
     """``log_batch`` calls that hold everything in as few calls as its limits allow (each call is a
     transaction of MLflow's store: their number, not their size, is most of an export's time);
@@ -94,6 +130,11 @@ class MlflowTarget:
         for name in ("mlflow", "alembic"):  # schema migrations and store notices: not the user's concern
             logging.getLogger(name).setLevel(logging.WARNING)
         self.client = MlflowClient(tracking_uri=uri)
+        # the store's own artifact folder (--dir): a run's files are written straight into it
+        self.artifact_root = local_artifact_folder(artifacts) if artifacts else None
+        store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
+        sql = SqlAlchemyStore is not None and isinstance(store, SqlAlchemyStore)
+        self.engine = store.engine if sql else None
         try:
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = (found.experiment_id if found is not None else
@@ -129,8 +170,9 @@ class MlflowTarget:
     def write(self, row: ExportRow, payload: Payload, replace: bool) -> None:
         for run_id in self.runs.pop(row.id, []) if replace else []:
             self.client.delete_run(run_id)
+        # the row's id from the start: a run that has it and no digest is a half-written one of ours
         run = self.client.create_run(self.experiment_id, start_time=_ms(row.started_at), run_name=row.name,
-                                     tags={ROW_TAG: row.id, **row.tags})
+                                     tags={ROW_TAG: row.id})
         run_id = run.info.run_id
         self.runs[row.id] = [run_id]
         now = _ms(row.finished_at) or 0
@@ -143,16 +185,80 @@ class MlflowTarget:
             metrics.extend(Metric(key, float(value), now, int(step))
                            for step, value in zip(steps, values, strict=True)
                            if value is not None and math.isfinite(value))
-        with tempfile.TemporaryDirectory(prefix="batch-ast-export.") as staging:
-            for name, data in payload.files.items():
-                (Path(staging) / name).write_bytes(data)
-            self.client.log_artifacts(run_id, staging)
-        # the digest goes in the last batch: a run that has it is complete
-        for batch_params, batch_metrics, last in batches(params, metrics):
-            tags = [RunTag(DIGEST_TAG, row.digest)] if last else []
-            self.client.log_batch(run_id, params=batch_params, metrics=batch_metrics, tags=tags)
+        self._artifacts(run, payload.files)
+        tags = [RunTag(name, value) for name, value in sorted(row.tags.items())]
+        digest = RunTag(DIGEST_TAG, row.digest)  # written last, or with everything: the run is complete
         status = "FINISHED" if row.status == "ok" else "FAILED"
+        if self._insert(run_id, params, metrics, [*tags, digest], status, now or None):
+            return
+        for some in range(0, len(tags), MAX_PARAMS):
+            self.client.log_batch(run_id, tags=tags[some:some + MAX_PARAMS])
+        for batch_params, batch_metrics, last in batches(params, metrics):
+            self.client.log_batch(run_id, params=batch_params, metrics=batch_metrics,
+                                  tags=[digest] if last else [])
         self.client.set_terminated(run_id, status, end_time=now or None)
+
+    def _artifacts(self, run: Any, files: dict[str, bytes]) -> None:
+        """The row's files as the run's artifacts: written straight into the run's folder where it
+        lies inside the store's own artifact folder (what MLflow's local artifact store does with
+        a file, without a staged copy of each; a store anyone may edit cannot send them
+        elsewhere so), else staged and handed to ``log_artifacts``."""
+        folder = local_artifact_folder(run.info.artifact_uri or "")
+        if folder is not None and self.artifact_root is not None and folder.resolve().is_relative_to(
+                self.artifact_root.resolve()):
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, data in files.items():
+                (folder / name).write_bytes(data)
+            return
+        with tempfile.TemporaryDirectory(prefix="batch-ast-export.") as staging:
+            for name, data in files.items():
+                (Path(staging) / name).write_bytes(data)
+            self.client.log_artifacts(run.info.run_id, staging)
+
+    def _insert(self, run_id: str, params: list[Param], metrics: list[Metric], tags: list[RunTag],
+                status: str, end_time: int | None) -> bool:
+        """A fresh run's params, metrics (each value, and each key's latest), tags and end put in
+        MLflow's SQL store in one transaction; False where they must go through ``log_batch`` and
+        ``set_terminated`` (another store; a value MLflow refuses: ``log_batch`` says why; tables
+        this MLflow version shapes otherwise).
+
+        Written by hand because ``log_batch`` builds an ORM object and a flush per value, checks
+        each against its key's latest, and commits params, metrics and tags apart: most of a
+        138 ms row with ~390 values (benchmarks/RESULTS.md). These are the rows ``log_batch`` and
+        ``set_terminated`` write (tested: a study exported either way reads back the same through
+        MLflow, latest values, histories and status included), checked by MLflow's own
+        validation, into a run that is fresh and this process's alone; MLflow's migration from its
+        file store (``mlflow.store.fs2db``) writes these tables the same way. One transaction: the
+        digest, which says the run is complete, is in only if everything is."""
+        if self.engine is None:
+            return False
+        try:
+            _, params, tags = _validate_batch_log_data([], params, tags)
+        except MlflowException:
+            return False
+        unique, latest = unique_and_latest(metrics)
+
+        def metric_rows(values: list[Metric]) -> list[dict]:
+            return [{"run_uuid": run_id, "key": m.key, "value": m.value, "timestamp": m.timestamp,
+                     "step": m.step, "is_nan": False} for m in values]  # finite values only (write())
+
+        runs = SqlRun.__table__
+        try:
+            with self.engine.begin() as connection:
+                if params:
+                    connection.execute(SqlParam.__table__.insert(),
+                                       [{"run_uuid": run_id, "key": p.key, "value": p.value} for p in params])
+                if unique:
+                    connection.execute(SqlMetric.__table__.insert(), metric_rows(unique))
+                    connection.execute(SqlLatestMetric.__table__.insert(), metric_rows(latest))
+                connection.execute(SqlTag.__table__.insert(),
+                                   [{"run_uuid": run_id, "key": t.key, "value": t.value} for t in tags])
+                connection.execute(runs.update().where(runs.c.run_uuid == run_id)
+                                   .values(status=status, end_time=end_time))
+        except sqlalchemy.exc.SQLAlchemyError:
+            self.engine = None  # this store will not take them so: log_batch from now on
+            return False
+        return True
 
     def close(self) -> None:
         pass

@@ -102,7 +102,7 @@ class ExportOptions:
     skip_failed: bool = _option("leave failed rows out (they are exported with their error by default)",
                                 default=False)
     workers: int | None = _option(
-        "processes writing runs at once where the tracker takes several writers (TensorBoard, W&B; "
+        "processes writing runs at once where the tracker takes several writers (TensorBoard, Aim, W&B; "
         "default: the CPUs this process may use, at most 4)",
         metavar="N", type=int)
 

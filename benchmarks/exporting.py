@@ -41,6 +41,41 @@ def _child(args: list[str]) -> tuple[float, int]:
     return wall, int(peak[-1]) * 1024 if peak else 0
 
 
+# Aim's SDK alone, as this export's floor: runs of a scratch repository with the hyperparameters
+# only, then with the same trace (three losses a step, one ``track`` call a step: Aim has no call
+# that takes several steps), each closed and indexed, in a fresh process.
+_AIM_FLOOR = """
+import os, shutil, sys, tempfile, time
+from aim import Repo, Run
+from aim.sdk.index_manager import RepoIndexManager
+steps, runs = int(sys.argv[1]), int(sys.argv[2])
+folder = tempfile.mkdtemp()
+repo = Repo.from_path(folder, init=True)
+indexer = RepoIndexManager.get_index_manager(repo)
+for label, n in (("empty", 0), ("trace", steps)):
+    t0 = time.perf_counter()
+    for i in range(runs):
+        run = Run(repo=repo, experiment="floor", system_tracking_interval=None,
+                  capture_terminal_logs=False, log_system_params=False)
+        run["hparams"] = {"content_weight": 1.0, "optimizer": "lbfgs", "seed": i}
+        for step in range(n):
+            run.track({"loss_total": 1.0 / (step + 1), "loss_content": 0.5, "loss_style": 0.25},
+                      step=step, context={"subset": "trace"})
+        run.close()
+        indexer.index(run.hash)
+    print(label, (time.perf_counter() - t0) / runs, flush=True)
+shutil.rmtree(folder, ignore_errors=True)
+os._exit(0)  # Aim's exit-time flush of a repository that is gone would wait for ever
+"""
+
+
+def aim_sdk_floor(steps: int, runs: int = 100) -> dict[str, float]:
+    """Seconds a run of Aim's SDK takes, empty and with a ``steps``-step trace (see _AIM_FLOOR)."""
+    done = subprocess.run([sys.executable, "-c", _AIM_FLOOR, str(steps), str(runs)], check=True,
+                          capture_output=True, text=True)
+    return {line.split()[0]: float(line.split()[1]) for line in done.stdout.splitlines() if line.strip()}
+
+
 def bench_export(n_rows: int, targets: tuple[str, ...] = TARGETS) -> list[Result]:
     from batch_ast.index import update_index
 
@@ -67,4 +102,13 @@ def bench_export(n_rows: int, targets: tuple[str, ...] = TARGETS) -> list[Result
                 note=(f"{per_row * 1000:.0f} ms a row; again with nothing changed {again:.1f} s; peak RSS "
                       f"{peak / 2**20:.0f} MiB; reference: collect of the same rows {collect_s:.1f} s"),
                 details={"again_s": again, "peak_rss_bytes": peak, "rows": n_rows, "trace_steps": steps + 1}))
+            if target == "aim":
+                floor = aim_sdk_floor(steps + 1)
+                out.append(Result(
+                    "export", f"aim: its SDK alone, a run with a {steps + 1}-step trace (one process)",
+                    floor["trace"] * 1000, "ms", reference=per_row * 1000, ratio=floor["trace"] / per_row,
+                    note=(f"an empty run {floor['empty'] * 1000:.0f} ms; {n_rows} such runs "
+                          f"{floor['trace'] * n_rows:.0f} s in one process; reference: the export's "
+                          f"{per_row * 1000:.0f} ms a row (its workers included)"),
+                    details=floor))
     return out

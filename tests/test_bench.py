@@ -108,3 +108,15 @@ def test_the_accounting_section_times_the_ledger_inside_real_rows():
     inside, ab = accounting.bench_accounting_overhead(torch.device("cpu"), 1)
     assert accounting.TimedLedger.calls == 5
     assert inside.section == ab.section == "cost" and inside.value > 0 and ab.ratio > 0
+
+
+def test_aims_sdk_floor_times_its_runs_in_a_process_that_ends():
+    """The export section's Aim reference: a run of Aim's SDK, empty and with a trace (the child
+    process exits: Aim's exit-time flush of its removed scratch repository would wait for ever)."""
+    import pytest
+
+    pytest.importorskip("aim")
+    from benchmarks.exporting import aim_sdk_floor
+
+    floor = aim_sdk_floor(steps=5, runs=2)
+    assert set(floor) == {"empty", "trace"} and all(seconds > 0 for seconds in floor.values())

@@ -87,6 +87,79 @@ def test_mlflow_export_reads_back_through_mlflow(study, tmp_path):
         assert Path(local).read_bytes() == (study / rec["output"]).read_bytes()
 
 
+def mlflow_contents(dest: Path) -> dict[str, dict]:
+    """Row id -> what MLflow says of its run: params, tags, latest metrics, every metric's history,
+    status, end, artifacts (their bytes)."""
+    client = mlflow.MlflowClient(f"sqlite:///{dest / 'mlflow.db'}")
+    out = {}
+    for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
+        data = run.data
+        histories = {key: [(m.step, m.value, m.timestamp)
+                           for m in client.get_metric_history(run.info.run_id, key)] for key in data.metrics}
+        tags = {k: v for k, v in data.tags.items() if not k.startswith("mlflow.")}
+        rid = run.info.run_id
+        artifacts = {a.path: Path(client.download_artifacts(rid, a.path, tempfile.mkdtemp())).read_bytes()
+                     for a in client.list_artifacts(rid)}
+        out[tags["batch_ast.row_id"]] = {"params": data.params, "tags": tags, "metrics": data.metrics,
+                                         "histories": histories, "status": run.info.status,
+                                         "end_time": run.info.end_time, "name": run.info.run_name,
+                                         "artifacts": artifacts}
+    return out
+
+
+def test_a_run_written_in_one_transaction_reads_back_as_log_batch_writes_it(study, tmp_path, monkeypatch):
+    """A run's params, metrics, tags and end go into MLflow's tables in one transaction and its files
+    straight into its artifact folder; a study exported so, through MLflow's client alone
+    (``log_batch``, ``set_terminated``, ``log_artifacts``), and through a store that refuses the
+    transaction (it falls back to the client) reads back the same through MLflow."""
+    from batch_ast import export_mlflow
+
+    appended = []
+    original = export_mlflow.MlflowTarget._insert
+
+    def spy(self, *args):
+        appended.append(original(self, *args))
+        return appended[-1]
+
+    monkeypatch.setattr(export_mlflow.MlflowTarget, "_insert", spy)
+    batch_ast.export(study, to="mlflow", dir=str(tmp_path / "fast"))
+    assert appended == [True] * 3
+    sqlalchemy = __import__("sqlalchemy")
+    elsewhere = sqlalchemy.Table("no_such_table", sqlalchemy.MetaData(), sqlalchemy.Column("run_uuid"))
+    monkeypatch.setattr(export_mlflow, "SqlMetric", type("Elsewhere", (), {"__table__": elsewhere}))
+    appended.clear()
+    batch_ast.export(study, to="mlflow", dir=str(tmp_path / "refused"))
+    assert appended == [False] * 3  # the first refused, then not tried
+    monkeypatch.setattr(export_mlflow.MlflowTarget, "_insert", lambda self, *args: False)
+    monkeypatch.setattr(export_mlflow, "local_artifact_folder", lambda uri: None)  # log_artifacts
+    batch_ast.export(study, to="mlflow", dir=str(tmp_path / "log_batch"))
+    fast, refused, slow = (mlflow_contents(tmp_path / d) for d in ("fast", "refused", "log_batch"))
+    assert len(slow) == 3 and any(len(h) > 10 for run in slow.values() for h in run["histories"].values())
+    assert {run["status"] for run in slow.values()} == {"FINISHED", "FAILED"}
+    assert all(run["end_time"] and "output.wav" in run["artifacts"] for run in slow.values()
+               if run["status"] == "FINISHED")
+    assert fast == slow and refused == slow
+
+
+def test_files_go_straight_only_into_the_stores_own_artifact_folder(study, tmp_path, monkeypatch):
+    """An experiment whose artifact location is elsewhere (anyone who may edit the store can set
+    it) gets its files through MLflow's ``log_artifacts``, as MLflow would put them."""
+    dest = tmp_path / "ml"
+    dest.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    client = mlflow.MlflowClient(f"sqlite:///{dest / 'mlflow.db'}")
+    client.create_experiment("moved", artifact_location=elsewhere.as_uri())
+    calls = []
+    original = mlflow.MlflowClient.log_artifacts
+    monkeypatch.setattr(mlflow.MlflowClient, "log_artifacts",
+                        lambda self, *args, **kwargs: calls.append(args) or original(self, *args, **kwargs))
+    batch_ast.export(study, to="mlflow", dir=str(dest), experiment="moved")
+    assert len(calls) == 3 and not (dest / "artifacts").exists()
+    assert len(list(elsewhere.glob("*/artifacts/record.json"))) == 3
+    batch_ast.export(copy_of(study, tmp_path), to="mlflow", dir=str(dest))  # its own experiment
+    assert len(calls) == 3 and len(list((dest / "artifacts").glob("*/artifacts/record.json"))) == 3
+
+
 def test_tensorboard_export_reads_back_through_its_event_reader(study, tmp_path):
     dest = tmp_path / "tb"
     report = batch_ast.export(study, to="tensorboard", dir=str(dest))
@@ -164,8 +237,13 @@ def test_aim_export_reads_back_through_aims_query_api(study, tmp_path):
         assert final["step"].tolist() == [rec["iterations_run"]]
         (audio,) = audios
         assert audio.get().read() == (study / rec["output"]).read_bytes()
-        images = {seq.name for seq in repo.query_images(query).iter()}
-        assert images == {"spectrograms", "losses"}
+        images = {seq.name: seq.values.values_list()[0] for seq in repo.query_images(query).iter()}
+        assert set(images) == {"spectrograms", "losses"}
+        for name, image in images.items():  # the figure's own PNG, read back as Aim reads any image
+            png = (study / rec[{"spectrograms": "spectrogram_png", "losses": "loss_png"}[name]]).read_bytes()
+            assert isinstance(image, aim.Image) and bytes(image.storage["data"]) == png
+            with __import__("PIL.Image").Image.open(io.BytesIO(png)) as picture:
+                assert image.to_pil_image().size == image.size == picture.size
 
 
 def wandb_tool(*args: str, said: str = "stdout") -> str:
@@ -294,8 +372,8 @@ def test_an_interrupted_export_resumes_without_duplicates(study, tmp_path, monke
     assert all((p / export_tensorboard.MARKER).is_file() for p in tb.iterdir() if p.is_dir())
 
     calls["n"] = 0
-    original = mlflow.MlflowClient.log_artifacts
-    monkeypatch.setattr(mlflow.MlflowClient, "log_artifacts", interrupt_second(original))
+    original = export_mlflow.MlflowTarget._artifacts
+    monkeypatch.setattr(export_mlflow.MlflowTarget, "_artifacts", interrupt_second(original))
     with pytest.raises(KeyboardInterrupt):
         batch_ast.export(study, to="mlflow", dir=str(ml))
     monkeypatch.undo()
@@ -441,17 +519,25 @@ def test_our_event_framing_is_tensorboards_byte_for_byte():
     assert ours.getvalue() == theirs.getvalue()
 
 
-def test_worker_processes_write_a_larger_study_once(study, tmp_path):
+@pytest.mark.parametrize("to", ["tensorboard", "aim"])
+def test_worker_processes_write_a_larger_study_once(study, tmp_path, to):
     from benchmarks.pipeline import grow_study
 
     root = copy_of(study, tmp_path)
     grow_study(root, 40)
-    dest = tmp_path / "tb"
-    report = batch_ast.export(root, to="tensorboard", dir=str(dest), workers=2)
+    dest = tmp_path / to
+    report = batch_ast.export(root, to=to, dir=str(dest), workers=2)
     assert (report.new, report.failed_rows) == (40, 1)
-    assert len([p for p in dest.iterdir() if p.is_dir()]) == 40
-    again = batch_ast.export(root, to="tensorboard", dir=str(dest), workers=2)
+    again = batch_ast.export(root, to=to, dir=str(dest), workers=2)
     assert (again.new, again.updated, again.unchanged) == (0, 0, 40)
+    if to == "aim":  # every worker's run in the index, whole: found by Aim's queries, parameters and audio
+        runs = aim_runs(dest)
+        assert sorted(rid for rid, _ in runs) == sorted(records(root))
+        assert all(run["hparams"]["n_fft"] == 256 and run["tags"]["name"] == run.name for _, run in runs)
+        audios = aim.Repo.from_path(str(dest)).query_audios("run.batch_ast.row_id != ''").iter()
+        assert len(list(audios)) == 39
+        return
+    assert len([p for p in dest.iterdir() if p.is_dir()]) == 40
     run = event_accumulator.EventAccumulator(str(next(dest.glob("study-7-*"))), size_guidance={"audio": 0})
     run.Reload()
     assert len(run.Audio("output")) == 1
