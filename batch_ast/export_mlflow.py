@@ -131,7 +131,8 @@ class MlflowTarget:
             logging.getLogger(name).setLevel(logging.WARNING)
         self.client = MlflowClient(tracking_uri=uri)
         # the store's own artifact folder (--dir): a run's files are written straight into it
-        self.artifact_root = local_artifact_folder(artifacts) if artifacts else None
+        folder = local_artifact_folder(artifacts) if artifacts else None
+        self.artifact_root = folder.resolve() if folder is not None else None
         store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
         sql = SqlAlchemyStore is not None and isinstance(store, SqlAlchemyStore)
         self.engine = store.engine if sql else None
@@ -170,9 +171,11 @@ class MlflowTarget:
     def write(self, row: ExportRow, payload: Payload, replace: bool) -> None:
         for run_id in self.runs.pop(row.id, []) if replace else []:
             self.client.delete_run(run_id)
-        # the row's id from the start: a run that has it and no digest is a half-written one of ours
+        # the row's id from the start: a run that has it and no digest is a half-written one of ours;
+        # its other tags here too where the client writes the whole run, else in the transaction
+        client_only = self.engine is None
         run = self.client.create_run(self.experiment_id, start_time=_ms(row.started_at), run_name=row.name,
-                                     tags={ROW_TAG: row.id})
+                                     tags={ROW_TAG: row.id, **(row.tags if client_only else {})})
         run_id = run.info.run_id
         self.runs[row.id] = [run_id]
         now = _ms(row.finished_at) or 0
@@ -191,7 +194,7 @@ class MlflowTarget:
         status = "FINISHED" if row.status == "ok" else "FAILED"
         if self._insert(run_id, params, metrics, [*tags, digest], status, now or None):
             return
-        for some in range(0, len(tags), MAX_PARAMS):
+        for some in range(0, 0 if client_only else len(tags), MAX_PARAMS):  # the transaction was refused
             self.client.log_batch(run_id, tags=tags[some:some + MAX_PARAMS])
         for batch_params, batch_metrics, last in batches(params, metrics):
             self.client.log_batch(run_id, params=batch_params, metrics=batch_metrics,
@@ -205,7 +208,7 @@ class MlflowTarget:
         elsewhere so), else staged and handed to ``log_artifacts``."""
         folder = local_artifact_folder(run.info.artifact_uri or "")
         if folder is not None and self.artifact_root is not None and folder.resolve().is_relative_to(
-                self.artifact_root.resolve()):
+                self.artifact_root):
             folder.mkdir(parents=True, exist_ok=True)
             for name, data in files.items():
                 (folder / name).write_bytes(data)

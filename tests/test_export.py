@@ -98,8 +98,9 @@ def mlflow_contents(dest: Path) -> dict[str, dict]:
                            for m in client.get_metric_history(run.info.run_id, key)] for key in data.metrics}
         tags = {k: v for k, v in data.tags.items() if not k.startswith("mlflow.")}
         rid = run.info.run_id
-        artifacts = {a.path: Path(client.download_artifacts(rid, a.path, tempfile.mkdtemp())).read_bytes()
-                     for a in client.list_artifacts(rid)}
+        with tempfile.TemporaryDirectory() as scratch:
+            artifacts = {a.path: Path(client.download_artifacts(rid, a.path, scratch)).read_bytes()
+                         for a in client.list_artifacts(rid)}
         out[tags["batch_ast.row_id"]] = {"params": data.params, "tags": tags, "metrics": data.metrics,
                                          "histories": histories, "status": run.info.status,
                                          "end_time": run.info.end_time, "name": run.info.run_name,
@@ -110,8 +111,9 @@ def mlflow_contents(dest: Path) -> dict[str, dict]:
 def test_a_run_written_in_one_transaction_reads_back_as_log_batch_writes_it(study, tmp_path, monkeypatch):
     """A run's params, metrics, tags and end go into MLflow's tables in one transaction and its files
     straight into its artifact folder; a study exported so, through MLflow's client alone
-    (``log_batch``, ``set_terminated``, ``log_artifacts``), and through a store that refuses the
-    transaction (it falls back to the client) reads back the same through MLflow."""
+    (``log_batch``, ``set_terminated``, ``log_artifacts``), through a store that refuses the
+    transaction (it falls back to the client), and through a store that is not SQL (tags given to
+    ``create_run``) reads back the same through MLflow."""
     from batch_ast import export_mlflow
 
     appended = []
@@ -133,12 +135,15 @@ def test_a_run_written_in_one_transaction_reads_back_as_log_batch_writes_it(stud
     monkeypatch.setattr(export_mlflow.MlflowTarget, "_insert", lambda self, *args: False)
     monkeypatch.setattr(export_mlflow, "local_artifact_folder", lambda uri: None)  # log_artifacts
     batch_ast.export(study, to="mlflow", dir=str(tmp_path / "log_batch"))
-    fast, refused, slow = (mlflow_contents(tmp_path / d) for d in ("fast", "refused", "log_batch"))
+    monkeypatch.setattr(export_mlflow, "SqlAlchemyStore", type("ServerStore", (), {}))  # as a tracking server
+    batch_ast.export(study, to="mlflow", dir=str(tmp_path / "client"))
+    fast, refused, slow, client = (mlflow_contents(tmp_path / d)
+                                   for d in ("fast", "refused", "log_batch", "client"))
     assert len(slow) == 3 and any(len(h) > 10 for run in slow.values() for h in run["histories"].values())
     assert {run["status"] for run in slow.values()} == {"FINISHED", "FAILED"}
     assert all(run["end_time"] and "output.wav" in run["artifacts"] for run in slow.values()
                if run["status"] == "FINISHED")
-    assert fast == slow and refused == slow
+    assert fast == slow and refused == slow and client == slow
 
 
 def test_files_go_straight_only_into_the_stores_own_artifact_folder(study, tmp_path, monkeypatch):
